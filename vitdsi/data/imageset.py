@@ -1,0 +1,99 @@
+"""ImageSet: the one in-memory form every data source produces (paper section 2.1).
+
+Images are square uint8 RGB tensors [N, 3, H, W]. Labels are either one class per
+image (int64 [N]) or, for multi-label sources such as COCO, a multi-hot bool matrix
+[N, C]. Source ids are stable strings (file name, COCO image id, index in the
+source file) so a split stored with a run can be traced back to the original images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from vitdsi.errors import VitDSIError
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    images: torch.Tensor  # uint8 [N, 3, H, W], H == W
+    labels: torch.Tensor  # int64 [N] (one class each) or bool [N, C] (multi-hot categories)
+    source_ids: np.ndarray  # str [N], stable id of each image in its source
+    class_names: tuple[str, ...]  # name of each class / category index
+    name: str = "imageset"  # source name, for logs and reports
+    meta: dict = field(default_factory=dict)  # free-form provenance (root, size, ...)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise VitDSIError(
+                f"ImageSet '{self.name}': images must be uint8 [N, 3, H, W], got "
+                f"{self.images.dtype} {tuple(self.images.shape)}"
+            )
+        n = self.images.shape[0]
+        if self.images.shape[2] != self.images.shape[3]:
+            raise VitDSIError(f"ImageSet '{self.name}': images must be square, got {tuple(self.images.shape[2:])}")
+        if self.labels.shape[0] != n or len(self.source_ids) != n:
+            raise VitDSIError(
+                f"ImageSet '{self.name}': {n} images but {self.labels.shape[0]} labels and "
+                f"{len(self.source_ids)} source ids"
+            )
+        if self.labels.ndim == 1 and self.labels.dtype != torch.int64:
+            raise VitDSIError(f"ImageSet '{self.name}': class labels must be int64, got {self.labels.dtype}")
+        if self.labels.ndim == 2 and self.labels.dtype != torch.bool:
+            raise VitDSIError(f"ImageSet '{self.name}': multi-hot labels must be bool, got {self.labels.dtype}")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+    @property
+    def multilabel(self) -> bool:
+        return self.labels.ndim == 2
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def subset(self, index: np.ndarray | torch.Tensor | list[int]) -> ImageSet:
+        """The images at `index` (positions), in that order."""
+        idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
+        return ImageSet(
+            images=self.images[idx],
+            labels=self.labels[idx],
+            source_ids=self.source_ids[idx.numpy()],
+            class_names=self.class_names,
+            name=self.name,
+            meta=dict(self.meta),
+        )
+
+    def to(self, device: torch.device | str) -> ImageSet:
+        """The same set with images and labels on `device` (small sets live on the GPU once)."""
+        return ImageSet(
+            images=self.images.to(device),
+            labels=self.labels.to(device),
+            source_ids=self.source_ids,
+            class_names=self.class_names,
+            name=self.name,
+            meta=dict(self.meta),
+        )
+
+    def class_matrix(self) -> torch.Tensor:
+        """Multi-hot bool [N, C] view of the labels, whatever their form."""
+        if self.multilabel:
+            return self.labels
+        return torch.nn.functional.one_hot(self.labels, self.n_classes).bool()
+
+    def primary_labels(self) -> np.ndarray:
+        """One class per image: the class itself, or the first category of a multi-hot row
+        (-1 when the row is empty). Used for stratified sampling and class-clustered ids."""
+        if not self.multilabel:
+            return self.labels.cpu().numpy()
+        lab = self.labels.cpu().numpy()
+        first = lab.argmax(axis=1)
+        first[~lab.any(axis=1)] = -1
+        return first

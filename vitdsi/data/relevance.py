@@ -1,0 +1,95 @@
+"""Relevance between query images and corpus images (paper section 2.1).
+
+A query is relevant to a corpus image when they share a class (ImageNet-style, one
+label per image) or any category (COCO-style, multi-hot labels). Relevance is defined
+by images and their labels, never by id tokens (a flaw of the original code). It is
+held as the two label arrays, so gathering the relevance of a ranking is one vectorised
+lookup; `to_sparse()` gives the explicit boolean matrix for storage or inspection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from vitdsi.data.imageset import ImageSet
+from vitdsi.errors import VitDSIError
+
+
+@dataclass(frozen=True)
+class Relevance:
+    query_labels: np.ndarray  # int64 [Q] classes, or bool [Q, C] multi-hot
+    corpus_labels: np.ndarray  # int64 [N] classes, or bool [N, C] multi-hot
+
+    def __post_init__(self) -> None:
+        if self.query_labels.ndim != self.corpus_labels.ndim:
+            raise VitDSIError("query and corpus labels must both be classes or both be multi-hot")
+        if self.multilabel and self.query_labels.shape[1] != self.corpus_labels.shape[1]:
+            raise VitDSIError(
+                f"queries have {self.query_labels.shape[1]} categories but the corpus has {self.corpus_labels.shape[1]}"
+            )
+
+    @staticmethod
+    def between(queries: ImageSet, corpus: ImageSet) -> Relevance:
+        return Relevance(queries.labels.cpu().numpy(), corpus.labels.cpu().numpy())
+
+    @property
+    def multilabel(self) -> bool:
+        return self.query_labels.ndim == 2
+
+    @property
+    def n_queries(self) -> int:
+        return int(self.query_labels.shape[0])
+
+    @property
+    def corpus_size(self) -> int:
+        return int(self.corpus_labels.shape[0])
+
+    def gather(self, ids: np.ndarray) -> np.ndarray:
+        """bool [Q, k]: is the corpus image at ids[q, j] relevant to query q (False for -1)."""
+        ids = np.asarray(ids)
+        if ids.shape[0] != self.n_queries:
+            raise VitDSIError(f"ranking has {ids.shape[0]} rows but there are {self.n_queries} queries")
+        valid = ids >= 0
+        safe = np.where(valid, ids, 0)
+        if self.multilabel:
+            rel = (self.corpus_labels[safe] & self.query_labels[:, None, :]).any(axis=2)
+        else:
+            rel = self.corpus_labels[safe] == self.query_labels[:, None]
+        return rel & valid
+
+    def n_relevant(self) -> np.ndarray:
+        """int64 [Q]: how many corpus images are relevant to each query."""
+        if not self.multilabel:
+            n_classes = int(max(self.query_labels.max(initial=-1), self.corpus_labels.max(initial=-1))) + 1
+            per_class = np.bincount(self.corpus_labels, minlength=n_classes)
+            return per_class[self.query_labels].astype(np.int64)
+        out = np.empty(self.n_queries, dtype=np.int64)
+        corpus = self.corpus_labels.astype(np.float32)
+        for s in range(0, self.n_queries, 4096):  # chunked: [chunk, N] at a time
+            q = self.query_labels[s : s + 4096].astype(np.float32)
+            out[s : s + 4096] = ((q @ corpus.T) > 0).sum(axis=1)
+        return out
+
+    def to_sparse(self) -> sp.csr_matrix:
+        """bool CSR [Q, N] of relevant (query, corpus image) pairs."""
+        if not self.multilabel:
+            q = sp.csr_matrix(
+                (np.ones(self.n_queries, bool), (np.arange(self.n_queries), self.query_labels)),
+                shape=(self.n_queries, int(max(self.query_labels.max(initial=0), self.corpus_labels.max(initial=0))) + 1),
+            )
+            c = sp.csr_matrix(
+                (np.ones(self.corpus_size, bool), (np.arange(self.corpus_size), self.corpus_labels)),
+                shape=(self.corpus_size, q.shape[1]),
+            )
+        else:
+            q = sp.csr_matrix(self.query_labels)
+            c = sp.csr_matrix(self.corpus_labels)
+        return (q.astype(np.int32) @ c.astype(np.int32).T).astype(bool).tocsr()
+
+
+def as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

@@ -1,0 +1,292 @@
+"""The retriever interface and its registry (DESIGN.md "The retriever interface").
+
+A retriever builds an index over a corpus ImageSet and answers top-k queries with a
+Ranking of corpus positions. Build parameters are constructor keyword arguments
+(searched by Optuna); query parameters (beam size, nprobe, efSearch, ...) are set
+apart with `set_query_arguments`, as in ann-benchmarks. Subclasses implement
+`_index`, `_search` and, when they hold learned state, `_state` / `_load_state`; the
+base class validates input and output so every retriever fails the same clear way.
+
+The registry is filled by `@register("name")`; heavy dependencies (cv2, faiss, model
+code) are imported inside the retriever's methods, never at registry import.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from vitdsi.data.imageset import ImageSet
+from vitdsi.errors import VitDSIError
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Top-k answer for a batch of queries."""
+
+    ids: torch.Tensor  # int64 [n_queries, k]: corpus positions, -1 where fewer than k results
+    scores: torch.Tensor  # float32 [n_queries, k]: non-increasing per row, -inf where ids == -1
+
+    def __post_init__(self) -> None:
+        if self.ids.dtype != torch.int64 or self.scores.dtype != torch.float32:
+            raise TypeError(f"Ranking needs int64 ids and float32 scores, got {self.ids.dtype}, {self.scores.dtype}")
+        if self.ids.shape != self.scores.shape or self.ids.ndim != 2:
+            raise ValueError(f"Ranking ids {tuple(self.ids.shape)} and scores {tuple(self.scores.shape)} must be equal 2-d")
+
+    @property
+    def k(self) -> int:
+        return int(self.ids.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def cpu(self) -> Ranking:
+        return Ranking(self.ids.cpu(), self.scores.cpu())
+
+    @staticmethod
+    def from_scores(scores: torch.Tensor, k: int) -> Ranking:
+        """Top-k of a dense [n_queries, n_corpus] score matrix, ties broken by corpus position."""
+        # topk on CPU is not stable for ties; a stable sort keeps the order deterministic.
+        scores = scores.float()
+        if k * 8 < scores.shape[1]:
+            vals, idx = torch.topk(scores, k, dim=1, sorted=True)
+            # re-sort each row by (-score, id) so equal scores come in id order
+            order = np.lexsort((idx.cpu().numpy(), -vals.cpu().numpy()), axis=1)
+            order_t = torch.from_numpy(order).to(idx.device)
+            return Ranking(idx.gather(1, order_t).long(), vals.gather(1, order_t).float())
+        vals, idx = torch.sort(scores, dim=1, descending=True, stable=True)
+        return Ranking(idx[:, :k].long().contiguous(), vals[:, :k].float().contiguous())
+
+    def save(self, path: str | Path) -> None:
+        np.savez_compressed(path, ids=self.ids.cpu().numpy(), scores=self.scores.cpu().numpy())
+
+    @staticmethod
+    def load(path: str | Path) -> Ranking:
+        data = np.load(path)
+        return Ranking(torch.from_numpy(data["ids"]), torch.from_numpy(data["scores"]))
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """One constructor parameter of a retriever, for `bench list retrievers` and validation."""
+
+    name: str
+    default: Any
+    annotation: str
+
+
+class Retriever(ABC):
+    """Builds an index over a corpus and answers top-k queries.
+
+    Subclasses take their build parameters as keyword-only constructor arguments with
+    defaults (plus `seed` and `device`, handled here) and declare their query
+    parameters in `query_defaults`.
+    """
+
+    name: ClassVar[str] = ""  # set by @register
+    query_defaults: ClassVar[dict[str, Any]] = {}  # query-time parameters and their defaults
+
+    def __init__(self, *, seed: int = 0, device: str | None = None) -> None:
+        self.seed = int(seed)
+        self.device = torch.device(device) if device else default_device()
+        self.query_args: dict[str, Any] = dict(self.query_defaults)
+        self.corpus_size: int | None = None
+        self.image_size: int | None = None
+
+    # ---- subclass hooks -------------------------------------------------------------
+    @abstractmethod
+    def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
+        """Build the index over `corpus` (already validated, non-empty)."""
+
+    @abstractmethod
+    def _search(self, images: torch.Tensor, k: int) -> Ranking:
+        """Top-k for uint8 [n, 3, H, W] images (validated); k <= corpus size."""
+
+    def _state(self) -> dict[str, Any]:
+        """Everything `_load_state` needs to answer queries without the corpus (torch-saveable)."""
+        return {}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        """Restore what `_state` returned."""
+
+    # ---- public interface -----------------------------------------------------------
+    def index(self, corpus: ImageSet, *, train_queries: ImageSet | None = None) -> None:
+        """Index `corpus`; `train_queries` (queries labelled against the same classes) are
+        used by retrievers that learn from queries, such as a fine-tuned DSI."""
+        if len(corpus) == 0:
+            raise VitDSIError(f"{self.name}: cannot index an empty corpus; give at least one image")
+        if train_queries is not None and train_queries.image_size != corpus.image_size:
+            raise VitDSIError(
+                f"{self.name}: train queries are {train_queries.image_size}px but the corpus is "
+                f"{corpus.image_size}px; prepare both at the same size"
+            )
+        seed_everything(self.seed)
+        self.corpus_size = len(corpus)
+        self.image_size = corpus.image_size
+        self._index(corpus, train_queries)
+
+    def search(self, images: torch.Tensor, k: int) -> Ranking:
+        """Top-k corpus positions for each query image (uint8 [n, 3, H, W])."""
+        if self.corpus_size is None:
+            raise VitDSIError(f"{self.name}: search() called before index(); index a corpus or load() a saved index")
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise VitDSIError(f"{self.name}: queries must be a uint8 tensor [n, 3, H, W], got {shape}")
+        if images.dtype != torch.uint8:
+            raise VitDSIError(f"{self.name}: query images must be uint8 (0-255), got {images.dtype}")
+        if images.shape[2] != self.image_size or images.shape[3] != self.image_size:
+            raise VitDSIError(
+                f"{self.name}: query images are {images.shape[2]}x{images.shape[3]} but the index was built on "
+                f"{self.image_size}x{self.image_size}; prepare queries at the corpus size"
+            )
+        if not isinstance(k, int) or k < 1:
+            raise VitDSIError(f"{self.name}: k must be a positive integer, got {k!r}")
+        if k > self.corpus_size:
+            raise VitDSIError(
+                f"{self.name}: k={k} is larger than the corpus ({self.corpus_size} images); use k <= {self.corpus_size}"
+            )
+        if images.shape[0] == 0:
+            return Ranking(torch.empty(0, k, dtype=torch.int64), torch.empty(0, k, dtype=torch.float32))
+        ranking = self._search(images, k).cpu()
+        if ranking.ids.shape != (images.shape[0], k):
+            raise RuntimeError(f"{self.name}: returned ids of shape {tuple(ranking.ids.shape)}, expected {(images.shape[0], k)}")
+        return ranking
+
+    def set_query_arguments(self, **kwargs: Any) -> None:
+        """Set query-time parameters (e.g. beam size, nprobe); unknown names are an error."""
+        unknown = sorted(set(kwargs) - set(self.query_defaults))
+        if unknown:
+            raise VitDSIError(
+                f"{self.name}: unknown query argument(s) {unknown}; known: {sorted(self.query_defaults) or 'none'}"
+            )
+        self.query_args.update(kwargs)
+
+    def build_params(self) -> dict[str, Any]:
+        """The constructor arguments this retriever was built with, without `device` (where a
+        saved index is loaded is the loader's choice)."""
+        return {
+            p.name: getattr(self, p.name)
+            for p in retriever_params(type(self))
+            if p.name != "device" and hasattr(self, p.name)
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write the index to directory `path`: config as json, learned state as a torch file."""
+        if self.corpus_size is None:
+            raise VitDSIError(f"{self.name}: nothing to save; index a corpus first")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config = {
+            "retriever": self.name,
+            "build_params": self.build_params(),
+            "query_args": self.query_args,
+            "corpus_size": self.corpus_size,
+            "image_size": self.image_size,
+        }
+        (path / "retriever.json").write_text(json.dumps(config, indent=2, default=str))
+        torch.save(self._state(), path / "state.pt")
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | None = None) -> Retriever:
+        """Read an index written by `save`; works on the base class or the right subclass."""
+        path = Path(path)
+        cfg_file = path / "retriever.json"
+        if not cfg_file.exists():
+            raise VitDSIError(f"no saved retriever at {path} (missing retriever.json)")
+        config = json.loads(cfg_file.read_text())
+        params = dict(config["build_params"])
+        if device is not None:
+            params["device"] = device
+        retriever = create(config["retriever"], **params)
+        retriever.query_args.update(config["query_args"])
+        retriever.corpus_size = config["corpus_size"]
+        retriever.image_size = config["image_size"]
+        state = torch.load(path / "state.pt", map_location=retriever.device, weights_only=False)
+        retriever._load_state(state)
+        return retriever
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.build_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+# ---- registry -------------------------------------------------------------------------
+_REGISTRY: dict[str, type[Retriever]] = {}
+
+
+def register(name: str) -> Callable[[type[Retriever]], type[Retriever]]:
+    """Class decorator adding a retriever under `name`; a duplicate name is an error."""
+
+    def wrap(cls: type[Retriever]) -> type[Retriever]:
+        if name in _REGISTRY:
+            raise ValueError(f"retriever '{name}' is already registered by {_REGISTRY[name].__qualname__}")
+        if not issubclass(cls, Retriever):
+            raise TypeError(f"@register('{name}') needs a Retriever subclass, got {cls!r}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def registered() -> dict[str, type[Retriever]]:
+    """All registered retrievers, by name (importing the built-in ones first)."""
+    import vitdsi.retrievers  # noqa: F401  (fills the registry)
+
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get(name: str) -> type[Retriever]:
+    known = registered()
+    if name not in known:
+        raise VitDSIError(f"unknown retriever '{name}'; registered retrievers: {', '.join(known)}")
+    return known[name]
+
+
+def create(name: str, **params: Any) -> Retriever:
+    """Instantiate retriever `name`; an unknown parameter names the allowed ones."""
+    cls = get(name)
+    allowed = {p.name for p in retriever_params(cls)}
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise VitDSIError(f"retriever '{name}': unknown parameter(s) {unknown}; allowed: {sorted(allowed)}")
+    return cls(**params)
+
+
+def retriever_params(cls: type[Retriever]) -> list[ParamInfo]:
+    """Keyword constructor parameters of `cls` (its build parameters, plus seed and device)."""
+    out = []
+    for p in inspect.signature(cls.__init__).parameters.values():
+        if p.name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", str(p.annotation))
+        out.append(ParamInfo(p.name, None if p.default is p.empty else p.default, ann))
+    return out
+
+
+# ---- helpers shared by retrievers -----------------------------------------------------
+def default_device() -> torch.device:
+    """CUDA when present, else CPU (overridable per retriever with `device=`)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def images_to_float(images: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """uint8 [n, 3, H, W] -> float32 in [0, 1] on `device`."""
+    if device is not None:
+        images = images.to(device, non_blocking=True)
+    return images.float().div_(255.0)
