@@ -94,6 +94,8 @@ class Retriever(ABC):
 
     name: ClassVar[str] = ""  # set by @register
     query_defaults: ClassVar[dict[str, Any]] = {}  # query-time parameters and their defaults
+    # build parameters for a tiny, fast instance (contract tests, `--scale smoke`)
+    smoke_params: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, *, seed: int = 0, device: str | None = None) -> None:
         self.seed = int(seed)

@@ -1,0 +1,88 @@
+"""`coco`: MS COCO style data (pycocotools annotations + an images folder), multi-label.
+
+Each image's labels are the multi-hot set of categories of its annotated objects; a
+query is relevant to every corpus image sharing at least one category (paper 2.1).
+Only near-square images are kept (aspect ratio in [0.9, 1.1]), read from the json's
+width/height, so filtered images are never decoded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vitdsi.data.imageset import ImageSet
+from vitdsi.data.prep import ASPECT_RANGE, is_square_enough
+from vitdsi.data.sampling import stratified_sample
+from vitdsi.data.sources.files import decode_files
+from vitdsi.errors import DatasetNotFoundError, VitDSIError
+from vitdsi.log import get_logger
+
+log = get_logger(__name__)
+
+
+def load_coco(
+    *,
+    root: str | None = None,
+    annotations: str | None = None,
+    images: str | None = None,
+    size: int = 160,
+    limit: int | None = None,
+    seed: int = 0,
+    keep_unlabelled: bool = False,
+    aspect_range: tuple[float, float] = ASPECT_RANGE,
+) -> ImageSet:
+    """`annotations`: instances json (default root/annotations/instances.json);
+    `images`: image folder (default root/images); `keep_unlabelled`: keep images without
+    annotations (they have no relevant corpus image, so metrics skip them as queries)."""
+    if root is None and (annotations is None or images is None):
+        raise VitDSIError("coco needs root (with annotations/instances.json and images/) or both annotations and images")
+    ann_file = Path(annotations) if annotations else Path(root) / "annotations" / "instances.json"
+    img_dir = Path(images) if images else Path(root) / "images"
+    if not ann_file.exists():
+        raise DatasetNotFoundError(f"coco: annotation file {ann_file} not found; pass annotations=PATH to an instances json")
+    if not img_dir.is_dir():
+        raise DatasetNotFoundError(f"coco: image folder {img_dir} not found; pass images=DIR")
+
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress to stdout
+        coco = COCO(str(ann_file))
+    cat_ids = sorted(coco.getCatIds())
+    cat_col = {c: i for i, c in enumerate(cat_ids)}
+    img_ids = sorted(coco.getImgIds())
+    infos = coco.loadImgs(img_ids)
+    square = np.array([is_square_enough(i["width"], i["height"], aspect_range) for i in infos], dtype=bool)
+
+    labels = np.zeros((len(img_ids), len(cat_ids)), dtype=bool)
+    row_of = {img_id: r for r, img_id in enumerate(img_ids)}
+    anns = coco.dataset.get("annotations", [])
+    if anns:
+        rows = np.fromiter((row_of[a["image_id"]] for a in anns), dtype=np.int64, count=len(anns))
+        cols = np.fromiter((cat_col[a["category_id"]] for a in anns), dtype=np.int64, count=len(anns))
+        labels[rows, cols] = True
+    keep = square & (labels.any(1) | keep_unlabelled)
+    index = np.flatnonzero(keep)
+    if index.size == 0:
+        raise DatasetNotFoundError(f"coco: no near-square annotated images in {ann_file}")
+    if limit is not None:
+        first = np.where(labels[index].any(1), labels[index].argmax(1), -1)
+        index = np.sort(index[stratified_sample(first, limit, seed, what="coco images")])
+    paths = [img_dir / infos[i]["file_name"] for i in index]
+    missing = [p for p in paths[:5] if not p.exists()]
+    if missing:
+        raise DatasetNotFoundError(f"coco: image files listed in {ann_file} are missing, e.g. {missing[0]}")
+    log.info("coco %s: %d of %d images kept (near-square%s)", ann_file, len(index), len(img_ids),
+             "" if keep_unlabelled else ", annotated")
+    return ImageSet(
+        images=decode_files(paths, size, what="coco"),
+        labels=torch.from_numpy(labels[index]),
+        source_ids=np.array([str(img_ids[i]) for i in index]),
+        class_names=tuple(coco.loadCats(c)[0]["name"] for c in cat_ids),
+        name="coco",
+        meta={"annotations": str(ann_file), "images": str(img_dir), "size": size},
+    )

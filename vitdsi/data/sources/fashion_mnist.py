@@ -1,0 +1,101 @@
+"""`fashion-mnist`: Zalando's Fashion-MNIST, 70,000 28x28 grey images in 10 classes.
+
+Look-up order: an explicit root, then /usr/share/datasets/fashion-mnist (Debian package
+`dataset-fashion-mnist`), then a torchvision download where a network exists. The idx
+files are parsed with numpy in one pass (no per-image loop), train then test, so that
+source id "train/i" / "test/i" is stable.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vitdsi.data.imageset import ImageSet
+from vitdsi.data.prep import prepare_batch
+from vitdsi.errors import DatasetNotFoundError
+from vitdsi.log import get_logger
+
+DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+log = get_logger(__name__)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find(root: Path, stem: str) -> Path | None:
+    for candidate in (root / f"{stem}.gz", root / stem, root / "FashionMNIST" / "raw" / f"{stem}.gz", root / "FashionMNIST" / "raw" / stem):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _has_all(root: Path) -> bool:
+    return all(_find(root, stem) for pair in FILES.values() for stem in pair)
+
+
+def _try_download(root: Path) -> bool:
+    try:
+        from torchvision.datasets import FashionMNIST
+
+        for train in (True, False):
+            FashionMNIST(str(root), train=train, download=True)
+        return _has_all(root)
+    except Exception as e:  # no network, or a mirror down: fall through to the clear error
+        log.debug("torchvision download failed: %s", e)
+        return False
+
+
+def locate(root: str | Path | None = None, download: bool = True) -> Path:
+    """The directory holding the four idx files, or a DatasetNotFoundError saying where we looked."""
+    looked = []
+    candidates = [Path(root)] if root is not None else []
+    candidates.append(DEBIAN_ROOT)
+    for c in candidates:
+        looked.append(str(c))
+        if _has_all(c):
+            return c
+    cache = Path(root) if root is not None else Path.home() / ".cache" / "vitdsi" / "fashion-mnist"
+    if download and _try_download(cache):
+        return cache
+    raise DatasetNotFoundError(
+        "Fashion-MNIST not found. Looked for train/t10k idx files (.gz or raw) in: "
+        + ", ".join(looked)
+        + (f"; a torchvision download into {cache} failed (no network?)" if download else "")
+        + ". Get it with `apt-get install dataset-fashion-mnist` (Debian), or put the four files from "
+        "https://github.com/zalandoresearch/fashion-mnist in a folder and pass it as root."
+    )
+
+
+def load_fashion_mnist(*, root: str | None = None, size: int = 32, fit: str = "resize", download: bool = True) -> ImageSet:
+    folder = locate(root, download=download)
+    images, labels, ids = [], [], []
+    for part, (img_stem, lab_stem) in FILES.items():
+        imgs = _read_idx(_find(folder, img_stem))
+        labs = _read_idx(_find(folder, lab_stem))
+        images.append(imgs)
+        labels.append(labs)
+        ids.append(np.char.add(f"{part}/", np.arange(len(labs)).astype(str)))
+    return ImageSet(
+        images=prepare_batch(np.concatenate(images), size, fit=fit),
+        labels=torch.from_numpy(np.concatenate(labels).astype(np.int64)),
+        source_ids=np.concatenate(ids),
+        class_names=CLASS_NAMES,
+        name="fashion-mnist",
+        meta={"root": str(folder), "size": size, "fit": fit},
+    )

@@ -1,0 +1,87 @@
+"""`imagefolder`: any root/class_name/*.jpg tree, e.g. an ImageNet subset as the paper used.
+
+Image headers are read first (no decoding) to keep near-square images only (aspect ratio
+in [0.9, 1.1], paper section 2.1); the kept files are then centre-cropped and resized.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vitdsi.data.imageset import ImageSet
+from vitdsi.data.prep import ASPECT_RANGE, is_square_enough
+from vitdsi.data.sampling import stratified_sample
+from vitdsi.data.sources.files import IMAGE_SUFFIXES, decode_files
+from vitdsi.errors import DatasetNotFoundError, VitDSIError
+from vitdsi.log import get_logger
+
+log = get_logger(__name__)
+
+
+def load_imagefolder(
+    *,
+    root: str | None = None,
+    size: int = 160,
+    classes: list[str] | int | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    aspect_range: tuple[float, float] = ASPECT_RANGE,
+) -> ImageSet:
+    """`classes`: names to keep, or a number of classes (the first ones in sorted order);
+    `limit`: at most this many images, class-stratified and seeded, chosen before decoding."""
+    if root is None:
+        raise VitDSIError("imagefolder needs root: a folder with one sub-folder of images per class")
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise DatasetNotFoundError(f"imagefolder root {base} does not exist; point root at a folder of class sub-folders")
+    class_dirs = sorted(d for d in base.iterdir() if d.is_dir())
+    if not class_dirs:
+        raise DatasetNotFoundError(f"imagefolder root {base} has no class sub-folders (expected root/class_x/*.jpg)")
+    if isinstance(classes, int):
+        class_dirs = class_dirs[:classes]
+    elif classes is not None:
+        by_name = {d.name: d for d in class_dirs}
+        missing = [c for c in classes if c not in by_name]
+        if missing:
+            raise VitDSIError(f"imagefolder: classes {missing} not found under {base}; available: {sorted(by_name)[:20]}")
+        class_dirs = [by_name[c] for c in classes]
+
+    paths, labels, skipped = [], [], 0
+    for label, d in enumerate(class_dirs):
+        for f in sorted(d.rglob("*")):
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(f) as im:  # reads the header only
+                    w, h = im.size
+            except OSError:
+                skipped += 1
+                continue
+            if is_square_enough(w, h, aspect_range):
+                paths.append(f)
+                labels.append(label)
+            else:
+                skipped += 1
+    if not paths:
+        raise DatasetNotFoundError(
+            f"imagefolder: no readable near-square images (aspect in {list(aspect_range)}) under {base}"
+        )
+    labels_arr = np.asarray(labels, dtype=np.int64)
+    if limit is not None:
+        keep = np.sort(stratified_sample(labels_arr, limit, seed, what="imagefolder images"))
+        paths = [paths[i] for i in keep]
+        labels_arr = labels_arr[keep]
+    log.info("imagefolder %s: %d images in %d classes (%d skipped as non-square or unreadable)",
+             base, len(paths), len(class_dirs), skipped)
+    return ImageSet(
+        images=decode_files(paths, size, what="imagefolder"),
+        labels=torch.from_numpy(labels_arr),
+        source_ids=np.array([str(p.relative_to(base)) for p in paths]),
+        class_names=tuple(d.name for d in class_dirs),
+        name="imagefolder",
+        meta={"root": str(base), "size": size, "skipped": skipped},
+    )

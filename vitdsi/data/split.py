@@ -1,0 +1,124 @@
+"""Honest splits (paper sections 2.1 and 3.2, without the original's leak).
+
+From a source, N_total images are chosen (class-stratified, seeded); a `split_ratio`
+fraction of them forms the indexed database (IDB) and the rest are query images, split
+*by image* into train / val / test queries (default 0.8 / 0.1 / 0.1). A query image is
+in exactly one of those parts and never in the IDB, so fine-tuning on train queries
+cannot leak into test queries (the original split (query, id) pairs instead).
+The split is plain position arrays plus its parameters, serialisable to json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vitdsi.data.imageset import ImageSet
+from vitdsi.data.sampling import stratified_sample
+from vitdsi.errors import VitDSIError
+
+
+@dataclass(frozen=True)
+class SplitSets:
+    corpus: ImageSet  # the indexed database (IDB)
+    train: ImageSet  # train queries (retrieval fine-tuning)
+    val: ImageSet  # validation queries (early stopping, model choice)
+    test: ImageSet  # test queries (every reported number)
+
+
+@dataclass(frozen=True)
+class Split:
+    idb: np.ndarray  # int64 positions in the source of the indexed images
+    train: np.ndarray  # int64 positions of train queries
+    val: np.ndarray  # int64 positions of validation queries
+    test: np.ndarray  # int64 positions of test queries
+    params: dict = field(default_factory=dict)  # n_total, split_ratio, query_fractions, seed, source fingerprint
+
+    def sizes(self) -> dict[str, int]:
+        return {"idb": len(self.idb), "train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+    def apply(self, dataset: ImageSet) -> SplitSets:
+        expected = self.params.get("source_size")
+        if expected is not None and expected != len(dataset):
+            raise VitDSIError(
+                f"this split was made for a source of {expected} images but the dataset has {len(dataset)}; "
+                "load the same dataset with the same parameters"
+            )
+        return SplitSets(*(dataset.subset(part) for part in (self.idb, self.train, self.val, self.test)))
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"idb": self.idb.tolist(), "train": self.train.tolist(), "val": self.val.tolist(),
+             "test": self.test.tolist(), "params": self.params},
+            indent=None,
+        )
+
+    @staticmethod
+    def from_json(text: str) -> Split:
+        d = json.loads(text)
+        return Split(*(np.asarray(d[k], dtype=np.int64) for k in ("idb", "train", "val", "test")), params=d["params"])
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @staticmethod
+    def load(path: str | Path) -> Split:
+        return Split.from_json(Path(path).read_text())
+
+    def fingerprint(self) -> str:
+        return hashlib.sha1(self.to_json().encode()).hexdigest()[:12]
+
+
+def _largest_remainder(total: int, fractions: tuple[float, ...]) -> list[int]:
+    exact = np.asarray(fractions, dtype=np.float64) * total
+    counts = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - counts), kind="stable")[: total - counts.sum()]:
+        counts[i] += 1
+    return counts.tolist()
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    n_total: int | None = None  # images drawn from the source (None = all)
+    split_ratio: float = 0.25  # fraction of n_total that forms the indexed database
+    query_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / val / test share of the queries
+    seed: int = 0  # seeds every draw
+
+
+def make_split(
+    source: ImageSet | np.ndarray,
+    n_total: int | None = None,
+    split_ratio: float = 0.25,
+    query_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+) -> Split:
+    """Split `source` (an ImageSet, or its one-class-per-image labels) as described above."""
+    labels = source.primary_labels() if isinstance(source, ImageSet) else np.asarray(source)
+    n_source = len(labels)
+    n_total = n_source if n_total is None else int(n_total)
+    if not 0.0 < split_ratio <= 1.0:
+        raise VitDSIError(f"split_ratio must be in (0, 1], got {split_ratio}")
+    if len(query_fractions) != 3 or any(f < 0 for f in query_fractions) or abs(sum(query_fractions) - 1) > 1e-6:
+        raise VitDSIError(f"query_fractions must be three non-negative numbers summing to 1, got {query_fractions}")
+    chosen = stratified_sample(labels, n_total, seed, what="images (n_total)")
+    n_idb = max(1, round(split_ratio * n_total))
+    in_idb = stratified_sample(labels[chosen], n_idb, seed + 1, what="indexed images")
+    mask = np.zeros(n_total, dtype=bool)
+    mask[in_idb] = True
+    idb, queries = chosen[mask], chosen[~mask]
+    parts, rest = [], queries
+    counts = _largest_remainder(len(queries), tuple(query_fractions))
+    for i, count in enumerate(counts[:-1]):
+        pick = stratified_sample(labels[rest], count, seed + 2 + i, what="queries")
+        keep = np.zeros(len(rest), dtype=bool)
+        keep[pick] = True
+        parts.append(rest[keep])
+        rest = rest[~keep]
+    parts.append(rest)
+    params = asdict(SplitSpec(n_total, float(split_ratio), tuple(float(f) for f in query_fractions), int(seed)))
+    params["source_size"] = n_source
+    return Split(np.sort(idb), *(np.sort(p) for p in parts), params=params)

@@ -1,0 +1,71 @@
+"""Scale presets (DESIGN.md "Scale presets"): how big the data and models of a run are.
+
+    smoke  digits, 32 px, tiny models         tests, CI, `make demo`; under a minute a trial
+    small  fashion-mnist, 32 px, 1024 images  honest CPU results; minutes a trial
+    paper  imagefolder, 160 px, paper model   GPU reproduction of the paper (dim 128, ff 256,
+                                              depth 6, heads 4, patch 16, dropout 0.1, lr 5e-4)
+
+A study picks a scale; its own fixed and searched parameters override the preset's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vitdsi.errors import VitDSIError
+
+
+@dataclass(frozen=True)
+class ScalePreset:
+    name: str  # smoke / small / paper
+    dataset: str  # dataset registry name
+    dataset_params: dict[str, Any]  # loader parameters (size, root, ...)
+    n_total: int  # images drawn from the source for the split
+    split_ratio: float  # fraction of n_total that is indexed
+    description: str  # one line for `bench list` and reports
+    # per-retriever build parameters; a retriever not named here uses its own defaults,
+    # except at smoke scale where its class attribute `smoke_params` applies
+    retriever_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def params_for(self, retriever: str) -> dict[str, Any]:
+        """Build parameters this scale sets for `retriever` (before a study's own)."""
+        from vitdsi.retrievers.base import get
+
+        base = dict(get(retriever).smoke_params) if self.name == "smoke" else {}
+        base.update(self.retriever_params.get(retriever, {}))
+        return base
+
+
+SCALES: dict[str, ScalePreset] = {
+    "smoke": ScalePreset(
+        name="smoke",
+        dataset="digits",
+        dataset_params={"size": 32},
+        n_total=256,
+        split_ratio=0.25,
+        description="digits at 32 px, 256 images, tiny models: tests, CI and make demo",
+    ),
+    "small": ScalePreset(
+        name="small",
+        dataset="fashion-mnist",
+        dataset_params={"size": 32},
+        n_total=1024,
+        split_ratio=0.25,
+        description="Fashion-MNIST at 32 px, 1024 images: honest results on a CPU",
+    ),
+    "paper": ScalePreset(
+        name="paper",
+        dataset="imagefolder",
+        dataset_params={"size": 160},
+        n_total=1024,
+        split_ratio=0.25,
+        description="an ImageNet-style image folder at 160 px with the paper's model: GPU reproduction",
+    ),
+}
+
+
+def get_scale(name: str) -> ScalePreset:
+    if name not in SCALES:
+        raise VitDSIError(f"unknown scale '{name}'; known scales: {', '.join(SCALES)}")
+    return SCALES[name]
