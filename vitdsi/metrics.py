@@ -105,7 +105,7 @@ def _chance_average_precision(r, n, k):
 
 def _chance_ndcg(r, n, k):
     disc = _discounts(k)
-    ideal = np.concatenate([[1.0], np.cumsum(disc)])[np.minimum(r, k)]
+    ideal = np.concatenate([[1.0], np.cumsum(disc)])[np.minimum(r, k).astype(np.int64)]
     return (r / n) * disc.sum() / ideal
 
 
@@ -229,10 +229,16 @@ def per_query(ids, relevance: Relevance, names: Iterable[str] = DEFAULT_METRICS)
     metrics = [parse_metric(n) for n in names]
     if ids.ndim != 2:
         raise VitDSIError(f"ranking ids must be 2-d [queries, k], got shape {ids.shape}")
+    need = max((m.k or 0 for m in metrics), default=0)
+    if need > ids.shape[1]:
+        if ids.shape[1] < relevance.corpus_size:
+            raise VitDSIError(
+                f"metric(s) with cutoff {need} need at least {need} results per query but the ranking has "
+                f"k={ids.shape[1]}; search with k={min(need, relevance.corpus_size)}"
+            )
+        # the whole corpus was returned: a larger cutoff sees nothing more (missing = non-relevant)
+        ids = np.pad(ids, ((0, 0), (0, need - ids.shape[1])), constant_values=-1)
     k_returned = ids.shape[1]
-    for m in metrics:
-        if m.k is not None and m.k > k_returned:
-            raise VitDSIError(f"metric {m.name} needs at least {m.k} results per query but the ranking has k={k_returned}")
     rel = relevance.gather(ids)
     valid = ids >= 0
     n_rel = relevance.n_relevant()
@@ -256,6 +262,8 @@ def chance_levels(relevance: Relevance, names: Iterable[str], k_returned: int) -
             continue
         distinct, inverse = np.unique(n_rel[defined], return_inverse=True)
         per_r = m.family.chance(distinct.astype(np.float64), float(n), k)
+        if m.family.name == "P":  # a cutoff beyond the corpus still divides by K
+            per_r = per_r * k / m.cutoff(k_returned)
         out[m.name] = float(per_r[inverse].mean())
     return out
 

@@ -62,7 +62,14 @@ class Relevance:
         return rel & valid
 
     def n_relevant(self) -> np.ndarray:
-        """int64 [Q]: how many corpus images are relevant to each query."""
+        """int64 [Q]: how many corpus images are relevant to each query (computed once)."""
+        cached = self.__dict__.get("_n_relevant")
+        if cached is None:
+            cached = self._count_relevant()
+            object.__setattr__(self, "_n_relevant", cached)  # frozen dataclass: cache by hand
+        return cached
+
+    def _count_relevant(self) -> np.ndarray:
         if not self.multilabel:
             n_classes = int(max(self.query_labels.max(initial=-1), self.corpus_labels.max(initial=-1))) + 1
             per_class = np.bincount(self.corpus_labels, minlength=n_classes)

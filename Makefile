@@ -1,0 +1,34 @@
+# vitdsi-bench: `make demo` and `make test` work on a fresh machine; each creates .venv
+# and installs everything when missing (torch from the pinned wheels, then the project).
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned, so no resolver picks a different multi-GB build
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) scripts/demo.py
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check vitdsi bench tests scripts
+
+bench: install
+	$(PY) scripts/bench_foundation.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

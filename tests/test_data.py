@@ -1,0 +1,182 @@
+"""Data sources, preparation, splits and relevance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vitdsi.data import Relevance, Split, load_dataset, make_split
+from vitdsi.data.prep import prepare_batch
+from vitdsi.errors import DatasetNotFoundError, VitDSIError
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def test_digits_is_uint8_rgb_square(digits32):
+    assert digits32.images.shape == (1797, 3, 32, 32) and digits32.images.dtype == torch.uint8
+    assert digits32.labels.dtype == torch.int64 and set(digits32.labels.tolist()) == set(range(10))
+    assert len(set(digits32.source_ids.tolist())) == 1797
+    assert torch.equal(digits32.images[:, 0], digits32.images[:, 2])  # grey replicated to RGB
+    assert digits32.images.max() > 200  # 0..16 rescaled to 0..255
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="Debian package dataset-fashion-mnist not installed")
+def test_fashion_mnist_from_debian_package():
+    ds = load_dataset("fashion-mnist", size=28, fit="pad")
+    assert ds.images.shape == (70000, 3, 28, 28)
+    assert np.bincount(ds.labels.numpy()).tolist() == [7000] * 10
+    assert ds.source_ids[0] == "train/0" and ds.source_ids[-1] == "test/9999"
+    padded = load_dataset("fashion-mnist", size=32, fit="pad", limit=100, seed=1)
+    assert padded.images.shape == (100, 3, 32, 32)
+    assert (padded.images[:, :, :2] == 0).all()  # zero border from padding 28 -> 32
+
+
+def test_fashion_mnist_missing_root_names_where_it_looked(tmp_path, monkeypatch):
+    from vitdsi.data.sources import fashion_mnist
+
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_ROOT", tmp_path / "nowhere")
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_dataset("fashion-mnist", root=str(tmp_path / "empty"), download=False)
+    msg = str(err.value)
+    assert str(tmp_path / "empty") in msg and "nowhere" in msg and "apt-get install dataset-fashion-mnist" in msg
+
+
+def test_unknown_dataset_and_parameter_and_limit_errors():
+    with pytest.raises(VitDSIError, match="known datasets: digits, fashion-mnist, imagefolder, coco, coco-mosaic"):
+        load_dataset("mnist")
+    with pytest.raises(VitDSIError, match=r"unknown parameter\(s\) \['sise'\]"):
+        load_dataset("digits", sise=32)
+    with pytest.raises(VitDSIError, match="has 1797 images but limit=5000"):
+        load_dataset("digits", limit=5000)
+
+
+def test_limit_is_stratified_and_seeded():
+    a = load_dataset("digits", size=8, limit=200, seed=3)
+    b = load_dataset("digits", size=8, limit=200, seed=3)
+    c = load_dataset("digits", size=8, limit=200, seed=4)
+    assert (a.source_ids == b.source_ids).all() and not (a.source_ids == c.source_ids).all()
+    counts = np.bincount(a.labels.numpy(), minlength=10)
+    assert counts.min() >= 19 and counts.max() <= 21
+
+
+def _write_tree(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for cls, shade in (("cat", 40), ("dog", 200)):
+        (root / cls).mkdir(parents=True)
+        for i in range(6):
+            arr = np.full((40, 42, 3), shade, np.uint8) + rng.integers(0, 10, (40, 42, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / cls / f"{i}.png")
+        Image.fromarray(np.zeros((20, 60, 3), np.uint8)).save(root / cls / "wide.png")  # aspect 3: dropped
+    (root / "dog" / "notes.txt").write_text("not an image")
+
+
+def test_imagefolder_square_filter_crop_resize(tmp_path):
+    _write_tree(tmp_path)
+    ds = load_dataset("imagefolder", root=str(tmp_path), size=16)
+    assert ds.images.shape == (12, 3, 16, 16)
+    assert ds.class_names == ("cat", "dog")
+    assert ds.meta["skipped"] == 2
+    assert ds.images[ds.labels == 0].float().mean() < 60 < ds.images[ds.labels == 1].float().mean()
+    assert load_dataset("imagefolder", root=str(tmp_path), size=16, limit=4, seed=0).labels.tolist().count(0) == 2
+
+
+def test_imagefolder_missing_root(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="does not exist"):
+        load_dataset("imagefolder", root=str(tmp_path / "missing"))
+    with pytest.raises(VitDSIError, match="needs root"):
+        load_dataset("imagefolder")
+
+
+def test_coco_mosaic_is_real_coco_and_deterministic(tmp_path):
+    from vitdsi.data.sources.mosaic import generate_coco_mosaic
+
+    a = generate_coco_mosaic(tmp_path / "a", n_images=30, grid=2, tile_size=8, seed=5)
+    b = generate_coco_mosaic(tmp_path / "b", n_images=30, grid=2, tile_size=8, seed=5)
+    ja = json.loads((a / "annotations" / "instances.json").read_text())
+    jb = json.loads((b / "annotations" / "instances.json").read_text())
+    assert ja == jb
+    assert (a / "images" / "mosaic_000000.png").read_bytes() == (b / "images" / "mosaic_000000.png").read_bytes()
+    ds = load_dataset("coco", root=str(a), size=16)
+    assert ds.multilabel and ds.labels.shape == (30, 10) and ds.labels.dtype == torch.bool
+    assert ds.labels.any(1).all()
+    # categories per image agree with the annotations
+    cats = {}
+    for ann in ja["annotations"]:
+        cats.setdefault(ann["image_id"], set()).add(ann["category_id"] - 1)
+    for row, sid in zip(ds.labels.numpy(), ds.source_ids):
+        assert set(np.flatnonzero(row)) == cats[int(sid)]
+
+
+def test_coco_mosaic_loader_caches(tmp_path):
+    first = load_dataset("coco-mosaic", root=str(tmp_path), n_images=20, tile_size=8, seed=1)
+    second = load_dataset("coco-mosaic", root=str(tmp_path), n_images=20, tile_size=8, seed=1)
+    assert torch.equal(first.images, second.images) and first.images.shape == (20, 3, 16, 16)
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_coco_missing_annotations(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="annotation file"):
+        load_dataset("coco", root=str(tmp_path))
+
+
+def test_multilabel_relevance_any_shared_category():
+    q = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0]], bool)
+    c = np.array([[1, 1, 0], [0, 0, 1], [0, 0, 0], [1, 0, 1]], bool)
+    rel = Relevance(q, c)
+    dense = rel.to_sparse().toarray()
+    assert dense.tolist() == [[True, False, False, True], [True, True, False, True], [False] * 4]
+    assert rel.n_relevant().tolist() == [2, 3, 0]
+    assert rel.gather(np.array([[0, 1], [2, -1], [0, 3]])).tolist() == [[True, False], [False, False], [False, False]]
+
+
+def test_single_label_relevance_matches_dense():
+    rng = np.random.default_rng(0)
+    q, c = rng.integers(0, 5, 30), rng.integers(0, 5, 50)
+    rel = Relevance(q, c)
+    assert (rel.to_sparse().toarray() == (q[:, None] == c[None, :])).all()
+    assert (rel.n_relevant() == (q[:, None] == c[None, :]).sum(1)).all()
+
+
+def test_split_is_by_image_disjoint_stratified_and_serialisable(digits32):
+    split = make_split(digits32, n_total=1000, split_ratio=0.25, seed=0)
+    sizes = split.sizes()
+    assert sizes == {"idb": 250, "train": 600, "val": 75, "test": 75}
+    parts = [set(p.tolist()) for p in (split.idb, split.train, split.val, split.test)]
+    assert sum(len(p) for p in parts) == len(set().union(*parts)) == 1000
+    labels = digits32.labels.numpy()
+    for part in (split.idb, split.train):
+        share = np.bincount(labels[part], minlength=10) / len(part)
+        assert np.abs(share - 0.1).max() < 0.02
+    again = Split.from_json(split.to_json())
+    assert all((x == y).all() for x, y in zip((split.idb, split.test), (again.idb, again.test)))
+    assert again.params == json.loads(split.to_json())["params"]
+    assert make_split(digits32, 1000, 0.25, seed=0).fingerprint() == split.fingerprint()
+    assert make_split(digits32, 1000, 0.25, seed=1).fingerprint() != split.fingerprint()
+    sets = split.apply(digits32)
+    assert len(sets.corpus) == 250 and len(sets.test) == 75
+
+
+def test_split_errors(digits32):
+    with pytest.raises(VitDSIError, match="asked for 5000 images"):
+        make_split(digits32, n_total=5000)
+    with pytest.raises(VitDSIError, match="split_ratio"):
+        make_split(digits32, n_total=100, split_ratio=1.5)
+    with pytest.raises(VitDSIError, match="query_fractions"):
+        make_split(digits32, n_total=100, query_fractions=(0.5, 0.5, 0.5))
+    split = make_split(digits32, n_total=100)
+    with pytest.raises(VitDSIError, match="made for a source of 1797"):
+        split.apply(digits32.subset(np.arange(10)))
+
+
+def test_prepare_batch_centre_crops_and_resizes():
+    x = np.zeros((2, 10, 14), np.uint8)
+    x[:, :, 2:12] = 255  # the centre 10x10 square is white, the side bands black
+    out = prepare_batch(x, 5)
+    assert out.shape == (2, 3, 5, 5) and (out == 255).all()
+    with pytest.raises(VitDSIError, match="fit='pad' needs size"):
+        prepare_batch(x, 5, fit="pad")

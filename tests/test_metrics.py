@@ -1,0 +1,172 @@
+"""Metrics against an independent implementation (ir-measures / trec_eval), hand-built
+cases for IA@K and the no-relevant-item rule, and chance levels against simulation."""
+
+from __future__ import annotations
+
+import ir_measures
+import numpy as np
+import pytest
+from ir_measures import AP, RR, P, Qrel, R, ScoredDoc, nDCG
+
+from vitdsi.data.relevance import Relevance
+from vitdsi.errors import VitDSIError
+from vitdsi.metrics import (
+    chance_levels,
+    evaluate,
+    indexing_accuracy,
+    mean_ci,
+    parse_metric,
+    per_query,
+)
+
+
+def random_case(rng: np.random.Generator):
+    n_corpus = int(rng.integers(5, 120))
+    n_queries = int(rng.integers(3, 25))
+    k = int(rng.integers(1, n_corpus + 1))
+    multilabel = bool(rng.random() < 0.5)
+    n_classes = int(rng.integers(2, 8))
+    if multilabel:
+        q = rng.random((n_queries, n_classes)) < 0.3
+        c = rng.random((n_corpus, n_classes)) < 0.3
+        rel = Relevance(q, c)
+    else:
+        rel = Relevance(rng.integers(0, n_classes, n_queries), rng.integers(0, n_classes, n_corpus))
+    ids = np.argsort(rng.random((n_queries, n_corpus)), axis=1)[:, :k].astype(np.int64)
+    # some rows return fewer than k results (trailing -1), never none
+    for row in range(n_queries):
+        if rng.random() < 0.2 and k > 1:
+            ids[row, int(rng.integers(1, k)) :] = -1
+    return rel, ids, k
+
+
+def ir_measures_values(rel: Relevance, ids: np.ndarray, measures):
+    dense = rel.to_sparse().toarray()
+    qrels = [Qrel(str(q), str(d), 1) for q, d in zip(*np.nonzero(dense))]
+    run = [
+        ScoredDoc(str(q), str(d), float(ids.shape[1] - j))  # strictly decreasing: no tie-breaking ambiguity
+        for q in range(ids.shape[0])
+        for j, d in enumerate(ids[q])
+        if d >= 0
+    ]
+    out = {}
+    for m in ir_measures.iter_calc(measures, qrels, run):
+        out[(str(m.measure), int(m.query_id))] = m.value
+    return out
+
+
+def test_ranked_metrics_equal_ir_measures_on_random_runs():
+    rng = np.random.default_rng(12345)
+    compared = 0
+    for _ in range(250):
+        rel, ids, k = random_case(rng)
+        cut = int(rng.integers(1, k + 1))
+        ours = per_query(ids, rel, [f"P@{cut}", f"MAP@{cut}", f"R@{cut}", f"nDCG@{cut}", "MRR"])
+        theirs = ir_measures_values(rel, ids, [P @ cut, AP @ cut, R @ cut, nDCG @ cut, RR])
+        n_rel = rel.n_relevant()
+        for q in range(ids.shape[0]):
+            if n_rel[q] == 0:
+                assert all(np.isnan(v[q]) for v in ours.values())
+                continue
+            # trec_eval's AP@K divides by R; ours by min(K, R) (see vitdsi.metrics)
+            ap_theirs = theirs.get((f"AP@{cut}", q), 0.0) * n_rel[q] / min(cut, n_rel[q])
+            assert ours[f"P@{cut}"][q] == pytest.approx(theirs.get((f"P@{cut}", q), 0.0), abs=1e-9)
+            assert ours[f"MAP@{cut}"][q] == pytest.approx(ap_theirs, abs=1e-9)
+            assert ours[f"R@{cut}"][q] == pytest.approx(theirs.get((f"R@{cut}", q), 0.0), abs=1e-9)
+            assert ours[f"nDCG@{cut}"][q] == pytest.approx(theirs.get((f"nDCG@{cut}", q), 0.0), abs=1e-9)
+            assert ours["MRR"][q] == pytest.approx(theirs.get(("RR", q), 0.0), abs=1e-9)
+            compared += 1
+    assert compared > 1500
+
+
+def test_indexing_accuracy_hand_built():
+    # corpus of 4; row i queries image i
+    ids = np.array([[0, 1, 2], [0, 1, 2], [3, 2, 1], [0, 1, 2]])
+    ia = indexing_accuracy(ids, corpus_size=4, ks=(1, 2, 3))
+    assert ia["IA@1"].mean == pytest.approx(1 / 4)  # only row 0 has its own id first
+    assert ia["IA@2"].mean == pytest.approx(3 / 4)  # rows 1 and 2 have theirs second
+    assert ia["IA@3"].mean == pytest.approx(3 / 4)  # row 3 never returns 3
+    assert ia["IA@1"].chance == pytest.approx(1 / 4)
+    # a subset of indexed images as queries
+    sub = indexing_accuracy(np.array([[2, 0], [1, 3]]), corpus_size=4, positions=[2, 3], ks=(1, 2))
+    assert sub["IA@1"].mean == pytest.approx(0.5) and sub["IA@2"].mean == pytest.approx(1.0)
+
+
+def test_hand_computed_values():
+    # query class 0; corpus classes [0, 1, 0, 1, 0] -> R = 3, N = 5
+    rel = Relevance(np.array([0]), np.array([0, 1, 0, 1, 0]))
+    ids = np.array([[1, 0, 3, 2, 4]])
+    v = per_query(ids, rel, ["P@2", "MAP@3", "R@3", "MRR", "FPR@3", "nDCG@2"])
+    assert v["P@2"][0] == pytest.approx(0.5)
+    assert v["MAP@3"][0] == pytest.approx((1 / 2) / 3)  # one hit at rank 2 -> P@2 = 1/2, / min(3, 3)
+    assert v["R@3"][0] == pytest.approx(1 / 3)
+    assert v["MRR"][0] == pytest.approx(0.5)
+    assert v["FPR@3"][0] == pytest.approx(2 / 2)  # both non-relevant images in the top 3
+    assert v["nDCG@2"][0] == pytest.approx((1 / np.log2(3)) / (1 + 1 / np.log2(3)))
+
+
+def test_queries_without_relevant_items_are_excluded_and_counted():
+    rel = Relevance(np.array([0, 2]), np.array([0, 1, 0]))  # class 2 is absent from the corpus
+    res = evaluate(np.array([[0, 1], [1, 0]]), rel, ["P@1", "MAP@2", "FPR@1"])
+    assert res["P@1"].n == 1 and res["P@1"].mean == pytest.approx(1.0)
+    assert res["MAP@2"].n == 1
+    assert res["FPR@1"].n == 1
+
+
+def test_missing_results_count_as_non_relevant():
+    rel = Relevance(np.array([0]), np.array([0, 0, 1]))
+    v = per_query(np.array([[0, -1, -1]]), rel, ["P@3", "R@3", "FPR@3"])
+    assert v["P@3"][0] == pytest.approx(1 / 3)
+    assert v["R@3"][0] == pytest.approx(1 / 2)
+    assert v["FPR@3"][0] == pytest.approx(0.0)
+
+
+def test_chance_levels_match_simulation():
+    rng = np.random.default_rng(7)
+    q = rng.integers(0, 4, 40)
+    c = rng.integers(0, 4, 60)
+    rel = Relevance(q, c)
+    names = ["P@10", "MAP@10", "R@20", "nDCG@10", "MRR", "FPR@10", "MRR@5"]
+    exact = chance_levels(rel, names, k_returned=30)
+    sims = {n: [] for n in names}
+    for _ in range(400):
+        ids = np.argsort(rng.random((40, 60)), axis=1)[:, :30]
+        for n, v in per_query(ids, rel, names).items():
+            sims[n].append(np.nanmean(v))
+    for n in names:
+        m, half, _ = mean_ci(np.array(sims[n]))
+        assert abs(m - exact[n]) < max(4 * half, 1e-3), (n, m, exact[n])
+
+
+def test_known_chance_levels_from_design():
+    # 10 balanced classes: P@10 chance 0.10; R@100 on 512 indexed images is 100 / 512
+    rel = Relevance(np.repeat(np.arange(10), 5), np.repeat(np.arange(10), 512 // 10 + 1)[:512])
+    ch = chance_levels(rel, ["P@10", "R@100"], k_returned=100)
+    assert ch["P@10"] == pytest.approx(0.1, abs=0.002)
+    assert ch["R@100"] == pytest.approx(100 / 512)
+
+
+def test_metric_names_and_errors():
+    assert parse_metric("MAP@10").name == "MAP@10"
+    assert parse_metric("MRR").k is None
+    assert not parse_metric("FPR@5").higher_is_better
+    with pytest.raises(VitDSIError, match="unknown metric"):
+        parse_metric("MAPP@10")
+    with pytest.raises(VitDSIError, match="needs a cutoff"):
+        parse_metric("P")
+    rel = Relevance(np.array([0]), np.array([0, 1, 0]))
+    with pytest.raises(VitDSIError, match="need at least 5 results"):
+        per_query(np.array([[0, 1]]), rel, ["P@5"])
+    # the whole corpus returned: larger cutoffs see nothing more
+    v = per_query(np.array([[0, 1, 2]]), rel, ["P@5", "R@100"])
+    assert v["P@5"][0] == pytest.approx(2 / 5) and v["R@100"][0] == 1.0
+    assert chance_levels(rel, ["P@5", "R@100"], 3) == pytest.approx({"P@5": 2 / 5, "R@100": 1.0})
+
+
+def test_ci_half_width_is_student_t():
+    from scipy import stats
+
+    v = np.array([0.0, 1.0, 1.0, 0.0, 1.0])
+    m, half, n = mean_ci(v)
+    assert n == 5 and m == pytest.approx(0.6)
+    assert half == pytest.approx(stats.t.ppf(0.975, 4) * v.std(ddof=1) / np.sqrt(5))
