@@ -1,0 +1,148 @@
+"""Query latency against database size: the paper's O(1)-vs-O(N) claim, measured.
+
+For one indexed retriever, `measure_search` times `search` per query at a given batch
+size: warm-up calls first, a fixed thread count, `time.perf_counter` around each call,
+`torch.cuda.synchronize` on a GPU, and p50 / p95 over repeated calls. `index_bytes`
+measures the saved index. `fit_loglog` fits log(latency) = a + b log(N): b near 0 is
+O(1), near 1 is O(N). `crossover` finds the N where one fitted line falls below another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vitdsi.retrievers.base import Retriever
+
+
+@dataclass(frozen=True)
+class SearchTiming:
+    batch_size: int  # queries per search call
+    p50_ms: float  # median per-query latency (call time / batch size), milliseconds
+    p95_ms: float  # 95th percentile per-query latency, milliseconds
+    mean_ms: float  # mean per-query latency, milliseconds
+    calls: int  # timed calls (after warm-up)
+    threads: int  # torch / faiss / OpenCV threads used
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@contextlib.contextmanager
+def fixed_threads(n: int) -> Iterator[None]:
+    """Pin torch, FAISS and OpenCV to `n` threads for the duration (restored after)."""
+    old_torch = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        import faiss
+
+        old_faiss = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(n)
+    except ImportError:  # pragma: no cover - faiss is a dependency
+        faiss, old_faiss = None, None
+    try:
+        import cv2
+
+        old_cv = cv2.getNumThreads()
+        cv2.setNumThreads(n)
+    except ImportError:  # pragma: no cover
+        cv2, old_cv = None, None
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_torch)
+        if faiss is not None:
+            faiss.omp_set_num_threads(old_faiss)
+        if cv2 is not None:
+            cv2.setNumThreads(old_cv)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_search(
+    retriever: Retriever,
+    queries: torch.Tensor,
+    *,
+    k: int = 10,
+    batch_size: int = 1,
+    calls: int = 30,
+    warmup: int = 3,
+    threads: int = 1,
+) -> SearchTiming:
+    """Per-query search latency of an indexed retriever; queries are cycled through."""
+    if len(queries) < batch_size:
+        reps = -(-batch_size // len(queries))
+        queries = queries.repeat(reps, 1, 1, 1)
+    starts = np.arange(calls + warmup) * batch_size % max(1, len(queries) - batch_size + 1)
+    times = []
+    with fixed_threads(threads), torch.inference_mode():
+        for i, s in enumerate(starts):
+            batch = queries[s : s + batch_size]
+            _sync(retriever.device)
+            t = time.perf_counter()
+            retriever.search(batch, k)
+            _sync(retriever.device)
+            if i >= warmup:
+                times.append((time.perf_counter() - t) / batch_size * 1e3)
+    arr = np.asarray(times)
+    return SearchTiming(batch_size, float(np.percentile(arr, 50)), float(np.percentile(arr, 95)),
+                        float(arr.mean()), len(arr), threads)
+
+
+def index_bytes(retriever: Retriever) -> int:
+    """Bytes of the saved index (weights, features, vocabularies): what must be kept to answer."""
+    with tempfile.TemporaryDirectory() as tmp:
+        retriever.save(tmp)
+        return sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
+
+
+@dataclass(frozen=True)
+class LogLogFit:
+    slope: float  # d log(latency) / d log(N): ~0 is O(1), ~1 is O(N)
+    intercept: float  # log(latency in ms) at N = 1
+    n_points: int  # database sizes the fit used
+    r2: float  # coefficient of determination of the fit
+
+    def predict(self, n: np.ndarray | float) -> np.ndarray:
+        return np.exp(self.intercept + self.slope * np.log(n))
+
+
+def fit_loglog(ns: Sequence[float], latencies_ms: Sequence[float]) -> LogLogFit:
+    """Least-squares line through (log N, log latency)."""
+    x, y = np.log(np.asarray(ns, float)), np.log(np.asarray(latencies_ms, float))
+    if len(x) < 2:
+        raise ValueError("a log-log fit needs at least two database sizes")
+    slope, intercept = np.polyfit(x, y, 1)
+    resid = y - (intercept + slope * x)
+    total = ((y - y.mean()) ** 2).sum()
+    r2 = 1.0 - (resid**2).sum() / total if total > 0 else 1.0
+    return LogLogFit(float(slope), float(intercept), len(x), float(r2))
+
+
+def crossover(ns: Sequence[float], challenger_ms: Sequence[float], baseline_ms: Sequence[float]) -> float | None:
+    """Smallest measured-range N from which the challenger (e.g. DSI) is faster than the
+    baseline for good, by linear interpolation of log latency between measured sizes.
+    Returns min(ns) if it is faster throughout, None if it never becomes faster in range."""
+    ns = np.asarray(ns, float)
+    order = np.argsort(ns)
+    ns = ns[order]
+    diff = np.log(np.asarray(challenger_ms, float)[order]) - np.log(np.asarray(baseline_ms, float)[order])
+    faster = diff < 0
+    if not faster[-1]:
+        return None
+    if faster.all():
+        return float(ns[0])
+    last_slow = int(np.flatnonzero(~faster)[-1])
+    x0, x1 = np.log(ns[last_slow]), np.log(ns[last_slow + 1])
+    d0, d1 = diff[last_slow], diff[last_slow + 1]
+    return float(np.exp(x0 + (x1 - x0) * d0 / (d0 - d1)))
