@@ -1,0 +1,109 @@
+"""Report figures with matplotlib (Agg, no network): latency vs N on log-log axes with
+fitted slopes, Precision@K curves, training curves, and a query -> top-k image grid.
+
+Each function takes plain arrays and writes one PNG; the report module decides what to plot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench.latency import fit_loglog  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def latency_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: Path, title: str) -> Path:
+    """series: label -> (N values, per-query latency in ms); one line per label with its fitted slope."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, (ns, ms) in series.items():
+        ns, ms = np.asarray(ns, float), np.asarray(ms, float)
+        order = np.argsort(ns)
+        ns, ms = ns[order], ms[order]
+        (line,) = ax.plot(ns, ms, "o-", label=label)
+        if len(ns) >= 2:
+            fit = fit_loglog(ns, ms)
+            ax.plot(ns, fit.predict(ns), "--", color=line.get_color(), alpha=0.5)
+            line.set_label(f"{label} (slope {fit.slope:.2f})")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("indexed images N")
+    ax.set_ylabel("search latency per query (ms)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def precision_curve(curves: Mapping[str, np.ndarray], chance: Mapping[str, np.ndarray] | None, path: Path, title: str) -> Path:
+    """curves: label -> mean P@K for K = 1..len; dotted chance lines when given."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, values in curves.items():
+        ks = np.arange(1, len(values) + 1)
+        (line,) = ax.plot(ks, values, label=label)
+        if chance and label in chance:
+            ax.plot(ks, chance[label], ":", color=line.get_color(), alpha=0.7)
+    ax.set_xlabel("K")
+    ax.set_ylabel("mean Precision@K (test queries)")
+    ax.set_title(title + "  (dotted: chance)")
+    ax.set_ylim(0, 1)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def training_curves(histories: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]], path: Path, title: str) -> Path:
+    """histories: run label -> metric name -> [(epoch, value)]; one panel per metric name."""
+    names = sorted({m for h in histories.values() for m in h})
+    if not names:
+        raise ValueError("no training curves to plot")
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for label, h in histories.items():
+            if name in h and h[name]:
+                steps, values = zip(*h[name])
+                ax.plot(steps, values, label=label)
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def retrieval_grid(queries: np.ndarray, results: np.ndarray, relevant: np.ndarray, path: Path, title: str) -> Path:
+    """queries uint8 [Q, 3, H, W]; results uint8 [Q, k, 3, H, W] (zeros where missing);
+    relevant bool [Q, k]. Relevant results get a green frame, others red."""
+    n_q, k = results.shape[:2]
+    fig, axes = plt.subplots(n_q, k + 1, figsize=(1.3 * (k + 1), 1.4 * n_q), squeeze=False)
+    for q in range(n_q):
+        axes[q][0].imshow(queries[q].transpose(1, 2, 0))
+        axes[q][0].set_title("query" if q == 0 else "", fontsize=8)
+        for j in range(k):
+            ax = axes[q][j + 1]
+            ax.imshow(results[q, j].transpose(1, 2, 0))
+            color = "#1a9850" if relevant[q, j] else "#d73027"
+            for side in ax.spines.values():
+                side.set_edgecolor(color)
+                side.set_linewidth(3)
+            if q == 0:
+                ax.set_title(f"#{j + 1}", fontsize=8)
+        for ax in axes[q]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(title + "  (green: relevant)", fontsize=9)
+    return _save(fig, path)
