@@ -1,0 +1,375 @@
+"""`bench report STUDY`: a markdown report with PNG figures from what a study logged.
+
+Reads the study's parent run and finished trial runs from MLflow (`bench.report_data`)
+and their artifacts (split, rankings); it retrains nothing. Sections: a provenance
+header, one row per trial with every metric as mean ± 95% CI and its chance level, the
+best trial, parameter importances, the paper's Table 1 layout beside its numbers (for
+`table1`), latency against database size with fitted log-log slopes and crossovers (for
+latency studies), training curves, Precision@K curves, and a query -> top-5 image grid.
+Plain markdown with relative image links, so it renders anywhere without network.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import plots
+from bench.paper import METHOD_NOTE, paper_row
+from bench.report_data import StudyRecord, TrialRecord, load_study_record, metric_history
+from vitdsi.log import get_logger
+
+log = get_logger("bench.report")
+
+MAX_CURVES = 8  # lines per figure before it stops being readable
+GRID_QUERIES, GRID_K = 6, 5
+
+
+def fmt(x: float | None, digits: int = 4) -> str:
+    """A number as the report prints it (the tests parse these back)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def fmt_ci(mean: float | None, ci: float | None) -> str:
+    if mean is None:
+        return "n/a"
+    return fmt(mean) if ci is None or math.isnan(ci) else f"{fmt(mean)} ± {fmt(ci)}"
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _label(t: TrialRecord, record: StudyRecord) -> str:
+    sampled = {k: v for k, v in t.sampled.items() if k != "method"}
+    parts = [t.method] if len(record.resolved.get("methods", {})) > 1 else []
+    parts += [f"{k}={v}" for k, v in sampled.items()]
+    return " ".join(parts) or f"trial {t.number}"
+
+
+# ---- sections -----------------------------------------------------------------------------
+def header_section(record: StudyRecord) -> str:
+    tags, ds = record.tags, record.resolved.get("dataset", {})
+    versions = ", ".join(f"{k[len('version.'):]} {v}" for k, v in sorted(tags.items()) if k.startswith("version."))
+    device = tags.get("device", "?")
+    if tags.get("device.name"):
+        device += f" ({tags['device.name']})"
+    rows = [
+        ["report written", dt.datetime.now().strftime("%Y-%m-%d %H:%M")],
+        ["study run", f"`{record.run_id}` (experiment {record.experiment_id}), Optuna study `{tags.get('optuna.study_name', '?')}`"],
+        ["git", f"`{tags.get('git.sha', '?')[:12]}`" + (" (dirty tree)" if tags.get("git.dirty") == "true" else "")],
+        ["device", device],
+        ["packages", versions or "?"],
+        ["scale", record.scale],
+        ["dataset", f"{ds.get('name')} at {ds.get('size')} px, n_total {ds.get('n_total')}, split_ratio {ds.get('split_ratio')}, "
+                    f"queries train/val/test {ds.get('query_fractions')}, split seed {ds.get('seed')}"],
+        ["objective", f"{record.objective} ({record.direction}), sampler {record.params.get('sampler')}, "
+                      f"repeats {record.params.get('repeats')} seed(s) per trial"],
+        ["trials", f"{len(record.trials)} finished"],
+    ]
+    return md_table(["", ""], rows)
+
+
+def results_section(record: StudyRecord) -> str:
+    names = record.metric_names()
+    shared_chance = {}
+    for m in names:
+        values = {round(t.metrics[m].chance, 12) for t in record.trials if m in t.metrics and t.metrics[m].chance is not None}
+        shared_chance[m] = values.pop() if len(values) == 1 else None
+    header = ["#", "trial", "indexed", "test queries"]
+    header += [f"{m} (chance {fmt(shared_chance[m])})" if shared_chance[m] is not None else m for m in names]
+    header += ["index s", "ms / query"]
+    rows = []
+    for t in record.trials:
+        ia = next((t.metrics[m] for m in names if m.startswith("IA@")), None)
+        test = next((t.metrics[m] for m in names if not m.startswith("IA@")), None)
+        row = [str(t.number), _label(t, record), str(ia.n) if ia and ia.n else "?", str(test.n) if test and test.n else "?"]
+        for m in names:
+            mr = t.metrics.get(m)
+            cell = fmt_ci(mr.mean, mr.ci95) if mr else "n/a"
+            if mr and shared_chance[m] is None and mr.chance is not None:
+                cell += f" (chance {fmt(mr.chance)})"
+            row.append(cell)
+        row += [fmt(t.extra.get("index_seconds"), 1), fmt(t.extra.get("query_ms"), 2)]
+        rows.append(row)
+    note = ("Each cell is the mean over all test queries (IA@K: over all indexed images) ± the half-width of its "
+            "95% Student-t confidence interval; with several seeds, the mean over seeds ± the CI across seeds. "
+            "Chance is the exact expectation under a uniformly random ranking of the same split.")
+    return md_table(header, rows) + "\n\n" + note
+
+
+def best_section(record: StudyRecord) -> str:
+    best = record.best()
+    if best is None:
+        return "No finished trial has the objective metric."
+    m = best.metrics[record.objective]
+    return (f"Best trial: **#{best.number} {_label(best, record)}** with {record.objective} = "
+            f"{fmt_ci(m.mean, m.ci95)} (chance {fmt(m.chance)}). Run `{best.run_id}`; query its index with "
+            f"`bench search --run {best.run_id} IMAGE...`.")
+
+
+def importance_section(record: StudyRecord) -> str | None:
+    space = record.resolved.get("space", {})
+    if len(space) < 2 or len(record.trials) < 4:
+        return None
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    dists = {}
+    for key, spec in space.items():
+        kind = spec.get("type")
+        if kind == "categorical":
+            dists[key] = CategoricalDistribution([json_safe(c) for c in spec["choices"]])
+        elif kind == "int":
+            dists[key] = IntDistribution(spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step") or 1)
+        elif kind == "float":
+            dists[key] = FloatDistribution(spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step"))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction=record.direction)
+    for t in record.trials:
+        value = t.value(record.objective)
+        params = {k: json_safe(t.sampled[k]) for k in dists if k in t.sampled}
+        if value is None or len(params) != len(dists):
+            continue
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+    if len(study.trials) < 4:
+        return None
+    try:
+        imp = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except (RuntimeError, ValueError) as e:
+        return f"Parameter importances could not be computed: {e}"
+    rows = [[k, fmt(v, 3)] for k, v in imp.items()]
+    return (md_table(["parameter", f"importance for {record.objective} (fANOVA)"], rows)
+            + f"\n\nFrom {len(study.trials)} finished trials; importances sum to 1.")
+
+
+def json_safe(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def table1_section(record: StudyRecord) -> str | None:
+    if record.name != "table1":
+        return None
+    cols = ["IA@1", "IA@5", "MAP@10", "R@100"]
+    header = ["DB size", "method"] + [c for m in cols for c in (f"{m} ours", f"{m} paper")]
+    rows = []
+    def size_of(t):
+        return int(float(t.params.get("dataset.n_total", 0)))
+    for t in sorted(record.trials, key=lambda t: (size_of(t), t.method)):
+        mode, ids = t.params.get("mode"), t.params.get("id_scheme")
+        paper = paper_row(t.retriever, mode, ids, size_of(t)) or {}
+        row = [str(size_of(t)), t.method]
+        for m in cols:
+            mr = t.metrics.get(m)
+            row += [fmt_ci(mr.mean, mr.ci95) if mr else "n/a", fmt(paper.get(m), 3) if paper.get(m) is not None else "—"]
+        rows.append(row)
+    chance_rows = {}
+    for t in record.trials:
+        chance_rows.setdefault(size_of(t), t)
+    for size, t in sorted(chance_rows.items()):
+        row = [str(size), "*chance*"]
+        for m in cols:
+            mr = t.metrics.get(m)
+            row += [fmt(mr.chance) if mr and mr.chance is not None else "n/a", ""]
+        rows.append(row)
+    return md_table(header, rows) + "\n\n" + METHOD_NOTE
+
+
+# ---- latency ------------------------------------------------------------------------------
+LATENCY_KEYS = ("latency_b1_p50_ms", "latency_b1_p95_ms", "latency_batch_p50_ms", "latency_batch_p95_ms")
+
+
+def latency_section(record: StudyRecord, out: Path, rel: str) -> str | None:
+    from bench.latency import crossover, fit_loglog
+
+    trials = [t for t in record.trials if "latency_b1_p50_ms" in t.extra and "n_indexed" in t.extra]
+    if not trials:
+        return None
+    by_method: dict[str, list[TrialRecord]] = defaultdict(list)
+    for t in trials:
+        by_method[t.method].append(t)
+    parts = []
+    batch = int(trials[0].extra.get("latency_batch_size", 256))
+    for key, title in (("latency_b1_p50_ms", "batch 1"), ("latency_batch_p50_ms", f"batch {batch}")):
+        series = {}
+        for method, ts in sorted(by_method.items()):
+            ts = sorted((t for t in ts if key in t.extra), key=lambda t: t.extra["n_indexed"])
+            if ts:
+                series[method] = ([t.extra["n_indexed"] for t in ts], [t.extra[key] for t in ts])
+        fig = plots.latency_plot(series, out / f"latency_{key}.png", f"{record.name}: p50 search latency per query, {title}")
+        parts.append(f"![latency {title}]({rel}/{fig.name})")
+        rows = []
+        dsi = [m for m in series if m.startswith("dsi")]
+        for method, (ns, ms) in series.items():
+            if len(ns) < 2:
+                rows.append([method, str(len(ns)), "n/a", "n/a", "", ""])
+                continue
+            f = fit_loglog(ns, ms)
+            kind = "≈ O(1)" if abs(f.slope) < 0.25 else ("≈ O(N)" if abs(f.slope - 1) < 0.25 else f"≈ O(N^{f.slope:.2f})")
+            rows.append([method, str(len(ns)), fmt(f.slope, 3), fmt(f.r2, 3), kind,
+                         f"{fmt(min(ms), 3)} – {fmt(max(ms), 3)}"])
+        parts.append(f"**{title}**: log-log fit of p50 latency against N (slope ~0: O(1), ~1: O(N)).\n\n"
+                     + md_table(["method", "sizes", "slope", "R²", "scaling", "p50 ms range"], rows))
+        cross = []
+        for d in dsi:
+            for base in series:
+                if base in dsi:
+                    continue
+                n_d, t_d = series[d]
+                n_b, t_b = series[base]
+                common = sorted(set(n_d) & set(n_b))
+                if len(common) < 2:
+                    continue
+                td = [t_d[n_d.index(n)] for n in common]
+                tb = [t_b[n_b.index(n)] for n in common]
+                c = crossover(common, td, tb)
+                if c is None:
+                    text = f"none in the measured range {int(common[0])}–{int(common[-1])}: {d} stays slower"
+                elif c <= common[0]:
+                    text = f"{d} is faster at every measured N ({int(common[0])}–{int(common[-1])})"
+                else:
+                    text = f"N ≈ {c:,.0f}: {d} is faster from there on"
+                cross.append([d, base, text])
+        if cross:
+            parts.append(f"Crossover ({title}): the database size from which the DSI answers faster than each baseline.\n\n"
+                         + md_table(["DSI", "baseline", "crossover"], cross))
+    rows = []
+    for method, ts in sorted(by_method.items()):
+        for t in sorted(ts, key=lambda t: t.extra["n_indexed"]):
+            e = t.extra
+            rows.append([method, str(int(e["n_indexed"])), fmt(e.get("latency_b1_p50_ms"), 3), fmt(e.get("latency_b1_p95_ms"), 3),
+                         fmt(e.get("latency_batch_p50_ms"), 4), fmt(e.get("latency_batch_p95_ms"), 4),
+                         fmt(e.get("index_build_s"), 1), fmt(e.get("index_bytes", float("nan")) / 2**20, 2)])
+    parts.append("All measurements (ms per query; p50 / p95 over repeated timed calls after warm-up, fixed threads):\n\n"
+                 + md_table(["method", "N", "b1 p50", "b1 p95", f"b{batch} p50", f"b{batch} p95", "build s", "index MiB"], rows))
+    return "\n\n".join(parts)
+
+
+# ---- figures from artifacts ---------------------------------------------------------------
+def _best_per_method(record: StudyRecord) -> list[TrialRecord]:
+    sign = 1 if record.direction == "maximize" else -1
+    best: dict[str, TrialRecord] = {}
+    for t in record.trials:
+        v = t.value(record.objective)
+        if v is None:
+            continue
+        key = t.method if len({x.method for x in record.trials}) > 1 else _label(t, record)
+        if key not in best or sign * v > sign * best[key].value(record.objective):
+            best[key] = t
+    return sorted(best.values(), key=lambda t: -sign * t.value(record.objective))[:MAX_CURVES]
+
+
+def curves_section(record: StudyRecord, out: Path, rel: str) -> str | None:
+    histories = {}
+    for t in _best_per_method(record)[:4]:
+        h = metric_history(t.run_id, record.tracking_uri)
+        h = {k: v for k, v in h.items() if len(v) > 1 and not k.startswith("seed")}
+        if h:
+            keep = sorted(h, key=lambda k: ("loss" not in k, k))[:4]
+            histories[_label(t, record)] = {k: h[k] for k in keep}
+    if not histories:
+        return None
+    fig = plots.training_curves(histories, out / "training_curves.png", f"{record.name}: training curves of the best trials")
+    return f"![training curves]({rel}/{fig.name})"
+
+
+def precision_and_grid_section(record: StudyRecord, out: Path, rel: str) -> str | None:
+    from bench.runs import open_trial_run
+    from bench.trial import dataset as load_trial_dataset
+    from vitdsi.data import Relevance
+    from vitdsi.metrics import chance_levels, per_query
+
+    chosen = _best_per_method(record)
+    if not chosen:
+        return None
+    curves, chance, parts, grid_done = {}, {}, [], False
+    for t in chosen:
+        try:
+            run = open_trial_run(t.run_id, record.tracking_uri, folder=out / ".artifacts" / t.run_id)
+        except Exception as e:  # an artifact store that cannot be read: say so, keep the rest
+            log.warning("no rankings for trial %s: %s", t.number, e)
+            continue
+        arrays = run.rankings()
+        sets = run.split.apply(load_trial_dataset(run.config.dataset))
+        relevance = Relevance.between(sets.test, sets.corpus)
+        ids = arrays["test_ids_0"]
+        kmax = min(100, ids.shape[1])
+        names = [f"P@{k}" for k in range(1, kmax + 1)]
+        values = per_query(ids, relevance, names)
+        label = _label(t, record)
+        curves[label] = np.array([np.nanmean(values[n]) for n in names])
+        ch = chance_levels(relevance, names, ids.shape[1])
+        chance[label] = np.array([ch[n] for n in names])
+        if not grid_done:
+            n_q = min(GRID_QUERIES, len(sets.test))
+            k = min(GRID_K, ids.shape[1])
+            top = ids[:n_q, :k]
+            imgs = sets.corpus.images.numpy()
+            results = np.where((top >= 0)[..., None, None, None], imgs[np.maximum(top, 0)], 0).astype(np.uint8)
+            fig = plots.retrieval_grid(sets.test.images[:n_q].numpy(), results, relevance.gather(ids)[:n_q, :k],
+                                       out / "query_grid.png", f"best trial #{t.number} {label}: test queries -> top {k}")
+            parts.append(f"Query → top-{k} for the best trial (#{t.number}, {label}); green frames are relevant results:\n\n"
+                         f"![query grid]({rel}/{fig.name})")
+            grid_done = True
+        for f in (out / ".artifacts" / t.run_id).glob("**/*"):
+            if f.is_file():
+                f.unlink()
+    if curves:
+        fig = plots.precision_curve(curves, chance, out / "precision_at_k.png", f"{record.name}: Precision@K")
+        parts.insert(0, f"Precision@K for K = 1..100, best trial per method, test queries (dotted: chance):\n\n"
+                        f"![precision at K]({rel}/{fig.name})")
+    _rmtree(out / ".artifacts")
+    return "\n\n".join(parts) if parts else None
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ---- the report ---------------------------------------------------------------------------
+def write_report(study: str, *, tracking_uri: str | None = None, scale: str | None = None,
+                 out_dir: str | Path = "reports") -> Path:
+    """Write out_dir/STUDY.md and out_dir/STUDY/*.png; returns the markdown path."""
+    record = load_study_record(study, tracking_uri, scale)
+    out_dir = Path(out_dir)
+    fig_dir = out_dir / study
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    for old in fig_dir.glob("*.png"):
+        old.unlink()
+    rel = study
+    desc = (record.resolved.get("description") or "").strip()
+    sections = [f"# Study `{study}`", desc, "## Set-up", header_section(record)]
+    latency = latency_section(record, fig_dir, rel)
+    if latency:
+        sections += ["## Latency against database size", latency]
+    if any(t.metrics for t in record.trials):
+        sections += ["## Results", results_section(record), best_section(record)]
+    table1 = table1_section(record)
+    if table1:
+        sections += ["## Table 1 beside the paper", table1]
+    imp = importance_section(record)
+    if imp:
+        sections += ["## Parameter importances", imp]
+    curves = curves_section(record, fig_dir, rel)
+    if curves:
+        sections += ["## Training curves", curves]
+    if any(t.metrics for t in record.trials):
+        pk = precision_and_grid_section(record, fig_dir, rel)
+        if pk:
+            sections += ["## Precision@K and example queries", pk]
+    md = "\n\n".join(s for s in sections if s) + "\n"
+    path = out_dir / f"{study}.md"
+    path.write_text(md)
+    return path

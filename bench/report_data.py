@@ -1,0 +1,162 @@
+"""What a report reads: one study's parent run and its finished trial runs, from MLflow only.
+
+`load_study_record` finds the newest parent run of a study (optionally at one scale) in
+any experiment of the tracking store and its nested FINISHED trial runs (for a trial
+number logged more than once, e.g. retried after a crash, the newest finished run), with
+their parameters, metrics (mean, 95% CI, chance, n) and tags. Nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from bench.tracking import PARENT_TAG, metric_name, resolve_tracking_uri
+from vitdsi.errors import VitDSIError
+from vitdsi.metrics import parse_metric
+
+
+@dataclass(frozen=True)
+class MetricRecord:
+    mean: float  # as logged
+    ci95: float | None  # half-width of the 95% CI (None when not logged, e.g. one query)
+    chance: float | None  # chance level of the same split
+    n: int | None  # queries averaged
+
+
+@dataclass
+class TrialRecord:
+    run_id: str
+    number: int  # Optuna trial number
+    method: str  # method name (retriever name for single-retriever studies)
+    retriever: str
+    params: dict[str, str]  # every logged parameter (strings, as MLflow stores them)
+    sampled: dict[str, Any]  # the values Optuna chose
+    metrics: dict[str, MetricRecord]  # by canonical metric name, e.g. "MAP@10"
+    extra: dict[str, float]  # other final metrics (timings, latencies, sizes)
+    tags: dict[str, str]
+
+    def value(self, metric: str) -> float | None:
+        m = self.metrics.get(metric)
+        return None if m is None else m.mean
+
+
+@dataclass
+class StudyRecord:
+    name: str
+    run_id: str  # the parent run
+    experiment_id: str
+    tracking_uri: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    resolved: dict[str, Any]  # study_resolved.yaml
+    trials: list[TrialRecord] = field(default_factory=list)
+
+    @property
+    def objective(self) -> str:
+        return self.params.get("objective", "MAP@10")
+
+    @property
+    def direction(self) -> str:
+        return self.params.get("direction", "maximize")
+
+    @property
+    def scale(self) -> str:
+        return self.tags.get("study.scale", "?")
+
+    def metric_names(self) -> list[str]:
+        """Canonical metric names in the study's order, as far as trials logged them."""
+        order = list(self.resolved.get("metrics", []))
+        seen = {m for t in self.trials for m in t.metrics}
+        return [m for m in order if m in seen] + sorted(seen - set(order))
+
+    def best(self) -> TrialRecord | None:
+        scored = [t for t in self.trials if t.value(self.objective) is not None]
+        if not scored:
+            return None
+        sign = 1 if self.direction == "maximize" else -1
+        return max(scored, key=lambda t: sign * t.value(self.objective))
+
+
+def _is_metric_base(key: str) -> bool:
+    try:
+        parse_metric(metric_name(key))
+        return True
+    except VitDSIError:
+        return False
+
+
+def _trial_metrics(raw: dict[str, float]) -> tuple[dict[str, MetricRecord], dict[str, float]]:
+    metrics, extra = {}, {}
+    suffixes = ("_ci95", "_chance", "_n", "_per_seed")
+    for key, value in raw.items():
+        if key.startswith("train/") or key.endswith(suffixes):
+            continue
+        if _is_metric_base(key):
+            metrics[metric_name(key)] = MetricRecord(
+                value, raw.get(f"{key}_ci95"), raw.get(f"{key}_chance"),
+                int(raw[f"{key}_n"]) if f"{key}_n" in raw else None,
+            )
+        else:
+            extra[key] = value
+    return metrics, extra
+
+
+def load_study_record(study: str, tracking_uri: str | None = None, scale: str | None = None) -> StudyRecord:
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+    from mlflow.entities import ViewType
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    filt = f"tags.`vitdsi.kind` = 'study' AND tags.`study.name` = '{study}'"
+    if scale:
+        filt += f" AND tags.`study.scale` = '{scale}'"
+    parents = client.search_runs(experiments, filt, order_by=["attributes.start_time DESC"], max_results=1) if experiments else []
+    if not parents:
+        raise VitDSIError(
+            f"no study '{study}'{f' at scale {scale}' if scale else ''} in the tracking store {uri}; "
+            f"run `bench run studies/{study}.yaml` first (or pass --tracking-uri)"
+        )
+    parent = parents[0]
+    resolved_path = download_artifacts(run_id=parent.info.run_id, artifact_path="study_resolved.yaml", tracking_uri=uri)
+    with open(resolved_path) as f:
+        resolved = yaml.safe_load(f)
+    record = StudyRecord(study, parent.info.run_id, parent.info.experiment_id, uri,
+                         dict(parent.data.params), dict(parent.data.tags), resolved)
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}' AND attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=5000,
+    )
+    by_number: dict[int, TrialRecord] = {}
+    for run in children:
+        tags = run.data.tags
+        number = int(tags.get("optuna.trial_number", -1))
+        if number in by_number:  # an older attempt of the same trial
+            continue
+        metrics, extra = _trial_metrics(run.data.metrics)
+        by_number[number] = TrialRecord(
+            run_id=run.info.run_id, number=number, method=tags.get("method", ""), retriever=tags.get("retriever", ""),
+            params=dict(run.data.params), sampled=json.loads(tags.get("optuna.sampled", "{}")),
+            metrics=metrics, extra=extra, tags=dict(tags),
+        )
+    record.trials = [by_number[n] for n in sorted(by_number)]
+    return record
+
+
+def metric_history(run_id: str, tracking_uri: str, prefix: str = "train/") -> dict[str, list[tuple[int, float]]]:
+    """Per-epoch curves a trial logged (metric keys under `prefix`), as (step, value) lists."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    out = {}
+    for key in run.data.metrics:
+        if key.startswith(prefix):
+            hist = client.get_metric_history(run_id, key)
+            out[key[len(prefix):]] = sorted((m.step, m.value) for m in hist)
+    return out

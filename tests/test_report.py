@@ -1,0 +1,101 @@
+"""`bench report` on a real smoke study: tables present, every linked image is a PNG that
+opens, and every number printed equals the value MLflow stored."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+STUDY = {
+    "name": "report_check",
+    "description": "pixels-knn with and without centring, two batch sizes",
+    "scale": "smoke",
+    "retriever": "pixels-knn",
+    "space": {"center": [True, False], "batch_size": [16, 512]},
+    "objective": {"metric": "MAP@10"},
+}
+
+
+@pytest.fixture(scope="module")
+def study_store(tmp_path_factory):
+    from bench.config import load_study
+    from bench.study import RunOptions, run
+
+    root = tmp_path_factory.mktemp("report")
+    path = root / "report_check.yaml"
+    path.write_text(yaml.safe_dump(STUDY))
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    outcome = run(load_study(path), RunOptions(tracking_uri=uri, storage=f"sqlite:///{root / 'optuna.db'}"))
+    assert outcome.complete == 4
+    return root, uri
+
+
+def test_report_tables_images_and_numbers(study_store):
+    from mlflow import MlflowClient
+
+    from bench.report import write_report
+    from bench.tracking import metric_key
+
+    root, uri = study_store
+    md_path = write_report("report_check", tracking_uri=uri, out_dir=root / "reports")
+    text = md_path.read_text()
+    for heading in ("## Set-up", "## Results", "## Parameter importances", "## Precision@K and example queries"):
+        assert heading in text
+    assert "Best trial: **#" in text
+
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(links) >= 2
+    for link in links:
+        png = md_path.parent / link
+        assert png.exists(), link
+        with Image.open(png) as im:
+            assert im.format == "PNG"
+            im.verify()
+
+    # every metric cell of the results table equals what MLflow stored for that trial
+    client = MlflowClient(uri)
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| # | trial"))
+    header = [h.strip() for h in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    assert len(rows) == 4
+    runs = {
+        r.data.tags["optuna.trial_number"]: r
+        for r in client.search_runs(
+            [client.get_experiment_by_name("report_check").experiment_id],
+            "tags.`vitdsi.kind` = 'trial'",
+        )
+    }
+    checked = 0
+    for row in rows:
+        stored = runs[row[0]].data.metrics
+        for col, cell in zip(header, row):
+            name = col.split(" (chance")[0]
+            if name not in ("P@10", "MAP@10", "R@100", "nDCG@10", "MRR", "FPR@10", "IA@1", "IA@5"):
+                continue
+            mean, _, ci = cell.partition(" ± ")
+            key = metric_key(name)
+            assert float(mean) == pytest.approx(stored[key], abs=5e-5), (name, cell)
+            if ci:
+                assert float(ci) == pytest.approx(stored[f"{key}_ci95"], abs=5e-5)
+            if "(chance" in col:
+                assert float(col.split("(chance ")[1].rstrip(")")) == pytest.approx(stored[f"{key}_chance"], abs=5e-5)
+            checked += 1
+    assert checked == 4 * 8
+
+
+def test_report_of_unknown_study_is_a_clear_error(study_store):
+    from bench.report import write_report
+    from vitdsi.errors import VitDSIError
+
+    _, uri = study_store
+    with pytest.raises(VitDSIError, match="no study 'nope'.*bench run studies/nope.yaml"):
+        write_report("nope", tracking_uri=uri, out_dir=Path("/tmp/unused"))
