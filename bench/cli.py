@@ -1,0 +1,37 @@
+"""The `bench` command (DESIGN.md "Who uses it and how").
+
+    bench run studies/patch_size.yaml [--scale smoke] [--n-trials 2] [--storage URL] ...
+    bench list retrievers | datasets | studies
+    bench ui
+    bench search --run RUN_ID IMAGE... [--k 5] [--out grid.png]
+
+Each command lives in its own module under bench/commands and imports its heavy
+dependencies (torch, optuna, mlflow) only when it runs, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from bench.commands import listing, run, search, ui
+
+app = typer.Typer(
+    name="bench",
+    help="Benchmark and ablation harness for image retrieval with a ViT Differentiable Search Index.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command("run")(run.command)
+app.command("list")(listing.command)
+app.command("ui")(ui.command)
+app.command("search")(search.command)
+
+
+def main() -> None:  # `python -m bench.cli`
+    app()
+
+
+if __name__ == "__main__":
+    main()

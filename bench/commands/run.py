@@ -1,0 +1,63 @@
+"""`bench run STUDY.yaml`: run (or resume) a study; every trial becomes an MLflow run."""
+
+from __future__ import annotations
+
+import signal
+
+import typer
+from rich.markup import escape
+
+from bench.commands.common import find_study, friendly_errors
+from vitdsi.log import console
+
+
+def command(
+    study_file: str = typer.Argument(..., help="Study YAML (e.g. studies/patch_size.yaml) or a study name (patch_size)."),
+    scale: str = typer.Option(None, "--scale", help="Scale preset: smoke, small or paper (default: the file's `scale`)."),
+    n_trials: int = typer.Option(None, "--n-trials", min=1, help="COMPLETE trials wanted (default: the file's, or the whole grid)."),
+    storage: str = typer.Option(None, "--storage", help="Optuna storage URL, e.g. postgresql://user:pw@host/db (default: sqlite optuna.db beside the MLflow store)."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
+    study_name: str = typer.Option(None, "--study-name", help="Optuna study name (default: <name>-<scale>)."),
+    device: str = typer.Option(None, "--device", help="torch device for the retrievers, e.g. cpu or cuda:0 (default: CUDA when present)."),
+    heartbeat: int = typer.Option(10, "--heartbeat", min=1, help="Seconds between trial heartbeats; a trial silent for 3 beats is re-queued."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="When only other workers' trials remain, wait for them (and take over dead ones)."),
+    overrides: list[str] = typer.Option(None, "--set", help="Override a field of the file, e.g. --set dataset.root=/data/imagenet --set repeats=3 (repeatable)."),
+    check: bool = typer.Option(False, "--check", help="Validate the study file, print the resolved study and exit."),
+) -> None:
+    """Run or resume an Optuna study from a YAML file; safe to start in several processes at once."""
+    import yaml
+
+    from bench.config import load_study
+
+    path = find_study(study_file)
+    with friendly_errors():
+        study = load_study(path, scale=scale, overrides=overrides or [])
+        if check:
+            console.print(yaml.safe_dump(study.to_dict(), sort_keys=False), markup=False)
+            n = len(study.grid()) if study.sampler == "grid" else study.n_trials
+            console.print(f"[green]ok[/]: {path} at scale {study.scale}: {n} trials, {study.sampler} sampler")
+            return
+        from bench.study import RunOptions, StudyMismatchError, describe, run
+
+        options = RunOptions(storage=storage, tracking_uri=tracking_uri, study_name=study_name, n_trials=n_trials,
+                             device=device, heartbeat=heartbeat, wait_for_others=wait)
+        previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+        try:
+            outcome = run(study, options)
+        except StudyMismatchError as e:
+            console.print(f"[red]error:[/] {escape(str(e))}")
+            raise typer.Exit(2) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    console.print(describe(outcome), markup=False, highlight=False)
+    if outcome.interrupted:
+        raise typer.Exit(130)
+    if not outcome.done:
+        console.print(f"[yellow]{outcome.complete}/{outcome.target} trials complete[/]; "
+                      f"failed this run: {outcome.failed or 'none'}. Fix the cause and run again to retry them.")
+        raise typer.Exit(1)
+
+
+def _sigterm_as_interrupt(signum, frame) -> None:
+    """A scheduler's SIGTERM (preemption) stops the study like Ctrl-C: the trial is recorded."""
+    raise KeyboardInterrupt

@@ -1,0 +1,97 @@
+"""`bench search --run RUN_ID IMAGE...`: query a trained index with your own image files.
+
+Loads the index a trial stored in MLflow, prepares each image as the datasets are
+prepared (RGB, centre square crop, resize to the index's size), answers top-k and writes
+a grid PNG (query, then its results with class and score), like the simple CBIR seeds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from bench.commands.common import friendly_errors
+from vitdsi.log import console
+
+
+def command(
+    images: list[Path] = typer.Argument(..., help="Query image files (any size; centre-cropped and resized)."),
+    run_id: str = typer.Option(..., "--run", help="MLflow run id of a finished trial (e.g. the study's best.run_id tag)."),
+    k: int = typer.Option(5, "--k", min=1, help="Results per query."),
+    out: Path = typer.Option(Path("search_results.png"), "--out", help="Where to write the result grid PNG."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
+    device: str = typer.Option(None, "--device", help="torch device (default: CUDA when present)."),
+) -> None:
+    """Answer top-k queries for image files with a trial's trained index; write a grid PNG."""
+    import torch
+
+    from bench.runs import open_trial_run
+    from vitdsi.data.prep import load_image_file
+
+    with friendly_errors():
+        trial = open_trial_run(run_id, tracking_uri, with_index=True)
+        retriever = trial.load_index(device=device)
+        queries = torch.stack([load_image_file(p, retriever.image_size) for p in images])
+        k = min(k, retriever.corpus_size)
+        ranking = retriever.search(queries, k)
+        corpus = trial.corpus()
+    ids, scores = ranking.ids.numpy(), ranking.scores.numpy()
+    labels = corpus.primary_labels()
+    names = corpus.class_names
+
+    def cls(pos: int) -> str:
+        lab = int(labels[pos])
+        return names[lab] if 0 <= lab < len(names) else "?"
+
+    table = Table(title=f"top-{k} from run {run_id[:8]} ({trial.config.retriever}, {trial.config.dataset.name}, {len(corpus)} indexed)")
+    for col in ("query", "rank", "corpus image", "class", "score"):
+        table.add_column(col)
+    titles = []
+    for q, path in enumerate(images):
+        row = []
+        for j in range(k):
+            pos = int(ids[q, j])
+            if pos < 0:
+                row.append("")
+                continue
+            table.add_row(path.name if j == 0 else "", str(j + 1), str(corpus.source_ids[pos]), cls(pos), f"{scores[q, j]:.3f}")
+            row.append(f"{cls(pos)} {scores[q, j]:.2f}")
+        titles.append(row)
+    console.print(table)
+    written = write_grid(queries, [p.name for p in images], corpus.images, ids, titles, out,
+                         title=f"{trial.config.method} on {trial.config.dataset.name} (run {run_id[:8]})")
+    console.print(f"wrote {written}")
+
+
+def write_grid(queries, query_titles, corpus_images, ids, titles, out: Path, title: str) -> Path:
+    """One row per query: the query, then its top-k corpus images titled with class and score."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_q, k = ids.shape
+    fig, axes = plt.subplots(n_q, k + 1, figsize=(1.6 * (k + 1), 1.8 * n_q + 0.4), squeeze=False)
+    for q in range(n_q):
+        row = [(queries[q], query_titles[q])] + [
+            (corpus_images[int(ids[q, j])] if ids[q, j] >= 0 else None, titles[q][j]) for j in range(k)
+        ]
+        for ax, (image, text) in zip(axes[q], row, strict=True):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if image is None:
+                ax.axis("off")
+                continue
+            ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_title(text, fontsize=7)
+        for spine in axes[q][0].spines.values():
+            spine.set_edgecolor("#1f77b4")
+            spine.set_linewidth(2.5)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

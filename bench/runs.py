@@ -1,0 +1,81 @@
+"""Reading back what bench.tracking stored for a trial: its config, split, rankings and index.
+
+Used by `bench search` (and by reports): a trial run is self-describing, so its corpus can
+be rebuilt from the config and split artifacts, and its trained index loaded without
+re-training.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from bench.config import TrialConfig
+from bench.tracking import resolve_tracking_uri
+from vitdsi.data import ImageSet, Split
+from vitdsi.errors import VitDSIError
+
+
+@dataclass
+class TrialRun:
+    run_id: str
+    config: TrialConfig
+    split: Split
+    folder: Path  # where the artifacts were downloaded
+
+    def rankings(self) -> dict[str, np.ndarray]:
+        """The arrays of rankings.npz (see bench.tracking.rankings_arrays)."""
+        with np.load(self.folder / "rankings.npz") as data:
+            return {k: data[k] for k in data.files}
+
+    def corpus(self) -> ImageSet:
+        """The indexed images of the trial, rebuilt from its dataset config and split."""
+        from bench.trial import dataset
+
+        return self.split.apply(dataset(self.config.dataset)).corpus
+
+    def load_index(self, device: str | None = None):
+        """The trained retriever, loaded from the run's `index` artifact."""
+        from vitdsi.retrievers.base import Retriever
+
+        path = self.folder / "index"
+        if not (path / "retriever.json").exists():
+            raise VitDSIError(f"run {self.run_id} has no saved index (the study had `mlflow: {{log_index: false}}`); "
+                              "re-run the trial with log_index: true")
+        return Retriever.load(path, device=device)
+
+
+def open_trial_run(run_id: str, tracking_uri: str | None = None, *, with_index: bool = False,
+                   folder: str | Path | None = None) -> TrialRun:
+    """Download a trial run's artifacts (config.yaml, split.json, rankings.npz, optionally index/)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as e:
+        raise VitDSIError(f"no MLflow run '{run_id}' in {uri}: {e.message if hasattr(e, 'message') else e}") from None
+    if run.data.tags.get("vitdsi.kind") != "trial":
+        raise VitDSIError(f"run {run_id} is not a trial run of `bench run` (it is a {run.data.tags.get('vitdsi.kind', 'foreign')} run); "
+                          "pick a nested trial run, e.g. the study's best.run_id tag")
+    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix=f"bench-run-{run_id[:8]}-"))
+    names = ["config.yaml", "split.json", "rankings.npz"] + (["index"] if with_index else [])
+    present = {a.path for a in client.list_artifacts(run_id)}
+    for name in names:
+        if name not in present:
+            if name == "index":
+                continue  # load_index explains
+            raise VitDSIError(f"run {run_id} has no artifact {name} (status {run.info.status}); was the trial finished?")
+        download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(folder), tracking_uri=uri)
+    config = TrialConfig.from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
+    split = Split.load(folder / "split.json")
+    return TrialRun(run_id, config, split, folder)

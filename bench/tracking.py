@@ -1,0 +1,377 @@
+"""MLflow logging of studies and trials, by hand with the MLflow client (DESIGN.md
+"Optuna and MLflow"; the Optuna MLflow callback is deprecated).
+
+One parent run per study, one nested run per trial holding every parameter, the
+per-epoch training curves, the final metrics with their 95% CI and chance level, the
+resolved config, the split, the rankings and the trained index as artifacts, and tags for
+the git commit, package versions, device and dataset. The store is `sqlite:///mlflow.db`
+in the working directory unless `--tracking-uri` or MLFLOW_TRACKING_URI says otherwise;
+artifacts of a local store go to `mlartifacts/` beside it.
+
+MLflow metric names may not contain '@', so "MAP@10" is logged as "MAP_at_10" (with
+"MAP_at_10_ci95" and "MAP_at_10_chance"); `metric_key` / `metric_name` convert.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import yaml
+
+from bench import provenance
+from bench.config import Study, TrialConfig
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+PARENT_TAG = "mlflow.parentRunId"
+_MAX_BATCH = 100  # params / metrics per log_batch call (MLflow limits a batch)
+
+
+# ---- names and locations --------------------------------------------------------------
+def metric_key(name: str) -> str:
+    """'MAP@10' -> 'MAP_at_10' (MLflow metric names may not contain '@')."""
+    return name.replace("@", "_at_")
+
+
+def metric_name(key: str) -> str:
+    """'MAP_at_10' -> 'MAP@10'."""
+    return key.replace("_at_", "@")
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working dir
+    (made absolute, so every process of a study writes the same file)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    path = sqlite_path(uri)
+    if path is not None and not path.is_absolute():
+        uri = f"sqlite:///{path.resolve()}"
+    return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a sqlite:/// URI (None for anything else)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):])
+
+
+def local_store_dir(tracking_uri: str) -> Path | None:
+    """The folder of a local (sqlite) tracking store; None for a server."""
+    path = sqlite_path(tracking_uri)
+    if path is not None:
+        return path.parent
+    if urlparse(tracking_uri).scheme in ("", "file"):
+        return Path(urlparse(tracking_uri).path or tracking_uri)
+    return None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock on `<file>.lock` beside a sqlite database (no-op for other URLs), for
+    the first-time table creation that concurrent processes must not run at once."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def default_storage(tracking_uri: str) -> str:
+    """Optuna storage beside the MLflow store: <store dir>/optuna.db, or ./optuna.db for a server."""
+    folder = local_store_dir(tracking_uri) or Path.cwd()
+    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
+
+
+def redact(url: str) -> str:
+    """A storage URL without its password, for tags and logs."""
+    p = urlparse(url)
+    if p.password:
+        return url.replace(f":{p.password}@", ":***@")
+    return url
+
+
+# ---- the tracker ----------------------------------------------------------------------
+class Tracker:
+    """Writes one study's runs; every call goes through an explicit MlflowClient."""
+
+    def __init__(self, tracking_uri: str | None = None) -> None:
+        import logging
+
+        from mlflow import MlflowClient
+
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        self.uri = resolve_tracking_uri(tracking_uri)
+        # a new sqlite store is created (migrated) under a file lock: workers starting together
+        # would otherwise run the same schema migration twice and one would crash
+        with store_lock(self.uri):
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self.client.search_experiments(max_results=1)
+
+    # experiments and parent runs
+    def experiment_id(self, name: str) -> str:
+        """Get or create experiment `name`; a local store keeps artifacts in mlartifacts/ beside it."""
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        folder = local_store_dir(self.uri)
+        location = (folder / "mlartifacts").resolve().as_uri() if folder is not None else None
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # another worker created it first
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def run_exists(self, run_id: str | None) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        if not run_id:
+            return False
+        try:
+            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+        except MlflowException:
+            return False
+
+    def start_parent(self, study: Study, *, study_name: str, storage: str, experiment_id: str,
+                     study_file: str | None, device: str | None) -> str:
+        tags = {
+            "mlflow.runName": study_name,
+            "vitdsi.kind": "study",
+            "optuna.study_name": study_name,
+            "optuna.storage": redact(storage),
+            "study.name": study.name,
+            "study.fingerprint": study.fingerprint(),
+            "study.scale": study.scale,
+            "study.sampler": study.sampler,
+            "study.file": str(study_file or ""),
+            "dataset": study.dataset.name,
+            **self._common_tags(device),
+        }
+        if study.description:
+            tags["mlflow.note.content"] = study.description
+        run = self.client.create_run(experiment_id, tags=tags)
+        run_id = run.info.run_id
+        params = {
+            "scale": study.scale, "sampler": study.sampler, "sampler_seed": study.sampler_seed,
+            "n_trials": study.n_trials, "objective": study.metric, "direction": study.direction,
+            "repeats": study.repeats, "seed": study.seed, "methods": ",".join(study.methods),
+            "space": ",".join(study.space) or "-",
+            **{f"dataset.{k}": v for k, v in _dataset_params(study.dataset).items()},
+        }
+        self._log_params(run_id, params)
+        self._log_text(run_id, yaml.safe_dump(study.to_dict(), sort_keys=False), "study_resolved.yaml")
+        if study_file and Path(study_file).exists():
+            self.client.log_artifact(run_id, study_file)
+        return run_id
+
+    def set_status(self, run_id: str, status: str) -> None:
+        """RUNNING / FINISHED / FAILED / KILLED."""
+        if status == "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            self.client.set_terminated(run_id, status=status)
+
+    def log_study_summary(self, run_id: str, metric: str, best: dict[str, Any] | None, counts: dict[str, int]) -> None:
+        metrics = {f"n_{state.lower()}": float(n) for state, n in counts.items()}
+        if best is not None:
+            metrics[f"best_{metric_key(metric)}"] = float(best["value"])
+            self.client.set_tag(run_id, "best.trial_number", str(best["number"]))
+            self.client.set_tag(run_id, "best.params", json.dumps(best["params"], default=str))
+            if best.get("run_id"):
+                self.client.set_tag(run_id, "best.run_id", best["run_id"])
+        self._log_metrics(run_id, metrics)
+
+    # trial runs
+    def start_trial(self, *, experiment_id: str, parent_run_id: str, study_name: str, number: int,
+                    cfg: TrialConfig, device: str | None, extra_tags: dict[str, str] | None = None) -> str:
+        sampled = ", ".join(f"{k}={v}" for k, v in cfg.sampled.items())
+        tags = {
+            PARENT_TAG: parent_run_id,
+            "mlflow.runName": f"{study_name}#{number}" + (f" {sampled}" if sampled else ""),
+            "vitdsi.kind": "trial",
+            "optuna.study_name": study_name,
+            "optuna.trial_number": str(number),
+            "optuna.sampled": json.dumps(cfg.sampled, default=str),
+            "study.name": cfg.study,
+            "study.scale": cfg.scale,
+            "method": cfg.method,
+            "retriever": cfg.retriever,
+            "dataset": cfg.dataset.name,
+            "worker": worker_id(),
+            **self._common_tags(device),
+            **(extra_tags or {}),
+        }
+        run_id = self.client.create_run(experiment_id, tags=tags).info.run_id
+        self._log_params(run_id, trial_params(cfg))
+        self._log_text(run_id, yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml")
+        return run_id
+
+    def finish_trial(self, run_id: str, result, *, log_index: bool) -> None:
+        """Final metrics, timings, split, rankings and (optionally) the index; status FINISHED."""
+        metrics: dict[str, float] = {}
+        for name, s in result.summary.items():
+            key = metric_key(name)
+            metrics[key] = s.mean
+            metrics[f"{key}_ci95"] = s.ci95
+            metrics[f"{key}_chance"] = s.chance
+            metrics[f"{key}_n"] = float(s.n_queries)
+        metrics.update({k: float(v) for k, v in result.timings.items()})
+        self._log_metrics(run_id, metrics)
+        if len(result.repeats) > 1:  # each seed's value as a step of `<metric>_per_seed`
+            for i, rep in enumerate(result.repeats):
+                self._log_metrics(run_id, {f"{metric_key(n)}_per_seed": v.mean for n, v in rep.metrics.items()}, step=i)
+        self.client.set_tag(run_id, "device", result.device)
+        self.client.set_tag(run_id, "split.fingerprint", result.split.fingerprint())
+        self._log_text(run_id, result.split.to_json(), "split.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            np.savez_compressed(Path(tmp) / "rankings.npz", **rankings_arrays(result))
+            self.client.log_artifact(run_id, str(Path(tmp) / "rankings.npz"))
+            if log_index:
+                result.retriever.save(Path(tmp) / "index")
+                self.client.log_artifacts(run_id, str(Path(tmp) / "index"), "index")
+        self.client.set_terminated(run_id, status="FINISHED")
+
+    def fail_trial(self, run_id: str, error: str, *, status: str = "FAILED") -> None:
+        """Record why a trial stopped (error text as tag and artifact); status FAILED or KILLED."""
+        try:
+            self.client.set_tag(run_id, "error", error.strip().splitlines()[-1][:4000] if error.strip() else status)
+            self._log_text(run_id, error, "error.txt")
+        finally:
+            self.client.set_terminated(run_id, status=status)
+
+    # helpers
+    def _common_tags(self, device: str | None) -> dict[str, str]:
+        git = provenance.git_info()
+        tags = {"git.sha": git["sha"], "git.dirty": git["dirty"], "mlflow.source.git.commit": git["sha"]}
+        tags.update({f"version.{k}": v for k, v in provenance.package_versions().items()})
+        tags.update({f"device.{k}" if k != "device" else "device": v for k, v in provenance.device_info(device).items()})
+        return tags
+
+    def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(str(k), _param_value(v)) for k, v in params.items()]
+        for s in range(0, len(items), _MAX_BATCH):
+            self.client.log_batch(run_id, params=items[s : s + _MAX_BATCH])
+
+    def _log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and np.isfinite(v)]
+        for s in range(0, len(items), _MAX_BATCH):
+            self.client.log_batch(run_id, metrics=items[s : s + _MAX_BATCH])
+
+    def _log_text(self, run_id: str, text: str, name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_text(text)
+            self.client.log_artifact(run_id, str(path))
+
+
+class EpochLogger:
+    """Per-epoch training metrics of one trial run, buffered and written every `flush_s`
+    seconds (a commit per epoch would slow short epochs down); call `flush()` at the end."""
+
+    def __init__(self, tracker: Tracker, run_id: str, *, seeds: bool = False, first_seed: int = 0, flush_s: float = 5.0) -> None:
+        self.tracker, self.run_id = tracker, run_id
+        self.seeds, self.first_seed, self.flush_s = seeds, first_seed, flush_s
+        self.step = 0  # epochs so far, over every phase and seed: the MLflow step
+        self._pending: list = []
+        self._last = time.monotonic()
+
+    def __call__(self, repeat: int, entry: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        prefix = f"train/seed{self.first_seed + repeat}/" if self.seeds else "train/"
+        now = int(time.time() * 1000)
+        for key, value in epoch_metrics(entry, prefix).items():
+            self._pending.append(Metric(key, value, now, self.step))
+        self.step += 1
+        if time.monotonic() - self._last >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for s in range(0, len(pending), 1000):
+            self.tracker.client.log_batch(self.run_id, metrics=pending[s : s + 1000])
+        self._last = time.monotonic()
+
+
+def epoch_metrics(entry: dict[str, Any], prefix: str = "train/") -> dict[str, float]:
+    """An epoch log -> {train/<phase>/<field>: value} for every finite numeric field."""
+    phase = entry.get("phase")
+    base = f"{prefix}{phase}/" if phase else prefix
+    return {f"{base}{k}": float(v) for k, v in entry.items()
+            if k not in ("phase", "epoch", "step") and isinstance(v, int | float) and not isinstance(v, bool)
+            and np.isfinite(v)}
+
+
+def worker_id() -> str:
+    """host:pid of this process, to tell the workers of a shared study apart."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def trial_params(cfg: TrialConfig) -> dict[str, Any]:
+    """Every parameter of a trial, flat: build parameters by name, `query.*`, `dataset.*`."""
+    out: dict[str, Any] = {"method": cfg.method, "retriever": cfg.retriever, "scale": cfg.scale,
+                           "repeats": cfg.repeats, "seed": cfg.seed}
+    out.update(cfg.params)
+    out.update({f"query.{k}": v for k, v in cfg.query.items()})
+    out.update({f"dataset.{k}": v for k, v in _dataset_params(cfg.dataset).items()})
+    return out
+
+
+def rankings_arrays(result) -> dict[str, np.ndarray]:
+    """What rankings.npz holds: the split positions, and per seed r the test ranking
+    (`test_ids_r`, `test_scores_r`: rows follow split.test) and the indexing ranking
+    (`ia_ids_r`, `ia_scores_r`: rows follow split.idb); ids are positions in the IDB."""
+    arrays: dict[str, np.ndarray] = {
+        "idb": result.split.idb, "test": result.split.test,
+        "seeds": np.array([r.seed for r in result.repeats], dtype=np.int64),
+    }
+    for i, rep in enumerate(result.repeats):
+        arrays[f"test_ids_{i}"] = rep.test.ids.numpy()
+        arrays[f"test_scores_{i}"] = rep.test.scores.numpy()
+        if rep.indexing is not None:
+            arrays[f"ia_ids_{i}"] = rep.indexing.ids.numpy()
+            arrays[f"ia_scores_{i}"] = rep.indexing.scores.numpy()
+    return arrays
+
+
+def _dataset_params(data) -> dict[str, Any]:
+    out = {"name": data.name, "size": data.size, "n_total": data.n_total, "split_ratio": data.split_ratio,
+           "query_fractions": list(data.query_fractions), "seed": data.seed}
+    if data.root is not None:
+        out["root"] = data.root
+    if data.limit is not None:
+        out["limit"] = data.limit
+    out.update({f"options.{k}": v for k, v in data.options.items()})
+    return out
+
+
+def _param_value(v: Any) -> str:
+    s = json.dumps(v, default=str) if isinstance(v, list | tuple | dict) else str(v)
+    return s[:6000]

@@ -1,0 +1,178 @@
+"""Study files: validation errors name the file, the field and what is allowed; resolution
+follows scale preset < fixed < method params < sampled; every shipped study is valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.config import StudyConfigError, apply_overrides, load_study, resolve
+from vitdsi.retrievers.base import get, registered
+from vitdsi.scales import SCALES
+
+STUDIES = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.yaml"))
+
+
+def knn(**extra):
+    return {"name": "t", "retriever": "pixels-knn", "scale": "smoke", **extra}
+
+
+def error(data, **kw) -> str:
+    with pytest.raises(StudyConfigError) as e:
+        resolve(data, source="studies/x.yaml", **kw)
+    return str(e.value)
+
+
+def test_minimal_study_resolves_with_defaults():
+    s = resolve(knn(space={"center": [True, False]}))
+    assert s.sampler == "grid" and s.n_trials == 2
+    assert s.grid() == [{"center": True}, {"center": False}]
+    assert s.dataset.name == SCALES["smoke"].dataset and s.dataset.n_total == SCALES["smoke"].n_total
+    assert s.metric == "MAP@10" and s.direction == "maximize" and "MAP@10" in s.metrics
+    assert s.default_study_name == "t-smoke"
+
+
+def test_continuous_space_defaults_to_tpe_and_log_shorthand():
+    s = resolve(knn(space={"batch_size": {"type": "int", "low": 8, "high": 512, "log": True}}, n_trials=4))
+    assert s.sampler == "tpe" and s.n_trials == 4
+    s = resolve({"name": "t", "retriever": "dsi-vit", "scale": "smoke", "space": {"lr": {"type": "log", "low": 1e-4, "high": 1e-2}}})
+    assert s.space["lr"].log and s.sampler == "tpe"
+
+
+def test_precedence_scale_fixed_method_sampled():
+    preset = SCALES["smoke"].params_for("dsi-vit")
+    data = {
+        "name": "t", "scale": "smoke",
+        "methods": {"a": {"retriever": "dsi-vit", "params": {"depth": 3}}, "b": {"retriever": "dsi-vit"}},
+        "fixed": {"dim": 48, "depth": 2, "dataset.n_total": 200},
+        "space": {"method": ["a", "b"], "heads": [2, 4], "dataset.split_ratio": [0.5]},
+    }
+    s = resolve(data)
+    a = s.trial_config({"method": "a", "heads": 4, "dataset.split_ratio": 0.5})
+    assert a.params["ff_dim"] == preset["ff_dim"]  # from the scale preset
+    assert a.params["dim"] == 48  # fixed beats the preset
+    assert a.params["depth"] == 3  # the method beats fixed
+    assert a.params["heads"] == 4  # sampled beats everything
+    assert a.dataset.n_total == 200 and a.dataset.split_ratio == 0.5
+    assert s.trial_config({"method": "b", "heads": 2, "dataset.split_ratio": 0.5}).params["depth"] == 2
+
+
+def test_scale_overlay_is_merged_and_null_deletes():
+    data = knn(scale="small", space={"center": [True, False]}, fixed={"batch_size": 64},
+               scales={"smoke": {"space": {"center": [True]}, "fixed": {"batch_size": None}}})
+    assert len(resolve(data).grid()) == 2  # small: the base
+    smoke = resolve(data, scale="smoke")
+    assert smoke.grid() == [{"center": True}] and "batch_size" not in smoke.methods["pixels-knn"].params
+
+
+def test_dataset_fields_and_query_args_route_to_their_place():
+    s = resolve({"name": "t", "retriever": "dsi-vit", "scale": "smoke",
+                 "space": {"dataset.n_total": [128, 256], "query.beam_size": [5, 20]}})
+    t = s.trial_config({"dataset.n_total": 128, "query.beam_size": 20})
+    assert t.dataset.n_total == 128 and t.query == {"beam_size": 20} and "beam_size" not in t.params
+
+
+def test_unknown_field_names_file_field_and_allowed():
+    msg = error(knn(datset={"name": "digits"}))
+    assert "studies/x.yaml" in msg and "`datset`" in msg and "did you mean 'dataset'" in msg and "allowed:" in msg
+    msg = error(knn(sampler={"type": "gird"}))
+    assert "sampler.type" in msg and "'grid'" in msg and "'tpe'" in msg and "gird" in msg
+    msg = error(knn(space={"batch_size": {"type": "int", "low": 1, "hgh": 3}}))
+    assert "space.batch_size.hgh" in msg and "high" in msg
+
+
+def test_wrong_type_names_field():
+    assert "n_trials" in error(knn(n_trials="many"))
+    msg = error(knn(fixed={"batch_size": "big"}))
+    assert "fixed.batch_size" in msg and "int" in msg and "'big'" in msg
+
+
+def test_unknown_retriever_lists_registered():
+    msg = error(knn(retriever="pixel-knn"))
+    assert "pixel-knn" in msg and all(name in msg for name in registered())
+
+
+def test_unknown_parameter_lists_allowed():
+    msg = error(knn(fixed={"centre": True}))
+    assert "fixed.centre" in msg and "center" in msg and "batch_size" in msg
+    msg = error(knn(space={"query.beam": [1, 2]}))
+    assert "query argument 'beam'" in msg
+    assert "set by the harness" in error(knn(fixed={"seed": 3}))
+
+
+def test_bad_choice_rejected_before_any_work():
+    msg = error({"name": "t", "retriever": "dsi-vit", "scale": "smoke", "space": {"id_scheme": ["random", "clusterd"]}})
+    assert "clusterd" in msg and "clustered" in msg
+
+
+def test_dataset_errors():
+    msg = error(knn(dataset={"name": "mnist"}))
+    assert "dataset.name" in msg and "fashion-mnist" in msg
+    msg = error(knn(dataset={"options": {"fitt": "pad"}}))
+    assert "dataset.options.fitt" in msg and "fit" in msg
+    assert "dataset.root" in error(knn(dataset={"root": "/tmp"}))  # digits is not read from files
+    assert "query_fractions" in error(knn(dataset={"query_fractions": [0.5, 0.5, 0.5]}))
+
+
+def test_sampler_metric_scale_and_method_errors():
+    assert "grid sampler" in error(knn(sampler={"type": "grid"}, space={"batch_size": {"type": "float", "low": 1, "high": 2}}))
+    assert "MAP@10" in error(knn(metrics=["MAP"]))
+    assert "objective.metric" in error(knn(objective={"metric": "mAP@10"}))
+    msg = error(knn(scale="huge"))
+    assert "huge" in msg and "smoke" in msg
+    assert "scales.tiny" in error(knn(scales={"tiny": {}}))
+    assert "method" in error({"name": "t", "scale": "smoke", "methods": {"a": {"retriever": "random"}, "b": {"retriever": "pixels-knn"}}})
+    assert "both" in error(knn(methods={"a": {"retriever": "random"}}))
+
+
+def test_yaml_floats_and_overrides(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: t\nretriever: dsi-vit\nscale: smoke\nfixed: {lr: 1e-3}\nspace:\n  depth: [1, 2]\n")
+    s = load_study(path)
+    assert s.methods["dsi-vit"].params["lr"] == 1e-3
+    s = load_study(path, overrides=["space.depth=[3]", "repeats=2", "dataset.n_total=300"])
+    assert s.grid() == [{"depth": 3}] and s.repeats == 2 and s.dataset.n_total == 300
+    data = apply_overrides({"space": {}}, ["space.dataset.n_total=[1, 2]"])
+    assert data == {"space": {"dataset.n_total": [1, 2]}}
+    with pytest.raises(StudyConfigError, match="FIELD=VALUE"):
+        load_study(path, overrides=["repeats"])
+    with pytest.raises(StudyConfigError, match="not found"):
+        load_study(tmp_path / "missing.yaml")
+
+
+def test_fingerprint_ignores_budget_but_not_space():
+    a = resolve(knn(space={"center": [True, False]}, n_trials=1, description="x"))
+    b = resolve(knn(space={"center": [True, False]}, n_trials=2))
+    c = resolve(knn(space={"center": [True]}))
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_plugins_register_retrievers_from_files(tmp_path):
+    plugin = Path(__file__).parent / "plugins" / "sleepy.py"
+    study = tmp_path / "s.yaml"
+    study.write_text(f"name: t\nretriever: test-sleepy-knn\nscale: smoke\nplugins: [{plugin}]\nspace: {{sleep: [0.0]}}\n")
+    s = load_study(study)
+    assert s.methods["test-sleepy-knn"].retriever == "test-sleepy-knn"
+    assert "cannot import" in error(knn(plugins=["no_such_module_xyz"]))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
+def test_shipped_studies_are_valid_at_every_scale(path):
+    for scale in SCALES:
+        s = load_study(path, scale=scale)
+        assert s.name == path.stem
+        for method in s.methods.values():
+            assert get(method.retriever)
+    smoke = load_study(path, scale="smoke")
+    assert smoke.dataset.name == "digits" and smoke.n_trials <= 12
+
+
+def test_shipped_study_set_is_complete():
+    names = {p.stem for p in STUDIES}
+    assert {"patch_size", "depth", "dropout", "split_ratio", "bovw_k", "zero_shot_vs_finetuned",
+            "id_scheme", "table1", "latency_scaling"} <= names
+    table1 = load_study(STUDIES[[p.stem for p in STUDIES].index("table1")])
+    assert table1.space["dataset.n_total"].choices == [512, 1024, 2048]
+    kinds = {(m.retriever, m.params.get("id_scheme"), m.params.get("mode")) for m in table1.methods.values()}
+    assert {("bovw", None, None), ("dsi-vit", "random", "zero-shot"), ("dsi-vit", "clustered", "fine-tuned")} <= kinds

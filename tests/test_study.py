@@ -1,0 +1,243 @@
+"""`bench run` end to end on the smoke scale: Optuna trials, nested MLflow runs whose metrics
+equal the ones recomputed from the stored rankings, resume, failures, Ctrl-C and a killed
+worker. MLflow and Optuna use sqlite files in a temporary folder shared by this module."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from bench.cli import app
+from bench.config import resolve
+from bench.runs import open_trial_run
+from bench.study import RunOptions, run
+from bench.tracking import metric_key
+from vitdsi.data import Relevance
+from vitdsi.metrics import evaluate, indexing_accuracy, parse_metric
+
+SLEEPY = Path(__file__).resolve().parent / "plugins" / "sleepy.py"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench-store")
+    return SimpleNamespace(dir=folder, tracking=f"sqlite:///{folder}/mlflow.db", storage=f"sqlite:///{folder}/optuna.db")
+
+
+def options(store, **kw) -> RunOptions:
+    return RunOptions(storage=store.storage, tracking_uri=store.tracking, heartbeat=2, **kw)
+
+
+def knn_study(name: str, **extra):
+    return resolve({"name": name, "retriever": "pixels-knn", "scale": "smoke", **extra})
+
+
+def trials_of(store, study_name: str):
+    return optuna.load_study(study_name=study_name, storage=store.storage).get_trials(deepcopy=False)
+
+
+def nested_runs(client: MlflowClient, parent_run_id: str):
+    exp = client.get_run(parent_run_id).info.experiment_id
+    return client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+
+
+def test_two_trial_study_logs_metrics_equal_to_recomputed_ones(store, digits32):
+    study = knn_study("e2e", space={"center": [True, False]})
+    out = run(study, options(store))
+    assert out.done and out.counts == {"COMPLETE": 2} and out.ran == 2
+
+    trials = trials_of(store, "e2e-smoke")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert sorted(t.params["center"] for t in trials) == [False, True]
+    client = MlflowClient(store.tracking)
+    runs = {r.info.run_id: r for r in nested_runs(client, out.parent_run_id)}
+    assert set(runs) == {t.user_attrs["mlflow_run_id"] for t in trials}
+    ranked = [m for m in study.metrics if not parse_metric(m).is_indexing]
+    for t in trials:
+        r = runs[t.user_attrs["mlflow_run_id"]]
+        assert r.info.status == "FINISHED"
+        assert r.data.params["center"] == str(t.params["center"]) and r.data.params["dataset.n_total"] == "256"
+        assert r.data.tags["git.sha"] and r.data.tags["version.torch"] and r.data.tags["device"] == "cpu"
+        assert r.data.tags["dataset"] == "digits" and r.data.tags["optuna.trial_number"] == str(t.number)
+        stored = open_trial_run(r.info.run_id, store.tracking, with_index=True, folder=store.dir / r.info.run_id)
+        arrays = stored.rankings()
+        sets = stored.split.apply(digits32)
+        assert np.array_equal(arrays["test"], stored.split.test) and np.array_equal(arrays["idb"], stored.split.idb)
+        again = evaluate(arrays["test_ids_0"], Relevance.between(sets.test, sets.corpus), ranked)
+        again.update(indexing_accuracy(arrays["ia_ids_0"], len(sets.corpus), ks=(1, 5)))
+        assert set(again) == set(study.metrics)
+        for name, v in again.items():
+            key = metric_key(name)
+            assert r.data.metrics[key] == pytest.approx(v.mean, abs=1e-12), name
+            assert r.data.metrics[f"{key}_chance"] == pytest.approx(v.chance, abs=1e-12), name
+            if np.isfinite(v.ci95):
+                assert r.data.metrics[f"{key}_ci95"] == pytest.approx(v.ci95, abs=1e-12), name
+        assert t.value == pytest.approx(r.data.metrics["MAP_at_10"])
+        # the stored index answers like the trial did
+        index = stored.load_index(device="cpu")
+        assert np.array_equal(index.search(sets.test.images, 10).ids.numpy(), arrays["test_ids_0"][:, :10])
+
+
+def test_rerun_resumes_and_skips_finished_grid_points(store):
+    study = knn_study("resume", space={"dataset.n_total": [100, 120, 140]})
+    first = run(study, options(store, n_trials=2))
+    assert first.counts == {"COMPLETE": 2} and first.target == 2
+    second = run(study, options(store))
+    assert second.ran == 1 and second.done and second.counts == {"COMPLETE": 3}
+    third = run(study, options(store))
+    assert third.ran == 0 and third.counts == {"COMPLETE": 3}
+    points = sorted(t.params["dataset.n_total"] for t in trials_of(store, "resume-smoke"))
+    assert points == [100, 120, 140]
+    assert first.parent_run_id == second.parent_run_id == third.parent_run_id
+
+
+def test_failed_trial_is_recorded_and_the_study_goes_on(store):
+    study = knn_study("failing", space={"dataset.n_total": [100, 5000, 120]})
+    out = run(study, options(store))
+    assert not out.done and out.counts == {"COMPLETE": 2, "FAIL": 1}
+    failed = [t for t in trials_of(store, "failing-smoke") if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and "5000" in failed[0].user_attrs["error"]
+    client = MlflowClient(store.tracking)
+    run_info = client.get_run(failed[0].user_attrs["mlflow_run_id"])
+    assert run_info.info.status == "FAILED" and "5000" in run_info.data.tags["error"]
+    # a re-run retries only the failed point (and records it failing again)
+    again = run(study, options(store))
+    assert again.ran == 1 and again.counts == {"COMPLETE": 2, "FAIL": 2}
+
+
+def test_samplers_are_seeded_per_trial(store):
+    space = {"batch_size": {"type": "int", "low": 8, "high": 512, "log": True}, "center": [True, False]}
+    params = []
+    for name, seed in (("tpe-a", 0), ("tpe-b", 0), ("tpe-c", 1)):
+        out = run(knn_study(name, space=space, n_trials=3, sampler={"type": "tpe", "seed": seed}), options(store))
+        assert out.counts == {"COMPLETE": 3}
+        params.append([t.params for t in trials_of(store, f"{name}-smoke")])
+    assert params[0] == params[1] != params[2]
+
+
+def test_cli_run_list_search_and_help(store, tmp_path):
+    runner = CliRunner()
+    study = tmp_path / "cli.yaml"
+    study.write_text(yaml.safe_dump({"name": "cli", "retriever": "pixels-knn", "scale": "smoke", "space": {"center": [True, False]}}))
+    common = ["--storage", store.storage, "--tracking-uri", store.tracking]
+    res = runner.invoke(app, ["run", str(study), "--n-trials", "1", *common])
+    assert res.exit_code == 0, res.output
+    assert "Optuna study" in res.output and "best run" in res.output
+    run_id = [t for t in trials_of(store, "cli-smoke") if t.state == TrialState.COMPLETE][0].user_attrs["mlflow_run_id"]
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nretriever: pixels-knn\nfixd: {}\n")
+    res = runner.invoke(app, ["run", str(bad), *common])
+    assert res.exit_code == 2 and "fixd" in res.output and "bad.yaml" in res.output
+
+    image = tmp_path / "query.png"
+    from PIL import Image
+
+    Image.fromarray((np.arange(40 * 30 * 3) % 255).astype(np.uint8).reshape(40, 30, 3)).save(image)
+    grid = tmp_path / "grid.png"
+    res = runner.invoke(app, ["search", "--run", run_id, str(image), "--k", "3", "--out", str(grid), "--tracking-uri", store.tracking])
+    assert res.exit_code == 0, res.output
+    assert grid.stat().st_size > 1000 and "digits/" in res.output
+
+    for args, expect in ((["list", "retrievers"], "pixels-knn"), (["list", "datasets"], "fashion-mnist"), (["list", "studies"], "table1")):
+        res = runner.invoke(app, args, env={"COLUMNS": "200"})
+        assert res.exit_code == 0 and expect in res.output, res.output
+    for cmd in ([], ["run"], ["list"], ["ui"], ["search"]):
+        res = runner.invoke(app, [*cmd, "--help"])
+        assert res.exit_code == 0 and "Usage" in res.output
+
+
+# ---- interrupting a worker -----------------------------------------------------------------
+def _bench(store, study: Path, **kw) -> subprocess.Popen:
+    env = {**os.environ, "VITDSI_PROGRESS": "0", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "bench", "run", str(study), "--storage", store.storage,
+           "--tracking-uri", store.tracking, "--heartbeat", "1"]
+    return subprocess.Popen(cmd, cwd=store.dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _wait_running(store, study_name: str, number: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until trial `number` runs and has its MLflow run (so the worker is mid-trial)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            trials = trials_of(store, study_name)
+        except KeyError:  # study not created yet
+            trials = []
+        if any(t.number == number and t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs for t in trials):
+            time.sleep(0.4)  # into the first fake epoch
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"trial {number} did not start")
+
+
+def test_ctrl_c_and_killed_worker_then_resume(store, tmp_path):
+    study = tmp_path / "sleepy.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "sleepy", "retriever": "test-sleepy-knn", "scale": "smoke", "plugins": [str(SLEEPY)],
+        "fixed": {"sleep": 0.5, "epochs": 3}, "space": {"center": [True, False], "batch_size": [512]},
+        "dataset": {"n_total": 120},
+    }))
+    client = MlflowClient(store.tracking)
+
+    # 1. Ctrl-C during trial 0: recorded FAIL, its MLflow run KILLED, exit 130
+    proc = _bench(store, study)
+    _wait_running(store, "sleepy-smoke", 0, proc)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, output
+    (t0,) = trials_of(store, "sleepy-smoke")
+    assert t0.state == TrialState.FAIL and "interrupted" in t0.user_attrs["error"]
+    assert client.get_run(t0.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+
+    # 2. SIGKILL during the next trial, after one trial completed
+    proc = _bench(store, study)
+    _wait_running(store, "sleepy-smoke", 2, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    trials = trials_of(store, "sleepy-smoke")
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 1 and trials[2].state == TrialState.RUNNING
+    kept_run = done[0].user_attrs["mlflow_run_id"]
+    kept_metrics = client.get_run(kept_run).data.metrics
+
+    # 3. re-run: the dead worker's trial goes stale, is re-queued and finished; nothing logged is lost
+    proc = _bench(store, study)
+    output = proc.communicate(timeout=180)[0]
+    assert proc.returncode == 0, output
+    trials = trials_of(store, "sleepy-smoke")
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["center"] for t in complete) == [False, True]
+    assert trials[2].state == TrialState.FAIL
+    assert any(t.system_attrs.get("failed_trial") == 2 for t in complete)  # the re-queued copy
+    assert client.get_run(trials[2].user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    assert client.get_run(kept_run).data.metrics == kept_metrics
+    parents = {client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["mlflow.parentRunId"] for t in trials}
+    assert len(parents) == 1
+    finished = [r for r in nested_runs(client, parents.pop()) if r.info.status == "FINISHED"]
+    assert len(finished) == 2
+    for r in finished:  # per-epoch training curves
+        history = client.get_metric_history(r.info.run_id, "train/index/loss")
+        assert [round(m.value, 6) for m in history] == [1.0, 0.5, round(1 / 3, 6)]
+
+
+def test_study_file_changed_under_the_same_name_is_refused(store):
+    run(knn_study("changed", space={"center": [True]}), options(store))
+    from bench.study import StudyMismatchError
+
+    with pytest.raises(StudyMismatchError, match="different configuration"):
+        run(knn_study("changed", space={"center": [False]}), options(store))
+
