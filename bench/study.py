@@ -72,6 +72,8 @@ class RunOutcome:
     target: int  # COMPLETE trials wanted
     best: dict[str, Any] | None  # number, value, params, run_id
     ran: int  # trials this worker ran
+    metric: str = "MAP@10"  # the objective
+    trials: list[dict[str, Any]] = field(default_factory=list)  # every trial: number, state, params, metrics, error
     failed: list[int] = field(default_factory=list)  # trial numbers that failed in this session
     interrupted: bool = False
 
@@ -285,6 +287,13 @@ def run(study: Study, options: RunOptions | None = None) -> RunOutcome:
     finally:
         outcome.counts = _counts(ostudy)
         outcome.best = _best(ostudy, study, tracker)
+        outcome.metric = study.metric
+        outcome.trials = [
+            {"number": t.number, "state": t.state.name, "params": t.params, "metrics": t.user_attrs.get("metrics", {}),
+             "error": t.user_attrs.get("error") or t.user_attrs.get("skipped"), "seconds": t.user_attrs.get("seconds"),
+             "run_id": t.user_attrs.get("mlflow_run_id")}
+            for t in ostudy._storage.get_all_trials(ostudy._study_id, deepcopy=False)
+        ]
         try:
             tracker.log_study_summary(parent_id, study.metric, outcome.best, outcome.counts)
             tracker.set_status(parent_id, "KILLED" if outcome.interrupted else "FINISHED")
@@ -294,29 +303,27 @@ def run(study: Study, options: RunOptions | None = None) -> RunOutcome:
 
 
 def _open(study: Study, study_name: str, storage, storage_url: str, sampler, tracker: Tracker, options: RunOptions):
-    """Create the Optuna study (and its MLflow parent run) or join the existing one."""
+    """Create the Optuna study (and its MLflow parent run) or join the existing one.
+
+    Creating the study is the election: the one worker whose create succeeds describes it
+    (config, grid, MLflow parent run) and sets the fingerprint last, as a "ready" mark; the
+    others wait for that mark. A study left without it (its creator died) is adopted."""
     experiment_id = tracker.experiment_id(study.experiment)
     fingerprint = study.fingerprint()
     try:
         ostudy = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, direction=study.direction)
-        ostudy.set_user_attr("fingerprint", fingerprint)
-        ostudy.set_user_attr("config", study.to_dict())
-        ostudy.set_user_attr("file", study.file)
-        if study.sampler == "grid":
-            ostudy.set_user_attr("grid", study.grid())
-        parent_id = tracker.start_parent(study, study_name=study_name, storage=storage_url, experiment_id=experiment_id,
-                                         study_file=study.file, device=options.device)
-        ostudy.set_user_attr("mlflow_parent_run_id", parent_id)
-        ostudy.set_user_attr("mlflow_experiment", study.experiment)
-        return ostudy, parent_id, experiment_id
+        return ostudy, _describe(ostudy, study, study_name, storage_url, experiment_id, tracker, options), experiment_id
     except optuna.exceptions.DuplicatedStudyError:
         pass
     ostudy = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
-    attrs = _wait_for_attrs(ostudy, ("fingerprint", "mlflow_parent_run_id"))
-    if attrs.get("fingerprint") != fingerprint:
+    attrs = _wait_for_attrs(ostudy, "fingerprint")
+    if "fingerprint" not in attrs:
+        log.warning(f"study '{study_name}' was left half-created (no fingerprint after {ATTR_WAIT_S:.0f} s); adopting it")
+        return ostudy, _describe(ostudy, study, study_name, storage_url, experiment_id, tracker, options), experiment_id
+    if attrs["fingerprint"] != fingerprint:
         raise StudyMismatchError(
             f"study '{study_name}' in {redact(storage_url)} was made from a different configuration "
-            f"(fingerprint {attrs.get('fingerprint')} vs {fingerprint} now); its trials would not be comparable. "
+            f"(fingerprint {attrs['fingerprint']} vs {fingerprint} now); its trials would not be comparable. "
             f"Restore the file, or start a new study with --study-name {study_name}-v2"
         )
     if ostudy.direction.name.lower() != study.direction:
@@ -325,18 +332,33 @@ def _open(study: Study, study_name: str, storage, storage_url: str, sampler, tra
     if not tracker.run_exists(parent_id):  # e.g. a different tracking store than the first worker's
         parent_id = tracker.start_parent(study, study_name=study_name, storage=storage_url, experiment_id=experiment_id,
                                          study_file=study.file, device=options.device)
-        log.warning(f"the study's MLflow run is not in {tracker.uri}; trials go under a new parent run {parent_id}")
+        log.warning(f"the study's MLflow run is not in {tracker.uri}; its trials from now on go under run {parent_id}")
         ostudy.set_user_attr("mlflow_parent_run_id", parent_id)
     console.print(f"resuming study {study_name}: {_counts(ostudy)}", markup=False)
     return ostudy, parent_id, experiment_id
 
 
-def _wait_for_attrs(ostudy, keys: tuple[str, ...]) -> dict[str, Any]:
+def _describe(ostudy, study: Study, study_name: str, storage_url: str, experiment_id: str, tracker: Tracker,
+              options: RunOptions) -> str:
+    """Store the study's description and MLflow parent run; the fingerprint goes last."""
+    ostudy.set_user_attr("config", study.to_dict())
+    ostudy.set_user_attr("file", study.file)
+    if study.sampler == "grid":
+        ostudy.set_user_attr("grid", study.grid())
+    parent_id = tracker.start_parent(study, study_name=study_name, storage=storage_url, experiment_id=experiment_id,
+                                     study_file=study.file, device=options.device)
+    ostudy.set_user_attr("mlflow_parent_run_id", parent_id)
+    ostudy.set_user_attr("mlflow_experiment", study.experiment)
+    ostudy.set_user_attr("fingerprint", study.fingerprint())
+    return parent_id
+
+
+def _wait_for_attrs(ostudy, key: str) -> dict[str, Any]:
     """A worker that joins a study being created waits until the creator has described it."""
     deadline = time.monotonic() + ATTR_WAIT_S
     while True:
         attrs = ostudy._storage.get_study_user_attrs(ostudy._study_id)
-        if all(k in attrs for k in keys) or time.monotonic() > deadline:
+        if key in attrs or time.monotonic() > deadline:
             return attrs
         time.sleep(0.2)
 
@@ -459,6 +481,33 @@ class _Objective:
 
 def _fmt(x: float) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.4f}"
+
+
+def trials_table(outcome: RunOutcome, limit: int = 30):
+    """A rich table of the study's trials: parameters, objective ± 95% CI, chance, IA@1."""
+    from rich.table import Table
+
+    rows = outcome.trials
+    if len(rows) > limit:  # the best finished ones, then the most recent others
+        done = sorted((r for r in rows if r["state"] == "COMPLETE"),
+                      key=lambda r: -r["metrics"].get(outcome.metric, {}).get("mean", float("-inf")))
+        rows = sorted(done[:limit], key=lambda r: r["number"])
+    keys = list(dict.fromkeys(k for r in rows for k in r["params"]))
+    table = Table(title=f"trials of {outcome.study_name}" + (f" (best {limit} of {len(outcome.trials)})" if len(outcome.trials) > limit else ""))
+    for col in ["#", *keys, outcome.metric, "chance", "IA@1", "s", "state"]:
+        table.add_column(col, justify="right" if col not in keys else "left", overflow="fold")
+    for r in rows:
+        m = r["metrics"].get(outcome.metric)
+        ia = r["metrics"].get("IA@1")
+        table.add_row(
+            str(r["number"]), *[escape(str(r["params"].get(k, ""))) for k in keys],
+            f"{m['mean']:.4f} ± {_fmt(m['ci95'])}" if m else "-",
+            f"{m['chance']:.4f}" if m else "-",
+            f"{ia['mean']:.3f}" if ia else "-",
+            f"{r['seconds']:.1f}" if r.get("seconds") else "-",
+            r["state"] if r["state"] == "COMPLETE" else f"[red]{r['state']}[/]",
+        )
+    return table
 
 
 def describe(outcome: RunOutcome) -> str:

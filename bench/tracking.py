@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -77,14 +78,16 @@ def local_store_dir(tracking_uri: str) -> Path | None:
 
 @contextlib.contextmanager
 def store_lock(uri: str) -> Iterator[None]:
-    """An exclusive lock on `<file>.lock` beside a sqlite database (no-op for other URLs), for
-    the first-time table creation that concurrent processes must not run at once."""
+    """An exclusive lock per sqlite database file (no-op for other URLs), for the first-time
+    table creation that concurrent processes must not run at once. sqlite is local to one
+    machine, so the lock file lives in the temp folder rather than beside the database."""
     path = sqlite_path(uri)
     if path is None:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.lock", "a") as handle:
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"bench-sqlite-{digest}.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -24,9 +24,9 @@ from bench.cli import app
 from bench.config import resolve
 from bench.runs import open_trial_run
 from bench.study import RunOptions, run
-from bench.tracking import metric_key
+from bench.tracking import default_storage, metric_key, metric_name, redact, resolve_tracking_uri
 from vitdsi.data import Relevance
-from vitdsi.metrics import evaluate, indexing_accuracy, parse_metric
+from vitdsi.metrics import evaluate, indexing_accuracy, mean_ci, parse_metric
 
 SLEEPY = Path(__file__).resolve().parent / "plugins" / "sleepy.py"
 
@@ -89,6 +89,32 @@ def test_two_trial_study_logs_metrics_equal_to_recomputed_ones(store, digits32):
         # the stored index answers like the trial did
         index = stored.load_index(device="cpu")
         assert np.array_equal(index.search(sets.test.images, 10).ids.numpy(), arrays["test_ids_0"][:, :10])
+
+
+def test_repeats_report_mean_and_ci_over_seeds(store, digits32):
+    study = resolve({"name": "repeats", "retriever": "random", "scale": "smoke", "repeats": 3, "seed": 5,
+                     "metrics": ["P@10", "MAP@10"], "mlflow": {"log_index": False}})
+    out = run(study, options(store))
+    assert out.counts == {"COMPLETE": 1}
+    (trial,) = trials_of(store, "repeats-smoke")
+    client = MlflowClient(store.tracking)
+    r = client.get_run(trial.user_attrs["mlflow_run_id"])
+    assert "index" not in {a.path for a in client.list_artifacts(r.info.run_id)}
+    stored = open_trial_run(r.info.run_id, store.tracking, folder=store.dir / r.info.run_id)
+    arrays = stored.rankings()
+    assert list(arrays["seeds"]) == [5, 6, 7]
+    sets = stored.split.apply(digits32)
+    relevance = Relevance.between(sets.test, sets.corpus)
+    per_seed = [evaluate(arrays[f"test_ids_{i}"], relevance, ["P@10", "MAP@10"]) for i in range(3)]
+    for name in ("P@10", "MAP@10"):
+        means = np.array([p[name].mean for p in per_seed])
+        assert len(set(means)) > 1  # the seeds really differ
+        mean, ci, _ = mean_ci(means)
+        assert r.data.metrics[metric_key(name)] == pytest.approx(mean, abs=1e-12)
+        assert r.data.metrics[f"{metric_key(name)}_ci95"] == pytest.approx(ci, abs=1e-12)
+        history = client.get_metric_history(r.info.run_id, f"{metric_key(name)}_per_seed")
+        assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(list(means))
+        assert trial.user_attrs["metrics"][name]["n_seeds"] == 3
 
 
 def test_rerun_resumes_and_skips_finished_grid_points(store):
@@ -188,7 +214,7 @@ def test_ctrl_c_and_killed_worker_then_resume(store, tmp_path):
     study = tmp_path / "sleepy.yaml"
     study.write_text(yaml.safe_dump({
         "name": "sleepy", "retriever": "test-sleepy-knn", "scale": "smoke", "plugins": [str(SLEEPY)],
-        "fixed": {"sleep": 0.5, "epochs": 3}, "space": {"center": [True, False], "batch_size": [512]},
+        "fixed": {"sleep": 0.8, "epochs": 3}, "space": {"center": [True, False], "batch_size": [512]},
         "dataset": {"n_total": 120},
     }))
     client = MlflowClient(store.tracking)
@@ -241,3 +267,19 @@ def test_study_file_changed_under_the_same_name_is_refused(store):
     with pytest.raises(StudyMismatchError, match="different configuration"):
         run(knn_study("changed", space={"center": [False]}), options(store))
 
+
+
+def test_tracking_and_storage_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    here = Path.cwd().resolve()
+    assert resolve_tracking_uri() == f"sqlite:///{here}/mlflow.db"
+    assert default_storage(resolve_tracking_uri()) == f"sqlite:///{here}/optuna.db"
+    assert resolve_tracking_uri("sqlite:///runs/m.db") == f"sqlite:///{here}/runs/m.db"
+    assert default_storage(resolve_tracking_uri("sqlite:///runs/m.db")) == f"sqlite:///{here}/runs/optuna.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert resolve_tracking_uri() == "http://127.0.0.1:5000"
+    assert default_storage(resolve_tracking_uri()) == f"sqlite:///{here}/optuna.db"
+    assert resolve_tracking_uri("sqlite:///x.db") == f"sqlite:///{here}/x.db"  # the flag beats the variable
+    assert metric_key("MAP@10") == "MAP_at_10" and metric_name("nDCG_at_10") == "nDCG@10"
+    assert redact("postgresql://u:secret@host/db") == "postgresql://u:***@host/db"

@@ -14,7 +14,7 @@ from vitdsi.log import console
 def command(
     study_file: str = typer.Argument(..., help="Study YAML (e.g. studies/patch_size.yaml) or a study name (patch_size)."),
     scale: str = typer.Option(None, "--scale", help="Scale preset: smoke, small or paper (default: the file's `scale`)."),
-    n_trials: int = typer.Option(None, "--n-trials", min=1, help="COMPLETE trials wanted (default: the file's, or the whole grid)."),
+    n_trials: int = typer.Option(None, "--n-trials", min=1, help="COMPLETE trials wanted in the study, counting those of earlier runs (default: the file's n_trials, or the whole grid)."),
     storage: str = typer.Option(None, "--storage", help="Optuna storage URL, e.g. postgresql://user:pw@host/db (default: sqlite optuna.db beside the MLflow store)."),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
     study_name: str = typer.Option(None, "--study-name", help="Optuna study name (default: <name>-<scale>)."),
@@ -37,7 +37,7 @@ def command(
             n = len(study.grid()) if study.sampler == "grid" else study.n_trials
             console.print(f"[green]ok[/]: {path} at scale {study.scale}: {n} trials, {study.sampler} sampler")
             return
-        from bench.study import RunOptions, StudyMismatchError, describe, run
+        from bench.study import RunOptions, StudyMismatchError, describe, run, trials_table
 
         options = RunOptions(storage=storage, tracking_uri=tracking_uri, study_name=study_name, n_trials=n_trials,
                              device=device, heartbeat=heartbeat, wait_for_others=wait)
@@ -49,6 +49,8 @@ def command(
             raise typer.Exit(2) from None
         finally:
             signal.signal(signal.SIGTERM, previous)
+    if outcome.trials:
+        console.print(trials_table(outcome))
     console.print(describe(outcome), markup=False, highlight=False)
     if outcome.interrupted:
         raise typer.Exit(130)

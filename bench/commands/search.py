@@ -20,7 +20,7 @@ def command(
     images: list[Path] = typer.Argument(..., help="Query image files (any size; centre-cropped and resized)."),
     run_id: str = typer.Option(..., "--run", help="MLflow run id of a finished trial (e.g. the study's best.run_id tag)."),
     k: int = typer.Option(5, "--k", min=1, help="Results per query."),
-    out: Path = typer.Option(Path("search_results.png"), "--out", help="Where to write the result grid PNG."),
+    out: Path = typer.Option(Path("grid.png"), "--out", help="Where to write the result grid PNG."),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
     device: str = typer.Option(None, "--device", help="torch device (default: CUDA when present)."),
 ) -> None:
