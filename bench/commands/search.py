@@ -7,6 +7,7 @@ a grid PNG (query, then its results with class and score), like the simple CBIR 
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import typer
@@ -30,13 +31,17 @@ def command(
     from bench.runs import open_trial_run
     from vitdsi.data.prep import load_image_file
 
-    with friendly_errors():
-        trial = open_trial_run(run_id, tracking_uri, with_index=True)
+    with friendly_errors(), tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
+        trial = open_trial_run(run_id, tracking_uri, with_index=True, folder=tmp)
         retriever = trial.load_index(device=device)
+        corpus = trial.corpus()
         queries = torch.stack([load_image_file(p, retriever.image_size) for p in images])
+        if _grayscale(corpus.images) and not _grayscale(queries):
+            # a grey corpus (digits, Fashion-MNIST): compare like with like
+            queries = queries.float().mean(1, keepdim=True).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+            console.print("the index holds grey images: the queries were converted to grey")
         k = min(k, retriever.corpus_size)
         ranking = retriever.search(queries, k)
-        corpus = trial.corpus()
     ids, scores = ranking.ids.numpy(), ranking.scores.numpy()
     labels = corpus.primary_labels()
     names = corpus.class_names
@@ -63,6 +68,10 @@ def command(
     written = write_grid(queries, [p.name for p in images], corpus.images, ids, titles, out,
                          title=f"{trial.config.method} on {trial.config.dataset.name} (run {run_id[:8]})")
     console.print(f"wrote {written}")
+
+
+def _grayscale(images) -> bool:
+    return bool((images[:, 0] == images[:, 1]).all() and (images[:, 1] == images[:, 2]).all())
 
 
 def write_grid(queries, query_titles, corpus_images, ids, titles, out: Path, title: str) -> Path:
