@@ -4,6 +4,7 @@
     bench list retrievers | datasets | studies
     bench ui
     bench search --run RUN_ID IMAGE... [--k 5] [--out grid.png]
+    bench report STUDY
 
 Each command lives in its own module under bench/commands and imports its heavy
 dependencies (torch, optuna, mlflow) only when it runs, so `--help` stays fast.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import typer
 
-from bench.commands import listing, run, search, ui
+from bench.commands import listing, report, run, search, ui
 
 app = typer.Typer(
     name="bench",
@@ -27,6 +28,7 @@ app.command("run")(run.command)
 app.command("list")(listing.command)
 app.command("ui")(ui.command)
 app.command("search")(search.command)
+app.command("report")(report.command)
 
 
 def main() -> None:  # `python -m bench.cli`

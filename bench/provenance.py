@@ -49,7 +49,7 @@ def device_info(device: str | None = None) -> dict[str, str]:
     dev = torch.device(device) if device else default_device()
     info = {"device": str(dev), "torch_threads": str(torch.get_num_threads()), "platform": platform.platform()}
     if dev.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(dev)
+        info["name"] = torch.cuda.get_device_name(dev)
     else:
-        info["cpu"] = platform.processor() or platform.machine()
+        info["name"] = platform.processor() or platform.machine()
     return info
