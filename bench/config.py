@@ -145,6 +145,19 @@ class MLflowConfig(_Model):
     log_index: bool = True  # store the trained index of each trial as an artifact (for `bench search`)
 
 
+class LatencyConfig(_Model):
+    """Latency studies (bench/latency.py): `dataset.n_total` is then the number of indexed
+    images N, and `n_queries` more images of the source, never indexed, are the queries."""
+
+    n_queries: int = Field(256, ge=1)  # held-out query images (timed, and scored for accuracy)
+    k: int = Field(10, ge=1)  # results per query while timing
+    batch_size: int = Field(256, ge=2)  # the batched measurement (batch 1 is always measured)
+    calls: int = Field(30, ge=1)  # timed calls at batch 1 (after warm-up)
+    batch_calls: int = Field(5, ge=1)  # timed calls at `batch_size`
+    warmup: int = Field(3, ge=0)  # untimed calls first
+    threads: int = Field(2, ge=1)  # torch / FAISS / OpenCV threads, the same for every method
+
+
 class MethodConfig(_Model):
     retriever: str  # registry name (`bench list retrievers`)
     params: dict[str, Any] = Field(default_factory=dict)  # build parameters of this method
@@ -174,6 +187,7 @@ class StudyFile(_Model):
     repeats: int = Field(1, ge=1)  # seeds per trial; metrics are the mean over seeds with a 95% CI
     seed: int = 0  # first retriever seed; repeat r uses seed + r
     mlflow: MLflowConfig = Field(default_factory=MLflowConfig)
+    latency: LatencyConfig | None = None  # makes this a latency study (see LatencyConfig)
     scales: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-scale overrides of the fields above
 
     @field_validator("space", mode="before")
@@ -246,6 +260,7 @@ class TrialConfig:
     repeats: int  # seeds to run
     seed: int  # first seed
     sampled: dict[str, Any]  # the values Optuna chose for this trial
+    latency: dict[str, Any] | None = None  # LatencyConfig fields, for latency studies
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -284,6 +299,7 @@ class Study:
     experiment: str
     log_index: bool
     plugins: tuple[str, ...]
+    latency: dict[str, Any] | None = None  # LatencyConfig fields, for latency studies
 
     @property
     def default_study_name(self) -> str:
@@ -313,10 +329,16 @@ class Study:
                 query[name] = value
             elif where == "param":
                 params[name] = value
+        data = replace(self.dataset, **data_changes)
+        if self.latency is not None:
+            # n_total is the indexed N; n_queries more source images are the (test) queries
+            n, q = data.n_total, self.latency["n_queries"]
+            data = replace(data, n_total=n + q, split_ratio=n / (n + q), query_fractions=(0.0, 0.0, 1.0))
         return TrialConfig(
             study=self.name, scale=self.scale, method=method_name, retriever=method.retriever,
-            params=params, query=query, dataset=replace(self.dataset, **data_changes),
+            params=params, query=query, dataset=data,
             metrics=self.metrics, repeats=self.repeats, seed=self.seed, sampled=dict(sampled),
+            latency=dict(self.latency) if self.latency is not None else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -331,6 +353,7 @@ class Study:
             "objective": {"metric": self.metric, "direction": self.direction},
             "metrics": list(self.metrics), "repeats": self.repeats, "seed": self.seed,
             "mlflow": {"experiment": self.experiment, "log_index": self.log_index},
+            **({"latency": self.latency} if self.latency is not None else {}),
         }
 
     def fingerprint(self) -> str:
@@ -550,6 +573,7 @@ def _resolve(sf: StudyFile, scale_name: str, source: str) -> Study:
         metric=objective.name, direction=direction, metrics=tuple(metrics), repeats=sf.repeats,
         seed=sf.seed, experiment=sf.mlflow.experiment or sf.name, log_index=sf.mlflow.log_index,
         plugins=tuple(sf.plugins),
+        latency=sf.latency.model_dump() if sf.latency is not None else None,
     )
     _check_values(study, sf, known, source)
     return study

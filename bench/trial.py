@@ -111,7 +111,7 @@ def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHoo
     k_test = max((parse_metric(m).k or 1 for m in ranked), default=1)
     if any(parse_metric(m).k is None for m in ranked):
         k_test = max(k_test, 100)  # MRR without a cutoff looks at the returned list: return 100
-    repeats, kept = [], None
+    repeats, kept, latency = [], None, {}
     for r in range(cfg.repeats):
         seed = cfg.seed + r
         retriever = create(cfg.retriever, **cfg.params, seed=seed, device=device)
@@ -139,14 +139,34 @@ def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHoo
         repeats.append(RepeatResult(seed, metrics, test, indexing, history, index_seconds, query_ms))
         if kept is None:
             kept = retriever
+            if cfg.latency is not None:
+                latency = measure_latency(retriever, sets.test.images, cfg.latency, index_seconds)
         else:
             del retriever
     return TrialResult(
         config=cfg, split=split, repeats=repeats, summary=summarise(repeats, cfg.metrics), retriever=kept,
         device=str(kept.device),
         timings={"index_seconds": float(np.mean([x.index_seconds for x in repeats])),
-                 "query_ms": float(np.mean([x.query_ms for x in repeats]))},
+                 "query_ms": float(np.mean([x.query_ms for x in repeats])), **latency},
     )
+
+
+def measure_latency(retriever: Retriever, queries: torch.Tensor, opts: dict[str, Any], build_s: float) -> dict[str, float]:
+    """Latency metrics of one indexed retriever (bench.latency): p50 / p95 ms per query at
+    batch 1 and at opts['batch_size'], build seconds and saved-index bytes."""
+    from bench.latency import index_bytes, measure_search
+
+    k = min(opts["k"], retriever.corpus_size)
+    one = measure_search(retriever, queries, k=k, batch_size=1, calls=opts["calls"], warmup=opts["warmup"],
+                         threads=opts["threads"])
+    many = measure_search(retriever, queries, k=k, batch_size=opts["batch_size"], calls=opts["batch_calls"],
+                          warmup=min(opts["warmup"], 1), threads=opts["threads"])
+    return {
+        "n_indexed": float(retriever.corpus_size), "latency_b1_p50_ms": one.p50_ms, "latency_b1_p95_ms": one.p95_ms,
+        "latency_batch_p50_ms": many.p50_ms, "latency_batch_p95_ms": many.p95_ms,
+        "latency_batch_size": float(opts["batch_size"]), "latency_threads": float(opts["threads"]),
+        "index_build_s": float(build_s), "index_bytes": float(index_bytes(retriever)),
+    }
 
 
 def summarise(repeats: list[RepeatResult], metrics) -> dict[str, Summary]:

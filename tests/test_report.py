@@ -99,3 +99,51 @@ def test_report_of_unknown_study_is_a_clear_error(study_store):
     _, uri = study_store
     with pytest.raises(VitDSIError, match="no study 'nope'.*bench run studies/nope.yaml"):
         write_report("nope", tracking_uri=uri, out_dir=Path("/tmp/unused"))
+
+
+LATENCY_STUDY = {
+    "name": "latency_check",
+    "scale": "smoke",
+    "methods": {"knn": {"retriever": "pixels-knn"}, "dsi-random": {"retriever": "random"}},
+    "latency": {"n_queries": 16, "batch_size": 8, "calls": 3, "batch_calls": 2, "warmup": 1, "threads": 1},
+    "space": {"dataset.n_total": [32, 64, 128], "method": ["knn", "dsi-random"]},
+    "metrics": ["P@10"],
+    "objective": {"metric": "P@10"},
+    "mlflow": {"log_index": False},
+}
+
+
+def test_latency_study_report(tmp_path):
+    from mlflow import MlflowClient
+
+    from bench.config import load_study
+    from bench.report import write_report
+    from bench.study import RunOptions, run
+
+    path = tmp_path / "latency_check.yaml"
+    path.write_text(yaml.safe_dump(LATENCY_STUDY))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    outcome = run(load_study(path), RunOptions(tracking_uri=uri, storage=f"sqlite:///{tmp_path / 'optuna.db'}"))
+    assert outcome.complete == 6
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("latency_check").experiment_id], "tags.`vitdsi.kind` = 'trial'")
+    stored = {(r.data.tags["method"], int(r.data.metrics["n_indexed"])): r.data.metrics for r in runs}
+    assert sorted(n for _, n in stored) == [32, 32, 64, 64, 128, 128]  # N is the indexed size
+    for m in stored.values():
+        assert 0 < m["latency_b1_p50_ms"] <= m["latency_b1_p95_ms"] and m["index_bytes"] > 0
+        assert m["P_at_10_n"] == 16  # the held-out queries
+
+    text = write_report("latency_check", tracking_uri=uri, out_dir=tmp_path / "reports").read_text()
+    assert "## Latency against database size" in text and "| method | sizes | slope |" in text
+    assert "Crossover (batch 1)" in text and "dsi-random" in text
+    rows = [line for line in text.splitlines() if line.startswith("| knn | ") or line.startswith("| dsi-random | ")]
+    measured = [r for r in rows if len(r.split("|")) == 10]  # the all-measurements table
+    assert len(measured) == 6
+    for row in measured:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        m = stored[(cells[0], int(cells[1]))]
+        assert float(cells[2]) == pytest.approx(m["latency_b1_p50_ms"], abs=5e-4)
+        assert float(cells[5]) == pytest.approx(m["latency_batch_p95_ms"], abs=5e-5)
+    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+        with Image.open(tmp_path / "reports" / link) as im:
+            assert im.format == "PNG"
