@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# the patch-size ablation at smoke scale (about a minute), then its report
 demo: install
-	$(PY) scripts/demo.py
+	$(VENV)/bin/bench run studies/patch_size.yaml --scale smoke
+	$(VENV)/bin/bench report patch_size --scale smoke --out runs/demo-report
+	@echo "report: runs/demo-report/patch_size.md   runs: mlflow.db (browse with: $(VENV)/bin/bench ui)"
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
