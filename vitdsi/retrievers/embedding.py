@@ -1,0 +1,160 @@
+"""`embedding`: dense image features (raw pixels or a pretrained CNN) searched with FAISS.
+
+The baseline a user of pretrained content-based image retrieval would pick (seed
+003_pretrained_embeddings_faiss): one feature vector per image from a backbone
+(`vitdsi.features.backbones`), optionally centred on the corpus mean, L2-normalised, so
+that inner product is cosine similarity, and indexed by FAISS:
+
+    flat  exact inner product over all N vectors (IndexFlatIP)
+    hnsw  HNSW graph (IndexHNSWFlat, inner product); build: hnsw_m, ef_construction;
+          query: ef_search
+    ivf   inverted lists over a k-means coarse quantiser (IndexIVFFlat, inner product);
+          build: nlist; query: nprobe
+
+Build parameters shape the index; query parameters (ef_search, nprobe) only trade speed
+for recall and are set with `set_query_arguments`, as in ann-benchmarks. Features are
+extracted in batches under `torch.inference_mode` on the retriever's device.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from vitdsi.data.imageset import ImageSet
+from vitdsi.errors import VitDSIError
+from vitdsi.features.backbones import Backbone, load_backbone
+from vitdsi.log import get_logger, progress
+from vitdsi.retrievers.base import Ranking, Retriever, register
+
+log = get_logger(__name__)
+
+INDEX_TYPES = ("flat", "hnsw", "ivf")
+
+
+@register("embedding")
+class Embedding(Retriever):
+    """Backbone features, cosine similarity through a FAISS index."""
+
+    query_defaults: ClassVar[dict[str, Any]] = {
+        "ef_search": 64,  # hnsw: candidate list size while searching (higher = better recall, slower)
+        "nprobe": 8,  # ivf: inverted lists visited per query (nlist = exact)
+    }
+    smoke_params: ClassVar[dict[str, Any]] = {"backbone": "pixels", "index_type": "flat"}
+
+    def __init__(
+        self,
+        *,
+        backbone: str = "efficientnet-lite0",
+        index_type: str = "flat",
+        center: bool = True,
+        hnsw_m: int = 32,
+        ef_construction: int = 40,
+        nlist: int = 0,
+        batch_size: int = 64,
+        seed: int = 0,
+        device: str | None = None,
+    ) -> None:
+        super().__init__(seed=seed, device=device)
+        self.backbone = backbone  # "pixels", "efficientnet-lite0" or a torchvision model name
+        # FAISS index: "flat" (exact), "hnsw" or "ivf" (named index_type: `index` is the method)
+        self.index_type = index_type
+        self.center = bool(center)  # subtract the corpus mean feature before normalising
+        self.hnsw_m = int(hnsw_m)  # hnsw: graph neighbours per node
+        self.ef_construction = int(ef_construction)  # hnsw: candidate list size while building
+        self.nlist = int(nlist)  # ivf: number of inverted lists, 0 = min(4 sqrt(N), N / 39)
+        self.batch_size = int(batch_size)  # images per forward pass
+        if index_type not in INDEX_TYPES:
+            raise VitDSIError(f"embedding: index_type must be one of {INDEX_TYPES}, got {index_type!r}")
+        self._net: Backbone | None = None  # loaded on first use
+        self._mean: torch.Tensor | None = None  # float32 [D] corpus mean feature (zeros without centring)
+        self._faiss = None  # the FAISS index
+
+    # ---- features -------------------------------------------------------------------
+    def _backbone(self) -> Backbone:
+        if self._net is None:
+            self._net = load_backbone(self.backbone, self.device)
+        return self._net
+
+    def _raw_features(self, images: torch.Tensor, what: str) -> torch.Tensor:
+        net = self._backbone()
+        parts = []
+        with torch.inference_mode(), progress() as bar:
+            task = bar.add_task(f"{self.backbone} features: {what}", total=len(images))
+            for s in range(0, len(images), self.batch_size):
+                batch = images[s : s + self.batch_size]
+                parts.append(net(batch))
+                bar.update(task, advance=len(batch))
+        return torch.cat(parts)
+
+    def _normalise(self, feats: torch.Tensor) -> np.ndarray:
+        feats = torch.nn.functional.normalize(feats - self._mean, dim=1)
+        return np.ascontiguousarray(feats.cpu().numpy(), dtype=np.float32)
+
+    def embed(self, images: torch.Tensor) -> np.ndarray:
+        """float32 [n, D]: the normalised features the index compares (after `index`)."""
+        if self._mean is None:
+            raise VitDSIError("embedding: embed() needs the corpus statistics; index a corpus or load() one first")
+        return self._normalise(self._raw_features(images, "images"))
+
+    # ---- retriever hooks ------------------------------------------------------------
+    def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
+        import faiss
+
+        raw = self._raw_features(corpus.images, "corpus")
+        self._mean = raw.mean(0) if self.center else torch.zeros(raw.shape[1], device=raw.device)
+        x = self._normalise(raw)
+        n, d = x.shape
+        if self.index_type == "flat":
+            index = faiss.IndexFlatIP(d)
+            index.add(x)
+        elif self.index_type == "hnsw":
+            index = faiss.IndexHNSWFlat(d, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = self.ef_construction
+            # a parallel HNSW build depends on thread timing; one thread makes it reproducible
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)
+            try:
+                index.add(x)
+            finally:
+                faiss.omp_set_num_threads(threads)
+        else:
+            nlist = self.nlist or max(1, min(round(4 * math.sqrt(n)), n // 39))
+            if nlist > n:
+                raise VitDSIError(f"embedding: nlist={nlist} inverted lists need at least as many corpus images, got {n}")
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = self.seed
+            index.cp.min_points_per_centroid = 1  # small corpora: no warning for few points per list
+            index.train(x)
+            index.add(x)
+        self._faiss = index
+        log.info("embedding: %d images, %s features of %d dims, %s index", n, self.backbone, d, self.index_type)
+
+    def _search(self, images: torch.Tensor, k: int) -> Ranking:
+        q = self._normalise(self._raw_features(images, "queries"))
+        if self.index_type == "hnsw":
+            self._faiss.hnsw.efSearch = int(self.query_args["ef_search"])
+        elif self.index_type == "ivf":
+            self._faiss.nprobe = int(self.query_args["nprobe"])
+        scores, ids = self._faiss.search(q, k)
+        scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+        # FAISS leaves the order of equal scores to its heaps; sort them by corpus position
+        order = np.lexsort((ids, -scores), axis=1)
+        ids = np.take_along_axis(ids, order, axis=1)
+        scores = np.take_along_axis(scores, order, axis=1)
+        return Ranking(torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(scores))
+
+    # ---- persistence ----------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        import faiss
+
+        return {"mean": self._mean.cpu(), "faiss": faiss.serialize_index(self._faiss)}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        import faiss
+
+        self._mean = state["mean"].to(self.device)
+        self._faiss = faiss.deserialize_index(np.asarray(state["faiss"], dtype=np.uint8))
