@@ -45,6 +45,14 @@ SCALES: dict[str, ScalePreset] = {
         n_total=256,
         split_ratio=0.25,
         description="digits at 32 px, 256 images, tiny models: tests, CI and make demo",
+        retriever_params={
+            # ~30 s a trial on one CPU core: enough epochs for 64 indexed digits to be memorised
+            "dsi-vit": {
+                "patch_size": 8, "dim": 64, "ff_dim": 128, "depth": 2, "decoder_depth": 1, "heads": 4,
+                "dropout": 0.0, "id_scheme": "clustered", "mode": "multitask", "index_epochs": 100,
+                "retrieval_epochs": 60, "lr": 1e-3, "batch_size": 16, "augment": False,
+            },
+        },
     ),
     "small": ScalePreset(
         name="small",
@@ -53,6 +61,16 @@ SCALES: dict[str, ScalePreset] = {
         n_total=1024,
         split_ratio=0.25,
         description="Fashion-MNIST at 32 px, 1024 images: honest results on a CPU",
+        retriever_params={
+            # tuned on the validation queries (scripts/bench_dsi.py): small batches, one decoder
+            # layer, lr 5e-4 (1e-3 stalls random ids), augmentation + dropout for retrieval
+            "dsi-vit": {
+                "patch_size": 4, "dim": 128, "ff_dim": 256, "depth": 4, "decoder_depth": 1, "heads": 4,
+                "dropout": 0.1, "pos_encoding": "sinusoidal", "id_scheme": "clustered", "mode": "multitask",
+                "index_epochs": 60, "retrieval_epochs": 100, "lr": 5e-4, "batch_size": 16, "augment": True,
+                "target_ia": 0.99,
+            },
+        },
     ),
     "paper": ScalePreset(
         name="paper",
@@ -61,6 +79,15 @@ SCALES: dict[str, ScalePreset] = {
         n_total=1024,
         split_ratio=0.25,
         description="an ImageNet-style image folder at 160 px with the paper's model: GPU reproduction",
+        retriever_params={
+            # the paper's section 3.2.1: 16 px patches, dim 128, ff 256, depth 6, 4 heads, dropout 0.1,
+            # lr 5e-4, batch 32, indexing to >= 0.98 training accuracy (700-1000 epochs), 75 fine-tuning epochs
+            "dsi-vit": {
+                "patch_size": 16, "dim": 128, "ff_dim": 256, "depth": 6, "heads": 4, "dropout": 0.1,
+                "pos_encoding": "sinusoidal", "id_scheme": "clustered", "mode": "fine-tuned", "index_epochs": 1000,
+                "retrieval_epochs": 75, "lr": 5e-4, "batch_size": 32, "target_ia": 0.98,
+            },
+        },
     ),
 }
 

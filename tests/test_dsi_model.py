@@ -1,0 +1,116 @@
+"""The ViT-DSI model and the `dsi-vit` retriever: positions, shapes, errors, save/load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vitdsi.errors import VitDSIError
+from vitdsi.models import VitDSI, VitDSIConfig
+from vitdsi.models.vit_dsi import BOS, N_OUT, sinusoid_2d
+from vitdsi.retrievers import create
+
+TINY = dict(patch_size=8, dim=32, ff_dim=64, depth=1, heads=2, dropout=0.0, lr=2e-3, batch_size=16, device="cpu")
+
+
+def tiny_model(pos_encoding: str, **kw) -> VitDSI:
+    torch.manual_seed(0)
+    cfg = VitDSIConfig(image_size=16, patch_size=4, dim=32, ff_dim=64, depth=2, heads=2, dropout=0.0,
+                       pos_encoding=pos_encoding, id_length=3, **kw)
+    return VitDSI(cfg).eval()
+
+
+def permute_patches(x: torch.Tensor, perm: torch.Tensor, p: int) -> torch.Tensor:
+    """Move patch perm[i] of every image to patch slot i (row-major grid)."""
+    b, c, h, w = x.shape
+    g = h // p
+    patches = x.reshape(b, c, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, c, p, p)
+    patches = patches[:, perm]
+    return patches.reshape(b, g, g, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+@pytest.mark.parametrize("pos_encoding", ["sinusoidal", "learned"])
+def test_permuting_patches_changes_the_encoding(pos_encoding):
+    model = tiny_model(pos_encoding)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    perm = torch.randperm(16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model.encode(x)
+        out_perm = model.encode(permute_patches(x, perm, 4))
+        # without position information the encoder is permutation-equivariant: out_perm == out[:, perm]
+        assert not torch.allclose(out_perm, out[:, perm], atol=1e-3)
+        model.patch_pos.zero_()  # the seed code's flaw: no per-patch position
+        out, out_perm = model.encode(x), model.encode(permute_patches(x, perm, 4))
+        assert torch.allclose(out_perm, out[:, perm], atol=1e-4)
+
+
+def test_positions_differ_per_patch():
+    pe = sinusoid_2d(8, 32)
+    assert pe.shape == (64, 32)
+    assert torch.cdist(pe, pe).add(torch.eye(64) * 1e9).min() > 0.1  # no two patches share a code
+    learned = tiny_model("learned").patch_pos
+    assert torch.cdist(learned, learned).add(torch.eye(16) * 1e9).min() > 0
+
+
+def test_shapes_and_atomic_variant():
+    model = tiny_model("sinusoidal")
+    x = torch.randn(5, 3, 16, 16)
+    tokens = torch.full((5, 4), BOS)
+    assert model(x, tokens).shape == (5, 4, N_OUT)
+    atomic = tiny_model("sinusoidal", atomic=True, n_ids=33)
+    assert atomic(x).shape == (5, 33)
+    assert not hasattr(atomic, "decoder")
+
+
+def test_config_errors():
+    with pytest.raises(VitDSIError, match="patch_size 5 does not divide image_size 32"):
+        VitDSIConfig(image_size=32, patch_size=5)
+    with pytest.raises(VitDSIError, match="heads 3 must divide dim 128"):
+        VitDSIConfig(heads=3)
+    with pytest.raises(VitDSIError, match="pos_encoding"):
+        VitDSIConfig(pos_encoding="rotary")
+
+
+def test_retriever_rejects_a_patch_size_that_does_not_divide_the_images(tiny_split):
+    r = create("dsi-vit", **{**TINY, "patch_size": 5})
+    with pytest.raises(VitDSIError, match="patch_size 5 does not divide the corpus image size 32"):
+        r.index(tiny_split.corpus)
+
+
+def test_retriever_parameter_errors():
+    with pytest.raises(VitDSIError, match="id_scheme"):
+        create("dsi-vit", id_scheme="sparse")
+    with pytest.raises(VitDSIError, match="mode"):
+        create("dsi-vit", mode="few-shot")
+
+
+def test_fine_tuned_without_queries_is_a_clear_error(tiny_split):
+    r = create("dsi-vit", **TINY, mode="fine-tuned", index_epochs=1, retrieval_epochs=1)
+    with pytest.raises(VitDSIError, match="train_queries"):
+        r.index(tiny_split.corpus)
+
+
+@pytest.mark.parametrize("scheme,mode", [("semantic", "fine-tuned"), ("atomic", "multitask")])
+def test_save_load_answers_without_the_training_data(scheme, mode, tiny_split, tmp_path):
+    from vitdsi.retrievers.base import Retriever
+
+    r = create("dsi-vit", **TINY, id_scheme=scheme, mode=mode, index_epochs=2, retrieval_epochs=1)
+    r.index(tiny_split.corpus, train_queries=tiny_split.train)
+    assert [h["phase"] for h in r.history] == ["index", "index", "retrieval" if mode == "fine-tuned" else "multitask"]
+    queries = tiny_split.test.images
+    before = r.search(queries, 10)
+    r.save(tmp_path / "idx")
+    loaded = Retriever.load(tmp_path / "idx", device="cpu")
+    assert loaded.id_map.scheme == scheme and torch.equal(loaded.id_map.codes, r.id_map.codes)
+    assert loaded.history == r.history
+    after = loaded.search(queries, 10)
+    assert torch.equal(before.ids, after.ids) and torch.allclose(before.scores, after.scores)
+
+
+def test_on_epoch_hook_receives_every_epoch_and_can_stop(tiny_split):
+    seen = []
+    r = create("dsi-vit", **TINY, id_scheme="random", index_epochs=5, target_ia=1.1)
+    r.on_epoch = lambda e: seen.append(e) or e.epoch == 3
+    r.index(tiny_split.corpus)
+    assert [e.epoch for e in seen] == [1, 2, 3] and len(r.history) == 3
+    assert all(e.loss > 0 and e.images_per_s > 0 for e in seen)

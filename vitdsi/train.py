@@ -1,0 +1,361 @@
+"""Training loops for the ViT-DSI: indexing, retrieval fine-tuning and multitask.
+
+Follows the ViT-DSI paper (Di Stefano, section 3.2) and Tay et al. 2022 (section 3.1):
+
+    indexing   every indexed image -> its own id (memorisation), until the indexing
+               accuracy IA@1 reaches a target or the epoch budget ends
+    retrieval  every train query image -> the id of one relevant indexed image, drawn
+               afresh each epoch (fine-tuning after indexing)
+    multitask  indexing and retrieval examples mixed in every batch (after an optional
+               indexing-only warm start), so the model keeps its memory while it learns
+               to retrieve
+
+Teacher forcing in one forward pass; AdamW with linear warm-up then cosine decay,
+gradient clipping, bf16/fp16 autocast on CUDA only. The images stay on the device as
+uint8 tensors; batches are gathered by index. All randomness (order, targets,
+augmentation) comes from one seeded generator, so CPU runs are deterministic.
+A callback receives each epoch's `EpochLog` (the harness logs them; no MLflow here) and
+may return True to stop the phase.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from vitdsi.errors import VitDSIError
+from vitdsi.log import get_logger, progress
+from vitdsi.models.vit_dsi import PAD, VitDSI, id_inputs_targets
+
+log = get_logger(__name__)
+
+MODES = ("zero-shot", "fine-tuned", "multitask")
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "zero-shot"  # 'zero-shot' (indexing only), 'fine-tuned' (then retrieval), 'multitask'
+    index_epochs: int = 200  # epoch budget of the indexing phase (stops early at target_ia)
+    retrieval_epochs: int = 30  # epochs of the retrieval (fine-tuned) or mixed (multitask) phase
+    lr: float = 1e-3  # peak learning rate
+    batch_size: int = 16  # examples per step; small batches = more steps, faster memorisation
+    weight_decay: float = 0.01  # AdamW decoupled weight decay on matrices (not on norms/biases)
+    warmup_frac: float = 0.03  # fraction of a phase's steps spent warming the lr up linearly
+    min_lr_frac: float = 0.05  # cosine decays the lr to this fraction of the peak
+    grad_clip: float = 1.0  # max global gradient norm
+    label_smoothing: float = 0.0  # cross-entropy smoothing (0 while memorising)
+    augment: bool = False  # random shifts (up to size/16 px) and left-right flips of training images
+    target_ia: float = 0.99  # indexing stops once greedy IA@1 on the corpus reaches this
+    eval_every: int = 10  # also measure IA@1 every this many indexing epochs
+    seed: int = 0  # order, targets and augmentation
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise VitDSIError(f"mode must be one of {', '.join(MODES)}, got '{self.mode}'")
+        if self.batch_size < 1 or self.lr <= 0:
+            raise VitDSIError("batch_size must be >= 1 and lr > 0")
+        if self.index_epochs < 0 or self.retrieval_epochs < 0:
+            raise VitDSIError("index_epochs and retrieval_epochs must be >= 0")
+
+
+@dataclass
+class EpochLog:
+    phase: str  # 'index', 'retrieval' or 'multitask'
+    epoch: int  # 1-based epoch within the phase
+    step: int  # optimizer steps so far in the phase
+    lr: float  # learning rate at the end of the epoch
+    loss: float  # mean training loss over the epoch's examples
+    index_loss: float | None  # mean loss on indexing examples (None if none)
+    retrieval_loss: float | None  # mean loss on retrieval examples (None if none)
+    train_exact: float | None  # fraction of indexing examples whose whole id was argmax in the training pass
+    ia1: float | None  # greedy IA@1 on the un-augmented corpus in eval mode, when measured
+    seconds: float  # wall time of the epoch
+    images_per_s: float  # training examples per second
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+Callback = Callable[[EpochLog], "bool | None"]
+
+
+# ---- small helpers --------------------------------------------------------------------
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, C, H, W] -> float in [-1, 1], the model's input."""
+    return images.float().mul_(2.0 / 255.0).sub_(1.0)
+
+
+def random_shift(x: torch.Tensor, gen: torch.Generator, max_shift: int) -> torch.Tensor:
+    """Shift each image of a float batch by its own random offset in [-max_shift, max_shift]^2
+    (edges replicated), vectorised with one gather."""
+    if max_shift < 1:
+        return x
+    b, c, h, w = x.shape
+    off = torch.randint(0, 2 * max_shift + 1, (2, b), generator=gen).to(x.device)
+    padded = F.pad(x, (max_shift,) * 4, mode="replicate")
+    rows = (torch.arange(h, device=x.device)[None, :] + off[0][:, None])[:, None, :, None]  # [B, 1, H, 1]
+    cols = (torch.arange(w, device=x.device)[None, :] + off[1][:, None])[:, None, None, :]  # [B, 1, 1, W]
+    bi = torch.arange(b, device=x.device)[:, None, None, None]
+    ci = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[bi, ci, rows, cols]
+
+
+def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2."""
+    flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)[:, None, None, None]
+    return torch.where(flip, x.flip(-1), x)
+
+
+def lr_factor(step: int, total: int, warmup: int, min_frac: float) -> float:
+    """Linear warm-up to 1, then cosine decay to `min_frac` at `total` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress_ = (step - warmup) / max(1, total - warmup)
+    return min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_)))
+
+
+def make_optimizer(model: VitDSI, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-8)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
+
+
+class RelevantSampler:
+    """Draws, for each train query, one corpus image relevant to it, uniformly at random.
+
+    Single-label data: per-class lists of corpus positions (no [Q, N] matrix, so large
+    corpora are fine). Multi-hot data: a dense relevance matrix (shared category).
+    """
+
+    def __init__(self, query_labels: torch.Tensor, corpus_labels: torch.Tensor) -> None:
+        query_labels, corpus_labels = query_labels.cpu(), corpus_labels.cpu()
+        self.multilabel = query_labels.ndim == 2
+        if self.multilabel:
+            self.relevance = (query_labels.float() @ corpus_labels.float().T) > 0  # [Q, N]
+            self.has_relevant = self.relevance.any(1)
+            self.relevance = self.relevance[self.has_relevant].float()
+        else:
+            n_classes = int(max(query_labels.max(), corpus_labels.max())) + 1
+            self.order = torch.argsort(corpus_labels, stable=True)  # corpus positions grouped by class
+            counts = torch.bincount(corpus_labels[corpus_labels >= 0], minlength=n_classes)
+            starts = torch.cumsum(counts, 0) - counts + int((corpus_labels < 0).sum())  # unlabelled sort first
+            self.has_relevant = (query_labels >= 0) & (counts[query_labels.clamp(min=0)] > 0)
+            kept = query_labels[self.has_relevant]
+            self.start, self.count = starts[kept], counts[kept]
+
+    def __len__(self) -> int:
+        return int(self.has_relevant.sum())
+
+    def sample(self, queries: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Corpus positions, one per query index in `queries` (indices among the kept queries)."""
+        if self.multilabel:
+            return torch.multinomial(self.relevance[queries], 1, generator=gen)[:, 0]
+        u = torch.rand(len(queries), generator=gen, dtype=torch.float64)
+        offset = (u * self.count[queries]).long().clamp(max=self.count[queries] - 1)
+        return self.order[self.start[queries] + offset]
+
+
+# ---- the trainer ----------------------------------------------------------------------
+class DSITrainer:
+    """Trains a VitDSI on an indexed corpus (and optionally train queries)."""
+
+    def __init__(
+        self,
+        model: VitDSI,
+        corpus_images: torch.Tensor,  # uint8 [N, C, H, W], on the training device
+        targets: torch.Tensor,  # int64 [N, L] id digits (seq2seq) or [N, 1] corpus position (atomic)
+        cfg: TrainConfig,
+        *,
+        query_images: torch.Tensor | None = None,  # uint8 [Q, C, H, W] train queries
+        query_labels: torch.Tensor | None = None,  # int64 [Q] classes or bool [Q, C] categories of the queries
+        corpus_labels: torch.Tensor | None = None,  # the same for the corpus: relevance = shared class / category
+        callback: Callback | None = None,
+    ) -> None:
+        self.model, self.cfg, self.callback = model, cfg, callback
+        self.device = corpus_images.device
+        self.corpus = corpus_images
+        self.targets = targets.to(self.device)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.history: list[EpochLog] = []
+        self.max_shift = max(1, corpus_images.shape[-1] // 16) if cfg.augment else 0
+        self.queries = self.sampler = None
+        if cfg.mode != "zero-shot":
+            if query_images is None or query_labels is None or corpus_labels is None or len(query_images) == 0:
+                raise VitDSIError(
+                    f"mode '{cfg.mode}' learns from train queries but none were given; pass "
+                    "index(corpus, train_queries=...) or use mode='zero-shot'"
+                )
+            self.sampler = RelevantSampler(query_labels, corpus_labels)
+            if len(self.sampler) == 0:
+                raise VitDSIError("no train query has a relevant image in the corpus; check the labels / split")
+            keep = self.sampler.has_relevant.to(query_images.device)
+            self.queries = query_images[keep].to(self.device)
+        self.scaler = (
+            torch.amp.GradScaler("cuda")
+            if self.device.type == "cuda" and not torch.cuda.is_bf16_supported()
+            else None
+        )
+
+    # ---- public ----
+    def fit(self) -> list[EpochLog]:
+        cfg = self.cfg
+        stopped = self._phase("index", cfg.index_epochs) if cfg.index_epochs else False
+        if cfg.mode == "fine-tuned" and not stopped:
+            self._phase("retrieval", cfg.retrieval_epochs)
+        elif cfg.mode == "multitask" and not stopped:
+            self._phase("multitask", cfg.retrieval_epochs)
+        return self.history
+
+    @torch.no_grad()
+    def greedy_ia1(self, batch: int = 256) -> float:
+        """Fraction of corpus images whose own id is the argmax at every teacher-forced step
+        (= greedy decoding returns it), eval mode, no augmentation."""
+        was_training = self.model.training
+        self.model.eval()
+        hits = 0
+        for s in range(0, len(self.corpus), batch):
+            logits = self._forward(to_input(self.corpus[s : s + batch]), self.targets[s : s + batch])[0]
+            hits += int(self._exact(logits, self.targets[s : s + batch]).sum())
+        self.model.train(was_training)
+        return hits / len(self.corpus)
+
+    # ---- internals ----
+    def _forward(self, x: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and per-example loss for images x and target ids `codes`."""
+        with _autocast(self.device):
+            if self.model.cfg.atomic:
+                logits = self.model(x).float()
+                loss = F.cross_entropy(logits, codes[:, 0], reduction="none", label_smoothing=self.cfg.label_smoothing)
+                return logits, loss
+            inputs, targets = id_inputs_targets(codes)
+            logits = self.model(x, inputs).float()  # [B, L+1, V]
+        loss = F.cross_entropy(
+            logits.transpose(1, 2), targets, ignore_index=PAD, reduction="none",
+            label_smoothing=self.cfg.label_smoothing,
+        ).mean(1)
+        return logits, loss
+
+    def _exact(self, logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        if self.model.cfg.atomic:
+            return logits.argmax(-1) == codes[:, 0]
+        _, targets = id_inputs_targets(codes)
+        return (logits.argmax(-1) == targets).all(1)
+
+    def _batches(self, phase: str) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """One epoch of (images index, source flag, target ids) batches; source 0 = corpus, 1 = query."""
+        bs = self.cfg.batch_size
+        n = len(self.corpus)
+        idx_perm = torch.randperm(n, generator=self.gen) if phase != "retrieval" else torch.empty(0, dtype=torch.int64)
+        if phase != "index":
+            q_perm = torch.randperm(len(self.queries), generator=self.gen)
+            q_target = self.sampler.sample(q_perm, self.gen)  # one relevant image per query, afresh each epoch
+        else:
+            q_perm = q_target = torch.empty(0, dtype=torch.int64)
+        total = len(idx_perm) + len(q_perm)
+        n_batches = max(1, math.ceil(total / bs))
+        # split both streams into the same number of batches: every batch mixes both tasks
+        out = []
+        for ib, qb, tb in zip(
+            torch.tensor_split(idx_perm, n_batches), torch.tensor_split(q_perm, n_batches),
+            torch.tensor_split(q_target, n_batches),
+        ):
+            src = torch.cat([torch.zeros(len(ib), dtype=torch.int64), torch.ones(len(qb), dtype=torch.int64)])
+            out.append((torch.cat([ib, qb]), src, torch.cat([ib, tb])))
+        return out
+
+    def _gather(self, index: torch.Tensor, src: torch.Tensor, target_pos: torch.Tensor):
+        index, src, target_pos = index.to(self.device), src.to(self.device), target_pos.to(self.device)
+        from_corpus = src == 0
+        if from_corpus.all():
+            images = self.corpus[index]
+        else:
+            images = torch.empty((len(index), *self.corpus.shape[1:]), dtype=self.corpus.dtype, device=self.device)
+            images[from_corpus] = self.corpus[index[from_corpus]]
+            images[~from_corpus] = self.queries[index[~from_corpus]]
+        x = to_input(images)
+        if self.max_shift:
+            x = random_flip(random_shift(x, self.gen, self.max_shift), self.gen)
+        return x, self.targets[target_pos], from_corpus
+
+    def _phase(self, phase: str, epochs: int) -> bool:
+        """Run one phase; True if the callback asked to stop everything."""
+        cfg, model = self.cfg, self.model
+        steps_per_epoch = self._steps_per_epoch(phase)
+        total = max(1, epochs * steps_per_epoch)
+        warmup = max(1, int(cfg.warmup_frac * total))
+        opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, cfg.min_lr_frac))
+        model.train()
+        step = 0
+        with progress() as bar:
+            task = bar.add_task(f"dsi {phase}", total=epochs)
+            for epoch in range(1, epochs + 1):
+                t0 = time.perf_counter()
+                sums = torch.zeros(5, dtype=torch.float64)  # loss idx, n idx, loss query, n query, exact idx
+                for index, src, target_pos in self._batches(phase):
+                    x, codes, from_corpus = self._gather(index, src, target_pos)
+                    logits, loss = self._forward(x, codes)
+                    opt.zero_grad(set_to_none=True)
+                    if self.scaler is not None:
+                        self.scaler.scale(loss.mean()).backward()
+                        self.scaler.unscale_(opt)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                        self.scaler.step(opt)
+                        self.scaler.update()
+                    else:
+                        loss.mean().backward()
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                        opt.step()
+                    sched.step()
+                    step += 1
+                    with torch.no_grad():
+                        exact = self._exact(logits, codes)
+                        fc = from_corpus.float()
+                        sums += torch.stack([
+                            (loss * fc).sum(), fc.sum(), (loss * (1 - fc)).sum(), (1 - fc).sum(), (exact.float() * fc).sum()
+                        ]).double().cpu()
+                seconds = time.perf_counter() - t0
+                n_idx, n_q = sums[1].item(), sums[3].item()
+                train_exact = sums[4].item() / n_idx if n_idx else None
+                ia1 = None
+                if phase == "index" and (
+                    (train_exact is not None and train_exact >= cfg.target_ia - 0.02)
+                    or epoch % cfg.eval_every == 0 or epoch == epochs
+                ):
+                    ia1 = self.greedy_ia1()
+                    model.train()
+                entry = EpochLog(
+                    phase=phase, epoch=epoch, step=step, lr=sched.get_last_lr()[0],
+                    loss=(sums[0] + sums[2]).item() / max(1.0, n_idx + n_q),
+                    index_loss=sums[0].item() / n_idx if n_idx else None,
+                    retrieval_loss=sums[2].item() / n_q if n_q else None,
+                    train_exact=train_exact, ia1=ia1, seconds=seconds, images_per_s=(n_idx + n_q) / seconds,
+                )
+                self.history.append(entry)
+                bar.update(task, advance=1, description=f"dsi {phase} loss {entry.loss:.3f}"
+                           + (f" IA@1 {ia1:.3f}" if ia1 is not None else ""))
+                if self.callback is not None and self.callback(entry):
+                    log.info("dsi %s: stopped by callback after epoch %d", phase, epoch)
+                    return True
+                if ia1 is not None and ia1 >= cfg.target_ia:
+                    log.info("dsi %s: IA@1 %.3f >= target %.3f after %d epochs", phase, ia1, cfg.target_ia, epoch)
+                    return False
+        return False
+
+    def _steps_per_epoch(self, phase: str) -> int:
+        n_idx = len(self.corpus) if phase != "retrieval" else 0
+        n_q = len(self.queries) if phase != "index" else 0
+        return max(1, math.ceil((n_idx + n_q) / self.cfg.batch_size))
