@@ -34,3 +34,21 @@ def test_pixels_knn_beats_chance_on_digits(digits32):
     r.index(sets.corpus)
     res = evaluate(r.search(sets.test.images, 10).ids, Relevance.between(sets.test, sets.corpus), ["P@10"])
     assert res["P@10"].mean > res["P@10"].chance + 0.5  # raw pixels separate digits well
+
+
+def test_ranking_from_scores_breaks_ties_by_corpus_position():
+    import torch
+
+    from vitdsi.retrievers import Ranking
+
+    scores = torch.zeros(2, 100)
+    scores[0, 50] = 1.0
+    scores[1, [7, 3, 90]] = torch.tensor([0.5, 0.5, 2.0])
+    r = Ranking.from_scores(scores, 5)
+    assert r.ids.tolist() == [[50, 0, 1, 2, 3], [90, 3, 7, 0, 1]]
+    assert r.scores.tolist() == [[1, 0, 0, 0, 0], [2, 0.5, 0.5, 0, 0]]
+    full = Ranking.from_scores(scores, 100)
+    assert full.ids[0, :3].tolist() == [50, 0, 1] and sorted(full.ids[1].tolist()) == list(range(100))
+    with_nan_free_random = torch.rand(3, 40)
+    top = Ranking.from_scores(with_nan_free_random, 7)
+    assert torch.equal(top.ids, torch.argsort(with_nan_free_random, dim=1, descending=True)[:, :7])

@@ -54,17 +54,18 @@ class Ranking:
 
     @staticmethod
     def from_scores(scores: torch.Tensor, k: int) -> Ranking:
-        """Top-k of a dense [n_queries, n_corpus] score matrix, ties broken by corpus position."""
-        # topk on CPU is not stable for ties; a stable sort keeps the order deterministic.
+        """Top-k of a dense [n_queries, n_corpus] score matrix; ties, also at the k-th place,
+        go to the lower corpus position, so the result is deterministic."""
         scores = scores.float()
-        if k * 8 < scores.shape[1]:
-            vals, idx = torch.topk(scores, k, dim=1, sorted=True)
-            # re-sort each row by (-score, id) so equal scores come in id order
-            order = np.lexsort((idx.cpu().numpy(), -vals.cpu().numpy()), axis=1)
-            order_t = torch.from_numpy(order).to(idx.device)
-            return Ranking(idx.gather(1, order_t).long(), vals.gather(1, order_t).float())
-        vals, idx = torch.sort(scores, dim=1, descending=True, stable=True)
-        return Ranking(idx[:, :k].long().contiguous(), vals[:, :k].float().contiguous())
+        kth = torch.topk(scores, k, dim=1, sorted=True).values[:, -1:]  # [n, 1]
+        above = scores > kth
+        need = k - above.sum(1, keepdim=True)  # how many of the ties at the k-th value to keep
+        tied = scores == kth
+        chosen = above | (tied & (tied.cumsum(1) <= need))  # exactly k per row, lowest ids among ties
+        ids = chosen.nonzero()[:, 1].view(-1, k)  # ascending corpus position within each row
+        vals = scores.gather(1, ids)
+        order = torch.sort(vals, dim=1, descending=True, stable=True).indices  # stable: ties stay in id order
+        return Ranking(ids.gather(1, order).long().contiguous(), vals.gather(1, order).contiguous())
 
     def save(self, path: str | Path) -> None:
         np.savez_compressed(path, ids=self.ids.cpu().numpy(), scores=self.scores.cpu().numpy())
