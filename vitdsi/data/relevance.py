@@ -74,11 +74,23 @@ class Relevance:
             n_classes = int(max(self.query_labels.max(initial=-1), self.corpus_labels.max(initial=-1))) + 1
             per_class = np.bincount(self.corpus_labels, minlength=n_classes)
             return per_class[self.query_labels].astype(np.int64)
+        # Multi-label: the corpus images relevant to q are the union over q's categories of
+        # the images holding that category. Each category's images are a packed bitset over
+        # the corpus; a query's union is an OR of its categories' bitsets (a loop over
+        # categories, not images), and its size a popcount.
+        packed = np.packbits(self.corpus_labels.T, axis=1)  # uint8 [C, ceil(N / 8)]
+        words = -(-packed.shape[1] // 8)
+        bits = np.zeros((packed.shape[0], words * 8), dtype=np.uint8)
+        bits[:, : packed.shape[1]] = packed
+        bits = bits.view(np.uint64)  # [C, ceil(N / 64)]: 64 corpus images per word
         out = np.empty(self.n_queries, dtype=np.int64)
-        corpus = self.corpus_labels.astype(np.float32)
-        for s in range(0, self.n_queries, 4096):  # chunked: [chunk, N] at a time
-            q = self.query_labels[s : s + 4096].astype(np.float32)
-            out[s : s + 4096] = ((q @ corpus.T) > 0).sum(axis=1)
+        for s in range(0, self.n_queries, 4096):  # bounds memory at 4096 x N / 8 bytes
+            q = self.query_labels[s : s + 4096]
+            union = np.zeros((q.shape[0], words), dtype=np.uint64)
+            for c in np.flatnonzero(q.any(axis=0)):
+                rows = np.flatnonzero(q[:, c])
+                union[rows] |= bits[c]
+            out[s : s + 4096] = np.bitwise_count(union).sum(axis=1, dtype=np.int64)
         return out
 
     def to_sparse(self) -> sp.csr_matrix:
