@@ -155,7 +155,7 @@ class LatencyConfig(_Model):
     calls: int = Field(30, ge=1)  # timed calls at batch 1 (after warm-up)
     batch_calls: int = Field(5, ge=1)  # timed calls at `batch_size`
     warmup: int = Field(3, ge=0)  # untimed calls first
-    threads: int = Field(2, ge=1)  # torch / FAISS / OpenCV threads, the same for every method
+    threads: int = Field(1, ge=1)  # torch / FAISS / OpenCV threads, the same for every method (1: per-query cost without thread-pool effects)
 
 
 class MethodConfig(_Model):

@@ -92,7 +92,8 @@ def results_section(record: StudyRecord) -> str:
     for t in record.trials:
         ia = next((t.metrics[m] for m in names if m.startswith("IA@")), None)
         test = next((t.metrics[m] for m in names if not m.startswith("IA@")), None)
-        row = [str(t.number), _label(t, record), str(ia.n) if ia and ia.n else "?", str(test.n) if test and test.n else "?"]
+        indexed = ia.n if ia and ia.n else t.extra.get("n_indexed")
+        row = [str(t.number), _label(t, record), str(int(indexed)) if indexed else "?", str(test.n) if test and test.n else "?"]
         for m in names:
             mr = t.metrics.get(m)
             cell = fmt_ci(mr.mean, mr.ci95) if mr else "n/a"
