@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vitdsi.data import Relevance, load_dataset, make_split
-from vitdsi.metrics import evaluate, indexing_accuracy
+from vitdsi.metrics import evaluate, indexing_accuracy, per_query
 from vitdsi.retrievers import create, registered
 
 console = Console()
@@ -156,7 +156,8 @@ def retrieval(args, params: dict) -> None:
             label = f"{name} {p.get('mode', '')} {p.get('id_scheme', '')}".strip()
             rows.append((str(n_total), label, *(fmt(res[m]) for m in METRICS), ia, f"{build:.0f}"))
             dump(args, {"part": "retrieval", "n_total": n_total, "retriever": name, "params": p, "ia1": ia,
-                        "build_s": build, **{m: [res[m].mean, res[m].ci95, res[m].chance, res[m].n] for m in METRICS}})
+                        "build_s": build, **{m: [res[m].mean, res[m].ci95, res[m].chance, res[m].n] for m in METRICS},
+                        "ap10_per_query": per_query(ranking.ids, rel, ["MAP@10"])["MAP@10"].tolist()})
             console.print(f"[dim]{rows[-1]}")
     table = Table(title=f"retrieval on Fashion-MNIST 32 px, split_ratio 0.25, test queries, mean ± 95% CI (chance); "
                         f"dsi-vit params {params}; zero-shot rows {zero_shot}")
@@ -218,7 +219,7 @@ def main() -> None:
     ap.add_argument("--schemes", nargs="+", default=["random", "clustered", "semantic"], help="id schemes for --retrieval")
     ap.add_argument("--modes", nargs="+", default=["zero-shot", "fine-tuned", "multitask"])
     ap.add_argument("--n-total", type=int, nargs="+", default=[1024])
-    ap.add_argument("--baselines", nargs="+", default=["pixels-knn", "bovw", "embedding"])
+    ap.add_argument("--baselines", nargs="*", default=["pixels-knn", "bovw", "embedding"])
     ap.add_argument("--latency-corpus", type=int, default=512)
     ap.add_argument("--param", nargs="*", default=[], help="dsi-vit overrides, name=json-value")
     ap.add_argument("--json", default=None, help="append every result as a json line to this file")
