@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -322,21 +323,12 @@ def precision_and_grid_section(record: StudyRecord, out: Path, rel: str) -> str 
             parts.append(f"Query → top-{k} for the best trial (#{t.number}, {label}); green frames are relevant results:\n\n"
                          f"![query grid]({rel}/{fig.name})")
             grid_done = True
-        for f in (out / ".artifacts" / t.run_id).glob("**/*"):
-            if f.is_file():
-                f.unlink()
     if curves:
         fig = plots.precision_curve(curves, chance, out / "precision_at_k.png", f"{record.name}: Precision@K")
         parts.insert(0, f"Precision@K for K = 1..100, best trial per method, test queries (dotted: chance):\n\n"
                         f"![precision at K]({rel}/{fig.name})")
-    _rmtree(out / ".artifacts")
+    shutil.rmtree(out / ".artifacts", ignore_errors=True)  # downloaded artifacts, not part of the report
     return "\n\n".join(parts) if parts else None
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # ---- the report ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -81,14 +81,6 @@ def _largest_remainder(total: int, fractions: tuple[float, ...]) -> list[int]:
     return counts.tolist()
 
 
-@dataclass(frozen=True)
-class SplitSpec:
-    n_total: int | None = None  # images drawn from the source (None = all)
-    split_ratio: float = 0.25  # fraction of n_total that forms the indexed database
-    query_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / val / test share of the queries
-    seed: int = 0  # seeds every draw
-
-
 def make_split(
     source: ImageSet | np.ndarray,
     n_total: int | None = None,
@@ -119,6 +111,6 @@ def make_split(
         parts.append(rest[keep])
         rest = rest[~keep]
     parts.append(rest)
-    params = asdict(SplitSpec(n_total, float(split_ratio), tuple(float(f) for f in query_fractions), int(seed)))
-    params["source_size"] = n_source
+    params = {"n_total": n_total, "split_ratio": float(split_ratio),
+              "query_fractions": tuple(float(f) for f in query_fractions), "seed": int(seed), "source_size": n_source}
     return Split(np.sort(idb), *(np.sort(p) for p in parts), params=params)

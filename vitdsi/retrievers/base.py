@@ -67,14 +67,6 @@ class Ranking:
         order = torch.sort(vals, dim=1, descending=True, stable=True).indices  # stable: ties stay in id order
         return Ranking(ids.gather(1, order).long().contiguous(), vals.gather(1, order).contiguous())
 
-    def save(self, path: str | Path) -> None:
-        np.savez_compressed(path, ids=self.ids.cpu().numpy(), scores=self.scores.cpu().numpy())
-
-    @staticmethod
-    def load(path: str | Path) -> Ranking:
-        data = np.load(path)
-        return Ranking(torch.from_numpy(data["ids"]), torch.from_numpy(data["scores"]))
-
 
 @dataclass(frozen=True)
 class ParamInfo:
