@@ -68,7 +68,7 @@ def precision_curve(curves: Mapping[str, np.ndarray], chance: Mapping[str, np.nd
 
 def training_curves(histories: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]], path: Path, title: str) -> Path:
     """histories: run label -> metric name -> [(epoch, value)]; one panel per metric name."""
-    names = sorted({m for h in histories.values() for m in h})
+    names = list(dict.fromkeys(m for h in histories.values() for m in h))  # first-seen order
     if not names:
         raise ValueError("no training curves to plot")
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)

@@ -28,6 +28,18 @@ from vitdsi.log import get_logger
 log = get_logger("bench.report")
 
 MAX_CURVES = 8  # lines per figure before it stops being readable
+# Panels of the training-curve figure, in order: one loss per phase (in a pure phase the
+# phase loss and its index/retrieval part are the same series), memorisation (greedy IA@1
+# on the corpus, exact ids in the training pass) and both halves of a multitask loss.
+CURVE_KEYS = {
+    "index/loss": "indexing loss",
+    "index/ia1": "indexing: IA@1 (greedy, corpus)",
+    "index/train_exact": "indexing: exact ids in training",
+    "retrieval/loss": "fine-tuning loss",
+    "multitask/index_loss": "multitask: indexing loss",
+    "multitask/retrieval_loss": "multitask: retrieval loss",
+    "multitask/ia1": "multitask: IA@1 (greedy, corpus)",
+}
 GRID_QUERIES, GRID_K = 6, 5
 
 
@@ -275,10 +287,9 @@ def curves_section(record: StudyRecord, out: Path, rel: str) -> str | None:
     histories = {}
     for t in _best_per_method(record)[:4]:
         h = metric_history(t.run_id, record.tracking_uri)
-        h = {k: v for k, v in h.items() if len(v) > 1 and not k.startswith("seed")}
-        if h:
-            keep = sorted(h, key=lambda k: ("loss" not in k, k))[:4]
-            histories[_label(t, record)] = {k: h[k] for k in keep}
+        keep = [k for k in CURVE_KEYS if len(h.get(k, ())) > 1]
+        if keep:
+            histories[_label(t, record)] = {CURVE_KEYS[k]: h[k] for k in keep}
     if not histories:
         return None
     fig = plots.training_curves(histories, out / "training_curves.png", f"{record.name}: training curves of the best trials")
