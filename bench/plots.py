@@ -18,10 +18,11 @@ import numpy as np  # noqa: E402
 from bench.latency import fit_loglog  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, *, layout: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if layout:
+        fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -67,22 +68,30 @@ def precision_curve(curves: Mapping[str, np.ndarray], chance: Mapping[str, np.nd
 
 
 def training_curves(histories: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]], path: Path, title: str) -> Path:
-    """histories: run label -> metric name -> [(epoch, value)]; one panel per metric name."""
+    """histories: run label -> metric name -> [(epoch, value)]; one panel per metric name,
+    at most three panels a row, and one colour per run across every panel."""
     names = list(dict.fromkeys(m for h in histories.values() for m in h))  # first-seen order
     if not names:
         raise ValueError("no training curves to plot")
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    colours = {label: f"C{i % 10}" for i, label in enumerate(histories)}
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
         for label, h in histories.items():
             if name in h and h[name]:
                 steps, values = zip(*h[name])
-                ax.plot(steps, values, label=label)
-        ax.set_title(name)
+                ax.plot(steps, values, label=label, color=colours[label])
+        ax.set_title(name, fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    handles = [plt.Line2D([], [], color=c, label=label) for label, c in colours.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
     fig.suptitle(title)
-    return _save(fig, path)
+    fig.tight_layout(rect=(0, 0.05 + 0.03 * (len(handles) > 4), 1, 1))  # room for the legend
+    return _save(fig, path, layout=False)
 
 
 def retrieval_grid(queries: np.ndarray, results: np.ndarray, relevant: np.ndarray, path: Path, title: str) -> Path:

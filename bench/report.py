@@ -72,6 +72,11 @@ def _label(t: TrialRecord, record: StudyRecord) -> str:
 # ---- sections -----------------------------------------------------------------------------
 def header_section(record: StudyRecord) -> str:
     tags, ds = record.tags, record.resolved.get("dataset", {})
+    searched = {k[len("dataset."):] for t in record.trials for k in t.sampled if k.startswith("dataset.")}
+
+    def _ds(field: str) -> str:  # a dataset field the study searches varies per trial: say so
+        return "per trial (see the results)" if field in searched else str(ds.get(field))
+
     versions = ", ".join(f"{k[len('version.'):]} {v}" for k, v in sorted(tags.items()) if k.startswith("version."))
     device = tags.get("device", "?")
     if tags.get("device.name"):
@@ -83,7 +88,7 @@ def header_section(record: StudyRecord) -> str:
         ["device", device],
         ["packages", versions or "?"],
         ["scale", record.scale],
-        ["dataset", f"{ds.get('name')} at {ds.get('size')} px, n_total {ds.get('n_total')}, split_ratio {ds.get('split_ratio')}, "
+        ["dataset", f"{ds.get('name')} at {ds.get('size')} px, n_total {_ds('n_total')}, split_ratio {_ds('split_ratio')}, "
                     f"queries train/val/test {ds.get('query_fractions')}, split seed {ds.get('seed')}"],
         ["objective", f"{record.objective} ({record.direction}), sampler {record.params.get('sampler')}, "
                       f"repeats {record.params.get('repeats')} seed(s) per trial"],
@@ -293,29 +298,89 @@ def curves_section(record: StudyRecord, out: Path, rel: str) -> str | None:
     if not histories:
         return None
     fig = plots.training_curves(histories, out / "training_curves.png", f"{record.name}: training curves of the best trials")
-    return f"![training curves]({rel}/{fig.name})"
+    return ("Per-epoch training logs of the best trial of each kind (x: epochs over all phases). Training is "
+            "seeded and deterministic, so trials that share their indexing settings draw the same indexing "
+            f"curve and hide each other.\n\n![training curves]({rel}/{fig.name})")
 
 
-def precision_and_grid_section(record: StudyRecord, out: Path, rel: str) -> str | None:
+def _test_ranking(t: TrialRecord, record: StudyRecord, out: Path, cache: dict) -> tuple[np.ndarray, Any, Any] | None:
+    """A trial's test ranking (first seed) with the split it was made on and its relevance;
+    None (with a warning) when its artifacts cannot be read. `cache` holds loaded splits."""
     from bench.runs import open_trial_run
     from bench.trial import dataset as load_trial_dataset
     from vitdsi.data import Relevance
+
+    try:
+        run = open_trial_run(t.run_id, record.tracking_uri, folder=out / ".artifacts" / t.run_id)
+    except Exception as e:  # an artifact store that cannot be read: say so, keep the rest
+        log.warning("no rankings for trial %s: %s", t.number, e)
+        return None
+    key = (repr(run.config.dataset), run.split.to_json())
+    if key not in cache:
+        sets = run.split.apply(load_trial_dataset(run.config.dataset))
+        cache[key] = (sets, Relevance.between(sets.test, sets.corpus))
+    sets, relevance = cache[key]
+    return run.rankings()["test_ids_0"], sets, relevance
+
+
+def paired_section(record: StudyRecord, out: Path) -> str | None:
+    """Per split, every trial against the best one on the same test queries (paired)."""
+    from vitdsi.metrics import paired_difference, per_query
+
+    metric, sign = record.objective, (1 if record.direction == "maximize" else -1)
+    if record.resolved.get("latency") or metric.startswith("IA"):
+        return None  # latency trials are not trained to be accurate; IA is not a per-query metric
+    groups: dict[tuple, list[TrialRecord]] = defaultdict(list)
+    for t in record.trials:
+        if t.value(metric) is not None:
+            groups[tuple(sorted((k, str(v)) for k, v in t.sampled.items() if k.startswith("dataset.")))].append(t)
+    groups = {k: v for k, v in groups.items() if len(v) > 1}
+    if not groups:
+        return None
+    def _short(t: TrialRecord) -> str:  # its label without the split, which has its own column
+        return " ".join(w for w in _label(t, record).split() if not w.startswith("dataset.")) or f"trial {t.number}"
+
+    rows, cache = [], {}
+    for key, trials in sorted(groups.items(), key=lambda kv: [float(v) for _, v in kv[0]]):
+        trials = sorted(trials, key=lambda t: -sign * t.value(metric))
+        values = {}
+        for t in trials:
+            loaded = _test_ranking(t, record, out, cache)
+            if loaded is not None:
+                ids, _, relevance = loaded
+                values[t.number] = per_query(ids, relevance, [metric])[metric]
+        best = trials[0]
+        if best.number not in values:
+            continue
+        split = " ".join(f"{k[len('dataset.'):]}={v}" for k, v in key)
+        for t in trials[1:]:
+            if t.number not in values:
+                continue
+            d = paired_difference(values[t.number], values[best.number])
+            rows.append([split or "—", f"#{best.number} {_short(best)}", f"#{t.number} {_short(t)}",
+                         f"{d.mean:+.4f} ± {d.ci95:.4f}", f"{d.p_value:.2g}", str(d.n)])
+    if not rows:
+        return None
+    return (f"Each trial against the best trial on the same split, query by query: mean difference in {metric} "
+            "(trial − best) ± the half-width of its paired 95% Student-t interval, and the two-sided Wilcoxon "
+            "signed-rank p-value. An interval that excludes 0 (p < 0.05) is a gap larger than the noise of the "
+            "test-query sample; the per-trial CIs above overlap far more often, because they ignore the pairing. "
+            "With several seeds, the first seed's ranking is compared.\n\n"
+            + md_table(["split", "best", "trial", f"Δ {metric}", "Wilcoxon p", "queries"], rows))
+
+
+def precision_and_grid_section(record: StudyRecord, out: Path, rel: str) -> str | None:
     from vitdsi.metrics import chance_levels, per_query
 
     chosen = _best_per_method(record)
     if not chosen:
         return None
-    curves, chance, parts, grid_done = {}, {}, [], False
+    curves, chance, parts, grid_done, cache = {}, {}, [], False, {}
     for t in chosen:
-        try:
-            run = open_trial_run(t.run_id, record.tracking_uri, folder=out / ".artifacts" / t.run_id)
-        except Exception as e:  # an artifact store that cannot be read: say so, keep the rest
-            log.warning("no rankings for trial %s: %s", t.number, e)
+        loaded = _test_ranking(t, record, out, cache)
+        if loaded is None:
             continue
-        arrays = run.rankings()
-        sets = run.split.apply(load_trial_dataset(run.config.dataset))
-        relevance = Relevance.between(sets.test, sets.corpus)
-        ids = arrays["test_ids_0"]
+        ids, sets, relevance = loaded
         kmax = min(100, ids.shape[1])
         names = [f"P@{k}" for k in range(1, kmax + 1)]
         values = per_query(ids, relevance, names)
@@ -338,7 +403,6 @@ def precision_and_grid_section(record: StudyRecord, out: Path, rel: str) -> str 
         fig = plots.precision_curve(curves, chance, out / "precision_at_k.png", f"{record.name}: Precision@K")
         parts.insert(0, f"Precision@K for K = 1..100, best trial per method, test queries (dotted: chance):\n\n"
                         f"![precision at K]({rel}/{fig.name})")
-    shutil.rmtree(out / ".artifacts", ignore_errors=True)  # downloaded artifacts, not part of the report
     return "\n\n".join(parts) if parts else None
 
 
@@ -370,9 +434,13 @@ def write_report(study: str, *, tracking_uri: str | None = None, scale: str | No
     if curves:
         sections += ["## Training curves", curves]
     if any(t.metrics for t in record.trials):
+        paired = paired_section(record, fig_dir)
+        if paired:
+            sections += ["## Paired comparisons", paired]
         pk = precision_and_grid_section(record, fig_dir, rel)
         if pk:
             sections += ["## Precision@K and example queries", pk]
+    shutil.rmtree(fig_dir / ".artifacts", ignore_errors=True)  # downloaded artifacts, not part of the report
     md = "\n\n".join(s for s in sections if s) + "\n"
     path = out_dir / f"{study}.md"
     path.write_text(md)

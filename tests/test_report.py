@@ -91,6 +91,21 @@ def test_report_tables_images_and_numbers(study_store):
             checked += 1
     assert checked == 4 * 8
 
+    # paired comparisons: one split, each of the 3 other trials against the best; the mean
+    # per-query difference equals the difference of the stored means (same queries)
+    maps = {row[0]: float(row[header.index(next(h for h in header if h.startswith("MAP@10")))].partition(" ± ")[0])
+            for row in rows}
+    paired = text.split("## Paired comparisons", 1)[1].split("## ", 1)[0]
+    prows = [[c.strip() for c in line.strip("|").split("|")] for line in paired.splitlines()
+             if line.startswith("| ") and not line.startswith("| split")]
+    assert len(prows) == 3
+    for split, best, trial, delta, p_value, n in prows:
+        b, t = best.split()[0].lstrip("#"), trial.split()[0].lstrip("#")
+        assert float(delta.partition(" ± ")[0]) == pytest.approx(maps[t] - maps[b], abs=2e-4)
+        assert 0.0 <= float(p_value) <= 1.0 and int(n) > 0
+    # batch size does not change a pixel ranking: that pair differs by exactly nothing
+    assert any(r[3] == "+0.0000 ± 0.0000" and float(r[4]) == 1.0 for r in prows)
+
 
 def test_report_of_unknown_study_is_a_clear_error(study_store):
     from bench.report import write_report
