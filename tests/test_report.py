@@ -99,7 +99,7 @@ def test_report_tables_images_and_numbers(study_store):
     prows = [[c.strip() for c in line.strip("|").split("|")] for line in paired.splitlines()
              if line.startswith("| ") and not line.startswith("| split")]
     assert len(prows) == 3
-    for split, best, trial, delta, p_value, n in prows:
+    for _split, best, trial, delta, p_value, n in prows:
         b, t = best.split()[0].lstrip("#"), trial.split()[0].lstrip("#")
         assert float(delta.partition(" ± ")[0]) == pytest.approx(maps[t] - maps[b], abs=2e-4)
         assert 0.0 <= float(p_value) <= 1.0 and int(n) > 0
