@@ -363,9 +363,9 @@ def paired_section(record: StudyRecord, out: Path) -> str | None:
         return None
     return (f"Each trial against the best trial on the same split, query by query: mean difference in {metric} "
             "(trial − best) ± the half-width of its paired 95% Student-t interval, and the two-sided Wilcoxon "
-            "signed-rank p-value. An interval that excludes 0 (p < 0.05) is a gap larger than the noise of the "
-            "test-query sample; the per-trial CIs above overlap far more often, because they ignore the pairing. "
-            "With several seeds, the first seed's ranking is compared.\n\n"
+            "signed-rank p-value. An interval that excludes 0, with p < 0.05, marks a gap larger than the noise of "
+            "the test-query sample (one seed: it says nothing of training noise; no correction for the number of "
+            "comparisons). With several seeds, the first seed's ranking is compared.\n\n"
             + md_table(["split", "best", "trial", f"Δ {metric}", "Wilcoxon p", "queries"], rows))
 
 
