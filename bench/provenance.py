@@ -18,15 +18,17 @@ PACKAGES = (
 
 @functools.cache
 def git_info() -> dict[str, str]:
-    """{'sha': ..., 'dirty': 'true'/'false'} of the checkout holding the code, or 'unknown'."""
+    """{'sha': ..., 'dirty': 'true'/'false', 'changed': tracked files with uncommitted changes
+    (comma-separated, cut to an MLflow tag's length)} of the checkout holding the code."""
     root = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                 capture_output=True, text=True, timeout=10, check=True).stdout
-        return {"sha": sha, "dirty": str(bool(status.strip())).lower()}
+        changed = ",".join(line[3:] for line in status.splitlines() if line.strip())
+        return {"sha": sha, "dirty": str(bool(status.strip())).lower(), "changed": changed[:4000]}
     except (OSError, subprocess.SubprocessError):
-        return {"sha": "unknown", "dirty": "unknown"}
+        return {"sha": "unknown", "dirty": "unknown", "changed": ""}
 
 
 @functools.cache

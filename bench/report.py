@@ -84,7 +84,7 @@ def header_section(record: StudyRecord) -> str:
     rows = [
         ["report written", dt.datetime.now().strftime("%Y-%m-%d %H:%M")],
         ["study run", f"`{record.run_id}` (experiment {record.experiment_id}), Optuna study `{tags.get('optuna.study_name', '?')}`"],
-        ["git", f"`{tags.get('git.sha', '?')[:12]}`" + (" (dirty tree)" if tags.get("git.dirty") == "true" else "")],
+        ["git", f"`{tags.get('git.sha', '?')[:12]}`" + (f" (dirty tree: {tags.get('git.changed', 'files not recorded')})" if tags.get("git.dirty") == "true" else "")],
         ["device", device],
         ["packages", versions or "?"],
         ["scale", record.scale],

@@ -268,6 +268,8 @@ class Tracker:
     def _common_tags(self, device: str | None) -> dict[str, str]:
         git = provenance.git_info()
         tags = {"git.sha": git["sha"], "git.dirty": git["dirty"], "mlflow.source.git.commit": git["sha"]}
+        if git["changed"]:
+            tags["git.changed"] = git["changed"]  # which files made the tree dirty
         tags.update({f"version.{k}": v for k, v in provenance.package_versions().items()})
         tags.update({f"device.{k}" if k != "device" else "device": v for k, v in provenance.device_info(device).items()})
         return tags
