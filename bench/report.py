@@ -305,25 +305,38 @@ def curves_section(record: StudyRecord, out: Path, rel: str) -> str | None:
 
 def _test_ranking(t: TrialRecord, record: StudyRecord, out: Path, cache: dict) -> tuple[np.ndarray, Any, Any] | None:
     """A trial's test ranking (first seed) with the split it was made on and its relevance;
-    None (with a warning) when its artifacts cannot be read. `cache` holds loaded splits."""
+    None (with a warning) when its artifacts cannot be read. `cache`, shared by the sections
+    of one report, keeps each trial's download and each split's loaded images."""
     from bench.runs import open_trial_run
     from bench.trial import dataset as load_trial_dataset
     from vitdsi.data import Relevance
 
+    if t.run_id in cache:
+        return cache[t.run_id]
     try:
         run = open_trial_run(t.run_id, record.tracking_uri, folder=out / ".artifacts" / t.run_id)
     except Exception as e:  # an artifact store that cannot be read: say so, keep the rest
         log.warning("no rankings for trial %s: %s", t.number, e)
+        cache[t.run_id] = None
         return None
     key = (repr(run.config.dataset), run.split.to_json())
     if key not in cache:
         sets = run.split.apply(load_trial_dataset(run.config.dataset))
         cache[key] = (sets, Relevance.between(sets.test, sets.corpus))
     sets, relevance = cache[key]
-    return run.rankings()["test_ids_0"], sets, relevance
+    cache[t.run_id] = (run.rankings()["test_ids_0"], sets, relevance)
+    return cache[t.run_id]
 
 
-def paired_section(record: StudyRecord, out: Path) -> str | None:
+def _sort_value(v: str) -> tuple:
+    """Order parameter values numerically when they are numbers, else by their text."""
+    try:
+        return (0, float(v), "")
+    except ValueError:
+        return (1, 0.0, v)
+
+
+def paired_section(record: StudyRecord, out: Path, cache: dict) -> str | None:
     """Per split, every trial against the best one on the same test queries (paired)."""
     from vitdsi.metrics import paired_difference, per_query
 
@@ -337,11 +350,12 @@ def paired_section(record: StudyRecord, out: Path) -> str | None:
     groups = {k: v for k, v in groups.items() if len(v) > 1}
     if not groups:
         return None
+
     def _short(t: TrialRecord) -> str:  # its label without the split, which has its own column
         return " ".join(w for w in _label(t, record).split() if not w.startswith("dataset.")) or f"trial {t.number}"
 
-    rows, cache = [], {}
-    for key, trials in sorted(groups.items(), key=lambda kv: [float(v) for _, v in kv[0]]):
+    rows = []
+    for key, trials in sorted(groups.items(), key=lambda kv: [_sort_value(v) for _, v in kv[0]]):
         trials = sorted(trials, key=lambda t: -sign * t.value(metric))
         values = {}
         for t in trials:
@@ -369,13 +383,13 @@ def paired_section(record: StudyRecord, out: Path) -> str | None:
             + md_table(["split", "best", "trial", f"Δ {metric}", "Wilcoxon p", "queries"], rows))
 
 
-def precision_and_grid_section(record: StudyRecord, out: Path, rel: str) -> str | None:
+def precision_and_grid_section(record: StudyRecord, out: Path, rel: str, cache: dict) -> str | None:
     from vitdsi.metrics import chance_levels, per_query
 
     chosen = _best_per_method(record)
     if not chosen:
         return None
-    curves, chance, parts, grid_done, cache = {}, {}, [], False, {}
+    curves, chance, parts, grid_done = {}, {}, [], False
     for t in chosen:
         loaded = _test_ranking(t, record, out, cache)
         if loaded is None:
@@ -434,10 +448,11 @@ def write_report(study: str, *, tracking_uri: str | None = None, scale: str | No
     if curves:
         sections += ["## Training curves", curves]
     if any(t.metrics for t in record.trials):
-        paired = paired_section(record, fig_dir)
+        rankings: dict = {}  # trial rankings and splits, read once for both sections
+        paired = paired_section(record, fig_dir, rankings)
         if paired:
             sections += ["## Paired comparisons", paired]
-        pk = precision_and_grid_section(record, fig_dir, rel)
+        pk = precision_and_grid_section(record, fig_dir, rel, rankings)
         if pk:
             sections += ["## Precision@K and example queries", pk]
     shutil.rmtree(fig_dir / ".artifacts", ignore_errors=True)  # downloaded artifacts, not part of the report
