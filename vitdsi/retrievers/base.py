@@ -69,6 +69,29 @@ class Ranking:
 
 
 @dataclass(frozen=True)
+class Supervision:
+    """What a retriever learns from besides the corpus pixels, so that a report never puts a
+    label-using method beside a label-free one without saying so (class-identity relevance
+    rewards classification: a method that predicts the query's class scores AP@10 = 1 on
+    every correctly classified query)."""
+
+    corpus_labels: bool = False  # sees the class / category labels of the indexed images
+    query_pairs: bool = False  # trains on train queries paired with relevant corpus images
+    pretrained: bool = False  # starts from weights trained on outside data (e.g. ImageNet)
+
+    def describe(self) -> str:
+        """'label-free' or the signals used, e.g. 'corpus labels + query pairs'."""
+        used = [name for name, on in (("corpus labels", self.corpus_labels), ("query pairs", self.query_pairs),
+                                      ("pretrained", self.pretrained)) if on]
+        return " + ".join(used) if used else "label-free"
+
+    @property
+    def uses_labels(self) -> bool:
+        """True when any label (corpus labels or label-derived query pairs) reaches training."""
+        return self.corpus_labels or self.query_pairs
+
+
+@dataclass(frozen=True)
 class ParamInfo:
     """One constructor parameter of a retriever, for `bench list retrievers` and validation."""
 
@@ -89,6 +112,8 @@ class Retriever(ABC):
     query_defaults: ClassVar[dict[str, Any]] = {}  # query-time parameters and their defaults
     # build parameters for a tiny, fast instance (contract tests, `--scale smoke`)
     smoke_params: ClassVar[dict[str, Any]] = {}
+    # the most this retriever can learn from; `supervision_used` narrows it by build parameters
+    supervision: ClassVar[Supervision] = Supervision()
 
     def __init__(self, *, seed: int = 0, device: str | None = None) -> None:
         self.seed = int(seed)
@@ -155,6 +180,11 @@ class Retriever(ABC):
         if ranking.ids.shape != (images.shape[0], k):
             raise RuntimeError(f"{self.name}: returned ids of shape {tuple(ranking.ids.shape)}, expected {(images.shape[0], k)}")
         return ranking
+
+    def supervision_used(self) -> Supervision:
+        """What this instance learns from, given its build parameters (e.g. a zero-shot DSI with
+        random ids uses no label). Subclasses whose supervision depends on a parameter override it."""
+        return self.supervision
 
     def set_query_arguments(self, **kwargs: Any) -> None:
         """Set query-time parameters (e.g. beam size, nprobe); unknown names are an error."""

@@ -18,7 +18,7 @@ import torch
 
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
-from vitdsi.retrievers.base import Ranking, Retriever, register
+from vitdsi.retrievers.base import Ranking, Retriever, Supervision, register
 
 SEARCH_BATCH = 256  # queries decoded together
 
@@ -27,6 +27,7 @@ SEARCH_BATCH = 256  # queries decoded together
 class DSIViT(Retriever):
     """Seq2seq ViT that generates the ids of relevant corpus images (or an atomic softmax head)."""
 
+    supervision = Supervision(corpus_labels=True, query_pairs=True)
     query_defaults = {"beam_size": 10}  # hypotheses kept per decoding step (at least k are kept)
     smoke_params = {
         "patch_size": 8, "dim": 32, "ff_dim": 64, "depth": 1, "heads": 2, "dropout": 0.0,
@@ -93,6 +94,10 @@ class DSIViT(Retriever):
         self._model = None
         self._ids = None
         self._trie = None
+
+    def supervision_used(self) -> Supervision:
+        # clustered ids number the corpus class by class; fine-tuning / multitask train on query pairs
+        return Supervision(corpus_labels=self.id_scheme == "clustered", query_pairs=self.mode != "zero-shot")
 
     # ---- indexing ----------------------------------------------------------------------
     def _model_config(self, image_size: int, id_length: int, n_ids: int):

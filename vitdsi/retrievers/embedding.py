@@ -28,7 +28,7 @@ from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
 from vitdsi.features.backbones import Backbone, load_backbone
 from vitdsi.log import get_logger, progress
-from vitdsi.retrievers.base import Ranking, Retriever, register
+from vitdsi.retrievers.base import Ranking, Retriever, Supervision, register
 
 log = get_logger(__name__)
 
@@ -44,6 +44,7 @@ class Embedding(Retriever):
         "nprobe": 8,  # ivf: inverted lists visited per query (nlist = exact)
     }
     smoke_params: ClassVar[dict[str, Any]] = {"backbone": "pixels", "index_type": "flat"}
+    supervision: ClassVar[Supervision] = Supervision(pretrained=True)
 
     def __init__(
         self,
@@ -101,6 +102,9 @@ class Embedding(Retriever):
         return self._normalise(self._raw_features(images, "images"))
 
     # ---- retriever hooks ------------------------------------------------------------
+    def supervision_used(self) -> Supervision:
+        return Supervision(pretrained=self.backbone != "pixels")  # pretrained backbones saw ImageNet labels
+
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
         import faiss
 
