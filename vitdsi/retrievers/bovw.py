@@ -44,6 +44,14 @@ SEARCH_MODES = ("brute", "inverted")
 WEIGHTINGS = ("tf", "tfidf")
 
 
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _array(v: Any) -> np.ndarray:
+    return v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+
+
 @register("bovw")
 class BoVW(Retriever):
     """SIFT bag of visual words; cosine similarity by brute force or an inverted file."""
@@ -226,16 +234,20 @@ class BoVW(Retriever):
 
     # ---- persistence ----------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
+        # tensors and ints only, so that `Retriever.load` can read it with weights_only=True
         c = self._corpus
+        t = _tensor
         return {
-            "centroids": self._centroids, "idf": self._idf,
-            "data": c.data, "indices": c.indices, "indptr": c.indptr, "shape": c.shape,
+            "centroids": t(self._centroids), "idf": t(self._idf),
+            "data": t(c.data), "indices": t(c.indices), "indptr": t(c.indptr), "shape": [int(n) for n in c.shape],
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        self._centroids = np.asarray(state["centroids"], np.float32)
-        self._idf = np.asarray(state["idf"], np.float64)
-        self._set_corpus(sp.csr_matrix((state["data"], state["indices"], state["indptr"]), shape=tuple(state["shape"])))
+        a = _array
+        self._centroids = a(state["centroids"]).astype(np.float32, copy=False)
+        self._idf = a(state["idf"]).astype(np.float64, copy=False)
+        self._set_corpus(sp.csr_matrix((a(state["data"]), a(state["indices"]), a(state["indptr"])),
+                                       shape=tuple(state["shape"])))
 
     # ---- introspection --------------------------------------------------------------
     def histograms(self, images: torch.Tensor) -> sp.csr_matrix:

@@ -155,10 +155,13 @@ class Embedding(Retriever):
     def _state(self) -> dict[str, Any]:
         import faiss
 
-        return {"mean": self._mean.cpu(), "faiss": faiss.serialize_index(self._faiss)}
+        # the FAISS index as a uint8 tensor, so that `Retriever.load` can read it with weights_only=True
+        return {"mean": self._mean.cpu(), "faiss": torch.from_numpy(np.ascontiguousarray(faiss.serialize_index(self._faiss)))}
 
     def _load_state(self, state: dict[str, Any]) -> None:
         import faiss
 
         self._mean = state["mean"].to(self.device)
-        self._faiss = faiss.deserialize_index(np.asarray(state["faiss"], dtype=np.uint8))
+        blob = state["faiss"]
+        blob = blob.cpu().numpy() if isinstance(blob, torch.Tensor) else np.asarray(blob)
+        self._faiss = faiss.deserialize_index(np.ascontiguousarray(blob, dtype=np.uint8))
