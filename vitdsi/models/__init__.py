@@ -1,6 +1,11 @@
-"""Models: the ViT-DSI encoder-decoder (`vit_dsi`) and prefix-constrained decoding (`decoding`)."""
+"""Models: the shared ViT encoder (`vit_encoder`), the ViT-DSI encoder-decoder (`vit_dsi`),
+prefix-constrained decoding (`decoding`) and the label-matched baselines' heads (`heads`)."""
 
 from vitdsi.models.decoding import IdTrie, atomic_topk, beam_search
 from vitdsi.models.vit_dsi import VitDSI, VitDSIConfig, sequence_logprob
+from vitdsi.models.vit_encoder import VitEncoder, VitEncoderConfig
 
-__all__ = ["IdTrie", "VitDSI", "VitDSIConfig", "atomic_topk", "beam_search", "sequence_logprob"]
+__all__ = [
+    "IdTrie", "VitDSI", "VitDSIConfig", "VitEncoder", "VitEncoderConfig", "atomic_topk", "beam_search",
+    "sequence_logprob",
+]

@@ -11,13 +11,15 @@ vocabulary of digits 0-9 plus EOS and PAD (BOS is an input-only token).
 The `atomic` variant (Tay et al.'s unstructured atomic ids) replaces the decoder by a
 softmax head over the corpus on the mean-pooled encoding: one step per query.
 
+The encoder (patches, positions, encoder layers) is `vitdsi.models.vit_encoder.VitEncoder`,
+shared with the label-matched baselines (`classifier`, `dual-encoder`).
+
 Shapes: B queries, W hypotheses per query (beams; 1 in training), T id tokens,
 P patches, D model width.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -25,6 +27,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vitdsi.errors import VitDSIError
+from vitdsi.models.vit_encoder import (  # noqa: F401  (sinusoid_2d, EncoderLayer: re-exported)
+    Attention,
+    EncoderLayer,
+    FeedForward,
+    VitEncoder,
+    VitEncoderConfig,
+    check_encoder_fields,
+    encoder_config,
+    init_weights,
+    sinusoid_1d,
+    sinusoid_2d,
+)
 
 N_DIGITS = 10
 EOS = 10  # end of sequence: predicted after the last digit
@@ -52,23 +66,15 @@ class VitDSIConfig:
     image_bos: bool = True  # add a projection of the mean-pooled encoding to the BOS embedding
 
     def __post_init__(self) -> None:
-        if self.patch_size < 1 or self.image_size % self.patch_size:
-            raise VitDSIError(
-                f"patch_size {self.patch_size} does not divide image_size {self.image_size}; pick a divisor of "
-                f"{self.image_size} (e.g. {', '.join(str(p) for p in _divisors(self.image_size))})"
-            )
-        if self.dim % self.heads:
-            raise VitDSIError(f"heads {self.heads} must divide dim {self.dim}")
-        if self.pos_encoding not in ("sinusoidal", "learned"):
-            raise VitDSIError(f"pos_encoding must be 'sinusoidal' or 'learned', got '{self.pos_encoding}'")
-        if self.pos_encoding == "sinusoidal" and self.dim % 4:
-            raise VitDSIError(f"2-D sinusoidal positions need dim divisible by 4, got {self.dim}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise VitDSIError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_encoder_fields(self)
         if self.atomic and self.n_ids < 1:
             raise VitDSIError("an atomic model needs n_ids >= 1 (the corpus size)")
         if self.depth < 1 or (self.decoder_depth is not None and self.decoder_depth < 1):
             raise VitDSIError("depth and decoder_depth must be at least 1")
+
+    def encoder_config(self) -> VitEncoderConfig:
+        """The encoder's part of this config."""
+        return encoder_config(self)
 
     @property
     def grid(self) -> int:
@@ -82,92 +88,7 @@ class VitDSIConfig:
         return asdict(self)
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(2, n + 1) if n % d == 0][:6]
-
-
-# ---- position encodings ---------------------------------------------------------------
-def sinusoid_1d(n: int, dim: int) -> torch.Tensor:
-    """[n, dim] fixed encoding of positions 0..n-1 (Vaswani et al. 2017)."""
-    pos = torch.arange(n, dtype=torch.float32)[:, None]
-    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    pe = torch.zeros(n, dim)
-    pe[:, 0::2] = torch.sin(pos * freq)
-    pe[:, 1::2] = torch.cos(pos * freq[: dim // 2])
-    return pe
-
-
-def sinusoid_2d(grid: int, dim: int) -> torch.Tensor:
-    """[grid*grid, dim]: half the channels encode the patch row, half the column (row-major)."""
-    rows = sinusoid_1d(grid, dim // 2)  # [grid, dim/2]
-    return torch.cat(
-        [rows[:, None, :].expand(grid, grid, -1), rows[None, :, :].expand(grid, grid, -1)], dim=-1
-    ).reshape(grid * grid, dim)
-
-
-# ---- building blocks ------------------------------------------------------------------
-class Attention(nn.Module):
-    """Multi-head attention; self-attention when `context` is None."""
-
-    def __init__(self, cfg: VitDSIConfig, cross: bool = False) -> None:
-        super().__init__()
-        self.heads = cfg.heads
-        self.cross = cross
-        if cross:
-            self.q = nn.Linear(cfg.dim, cfg.dim)
-            self.kv = nn.Linear(cfg.dim, 2 * cfg.dim)
-        else:
-            self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
-        self.proj = nn.Linear(cfg.dim, cfg.dim)
-        self.dropout = cfg.dropout
-        self.resid_drop = nn.Dropout(cfg.dropout)
-
-    def _split(self, x: torch.Tensor) -> torch.Tensor:  # [N, T, D] -> [N, h, T, D/h]
-        n, t, d = x.shape
-        return x.view(n, t, self.heads, d // self.heads).transpose(1, 2)
-
-    def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of the patches, computed once per query and reused at every decoding step."""
-        k, v = self.kv(context).chunk(2, dim=-1)
-        return self._split(k), self._split(v)
-
-    def forward(self, x: torch.Tensor, causal: bool = False, kv: tuple | None = None) -> torch.Tensor:
-        n, t, d = x.shape
-        drop = self.dropout if self.training else 0.0
-        if self.cross:
-            q = self._split(self.q(x))
-            k, v = kv
-        else:
-            q, k, v = (self._split(z) for z in self.qkv(x).chunk(3, dim=-1))
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=causal)
-        y = y.transpose(1, 2).reshape(n, t, d)
-        return self.resid_drop(self.proj(y))
-
-
-class FeedForward(nn.Module):
-    def __init__(self, cfg: VitDSIConfig) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(cfg.dim, cfg.ff_dim), nn.GELU(), nn.Linear(cfg.ff_dim, cfg.dim), nn.Dropout(cfg.dropout)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class EncoderLayer(nn.Module):
-    """Pre-norm transformer layer: self-attention, feed-forward."""
-
-    def __init__(self, cfg: VitDSIConfig) -> None:
-        super().__init__()
-        self.ln1, self.attn = nn.LayerNorm(cfg.dim), Attention(cfg)
-        self.ln2, self.ff = nn.LayerNorm(cfg.dim), FeedForward(cfg)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
-        return x + self.ff(self.ln2(x))
-
-
+# ---- the decoder layer (Attention, FeedForward: vit_encoder) ---------------------------
 class DecoderLayer(nn.Module):
     """Pre-norm layer: causal self-attention over id tokens, cross-attention to patches, feed-forward."""
 
@@ -194,15 +115,7 @@ class VitDSI(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.dim
-        self.patch_embed = nn.Conv2d(cfg.channels, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
-        self.patch_norm = nn.LayerNorm(d)
-        if cfg.pos_encoding == "learned":
-            self.patch_pos = nn.Parameter(torch.randn(cfg.n_patches, d) * 0.02)
-        else:
-            self.register_buffer("patch_pos", sinusoid_2d(cfg.grid, d), persistent=False)
-        self.embed_drop = nn.Dropout(cfg.dropout)
-        self.encoder = nn.ModuleList([EncoderLayer(cfg) for _ in range(cfg.depth)])
-        self.enc_norm = nn.LayerNorm(d)
+        self.encoder = VitEncoder(cfg)  # patches + positions + encoder layers: [B, C, H, W] -> [B, P, D]
         if cfg.atomic:
             self.head = nn.Linear(d, cfg.n_ids)
         else:
@@ -213,35 +126,29 @@ class VitDSI(nn.Module):
             else:
                 self.register_buffer("tok_pos", sinusoid_1d(n_tok, d), persistent=False)
             self.bos_proj = nn.Linear(d, d) if cfg.image_bos else None
+            self.tok_drop = nn.Dropout(cfg.dropout)
             self.decoder = nn.ModuleList([DecoderLayer(cfg) for _ in range(cfg.decoder_depth or cfg.depth)])
             self.dec_norm = nn.LayerNorm(d)
             self.head = nn.Linear(d, N_OUT)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=0.02)
+        self.apply(init_weights)  # after all parts are built: the same random stream as ever
+        self._register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     # ---- encoder ----
+    @property
+    def patch_pos(self) -> torch.Tensor:
+        """[P, D] the encoder's patch position encoding."""
+        return self.encoder.patch_pos
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """float images [B, C, H, W] (normalised) -> patch encodings [B, P, D]."""
-        x = self.patch_embed(images).flatten(2).transpose(1, 2)  # [B, P, D], patches row-major
-        x = self.embed_drop(self.patch_norm(x) + self.patch_pos)
-        for layer in self.encoder:
-            x = layer(x)
-        return self.enc_norm(x)
+        return self.encoder(images)
 
     def atomic_logits(self, memory: torch.Tensor) -> torch.Tensor:
         """[B, P, D] -> [B, n_ids] scores over corpus positions (atomic variant)."""
-        return self.head(memory.mean(1))
+        return self.head(self.encoder.pool(memory))
 
     # ---- decoder ----
     def memory_kv(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -259,7 +166,7 @@ class VitDSI(nn.Module):
             # the BOS slot also carries the pooled image: a direct path for the first digit
             pooled = self.bos_proj(memory.mean(1))[:, None, None, :]  # [B, 1, 1, D]
             x = torch.cat([x[:, :, :1] + pooled, x[:, :, 1:]], dim=2)
-        x = self.embed_drop(x)
+        x = self.tok_drop(x)
         kv = kv if kv is not None else self.memory_kv(memory)
         for layer, layer_kv in zip(self.decoder, kv):
             x = layer(x, layer_kv)
@@ -273,6 +180,22 @@ class VitDSI(nn.Module):
         if self.cfg.atomic:
             return self.atomic_logits(memory)
         return self.decode(tokens[:, None, :], memory)[:, 0]
+
+
+_LEGACY_ENCODER = ("patch_embed.", "patch_norm.", "patch_pos", "enc_norm.")
+
+
+def _rename_legacy_keys(state_dict: dict, prefix: str, *args) -> None:
+    """Load indexes saved before the encoder was a module of its own: `patch_embed.*`,
+    `patch_norm.*`, `patch_pos`, `enc_norm.*` -> `encoder.*` and `encoder.N.*` -> `encoder.layers.N.*`."""
+    for key in list(state_dict):
+        rest = key[len(prefix):] if key.startswith(prefix) else None
+        if rest is None:
+            continue
+        if rest.startswith(_LEGACY_ENCODER):
+            state_dict[f"{prefix}encoder.{rest}"] = state_dict.pop(key)
+        elif rest.startswith("encoder.") and rest.split(".")[1].isdigit():
+            state_dict[f"{prefix}encoder.layers.{rest[len('encoder.'):]}"] = state_dict.pop(key)
 
 
 def id_inputs_targets(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,214 @@
+"""The Vision Transformer encoder shared by the ViT-DSI and its label-matched baselines.
+
+Follows "An Image is Worth 16x16 Words" (Dosovitskiy et al. 2021) as used by the ViT-DSI
+paper (Di Stefano, section 3.2): an image is cut into patches (a conv with stride = patch
+size), each patch gets a position encoding (2-D sinusoidal or learned), and pre-norm
+transformer layers encode the patch sequence. `VitDSI` (ids decoder), `VitClassifier`
+(class head) and `VitDualEncoder` (projection head) all hold one `VitEncoder`, built
+from the same config fields, so a study can fix the encoder and vary only the head.
+
+The owning model initialises the weights (`self.apply(init_weights)` after building all
+of its parts), as nanoGPT does, so the ViT-DSI's random stream is the same as before the
+encoder was a module of its own.
+
+Shapes: B images, P patches, D model width.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vitdsi.errors import VitDSIError
+
+
+@dataclass
+class VitEncoderConfig:
+    image_size: int = 32  # square input side in pixels
+    channels: int = 3  # input channels (RGB)
+    patch_size: int = 4  # square patch side; must divide image_size (paper: 16 at 160 px)
+    dim: int = 128  # model width (paper 128)
+    ff_dim: int = 256  # hidden width of the feed-forward blocks (paper 256)
+    depth: int = 6  # encoder layers (paper 6)
+    heads: int = 4  # attention heads; must divide dim (paper 4)
+    dropout: float = 0.1  # dropout in attention, feed-forward and embeddings (paper 0.1)
+    pos_encoding: str = "sinusoidal"  # 'sinusoidal' (fixed, 2-D for patches) or 'learned'
+
+    def __post_init__(self) -> None:
+        check_encoder_fields(self)
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def n_patches(self) -> int:
+        return self.grid**2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+ENCODER_FIELDS = tuple(VitEncoderConfig.__dataclass_fields__)  # the fields any encoder-holding config carries
+
+
+def check_encoder_fields(cfg) -> None:
+    """Validate the encoder fields of any config carrying them (VitEncoderConfig, VitDSIConfig)."""
+    if cfg.patch_size < 1 or cfg.image_size % cfg.patch_size:
+        raise VitDSIError(
+            f"patch_size {cfg.patch_size} does not divide image_size {cfg.image_size}; pick a divisor of "
+            f"{cfg.image_size} (e.g. {', '.join(str(p) for p in _divisors(cfg.image_size))})"
+        )
+    if cfg.dim % cfg.heads:
+        raise VitDSIError(f"heads {cfg.heads} must divide dim {cfg.dim}")
+    if cfg.pos_encoding not in ("sinusoidal", "learned"):
+        raise VitDSIError(f"pos_encoding must be 'sinusoidal' or 'learned', got '{cfg.pos_encoding}'")
+    if cfg.pos_encoding == "sinusoidal" and cfg.dim % 4:
+        raise VitDSIError(f"2-D sinusoidal positions need dim divisible by 4, got {cfg.dim}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise VitDSIError(f"dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.depth < 1:
+        raise VitDSIError(f"depth must be at least 1, got {cfg.depth}")
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(2, n + 1) if n % d == 0][:6]
+
+
+def init_weights(m: nn.Module) -> None:
+    """ViT / nanoGPT initialisation: truncated normal (std 0.02) weights, zero biases."""
+    if isinstance(m, (nn.Linear, nn.Conv2d)):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.normal_(m.weight, std=0.02)
+
+
+# ---- position encodings ---------------------------------------------------------------
+def sinusoid_1d(n: int, dim: int) -> torch.Tensor:
+    """[n, dim] fixed encoding of positions 0..n-1 (Vaswani et al. 2017)."""
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(n, dim)
+    pe[:, 0::2] = torch.sin(pos * freq)
+    pe[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return pe
+
+
+def sinusoid_2d(grid: int, dim: int) -> torch.Tensor:
+    """[grid*grid, dim]: half the channels encode the patch row, half the column (row-major)."""
+    rows = sinusoid_1d(grid, dim // 2)  # [grid, dim/2]
+    return torch.cat(
+        [rows[:, None, :].expand(grid, grid, -1), rows[None, :, :].expand(grid, grid, -1)], dim=-1
+    ).reshape(grid * grid, dim)
+
+
+# ---- building blocks (also used by the ViT-DSI decoder) -------------------------------
+class Attention(nn.Module):
+    """Multi-head attention; self-attention when `context` is None."""
+
+    def __init__(self, cfg, cross: bool = False) -> None:
+        super().__init__()
+        self.heads = cfg.heads
+        self.cross = cross
+        if cross:
+            self.q = nn.Linear(cfg.dim, cfg.dim)
+            self.kv = nn.Linear(cfg.dim, 2 * cfg.dim)
+        else:
+            self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.dropout = cfg.dropout
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:  # [N, T, D] -> [N, h, T, D/h]
+        n, t, d = x.shape
+        return x.view(n, t, self.heads, d // self.heads).transpose(1, 2)
+
+    def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the patches, computed once per query and reused at every decoding step."""
+        k, v = self.kv(context).chunk(2, dim=-1)
+        return self._split(k), self._split(v)
+
+    def forward(self, x: torch.Tensor, causal: bool = False, kv: tuple | None = None) -> torch.Tensor:
+        n, t, d = x.shape
+        drop = self.dropout if self.training else 0.0
+        if self.cross:
+            q = self._split(self.q(x))
+            k, v = kv
+        else:
+            q, k, v = (self._split(z) for z in self.qkv(x).chunk(3, dim=-1))
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=causal)
+        y = y.transpose(1, 2).reshape(n, t, d)
+        return self.resid_drop(self.proj(y))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.ff_dim), nn.GELU(), nn.Linear(cfg.ff_dim, cfg.dim), nn.Dropout(cfg.dropout)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm transformer layer: self-attention, feed-forward."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.ln1, self.attn = nn.LayerNorm(cfg.dim), Attention(cfg)
+        self.ln2, self.ff = nn.LayerNorm(cfg.dim), FeedForward(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.ff(self.ln2(x))
+
+
+# ---- the encoder ----------------------------------------------------------------------
+class VitEncoder(nn.Module):
+    """Images -> patch encodings [B, P, D]; `pool` / `embed` give one vector per image."""
+
+    def __init__(self, cfg) -> None:
+        """`cfg`: a VitEncoderConfig or any config with its fields (e.g. VitDSIConfig)."""
+        super().__init__()
+        check_encoder_fields(cfg)
+        d = cfg.dim
+        grid = cfg.image_size // cfg.patch_size
+        self.patch_embed = nn.Conv2d(cfg.channels, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.patch_norm = nn.LayerNorm(d)
+        if cfg.pos_encoding == "learned":
+            self.patch_pos = nn.Parameter(torch.randn(grid * grid, d) * 0.02)  # [P, D]
+        else:
+            self.register_buffer("patch_pos", sinusoid_2d(grid, d), persistent=False)  # [P, D]
+        self.embed_drop = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList([EncoderLayer(cfg) for _ in range(cfg.depth)])
+        self.enc_norm = nn.LayerNorm(d)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """float images [B, C, H, W] (normalised, see `vitdsi.train.to_input`) -> [B, P, D]."""
+        x = self.patch_embed(images).flatten(2).transpose(1, 2)  # [B, P, D], patches row-major
+        x = self.embed_drop(self.patch_norm(x) + self.patch_pos)
+        for layer in self.layers:
+            x = layer(x)
+        return self.enc_norm(x)
+
+    @staticmethod
+    def pool(memory: torch.Tensor) -> torch.Tensor:
+        """Patch encodings [B, P, D] -> image embedding [B, D] (mean over patches)."""
+        return memory.mean(1)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """float images [B, C, H, W] -> pooled embedding [B, D]."""
+        return self.pool(self(images))
+
+
+def encoder_config(cfg) -> VitEncoderConfig:
+    """The VitEncoderConfig of any config carrying the encoder fields."""
+    return VitEncoderConfig(**{f: getattr(cfg, f) for f in ENCODER_FIELDS})
