@@ -381,10 +381,20 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise StudyConfigError(f"study file not found: {path}")
+    if path.is_dir():
+        raise StudyConfigError(f"{path}: is a directory; give a study file such as {path / 'patch_size.yaml'}")
     try:
-        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise StudyConfigError(f"{path}: not a text (UTF-8) file (byte {e.start}); a study file is YAML") from None
+    except OSError as e:
+        raise StudyConfigError(f"{path}: cannot read the study file: {e.strerror or e}") from None
+    if "\x00" in text:
+        raise StudyConfigError(f"{path}: a binary file (it holds NUL bytes); a study file is YAML")
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
-        raise StudyConfigError(f"{path}: not valid YAML: {e}") from None
+        raise StudyConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise StudyConfigError(f"{path}: a study file is a mapping of fields (name, retriever, space, ...), got {type(data).__name__}")
     return data
