@@ -404,8 +404,7 @@ def load_study(path: str | Path, scale: str | None = None, overrides: list[str] 
     """Read, validate and resolve a study file at `scale` (default: the file's own), after
     `overrides` such as "dataset.root=/data/imagenet" (see `apply_overrides`)."""
     path = Path(path)
-    data = apply_overrides(read_yaml(path), overrides or [], source=str(path))
-    return resolve(data, scale=scale, source=str(path))
+    return resolve(read_yaml(path), scale=scale, source=str(path), overrides=overrides or [])
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "<study>") -> dict[str, Any]:
@@ -435,10 +434,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "<
     return out
 
 
-def resolve(data: dict[str, Any], *, scale: str | None = None, source: str = "<study>") -> Study:
-    """Validate a study mapping (as read from YAML) and resolve it at `scale`."""
+def resolve(data: dict[str, Any], *, scale: str | None = None, source: str = "<study>",
+            overrides: list[str] | None = None) -> Study:
+    """Validate a study mapping (as read from YAML) and resolve it at `scale`.
+
+    `overrides` ("field=value", as `bench run --set`) win over every layer of the file: they
+    are applied after the file's `scales.<scale>` block is merged in (an override of
+    `scales.*` itself, or of `scale`, is applied to the file before the merge)."""
     from vitdsi.scales import SCALES
 
+    overrides = list(overrides or [])
+    early = [o for o in overrides if o.partition("=")[0].strip().split(".")[0] in ("scales", "scale")]
+    late = [o for o in overrides if o not in early]
+    data = apply_overrides(data, early, source=source)
     base = _validate(data, source)
     scale = scale or base.scale
     if scale not in SCALES:
@@ -452,9 +460,11 @@ def resolve(data: dict[str, Any], *, scale: str | None = None, source: str = "<s
             allowed = sorted(set(StudyFile.model_fields) - {"name", "scale", "scales"})
             raise StudyConfigError(f"{source}: field `scales.{name}`: unknown field(s) {bad}{_suggest(bad[0], allowed)}; allowed: {', '.join(allowed)}")
     study_file = base
-    if scale in base.scales:
-        merged = _deep_merge({k: v for k, v in data.items() if k != "scales"}, base.scales[scale])
-        study_file = _validate(merged, f"{source} (with `scales.{scale}` applied)")
+    if scale in base.scales or late:
+        merged = _deep_merge({k: v for k, v in data.items() if k != "scales"}, base.scales.get(scale, {}))
+        merged = apply_overrides(merged, late, source=source)
+        where = [f"`scales.{scale}`"] * (scale in base.scales) + ["--set"] * bool(late)
+        study_file = _validate(merged, f"{source} (with {' and '.join(where)} applied)")
     _import_plugins(study_file.plugins, Path(source).parent if source != "<study>" else Path.cwd(), source)
     return _resolve(study_file, scale, source)
 

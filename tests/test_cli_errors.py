@@ -42,3 +42,16 @@ def _write(tmp_path, **data):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"name": "s", "retriever": "pixels-knn", "scale": "smoke", **data}))
     return path
+
+
+def test_check_prints_the_values_set_on_the_command_line(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "p", "retriever": "dsi-vit", "scale": "small", "space": {"patch_size": [8, 16, 32]},
+        "scales": {"smoke": {"fixed": {"index_epochs": 60}, "space": {"patch_size": [4, 8, 16]}}},
+    }))
+    code, out = bench("run", str(path), "--scale", "smoke", "--set", "space.patch_size=[16]",
+                      "--set", "fixed.index_epochs=5", "--check")
+    assert code == 0, out
+    assert "index_epochs: 5" in out and "index_epochs: 60" not in out
+    assert "1 trials" in out

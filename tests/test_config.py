@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bench.config import StudyConfigError, apply_overrides, load_study, resolve
 from vitdsi.retrievers.base import get, registered
@@ -176,3 +177,22 @@ def test_shipped_study_set_is_complete():
     assert table1.space["dataset.n_total"].choices == [512, 1024, 2048]
     kinds = {(m.retriever, m.params.get("id_scheme"), m.params.get("mode")) for m in table1.methods.values()}
     assert {("bovw", None, None), ("dsi-vit", "random", "zero-shot"), ("dsi-vit", "clustered", "fine-tuned")} <= kinds
+
+
+def test_set_wins_over_the_scales_block(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "t", "retriever": "dsi-vit", "scale": "small", "fixed": {"index_epochs": 300},
+        "space": {"patch_size": [8, 16, 32]},
+        "scales": {"smoke": {"fixed": {"index_epochs": 60}, "space": {"patch_size": [4, 8, 16]}, "repeats": 2}},
+    }))
+    s = load_study(path, scale="smoke", overrides=["space.patch_size=[16]", "fixed.index_epochs=5", "repeats=1"])
+    assert s.grid() == [{"patch_size": 16}] and s.n_trials == 1
+    assert s.methods["dsi-vit"].params["index_epochs"] == 5 and s.repeats == 1
+    # without --set the scales block still applies, and an override of the block itself works
+    s = load_study(path, scale="smoke")
+    assert len(s.grid()) == 3 and s.methods["dsi-vit"].params["index_epochs"] == 60
+    s = load_study(path, scale="smoke", overrides=["scales.smoke.fixed.index_epochs=7"])
+    assert s.methods["dsi-vit"].params["index_epochs"] == 7
+    s = load_study(path, overrides=["scale=smoke"])
+    assert s.scale == "smoke" and s.methods["dsi-vit"].params["index_epochs"] == 60
