@@ -11,6 +11,7 @@ that inner product is cosine similarity, and indexed by FAISS:
     ivf   inverted lists over a k-means coarse quantiser (IndexIVFFlat, inner product);
           build: nlist; query: nprobe
 
+(built, searched and serialised by `vitdsi.features.faiss_index`, shared with `dual-encoder`).
 Build parameters shape the index; query parameters (ef_search, nprobe) only trade speed
 for recall and are set with `set_query_arguments`, as in ann-benchmarks. Features are
 extracted in batches under `torch.inference_mode` on the retriever's device.
@@ -18,7 +19,6 @@ extracted in batches under `torch.inference_mode` on the retriever's device.
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,13 +26,14 @@ import torch
 
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
+from vitdsi.features import faiss_index
 from vitdsi.features.backbones import Backbone, load_backbone
 from vitdsi.log import get_logger, progress
 from vitdsi.retrievers.base import Ranking, Retriever, Supervision, register
 
 log = get_logger(__name__)
 
-INDEX_TYPES = ("flat", "hnsw", "ivf")
+INDEX_TYPES = faiss_index.INDEX_TYPES
 
 
 @register("embedding")
@@ -68,8 +69,7 @@ class Embedding(Retriever):
         self.ef_construction = int(ef_construction)  # hnsw: candidate list size while building
         self.nlist = int(nlist)  # ivf: number of inverted lists, 0 = min(4 sqrt(N), N / 39)
         self.batch_size = int(batch_size)  # images per forward pass
-        if index_type not in INDEX_TYPES:
-            raise VitDSIError(f"embedding: index_type must be one of {INDEX_TYPES}, got {index_type!r}")
+        faiss_index.check_index_type(index_type, "embedding")
         self._net: Backbone | None = None  # loaded on first use
         self._mean: torch.Tensor | None = None  # float32 [D] corpus mean feature (zeros without centring)
         self._faiss = None  # the FAISS index
@@ -106,62 +106,27 @@ class Embedding(Retriever):
         return Supervision(pretrained=self.backbone != "pixels")  # pretrained backbones saw ImageNet labels
 
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
-        import faiss
-
         raw = self._raw_features(corpus.images, "corpus")
         self._mean = raw.mean(0) if self.center else torch.zeros(raw.shape[1], device=raw.device)
         x = self._normalise(raw)
+        self._faiss = faiss_index.build_index(
+            x, self.index_type, hnsw_m=self.hnsw_m, ef_construction=self.ef_construction, nlist=self.nlist,
+            seed=self.seed, owner="embedding",
+        )
         n, d = x.shape
-        if self.index_type == "flat":
-            index = faiss.IndexFlatIP(d)
-            index.add(x)
-        elif self.index_type == "hnsw":
-            index = faiss.IndexHNSWFlat(d, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = self.ef_construction
-            # a parallel HNSW build depends on thread timing; one thread makes it reproducible
-            threads = faiss.omp_get_max_threads()
-            faiss.omp_set_num_threads(1)
-            try:
-                index.add(x)
-            finally:
-                faiss.omp_set_num_threads(threads)
-        else:
-            nlist = self.nlist or max(1, min(round(4 * math.sqrt(n)), n // 39))
-            if nlist > n:
-                raise VitDSIError(f"embedding: nlist={nlist} inverted lists need at least as many corpus images, got {n}")
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.cp.seed = self.seed
-            index.cp.min_points_per_centroid = 1  # small corpora: no warning for few points per list
-            index.train(x)
-            index.add(x)
-        self._faiss = index
         log.info("embedding: %d images, %s features of %d dims, %s index", n, self.backbone, d, self.index_type)
 
     def _search(self, images: torch.Tensor, k: int) -> Ranking:
         q = self._normalise(self._raw_features(images, "queries"))
-        if self.index_type == "hnsw":
-            self._faiss.hnsw.efSearch = int(self.query_args["ef_search"])
-        elif self.index_type == "ivf":
-            self._faiss.nprobe = int(self.query_args["nprobe"])
-        scores, ids = self._faiss.search(q, k)
-        scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
-        # FAISS leaves the order of equal scores to its heaps; sort them by corpus position
-        order = np.lexsort((ids, -scores), axis=1)
-        ids = np.take_along_axis(ids, order, axis=1)
-        scores = np.take_along_axis(scores, order, axis=1)
-        return Ranking(torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(scores))
+        return faiss_index.search_index(
+            self._faiss, q, k, ef_search=self.query_args["ef_search"], nprobe=self.query_args["nprobe"]
+        )
 
     # ---- persistence ----------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        import faiss
-
         # the FAISS index as a uint8 tensor, so that `Retriever.load` can read it with weights_only=True
-        return {"mean": self._mean.cpu(), "faiss": torch.from_numpy(np.ascontiguousarray(faiss.serialize_index(self._faiss)))}
+        return {"mean": self._mean.cpu(), "faiss": faiss_index.serialize_index(self._faiss)}
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        import faiss
-
         self._mean = state["mean"].to(self.device)
-        blob = state["faiss"]
-        blob = blob.cpu().numpy() if isinstance(blob, torch.Tensor) else np.asarray(blob)
-        self._faiss = faiss.deserialize_index(np.ascontiguousarray(blob, dtype=np.uint8))
+        self._faiss = faiss_index.deserialize_index(state["faiss"])

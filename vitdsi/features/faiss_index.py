@@ -1,0 +1,106 @@
+"""FAISS inner-product indexes over L2-normalised vectors, shared by the dense retrievers
+(`embedding`, `dual-encoder`): build, search with deterministic tie order, and
+(de)serialise as a uint8 tensor so a saved index loads with `torch.load(weights_only=True)`.
+
+    flat  exact inner product over all N vectors (IndexFlatIP)
+    hnsw  HNSW graph (IndexHNSWFlat, inner product); build: hnsw_m, ef_construction;
+          query: ef_search
+    ivf   inverted lists over a k-means coarse quantiser (IndexIVFFlat, inner product);
+          build: nlist; query: nprobe
+
+faiss is imported inside the functions, so importing this module stays light.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from vitdsi.errors import VitDSIError
+
+if TYPE_CHECKING:
+    from vitdsi.retrievers.base import Ranking
+
+INDEX_TYPES = ("flat", "hnsw", "ivf")
+
+
+def check_index_type(index_type: str, owner: str, allowed: tuple[str, ...] = INDEX_TYPES) -> None:
+    """A clear error naming the retriever (`owner`) for an unknown index type."""
+    if index_type not in allowed:
+        raise VitDSIError(f"{owner}: index_type must be one of {allowed}, got {index_type!r}")
+
+
+def build_index(
+    x: np.ndarray,  # float32 [N, D], L2-normalised rows
+    index_type: str,
+    *,
+    hnsw_m: int = 32,  # hnsw: graph neighbours per node
+    ef_construction: int = 40,  # hnsw: candidate list size while building
+    nlist: int = 0,  # ivf: inverted lists, 0 = min(4 sqrt(N), N / 39)
+    seed: int = 0,  # ivf: k-means seed
+    owner: str = "faiss",  # retriever name for error messages
+) -> Any:
+    """A FAISS inner-product index of `index_type` holding the rows of `x` (ids = row positions)."""
+    import faiss
+
+    check_index_type(index_type, owner)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
+    if index_type == "flat":
+        index = faiss.IndexFlatIP(d)
+        index.add(x)
+    elif index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+        # a parallel HNSW build depends on thread timing; one thread makes it reproducible
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            index.add(x)
+        finally:
+            faiss.omp_set_num_threads(threads)
+    else:
+        nlist = nlist or max(1, min(round(4 * math.sqrt(n)), n // 39))
+        if nlist > n:
+            raise VitDSIError(f"{owner}: nlist={nlist} inverted lists need at least as many corpus images, got {n}")
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.cp.min_points_per_centroid = 1  # small corpora: no warning for few points per list
+        index.train(x)
+        index.add(x)
+    return index
+
+
+def search_index(index: Any, q: np.ndarray, k: int, *, ef_search: int = 64, nprobe: int = 8) -> Ranking:
+    """Top-k of float32 queries [n, D]; `ef_search` applies to HNSW and `nprobe` to IVF indexes.
+    Equal scores are ordered by corpus position (FAISS leaves their order to its heaps)."""
+    from vitdsi.retrievers.base import Ranking
+
+    if hasattr(index, "hnsw"):
+        index.hnsw.efSearch = int(ef_search)
+    if hasattr(index, "nprobe"):
+        index.nprobe = int(nprobe)
+    scores, ids = index.search(np.ascontiguousarray(q, dtype=np.float32), k)
+    scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+    order = np.lexsort((ids, -scores), axis=1)
+    ids = np.take_along_axis(ids, order, axis=1)
+    scores = np.take_along_axis(scores, order, axis=1)
+    return Ranking(torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(scores))
+
+
+def serialize_index(index: Any) -> torch.Tensor:
+    """The index as a uint8 tensor (loads with `torch.load(weights_only=True)`)."""
+    import faiss
+
+    return torch.from_numpy(np.ascontiguousarray(faiss.serialize_index(index)))
+
+
+def deserialize_index(blob: torch.Tensor | np.ndarray) -> Any:
+    """Inverse of `serialize_index` (also reads the numpy arrays of older saved indexes)."""
+    import faiss
+
+    blob = blob.cpu().numpy() if isinstance(blob, torch.Tensor) else np.asarray(blob)
+    return faiss.deserialize_index(np.ascontiguousarray(blob, dtype=np.uint8))
