@@ -40,10 +40,29 @@ def test_fashion_mnist_missing_root_names_where_it_looked(tmp_path, monkeypatch)
     from vitdsi.data.sources import fashion_mnist
 
     monkeypatch.setattr(fashion_mnist, "DEBIAN_ROOT", tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetNotFoundError) as err:
         load_dataset("fashion-mnist", root=str(tmp_path / "empty"), download=False)
     msg = str(err.value)
     assert str(tmp_path / "empty") in msg and "nowhere" in msg and "apt-get install dataset-fashion-mnist" in msg
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_dataset("fashion-mnist", download=False)
+    assert "nowhere" in str(err.value) and "apt-get install dataset-fashion-mnist" in str(err.value)
+
+
+def test_fashion_mnist_root_you_give_must_exist(tmp_path, monkeypatch):
+    """A given root is never silently replaced by the default location, even when that one exists."""
+    from vitdsi.data.sources import fashion_mnist
+
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_ROOT", tmp_path / "debian")
+    monkeypatch.setattr(fashion_mnist, "_has_all", lambda root: root == tmp_path / "debian")
+    assert fashion_mnist.locate(None, download=False) == tmp_path / "debian"  # unset root: the default
+    with pytest.raises(DatasetNotFoundError, match=r"root .*no-such-dir does not exist"):
+        fashion_mnist.locate(str(tmp_path / "no-such-dir"), download=True)
+    (tmp_path / "other").mkdir()
+    with pytest.raises(DatasetNotFoundError, match=r"not found in the given root .*other"):
+        fashion_mnist.locate(str(tmp_path / "other"), download=False)
 
 
 def test_unknown_dataset_and_parameter_and_limit_errors():

@@ -1,7 +1,8 @@
 """`fashion-mnist`: Zalando's Fashion-MNIST, 70,000 28x28 grey images in 10 classes.
 
-Look-up order: an explicit root, then /usr/share/datasets/fashion-mnist (Debian package
-`dataset-fashion-mnist`), then a torchvision download where a network exists. The idx
+Look-up: a root you give must exist and is the only place looked at; without one,
+/usr/share/datasets/fashion-mnist (Debian package `dataset-fashion-mnist`), then a cache
+folder with a torchvision download where a network exists. The idx
 files are parsed with numpy in one pass (no per-image loop), train then test, so that
 source id "train/i" / "test/i" is stable.
 """
@@ -62,20 +63,32 @@ def _try_download(root: Path) -> bool:
 
 
 def locate(root: str | Path | None = None, download: bool = True) -> Path:
-    """The directory holding the four idx files, or a DatasetNotFoundError saying where we looked."""
-    looked = []
-    candidates = [Path(root)] if root is not None else []
-    candidates.append(DEBIAN_ROOT)
-    for c in candidates:
-        looked.append(str(c))
-        if _has_all(c):
-            return c
-    cache = Path(root) if root is not None else Path.home() / ".cache" / "vitdsi" / "fashion-mnist"
-    if download and _try_download(cache):
+    """The directory holding the four idx files, or a DatasetNotFoundError saying where we looked.
+
+    A `root` you give must exist and is the only place looked at (a download, where a network
+    exists, goes into it); only without a root do the Debian folder and the cache apply."""
+    if root is not None:
+        folder = Path(root).expanduser()
+        if not folder.is_dir():
+            raise DatasetNotFoundError(
+                f"fashion-mnist root {folder} does not exist{' (it is a file)' if folder.exists() else ''}; "
+                f"point root at the folder with the four idx files, or leave root unset to use {DEBIAN_ROOT}"
+            )
+        if _has_all(folder) or (download and _try_download(folder)):
+            return folder
+        raise DatasetNotFoundError(
+            f"Fashion-MNIST not found in the given root {folder}: it lacks the train/t10k idx files (.gz or raw)"
+            + ("; a torchvision download into it failed (no network?)" if download else "")
+            + ". Put the four files from https://github.com/zalandoresearch/fashion-mnist there, or leave root "
+            f"unset to use {DEBIAN_ROOT} (`apt-get install dataset-fashion-mnist`)."
+        )
+    if _has_all(DEBIAN_ROOT):
+        return DEBIAN_ROOT
+    cache = Path.home() / ".cache" / "vitdsi" / "fashion-mnist"
+    if _has_all(cache) or (download and _try_download(cache)):
         return cache
     raise DatasetNotFoundError(
-        "Fashion-MNIST not found. Looked for train/t10k idx files (.gz or raw) in: "
-        + ", ".join(looked)
+        f"Fashion-MNIST not found. Looked for train/t10k idx files (.gz or raw) in: {DEBIAN_ROOT}, {cache}"
         + (f"; a torchvision download into {cache} failed (no network?)" if download else "")
         + ". Get it with `apt-get install dataset-fashion-mnist` (Debian), or put the four files from "
         "https://github.com/zalandoresearch/fashion-mnist in a folder and pass it as root."
