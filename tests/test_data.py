@@ -199,3 +199,21 @@ def test_prepare_batch_centre_crops_and_resizes():
     assert out.shape == (2, 3, 5, 5) and (out == 255).all()
     with pytest.raises(VitDSIError, match="fit='pad' needs size"):
         prepare_batch(x, 5, fit="pad")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16bit_grey_image_is_scaled_not_clipped(tmp_path, suffix):
+    from PIL import Image
+
+    from vitdsi.data.prep import load_image_file
+
+    ramp = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)
+    ramp[:8, :8] = 32768  # mid grey
+    path = tmp_path / f"g16{suffix}"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")
+    out = load_image_file(path, 16)
+    assert out.dtype == torch.uint8 and out.shape == (3, 16, 16)
+    assert abs(int(out[0, 2, 2]) - 128) <= 1  # mid grey stays mid grey (was 255)
+    assert (out[:, 8:, 8:].float() / 255 - torch.from_numpy(ramp[8:, 8:] / 65535.0).float()).abs().max() < 0.01
+    assert int(out[0, 15, 15]) == 255

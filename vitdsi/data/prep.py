@@ -62,9 +62,30 @@ def prepare_batch(images: np.ndarray | torch.Tensor, size: int, fit: str = "resi
     return x.to(torch.uint8).contiguous()
 
 
+def to_8bit(image: Image.Image) -> Image.Image:
+    """High-bit-depth grey images (16-bit PNG / TIFF: PIL modes I;16*, I, F) scaled to 8 bits by
+    their bit depth. PIL's own convert("RGB") clips them instead (a mid-grey 16-bit image,
+    32768, would become white). 16-bit colour PNGs are already reduced to 8 bits by PIL."""
+    mode = image.mode
+    if not (mode.startswith("I;16") or mode in ("I", "F")):
+        return image
+    a = np.asarray(image).astype(np.float64)
+    if mode.startswith("I;16"):
+        full = 65535.0
+    elif mode == "I":  # 32-bit container; 16-bit data (the usual case) keeps the 16-bit scale
+        full = 65535.0 if a.size == 0 or (a.min() >= 0 and a.max() <= 65535) else float(2**31 - 1)
+        a = np.clip(a, 0, None)
+    else:  # float: [0, 1] data as is, otherwise by its maximum
+        peak = float(np.nanmax(a)) if a.size else 1.0
+        full = 1.0 if peak <= 1.0 else peak
+        a = np.clip(np.nan_to_num(a), 0, None)
+    return Image.fromarray(np.clip(np.rint(a * (255.0 / full)), 0, 255).astype(np.uint8), mode="L")
+
+
 def prepare_pil(image: Image.Image, size: int) -> torch.Tensor:
-    """One PIL image -> uint8 [3, size, size]: RGB, centre square crop, resize."""
-    image = image.convert("RGB")
+    """One PIL image -> uint8 [3, size, size]: RGB (16-bit grey scaled by its bit depth, see
+    `to_8bit`), centre square crop, resize."""
+    image = to_8bit(image).convert("RGB")
     w, h = image.size
     side = min(w, h)
     left, top = (w - side) // 2, (h - side) // 2
