@@ -15,6 +15,7 @@ import datetime as dt
 import math
 import shutil
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,30 +100,54 @@ def header_section(record: StudyRecord) -> str:
 
 def results_section(record: StudyRecord) -> str:
     names = record.metric_names()
+    objective = record.objective
+    seeds = max((int(float(t.params.get("repeats", 1))) for t in record.trials), default=1)
     shared_chance = {}
     for m in names:
         values = {round(t.metrics[m].chance, 12) for t in record.trials if m in t.metrics and t.metrics[m].chance is not None}
         shared_chance[m] = values.pop() if len(values) == 1 else None
-    header = ["#", "trial", "indexed", "test queries"]
+    has_val = any(objective in t.val_metrics for t in record.trials)
+    header = ["#", "trial", "learns from", "indexed", "test queries"]
+    if has_val:
+        header.append(f"{objective} validation (model choice)")
     header += [f"{m} (chance {fmt(shared_chance[m])})" if shared_chance[m] is not None else m for m in names]
+    if seeds > 1:
+        header.append(f"{objective} ± CI over queries")
     header += ["index s", "ms / query"]
+    best = record.best()
     rows = []
     for t in record.trials:
         ia = next((t.metrics[m] for m in names if m.startswith("IA@")), None)
         test = next((t.metrics[m] for m in names if not m.startswith("IA@")), None)
         indexed = ia.n if ia and ia.n else t.extra.get("n_indexed")
-        row = [str(t.number), _label(t, record), str(int(indexed)) if indexed else "?", str(test.n) if test and test.n else "?"]
+        label = _label(t, record) + (" **(chosen)**" if best is not None and t is best else "")
+        row = [str(t.number), label, t.supervision, str(int(indexed)) if indexed else "?",
+               str(test.n) if test and test.n else "?"]
+        if has_val:
+            v = t.val_metrics.get(objective)
+            row.append(fmt_ci(v.mean, v.ci95) if v else "n/a")
         for m in names:
             mr = t.metrics.get(m)
             cell = fmt_ci(mr.mean, mr.ci95) if mr else "n/a"
             if mr and shared_chance[m] is None and mr.chance is not None:
                 cell += f" (chance {fmt(mr.chance)})"
             row.append(cell)
+        if seeds > 1:
+            mr = t.metrics.get(objective)
+            row.append(fmt_ci(mr.mean, mr.ci95_queries) if mr else "n/a")
         row += [fmt(t.extra.get("index_seconds"), 1), fmt(t.extra.get("query_ms"), 2)]
         rows.append(row)
-    note = ("Each cell is the mean over all test queries (IA@K: over all indexed images) ± the half-width of its "
-            "95% Student-t confidence interval; with several seeds, the mean over seeds ± the CI across seeds. "
-            "Chance is the exact expectation under a uniformly random ranking of the same split.")
+    note = ("Metric columns are test numbers: the mean over all test queries (IA@K: over all indexed images) ± the "
+            "half-width of its 95% Student-t confidence interval; with several seeds (each with its own split and "
+            "training seed), the mean over seeds ± the CI across seeds"
+            + (f", and the last {objective} column gives the CI over the pooled queries of all seeds" if seeds > 1 else "")
+            + ". Chance is the exact expectation under a uniformly random ranking of the same split. "
+            + (f"Model choice (Optuna's objective, the chosen trial) reads only the {objective} of the validation "
+               "queries; test queries are never used to choose. " if has_val else
+               "These runs logged no validation metrics, so model choice read test numbers. ")
+            + "*Learns from* says what reached training besides the corpus pixels: with class-identity relevance a "
+              "method that learns from labels is rewarded for classifying, so compare it with a label-matched "
+              "baseline (`classifier`, `dual-encoder`), not only with label-free ones.")
     return md_table(header, rows) + "\n\n" + note
 
 
@@ -131,9 +156,11 @@ def best_section(record: StudyRecord) -> str:
     if best is None:
         return "No finished trial has the objective metric."
     m = best.metrics[record.objective]
-    return (f"Best trial: **#{best.number} {_label(best, record)}** with {record.objective} = "
-            f"{fmt_ci(m.mean, m.ci95)} (chance {fmt(m.chance)}). Run `{best.run_id}`; query its index with "
-            f"`bench search --run {best.run_id} IMAGE...`.")
+    split = best.choice_split(record.objective)
+    chosen = f"{fmt(best.choice_value(record.objective))} on the {split}" if split != "test" else "the test value"
+    return (f"Chosen trial (best {record.objective} on the {split}): **#{best.number} {_label(best, record)}**, "
+            f"validation {chosen}; its test {record.objective} = {fmt_ci(m.mean, m.ci95)} (chance {fmt(m.chance)}). "
+            f"Run `{best.run_id}`; query its index with `bench search --run {best.run_id} IMAGE...`.")
 
 
 def importance_section(record: StudyRecord) -> str | None:
@@ -179,27 +206,36 @@ def json_safe(v: Any) -> Any:
 def table1_section(record: StudyRecord) -> str | None:
     if record.name != "table1":
         return None
-    cols = ["IA@1", "IA@5", "MAP@10", "R@100"]
-    header = ["DB size", "method"] + [c for m in cols for c in (f"{m} ours", f"{m} paper")]
+    # (our metric, the paper's column beside it): the paper's "MAP@10" is Precision@10 (bench.paper)
+    cols = [("IA@1", "IA@1"), ("IA@5", "IA@5"), ("P@10", 'paper "MAP@10" (= P@10)'), ("MAP@10", None),
+            ("R@100", "R@100")]
+    header = ["DB size", "method", "learns from"]
+    for ours, theirs in cols:
+        header += [f"{ours} ours"] + ([f"{theirs} paper" if theirs == ours else theirs] if theirs else [])
     rows = []
+
     def size_of(t):
         return int(float(t.params.get("dataset.n_total", 0)))
     for t in sorted(record.trials, key=lambda t: (size_of(t), t.method)):
         mode, ids = t.params.get("mode"), t.params.get("id_scheme")
         paper = paper_row(t.retriever, mode, ids, size_of(t)) or {}
-        row = [str(size_of(t)), t.method]
-        for m in cols:
-            mr = t.metrics.get(m)
-            row += [fmt_ci(mr.mean, mr.ci95) if mr else "n/a", fmt(paper.get(m), 3) if paper.get(m) is not None else "—"]
+        row = [str(size_of(t)), t.method, t.supervision]
+        for ours, theirs in cols:
+            mr = t.metrics.get(ours)
+            row.append(fmt_ci(mr.mean, mr.ci95) if mr else "n/a")
+            if theirs:
+                row.append(fmt(paper.get(ours), 3) if paper.get(ours) is not None else "—")
         rows.append(row)
     chance_rows = {}
     for t in record.trials:
         chance_rows.setdefault(size_of(t), t)
     for size, t in sorted(chance_rows.items()):
-        row = [str(size), "*chance*"]
-        for m in cols:
-            mr = t.metrics.get(m)
-            row += [fmt(mr.chance) if mr and mr.chance is not None else "n/a", ""]
+        row = [str(size), "*chance*", ""]
+        for ours, theirs in cols:
+            mr = t.metrics.get(ours)
+            row.append(fmt(mr.chance) if mr and mr.chance is not None else "n/a")
+            if theirs:
+                row.append("")
         rows.append(row)
     return md_table(header, rows) + "\n\n" + METHOD_NOTE
 
@@ -276,16 +312,17 @@ def latency_section(record: StudyRecord, out: Path, rel: str) -> str | None:
 
 # ---- figures from artifacts ---------------------------------------------------------------
 def _best_per_method(record: StudyRecord) -> list[TrialRecord]:
+    """The trial of each method that model choice picks (best validation objective)."""
     sign = 1 if record.direction == "maximize" else -1
     best: dict[str, TrialRecord] = {}
     for t in record.trials:
-        v = t.value(record.objective)
+        v = t.choice_value(record.objective)
         if v is None:
             continue
         key = t.method if len({x.method for x in record.trials}) > 1 else _label(t, record)
-        if key not in best or sign * v > sign * best[key].value(record.objective):
+        if key not in best or sign * v > sign * best[key].choice_value(record.objective):
             best[key] = t
-    return sorted(best.values(), key=lambda t: -sign * t.value(record.objective))[:MAX_CURVES]
+    return sorted(best.values(), key=lambda t: -sign * t.choice_value(record.objective))[:MAX_CURVES]
 
 
 def curves_section(record: StudyRecord, out: Path, rel: str) -> str | None:
@@ -303,29 +340,58 @@ def curves_section(record: StudyRecord, out: Path, rel: str) -> str | None:
             f"curve and hide each other.\n\n![training curves]({rel}/{fig.name})")
 
 
-def _test_ranking(t: TrialRecord, record: StudyRecord, out: Path, cache: dict) -> tuple[np.ndarray, Any, Any] | None:
-    """A trial's test ranking (first seed) with the split it was made on and its relevance;
-    None (with a warning) when its artifacts cannot be read. `cache`, shared by the sections
-    of one report, keeps each trial's download and each split's loaded images."""
+@dataclass(frozen=True)
+class SeedRanking:
+    """One seed of a trial: its test ranking, the split's image sets and the relevance."""
+
+    seed_index: int  # repeat index (0 = the study's seed)
+    ids: np.ndarray  # int64 [test queries, k]
+    sets: Any  # SplitSets of this seed's split
+    relevance: Any  # Relevance of test queries against the corpus
+    test_key: bytes  # the test positions, so two trials pair only on the same queries
+
+
+def _seed_rankings(t: TrialRecord, record: StudyRecord, out: Path, cache: dict) -> list[SeedRanking] | None:
+    """Every seed's test ranking of a trial, with its split; None (with a warning) when its
+    artifacts cannot be read. `cache`, shared by the sections of one report, keeps each
+    trial's download and each split's loaded images."""
     from bench.runs import open_trial_run
     from bench.trial import dataset as load_trial_dataset
-    from vitdsi.data import Relevance
+    from bench.trial import repeat_data
+    from vitdsi.data import Relevance, Split
 
     if t.run_id in cache:
         return cache[t.run_id]
     try:
         run = open_trial_run(t.run_id, record.tracking_uri, folder=out / ".artifacts" / t.run_id)
+        arrays = run.rankings()
     except Exception as e:  # an artifact store that cannot be read: say so, keep the rest
         log.warning("no rankings for trial %s: %s", t.number, e)
         cache[t.run_id] = None
         return None
-    key = (repr(run.config.dataset), run.split.to_json())
-    if key not in cache:
-        sets = run.split.apply(load_trial_dataset(run.config.dataset))
-        cache[key] = (sets, Relevance.between(sets.test, sets.corpus))
-    sets, relevance = cache[key]
-    cache[t.run_id] = (run.rankings()["test_ids_0"], sets, relevance)
-    return cache[t.run_id]
+    seeds = []
+    for i in range(len(arrays.get("seeds", [0]))):
+        if f"test_{i}" in arrays:
+            split = Split(*(arrays[f"{part}_{i}"] for part in ("idb", "train", "val", "test")), params=run.split.params)
+        elif i == 0:  # a run logged before per-seed splits were stored
+            split = run.split
+        else:
+            break
+        data = repeat_data(run.config.dataset, i)
+        key = (repr(data), split.to_json())
+        if key not in cache:
+            sets = split.apply(load_trial_dataset(data))
+            cache[key] = (sets, Relevance.between(sets.test, sets.corpus))
+        sets, relevance = cache[key]
+        seeds.append(SeedRanking(i, arrays[f"test_ids_{i}"], sets, relevance, split.test.tobytes()))
+    cache[t.run_id] = seeds
+    return seeds
+
+
+def _test_ranking(t: TrialRecord, record: StudyRecord, out: Path, cache: dict) -> tuple[np.ndarray, Any, Any] | None:
+    """The first seed's test ranking of a trial, its split's image sets and its relevance."""
+    seeds = _seed_rankings(t, record, out, cache)
+    return (seeds[0].ids, seeds[0].sets, seeds[0].relevance) if seeds else None
 
 
 def _sort_value(v: str) -> tuple:
@@ -336,16 +402,44 @@ def _sort_value(v: str) -> tuple:
         return (1, 0.0, v)
 
 
+LABEL_MATCHED = ("classifier", "dual-encoder")  # baselines trained on exactly the DSI's signal
+
+
+@dataclass(frozen=True)
+class SeededDifference:
+    """trial − reference over the (seed, query) pairs both answered on the same test queries."""
+
+    pooled: Any  # PairedDifference over all pairs (paired t CI, Wilcoxon p)
+    seed_mean: float  # mean of the per-seed mean differences
+    seed_ci95: float  # its CI across seeds (NaN for one seed)
+    n_seeds: int
+
+
+def _seeded_difference(a: list[SeedRanking], b: list[SeedRanking], metric: str) -> SeededDifference | None:
+    from vitdsi.metrics import mean_ci, paired_difference, per_query
+
+    pairs = [(x, y) for x in a for y in b if x.seed_index == y.seed_index and x.test_key == y.test_key]
+    if not pairs:
+        return None
+    va = [per_query(x.ids, x.relevance, [metric])[metric] for x, _ in pairs]
+    vb = [per_query(y.ids, y.relevance, [metric])[metric] for _, y in pairs]
+    pooled = paired_difference(np.concatenate(va), np.concatenate(vb))
+    per_seed = [np.nanmean(x - y) for x, y in zip(va, vb)]
+    mean, ci, n = mean_ci(np.array(per_seed))
+    return SeededDifference(pooled, mean, ci, n)
+
+
 def paired_section(record: StudyRecord, out: Path, cache: dict) -> str | None:
-    """Per split, every trial against the best one on the same test queries (paired)."""
-    from vitdsi.metrics import paired_difference, per_query
+    """Per split, every trial against the chosen (best on validation) trial and against the
+    chosen trial of each label-matched baseline, query by query over all seeds, Holm-corrected."""
+    from vitdsi.metrics import holm
 
     metric, sign = record.objective, (1 if record.direction == "maximize" else -1)
     if record.resolved.get("latency") or metric.startswith("IA"):
         return None  # latency trials are not trained to be accurate; IA is not a per-query metric
     groups: dict[tuple, list[TrialRecord]] = defaultdict(list)
     for t in record.trials:
-        if t.value(metric) is not None:
+        if t.choice_value(metric) is not None:
             groups[tuple(sorted((k, str(v)) for k, v in t.sampled.items() if k.startswith("dataset.")))].append(t)
     groups = {k: v for k, v in groups.items() if len(v) > 1}
     if not groups:
@@ -354,33 +448,54 @@ def paired_section(record: StudyRecord, out: Path, cache: dict) -> str | None:
     def _short(t: TrialRecord) -> str:  # its label without the split, which has its own column
         return " ".join(w for w in _label(t, record).split() if not w.startswith("dataset.")) or f"trial {t.number}"
 
-    rows = []
+    comparisons = []  # (split, reference, reference is the chosen trial, trial, difference)
     for key, trials in sorted(groups.items(), key=lambda kv: [_sort_value(v) for _, v in kv[0]]):
-        trials = sorted(trials, key=lambda t: -sign * t.value(metric))
-        values = {}
-        for t in trials:
-            loaded = _test_ranking(t, record, out, cache)
-            if loaded is not None:
-                ids, _, relevance = loaded
-                values[t.number] = per_query(ids, relevance, [metric])[metric]
-        best = trials[0]
-        if best.number not in values:
-            continue
-        split = " ".join(f"{k[len('dataset.'):]}={v}" for k, v in key)
-        for t in trials[1:]:
-            if t.number not in values:
+        trials = sorted(trials, key=lambda t: -sign * t.choice_value(metric))
+        references = [trials[0]] + [
+            next(t for t in trials if t.retriever == name)
+            for name in LABEL_MATCHED if any(t.retriever == name for t in trials)
+        ]
+        seen = set()
+        for ref in {r.number: r for r in references}.values():
+            ref_seeds = _seed_rankings(ref, record, out, cache)
+            if not ref_seeds:
                 continue
-            d = paired_difference(values[t.number], values[best.number])
-            rows.append([split or "—", f"#{best.number} {_short(best)}", f"#{t.number} {_short(t)}",
-                         f"{d.mean:+.4f} ± {d.ci95:.4f}", f"{d.p_value:.2g}", str(d.n)])
-    if not rows:
+            for t in trials:
+                pair = frozenset((t.number, ref.number))
+                if t is ref or pair in seen:
+                    continue
+                seen.add(pair)
+                t_seeds = _seed_rankings(t, record, out, cache)
+                d = _seeded_difference(t_seeds, ref_seeds, metric) if t_seeds else None
+                if d is not None:
+                    split = " ".join(f"{k[len('dataset.'):]}={v}" for k, v in key)
+                    comparisons.append((split, ref, ref is trials[0], t, d))
+    if not comparisons:
         return None
-    return (f"Each trial against the best trial on the same split, query by query: mean difference in {metric} "
-            "(trial − best) ± the half-width of its paired 95% Student-t interval, and the two-sided Wilcoxon "
-            "signed-rank p-value. An interval that excludes 0, with p < 0.05, marks a gap larger than the noise of "
-            "the test-query sample (one seed: it says nothing of training noise; no correction for the number of "
-            "comparisons). With several seeds, the first seed's ranking is compared.\n\n"
-            + md_table(["split", "best", "trial", f"Δ {metric}", "Wilcoxon p", "queries"], rows))
+    adjusted = holm([d.pooled.p_value for *_, d in comparisons])
+    n_seeds = max(d.n_seeds for *_, d in comparisons)
+    rows = []
+    for (split, ref, chosen, t, d), p_holm in zip(comparisons, adjusted):
+        row = [split or "—", f"#{ref.number} {_short(ref)}" + (" (chosen)" if chosen else ""),
+               f"#{t.number} {_short(t)}", f"{d.pooled.mean:+.4f} ± {d.pooled.ci95:.4f}"]
+        if n_seeds > 1:
+            row.append(f"{d.seed_mean:+.4f} ± {fmt(d.seed_ci95)} ({d.n_seeds})")
+        row += [f"{d.pooled.p_value:.2g}", f"{p_holm:.2g}", str(d.pooled.n)]
+        rows.append(row)
+    header = ["split", "reference", "trial", f"Δ {metric} (seeds × queries)"]
+    if n_seeds > 1:
+        header.append(f"Δ {metric} across seeds (n)")
+    header += ["Wilcoxon p", "Holm p", "pairs"]
+    return (f"Each trial against the chosen trial on the same split (best {metric} on the validation queries) and "
+            "against the chosen trial of each label-matched baseline (`classifier`, `dual-encoder`) present: the mean "
+            f"difference in test {metric} (trial − reference) over every (seed, test query) pair ± the half-width of its "
+            "paired 95% Student-t interval"
+            + (", the mean of the per-seed differences ± its CI across seeds (training and split noise)" if n_seeds > 1 else "")
+            + ", the two-sided Wilcoxon signed-rank p-value over the pairs, and that p-value Holm-corrected over all "
+            f"{len(rows)} comparisons of this report (family-wise error 5%: call a gap real only when the Holm p is "
+            "below 0.05)."
+            + (" With one seed the interval covers the query sample only, not training noise." if n_seeds == 1 else "")
+            + "\n\n" + md_table(header, rows))
 
 
 def precision_and_grid_section(record: StudyRecord, out: Path, rel: str, cache: dict) -> str | None:

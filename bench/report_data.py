@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from bench.tracking import PARENT_TAG, metric_name, resolve_tracking_uri
+from bench.tracking import PARENT_TAG, VAL_PREFIX, metric_name, resolve_tracking_uri
 from vitdsi.errors import VitDSIError
 from vitdsi.metrics import parse_metric
 
@@ -25,6 +25,7 @@ class MetricRecord:
     ci95: float | None  # half-width of the 95% CI (None when not logged, e.g. one query)
     chance: float | None  # chance level of the same split
     n: int | None  # queries averaged
+    ci95_queries: float | None = None  # CI over the pooled queries of all seeds (= ci95 for one seed)
 
 
 @dataclass
@@ -35,13 +36,32 @@ class TrialRecord:
     retriever: str
     params: dict[str, str]  # every logged parameter (strings, as MLflow stores them)
     sampled: dict[str, Any]  # the values Optuna chose
-    metrics: dict[str, MetricRecord]  # by canonical metric name, e.g. "MAP@10"
+    metrics: dict[str, MetricRecord]  # test queries (IA@K: indexed images), by canonical name, e.g. "MAP@10"
     extra: dict[str, float]  # other final metrics (timings, latencies, sizes)
     tags: dict[str, str]
+    val_metrics: dict[str, MetricRecord] = field(default_factory=dict)  # validation queries (model choice)
 
     def value(self, metric: str) -> float | None:
+        """The test value of `metric` (what a report prints)."""
         m = self.metrics.get(metric)
         return None if m is None else m.mean
+
+    def choice_value(self, metric: str) -> float | None:
+        """What model choice reads: the validation value (IA@K and runs logged before validation
+        metrics existed fall back to the logged value, see `choice_split`)."""
+        m = self.val_metrics.get(metric) or self.metrics.get(metric)
+        return None if m is None else m.mean
+
+    def choice_split(self, metric: str) -> str:
+        """Which queries `choice_value` came from: 'validation', 'indexed images' or 'test'."""
+        if metric in self.val_metrics:
+            return "validation"
+        return "indexed images" if metric.startswith("IA@") else "test"
+
+    @property
+    def supervision(self) -> str:
+        """What the retriever learned from ('label-free', 'corpus labels + query pairs', ...)."""
+        return self.tags.get("supervision", "not recorded")
 
 
 @dataclass
@@ -74,11 +94,12 @@ class StudyRecord:
         return [m for m in order if m in seen] + sorted(seen - set(order))
 
     def best(self) -> TrialRecord | None:
-        scored = [t for t in self.trials if t.value(self.objective) is not None]
+        """The trial model choice picks: best objective on the validation queries."""
+        scored = [t for t in self.trials if t.choice_value(self.objective) is not None]
         if not scored:
             return None
         sign = 1 if self.direction == "maximize" else -1
-        return max(scored, key=lambda t: sign * t.value(self.objective))
+        return max(scored, key=lambda t: sign * t.choice_value(self.objective))
 
 
 def _is_metric_base(key: str) -> bool:
@@ -89,20 +110,27 @@ def _is_metric_base(key: str) -> bool:
         return False
 
 
-def _trial_metrics(raw: dict[str, float]) -> tuple[dict[str, MetricRecord], dict[str, float]]:
-    metrics, extra = {}, {}
-    suffixes = ("_ci95", "_chance", "_n", "_per_seed")
+def _trial_metrics(raw: dict[str, float]) -> tuple[dict[str, MetricRecord], dict[str, MetricRecord], dict[str, float]]:
+    """Test metrics, validation metrics and the other final values of a trial run."""
+    metrics, val, extra = {}, {}, {}
+    suffixes = ("_ci95", "_qci95", "_chance", "_n", "_per_seed")
     for key, value in raw.items():
         if key.startswith("train/") or key.endswith(suffixes):
             continue
-        if _is_metric_base(key):
-            metrics[metric_name(key)] = MetricRecord(
+        is_val = key.startswith(VAL_PREFIX) and _is_metric_base(key[len(VAL_PREFIX):])
+        if is_val or _is_metric_base(key):
+            record = MetricRecord(
                 value, raw.get(f"{key}_ci95"), raw.get(f"{key}_chance"),
                 int(raw[f"{key}_n"]) if f"{key}_n" in raw else None,
+                raw.get(f"{key}_qci95", raw.get(f"{key}_ci95")),
             )
+            if is_val:
+                val[metric_name(key[len(VAL_PREFIX):])] = record
+            else:
+                metrics[metric_name(key)] = record
         else:
             extra[key] = value
-    return metrics, extra
+    return metrics, val, extra
 
 
 def load_study_record(study: str, tracking_uri: str | None = None, scale: str | None = None) -> StudyRecord:
@@ -138,11 +166,11 @@ def load_study_record(study: str, tracking_uri: str | None = None, scale: str | 
         number = int(tags.get("optuna.trial_number", -1))
         if number in by_number:  # an older attempt of the same trial
             continue
-        metrics, extra = _trial_metrics(run.data.metrics)
+        metrics, val, extra = _trial_metrics(run.data.metrics)
         by_number[number] = TrialRecord(
             run_id=run.info.run_id, number=number, method=tags.get("method", ""), retriever=tags.get("retriever", ""),
             params=dict(run.data.params), sampled=json.loads(tags.get("optuna.sampled", "{}")),
-            metrics=metrics, extra=extra, tags=dict(tags),
+            metrics=metrics, extra=extra, tags=dict(tags), val_metrics=val,
         )
     record.trials = [by_number[n] for n in sorted(by_number)]
     return record

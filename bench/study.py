@@ -456,9 +456,10 @@ class _Objective:
                 result = run_trial(cfg, device=self.options.device, on_epoch=curves)
             finally:
                 curves.flush()
-            value = result.value(self.study.metric)
+            value = result.objective(self.study.metric)  # validation queries: model choice never reads test
             if not np.isfinite(value):
-                raise ValueError(f"objective {self.study.metric} is {value} (no test query has a relevant image?)")
+                raise ValueError(f"objective {self.study.metric} is {value} on the validation queries "
+                                 "(no validation query has a relevant image?)")
             self.tracker.finish_trial(run_id, result, log_index=self.study.log_index)
         except KeyboardInterrupt:
             trial.set_user_attr("error", "interrupted (Ctrl-C / SIGTERM)")
@@ -472,10 +473,11 @@ class _Objective:
             console.print(f"[red]trial {trial.number} failed[/]: {escape(f'{type(e).__name__}: {e}')}")
             raise
         trial.set_user_attr("metrics", {k: v.to_dict() for k, v in result.summary.items()})
+        trial.set_user_attr("val_metrics", {k: v.to_dict() for k, v in result.val_summary.items()})
         trial.set_user_attr("seconds", time.perf_counter() - t0)
         s = result.summary[self.study.metric]
-        console.print(f"trial {trial.number} {label} {self.study.metric} {s.mean:.4f} ± {_fmt(s.ci95)} "
-                      f"(chance {s.chance:.4f}) in {time.perf_counter() - t0:.1f} s")
+        console.print(f"trial {trial.number} {label} {self.study.metric} validation {value:.4f} (objective), "
+                      f"test {s.mean:.4f} ± {_fmt(s.ci95)} (chance {s.chance:.4f}) in {time.perf_counter() - t0:.1f} s")
         return value
 
 

@@ -35,6 +35,7 @@ from bench.config import Study, TrialConfig
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
+VAL_PREFIX = "val_"  # validation-query metrics: "val_MAP_at_10" (test metrics carry no prefix)
 _MAX_BATCH = 100  # params / metrics per log_batch call (MLflow limits a batch)
 
 
@@ -234,18 +235,25 @@ class Tracker:
     def finish_trial(self, run_id: str, result, *, log_index: bool) -> None:
         """Final metrics, timings, split, rankings and (optionally) the index; status FINISHED."""
         metrics: dict[str, float] = {}
-        for name, s in result.summary.items():
-            key = metric_key(name)
-            metrics[key] = s.mean
-            metrics[f"{key}_ci95"] = s.ci95
-            metrics[f"{key}_chance"] = s.chance
-            metrics[f"{key}_n"] = float(s.n_queries)
+        for prefix, summary in (("", result.summary), (VAL_PREFIX, result.val_summary)):
+            for name, s in summary.items():
+                key = prefix + metric_key(name)
+                metrics[key] = s.mean
+                metrics[f"{key}_ci95"] = s.ci95
+                metrics[f"{key}_qci95"] = s.ci95_queries
+                metrics[f"{key}_chance"] = s.chance
+                metrics[f"{key}_n"] = float(s.n_queries)
         metrics.update({k: float(v) for k, v in result.timings.items()})
         self._log_metrics(run_id, metrics)
         if len(result.repeats) > 1:  # each seed's value as a step of `<metric>_per_seed`
             for i, rep in enumerate(result.repeats):
-                self._log_metrics(run_id, {f"{metric_key(n)}_per_seed": v.mean for n, v in rep.metrics.items()}, step=i)
+                per_seed = {f"{metric_key(n)}_per_seed": v.mean for n, v in rep.metrics.items()}
+                per_seed.update({f"{VAL_PREFIX}{metric_key(n)}_per_seed": v.mean for n, v in rep.val_metrics.items()})
+                self._log_metrics(run_id, per_seed, step=i)
         self.client.set_tag(run_id, "device", result.device)
+        supervision = result.retriever.supervision_used()
+        self.client.set_tag(run_id, "supervision", supervision.describe())
+        self.client.set_tag(run_id, "supervision.uses_labels", str(supervision.uses_labels).lower())
         self.client.set_tag(run_id, "split.fingerprint", result.split.fingerprint())
         self._log_text(run_id, result.split.to_json(), "split.json")
         with tempfile.TemporaryDirectory() as tmp:
@@ -350,16 +358,21 @@ def trial_params(cfg: TrialConfig) -> dict[str, Any]:
 
 
 def rankings_arrays(result) -> dict[str, np.ndarray]:
-    """What rankings.npz holds: the split positions, and per seed r the test ranking
-    (`test_ids_r`, `test_scores_r`: rows follow split.test) and the indexing ranking
-    (`ia_ids_r`, `ia_scores_r`: rows follow split.idb); ids are positions in the IDB."""
+    """What rankings.npz holds: the first seed's split positions (`idb`, `test`), and per
+    seed r its split (`idb_r`, `train_r`, `val_r`, `test_r`: positions in the source; the
+    split seed moves with the repeat), the test and validation rankings (`test_ids_r`,
+    `test_scores_r`, `val_ids_r`: rows follow test_r / val_r) and the indexing ranking
+    (`ia_ids_r`, `ia_scores_r`: rows follow idb_r); ids are positions in that seed's IDB."""
     arrays: dict[str, np.ndarray] = {
         "idb": result.split.idb, "test": result.split.test,
         "seeds": np.array([r.seed for r in result.repeats], dtype=np.int64),
     }
     for i, rep in enumerate(result.repeats):
+        for part in ("idb", "train", "val", "test"):
+            arrays[f"{part}_{i}"] = getattr(rep.split, part)
         arrays[f"test_ids_{i}"] = rep.test.ids.numpy()
         arrays[f"test_scores_{i}"] = rep.test.scores.numpy()
+        arrays[f"val_ids_{i}"] = rep.val.ids.numpy()
         if rep.indexing is not None:
             arrays[f"ia_ids_{i}"] = rep.indexing.ids.numpy()
             arrays[f"ia_scores_{i}"] = rep.indexing.scores.numpy()

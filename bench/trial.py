@@ -1,10 +1,14 @@
 """One trial: dataset + split, build the retriever, index, query, score (paper sections 2-3).
 
-The data flow of DESIGN.md: config -> dataset + split -> retriever.index -> retriever.search
+The data flow of the harness (docs/design.md): config -> dataset + split -> retriever.index -> retriever.search
 -> rankings -> metrics. Test queries are ranked against the indexed database (IDB) and
-scored with `vitdsi.metrics.evaluate` on `Relevance.between(test, corpus)`; indexing accuracy
-(IA@K) queries the IDB with its own images. A trial runs `repeats` seeds; its headline
-numbers are the mean over seeds with a 95% CI across seeds (across queries for one seed).
+scored on `Relevance.between(test, corpus)`; validation queries are ranked and scored the
+same way, and model choice (the Optuna objective, the best trial) reads only them, while
+reports print the test numbers. Indexing accuracy (IA@K) queries the IDB with its own
+images. Only the IDB and the train queries reach `retriever.index`. A trial runs `repeats`
+seeds, and the split seed moves with the training seed; its headline numbers are the mean
+over seeds with a 95% CI across seeds (across queries for one seed), beside the CI over the
+pooled queries of all seeds.
 Prepared datasets and splits are cached per process, so the trials of a study share them.
 """
 
@@ -13,7 +17,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -21,7 +25,13 @@ import torch
 
 from bench.config import DataConfig, TrialConfig
 from vitdsi.data import ImageSet, Relevance, Split, SplitSets, load_dataset, make_split
-from vitdsi.metrics import MetricValue, evaluate, indexing_accuracy, mean_ci, parse_metric
+from vitdsi.metrics import (
+    MetricValue,
+    evaluate_with_values,
+    indexing_accuracy,
+    mean_ci,
+    parse_metric,
+)
 from vitdsi.retrievers.base import Ranking, Retriever, create
 
 _DATASETS: OrderedDict[str, ImageSet] = OrderedDict()  # load kwargs -> dataset, last few used
@@ -62,23 +72,30 @@ def prepare(data: DataConfig) -> tuple[Split, SplitSets]:
 
 @dataclass(frozen=True)
 class Summary:
-    """A metric of a trial: mean over seeds (or queries, for one seed) with its 95% CI."""
+    """A metric of a trial on one query split: mean over seeds (or queries, for one seed) with its
+    95% CI, and the CI over the pooled (seed, query) values."""
 
     mean: float
-    ci95: float
+    ci95: float  # across seeds when n_seeds > 1, else across queries
     chance: float  # the metric under a uniformly random ranking, same queries
     n_queries: int  # queries averaged per seed
     n_seeds: int
+    ci95_queries: float = float("nan")  # across the queries of all seeds pooled (the query-sample noise)
 
     def to_dict(self) -> dict[str, float]:
-        return {"mean": self.mean, "ci95": self.ci95, "chance": self.chance, "n_queries": self.n_queries, "n_seeds": self.n_seeds}
+        return {"mean": self.mean, "ci95": self.ci95, "chance": self.chance, "n_queries": self.n_queries,
+                "n_seeds": self.n_seeds, "ci95_queries": self.ci95_queries}
 
 
 @dataclass
 class RepeatResult:
-    seed: int
+    seed: int  # training seed
+    split: Split  # the split of this seed (its split seed is the study's + the repeat index)
     metrics: dict[str, MetricValue]  # per metric, over the test queries (IA: over the IDB)
+    val_metrics: dict[str, MetricValue]  # ranked metrics over the validation queries (model choice)
+    per_query: dict[str, dict[str, np.ndarray]]  # "test" / "val" -> metric -> [Q] values
     test: Ranking  # test queries x max cutoff, -1 padded
+    val: Ranking  # validation queries x max cutoff, -1 padded
     indexing: Ranking | None  # IDB images queried with themselves (None without IA metrics)
     history: list[dict[str, Any]]  # per-epoch training log, when the retriever keeps one
     index_seconds: float  # wall time of retriever.index
@@ -88,32 +105,46 @@ class RepeatResult:
 @dataclass
 class TrialResult:
     config: TrialConfig
-    split: Split
+    split: Split  # the first seed's split
     repeats: list[RepeatResult]
-    summary: dict[str, Summary]
+    summary: dict[str, Summary]  # test queries (IA@K: the indexed images): the reported numbers
+    val_summary: dict[str, Summary]  # validation queries: what model choice reads
     retriever: Retriever  # the first seed's trained index (saved as an artifact)
     device: str
     timings: dict[str, float] = field(default_factory=dict)
 
     def value(self, metric: str) -> float:
+        """The test value of `metric` (what reports print)."""
         return self.summary[metric].mean
+
+    def objective(self, metric: str) -> float:
+        """The value model choice reads: the validation queries' mean (IA@K, which queries the
+        indexed images themselves, has no validation split and reads the indexed images)."""
+        return (self.val_summary if metric in self.val_summary else self.summary)[metric].mean
 
 
 EpochHook = Callable[[int, dict[str, Any]], None]  # (repeat index, epoch log dict)
 
 
+def repeat_data(data: DataConfig, repeat: int) -> DataConfig:
+    """The dataset config of repeat `repeat`: the split seed moves with the training seed, so
+    seeds measure split noise as well as training noise."""
+    return data if repeat == 0 else replace(data, seed=data.seed + repeat)
+
+
 def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHook | None = None) -> TrialResult:
-    """Run every seed of one trial and summarise it."""
-    split, sets = prepare(cfg.dataset)
+    """Run every seed of one trial and summarise it. Only the indexed images and the train
+    queries reach the retriever's `index`; validation and test queries are only searched."""
     ranked = [m for m in cfg.metrics if not parse_metric(m).is_indexing]
     ia_ks = sorted({parse_metric(m).k for m in cfg.metrics if parse_metric(m).is_indexing})
-    corpus = sets.corpus
     k_test = max((parse_metric(m).k or 1 for m in ranked), default=1)
     if any(parse_metric(m).k is None for m in ranked):
         k_test = max(k_test, 100)  # MRR without a cutoff looks at the returned list: return 100
     repeats, kept, latency = [], None, {}
     for r in range(cfg.repeats):
         seed = cfg.seed + r
+        split, sets = prepare(repeat_data(cfg.dataset, r))
+        corpus = sets.corpus
         retriever = create(cfg.retriever, **cfg.params, seed=seed, device=device)
         if cfg.query:
             retriever.set_query_arguments(**cfg.query)
@@ -130,13 +161,20 @@ def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHoo
         t0 = time.perf_counter()
         test = _search_padded(retriever, sets.test.images, k_test)
         query_ms = 1000 * (time.perf_counter() - t0) / max(len(sets.test), 1)
-        metrics = dict(evaluate(test.ids, Relevance.between(sets.test, corpus), ranked)) if ranked else {}
+        val = _search_padded(retriever, sets.val.images, k_test)
+        values = {"test": {}, "val": {}}
+        metrics, val_metrics = {}, {}
+        if ranked:
+            metrics, values["test"] = evaluate_with_values(test.ids, Relevance.between(sets.test, corpus), ranked)
+            if len(sets.val):
+                val_metrics, values["val"] = evaluate_with_values(val.ids, Relevance.between(sets.val, corpus), ranked)
         indexing = None
         if ia_ks:
             indexing = _search_padded(retriever, corpus.images, max(ia_ks))
             metrics.update(indexing_accuracy(indexing.ids, len(corpus), ks=ia_ks))
         metrics = {m: metrics[m] for m in cfg.metrics}
-        repeats.append(RepeatResult(seed, metrics, test, indexing, history, index_seconds, query_ms))
+        repeats.append(RepeatResult(seed, split, metrics, val_metrics, values, test, val, indexing, history,
+                                    index_seconds, query_ms))
         if kept is None:
             kept = retriever
             if cfg.latency is not None:
@@ -144,8 +182,9 @@ def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHoo
         else:
             del retriever
     return TrialResult(
-        config=cfg, split=split, repeats=repeats, summary=summarise(repeats, cfg.metrics), retriever=kept,
-        device=str(kept.device),
+        config=cfg, split=repeats[0].split, repeats=repeats, summary=summarise(repeats, cfg.metrics, "test"),
+        val_summary=summarise(repeats, [m for m in ranked if repeats[0].val_metrics], "val"),
+        retriever=kept, device=str(kept.device),
         timings={"index_seconds": float(np.mean([x.index_seconds for x in repeats])),
                  "query_ms": float(np.mean([x.query_ms for x in repeats])), **latency},
     )
@@ -169,16 +208,20 @@ def measure_latency(retriever: Retriever, queries: torch.Tensor, opts: dict[str,
     }
 
 
-def summarise(repeats: list[RepeatResult], metrics) -> dict[str, Summary]:
+def summarise(repeats: list[RepeatResult], metrics, which: str = "test") -> dict[str, Summary]:
+    """Per metric: mean over seeds ± CI across seeds (across queries for one seed), and the CI
+    over all seeds' queries pooled. `which` is "test" or "val"."""
     out = {}
     for m in metrics:
-        values = [r.metrics[m] for r in repeats]
+        values = [(r.metrics if which == "test" else r.val_metrics)[m] for r in repeats]
+        pooled = [r.per_query[which][m] for r in repeats if m in r.per_query[which]]
+        q_ci = mean_ci(np.concatenate(pooled))[1] if pooled else values[0].ci95
         if len(values) == 1:
             v = values[0]
-            out[m] = Summary(v.mean, v.ci95, v.chance, v.n, 1)
+            out[m] = Summary(v.mean, v.ci95, v.chance, v.n, 1, q_ci)
         else:
             mean, ci, _ = mean_ci(np.array([v.mean for v in values]))
-            out[m] = Summary(mean, ci, float(np.nanmean([v.chance for v in values])), values[0].n, len(values))
+            out[m] = Summary(mean, ci, float(np.nanmean([v.chance for v in values])), values[0].n, len(values), q_ci)
     return out
 
 

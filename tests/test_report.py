@@ -45,7 +45,7 @@ def test_report_tables_images_and_numbers(study_store):
     text = md_path.read_text()
     for heading in ("## Set-up", "## Results", "## Parameter importances", "## Precision@K and example queries"):
         assert heading in text
-    assert "Best trial: **#" in text
+    assert "Chosen trial (best MAP@10 on the validation): **#" in text
 
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert len(links) >= 2
@@ -74,9 +74,16 @@ def test_report_tables_images_and_numbers(study_store):
             "tags.`vitdsi.kind` = 'trial'",
         )
     }
+    # model choice reads the validation queries: the chosen trial has the best stored val_MAP_at_10,
+    # whatever the test numbers say, and the validation column shows exactly that value
+    val_col = header.index("MAP@10 validation (model choice)")
+    chosen = max(runs, key=lambda n: (runs[n].data.metrics["val_MAP_at_10"], -int(n)))
+    assert f"Chosen trial (best MAP@10 on the validation): **#{chosen} " in text
+    assert header[2] == "learns from" and all(row[2] == "label-free" for row in rows)
     checked = 0
     for row in rows:
         stored = runs[row[0]].data.metrics
+        assert float(row[val_col].partition(" ± ")[0]) == pytest.approx(stored["val_MAP_at_10"], abs=5e-5)
         for col, cell in zip(header, row):
             name = col.split(" (chance")[0]
             if name not in ("P@10", "MAP@10", "R@100", "nDCG@10", "MRR", "FPR@10", "IA@1", "IA@5"):
@@ -91,18 +98,24 @@ def test_report_tables_images_and_numbers(study_store):
             checked += 1
     assert checked == 4 * 8
 
-    # paired comparisons: one split, each of the 3 other trials against the best; the mean
-    # per-query difference equals the difference of the stored means (same queries)
-    maps = {row[0]: float(row[header.index(next(h for h in header if h.startswith("MAP@10")))].partition(" ± ")[0])
+    # paired comparisons: one split, each of the 3 other trials against the chosen one; the mean
+    # per-query difference equals the difference of the stored test means (same queries)
+    maps = {row[0]: float(row[header.index(next(h for h in header if h.split(" (chance")[0] == "MAP@10"))].partition(" ± ")[0])
             for row in rows}
     paired = text.split("## Paired comparisons", 1)[1].split("## ", 1)[0]
     prows = [[c.strip() for c in line.strip("|").split("|")] for line in paired.splitlines()
              if line.startswith("| ") and not line.startswith("| split")]
     assert len(prows) == 3
-    for _split, best, trial, delta, p_value, n in prows:
+    from vitdsi.metrics import holm
+
+    for _split, best, trial, delta, p_value, p_holm, n in prows:
         b, t = best.split()[0].lstrip("#"), trial.split()[0].lstrip("#")
+        assert b == chosen and "(chosen)" in best
         assert float(delta.partition(" ± ")[0]) == pytest.approx(maps[t] - maps[b], abs=2e-4)
-        assert 0.0 <= float(p_value) <= 1.0 and int(n) > 0
+        assert 0.0 <= float(p_value) <= float(p_holm) <= 1.0 and int(n) > 0
+    # the Holm column is the correction of the raw column over the report's comparisons
+    raw = [float(r[4]) for r in prows]
+    assert [float(r[5]) for r in prows] == pytest.approx(holm(raw).tolist(), rel=0.05)
     # batch size does not change a pixel ranking: that pair differs by exactly nothing
     assert any(r[3] == "+0.0000 ± 0.0000" and float(r[4]) == 1.0 for r in prows)
 

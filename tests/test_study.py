@@ -25,8 +25,8 @@ from bench.config import resolve
 from bench.runs import open_trial_run
 from bench.study import RunOptions, run
 from bench.tracking import default_storage, metric_key, metric_name, redact, resolve_tracking_uri
-from vitdsi.data import Relevance
-from vitdsi.metrics import evaluate, indexing_accuracy, mean_ci, parse_metric
+from vitdsi.data import Relevance, Split
+from vitdsi.metrics import evaluate, indexing_accuracy, mean_ci, parse_metric, per_query
 
 SLEEPY = Path(__file__).resolve().parent / "plugins" / "sleepy.py"
 
@@ -85,7 +85,11 @@ def test_two_trial_study_logs_metrics_equal_to_recomputed_ones(store, digits32):
             assert r.data.metrics[f"{key}_chance"] == pytest.approx(v.chance, abs=1e-12), name
             if np.isfinite(v.ci95):
                 assert r.data.metrics[f"{key}_ci95"] == pytest.approx(v.ci95, abs=1e-12), name
-        assert t.value == pytest.approx(r.data.metrics["MAP_at_10"])
+        # the Optuna objective is the validation metric, recomputed here from the stored validation
+        # ranking; it is not the test metric
+        val = evaluate(arrays["val_ids_0"], Relevance.between(sets.val, sets.corpus), ["MAP@10"])["MAP@10"]
+        assert t.value == pytest.approx(val.mean, abs=1e-12) == pytest.approx(r.data.metrics["val_MAP_at_10"], abs=1e-12)
+        assert np.array_equal(arrays["val_0"], stored.split.val) and len(sets.val) > 0
         # the stored index answers like the trial did
         index = stored.load_index(device="cpu")
         assert np.array_equal(index.search(sets.test.images, 10).ids.numpy(), arrays["test_ids_0"][:, :10])
@@ -103,15 +107,24 @@ def test_repeats_report_mean_and_ci_over_seeds(store, digits32):
     stored = open_trial_run(r.info.run_id, store.tracking, folder=store.dir / r.info.run_id)
     arrays = stored.rankings()
     assert list(arrays["seeds"]) == [5, 6, 7]
-    sets = stored.split.apply(digits32)
-    relevance = Relevance.between(sets.test, sets.corpus)
-    per_seed = [evaluate(arrays[f"test_ids_{i}"], relevance, ["P@10", "MAP@10"]) for i in range(3)]
+    # the split seed moves with the training seed: each repeat has its own test queries
+    assert not np.array_equal(arrays["test_0"], arrays["test_1"]) and np.array_equal(arrays["test_0"], stored.split.test)
+    per_seed, pooled = [], {"P@10": [], "MAP@10": []}
+    for i in range(3):
+        split = Split(*(arrays[f"{part}_{i}"] for part in ("idb", "train", "val", "test")), params=stored.split.params)
+        sets = split.apply(digits32)
+        relevance = Relevance.between(sets.test, sets.corpus)
+        per_seed.append(evaluate(arrays[f"test_ids_{i}"], relevance, ["P@10", "MAP@10"]))
+        for name, values in per_query(arrays[f"test_ids_{i}"], relevance, ["P@10", "MAP@10"]).items():
+            pooled[name].append(values)
     for name in ("P@10", "MAP@10"):
         means = np.array([p[name].mean for p in per_seed])
         assert len(set(means)) > 1  # the seeds really differ
         mean, ci, _ = mean_ci(means)
         assert r.data.metrics[metric_key(name)] == pytest.approx(mean, abs=1e-12)
         assert r.data.metrics[f"{metric_key(name)}_ci95"] == pytest.approx(ci, abs=1e-12)
+        # beside the CI across seeds, the CI over every seed's queries pooled
+        assert r.data.metrics[f"{metric_key(name)}_qci95"] == pytest.approx(mean_ci(np.concatenate(pooled[name]))[1], abs=1e-12)
         history = client.get_metric_history(r.info.run_id, f"{metric_key(name)}_per_seed")
         assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(list(means))
         assert trial.user_attrs["metrics"][name]["n_seeds"] == 3

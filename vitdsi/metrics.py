@@ -247,6 +247,26 @@ def paired_difference(a, b, confidence: float = 0.95) -> PairedDifference:
     return PairedDifference(mean, half, p, n)
 
 
+def holm(p_values) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (Holm 1979), controlling the family-wise error rate over
+    all the comparisons given: sort ascending, multiply the i-th smallest (0-based) by (m - i),
+    carry the running maximum so the adjusted values keep the order, cap at 1. NaN stays NaN
+    and does not count as a comparison."""
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    m = int(ok.sum())
+    if m == 0:
+        return out
+    order = np.argsort(p[ok], kind="stable")
+    scaled = p[ok][order] * (m - np.arange(m))
+    adjusted = np.minimum(1.0, np.maximum.accumulate(scaled))
+    valid = np.empty(m)
+    valid[order] = adjusted
+    out[ok] = valid
+    return out
+
+
 def per_query(ids, relevance: Relevance, names: Iterable[str] = DEFAULT_METRICS) -> dict[str, np.ndarray]:
     """float64 [Q] per metric; NaN where a metric is undefined for a query (see module doc)."""
     ids = as_numpy(ids).astype(np.int64, copy=False)
@@ -294,6 +314,13 @@ def chance_levels(relevance: Relevance, names: Iterable[str], k_returned: int) -
 
 def evaluate(ids, relevance: Relevance, names: Iterable[str] = DEFAULT_METRICS) -> dict[str, MetricValue]:
     """Mean, 95% CI and chance level of each named metric over all queries."""
+    return evaluate_with_values(ids, relevance, names)[0]
+
+
+def evaluate_with_values(
+    ids, relevance: Relevance, names: Iterable[str] = DEFAULT_METRICS
+) -> tuple[dict[str, MetricValue], dict[str, np.ndarray]]:
+    """`evaluate`, and the per-query values behind each mean (for paired tests and pooling seeds)."""
     names = list(names)
     values = per_query(ids, relevance, names)
     chance = chance_levels(relevance, names, as_numpy(ids).shape[1])
@@ -301,7 +328,7 @@ def evaluate(ids, relevance: Relevance, names: Iterable[str] = DEFAULT_METRICS) 
     for name, v in values.items():
         mean, ci, n = mean_ci(v)
         out[name] = MetricValue(mean, ci, chance[name], n)
-    return out
+    return out, values
 
 
 def indexing_accuracy(

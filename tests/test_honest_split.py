@@ -1,0 +1,76 @@
+"""Model choice on validation, numbers on test, and no query leaking into training.
+
+Every registered retriever is run through `bench.trial.run_trial` with two seeds (each with its
+own split) while `Retriever.index` is instrumented: only indexed images and train queries may
+reach it, never a validation or test query. The Holm correction is checked by hand.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.config import resolve
+from bench.trial import prepare, repeat_data, run_trial
+from vitdsi.metrics import holm
+from vitdsi.retrievers.base import Retriever, registered
+
+
+@pytest.mark.parametrize("name", sorted(registered()))
+def test_validation_and_test_queries_never_reach_index(name, monkeypatch):
+    seen: list[tuple[set, set]] = []
+    original = Retriever.index
+
+    def spy(self, corpus, *, train_queries=None):
+        seen.append((set(corpus.source_ids.tolist()),
+                     set() if train_queries is None else set(train_queries.source_ids.tolist())))
+        return original(self, corpus, train_queries=train_queries)
+
+    monkeypatch.setattr(Retriever, "index", spy)
+    study = resolve({"name": f"leak-{name}", "retriever": name, "scale": "smoke", "repeats": 2,
+                     "dataset": {"n_total": 120, "split_ratio": 0.5}, "metrics": ["MAP@10", "P@10"]})
+    cfg = study.trial_config({})
+    result = run_trial(cfg, device="cpu")
+    assert len(seen) == 2
+    test_sets = []
+    for r, (corpus_ids, train_ids) in enumerate(seen):
+        _, sets = prepare(repeat_data(cfg.dataset, r))
+        held_out = set(sets.val.source_ids.tolist()) | set(sets.test.source_ids.tolist())
+        assert held_out and not (corpus_ids | train_ids) & held_out, "a validation / test query reached index()"
+        assert corpus_ids == set(sets.corpus.source_ids.tolist()) and train_ids == set(sets.train.source_ids.tolist())
+        test_sets.append(set(sets.test.source_ids.tolist()))
+    assert test_sets[0] != test_sets[1]  # the split seed moves with the repeat
+    # the objective reads the validation queries; the reported numbers are the test ones
+    assert result.objective("MAP@10") == pytest.approx(np.mean([x.val_metrics["MAP@10"].mean for x in result.repeats]))
+    assert result.value("MAP@10") == pytest.approx(np.mean([x.metrics["MAP@10"].mean for x in result.repeats]))
+
+
+def test_holm_matches_a_hand_computation():
+    p = [0.01, 0.04, 0.03, 0.005, float("nan")]
+    # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> running max 0.06
+    expected = [0.03, 0.06, 0.06, 0.02, float("nan")]
+    assert holm(p) == pytest.approx(expected, nan_ok=True)
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([0.02]) == pytest.approx([0.02])  # one comparison: unchanged
+    assert np.isnan(holm([float("nan")])).all()
+
+
+def test_supervision_is_declared_and_narrowed_by_parameters():
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+    from vitdsi.retrievers import create
+
+    assert create("dsi-vit", id_scheme="random", mode="zero-shot").supervision_used().describe() == "label-free"
+    clustered = create("dsi-vit", id_scheme="clustered", mode="fine-tuned").supervision_used()
+    assert clustered.corpus_labels and clustered.query_pairs and clustered.uses_labels
+    semantic = create("dsi-vit", id_scheme="semantic", mode="multitask").supervision_used()
+    assert not semantic.corpus_labels and semantic.query_pairs
+    assert create("embedding", backbone="pixels").supervision_used().describe() == "label-free"
+    assert create("embedding", backbone="efficientnet-lite0").supervision_used().describe() == "pretrained"
+    assert create("bovw").supervision_used().describe() == "label-free"
+    for name, cls in registered().items():  # an instance never claims more than its class declares
+        used, most = create(name, **cls.smoke_params).supervision_used(), cls.supervision
+        assert all(getattr(most, f) or not getattr(used, f) for f in ("corpus_labels", "query_pairs", "pretrained")), name
+    out = CliRunner().invoke(app, ["list", "retrievers"], env={"COLUMNS": "200"}).output
+    assert "learns from" in out and "label-free" in out and "corpus labels + query pairs" in out
