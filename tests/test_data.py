@@ -188,7 +188,7 @@ def test_split_errors(digits32):
     with pytest.raises(VitDSIError, match="query_fractions"):
         make_split(digits32, n_total=100, query_fractions=(0.5, 0.5, 0.5))
     split = make_split(digits32, n_total=100)
-    with pytest.raises(VitDSIError, match="made for a source of 1797"):
+    with pytest.raises(VitDSIError, match="made for a source of 1797|source ids"):
         split.apply(digits32.subset(np.arange(10)))
 
 
@@ -217,3 +217,22 @@ def test_16bit_grey_image_is_scaled_not_clipped(tmp_path, suffix):
     assert abs(int(out[0, 2, 2]) - 128) <= 1  # mid grey stays mid grey (was 255)
     assert (out[:, 8:, 8:].float() / 255 - torch.from_numpy(ramp[8:, 8:] / 65535.0).float()).abs().max() < 0.01
     assert int(out[0, 15, 15]) == 255
+
+
+def test_split_without_queries_or_test_set_is_a_named_error(digits32):
+    """split_ratio 1.0 and n_total 3 used to raise ZeroDivisionError, an empty test set nan metrics."""
+    from vitdsi.data.split import split_sizes
+
+    with pytest.raises(VitDSIError, match="no query images.*split_ratio=1.0"):
+        make_split(digits32, n_total=100, split_ratio=1.0)
+    with pytest.raises(VitDSIError, match="empty test set.*n_total=3"):
+        make_split(digits32, n_total=3)
+    with pytest.raises(VitDSIError, match="empty val set.*at least 6 queries"):
+        make_split(digits32, n_total=6, split_ratio=0.2, query_fractions=(0.5, 0.1, 0.4))
+    assert split_sizes(12, 0.25) == {"idb": 3, "train": 7, "val": 1, "test": 1}
+    # a part with fraction 0 may be empty (latency studies: all queries are test queries)
+    assert split_sizes(12, 0.25, (0.0, 0.0, 1.0)) == {"idb": 3, "train": 0, "val": 0, "test": 9}
+    with pytest.raises(VitDSIError, match="empty test set.*give the test queries a share"):
+        split_sizes(12, 0.25, (0.9, 0.1, 0.0))
+    sizes = make_split(digits32, n_total=12, split_ratio=0.25).sizes()
+    assert sizes == split_sizes(12, 0.25)

@@ -16,6 +16,8 @@ def stratified_sample(labels: np.ndarray, n: int, seed: int, what: str = "images
         raise VitDSIError(f"asked for {n} {what} but only {total} are available; lower the number to at most {total}")
     if n < 0:
         raise VitDSIError(f"number of {what} must be non-negative, got {n}")
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
     rng = np.random.default_rng(seed)
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     exact = counts * (n / total)

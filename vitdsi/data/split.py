@@ -81,6 +81,41 @@ def _largest_remainder(total: int, fractions: tuple[float, ...]) -> list[int]:
     return counts.tolist()
 
 
+def split_sizes(n_total: int, split_ratio: float,
+                query_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict[str, int]:
+    """How many images `make_split` puts in each part ({"idb", "train", "val", "test"}), from the
+    numbers alone (no data needed, so a study can be checked before any work). A split without
+    queries, without test queries, or with an empty part whose fraction is above zero is a
+    VitDSIError naming the numbers: metrics over an empty test set are undefined (nan)."""
+    if not 0.0 < split_ratio <= 1.0:
+        raise VitDSIError(f"split_ratio must be in (0, 1], got {split_ratio}")
+    if len(query_fractions) != 3 or any(f < 0 for f in query_fractions) or abs(sum(query_fractions) - 1) > 1e-6:
+        raise VitDSIError(f"query_fractions must be three non-negative numbers summing to 1, got {query_fractions}")
+    if n_total < 2:
+        raise VitDSIError(f"n_total must be at least 2 (one indexed image and one query), got {n_total}")
+    n_idb = max(1, round(split_ratio * n_total))
+    n_queries = n_total - n_idb
+    if n_queries == 0:
+        raise VitDSIError(
+            f"the split has no query images: split_ratio={split_ratio} indexes all n_total={n_total} images; "
+            f"lower split_ratio (e.g. {min(0.9, (n_total - 1) / n_total):.2g}) or raise n_total"
+        )
+    counts = dict(zip(("train", "val", "test"), _largest_remainder(n_queries, tuple(query_fractions)), strict=True))
+    for part, fraction in zip(("test", "val", "train"), (query_fractions[2], query_fractions[1], query_fractions[0]),
+                              strict=True):
+        if counts[part] == 0 and (fraction > 0 or part == "test"):
+            need = next((q for q in range(n_queries + 1, 100_000)
+                         if _largest_remainder(q, tuple(query_fractions))[("train", "val", "test").index(part)]), None)
+            hint = (f"raise n_total so that there are at least {need} queries (now {n_queries} = n_total {n_total} "
+                    f"- {n_idb} indexed), or lower split_ratio" if need else
+                    "give the test queries a share in query_fractions (every reported number is on test)")
+            raise VitDSIError(
+                f"the split has an empty {part} set: n_total={n_total}, split_ratio={split_ratio} and "
+                f"query_fractions={list(query_fractions)} give {n_queries} queries and 0 {part} queries; {hint}"
+            )
+    return {"idb": n_idb, **counts}
+
+
 def make_split(
     source: ImageSet | np.ndarray,
     n_total: int | None = None,
@@ -92,12 +127,10 @@ def make_split(
     labels = source.primary_labels() if isinstance(source, ImageSet) else np.asarray(source)
     n_source = len(labels)
     n_total = n_source if n_total is None else int(n_total)
-    if not 0.0 < split_ratio <= 1.0:
-        raise VitDSIError(f"split_ratio must be in (0, 1], got {split_ratio}")
-    if len(query_fractions) != 3 or any(f < 0 for f in query_fractions) or abs(sum(query_fractions) - 1) > 1e-6:
-        raise VitDSIError(f"query_fractions must be three non-negative numbers summing to 1, got {query_fractions}")
+    if n_total > n_source:
+        raise VitDSIError(f"asked for {n_total} images (n_total) but the source has only {n_source}; use n_total <= {n_source}")
+    n_idb = split_sizes(n_total, split_ratio, tuple(query_fractions))["idb"]
     chosen = stratified_sample(labels, n_total, seed, what="images (n_total)")
-    n_idb = max(1, round(split_ratio * n_total))
     in_idb = stratified_sample(labels[chosen], n_idb, seed + 1, what="indexed images")
     mask = np.zeros(n_total, dtype=bool)
     mask[in_idb] = True
