@@ -111,6 +111,18 @@ def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip, x.flip(-1), x)
 
 
+def random_jitter(x: torch.Tensor, gen: torch.Generator, strength: float) -> torch.Tensor:
+    """Per-image brightness and contrast jitter of a float batch in [-1, 1]: pixels are scaled
+    about the image mean by a factor in [1 - strength, 1 + strength] and shifted by an offset in
+    [-strength, strength] (in units of half the input range), then clamped; vectorised."""
+    if strength <= 0:
+        return x
+    b = x.shape[0]
+    u = torch.rand(2, b, generator=gen).to(x.device, x.dtype)[:, :, None, None, None] * 2 - 1  # [2, B, 1, 1, 1]
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * (1 + strength * u[0]) + mean + strength * u[1]).clamp_(-1.0, 1.0)
+
+
 def lr_factor(step: int, total: int, warmup: int, min_frac: float) -> float:
     """Linear warm-up to 1, then cosine decay to `min_frac` at `total` steps."""
     if step < warmup:

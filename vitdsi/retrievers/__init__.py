@@ -4,7 +4,14 @@ Each module registers its class with `@register(name)`; modules keep heavy impor
 (cv2, faiss, model code) inside methods so this import stays light.
 """
 
-from vitdsi.retrievers import bovw, dsi, embedding, pixels_knn, random_baseline  # noqa: F401
+from vitdsi.retrievers import (  # noqa: F401
+    bovw,
+    classifier,
+    dsi,
+    embedding,
+    pixels_knn,
+    random_baseline,
+)
 from vitdsi.retrievers.base import Ranking, Retriever, create, get, register, registered
 
 __all__ = ["Ranking", "Retriever", "create", "get", "register", "registered"]

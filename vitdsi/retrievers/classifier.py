@@ -1,0 +1,242 @@
+"""`classifier`: the ViT-DSI's encoder with a class head, a label-matched baseline for the DSI.
+
+Under class-identity relevance a retriever that predicts the query's class scores AP = 1
+on every correctly classified query, so a DSI that learns from labels (clustered ids,
+train-query pairs) must be compared with a plain classifier that learns from the same
+labels with the same encoder (`vitdsi.models.vit_encoder.VitEncoder`, dsi-vit's fields):
+the "classification" reading of the ViT-DSI paper (Di Stefano) and of Tay et al. 2022.
+
+Indexing trains `VitClassifier` (encoder -> mean-pooled embedding -> linear head) on the
+corpus images with their labels and, with `use_queries` (default), on the train queries
+given to `index()` with theirs; without train queries it trains on the corpus labels
+alone. Single-label data: softmax cross-entropy (optional label smoothing); multi-label
+data (a multi-hot [N, C] matrix, as COCO): per-category sigmoid with binary cross-entropy.
+The corpus's pooled embeddings (L2-normalised) are computed once and stored.
+
+Search ranks corpus images lexicographically: first by their *group* score, then by the
+cosine similarity of pooled embeddings (query vs corpus image), then by corpus position.
+Corpus images with the same label set form a group; a group's score for a query is the
+sum of the predicted probabilities of its categories (the query probability vector times
+the group's multi-hot row). For single-label data the groups are the classes and the
+score is the class probability, so all images of the most probable class come first, then
+those of the next class, and so on; for multi-label data an image's score is the summed
+probability of its categories, ties (images with the same categories) broken by cosine.
+Unlabelled corpus images form the empty group (score 0, last). The returned float32
+score is `cos - 4 * group_rank` (group_rank 0 = best group; |cos| <= 1 keeps the groups
+apart): the order itself is taken from a float64 key, and rounding to float32 is
+monotone, so scores never increase down a row (equal cosines may round to ties).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from vitdsi.data.imageset import ImageSet
+from vitdsi.errors import VitDSIError
+from vitdsi.log import get_logger
+from vitdsi.retrievers.base import Ranking, Supervision, register
+from vitdsi.retrievers.vit_baseline import SEARCH_BATCH, VitBaseline, gather_rows
+
+log = get_logger(__name__)
+
+GROUP_GAP = 4.0  # score distance between consecutive groups; > 2, the range of a cosine
+
+
+@register("classifier")
+class Classifier(VitBaseline):
+    """ViT encoder + class head; ranks corpus images by predicted class, then by cosine."""
+
+    supervision: ClassVar[Supervision] = Supervision(corpus_labels=True, query_pairs=True)
+    query_defaults: ClassVar[dict[str, Any]] = {}
+    smoke_params: ClassVar[dict[str, Any]] = {
+        "patch_size": 8, "dim": 32, "ff_dim": 64, "depth": 1, "heads": 2, "dropout": 0.0, "epochs": 3,
+        "lr": 2e-3, "batch_size": 32,
+    }
+
+    def __init__(
+        self,
+        *,
+        patch_size: int = 16,
+        dim: int = 128,
+        ff_dim: int = 256,
+        depth: int = 6,
+        heads: int = 4,
+        dropout: float = 0.1,
+        pos_encoding: str = "sinusoidal",
+        epochs: int = 30,
+        lr: float = 5e-4,
+        batch_size: int = 32,
+        weight_decay: float = 0.01,
+        augment: bool = False,
+        label_smoothing: float = 0.0,
+        use_queries: bool = True,
+        seed: int = 0,
+        device: str | None = None,
+    ) -> None:
+        super().__init__(
+            patch_size=patch_size, dim=dim, ff_dim=ff_dim, depth=depth, heads=heads, dropout=dropout,
+            pos_encoding=pos_encoding, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+            augment=augment, use_queries=use_queries, seed=seed, device=device,
+        )
+        self.label_smoothing = float(label_smoothing)  # cross-entropy label smoothing (single-label data)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise VitDSIError(f"classifier: label_smoothing must be in [0, 1), got {label_smoothing}")
+        self._multilabel = False
+        self._corpus_emb: torch.Tensor | None = None  # float32 [N, D] L2-normalised pooled embeddings
+        self._groups: torch.Tensor | None = None  # float32 [G, C] multi-hot label set of each group
+        self._group_of: torch.Tensor | None = None  # int64 [N] group of each corpus image
+
+    def supervision_used(self) -> Supervision:
+        return Supervision(corpus_labels=True, query_pairs=self.use_queries)
+
+    # ---- labels -----------------------------------------------------------------------
+    @staticmethod
+    def _n_classes(*sets: ImageSet) -> int:
+        n = max(s.n_classes for s in sets)
+        for s in sets:
+            n = max(n, s.labels.shape[1] if s.multilabel else int(s.labels.max()) + 1 if len(s) else 0)
+        return n
+
+    @staticmethod
+    def _multi_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+        """bool [N, C] label sets; a class label of -1 (unlabelled) is the empty set."""
+        if labels.ndim == 2:
+            return labels.bool()
+        out = torch.zeros(len(labels), n_classes, dtype=torch.bool)
+        known = labels >= 0
+        out[known.nonzero()[:, 0], labels[known]] = True
+        return out
+
+    # ---- indexing ---------------------------------------------------------------------
+    def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
+        from vitdsi.models.vit_heads import VitClassifier
+
+        enc_cfg = self._encoder_config(corpus.image_size)
+        queries = train_queries if self.use_queries and train_queries is not None and len(train_queries) else None
+        if queries is not None and queries.multilabel != corpus.multilabel:
+            raise VitDSIError("classifier: the corpus and the train queries must both be single-label or both multi-label")
+        self._multilabel = corpus.multilabel
+        sets = [corpus] if queries is None else [corpus, queries]
+        n_classes = self._n_classes(*sets)
+        corpus_hot = self._multi_hot(corpus.labels.cpu(), n_classes)
+        if n_classes < 1 or not corpus_hot.any():
+            raise VitDSIError(
+                "classifier: the corpus has no labels (every label is -1 / every category row is empty); the "
+                "classifier learns from and ranks by labels: use a labelled dataset or a label-free retriever"
+            )
+        if queries is None:
+            log.info("classifier: no train queries%s; training on the corpus labels only",
+                     "" if self.use_queries else " (use_queries=False)")
+
+        # training examples: corpus then train queries, gathered by index from the uint8 images
+        parts = [s.images.to(self.device) for s in sets]
+        if self._multilabel:
+            targets = torch.cat([self._multi_hot(s.labels.cpu(), n_classes) for s in sets]).float()
+            train_idx = torch.arange(len(targets))  # empty rows are negatives for every category
+        else:
+            targets = torch.cat([s.labels.cpu() for s in sets])
+            train_idx = (targets >= 0).nonzero()[:, 0]
+        targets = targets.to(self.device)
+        gen = torch.Generator().manual_seed(self.seed)
+        self._model = VitClassifier(enc_cfg, n_classes).to(self.device)
+        model = self._model
+
+        def batches() -> list[torch.Tensor]:
+            return list(train_idx[torch.randperm(len(train_idx), generator=gen)].split(self.batch_size))
+
+        def step(idx: torch.Tensor):
+            idx = idx.to(self.device)
+            logits = model(self._train_input(gather_rows(parts, idx), gen))[0].float()  # [B, C]
+            y = targets[idx]
+            if self._multilabel:
+                loss = F.binary_cross_entropy_with_logits(logits, y)
+                right = y.gather(1, logits.argmax(1, keepdim=True)).sum()  # top category is one of the image's
+            else:
+                loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+                right = (logits.argmax(1) == y).sum()
+            return loss, len(idx), right
+
+        steps = -(-len(train_idx) // self.batch_size)
+        self._train("classify", batches, step, steps)
+
+        # the index: normalised pooled embeddings and the label groups of the corpus
+        self._corpus_emb = self.predict(corpus.images)[1].to(self.device)
+        groups, group_of = torch.unique(corpus_hot.to(torch.uint8), dim=0, return_inverse=True)
+        self._groups, self._group_of = groups.float().to(self.device), group_of.long().to(self.device)
+
+    # ---- search -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images [n, 3, H, W] -> class probabilities [n, C] (softmax, or per-category
+        sigmoid for multi-label data) and L2-normalised pooled embeddings [n, D], float32 on CPU."""
+        from vitdsi.train import _autocast
+
+        probs, embs = [], []
+        for x in self._batched(images):
+            with _autocast(self.device):
+                logits, pooled = self._model(x)
+            logits = logits.float()
+            probs.append((logits.sigmoid() if self._multilabel else logits.softmax(-1)).cpu())
+            embs.append(F.normalize(pooled.float(), dim=-1).cpu())
+        return torch.cat(probs), torch.cat(embs)
+
+    def _search(self, images: torch.Tensor, k: int) -> Ranking:
+        probs, emb = self.predict(images)
+        ids, scores = [], []
+        n_groups = len(self._groups)
+        for s in range(0, len(probs), SEARCH_BATCH):
+            p, q = probs[s : s + SEARCH_BATCH].to(self.device), emb[s : s + SEARCH_BATCH].to(self.device)
+            group_score = p @ self._groups.T  # [B, G]: summed probability of each group's label set
+            group_score = torch.where(self._groups.any(1), group_score, -1.0)  # unlabelled images last
+            order = torch.sort(group_score, dim=1, descending=True, stable=True).indices  # ties: lower group first
+            rank = torch.empty_like(order).scatter_(1, order, torch.arange(n_groups, device=order.device).expand_as(order))
+            cos = q @ self._corpus_emb.T  # [B, N]
+            key = cos.double() - GROUP_GAP * rank[:, self._group_of].double()  # lexicographic: group, then cosine
+            pos, val = topk_lowest_position(key, k)
+            ids.append(pos)
+            scores.append(val.float())
+        return Ranking(torch.cat(ids).long().cpu(), torch.cat(scores).cpu())
+
+    # ---- persistence ------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "encoder": self._model.cfg.to_dict(),
+            "n_classes": self._model.n_classes,
+            "multilabel": self._multilabel,
+            "model": {k: v.detach().cpu() for k, v in self._model.state_dict().items()},
+            "corpus_embeddings": self._corpus_emb.cpu(),
+            "groups": self._groups.cpu(),
+            "group_of": self._group_of.cpu(),
+            "history": self.history,
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        from vitdsi.models.vit_encoder import VitEncoderConfig
+        from vitdsi.models.vit_heads import VitClassifier
+
+        self._model = VitClassifier(VitEncoderConfig(**state["encoder"]), state["n_classes"]).to(self.device)
+        self._model.load_state_dict(state["model"])
+        self._model.eval()
+        self._multilabel = bool(state["multilabel"])
+        self._corpus_emb = state["corpus_embeddings"].to(self.device)
+        self._groups = state["groups"].to(self.device)
+        self._group_of = state["group_of"].to(self.device)
+        self.history = list(state.get("history", []))
+
+
+def topk_lowest_position(key: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k columns of a [n, N] key of any float dtype (float64 here, which float32
+    `Ranking.from_scores` would round), in descending order; ties, also at the k-th place,
+    go to the lower corpus position, so the result is deterministic."""
+    kth = torch.topk(key, k, dim=1, sorted=True).values[:, -1:]  # [n, 1]
+    above = key > kth
+    need = k - above.sum(1, keepdim=True)  # how many of the ties at the k-th value to keep
+    tied = key == kth
+    chosen = above | (tied & (tied.cumsum(1) <= need))  # exactly k per row, lowest positions among ties
+    ids = chosen.nonzero()[:, 1].view(-1, k)  # ascending position within each row
+    vals = key.gather(1, ids)
+    order = torch.sort(vals, dim=1, descending=True, stable=True).indices  # stable: ties stay in position order
+    return ids.gather(1, order), vals.gather(1, order)

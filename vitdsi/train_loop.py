@@ -1,0 +1,101 @@
+"""One training phase of epochs, shared by the label-matched baselines (`classifier`,
+`dual-encoder`); the ViT-DSI keeps its own trainer (`vitdsi.train.DSITrainer`, with its
+indexing-accuracy stopping rule), and both use the same pieces from `vitdsi.train`:
+AdamW without decay on norms and biases (`make_optimizer`), linear warm-up then cosine
+decay (`lr_factor`), gradient clipping, bf16/fp16 autocast on CUDA only (`_autocast`).
+
+The caller supplies what differs: `batches()` returns one epoch of batches (drawn from
+the caller's seeded generator) and `step(batch)` returns the batch's mean loss, its number
+of examples and how many of them the model got right. Each epoch's log is a plain dict
+(phase, epoch, step, lr, loss, train_accuracy, seconds, images_per_s) handed to
+`callback`, which may return True to stop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vitdsi.log import get_logger, progress
+from vitdsi.train import _autocast, lr_factor, make_optimizer
+
+log = get_logger(__name__)
+
+# batch -> (mean loss (scalar tensor), examples in the batch, examples right (tensor or number))
+StepFn = Callable[[Any], tuple[torch.Tensor, int, Any]]
+
+
+@dataclass
+class LoopConfig:
+    epochs: int = 30  # passes over the training examples
+    lr: float = 5e-4  # peak AdamW learning rate
+    weight_decay: float = 0.01  # AdamW decoupled weight decay on matrices (not on norms/biases)
+    warmup_frac: float = 0.03  # fraction of the steps spent warming the lr up linearly
+    min_lr_frac: float = 0.05  # cosine decays the lr to this fraction of the peak
+    grad_clip: float = 1.0  # max global gradient norm
+
+
+def train_epochs(
+    model: torch.nn.Module,
+    cfg: LoopConfig,
+    phase: str,  # name in the logs, e.g. 'classify' or 'contrastive'
+    batches: Callable[[], list[Any]],  # one epoch of batches, in order
+    step: StepFn,
+    *,
+    steps_per_epoch: int,  # len(batches()), known ahead for the lr schedule
+    device: torch.device,
+    callback: Callable[[dict[str, Any]], bool | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train `model` for `cfg.epochs` epochs; returns the per-epoch logs."""
+    history: list[dict[str, Any]] = []
+    if cfg.epochs < 1:
+        return history
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = max(1, int(cfg.warmup_frac * total))
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, cfg.min_lr_frac))
+    scaler = (
+        torch.amp.GradScaler("cuda") if device.type == "cuda" and not torch.cuda.is_bf16_supported() else None
+    )
+    model.train()
+    n_step = 0
+    with progress() as bar:
+        task = bar.add_task(phase, total=cfg.epochs)
+        for epoch in range(1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            sums = torch.zeros(3, dtype=torch.float64)  # loss * n, n, right
+            for batch in batches():
+                with _autocast(device):
+                    loss, n, right = step(batch)
+                opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    opt.step()
+                sched.step()
+                n_step += 1
+                sums += torch.tensor([loss.item() * n, n, float(right)], dtype=torch.float64)
+            seconds = time.perf_counter() - t0
+            n = max(1.0, sums[1].item())
+            entry = {
+                "phase": phase, "epoch": epoch, "step": n_step, "lr": sched.get_last_lr()[0],
+                "loss": sums[0].item() / n, "train_accuracy": sums[2].item() / n,
+                "seconds": seconds, "images_per_s": sums[1].item() / seconds,
+            }
+            history.append(entry)
+            bar.update(task, advance=1, description=f"{phase} loss {entry['loss']:.3f}")
+            if callback is not None and callback(entry):
+                log.info("%s: stopped by callback after epoch %d", phase, epoch)
+                break
+    model.eval()
+    return history
