@@ -94,14 +94,18 @@ def training_curves(histories: Mapping[str, Mapping[str, Sequence[tuple[int, flo
     return _save(fig, path, layout=False)
 
 
-def retrieval_grid(queries: np.ndarray, results: np.ndarray, relevant: np.ndarray, path: Path, title: str) -> Path:
+def retrieval_grid(queries: np.ndarray, results: np.ndarray, relevant: np.ndarray, path: Path, title: str,
+                   query_labels: list[str] | None = None, result_labels: list[list[str]] | None = None) -> Path:
     """queries uint8 [Q, 3, H, W]; results uint8 [Q, k, 3, H, W] (zeros where missing);
-    relevant bool [Q, k]. Relevant results get a green frame, others red."""
+    relevant bool [Q, k]; optional class names of the queries [Q] and results [Q][k], printed
+    under each image. Relevant results get a green frame, others red."""
     n_q, k = results.shape[:2]
     fig, axes = plt.subplots(n_q, k + 1, figsize=(1.3 * (k + 1), 1.4 * n_q), squeeze=False)
     for q in range(n_q):
         axes[q][0].imshow(queries[q].transpose(1, 2, 0))
         axes[q][0].set_title("query" if q == 0 else "", fontsize=8)
+        if query_labels is not None:
+            axes[q][0].set_xlabel(query_labels[q], fontsize=6)
         for j in range(k):
             ax = axes[q][j + 1]
             ax.imshow(results[q, j].transpose(1, 2, 0))
@@ -111,6 +115,8 @@ def retrieval_grid(queries: np.ndarray, results: np.ndarray, relevant: np.ndarra
                 side.set_linewidth(3)
             if q == 0:
                 ax.set_title(f"#{j + 1}", fontsize=8)
+            if result_labels is not None:
+                ax.set_xlabel(result_labels[q][j], fontsize=6)
         for ax in axes[q]:
             ax.set_xticks([])
             ax.set_yticks([])

@@ -12,6 +12,7 @@ Plain markdown with relative image links, so it renders anywhere without network
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import shutil
 from collections import defaultdict
@@ -110,7 +111,7 @@ def results_section(record: StudyRecord) -> str:
     header = ["#", "trial", "learns from", "indexed", "test queries"]
     if has_val:
         header.append(f"{objective} validation (model choice)")
-    header += [f"{m} (chance {fmt(shared_chance[m])})" if shared_chance[m] is not None else m for m in names]
+    header += [_metric_header(m, shared_chance[m]) for m in names]
     if seeds > 1:
         header.append(f"{objective} ± CI over queries")
     header += ["index s", "ms / query"]
@@ -148,7 +149,43 @@ def results_section(record: StudyRecord) -> str:
             + "*Learns from* says what reached training besides the corpus pixels: with class-identity relevance a "
               "method that learns from labels is rewarded for classifying, so compare it with a label-matched "
               "baseline (`classifier`, `dual-encoder`), not only with label-free ones.")
-    return md_table(header, rows) + "\n\n" + note
+    warnings = []
+    few = sorted({t.metrics[m].n for t in record.trials for m in names
+                  if not m.startswith("IA@") and m in t.metrics and t.metrics[m].n is not None and t.metrics[m].n < 30})
+    if few:
+        warnings.append(f"**Warning:** some splits have only {', '.join(map(str, few))} test queries (fewer than 30): "
+                        "their intervals are wide and a Student-t CI is only approximate at that size.")
+    useless = [m for m in names if shared_chance[m] is not None and _no_information(m, shared_chance[m])]
+    if useless:
+        warnings.append(f"{', '.join(useless)}: chance is {fmt(1.0)}, so every ranking scores it (e.g. R@100 with at "
+                        "most 100 indexed images): the column carries no information.")
+    modes = {t.params.get("mode") for t in record.trials}
+    if "fine-tuned" in modes and any(m.startswith("IA@") for m in names):
+        warnings.append("IA@K of fine-tuned DSIs: fine-tuning trains each train query to the id of a random relevant "
+                        "(same-class) image, with no indexing examples left in the batches, so the model stops mapping "
+                        "an indexed image to its own id and IA@1 falls towards the share of its class (catastrophic "
+                        "forgetting of the index). The multitask mode keeps indexing examples in every batch to avoid it.")
+    return "\n\n".join([md_table(header, rows), note, *warnings])
+
+
+def _no_information(metric: str, chance: float) -> bool:
+    """True when a random ranking already scores the metric's best value (chance 1 for a
+    higher-is-better metric, 0 for FPR)."""
+    from vitdsi.metrics import parse_metric
+
+    best = 1.0 if parse_metric(metric).family.higher_is_better else 0.0
+    return abs(chance - best) < 1e-9
+
+
+def _metric_header(metric: str, chance: float | None) -> str:
+    from vitdsi.metrics import parse_metric
+
+    parts = [] if chance is None else [f"chance {fmt(chance)}"]
+    if not parse_metric(metric).family.higher_is_better:
+        parts.append("lower is better")
+    if chance is not None and _no_information(metric, chance):
+        parts.append("no information")
+    return f"{metric} ({'; '.join(parts)})" if parts else metric
 
 
 def best_section(record: StudyRecord) -> str:
@@ -161,6 +198,22 @@ def best_section(record: StudyRecord) -> str:
     return (f"Chosen trial (best {record.objective} on the {split}): **#{best.number} {_label(best, record)}**, "
             f"validation {chosen}; its test {record.objective} = {fmt_ci(m.mean, m.ci95)} (chance {fmt(m.chance)}). "
             f"Run `{best.run_id}`; query its index with `bench search --run {best.run_id} IMAGE...`.")
+
+
+def failed_section(record: StudyRecord) -> str | None:
+    """Trial runs that failed or were interrupted, and whether their point was completed later."""
+    if not record.failed:
+        return None
+    done = {json.dumps(t.sampled, sort_keys=True, default=str): t.number for t in record.trials}
+    rows = []
+    for f in record.failed:
+        later = done.get(json.dumps(f.sampled, sort_keys=True, default=str))
+        label = ", ".join(f"{k}={v}" for k, v in f.sampled.items()) or f"trial {f.number}"
+        rows.append([str(f.number), label, f.status, f.error[:200] or "—",
+                     f"yes, by #{later}" if later is not None else "**no**"])
+    return ("Trial runs that did not finish (FAILED: an error; KILLED: Ctrl-C or SIGTERM). `bench run` retries a "
+            "failed grid point before any new one.\n\n"
+            + md_table(["#", "trial", "status", "error", "point completed later"], rows))
 
 
 def importance_section(record: StudyRecord) -> str | None:
@@ -498,6 +551,21 @@ def paired_section(record: StudyRecord, out: Path, cache: dict) -> str | None:
             + "\n\n" + md_table(header, rows))
 
 
+def _class_names(images, positions: np.ndarray) -> list[str]:
+    """Class name of each image position ('' for -1); several categories joined by '+'."""
+    names = images.class_names
+    out = []
+    for p in np.asarray(positions).tolist():
+        if p < 0:
+            out.append("")
+        elif images.labels.ndim == 1:
+            label = int(images.labels[p])
+            out.append(names[label] if 0 <= label < len(names) else str(label))
+        else:
+            out.append("+".join(names[c] for c in images.labels[p].nonzero().flatten().tolist()[:3]))
+    return out
+
+
 def precision_and_grid_section(record: StudyRecord, out: Path, rel: str, cache: dict) -> str | None:
     from vitdsi.metrics import chance_levels, per_query
 
@@ -524,8 +592,11 @@ def precision_and_grid_section(record: StudyRecord, out: Path, rel: str, cache: 
             imgs = sets.corpus.images.numpy()
             results = np.where((top >= 0)[..., None, None, None], imgs[np.maximum(top, 0)], 0).astype(np.uint8)
             fig = plots.retrieval_grid(sets.test.images[:n_q].numpy(), results, relevance.gather(ids)[:n_q, :k],
-                                       out / "query_grid.png", f"best trial #{t.number} {label}: test queries -> top {k}")
-            parts.append(f"Query → top-{k} for the best trial (#{t.number}, {label}); green frames are relevant results:\n\n"
+                                       out / "query_grid.png", f"chosen trial #{t.number} {label}: test queries -> top {k}",
+                                       query_labels=_class_names(sets.test, np.arange(n_q)),
+                                       result_labels=[_class_names(sets.corpus, row) for row in top])
+            parts.append(f"Query → top-{k} for the chosen trial (#{t.number}, {label}), class names under each image; "
+                         "green frames are relevant results:\n\n"
                          f"![query grid]({rel}/{fig.name})")
             grid_done = True
     if curves:
@@ -553,6 +624,9 @@ def write_report(study: str, *, tracking_uri: str | None = None, scale: str | No
         sections += ["## Latency against database size", latency]
     if any(t.metrics for t in record.trials):
         sections += ["## Results", results_section(record), best_section(record)]
+    failed = failed_section(record)
+    if failed:
+        sections += ["## Failed trials", failed]
     table1 = table1_section(record)
     if table1:
         sections += ["## Table 1 beside the paper", table1]

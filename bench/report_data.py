@@ -64,6 +64,17 @@ class TrialRecord:
         return self.tags.get("supervision", "not recorded")
 
 
+@dataclass(frozen=True)
+class FailedRecord:
+    """A trial run that did not finish: what it was, how it ended and why."""
+
+    run_id: str
+    number: int  # Optuna trial number
+    status: str  # FAILED (an error) or KILLED (Ctrl-C / SIGTERM)
+    sampled: dict[str, Any]  # the values Optuna chose
+    error: str  # last line of the error
+
+
 @dataclass
 class StudyRecord:
     name: str
@@ -74,6 +85,7 @@ class StudyRecord:
     tags: dict[str, str]
     resolved: dict[str, Any]  # study_resolved.yaml
     trials: list[TrialRecord] = field(default_factory=list)
+    failed: list[FailedRecord] = field(default_factory=list)  # trial runs that FAILED or were KILLED
 
     @property
     def objective(self) -> str:
@@ -173,6 +185,18 @@ def load_study_record(study: str, tracking_uri: str | None = None, scale: str | 
             metrics=metrics, extra=extra, tags=dict(tags), val_metrics=val,
         )
     record.trials = [by_number[n] for n in sorted(by_number)]
+    stopped = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.`{PARENT_TAG}` = '{parent.info.run_id}' AND attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=5000,
+    )
+    record.failed = sorted(
+        (FailedRecord(run.info.run_id, int(run.data.tags.get("optuna.trial_number", -1)), run.info.status,
+                      json.loads(run.data.tags.get("optuna.sampled", "{}")), run.data.tags.get("error", ""))
+         for run in stopped if run.info.status in ("FAILED", "KILLED")
+         and int(run.data.tags.get("optuna.trial_number", -1)) not in by_number),
+        key=lambda f: f.number,
+    )
     return record
 
 

@@ -94,9 +94,15 @@ def test_report_tables_images_and_numbers(study_store):
             if ci:
                 assert float(ci) == pytest.approx(stored[f"{key}_ci95"], abs=5e-5)
             if "(chance" in col:
-                assert float(col.split("(chance ")[1].rstrip(")")) == pytest.approx(stored[f"{key}_chance"], abs=5e-5)
+                chance = col.split("(chance ")[1].rstrip(")").split(";")[0]
+                assert float(chance) == pytest.approx(stored[f"{key}_chance"], abs=5e-5)
             checked += 1
     assert checked == 4 * 8
+    # 64 indexed images: R@100 has chance 1 and is marked as carrying no information; FPR is
+    # marked lower-is-better; fewer than 30 test queries is warned about under the table
+    assert next(h for h in header if h.startswith("R@100")).endswith("; no information)")
+    assert "lower is better" in next(h for h in header if h.startswith("FPR@10"))
+    assert "the column carries no information" in text and "fewer than 30" in text
 
     # paired comparisons: one split, each of the 3 other trials against the chosen one; the mean
     # per-query difference equals the difference of the stored test means (same queries)

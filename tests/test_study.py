@@ -144,17 +144,26 @@ def test_rerun_resumes_and_skips_finished_grid_points(store):
 
 
 def test_failed_trial_is_recorded_and_the_study_goes_on(store):
-    study = knn_study("failing", space={"dataset.n_total": [100, 5000, 120]})
+    sleepy = Path(__file__).resolve().parent / "plugins" / "sleepy.py"
+    study = resolve({"name": "failing", "retriever": "test-sleepy-knn", "scale": "smoke", "plugins": [str(sleepy)],
+                     "fixed": {"sleep": 0.0, "epochs": 1}, "space": {"fail": [False, True], "center": [True, False]}})
     out = run(study, options(store))
-    assert not out.done and out.counts == {"COMPLETE": 2, "FAIL": 1}
+    assert not out.done and out.counts == {"COMPLETE": 2, "FAIL": 2}
     failed = [t for t in trials_of(store, "failing-smoke") if t.state == TrialState.FAIL]
-    assert len(failed) == 1 and "5000" in failed[0].user_attrs["error"]
+    assert len(failed) == 2 and all("failing on purpose" in t.user_attrs["error"] for t in failed)
     client = MlflowClient(store.tracking)
     run_info = client.get_run(failed[0].user_attrs["mlflow_run_id"])
-    assert run_info.info.status == "FAILED" and "5000" in run_info.data.tags["error"]
-    # a re-run retries only the failed point (and records it failing again)
+    assert run_info.info.status == "FAILED" and "failing on purpose" in run_info.data.tags["error"]
+    # a re-run retries only the failed points (and records them failing again)
     again = run(study, options(store))
-    assert again.ran == 1 and again.counts == {"COMPLETE": 2, "FAIL": 2}
+    assert again.ran == 2 and again.counts == {"COMPLETE": 2, "FAIL": 4}
+    # the report lists every failed attempt, with its error, as never completed
+    from bench.report import write_report
+
+    text = write_report("failing", tracking_uri=store.tracking, out_dir=store.dir / "reports").read_text()
+    failed_part = text.split("## Failed trials", 1)[1].split("\n## ", 1)[0]
+    assert failed_part.count("| FAILED |") == 4 and failed_part.count("fail=True") == 4
+    assert "failing on purpose" in failed_part and failed_part.count("**no**") == 4
 
 
 def test_samplers_are_seeded_per_trial(store):

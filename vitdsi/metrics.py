@@ -184,7 +184,10 @@ def parse_metric(name: str) -> Metric:
     m = _NAME.match(name.strip())
     family = METRIC_FAMILIES.get(m.group("family")) if m else None
     if family is None:
-        raise VitDSIError(f"unknown metric '{name}'; known: {', '.join(f + '@K' for f in METRIC_FAMILIES)} (MRR without @K too)")
+        raise VitDSIError(
+            f"unknown metric '{name}'; known families: {', '.join(METRIC_FAMILIES)}, each with a cutoff "
+            "such as MAP@10 or P@5 (MRR also without one)"
+        )
     k = int(m.group("k")) if m.group("k") else None
     if family.needs_k and k is None:
         raise VitDSIError(f"metric '{name}' needs a cutoff, e.g. '{family.name}@10'")

@@ -100,6 +100,8 @@ def write_grid(queries, query_titles, corpus_images, ids, titles, out: Path, tit
             spine.set_linewidth(2.5)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    if not out.suffix:  # matplotlib would add .png itself: name the file it really writes
+        out = out.with_suffix(".png")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
