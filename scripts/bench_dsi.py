@@ -137,7 +137,8 @@ def retrieval(args, params: dict) -> None:
     for n_total in args.n_total:
         split = make_split(source, n_total=n_total, split_ratio=0.25, seed=args.seed)
         sets = split.apply(source)
-        rel = Relevance.between(sets.test, sets.corpus)
+        queries = getattr(sets, args.split)  # validation by default: tune here, report from a study's test numbers
+        rel = Relevance.between(queries, sets.corpus)
         console.print(f"[bold]N_total {n_total}: {split.sizes()}")
         configs = [("dsi-vit", {**(zero_shot if m == "zero-shot" else params), "id_scheme": s, "mode": m})
                    for m in args.modes for s in args.schemes]
@@ -147,7 +148,7 @@ def retrieval(args, params: dict) -> None:
             t0 = time.perf_counter()
             r.index(sets.corpus, train_queries=sets.train)
             build = time.perf_counter() - t0
-            ranking = r.search(sets.test.images, 100)
+            ranking = r.search(queries.images, 100)
             res = evaluate(ranking.ids, rel, METRICS)
             ia = "—"
             if name == "dsi-vit":
@@ -155,11 +156,11 @@ def retrieval(args, params: dict) -> None:
                 ia = f"{indexing_accuracy(own.ids, len(sets.corpus), ks=(1,))['IA@1'].mean:.3f}"
             label = f"{name} {p.get('mode', '')} {p.get('id_scheme', '')}".strip()
             rows.append((str(n_total), label, *(fmt(res[m]) for m in METRICS), ia, f"{build:.0f}"))
-            dump(args, {"part": "retrieval", "n_total": n_total, "retriever": name, "params": p, "ia1": ia,
+            dump(args, {"part": "retrieval", "split": args.split, "n_total": n_total, "retriever": name, "params": p, "ia1": ia,
                         "build_s": build, **{m: [res[m].mean, res[m].ci95, res[m].chance, res[m].n] for m in METRICS},
                         "ap10_per_query": per_query(ranking.ids, rel, ["MAP@10"])["MAP@10"].tolist()})
             console.print(f"[dim]{rows[-1]}")
-    table = Table(title=f"retrieval on Fashion-MNIST 32 px, split_ratio 0.25, test queries, mean ± 95% CI (chance); "
+    table = Table(title=f"retrieval on Fashion-MNIST 32 px, split_ratio 0.25, {args.split} queries, mean ± 95% CI (chance); "
                         f"dsi-vit params {params}; zero-shot rows {zero_shot}")
     for col in ("N_total", "retriever", *METRICS, "IA@1", "build s"):
         table.add_column(col)
@@ -206,6 +207,8 @@ def main() -> None:
     ap.add_argument("--throughput", action="store_true")
     ap.add_argument("--memorise", action="store_true")
     ap.add_argument("--retrieval", action="store_true")
+    ap.add_argument("--split", choices=("val", "test"), default="val",
+                    help="queries --retrieval scores: val (default; for choosing settings) or test (final numbers only)")
     ap.add_argument("--latency", action="store_true")
     ap.add_argument("--all", action="store_true")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
