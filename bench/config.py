@@ -676,18 +676,110 @@ def _check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None
         points = study.grid()
     else:
         points = [{}] + [{k: c} for k, d in study.space.items() if isinstance(d, Categorical) for c in d.choices]
-    seen: set[str] = set()
+    if study.sampler != "grid":  # the ends of searched dataset ranges too
+        for k, d in study.space.items():
+            if _route(k)[0] == "dataset" and isinstance(d, IntRange | FloatRange):
+                points += [{k: d.low}, {k: d.high}]
+    seen: dict[str, Any] = {}
+    checked: set[str] = set()
     for point in points:
+        shown = point or "the fixed parameters"
         trial = study.trial_config(point)
+        _check_split(study, trial.dataset, source, shown)
         key = json.dumps([trial.retriever, trial.params], sort_keys=True, default=str)
-        if key in seen or len(seen) >= 64:
-            continue
-        seen.add(key)
-        try:
-            known[trial.retriever](**trial.params, device="cpu")
-        except Exception as e:  # the retriever's own validation, whatever its type
-            shown = point or "the fixed parameters"
-            raise StudyConfigError(f"{source}: retriever '{trial.retriever}' rejects {shown}: {e}") from None
+        if key not in seen and len(seen) < 64:
+            try:
+                seen[key] = known[trial.retriever](**trial.params, device="cpu")
+            except Exception as e:  # the retriever's own validation, whatever its type
+                raise StudyConfigError(f"{source}: retriever '{trial.retriever}' rejects {shown}: {e}") from None
+        size_key = json.dumps([key, trial.dataset.size])
+        if key in seen and size_key not in checked:
+            checked.add(size_key)
+            try:
+                seen[key].check_image_size(trial.dataset.size)
+            except VitDSIError as e:
+                raise StudyConfigError(f"{source}: {shown} with images of {trial.dataset.size} px "
+                                       f"(dataset.size): {e}") from None
+
+
+def _check_split(study: Study, data: DataConfig, source: str, shown: Any) -> None:
+    """The split of one trial has queries, test queries and (for the objective) validation queries."""
+    from vitdsi.data.split import split_sizes
+
+    if not isinstance(data.split_ratio, int | float) or not isinstance(data.n_total, int) or isinstance(data.n_total, bool):
+        raise StudyConfigError(f"{source}: {shown}: dataset.n_total must be an integer and dataset.split_ratio a number, "
+                               f"got {data.n_total!r} and {data.split_ratio!r}")
+    try:
+        sizes = split_sizes(data.n_total, float(data.split_ratio), tuple(data.query_fractions))
+    except VitDSIError as e:
+        raise StudyConfigError(f"{source}: {shown}: {e}") from None
+    if study.latency is None and sizes["val"] == 0 and not study.metric.startswith("IA@"):
+        raise StudyConfigError(
+            f"{source}: {shown}: the split has no validation queries (query_fractions "
+            f"{list(data.query_fractions)}), but the objective {study.metric} is read on them; give val a share"
+        )
+
+
+def check_data(study: Study, source: str | None = None) -> list[str]:
+    """Look at the data of every trial before any runs (cheap: no decoding): the dataset is
+    where the study says (a missing root is an error naming it), it has at least `n_total`
+    images, and the image size. Returns notes for the run header, e.g. the resolved image size
+    and a warning when file images are upscaled more than 2x."""
+    from vitdsi.data.registry import probe_dataset
+    from vitdsi.errors import DatasetNotFoundError
+
+    source = source or study.file or study.name
+    points = study.grid() if study.sampler == "grid" else [{}]
+    configs: dict[str, DataConfig] = {}
+    for point in points:
+        d = study.trial_config(point).dataset
+        configs.setdefault(json.dumps(asdict(d), sort_keys=True, default=str), d)
+    notes: list[str] = []
+    probes: dict[str, Any] = {}
+    for d in configs.values():
+        kw = d.load_kwargs()
+        probe_key = json.dumps([d.name, {k: v for k, v in kw.items() if k not in ("size", "limit", "seed")}],
+                               sort_keys=True, default=str)
+        if probe_key not in probes:
+            try:
+                probes[probe_key] = probe_dataset(d.name, **{k: v for k, v in kw.items() if k not in ("size", "limit", "seed")})
+            except DatasetNotFoundError as e:
+                hint = ("; give its location with `dataset: {root: PATH}` in the study or `bench run --set dataset.root=PATH`"
+                        if "root" in _dataset_params(d.name) else "")
+                raise StudyConfigError(f"{source}: dataset '{d.name}': {e}{hint}") from None
+            except VitDSIError as e:
+                raise StudyConfigError(f"{source}: dataset '{d.name}': {e}") from None
+        probe = probes[probe_key]
+        available = probe.n_images
+        if available is not None and d.limit is not None and d.limit > available:
+            raise StudyConfigError(f"{source}: field `dataset.limit`: {d.limit} images asked but dataset '{d.name}' "
+                                   f"{'at ' + probe.where + ' ' if probe.where else ''}has {'at most ' if probe.file_source else ''}{available}")
+        if d.limit is not None:
+            available = d.limit if available is None else min(available, d.limit)
+        if available is not None and d.n_total > available:
+            raise StudyConfigError(
+                f"{source}: field `dataset.n_total`: {d.n_total} images asked but dataset '{d.name}' "
+                f"{'at ' + probe.where + ' ' if probe.where else ''}has {'at most ' if probe.file_source else ''}{available}"
+                f"{' (dataset.limit)' if d.limit is not None and available == d.limit else ''}; use n_total <= {available}"
+            )
+        line = f"images: {d.name} at {d.size} px"
+        if probe.native_size:
+            line += f" (source images {'about ' if probe.file_source else ''}{probe.native_size} px)"
+        if line not in notes:
+            notes.append(line)
+        if probe.file_source and probe.native_size and d.size > 2 * probe.native_size:
+            warn = (f"warning: dataset '{d.name}' images are about {probe.native_size} px but dataset.size is {d.size}: "
+                    f"every image is upscaled {d.size / probe.native_size:.1f}x (set dataset.size, e.g. "
+                    f"--set dataset.size={probe.native_size})")
+            if warn not in notes:
+                notes.append(warn)
+    return notes
+
+
+def _dataset_params(name: str) -> dict[str, Any]:
+    from vitdsi.data import DATASETS
+
+    return DATASETS[name].params()
 
 
 def _check_name(cls, where: str, name: str, field_path: str, source: str, method: str | None = None) -> None:

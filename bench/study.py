@@ -36,10 +36,10 @@ from optuna.samplers import BaseSampler
 from optuna.trial import TrialState
 from rich.markup import escape
 
-from bench.config import Categorical, FloatRange, IntRange, Study
+from bench.config import Categorical, FloatRange, IntRange, Study, check_data
 from bench.tracking import EpochLogger, Tracker, default_storage, redact, store_lock, worker_id
 from vitdsi.data import DATASETS
-from vitdsi.errors import VitDSIError
+from vitdsi.errors import DatasetNotFoundError, VitDSIError
 from vitdsi.log import console, get_logger, progress
 
 log = get_logger("bench.study")
@@ -234,12 +234,15 @@ def run(study: Study, options: RunOptions | None = None) -> RunOutcome:
     if study.sampler == "grid":
         target = min(target, len(study.grid()))
 
-    # fail before any trial on data that is not there (the first trial's dataset)
+    # fail before any trial on data that is not there or too small (every trial's dataset, cheaply),
+    # then load the first trial's dataset and split
+    notes = check_data(study)
     try:
         trial_mod.prepare(study.dataset)
     except VitDSIError as e:
+        # the "where is it" hint only when the data are missing, not for e.g. too few images
         hint = ("; give its location with `dataset: {root: PATH}` in the study or `bench run --set dataset.root=PATH`"
-                if "root" in DATASETS[study.dataset.name].params() else "")
+                if isinstance(e, DatasetNotFoundError) and "root" in DATASETS[study.dataset.name].params() else "")
         raise type(e)(f"dataset '{study.dataset.name}' (scale {study.scale}): {e}{hint}") from None
 
     storage = make_storage(storage_url, options.heartbeat, tracker)
@@ -249,6 +252,8 @@ def run(study: Study, options: RunOptions | None = None) -> RunOutcome:
 
     console.print(f"[bold]study[/] {study_name}: {study.sampler} over {', '.join(study.space) or 'one configuration'}, "
                   f"{target} trials, objective {study.metric} ({study.direction}), scale {study.scale}")
+    for note in notes:
+        console.print(("[yellow]" if note.startswith("warning") else "") + escape(note) + ("[/]" if note.startswith("warning") else ""))
     outcome = RunOutcome(study_name, redact(storage_url), tracker.uri, study.experiment, experiment_id,
                          parent_id, {}, target, None, 0)
     objective = _Objective(study, ostudy, tracker, experiment_id, parent_id, study_name, options, outcome)

@@ -55,3 +55,82 @@ def test_check_prints_the_values_set_on_the_command_line(tmp_path):
     assert code == 0, out
     assert "index_epochs: 5" in out and "index_epochs: 60" not in out
     assert "1 trials" in out
+
+
+def _folder(root, n_per_class=6, side=28, classes=("a", "b"), odd=()):
+    """A tiny imagefolder: `n_per_class` PNGs per class; `odd` names files written non-square."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            shape = (side, 3 * side) if f"{c}/{i}" in odd else (side, side)
+            Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_check_fails_on_a_missing_imagefolder_root(tmp_path):
+    path = _write(tmp_path, dataset={"name": "imagefolder", "root": str(tmp_path / "nowhere"), "size": 32})
+    code, out = bench("run", str(path), "--check")
+    assert code == 2, out
+    line = one_error(out)
+    assert str(tmp_path / "nowhere") in line and "does not exist" in line and "dataset.root=PATH" in line
+
+
+def test_check_fails_when_n_total_exceeds_the_images(tmp_path):
+    path = _write(tmp_path, dataset={"n_total": 5000})
+    code, out = bench("run", str(path), "--check")
+    assert code == 2, out
+    line = one_error(out)
+    assert "dataset.n_total" in line and "1797" in line and "give its location" not in line
+    folder = _folder(tmp_path / "imgs")
+    path = _write(tmp_path, dataset={"name": "imagefolder", "root": str(folder), "size": 28, "n_total": 50})
+    code, out = bench("run", str(path), "--check")
+    assert code == 2 and "at most 12" in one_error(out), out
+
+
+@pytest.mark.parametrize("space, expect", [
+    ({"dataset.split_ratio": [0.25, 1.0]}, "no query images"),
+    ({"dataset.split_ratio": [0.25, 1.5]}, "split_ratio must be in (0, 1]"),
+    ({"dataset.n_total": [256, 3]}, "empty test set"),
+])
+def test_check_validates_every_grid_point_of_the_split(tmp_path, space, expect):
+    code, out = bench("run", str(_write(tmp_path, space=space)), "--check")
+    assert code == 2, out
+    line = one_error(out)
+    assert expect in line and "s.yaml" in line and list(space)[0] in line
+
+
+def test_check_rejects_a_patch_size_that_does_not_divide_the_images(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "p", "retriever": "dsi-vit", "scale": "smoke", "space": {"patch_size": [4, 5]}}))
+    code, out = bench("run", str(path), "--check")
+    assert code == 2, out
+    line = one_error(out)
+    assert "'patch_size': 5" in line and "does not divide the image size 32" in line
+
+
+def test_check_and_run_header_print_the_image_size_and_warn_on_upscaling(tmp_path):
+    folder = _folder(tmp_path / "imgs", n_per_class=10)
+    path = _write(tmp_path, dataset={"name": "imagefolder", "root": str(folder), "n_total": 20})
+    code, out = bench("run", str(path), "--check", "--scale", "small")  # imagefolder's default size: 160 px
+    assert code == 0, out
+    assert "images: imagefolder at 160 px (source images about 28 px)" in out
+    assert "upscaled 5.7x" in out and "--set dataset.size=28" in out
+    code, out = bench("run", str(path), "--check", "--set", "dataset.size=32")
+    assert code == 0 and "upscaled" not in out and "images: imagefolder at 32 px" in out
+
+
+def test_location_hint_only_when_the_data_are_missing(tmp_path):
+    """Too few usable images (non-square ones are dropped on load) is not a location problem."""
+    folder = _folder(tmp_path / "imgs", n_per_class=6, odd={f"a/{i}" for i in range(5)} | {f"b/{i}" for i in range(5)})
+    path = _write(tmp_path, dataset={"name": "imagefolder", "root": str(folder), "size": 28, "n_total": 10})
+    store = tmp_path / "store"
+    store.mkdir()
+    code, out = bench("run", str(path), "--tracking-uri", f"sqlite:///{store}/mlflow.db",
+                      "--storage", f"sqlite:///{store}/optuna.db")
+    assert code == 2, out
+    line = one_error(out)
+    assert "asked for 10" in line and "give its location" not in line

@@ -73,7 +73,7 @@ def test_config_errors():
 
 def test_retriever_rejects_a_patch_size_that_does_not_divide_the_images(tiny_split):
     r = create("dsi-vit", **{**TINY, "patch_size": 5})
-    with pytest.raises(VitDSIError, match="patch_size 5 does not divide the corpus image size 32"):
+    with pytest.raises(VitDSIError, match="patch_size 5 does not divide the image size 32"):
         r.index(tiny_split.corpus)
 
 

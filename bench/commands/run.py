@@ -33,7 +33,11 @@ def command(
     with friendly_errors():
         study = load_study(path, scale=scale, overrides=overrides or [])
         if check:
+            from bench.config import check_data
+
             console.print(yaml.safe_dump(study.to_dict(), sort_keys=False), markup=False)
+            for note in check_data(study, str(path)):
+                console.print(note, markup=False, style="yellow" if note.startswith("warning") else None)
             n = len(study.grid()) if study.sampler == "grid" else study.n_trials
             console.print(f"[green]ok[/]: {path} at scale {study.scale}: {n} trials, {study.sampler} sampler")
             return

@@ -20,7 +20,7 @@ from vitdsi.data.sources.digits import load_digits
 from vitdsi.data.sources.fashion_mnist import load_fashion_mnist
 from vitdsi.data.sources.imagefolder import load_imagefolder
 from vitdsi.data.sources.mosaic import load_coco_mosaic
-from vitdsi.errors import VitDSIError
+from vitdsi.errors import DatasetNotFoundError, VitDSIError
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,49 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("coco-mosaic", load_coco_mosaic, "generated mosaics of digits / Fashion-MNIST tiles as real COCO files"),
     ]
 }
+
+
+@dataclass(frozen=True)
+class DataProbe:
+    """What a cheap look at a source finds, without decoding it (`probe_dataset`)."""
+
+    n_images: int | None  # images available (an upper bound where files are filtered later); None: unknown
+    native_size: int | None  # typical side of the source images in pixels; None: unknown
+    where: str | None = None  # the folder it was found in
+    file_source: bool = False  # images come from user files (sizes vary, upscaling is worth a warning)
+
+
+def probe_dataset(name: str, **params: Any) -> DataProbe:
+    """Check that dataset `name` is there and count its images, without loading it: a missing
+    root or folder is the DatasetNotFoundError the loader would raise (never a download)."""
+    if name not in DATASETS:
+        raise VitDSIError(f"unknown dataset '{name}'; known datasets: {', '.join(DATASETS)}")
+    params = {**{k: v for k, v in DATASETS[name].params().items() if v is not None}, **params}
+    if name == "digits":
+        return DataProbe(1797, 8)
+    if name == "fashion-mnist":
+        from vitdsi.data.sources.fashion_mnist import count, locate
+
+        try:
+            folder = locate(params.get("root"), download=False)
+        except DatasetNotFoundError:
+            if params.get("root") is None and params.get("download", True):
+                return DataProbe(None, 28)  # the run may still download it
+            raise
+        return DataProbe(count(folder), 28, str(folder))
+    if name == "imagefolder":
+        from vitdsi.data.sources.imagefolder import probe
+
+        n, native, where = probe(params.get("root"), params.get("classes"))
+        return DataProbe(n, native, where, file_source=True)
+    if name == "coco":
+        from vitdsi.data.sources.coco import probe
+
+        n, native, where = probe(params.get("root"), params.get("annotations"), params.get("images"))
+        return DataProbe(n, native, where, file_source=True)
+    if name == "coco-mosaic":
+        return DataProbe(int(params.get("n_images", 500)), int(params.get("grid", 2)) * int(params.get("tile_size", 32)))
+    return DataProbe(None, None)
 
 
 def list_datasets() -> list[DatasetSpec]:

@@ -142,6 +142,11 @@ class Retriever(ABC):
     def _load_state(self, state: dict[str, Any]) -> None:
         """Restore what `_state` returned."""
 
+    def check_image_size(self, image_size: int) -> None:
+        """Raise a VitDSIError when this retriever cannot index images of `image_size` pixels
+        (e.g. a ViT patch that does not divide it); called by `index` and by study checks
+        before any trial runs."""
+
     # ---- public interface -----------------------------------------------------------
     def index(self, corpus: ImageSet, *, train_queries: ImageSet | None = None) -> None:
         """Index `corpus`; `train_queries` (queries labelled against the same classes) are
@@ -153,6 +158,7 @@ class Retriever(ABC):
                 f"{self.name}: train queries are {train_queries.image_size}px but the corpus is "
                 f"{corpus.image_size}px; prepare both at the same size"
             )
+        self.check_image_size(corpus.image_size)
         seed_everything(self.seed)
         self.corpus_size = len(corpus)
         self.image_size = corpus.image_size

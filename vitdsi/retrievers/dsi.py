@@ -109,16 +109,20 @@ class DSIViT(Retriever):
             id_length=id_length, atomic=self.id_scheme == "atomic", n_ids=n_ids,
         )
 
+    def check_image_size(self, image_size: int) -> None:
+        if image_size % self.patch_size:
+            divisors = [d for d in range(1, image_size + 1) if image_size % d == 0]
+            raise VitDSIError(
+                f"dsi-vit: patch_size {self.patch_size} does not divide the image size {image_size}; "
+                f"choose a divisor of {image_size} ({', '.join(map(str, divisors))}) or change dataset.size"
+            )
+
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
         from vitdsi.ids import make_ids
         from vitdsi.models.vit_dsi import VitDSI
         from vitdsi.train import DSITrainer, TrainConfig
 
-        if corpus.image_size % self.patch_size:
-            raise VitDSIError(
-                f"dsi-vit: patch_size {self.patch_size} does not divide the corpus image size {corpus.image_size}; "
-                "choose a divisor of the image size or resize the data"
-            )
+        self.check_image_size(corpus.image_size)
         n = len(corpus)
         features = corpus.images.float().flatten(1) if self.id_scheme == "semantic" else None
         self._ids = make_ids(self.id_scheme, n, labels=corpus.primary_labels(), features=features, seed=self.seed)

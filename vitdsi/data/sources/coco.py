@@ -25,6 +25,19 @@ from vitdsi.log import get_logger
 log = get_logger(__name__)
 
 
+def probe(root: str | None, annotations: str | None = None, images: str | None = None) -> tuple[None, None, str]:
+    """Check that the annotation file and image folder exist (the json is not parsed)."""
+    if root is None and (annotations is None or images is None):
+        raise VitDSIError("coco needs root (with annotations/instances.json and images/) or both annotations and images")
+    ann_file = Path(annotations) if annotations else Path(root) / "annotations" / "instances.json"
+    img_dir = Path(images) if images else Path(root) / "images"
+    if not ann_file.is_file():
+        raise DatasetNotFoundError(f"coco: annotation file {ann_file} not found; pass annotations=PATH to an instances json")
+    if not img_dir.is_dir():
+        raise DatasetNotFoundError(f"coco: image folder {img_dir} not found; pass images=DIR")
+    return None, None, str(img_dir)
+
+
 def load_coco(
     *,
     root: str | None = None,

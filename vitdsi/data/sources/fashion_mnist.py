@@ -95,6 +95,18 @@ def locate(root: str | Path | None = None, download: bool = True) -> Path:
     )
 
 
+def count(folder: Path) -> int:
+    """Images in the folder's two label files, from their idx headers (no decoding)."""
+    total = 0
+    for _, lab_stem in FILES.values():
+        path = _find(folder, lab_stem)
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            head = f.read(8)
+        total += int.from_bytes(head[4:8], "big")
+    return total
+
+
 def load_fashion_mnist(*, root: str | None = None, size: int = 32, fit: str = "resize", download: bool = True) -> ImageSet:
     folder = locate(root, download=download)
     images, labels, ids = [], [], []

@@ -22,17 +22,7 @@ from vitdsi.log import get_logger
 log = get_logger(__name__)
 
 
-def load_imagefolder(
-    *,
-    root: str | None = None,
-    size: int = 160,
-    classes: list[str] | int | None = None,
-    limit: int | None = None,
-    seed: int = 0,
-    aspect_range: tuple[float, float] = ASPECT_RANGE,
-) -> ImageSet:
-    """`classes`: names to keep, or a number of classes (the first ones in sorted order);
-    `limit`: at most this many images, class-stratified and seeded, chosen before decoding."""
+def _class_dirs(root: str | None, classes: list[str] | int | None) -> tuple[Path, list[Path]]:
     if root is None:
         raise VitDSIError("imagefolder needs root: a folder with one sub-folder of images per class")
     base = Path(root).expanduser()
@@ -49,6 +39,38 @@ def load_imagefolder(
         if missing:
             raise VitDSIError(f"imagefolder: classes {missing} not found under {base}; available: {sorted(by_name)[:20]}")
         class_dirs = [by_name[c] for c in classes]
+    return base, class_dirs
+
+
+def probe(root: str | None, classes: list[str] | int | None = None) -> tuple[int, int | None, str]:
+    """(image files, median shorter side of up to 32 of them, root) without decoding: the
+    count is an upper bound (unreadable and non-square files are dropped when loading)."""
+    base, class_dirs = _class_dirs(root, classes)
+    files = [f for d in class_dirs for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise DatasetNotFoundError(f"imagefolder: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {base}")
+    sides = []
+    for f in files[:: max(1, len(files) // 32)][:32]:
+        try:
+            with Image.open(f) as im:  # header only
+                sides.append(min(im.size))
+        except OSError:
+            continue
+    return len(files), (int(np.median(sides)) if sides else None), str(base)
+
+
+def load_imagefolder(
+    *,
+    root: str | None = None,
+    size: int = 160,
+    classes: list[str] | int | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    aspect_range: tuple[float, float] = ASPECT_RANGE,
+) -> ImageSet:
+    """`classes`: names to keep, or a number of classes (the first ones in sorted order);
+    `limit`: at most this many images, class-stratified and seeded, chosen before decoding."""
+    base, class_dirs = _class_dirs(root, classes)
 
     paths, labels, skipped = [], [], 0
     for label, d in enumerate(class_dirs):
