@@ -8,6 +8,7 @@ from vitdsi.retrievers import (  # noqa: F401
     bovw,
     classifier,
     dsi,
+    dual_encoder,
     embedding,
     pixels_knn,
     random_baseline,

@@ -1,0 +1,225 @@
+"""`dual-encoder`: the dual-encoder baseline of the DSI paper (Tay et al. 2022), on the
+ViT-DSI's encoder.
+
+Tay et al. compare the DSI with a dual encoder trained contrastively on the same
+(query, relevant document) pairs; here queries and documents are images and both go
+through one `VitDualEncoder` tower (`vitdsi.models.vit_encoder.VitEncoder` with dsi-vit's
+fields, mean-pooled, a linear projection to `embed_dim`, L2-normalised). Training is
+in-batch contrastive InfoNCE with a temperature, symmetric (query -> image and image ->
+query), on two kinds of pairs mixed in every batch, like dsi-vit's multitask mode:
+
+    query pairs  each train query with one relevant corpus image, drawn afresh each epoch
+                 (`vitdsi.train.RelevantSampler`); with `use_queries` (default) and train
+                 queries given to `index()`
+    view pairs   each corpus image with an augmented view of itself (random shift up to
+                 size/8 px, left-right flip, brightness / contrast jitter): the indexing
+                 task's counterpart, so the corpus is learnt even without queries
+
+In-batch "negatives" that are the same corpus image as the row's positive are masked.
+Without train queries (or with use_queries=False) only the view pairs are trained: a
+label-free, SimCLR-like encoder. It sees corpus labels only through the query pairs'
+relevance, never directly.
+
+At the end of indexing the corpus is embedded once and put in a FAISS inner-product index
+(`vitdsi.features.faiss_index`): `flat` (exact) or `hnsw` (build: hnsw_m, ef_construction;
+query: ef_search). Scores are cosine similarities.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vitdsi.data.imageset import ImageSet
+from vitdsi.errors import VitDSIError
+from vitdsi.log import get_logger
+from vitdsi.retrievers.base import Ranking, Supervision, register
+from vitdsi.retrievers.vit_baseline import VitBaseline, gather_rows
+
+log = get_logger(__name__)
+
+INDEX_TYPES = ("flat", "hnsw")
+VIEW_SHIFT = 8  # view pairs: shift by up to image size / VIEW_SHIFT pixels
+VIEW_JITTER = 0.3  # view pairs: brightness / contrast jitter strength (vitdsi.train.random_jitter)
+
+
+@register("dual-encoder")
+class DualEncoder(VitBaseline):
+    """ViT tower trained with in-batch InfoNCE; cosine search through FAISS."""
+
+    supervision: ClassVar[Supervision] = Supervision(query_pairs=True)
+    query_defaults: ClassVar[dict[str, Any]] = {
+        "ef_search": 64,  # hnsw: candidate list size while searching (higher = better recall, slower)
+    }
+    smoke_params: ClassVar[dict[str, Any]] = {
+        "patch_size": 8, "dim": 32, "ff_dim": 64, "depth": 1, "heads": 2, "dropout": 0.0, "epochs": 3,
+        "lr": 2e-3, "batch_size": 32, "embed_dim": 16,
+    }
+
+    def __init__(
+        self,
+        *,
+        patch_size: int = 16,
+        dim: int = 128,
+        ff_dim: int = 256,
+        depth: int = 6,
+        heads: int = 4,
+        dropout: float = 0.1,
+        pos_encoding: str = "sinusoidal",
+        epochs: int = 30,
+        lr: float = 5e-4,
+        batch_size: int = 32,
+        weight_decay: float = 0.01,
+        augment: bool = False,
+        embed_dim: int | None = None,
+        temperature: float = 0.05,
+        index_type: str = "flat",
+        hnsw_m: int = 32,
+        ef_construction: int = 40,
+        use_queries: bool = True,
+        seed: int = 0,
+        device: str | None = None,
+    ) -> None:
+        from vitdsi.features.faiss_index import check_index_type
+
+        super().__init__(
+            patch_size=patch_size, dim=dim, ff_dim=ff_dim, depth=depth, heads=heads, dropout=dropout,
+            pos_encoding=pos_encoding, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+            augment=augment, use_queries=use_queries, seed=seed, device=device,
+        )
+        self.embed_dim = None if embed_dim is None else int(embed_dim)  # embedding width; None = dim
+        self.temperature = float(temperature)  # InfoNCE softmax temperature
+        # FAISS index: "flat" (exact) or "hnsw" (named index_type: `index` is the method)
+        self.index_type = str(index_type)
+        self.hnsw_m = int(hnsw_m)  # hnsw: graph neighbours per node
+        self.ef_construction = int(ef_construction)  # hnsw: candidate list size while building
+        check_index_type(self.index_type, "dual-encoder", INDEX_TYPES)
+        if self.embed_dim is not None and self.embed_dim < 1:
+            raise VitDSIError(f"dual-encoder: embed_dim must be >= 1 or None (= dim), got {embed_dim}")
+        if not self.temperature > 0:
+            raise VitDSIError(f"dual-encoder: temperature must be > 0, got {temperature}")
+        if self.hnsw_m < 2 or self.ef_construction < 1:
+            raise VitDSIError(f"dual-encoder: need hnsw_m >= 2 and ef_construction >= 1, got {hnsw_m}, {ef_construction}")
+        self._faiss = None  # the FAISS index over the corpus embeddings
+
+    def supervision_used(self) -> Supervision:
+        return Supervision(query_pairs=self.use_queries)  # view pairs alone use no label
+
+    # ---- training ---------------------------------------------------------------------
+    def _view(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """An augmented view of each model-input image (shift, flip, brightness / contrast)."""
+        from vitdsi.train import random_flip, random_jitter, random_shift
+
+        x = random_flip(random_shift(x, gen, max(1, x.shape[-1] // VIEW_SHIFT)), gen)
+        return random_jitter(x, gen, VIEW_JITTER)
+
+    def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
+        from vitdsi.models.vit_heads import VitDualEncoder
+        from vitdsi.train import RelevantSampler, to_input
+
+        enc_cfg = self._encoder_config(corpus.image_size)
+        n = len(corpus)
+        images = corpus.images.to(self.device)
+        parts, sampler = [images], None
+        if self.use_queries and train_queries is not None and len(train_queries):
+            sampler = RelevantSampler(train_queries.labels, corpus.labels)
+            if len(sampler):
+                parts.append(train_queries.images[sampler.has_relevant.to(train_queries.images.device)].to(self.device))
+            else:
+                log.warning("dual-encoder: no train query has a relevant corpus image; training on view pairs only")
+                sampler = None
+        elif self.epochs:
+            log.info("dual-encoder: no train queries%s; training on corpus view pairs only (label-free)",
+                     "" if self.use_queries else " (use_queries=False)")
+        n_q = len(parts[1]) if sampler is not None else 0
+        gen = torch.Generator().manual_seed(self.seed)
+        self._model = VitDualEncoder(enc_cfg, self.embed_dim or self.dim).to(self.device)
+        model = self._model
+        n_batches = max(1, math.ceil((n + n_q) / self.batch_size))
+
+        def batches() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+            """(anchor rows of [corpus; queries], positive corpus positions, is-view-pair) per batch;
+            both streams are split into the same number of batches, so every batch mixes them."""
+            views = torch.randperm(n, generator=gen)
+            if sampler is not None:
+                q = torch.randperm(n_q, generator=gen)
+                q_pos = sampler.sample(q, gen)  # one relevant corpus image per query, afresh each epoch
+            else:
+                q = q_pos = torch.empty(0, dtype=torch.int64)
+            out = []
+            for vb, qb, pb in zip(torch.tensor_split(views, n_batches), torch.tensor_split(q, n_batches),
+                                  torch.tensor_split(q_pos, n_batches)):
+                is_view = torch.cat([torch.ones(len(vb), dtype=torch.bool), torch.zeros(len(qb), dtype=torch.bool)])
+                out.append((torch.cat([vb, qb + n]), torch.cat([vb, pb]), is_view))
+            return out
+
+        def step(batch):
+            anchor, positive, is_view = (t.to(self.device) for t in batch)
+            b = len(anchor)
+            xa = self._train_input(gather_rows(parts, anchor), gen)  # [B, 3, H, W]
+            xp = to_input(images[positive])
+            xp[is_view] = self._view(xp[is_view], gen)  # view pairs: an augmented copy of the anchor image
+            if self.augment:
+                xp[~is_view] = self._train_input(images[positive[~is_view]], gen)
+            z = model(torch.cat([xa, xp]))  # [2B, E], unit norm
+            logits = z[:b] @ z[b:].T / self.temperature  # [B, B]: anchor i vs positive j
+            same = positive[:, None] == positive[None, :]  # the same corpus image is no negative
+            logits = logits.masked_fill(same & ~torch.eye(b, dtype=torch.bool, device=same.device), float("-inf"))
+            target = torch.arange(b, device=logits.device)
+            loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+            return loss, b, (logits.argmax(1) == target).sum()
+
+        self._train("contrastive", batches, step, n_batches)
+        self._build_index(self.embed(corpus.images))
+
+    def _build_index(self, x: np.ndarray) -> None:
+        from vitdsi.features.faiss_index import build_index
+
+        self._faiss = build_index(
+            x, self.index_type, hnsw_m=self.hnsw_m, ef_construction=self.ef_construction, seed=self.seed,
+            owner="dual-encoder",
+        )
+
+    # ---- search -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def embed(self, images: torch.Tensor) -> np.ndarray:
+        """uint8 images [n, 3, H, W] -> float32 [n, E] unit-norm embeddings (what the index compares)."""
+        from vitdsi.train import _autocast
+
+        parts = []
+        for x in self._batched(images):
+            with _autocast(self.device):
+                parts.append(self._model(x).float().cpu())
+        return np.ascontiguousarray(torch.cat(parts).numpy(), dtype=np.float32)
+
+    def _search(self, images: torch.Tensor, k: int) -> Ranking:
+        from vitdsi.features.faiss_index import search_index
+
+        return search_index(self._faiss, self.embed(images), k, ef_search=self.query_args["ef_search"])
+
+    # ---- persistence ------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        from vitdsi.features.faiss_index import serialize_index
+
+        return {
+            "encoder": self._model.cfg.to_dict(),
+            "embed_dim": self._model.embed_dim,
+            "model": {k: v.detach().cpu() for k, v in self._model.state_dict().items()},
+            "faiss": serialize_index(self._faiss),  # uint8 tensor: loads with weights_only=True
+            "history": self.history,
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        from vitdsi.features.faiss_index import deserialize_index
+        from vitdsi.models.vit_encoder import VitEncoderConfig
+        from vitdsi.models.vit_heads import VitDualEncoder
+
+        self._model = VitDualEncoder(VitEncoderConfig(**state["encoder"]), state["embed_dim"]).to(self.device)
+        self._model.load_state_dict(state["model"])
+        self._model.eval()
+        self._faiss = deserialize_index(state["faiss"])
+        self.history = list(state.get("history", []))
