@@ -204,8 +204,10 @@ def test_supervision_follows_use_queries():
 
 @pytest.mark.parametrize("name", ["classifier", "dual-encoder"])
 def test_bad_parameters_are_clear_errors(name, tiny_split):
-    with pytest.raises(VitDSIError, match=f"{name}: patch_size 5 does not divide the corpus image size 32"):
+    with pytest.raises(VitDSIError, match=f"{name}: patch_size 5 does not divide the image size 32"):
         create(name, **{**TINY, "patch_size": 5}).index(tiny_split.corpus)
+    with pytest.raises(VitDSIError, match="choose a divisor of 32"):
+        create(name, **{**TINY, "patch_size": 5}).check_image_size(32)
     with pytest.raises(VitDSIError, match=rf"{name}: heads \(3\) must divide dim \(32\)"):
         create(name, **{**TINY, "heads": 3})
     with pytest.raises(VitDSIError, match="pos_encoding"):

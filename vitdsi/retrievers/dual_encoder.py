@@ -165,8 +165,9 @@ class DualEncoder(VitBaseline):
             xp[is_view] = self._view(xp[is_view], gen)  # view pairs: an augmented copy of the anchor image
             if self.augment:
                 xp[~is_view] = self._train_input(images[positive[~is_view]], gen)
-            z = model(torch.cat([xa, xp]))  # [2B, E], unit norm
-            logits = z[:b] @ z[b:].T / self.temperature  # [B, B]: anchor i vs positive j
+            z = model(torch.cat([xa, xp])).float()  # [2B, E], unit norm
+            with torch.autocast(self.device.type, enabled=False):  # similarities / temperature in float32
+                logits = z[:b] @ z[b:].T / self.temperature  # [B, B]: anchor i vs positive j
             same = positive[:, None] == positive[None, :]  # the same corpus image is no negative
             logits = logits.masked_fill(same & ~torch.eye(b, dtype=torch.bool, device=same.device), float("-inf"))
             target = torch.arange(b, device=logits.device)

@@ -89,15 +89,20 @@ class VitBaseline(Retriever):
                 f"batch_size={self.batch_size}, lr={self.lr}"
             )
 
+    def check_image_size(self, image_size: int) -> None:
+        """The patches must tile the image (called by `index` and by study checks before any trial)."""
+        if image_size % self.patch_size:
+            divisors = [d for d in range(1, image_size + 1) if image_size % d == 0]
+            raise VitDSIError(
+                f"{self.name}: patch_size {self.patch_size} does not divide the image size {image_size}; "
+                f"choose a divisor of {image_size} ({', '.join(map(str, divisors))}) or change dataset.size"
+            )
+
     def _encoder_config(self, image_size: int):
-        """The VitEncoderConfig for `image_size` px images (a clear error if the patches do not tile it)."""
+        """The VitEncoderConfig for `image_size` px images."""
         from vitdsi.models.vit_encoder import VitEncoderConfig
 
-        if image_size % self.patch_size:
-            raise VitDSIError(
-                f"{self.name}: patch_size {self.patch_size} does not divide the corpus image size {image_size}; "
-                "choose a divisor of the image size or resize the data"
-            )
+        self.check_image_size(image_size)
         return VitEncoderConfig(
             image_size=image_size, channels=3, patch_size=self.patch_size, dim=self.dim, ff_dim=self.ff_dim,
             depth=self.depth, heads=self.heads, dropout=self.dropout, pos_encoding=self.pos_encoding,
