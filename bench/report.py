@@ -194,9 +194,9 @@ def best_section(record: StudyRecord) -> str:
         return "No finished trial has the objective metric."
     m = best.metrics[record.objective]
     split = best.choice_split(record.objective)
-    chosen = f"{fmt(best.choice_value(record.objective))} on the {split}" if split != "test" else "the test value"
-    return (f"Chosen trial (best {record.objective} on the {split}): **#{best.number} {_label(best, record)}**, "
-            f"validation {chosen}; its test {record.objective} = {fmt_ci(m.mean, m.ci95)} (chance {fmt(m.chance)}). "
+    return (f"Chosen trial (best {record.objective} on the {split}): **#{best.number} {_label(best, record)}** "
+            f"with {fmt(best.choice_value(record.objective))} there; its test {record.objective} = "
+            f"{fmt_ci(m.mean, m.ci95)} (chance {fmt(m.chance)}). "
             f"Run `{best.run_id}`; query its index with `bench search --run {best.run_id} IMAGE...`.")
 
 
@@ -517,6 +517,8 @@ def paired_section(record: StudyRecord, out: Path, cache: dict) -> str | None:
                 pair = frozenset((t.number, ref.number))
                 if t is ref or pair in seen:
                     continue
+                if ref is not trials[0] and t.tags.get("supervision.uses_labels") != "true":
+                    continue  # a label-matched baseline is the reference for label-using methods only
                 seen.add(pair)
                 t_seeds = _seed_rankings(t, record, out, cache)
                 d = _seeded_difference(t_seeds, ref_seeds, metric) if t_seeds else None
@@ -540,7 +542,8 @@ def paired_section(record: StudyRecord, out: Path, cache: dict) -> str | None:
         header.append(f"Δ {metric} across seeds (n)")
     header += ["Wilcoxon p", "Holm p", "pairs"]
     return (f"Each trial against the chosen trial on the same split (best {metric} on the validation queries) and "
-            "against the chosen trial of each label-matched baseline (`classifier`, `dual-encoder`) present: the mean "
+            "each trial that learns from labels also against the chosen trial of each label-matched baseline "
+            "(`classifier`, `dual-encoder`) present: the mean "
             f"difference in test {metric} (trial − reference) over every (seed, test query) pair ± the half-width of its "
             "paired 95% Student-t interval"
             + (", the mean of the per-seed differences ± its CI across seeds (training and split noise)" if n_seeds > 1 else "")

@@ -53,10 +53,10 @@ class TrialRecord:
         return None if m is None else m.mean
 
     def choice_split(self, metric: str) -> str:
-        """Which queries `choice_value` came from: 'validation', 'indexed images' or 'test'."""
+        """Which queries `choice_value` came from: validation queries, the indexed images or test queries."""
         if metric in self.val_metrics:
-            return "validation"
-        return "indexed images" if metric.startswith("IA@") else "test"
+            return "validation queries"
+        return "indexed images" if metric.startswith("IA@") else "test queries"
 
     @property
     def supervision(self) -> str:

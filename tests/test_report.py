@@ -45,7 +45,7 @@ def test_report_tables_images_and_numbers(study_store):
     text = md_path.read_text()
     for heading in ("## Set-up", "## Results", "## Parameter importances", "## Precision@K and example queries"):
         assert heading in text
-    assert "Chosen trial (best MAP@10 on the validation): **#" in text
+    assert "Chosen trial (best MAP@10 on the validation queries): **#" in text
 
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert len(links) >= 2
@@ -78,7 +78,7 @@ def test_report_tables_images_and_numbers(study_store):
     # whatever the test numbers say, and the validation column shows exactly that value
     val_col = header.index("MAP@10 validation (model choice)")
     chosen = max(runs, key=lambda n: (runs[n].data.metrics["val_MAP_at_10"], -int(n)))
-    assert f"Chosen trial (best MAP@10 on the validation): **#{chosen} " in text
+    assert f"Chosen trial (best MAP@10 on the validation queries): **#{chosen} " in text
     assert header[2] == "learns from" and all(row[2] == "label-free" for row in rows)
     checked = 0
     for row in rows:
