@@ -58,16 +58,23 @@ class Ranking:
     def from_scores(scores: torch.Tensor, k: int) -> Ranking:
         """Top-k of a dense [n_queries, n_corpus] score matrix; ties, also at the k-th place,
         go to the lower corpus position, so the result is deterministic."""
-        scores = scores.float()
-        kth = torch.topk(scores, k, dim=1, sorted=True).values[:, -1:]  # [n, 1]
-        above = scores > kth
-        need = k - above.sum(1, keepdim=True)  # how many of the ties at the k-th value to keep
-        tied = scores == kth
-        chosen = above | (tied & (tied.cumsum(1) <= need))  # exactly k per row, lowest ids among ties
-        ids = chosen.nonzero()[:, 1].view(-1, k)  # ascending corpus position within each row
-        vals = scores.gather(1, ids)
-        order = torch.sort(vals, dim=1, descending=True, stable=True).indices  # stable: ties stay in id order
-        return Ranking(ids.gather(1, order).long().contiguous(), vals.gather(1, order).contiguous())
+        ids, vals = topk_ties_to_lower(scores.float(), k)
+        return Ranking(ids.long().contiguous(), vals.contiguous())
+
+
+def topk_ties_to_lower(key: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k columns of a [n, N] key of any float dtype (a float64 key keeps a lexicographic
+    order that float32 would round away), in descending order; ties, also at the k-th place,
+    go to the lower column, so the result is deterministic. Returns (ids, values in key's dtype)."""
+    kth = torch.topk(key, k, dim=1, sorted=True).values[:, -1:]  # [n, 1]
+    above = key > kth
+    need = k - above.sum(1, keepdim=True)  # how many of the ties at the k-th value to keep
+    tied = key == kth
+    chosen = above | (tied & (tied.cumsum(1) <= need))  # exactly k per row, lowest ids among ties
+    ids = chosen.nonzero()[:, 1].view(-1, k)  # ascending column within each row
+    vals = key.gather(1, ids)
+    order = torch.sort(vals, dim=1, descending=True, stable=True).indices  # stable: ties stay in id order
+    return ids.gather(1, order), vals.gather(1, order)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
 from vitdsi.log import get_logger
-from vitdsi.retrievers.base import Ranking, Supervision, register
+from vitdsi.retrievers.base import Ranking, Supervision, register, topk_ties_to_lower
 from vitdsi.retrievers.vit_baseline import SEARCH_BATCH, VitBaseline, gather_rows
 
 log = get_logger(__name__)
@@ -195,7 +195,7 @@ class Classifier(VitBaseline):
             rank = torch.empty_like(order).scatter_(1, order, torch.arange(n_groups, device=order.device).expand_as(order))
             cos = q @ self._corpus_emb.T  # [B, N]
             key = cos.double() - GROUP_GAP * rank[:, self._group_of].double()  # lexicographic: group, then cosine
-            pos, val = topk_lowest_position(key, k)
+            pos, val = topk_ties_to_lower(key, k)
             ids.append(pos)
             scores.append(val.float())
         return Ranking(torch.cat(ids).long().cpu(), torch.cat(scores).cpu())
@@ -226,17 +226,3 @@ class Classifier(VitBaseline):
         self._group_of = state["group_of"].to(self.device)
         self.history = list(state.get("history", []))
 
-
-def topk_lowest_position(key: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k columns of a [n, N] key of any float dtype (float64 here, which float32
-    `Ranking.from_scores` would round), in descending order; ties, also at the k-th place,
-    go to the lower corpus position, so the result is deterministic."""
-    kth = torch.topk(key, k, dim=1, sorted=True).values[:, -1:]  # [n, 1]
-    above = key > kth
-    need = k - above.sum(1, keepdim=True)  # how many of the ties at the k-th value to keep
-    tied = key == kth
-    chosen = above | (tied & (tied.cumsum(1) <= need))  # exactly k per row, lowest positions among ties
-    ids = chosen.nonzero()[:, 1].view(-1, k)  # ascending position within each row
-    vals = key.gather(1, ids)
-    order = torch.sort(vals, dim=1, descending=True, stable=True).indices  # stable: ties stay in position order
-    return ids.gather(1, order), vals.gather(1, order)
