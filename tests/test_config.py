@@ -177,6 +177,17 @@ def test_shipped_study_set_is_complete():
     assert table1.space["dataset.n_total"].choices == [512, 1024, 2048]
     kinds = {(m.retriever, m.params.get("id_scheme"), m.params.get("mode")) for m in table1.methods.values()}
     assert {("bovw", None, None), ("dsi-vit", "random", "zero-shot"), ("dsi-vit", "clustered", "fine-tuned")} <= kinds
+    # the studies whose numbers are quoted as findings run 3 seeds and put every label-using DSI beside the
+    # label-matched baselines, built on the same encoder fields as the DSI
+    for name in ("table1", "headline"):
+        study = load_study(STUDIES[[p.stem for p in STUDIES].index(name)])
+        assert study.repeats == 3, name
+        retrievers = {m.retriever: m for m in study.methods.values()}
+        assert {"classifier", "dual-encoder", "dsi-vit", "bovw"} <= set(retrievers), name
+        dsi = next(m for m in study.methods.values() if m.retriever == "dsi-vit" and m.params.get("mode") != "zero-shot")
+        for baseline in ("classifier", "dual-encoder"):
+            for field in ("patch_size", "dim", "ff_dim", "depth", "heads", "dropout", "lr", "batch_size", "augment"):
+                assert retrievers[baseline].params.get(field) == dsi.params.get(field), (name, baseline, field)
 
 
 def test_set_wins_over_the_scales_block(tmp_path):
