@@ -13,7 +13,10 @@
   so the first pass is race-free), later trials take a point that is neither COMPLETE nor
   claimed by a RUNNING/WAITING trial, and a trial that finds its point already taken by a
   smaller-numbered running trial or a finished one is PRUNED with the reason, unrun.
-  A point that failed in this session is not retried until the next `bench run`.
+  A point that failed in an earlier session (an error, or Ctrl-C) is retried first, before
+  new points; a point that failed in this session is not retried until the next `bench run`.
+- Waiting: every decision of the worker loop reads one snapshot of the trials; with `--wait`
+  a worker leaves only when no point is running, waiting or free.
 - A failed trial is recorded FAIL with its error (Optuna user attr `error`, MLflow tag and
   error.txt) and the study goes on. Ctrl-C (or SIGTERM) marks the running trial FAIL and
   its MLflow run KILLED, so the stored study stays consistent and the next run retries it.
@@ -112,18 +115,33 @@ class GridPointSampler(BaseSampler):
         trial.system_attrs[GRID_ATTR] = gid
 
     def choose(self, study, number: int, trial_id: int | None = None) -> int:
-        """Trial number i < n runs point i; later ones take a free point (-1: none left)."""
+        """A point that failed in an earlier session and is free is retried first (after Ctrl-C the
+        interrupted point runs before new ones); otherwise trial number i < n runs point i, and later
+        ones take a free point (-1: none left)."""
+        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        retry = self.retry_points(trials, exclude_trial_id=trial_id)
+        if retry:
+            return retry[number % len(retry)]
         if number < len(self.points):
             return number
-        free = self.free_points(study, exclude_trial_id=trial_id)
+        free = self.free_points(study, exclude_trial_id=trial_id, trials=trials)
         return free[number % len(free)] if free else -1
 
-    def free_points(self, study, exclude_trial_id: int | None = None) -> list[int]:
+    def free_points(self, study, exclude_trial_id: int | None = None, trials=None) -> list[int]:
+        """Points not COMPLETE nor claimed by a RUNNING / WAITING trial (nor failed in this session),
+        from `trials` (one snapshot of the study) when given."""
+        if trials is None:
+            trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
         taken = set()
-        for t in study._storage.get_all_trials(study._study_id, deepcopy=False):
+        for t in trials:
             if t._trial_id != exclude_trial_id and t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING):
                 taken.add(t.system_attrs.get(GRID_ATTR))
         return [g for g in range(len(self.points)) if g not in taken and g not in self.session_failed]
+
+    def retry_points(self, trials, exclude_trial_id: int | None = None) -> list[int]:
+        """Free points with a FAIL trial (failed or interrupted in an earlier session), lowest first."""
+        failed = {t.system_attrs.get(GRID_ATTR) for t in trials if t.state == TrialState.FAIL}
+        return [g for g in self.free_points(None, exclude_trial_id, trials) if g in failed]
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         gid = study._storage.get_trial_system_attrs(trial._trial_id)[GRID_ATTR]
@@ -263,6 +281,8 @@ def run(study: Study, options: RunOptions | None = None) -> RunOutcome:
             consecutive_failures = 0
             while True:
                 optuna.storages.fail_stale_trials(ostudy)
+                # one snapshot for every decision below: reading "running" and "free" from two reads
+                # let a worker see neither another worker's just-claimed point nor its trial, and quit
                 trials = ostudy._storage.get_all_trials(ostudy._study_id, deepcopy=False)
                 done = _complete_count(trials, study.sampler == "grid")
                 bar.update(task, completed=min(done, target))
@@ -271,7 +291,8 @@ def run(study: Study, options: RunOptions | None = None) -> RunOutcome:
                 if done >= target:
                     break
                 if study.sampler == "grid":
-                    has_work = bool(waiting) or bool(sampler.free_points(ostudy)) or _first_pass_left(ostudy, sampler)
+                    has_work = (bool(waiting) or bool(sampler.free_points(ostudy, trials=trials))
+                                or len(trials) < len(sampler.points))
                 else:
                     has_work = consecutive_failures < MAX_CONSECUTIVE_FAILURES
                 if has_work and done + len(running) < target:
@@ -368,11 +389,6 @@ def _wait_for_attrs(ostudy, key: str) -> dict[str, Any]:
         time.sleep(0.2)
 
 
-def _first_pass_left(ostudy, sampler) -> bool:
-    """Whether the next new trial number is still < the grid size (its point is then fixed)."""
-    return len(ostudy._storage.get_all_trials(ostudy._study_id, deepcopy=False)) < len(sampler.points)
-
-
 def _complete_count(trials, grid: bool) -> int:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if grid:
@@ -422,8 +438,8 @@ class _Objective:
         gid = self.ostudy._storage.get_trial_system_attrs(trial._trial_id).get(GRID_ATTR, -1)
         if gid < 0:
             return "no grid point left"
-        if trial.number >= len(self.study.grid()):
-            time.sleep(0.2)  # lets a concurrent claim of the same point land before we look
+        if trial.number >= len(self.study.grid()) or gid != trial.number:
+            time.sleep(0.2)  # lets a concurrent claim of the same point (free or retried) land before we look
         for t in self.ostudy._storage.get_all_trials(self.ostudy._study_id, deepcopy=False):
             if t.number == trial.number or t.system_attrs.get(GRID_ATTR) != gid:
                 continue

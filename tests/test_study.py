@@ -305,3 +305,58 @@ def test_tracking_and_storage_defaults(tmp_path, monkeypatch):
     assert resolve_tracking_uri("sqlite:///x.db") == f"sqlite:///{here}/x.db"  # the flag beats the variable
     assert metric_key("MAP@10") == "MAP_at_10" and metric_name("nDCG_at_10") == "nDCG@10"
     assert redact("postgresql://u:secret@host/db") == "postgresql://u:***@host/db"
+
+
+def test_resume_retries_the_interrupted_point_before_new_ones(store):
+    """After Ctrl-C during point 1 (recorded FAIL), `--n-trials 2` runs point 1, not point 2."""
+    from bench.study import GRID_ATTR, GridPointSampler
+
+    study = knn_study("retry-first", space={"dataset.n_total": [100, 120, 140, 160]})
+    assert run(study, options(store, n_trials=1)).counts == {"COMPLETE": 1}
+    ostudy = optuna.load_study(study_name="retry-first-smoke", storage=store.storage, sampler=GridPointSampler(study.grid()))
+    interrupted = ostudy.ask()  # trial 1 takes point 1 and is interrupted
+    assert ostudy._storage.get_trial_system_attrs(interrupted._trial_id)[GRID_ATTR] == 1
+    ostudy.tell(interrupted, state=TrialState.FAIL)
+    out = run(study, options(store, n_trials=2))
+    assert out.ran == 1 and out.done
+    complete = [t for t in trials_of(store, "retry-first-smoke") if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["dataset.n_total"] for t in complete) == [100, 120]
+
+
+def test_worker_waits_for_a_point_claimed_between_its_reads(store, monkeypatch):
+    """Another worker claims the last free point just after this worker read the trials: this worker
+    must see it (one snapshot per decision) and wait for it, not exit with the study unfinished."""
+    import sys as _sys
+
+    import bench.study as study_mod
+    from bench.study import GRID_ATTR
+
+    study = knn_study("one-snapshot", space={"center": [True, False]})
+    assert run(study, options(store, n_trials=1)).counts == {"COMPLETE": 1}
+    real_open = study_mod._open
+    other = {}
+
+    def _open(*args, **kw):
+        ostudy, parent_id, experiment_id = real_open(*args, **kw)
+        storage = ostudy._storage
+        real_get = storage.get_all_trials
+
+        def get_all_trials(study_id, *a, **k):
+            trials = real_get(study_id, *a, **k)
+            if _sys._getframe(1).f_code.co_name != "run":  # only the worker loop's own read
+                return trials
+            if "id" not in other:  # the other worker claims point 1 right after this read
+                other["id"] = storage.create_new_trial(study_id)
+                storage.set_trial_system_attr(other["id"], GRID_ATTR, 1)
+            elif "done" not in other:  # ... and finishes it a little later
+                other["done"] = True
+                storage.set_trial_state_values(other["id"], TrialState.COMPLETE, [0.5])
+            return trials
+
+        storage.get_all_trials = get_all_trials
+        return ostudy, parent_id, experiment_id
+
+    monkeypatch.setattr(study_mod, "_open", _open)
+    out = run(study, options(store))
+    assert "done" in other
+    assert out.done and out.counts.get("COMPLETE") == 2, out.counts
