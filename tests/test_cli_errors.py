@@ -134,3 +134,21 @@ def test_location_hint_only_when_the_data_are_missing(tmp_path):
     assert code == 2, out
     line = one_error(out)
     assert "asked for 10" in line and "give its location" not in line
+
+
+def test_report_accepts_a_study_file_path(tmp_path, monkeypatch):
+    from bench.commands.report import study_name
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "heldout.yaml").write_text("name: held_out\nretriever: random\n")
+    (tmp_path / "mine.yaml").write_text("name: mine_study\nretriever: random\n")
+    assert study_name("patch_size") == "patch_size"
+    assert study_name("heldout.yaml") == "held_out"  # found in studies/, as `bench run` finds it
+    assert study_name("studies/heldout.yaml") == "held_out"
+    assert study_name(str(tmp_path / "mine.yaml")) == "mine_study"
+    assert study_name("gone.yaml") == "gone"  # no file: the stem
+    code, out = bench("report", "heldout.yaml", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db")
+    assert code == 2, out
+    line = one_error(out)
+    assert "no study 'held_out'" in line and ".yaml.yaml" not in line
