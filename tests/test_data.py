@@ -236,3 +236,20 @@ def test_split_without_queries_or_test_set_is_a_named_error(digits32):
         split_sizes(12, 0.25, (0.9, 0.1, 0.0))
     sizes = make_split(digits32, n_total=12, split_ratio=0.25).sizes()
     assert sizes == split_sizes(12, 0.25)
+
+
+def test_imagefolder_skips_corrupt_and_truncated_files_alike(tmp_path, caplog):
+    """A corrupt header and a truncated body are both skipped and counted; the load goes on."""
+    import io
+    import logging
+
+    _write_tree(tmp_path)
+    (tmp_path / "cat" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(buf, format="PNG")
+    (tmp_path / "dog" / "truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with caplog.at_level(logging.WARNING):
+        ds = load_dataset("imagefolder", root=str(tmp_path), size=16)
+    assert ds.images.shape == (12, 3, 16, 16) and ds.meta["unreadable"] == 2 and ds.meta["skipped"] == 4
+    assert not any("truncated.png" in s for s in ds.source_ids.tolist())
+    assert "skipped 2 unreadable image file(s)" in caplog.text

@@ -2,6 +2,9 @@
 
 Image headers are read first (no decoding) to keep near-square images only (aspect ratio
 in [0.9, 1.1], paper section 2.1); the kept files are then centre-cropped and resized.
+A file that cannot be read, whether its header is corrupt or its body truncated, is skipped
+the same way: the load goes on without it and a warning counts the skipped files (as does
+`ImageSet.meta["unreadable"]`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from PIL import Image
 from vitdsi.data.imageset import ImageSet
 from vitdsi.data.prep import ASPECT_RANGE, is_square_enough
 from vitdsi.data.sampling import stratified_sample
-from vitdsi.data.sources.files import IMAGE_SUFFIXES, decode_files
+from vitdsi.data.sources.files import IMAGE_SUFFIXES, decode_files_skipping
 from vitdsi.errors import DatasetNotFoundError, VitDSIError
 from vitdsi.log import get_logger
 
@@ -72,7 +75,7 @@ def load_imagefolder(
     `limit`: at most this many images, class-stratified and seeded, chosen before decoding."""
     base, class_dirs = _class_dirs(root, classes)
 
-    paths, labels, skipped = [], [], 0
+    paths, labels, non_square, unreadable = [], [], 0, 0
     for label, d in enumerate(class_dirs):
         for f in sorted(d.rglob("*")):
             if f.suffix.lower() not in IMAGE_SUFFIXES:
@@ -80,14 +83,14 @@ def load_imagefolder(
             try:
                 with Image.open(f) as im:  # reads the header only
                     w, h = im.size
-            except OSError:
-                skipped += 1
+            except OSError:  # corrupt header: skipped and counted, like a truncated body below
+                unreadable += 1
                 continue
             if is_square_enough(w, h, aspect_range):
                 paths.append(f)
                 labels.append(label)
             else:
-                skipped += 1
+                non_square += 1
     if not paths:
         raise DatasetNotFoundError(
             f"imagefolder: no readable near-square images (aspect in {list(aspect_range)}) under {base}"
@@ -97,13 +100,25 @@ def load_imagefolder(
         keep = np.sort(stratified_sample(labels_arr, limit, seed, what="imagefolder images"))
         paths = [paths[i] for i in keep]
         labels_arr = labels_arr[keep]
-    log.info("imagefolder %s: %d images in %d classes (%d skipped as non-square or unreadable)",
-             base, len(paths), len(class_dirs), skipped)
+    images, failed = decode_files_skipping(paths, size, what="imagefolder")
+    if failed:
+        bad = [i for i, _ in failed]
+        keep = np.setdiff1d(np.arange(len(paths)), bad)
+        images, labels_arr = images[torch.from_numpy(keep)], labels_arr[keep]
+        paths = [paths[i] for i in keep]
+        unreadable += len(bad)
+        if not paths:
+            raise DatasetNotFoundError(f"imagefolder: none of the images under {base} could be decoded")
+    if unreadable:
+        log.warning("imagefolder %s: skipped %d unreadable image file(s) (corrupt or truncated)%s",
+                    base, unreadable, f", e.g. {failed[0][1]}" if failed else "")
+    log.info("imagefolder %s: %d images in %d classes (%d skipped: %d non-square, %d unreadable, corrupt or truncated)",
+             base, len(paths), len(class_dirs), non_square + unreadable, non_square, unreadable)
     return ImageSet(
-        images=decode_files(paths, size, what="imagefolder"),
+        images=images,
         labels=torch.from_numpy(labels_arr),
         source_ids=np.array([str(p.relative_to(base)) for p in paths]),
         class_names=tuple(d.name for d in class_dirs),
         name="imagefolder",
-        meta={"root": str(base), "size": size, "skipped": skipped},
+        meta={"root": str(base), "size": size, "skipped": non_square + unreadable, "unreadable": unreadable},
     )
