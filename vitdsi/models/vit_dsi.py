@@ -20,7 +20,7 @@ P patches, D model width.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -49,24 +49,18 @@ N_IN = 13  # decoder input tokens: digits, EOS, PAD, BOS
 
 
 @dataclass
-class VitDSIConfig:
-    image_size: int = 32  # square input side in pixels
-    channels: int = 3  # input channels (RGB)
-    patch_size: int = 4  # square patch side; must divide image_size (paper: 16 at 160 px)
-    dim: int = 128  # model width (paper 128)
-    ff_dim: int = 256  # hidden width of the feed-forward blocks (paper 256)
-    depth: int = 6  # encoder layers (paper 6)
+class VitDSIConfig(VitEncoderConfig):
+    """The encoder's fields (VitEncoderConfig: image_size, channels, patch_size, dim, ff_dim,
+    depth, heads, dropout, pos_encoding, declared once there) plus the id decoder's."""
+
     decoder_depth: int | None = None  # decoder layers; None = same as depth
-    heads: int = 4  # attention heads; must divide dim (paper 4)
-    dropout: float = 0.1  # dropout in attention, feed-forward and embeddings (paper 0.1)
-    pos_encoding: str = "sinusoidal"  # 'sinusoidal' (fixed, 2-D for patches) or 'learned'
     id_length: int = 3  # digits per id (fixed length); the decoder sees BOS + id_length tokens
     atomic: bool = False  # True: encoder + softmax head over n_ids images, no decoder
     n_ids: int = 0  # corpus size, the atomic head's width (atomic only)
     image_bos: bool = True  # add a projection of the mean-pooled encoding to the BOS embedding
 
     def __post_init__(self) -> None:
-        check_encoder_fields(self)
+        super().__post_init__()
         if self.atomic and self.n_ids < 1:
             raise VitDSIError("an atomic model needs n_ids >= 1 (the corpus size)")
         if self.depth < 1 or (self.decoder_depth is not None and self.decoder_depth < 1):
@@ -75,17 +69,6 @@ class VitDSIConfig:
     def encoder_config(self) -> VitEncoderConfig:
         """The encoder's part of this config."""
         return encoder_config(self)
-
-    @property
-    def grid(self) -> int:
-        return self.image_size // self.patch_size
-
-    @property
-    def n_patches(self) -> int:
-        return self.grid**2
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # ---- the decoder layer (Attention, FeedForward: vit_encoder) ---------------------------
