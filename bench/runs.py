@@ -33,11 +33,27 @@ class TrialRun:
         with np.load(self.folder / "rankings.npz") as data:
             return {k: data[k] for k in data.files}
 
-    def corpus(self) -> ImageSet:
-        """The indexed images of the trial, rebuilt from its dataset config and split."""
-        from bench.trial import dataset
+    def corpus(self, root: str | None = None) -> ImageSet:
+        """The indexed images of the trial, rebuilt from its dataset config and split; `root`
+        points at the data when they moved since the run (the split's stored source ids check
+        that they are the same images)."""
+        from dataclasses import replace
 
-        return self.split.apply(dataset(self.config.dataset)).corpus
+        from bench.trial import dataset
+        from vitdsi.errors import DatasetNotFoundError
+
+        data = self.config.dataset if root is None else replace(self.config.dataset, root=str(root))
+        try:
+            images = dataset(data)
+        except DatasetNotFoundError as e:
+            hint = ("; if the data moved, point at them with `--set dataset.root=PATH`"
+                    if root is None and self.config.dataset.root is not None else "")
+            raise DatasetNotFoundError(f"run {self.run_id}: the data of its index are not where the run found "
+                                       f"them ({data.name}, root {data.root}): {e}{hint}") from None
+        try:
+            return self.split.apply(images).corpus
+        except VitDSIError as e:
+            raise VitDSIError(f"run {self.run_id}: {e}") from None
 
     def load_index(self, device: str | None = None):
         """The trained retriever, loaded from the run's `index` artifact."""

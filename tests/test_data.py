@@ -253,3 +253,27 @@ def test_imagefolder_skips_corrupt_and_truncated_files_alike(tmp_path, caplog):
     assert ds.images.shape == (12, 3, 16, 16) and ds.meta["unreadable"] == 2 and ds.meta["skipped"] == 4
     assert not any("truncated.png" in s for s in ds.source_ids.tolist())
     assert "skipped 2 unreadable image file(s)" in caplog.text
+
+
+def test_split_stores_source_ids_and_refuses_changed_data(digits32, tmp_path):
+    split = make_split(digits32, n_total=100, split_ratio=0.25, seed=0)
+    chosen = np.concatenate([split.idb, split.train, split.val, split.test])
+    stored = json.loads(split.to_json())["params"]["source_ids"]
+    assert len(stored) == 100 and stored[str(int(chosen[0]))] == str(digits32.source_ids[chosen[0]])
+    again = Split.from_json(split.to_json())
+    assert len(again.apply(digits32).corpus) == 25  # the same data: fine
+    # the same number of images, but one of the split's images is another file now
+    ids = digits32.source_ids.astype(object)
+    ids[split.test[0]] = "digits/renamed"
+    changed = type(digits32)(digits32.images, digits32.labels, ids, digits32.class_names, digits32.name, digits32.meta)
+    with pytest.raises(VitDSIError, match=rf"data changed.*image {split.test[0]} of 'digits' was 'digits/{split.test[0]}' and is now 'digits/renamed'"):
+        again.apply(changed)
+    # positions the split did not choose (e.g. another seed's repeat) are checked by the digest
+    others = np.setdiff1d(np.arange(len(digits32)), chosen)[:10]
+    other = Split(others[:2], others[2:4], others[4:6], others[6:], params=again.params)
+    ids = digits32.source_ids.astype(object)
+    ids[others[0]] = "digits/moved"
+    moved = type(digits32)(digits32.images, digits32.labels, ids, digits32.class_names, digits32.name, digits32.meta)
+    with pytest.raises(VitDSIError, match="source ids of 'digits' differ"):
+        other.apply(moved)
+    assert len(other.apply(digits32).test) == 4

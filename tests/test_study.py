@@ -360,3 +360,38 @@ def test_worker_waits_for_a_point_claimed_between_its_reads(store, monkeypatch):
     out = run(study, options(store))
     assert "done" in other
     assert out.done and out.counts.get("COMPLETE") == 2, out.counts
+
+
+def test_search_after_the_data_moved(store, tmp_path):
+    """`bench search` on a run whose imagefolder root moved: a clear error, then --set dataset.root."""
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(15):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    study = knn_study("moved", dataset={"name": "imagefolder", "root": str(root), "size": 16, "n_total": 30})
+    out = run(study, options(store))
+    assert out.done, out.trials
+    run_id = out.best["run_id"]
+    moved = tmp_path / "moved-imgs"
+    root.rename(moved)
+    query = moved / "a" / "0.png"
+    runner = CliRunner()
+    from bench import trial as trial_mod
+
+    trial_mod._DATASETS.clear()  # each `bench search` is a new process: nothing cached
+    common = ["search", "--run", run_id, str(query), "--k", "3", "--out", str(tmp_path / "g.png"), "--tracking-uri", store.tracking]
+    res = runner.invoke(app, common, env={"COLUMNS": "400"})
+    assert res.exit_code == 2, res.output
+    assert str(root) in res.output and "--set dataset.root=PATH" in res.output
+    trial_mod._DATASETS.clear()
+    res = runner.invoke(app, [*common, "--set", f"dataset.root={moved}"], env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    # other data at that root (a file renamed) are refused, not silently used
+    (moved / "a" / "3.png").rename(moved / "a" / "3b.png")
+    trial_mod._DATASETS.clear()
+    res = runner.invoke(app, [*common, "--set", f"dataset.root={moved}"], env={"COLUMNS": "400"})
+    assert res.exit_code == 2 and "data changed" in res.output, res.output

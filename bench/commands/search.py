@@ -24,6 +24,7 @@ def command(
     out: Path = typer.Option(Path("grid.png"), "--out", help="Where to write the result grid PNG."),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
     device: str = typer.Option(None, "--device", help="torch device (default: CUDA when present)."),
+    overrides: list[str] = typer.Option(None, "--set", help="Where the run's data are now, when they moved: --set dataset.root=/data/imagenet."),
 ) -> None:
     """Answer top-k queries for image files with a trial's trained index; write a grid PNG."""
     import torch
@@ -34,7 +35,7 @@ def command(
     with friendly_errors(), tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
         trial = open_trial_run(run_id, tracking_uri, with_index=True, folder=tmp)
         retriever = trial.load_index(device=device)
-        corpus = trial.corpus()
+        corpus = trial.corpus(root=_root_override(overrides or []))
         queries = torch.stack([load_image_file(p, retriever.image_size) for p in images])
         if _grayscale(corpus.images) and not _grayscale(queries):
             # a grey corpus (digits, Fashion-MNIST): compare like with like
@@ -68,6 +69,19 @@ def command(
     written = write_grid(queries, [p.name for p in images], corpus.images, ids, titles, out,
                          title=f"{trial.config.method} on {trial.config.dataset.name} (run {run_id[:8]})")
     console.print(f"wrote {written}")
+
+
+def _root_override(overrides: list[str]) -> str | None:
+    """The `--set dataset.root=PATH` value (the one field a search can change: where the data are)."""
+    from vitdsi.errors import VitDSIError
+
+    root = None
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() != "dataset.root" or not value.strip():
+            raise VitDSIError(f"--set {item!r}: bench search takes only --set dataset.root=PATH (where the run's data are now)")
+        root = value.strip()
+    return root
 
 
 def _grayscale(images) -> bool:

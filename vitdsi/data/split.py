@@ -5,7 +5,8 @@ fraction of them forms the indexed database (IDB) and the rest are query images,
 *by image* into train / val / test queries (default 0.8 / 0.1 / 0.1). A query image is
 in exactly one of those parts and never in the IDB, so fine-tuning on train queries
 cannot leak into test queries (the original split (query, id) pairs instead).
-The split is plain position arrays plus its parameters, serialisable to json.
+The split is plain position arrays plus its parameters, serialisable to json; it also stores
+each chosen image's stable source id, verified when the split is applied again.
 """
 
 from __future__ import annotations
@@ -42,13 +43,41 @@ class Split:
         return {"idb": len(self.idb), "train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
     def apply(self, dataset: ImageSet) -> SplitSets:
+        """The four image sets. The positions must point at the images the split was made from:
+        the source size and, where the split stored them, each image's source id (file path
+        relative to the root, COCO image id, dataset index) are checked, so changed data (files
+        added, removed or renamed, another root) is a clear error, never silently other images."""
         expected = self.params.get("source_size")
         if expected is not None and expected != len(dataset):
             raise VitDSIError(
                 f"this split was made for a source of {expected} images but the dataset has {len(dataset)}; "
-                "load the same dataset with the same parameters"
+                "the data changed since (files added or removed?), or load the same dataset with the same parameters"
             )
+        self._verify_ids(dataset)
         return SplitSets(*(dataset.subset(part) for part in (self.idb, self.train, self.val, self.test)))
+
+    def _verify_ids(self, dataset: ImageSet) -> None:
+        stored = self.params.get("source_ids")
+        if not stored:
+            return  # a split written before source ids were stored
+        positions = np.concatenate([self.idb, self.train, self.val, self.test])
+        known = np.array([str(int(p)) in stored for p in positions], dtype=bool)
+        current = dataset.source_ids
+        changed = [(int(p), stored[str(int(p))], str(current[p])) for p in positions[known]
+                   if stored[str(int(p))] != str(current[p])]
+        if changed:
+            p, was, now = changed[0]
+            more = f" (and {len(changed) - 1} more of the split's {len(positions)} images)" if len(changed) > 1 else ""
+            raise VitDSIError(
+                f"the data changed since this split was made: image {p} of '{dataset.name}' was '{was}' and is now "
+                f"'{now}'{more}; point the dataset at the data the split was made from (e.g. the same root)"
+            )
+        digest = self.params.get("source_ids_sha1")
+        if not known.all() and digest and digest != source_ids_digest(current):
+            raise VitDSIError(
+                f"the data changed since this split was made: the source ids of '{dataset.name}' differ "
+                "(files renamed or reordered); point the dataset at the data the split was made from"
+            )
 
     def to_json(self) -> str:
         return json.dumps(
@@ -146,4 +175,16 @@ def make_split(
     parts.append(rest)
     params = {"n_total": n_total, "split_ratio": float(split_ratio),
               "query_fractions": tuple(float(f) for f in query_fractions), "seed": int(seed), "source_size": n_source}
+    if isinstance(source, ImageSet):  # each chosen image's stable id, checked when the split is applied again
+        params["source_ids"] = {str(int(p)): str(source.source_ids[p]) for p in np.sort(chosen)}
+        params["source_ids_sha1"] = source_ids_digest(source.source_ids)
     return Split(np.sort(idb), *(np.sort(p) for p in parts), params=params)
+
+
+def source_ids_digest(source_ids: np.ndarray) -> str:
+    """sha1 of a source's ids in order: the same data loaded the same way gives the same digest."""
+    h = hashlib.sha1()
+    for sid in source_ids:
+        h.update(str(sid).encode())
+        h.update(b"\0")
+    return h.hexdigest()
