@@ -2,7 +2,9 @@
 
 Long work (feature extraction, training epochs, trials) always shows a progress bar;
 `progress()` returns a rich Progress that hides itself when stderr is not a terminal
-unless VITDSI_PROGRESS=1, so CI logs stay readable.
+unless VITDSI_PROGRESS=1, so CI logs stay readable; hidden, it prints a plain line
+(description, steps done, elapsed) at least every 30 s (VITDSI_PROGRESS_EVERY) so a long
+step is never silent. VITDSI_PROGRESS=0 turns both off (tests).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -43,15 +46,70 @@ def get_logger(name: str) -> logging.Logger:
 
 
 def progress_enabled() -> bool:
+    """Live progress bars: on a terminal, or anywhere with VITDSI_PROGRESS=1."""
     flag = os.environ.get("VITDSI_PROGRESS")
     if flag is not None:
         return flag not in ("0", "false", "")
     return sys.stderr.isatty()
 
 
+def progress_lines_every() -> float | None:
+    """Seconds between plain progress lines when the bars are hidden because the output is not a
+    terminal (CI logs, `make demo > log`): VITDSI_PROGRESS_EVERY, default 30; None when the live
+    bars show or VITDSI_PROGRESS=0 asks for silence."""
+    if progress_enabled() or os.environ.get("VITDSI_PROGRESS") is not None:
+        return None
+    try:
+        return max(0.0, float(os.environ.get("VITDSI_PROGRESS_EVERY", "30")))
+    except ValueError:
+        return 30.0
+
+
+class _Progress(Progress):
+    """A rich Progress that, while hidden (output not a terminal), still prints one plain line per
+    task at most every `every` seconds: its description (e.g. "dsi index loss 0.412 IA@1 0.53"),
+    steps done of the total (epochs, images, trials) and the time elapsed."""
+
+    def __init__(self, *columns, every: float | None = None, **kwargs) -> None:
+        super().__init__(*columns, **kwargs)
+        self._every = every
+        self._started: dict = {}
+        self._last_line: dict = {}
+
+    def add_task(self, description, *args, **kwargs):
+        task_id = super().add_task(description, *args, **kwargs)
+        self._started[task_id] = self._last_line[task_id] = time.monotonic()
+        return task_id
+
+    def update(self, task_id, *args, **kwargs) -> None:
+        super().update(task_id, *args, **kwargs)
+        self._maybe_line(task_id)
+
+    def advance(self, task_id, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._maybe_line(task_id)
+
+    def _maybe_line(self, task_id) -> None:
+        if self._every is None or task_id not in self._started:
+            return
+        now = time.monotonic()
+        if now - self._last_line[task_id] < self._every:
+            return
+        self._last_line[task_id] = now
+        task = self._tasks.get(task_id)
+        if task is None:
+            return
+        elapsed = int(now - self._started[task_id])
+        done = f"{int(task.completed)}/{int(task.total)}" if task.total else f"{int(task.completed)}"
+        self.console.print(f"progress: {task.description} - {done} after {elapsed // 60}:{elapsed % 60:02d}",
+                           markup=False, highlight=False, soft_wrap=True)
+
+
 def progress(transient: bool = True) -> Progress:
-    """A rich progress display: description, bar, n/total, elapsed and remaining time."""
-    return Progress(
+    """A rich progress display: description, bar, n/total, elapsed and remaining time. When the
+    output is not a terminal the bar is hidden and a plain line is printed at least every 30 s
+    instead (see `progress_lines_every`); VITDSI_PROGRESS=0 silences both, =1 forces the bar."""
+    return _Progress(
         SpinnerColumn(),
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -61,4 +119,5 @@ def progress(transient: bool = True) -> Progress:
         console=console,
         transient=transient,
         disable=not progress_enabled(),
+        every=progress_lines_every(),
     )
