@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# the patch-size ablation at smoke scale (about a minute), then its report
+# the patch-size ablation at smoke scale (63 s with its report on a loaded 2-core VM, see README), then its report
 demo: install
 	$(VENV)/bin/bench run studies/patch_size.yaml --scale smoke
 	$(VENV)/bin/bench report patch_size --scale smoke --out runs/demo-report

@@ -1,4 +1,4 @@
-"""bench: the harness around the `vitdsi` library (DESIGN.md "Optuna and MLflow").
+"""bench: the harness around the `vitdsi` library (docs/design.md, "Optuna and MLflow").
 
 A study YAML (bench.config) becomes one Optuna study (bench.study); each trial loads a
 dataset and its split, builds and queries a retriever and scores it (bench.trial), and is

@@ -1,4 +1,4 @@
-"""The `bench` command (DESIGN.md "Who uses it and how").
+"""The `bench` command (README.md "The CLI"; docs/design.md for the architecture).
 
     bench run studies/patch_size.yaml [--scale smoke] [--n-trials 2] [--storage URL] ...
     bench list retrievers | datasets | studies

@@ -1,6 +1,6 @@
 """Study files: a YAML validated by pydantic, then resolved against a scale preset.
 
-One YAML is one Optuna study (DESIGN.md "Optuna and MLflow"): the dataset and its split,
+One YAML is one Optuna study (docs/design.md, "Optuna and MLflow"): the dataset and its split,
 the scale preset, the retriever (or several named `methods`, for Table-1 style studies),
 fixed parameters, a search space, the sampler, the trial budget, the objective, the
 metrics, repeats over seeds and the MLflow experiment. Every field is checked before any

@@ -1,4 +1,4 @@
-"""Where a result came from: git commit, package versions and the device (DESIGN.md
+"""Where a result came from: git commit, package versions and the device (docs/design.md,
 "Optuna and MLflow": every run is tagged with them; reports print them in their header)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""MLflow logging of studies and trials, by hand with the MLflow client (DESIGN.md
+"""MLflow logging of studies and trials, by hand with the MLflow client (docs/design.md,
 "Optuna and MLflow"; the Optuna MLflow callback is deprecated).
 
 One parent run per study, one nested run per trial holding every parameter, the

@@ -1,4 +1,4 @@
-"""The retriever interface and its registry (DESIGN.md "The retriever interface").
+"""The retriever interface and its registry (docs/design.md, "The retriever interface and registry").
 
 A retriever builds an index over a corpus ImageSet and answers top-k queries with a
 Ranking of corpus positions. Build parameters are constructor keyword arguments
