@@ -1,4 +1,4 @@
-"""Retrieval metrics, defined once, vectorised over all queries (DESIGN.md "Metrics").
+"""Retrieval metrics, defined once, vectorised over all queries (docs/design.md "Metrics and chance levels").
 
 Follows the standard trec_eval definitions with binary relevance, as the DSI papers use
 them, with one documented difference: AP@K divides by min(K, R) (R = number of relevant
