@@ -115,6 +115,15 @@ class FloatRange(_Model):
 Distribution = Annotated[Categorical | IntRange | FloatRange, Field(discriminator="type")]
 
 
+class InstanceConfig(_Model):
+    """The instance protocol: queries are new views of indexed images (vitdsi.data.protocols)."""
+
+    strength: Literal["light", "medium", "strong"] = "medium"  # view strength preset
+    train_views: int = Field(2, ge=0)  # train views of each corpus image that has any
+    untrained_share: float = Field(0.5, ge=0, le=1)  # share of corpus images with no train view
+    hflip: bool | None = None  # mirror views half the time; None = unless the dataset forbids it
+
+
 class DatasetConfig(_Model):
     """Dataset and split; an unset field takes the scale preset's value."""
 
@@ -127,6 +136,8 @@ class DatasetConfig(_Model):
     seed: int = 0  # seeds the draw of images and the split (all trials share one split)
     limit: int | None = Field(None, ge=1)  # keep at most this many source images (stratified)
     options: dict[str, Any] = Field(default_factory=dict)  # other loader parameters (e.g. fit: pad)
+    protocol: Literal["class", "instance"] = "class"  # what a query is (vitdsi.data.protocols)
+    instance: InstanceConfig | None = None  # options of the instance protocol
 
 
 class SamplerConfig(_Model):
@@ -220,6 +231,14 @@ class DataConfig:
     root: str | None = None  # where the files are
     limit: int | None = None  # cap on source images
     options: dict[str, Any] = field(default_factory=dict)  # other loader parameters
+    protocol: str = "class"  # what a query is: 'class' or 'instance' (vitdsi.data.protocols)
+    instance: dict[str, Any] = field(default_factory=dict)  # InstanceOptions fields (instance protocol)
+
+    def instance_options(self):
+        """vitdsi.data.protocols.InstanceOptions of this config (instance protocol)."""
+        from vitdsi.data.protocols import InstanceOptions
+
+        return InstanceOptions(**self.instance)
 
     def load_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `vitdsi.data.load_dataset(self.name, **kw)`."""
@@ -619,6 +638,9 @@ def _resolve_dataset(sf: StudyFile, scale, source: str) -> DataConfig:
             raise StudyConfigError(f"{source}: field `dataset.options.{key}`: dataset '{name}' has no parameter '{key}'{_suggest(key, opts)}; allowed: {', '.join(opts) or 'none'}")
     if d.root is not None and "root" not in allowed:
         raise StudyConfigError(f"{source}: field `dataset.root`: dataset '{name}' is not read from files; remove `root`")
+    if d.instance is not None and d.protocol != "instance":
+        raise StudyConfigError(f"{source}: field `dataset.instance`: options of the instance protocol, but "
+                               f"`dataset.protocol` is '{d.protocol}'; set `protocol: instance` or remove them")
     fractions = d.query_fractions or (0.8, 0.1, 0.1)
     if abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
         raise StudyConfigError(f"{source}: field `dataset.query_fractions`: three non-negative numbers summing to 1 (train, val, test), got {list(fractions)}")
@@ -632,6 +654,8 @@ def _resolve_dataset(sf: StudyFile, scale, source: str) -> DataConfig:
         root=d.root if d.root is not None else preset.get("root"),
         limit=d.limit,
         options=options,
+        protocol=d.protocol,
+        instance=d.instance.model_dump() if d.instance is not None else {},
     )
 
 

@@ -92,11 +92,22 @@ def header_section(record: StudyRecord) -> str:
         ["scale", record.scale],
         ["dataset", f"{ds.get('name')} at {ds.get('size')} px, n_total {_ds('n_total')}, split_ratio {_ds('split_ratio')}, "
                     f"queries train/val/test {ds.get('query_fractions')}, split seed {ds.get('seed')}"],
+        ["protocol", _protocol(ds)],
         ["objective", f"{record.objective} ({record.direction}), sampler {record.params.get('sampler')}, "
                       f"repeats {record.params.get('repeats')} seed(s) per trial"],
         ["trials", f"{len(record.trials)} finished"],
     ]
     return md_table(["", ""], rows)
+
+
+def _protocol(ds: dict) -> str:
+    """The evaluation protocol in words (vitdsi.data.protocols)."""
+    if ds.get("protocol", "class") != "instance":
+        return "class: queries are other images, relevant = same class (or a shared category)"
+    opts = {"strength": "medium", "train_views": 2, "untrained_share": 0.5, **(ds.get("instance") or {})}
+    return (f"instance: queries are new views ({opts['strength']}) of indexed images, each relevant to its source "
+            f"only; {opts['train_views']} train view(s) of each image except a {opts['untrained_share']:.0%} share "
+            "that has none; validation and test views from their own seeds")
 
 
 def results_section(record: StudyRecord) -> str:
@@ -409,8 +420,7 @@ def _seed_rankings(t: TrialRecord, record: StudyRecord, out: Path, cache: dict) 
     artifacts cannot be read. `cache`, shared by the sections of one report, keeps each
     trial's download and each split's loaded images."""
     from bench.runs import open_trial_run
-    from bench.trial import dataset as load_trial_dataset
-    from bench.trial import repeat_data
+    from bench.trial import repeat_data, split_sets
     from vitdsi.data import Relevance, Split
 
     if t.run_id in cache:
@@ -433,7 +443,7 @@ def _seed_rankings(t: TrialRecord, record: StudyRecord, out: Path, cache: dict) 
         data = repeat_data(run.config.dataset, i)
         key = (repr(data), split.to_json())
         if key not in cache:
-            sets = split.apply(load_trial_dataset(data))
+            sets = split_sets(data, split)
             cache[key] = (sets, Relevance.between(sets.test, sets.corpus))
         sets, relevance = cache[key]
         seeds.append(SeedRanking(i, arrays[f"test_ids_{i}"], sets, relevance, split.test.tobytes()))

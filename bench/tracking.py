@@ -387,6 +387,8 @@ def _dataset_params(data) -> dict[str, Any]:
     if data.limit is not None:
         out["limit"] = data.limit
     out.update({f"options.{k}": v for k, v in data.options.items()})
+    out["protocol"] = data.protocol
+    out.update({f"instance.{k}": v for k, v in data.instance.items()})
     return out
 
 

@@ -25,6 +25,7 @@ import torch
 
 from bench.config import DataConfig, TrialConfig
 from vitdsi.data import ImageSet, Relevance, Split, SplitSets, load_dataset, make_split
+from vitdsi.data.protocols import apply_protocol
 from vitdsi.metrics import (
     MetricValue,
     evaluate_with_values,
@@ -55,19 +56,27 @@ def dataset(data: DataConfig) -> ImageSet:
 
 
 def prepare(data: DataConfig) -> tuple[Split, SplitSets]:
-    """The split and its image sets (cached per process)."""
-    key = _key(data.name, sorted(data.load_kwargs().items()), sorted(data.split_kwargs().items()))
+    """The split and its image sets under the config's protocol (cached per process)."""
+    key = _key(data.name, sorted(data.load_kwargs().items()), sorted(data.split_kwargs().items()),
+               data.protocol, sorted(data.instance.items()))
     if key not in _SPLITS:
         images = dataset(data)
         split = make_split(images, **data.split_kwargs())
         # record where the positions point, so the split artifact alone finds its images
         split = Split(split.idb, split.train, split.val, split.test,
                       params={**split.params, "dataset": data.name, "load": data.load_kwargs()})
-        _SPLITS[key] = (split, split.apply(images))
+        _SPLITS[key] = (split, split_sets(data, split, images))
         while len(_SPLITS) > _MAX_SPLITS:
             _SPLITS.popitem(last=False)
     _SPLITS.move_to_end(key)
     return _SPLITS[key]
+
+
+def split_sets(data: DataConfig, split: Split, images: ImageSet | None = None) -> SplitSets:
+    """The image sets of `split` under the config's protocol: the split's own query images
+    (`class`), or new views of its indexed images (`instance`, vitdsi.data.protocols)."""
+    sets = split.apply(images if images is not None else dataset(data))
+    return apply_protocol(sets, data.protocol, data.seed, data.instance_options())
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,13 @@ from vitdsi.metrics import holm
 from vitdsi.retrievers.base import Retriever, registered
 
 
-@pytest.mark.parametrize("name", sorted(registered()))
-def test_validation_and_test_queries_never_reach_index(name, monkeypatch):
+PROTOCOL_CASES = [(name, "class") for name in sorted(registered())] + [
+    (name, "instance") for name in ("dsi-vit", "classifier", "dual-encoder", "pixels-knn")
+]
+
+
+@pytest.mark.parametrize(("name", "protocol"), PROTOCOL_CASES)
+def test_validation_and_test_queries_never_reach_index(name, protocol, monkeypatch):
     seen: list[tuple[set, set]] = []
     original = Retriever.index
 
@@ -28,7 +33,8 @@ def test_validation_and_test_queries_never_reach_index(name, monkeypatch):
 
     monkeypatch.setattr(Retriever, "index", spy)
     study = resolve({"name": f"leak-{name}", "retriever": name, "scale": "smoke", "repeats": 2,
-                     "dataset": {"n_total": 120, "split_ratio": 0.5}, "metrics": ["MAP@10", "P@10"]})
+                     "dataset": {"n_total": 120, "split_ratio": 0.5, "protocol": protocol},
+                     "metrics": ["MAP@10", "P@10"]})
     cfg = study.trial_config({})
     result = run_trial(cfg, device="cpu")
     assert len(seen) == 2

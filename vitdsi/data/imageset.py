@@ -24,6 +24,9 @@ class ImageSet:
     class_names: tuple[str, ...]  # name of each class / category index
     name: str = "imageset"  # source name, for logs and reports
     meta: dict = field(default_factory=dict)  # free-form provenance (root, size, ...)
+    # int64 [N] for query views (the instance protocol, vitdsi.data.protocols): the corpus
+    # position each image is a new view of, its only relevant image; None = relevance by label
+    view_of: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
@@ -43,6 +46,8 @@ class ImageSet:
             raise VitDSIError(f"ImageSet '{self.name}': class labels must be int64, got {self.labels.dtype}")
         if self.labels.ndim == 2 and self.labels.dtype != torch.bool:
             raise VitDSIError(f"ImageSet '{self.name}': multi-hot labels must be bool, got {self.labels.dtype}")
+        if self.view_of is not None and len(self.view_of) != n:
+            raise VitDSIError(f"ImageSet '{self.name}': {n} images but {len(self.view_of)} view_of entries")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -69,6 +74,7 @@ class ImageSet:
             class_names=self.class_names,
             name=self.name,
             meta=dict(self.meta),
+            view_of=None if self.view_of is None else self.view_of[idx.numpy()],
         )
 
     def to(self, device: torch.device | str) -> ImageSet:
@@ -80,6 +86,7 @@ class ImageSet:
             class_names=self.class_names,
             name=self.name,
             meta=dict(self.meta),
+            view_of=self.view_of,
         )
 
     def class_matrix(self) -> torch.Tensor:

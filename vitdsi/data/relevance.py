@@ -1,7 +1,9 @@
 """Relevance between query images and corpus images (paper section 2.1).
 
 A query is relevant to a corpus image when they share a class (ImageNet-style, one
-label per image) or any category (COCO-style, multi-hot labels). Relevance is defined
+label per image) or any category (COCO-style, multi-hot labels); a query that is a new
+view of a corpus image (the instance protocol, `ImageSet.view_of`) is relevant to that
+image only. Relevance is defined
 by images and their labels, never by id tokens (a flaw of the original code). It is
 held as the two label arrays, so gathering the relevance of a ranking is one vectorised
 lookup; `to_sparse()` gives the explicit boolean matrix for storage or inspection.
@@ -34,7 +36,8 @@ class Relevance:
 
     @staticmethod
     def between(queries: ImageSet, corpus: ImageSet) -> Relevance:
-        return Relevance(queries.labels.cpu().numpy(), corpus.labels.cpu().numpy())
+        query_keys, corpus_keys = relevance_keys(queries, corpus)
+        return Relevance(query_keys.cpu().numpy(), corpus_keys.cpu().numpy())
 
     @property
     def multilabel(self) -> bool:
@@ -108,6 +111,18 @@ class Relevance:
             q = sp.csr_matrix(self.query_labels)
             c = sp.csr_matrix(self.corpus_labels)
         return (q.astype(np.int32) @ c.astype(np.int32).T).astype(bool).tocsr()
+
+
+def relevance_keys(queries: ImageSet, corpus: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
+    """What decides relevance, as label-like keys: the labels, or for views (instance protocol)
+    the source's corpus position against `arange(N)`. Training pairs (query -> a relevant
+    corpus image) are drawn from the same keys, so no retriever pairs a view with another
+    image of its class."""
+    if queries.view_of is None:
+        return queries.labels, corpus.labels
+    if len(queries) and (queries.view_of.min() < 0 or queries.view_of.max() >= len(corpus)):
+        raise VitDSIError(f"views point at corpus positions outside 0..{len(corpus) - 1}; were they made from this corpus?")
+    return torch.as_tensor(queries.view_of, dtype=torch.int64), torch.arange(len(corpus), dtype=torch.int64)
 
 
 def as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:

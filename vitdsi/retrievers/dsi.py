@@ -118,6 +118,7 @@ class DSIViT(Retriever):
             )
 
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
+        from vitdsi.data.relevance import relevance_keys
         from vitdsi.ids import make_ids
         from vitdsi.models.vit_dsi import VitDSI
         from vitdsi.train import DSITrainer, TrainConfig
@@ -134,11 +135,12 @@ class DSIViT(Retriever):
             batch_size=self.batch_size, weight_decay=self.weight_decay, augment=self.augment,
             target_ia=self.target_ia, seed=self.seed,
         )
+        # training pairs come from what decides relevance: shared labels, or a view's own source
+        query_keys, corpus_keys = relevance_keys(train_queries, corpus) if use_queries else (None, corpus.labels)
         trainer = DSITrainer(
             self._model, corpus.images.to(self.device), self._ids.codes, train_cfg,
             query_images=train_queries.images if use_queries else None,
-            query_labels=train_queries.labels if use_queries else None,
-            corpus_labels=corpus.labels, callback=self.on_epoch,
+            query_labels=query_keys, corpus_labels=corpus_keys, callback=self.on_epoch,
         )
         self.history = [e.to_dict() for e in trainer.fit()]
         self._finish()

@@ -118,6 +118,7 @@ class DualEncoder(VitBaseline):
         return random_jitter(x, gen, VIEW_JITTER)
 
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
+        from vitdsi.data.relevance import relevance_keys
         from vitdsi.models.vit_heads import VitDualEncoder
         from vitdsi.train import RelevantSampler, to_input
 
@@ -126,7 +127,7 @@ class DualEncoder(VitBaseline):
         images = corpus.images.to(self.device)
         parts, sampler = [images], None
         if self.use_queries and train_queries is not None and len(train_queries):
-            sampler = RelevantSampler(train_queries.labels, corpus.labels)
+            sampler = RelevantSampler(*relevance_keys(train_queries, corpus))  # labels, or a view's source
             if len(sampler):
                 parts.append(train_queries.images[sampler.has_relevant.to(train_queries.images.device)].to(self.device))
             else:

@@ -1,0 +1,84 @@
+"""The instance protocol: queries are new views of indexed images, each relevant to its source only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bench.config import StudyConfigError, resolve
+from bench.trial import prepare, run_trial
+from vitdsi.data import Relevance, make_split
+from vitdsi.data.protocols import InstanceOptions, apply_protocol, instance_sets, trained_sources
+from vitdsi.data.relevance import relevance_keys
+from vitdsi.errors import VitDSIError
+from vitdsi.train import RelevantSampler
+
+
+@pytest.fixture(scope="module")
+def corpus(digits32):
+    return make_split(digits32, n_total=200, split_ratio=0.5, seed=0).apply(digits32).corpus
+
+
+def test_views_cover_the_corpus_by_role(corpus):
+    sets = instance_sets(corpus, seed=0, options=InstanceOptions(strength="light", train_views=2, untrained_share=0.5))
+    n = len(corpus)
+    trained = trained_sources(n, 0.5, 0)
+    assert len(trained) == n // 2 and torch.equal(sets.corpus.images, corpus.images)
+    # train views: two of each trained image and none of the others; val / test: one of every image
+    assert sorted(sets.train.view_of.tolist()) == sorted(trained.tolist() * 2)
+    assert sets.val.view_of.tolist() == sets.test.view_of.tolist() == list(range(n))
+    # views keep their source's class and have source ids of their own
+    assert torch.equal(sets.test.labels, corpus.labels)
+    assert not set(sets.test.source_ids) & (set(corpus.source_ids) | set(sets.val.source_ids) | set(sets.train.source_ids))
+    # each role draws its own views, and the same seed draws the same ones
+    assert not torch.equal(sets.val.images, sets.test.images)
+    again = instance_sets(corpus, seed=0, options=InstanceOptions(strength="light", train_views=2, untrained_share=0.5))
+    assert torch.equal(again.test.images, sets.test.images) and torch.equal(again.train.images, sets.train.images)
+
+
+def test_relevance_and_training_pairs_are_the_source(corpus):
+    sets = instance_sets(corpus, seed=1, options=InstanceOptions())
+    relevance = Relevance.between(sets.test, sets.corpus)
+    assert (relevance.n_relevant() == 1).all()
+    ids = np.stack([np.arange(len(corpus)), (np.arange(len(corpus)) + 1) % len(corpus)], axis=1)
+    assert relevance.gather(ids)[:, 0].all() and not relevance.gather(ids)[:, 1].any()
+    # a class-relevance sampler would pair a view with any image of its class; this one, its source
+    sampler = RelevantSampler(*relevance_keys(sets.train, sets.corpus))
+    drawn = sampler.sample(torch.arange(len(sampler)), torch.Generator().manual_seed(0))
+    assert torch.equal(drawn, torch.as_tensor(sets.train.view_of))
+
+
+def test_class_protocol_is_unchanged_and_unknown_is_an_error(digits32, corpus):
+    sets = make_split(digits32, n_total=200, split_ratio=0.5, seed=0).apply(digits32)
+    assert apply_protocol(sets, "class", 0) is sets and sets.test.view_of is None
+    with pytest.raises(VitDSIError, match="unknown protocol 'instanse'; known: class, instance"):
+        apply_protocol(sets, "instanse", 0)
+    with pytest.raises(VitDSIError, match="untrained_share"):
+        InstanceOptions(untrained_share=1.5)
+
+
+def test_study_under_the_instance_protocol():
+    study = resolve({"name": "inst", "retriever": "pixels-knn", "scale": "smoke", "metrics": ["R@1", "R@10", "MRR"],
+                     "objective": {"metric": "R@1"},
+                     "dataset": {"n_total": 128, "split_ratio": 0.5, "protocol": "instance",
+                                 "instance": {"strength": "light"}}})
+    cfg = study.trial_config({})
+    assert cfg.dataset.protocol == "instance" and cfg.dataset.instance["strength"] == "light"
+    _, sets = prepare(cfg.dataset)
+    n = len(sets.corpus)
+    result = run_trial(cfg, device="cpu")
+    r1, r10 = result.summary["R@1"], result.summary["R@10"]
+    # exact chance with one relevant image among n: k / n
+    assert r1.chance == pytest.approx(1 / n) and r10.chance == pytest.approx(10 / n)
+    assert r1.n_queries == n  # one test view of every indexed image
+    # light views of digits are mostly found by raw-pixel cosine, far above chance
+    assert r1.mean > 0.5 and r10.mean >= r1.mean
+
+
+def test_instance_options_need_the_instance_protocol():
+    with pytest.raises(StudyConfigError, match="dataset.instance.*protocol: instance"):
+        resolve({"name": "x", "retriever": "pixels-knn", "scale": "smoke", "dataset": {"instance": {"strength": "light"}}})
+    with pytest.raises(StudyConfigError, match="strength"):
+        resolve({"name": "x", "retriever": "pixels-knn", "scale": "smoke",
+                 "dataset": {"protocol": "instance", "instance": {"strength": "huge"}}})
