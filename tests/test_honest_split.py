@@ -15,7 +15,6 @@ from bench.trial import prepare, repeat_data, run_trial
 from vitdsi.metrics import holm
 from vitdsi.retrievers.base import Retriever, registered
 
-
 PROTOCOL_CASES = [(name, "class") for name in sorted(registered())] + [
     (name, "instance") for name in ("dsi-vit", "classifier", "dual-encoder", "pixels-knn")
 ]
