@@ -564,6 +564,40 @@ def paired_section(record: StudyRecord, out: Path, cache: dict) -> str | None:
             + "\n\n" + md_table(header, rows))
 
 
+def seen_in_training_section(record: StudyRecord, out: Path, cache: dict) -> str | None:
+    """Instance protocol: each chosen method's test metrics on views of indexed images that had
+    train views and on views of images that had none (generalisation to unseen images)."""
+    from vitdsi.metrics import mean_ci, per_query
+
+    if record.resolved.get("dataset", {}).get("protocol") != "instance":
+        return None
+    names = [m for m in record.metric_names() if not m.startswith("IA@")]
+    rows = []
+    for t in _best_per_method(record):
+        seeds = _seed_rankings(t, record, out, cache)
+        if not seeds:
+            continue
+        row = [_label(t, record), t.supervision]
+        for m in names:
+            pooled = {True: [], False: []}
+            for sr in seeds:
+                values = per_query(sr.ids, sr.relevance, [m])[m]
+                had_train = np.isin(sr.sets.test.view_of, sr.sets.train.view_of)
+                pooled[True].append(values[had_train])
+                pooled[False].append(values[~had_train])
+            for flag in (True, False):
+                mean, ci, n = mean_ci(np.concatenate(pooled[flag]))
+                row.append(fmt_ci(mean, ci) if n else "n/a")
+        rows.append(row)
+    if not rows:
+        return None
+    header = ["method", "learns from"] + [f"{m} {side}" for m in names for side in ("(had train views)", "(no train view)")]
+    return ("Test views split by whether their source image had train views. A method that only memorised its "
+            "training pairs does well on the first column and not the second; a label-free method cannot tell "
+            "them apart. Means over the pooled test views of all seeds ± the 95% CI over those views.\n\n"
+            + md_table(header, rows))
+
+
 def _class_names(images, positions: np.ndarray) -> list[str]:
     """Class name of each image position ('' for -1); several categories joined by '+'."""
     names = images.class_names
@@ -654,6 +688,9 @@ def write_report(study: str, *, tracking_uri: str | None = None, scale: str | No
         paired = paired_section(record, fig_dir, rankings)
         if paired:
             sections += ["## Paired comparisons", paired]
+        seen = seen_in_training_section(record, fig_dir, rankings)
+        if seen:
+            sections += ["## Views of images with and without train views", seen]
         pk = precision_and_grid_section(record, fig_dir, rel, rankings)
         if pk:
             sections += ["## Precision@K and example queries", pk]

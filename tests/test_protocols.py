@@ -82,3 +82,30 @@ def test_instance_options_need_the_instance_protocol():
     with pytest.raises(StudyConfigError, match="strength"):
         resolve({"name": "x", "retriever": "pixels-knn", "scale": "smoke",
                  "dataset": {"protocol": "instance", "instance": {"strength": "huge"}}})
+
+
+def test_instance_report_splits_views_by_train_views(tmp_path):
+    from mlflow import MlflowClient
+
+    from bench.report import write_report
+    from bench.study import RunOptions, run
+
+    study = resolve({"name": "inst_report", "scale": "smoke", "repeats": 2, "metrics": ["R@1", "MRR"],
+                     "objective": {"metric": "R@1"},
+                     "methods": {"knn": {"retriever": "pixels-knn"}, "rand": {"retriever": "random"}},
+                     "space": {"method": ["knn", "rand"]},
+                     "dataset": {"n_total": 128, "split_ratio": 0.5, "protocol": "instance",
+                                 "instance": {"strength": "light", "untrained_share": 0.25}}})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert run(study, RunOptions(tracking_uri=uri, storage=f"sqlite:///{tmp_path / 'optuna.db'}")).complete == 2
+    text = write_report("inst_report", tracking_uri=uri, out_dir=tmp_path / "reports").read_text()
+    assert "| protocol | instance: queries are new views (light)" in text
+    part = text.split("## Views of images with and without train views", 1)[1].split("\n## ", 1)[0]
+    row = next(line for line in part.splitlines() if line.startswith("| knn |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    seen, unseen = (float(c.partition(" ± ")[0]) for c in cells[2:4])
+    # 75% of the 64 indexed images had train views: the two groups average back to the stored test R@1
+    client = MlflowClient(uri)
+    stored = next(r for r in client.search_runs([client.get_experiment_by_name("inst_report").experiment_id],
+                                                "tags.`vitdsi.kind` = 'trial'") if r.data.tags["method"] == "knn")
+    assert 0.75 * seen + 0.25 * unseen == pytest.approx(stored.data.metrics["R_at_1"], abs=2e-4)
