@@ -124,6 +124,12 @@ class InstanceConfig(_Model):
     hflip: bool | None = None  # mirror views half the time; None = unless the dataset forbids it
 
 
+class UnseenConfig(_Model):
+    """The unseen-classes protocol: some classes are indexed but never trained on (vitdsi.data.protocols)."""
+
+    share: float = Field(0.3, gt=0, lt=1)  # share of the classes held out from every label and training pair
+
+
 class DatasetConfig(_Model):
     """Dataset and split; an unset field takes the scale preset's value."""
 
@@ -136,8 +142,9 @@ class DatasetConfig(_Model):
     seed: int = 0  # seeds the draw of images and the split (all trials share one split)
     limit: int | None = Field(None, ge=1)  # keep at most this many source images (stratified)
     options: dict[str, Any] = Field(default_factory=dict)  # other loader parameters (e.g. fit: pad)
-    protocol: Literal["class", "instance"] = "class"  # what a query is (vitdsi.data.protocols)
+    protocol: Literal["class", "instance", "unseen-classes"] = "class"  # what a query is (vitdsi.data.protocols)
     instance: InstanceConfig | None = None  # options of the instance protocol
+    unseen: UnseenConfig | None = None  # options of the unseen-classes protocol
 
 
 class SamplerConfig(_Model):
@@ -231,14 +238,19 @@ class DataConfig:
     root: str | None = None  # where the files are
     limit: int | None = None  # cap on source images
     options: dict[str, Any] = field(default_factory=dict)  # other loader parameters
-    protocol: str = "class"  # what a query is: 'class' or 'instance' (vitdsi.data.protocols)
+    protocol: str = "class"  # what a query is: 'class', 'instance' or 'unseen-classes' (vitdsi.data.protocols)
     instance: dict[str, Any] = field(default_factory=dict)  # InstanceOptions fields (instance protocol)
+    unseen: dict[str, Any] = field(default_factory=dict)  # UnseenOptions fields (unseen-classes protocol)
 
-    def instance_options(self):
-        """vitdsi.data.protocols.InstanceOptions of this config (instance protocol)."""
-        from vitdsi.data.protocols import InstanceOptions
+    def protocol_options(self):
+        """The vitdsi.data.protocols options of this config's protocol (None for `class`)."""
+        from vitdsi.data.protocols import InstanceOptions, UnseenOptions
 
-        return InstanceOptions(**self.instance)
+        if self.protocol == "instance":
+            return InstanceOptions(**self.instance)
+        if self.protocol == "unseen-classes":
+            return UnseenOptions(**self.unseen)
+        return None
 
     def load_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `vitdsi.data.load_dataset(self.name, **kw)`."""
@@ -638,9 +650,10 @@ def _resolve_dataset(sf: StudyFile, scale, source: str) -> DataConfig:
             raise StudyConfigError(f"{source}: field `dataset.options.{key}`: dataset '{name}' has no parameter '{key}'{_suggest(key, opts)}; allowed: {', '.join(opts) or 'none'}")
     if d.root is not None and "root" not in allowed:
         raise StudyConfigError(f"{source}: field `dataset.root`: dataset '{name}' is not read from files; remove `root`")
-    if d.instance is not None and d.protocol != "instance":
-        raise StudyConfigError(f"{source}: field `dataset.instance`: options of the instance protocol, but "
-                               f"`dataset.protocol` is '{d.protocol}'; set `protocol: instance` or remove them")
+    for block, protocol in (("instance", "instance"), ("unseen", "unseen-classes")):
+        if getattr(d, block) is not None and d.protocol != protocol:
+            raise StudyConfigError(f"{source}: field `dataset.{block}`: options of the {protocol} protocol, but "
+                                   f"`dataset.protocol` is '{d.protocol}'; set `protocol: {protocol}` or remove them")
     fractions = d.query_fractions or (0.8, 0.1, 0.1)
     if abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
         raise StudyConfigError(f"{source}: field `dataset.query_fractions`: three non-negative numbers summing to 1 (train, val, test), got {list(fractions)}")
@@ -656,6 +669,7 @@ def _resolve_dataset(sf: StudyFile, scale, source: str) -> DataConfig:
         options=options,
         protocol=d.protocol,
         instance=d.instance.model_dump() if d.instance is not None else {},
+        unseen=d.unseen.model_dump() if d.unseen is not None else {},
     )
 
 

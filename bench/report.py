@@ -102,6 +102,10 @@ def header_section(record: StudyRecord) -> str:
 
 def _protocol(ds: dict) -> str:
     """The evaluation protocol in words (vitdsi.data.protocols)."""
+    if ds.get("protocol") == "unseen-classes":
+        share = {"share": 0.3, **(ds.get("unseen") or {})}["share"]
+        return (f"unseen-classes: {share:.0%} of the classes (seeded) are indexed but their labels and train queries "
+                "never reach training; relevance = same class; test reported for seen and unseen classes")
     if ds.get("protocol", "class") != "instance":
         return "class: queries are other images, relevant = same class (or a shared category)"
     opts = {"strength": "medium", "train_views": 2, "untrained_share": 0.5, **(ds.get("instance") or {})}
@@ -569,8 +573,10 @@ def seen_in_training_section(record: StudyRecord, out: Path, cache: dict) -> str
     train views and on views of images that had none (generalisation to unseen images)."""
     from vitdsi.metrics import mean_ci, per_query
 
-    if record.resolved.get("dataset", {}).get("protocol") != "instance":
+    protocol = record.resolved.get("dataset", {}).get("protocol")
+    if protocol not in ("instance", "unseen-classes"):
         return None
+    sides = ("(had train views)", "(no train view)") if protocol == "instance" else ("(seen classes)", "(unseen classes)")
     names = [m for m in record.metric_names() if not m.startswith("IA@")]
     rows = []
     for t in _best_per_method(record):
@@ -582,7 +588,10 @@ def seen_in_training_section(record: StudyRecord, out: Path, cache: dict) -> str
             pooled = {True: [], False: []}
             for sr in seeds:
                 values = per_query(sr.ids, sr.relevance, [m])[m]
-                had_train = np.isin(sr.sets.test.view_of, sr.sets.train.view_of)
+                if protocol == "instance":
+                    had_train = np.isin(sr.sets.test.view_of, sr.sets.train.view_of)
+                else:
+                    had_train = ~np.isin(sr.sets.test.labels.numpy(), sr.sets.corpus.meta["unseen_classes"])
                 pooled[True].append(values[had_train])
                 pooled[False].append(values[~had_train])
             for flag in (True, False):
@@ -591,11 +600,13 @@ def seen_in_training_section(record: StudyRecord, out: Path, cache: dict) -> str
         rows.append(row)
     if not rows:
         return None
-    header = ["method", "learns from"] + [f"{m} {side}" for m in names for side in ("(had train views)", "(no train view)")]
-    return ("Test views split by whether their source image had train views. A method that only memorised its "
-            "training pairs does well on the first column and not the second; a label-free method cannot tell "
-            "them apart. Means over the pooled test views of all seeds ± the 95% CI over those views.\n\n"
-            + md_table(header, rows))
+    header = ["method", "learns from"] + [f"{m} {side}" for m in names for side in sides]
+    what = ("Test views split by whether their source image had train views." if protocol == "instance" else
+            "Test queries split by whether their class was seen in training (unseen classes are indexed, but no "
+            "label or training pair of theirs reached any method).")
+    return (what + " A method that only learnt its training pairs or labels does well on the first column and not "
+            "the second; a label-free method cannot tell them apart. Means over the pooled test queries of all seeds "
+            "± the 95% CI over those queries.\n\n" + md_table(header, rows))
 
 
 def _class_names(images, positions: np.ndarray) -> list[str]:
@@ -690,7 +701,7 @@ def write_report(study: str, *, tracking_uri: str | None = None, scale: str | No
             sections += ["## Paired comparisons", paired]
         seen = seen_in_training_section(record, fig_dir, rankings)
         if seen:
-            sections += ["## Views of images with and without train views", seen]
+            sections += ["## Seen and unseen in training", seen]
         pk = precision_and_grid_section(record, fig_dir, rel, rankings)
         if pk:
             sections += ["## Precision@K and example queries", pk]

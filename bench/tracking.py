@@ -389,6 +389,7 @@ def _dataset_params(data) -> dict[str, Any]:
     out.update({f"options.{k}": v for k, v in data.options.items()})
     out["protocol"] = data.protocol
     out.update({f"instance.{k}": v for k, v in data.instance.items()})
+    out.update({f"unseen.{k}": v for k, v in data.unseen.items()})
     return out
 
 

@@ -16,18 +16,20 @@ from vitdsi.metrics import holm
 from vitdsi.retrievers.base import Retriever, registered
 
 PROTOCOL_CASES = [(name, "class") for name in sorted(registered())] + [
-    (name, "instance") for name in ("dsi-vit", "classifier", "dual-encoder", "pixels-knn")
+    (name, protocol) for protocol in ("instance", "unseen-classes") for name in ("dsi-vit", "classifier", "dual-encoder")
 ]
 
 
 @pytest.mark.parametrize(("name", "protocol"), PROTOCOL_CASES)
 def test_validation_and_test_queries_never_reach_index(name, protocol, monkeypatch):
     seen: list[tuple[set, set]] = []
+    labels_seen: list[set] = []  # every label that reached index(), corpus and train queries
     original = Retriever.index
 
     def spy(self, corpus, *, train_queries=None):
         seen.append((set(corpus.source_ids.tolist()),
                      set() if train_queries is None else set(train_queries.source_ids.tolist())))
+        labels_seen.append(set(corpus.labels.tolist()) | (set() if train_queries is None else set(train_queries.labels.tolist())))
         return original(self, corpus, train_queries=train_queries)
 
     monkeypatch.setattr(Retriever, "index", spy)
@@ -44,6 +46,9 @@ def test_validation_and_test_queries_never_reach_index(name, protocol, monkeypat
         assert held_out and not (corpus_ids | train_ids) & held_out, "a validation / test query reached index()"
         assert corpus_ids == set(sets.corpus.source_ids.tolist()) and train_ids == set(sets.train.source_ids.tolist())
         test_sets.append(set(sets.test.source_ids.tolist()))
+        if protocol == "unseen-classes":  # no label of an unseen class reaches training
+            hidden = set(sets.corpus.meta["unseen_classes"])
+            assert hidden and not labels_seen[r] & hidden and hidden <= set(sets.test.labels.tolist())
     assert test_sets[0] != test_sets[1]  # the split seed moves with the repeat
     # the objective reads the validation queries; the reported numbers are the test ones
     assert result.objective("MAP@10") == pytest.approx(np.mean([x.val_metrics["MAP@10"].mean for x in result.repeats]))

@@ -100,7 +100,7 @@ def test_instance_report_splits_views_by_train_views(tmp_path):
     assert run(study, RunOptions(tracking_uri=uri, storage=f"sqlite:///{tmp_path / 'optuna.db'}")).complete == 2
     text = write_report("inst_report", tracking_uri=uri, out_dir=tmp_path / "reports").read_text()
     assert "| protocol | instance: queries are new views (light)" in text
-    part = text.split("## Views of images with and without train views", 1)[1].split("\n## ", 1)[0]
+    part = text.split("## Seen and unseen in training", 1)[1].split("\n## ", 1)[0]
     row = next(line for line in part.splitlines() if line.startswith("| knn |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     seen, unseen = (float(c.partition(" ± ")[0]) for c in cells[2:4])
@@ -109,3 +109,50 @@ def test_instance_report_splits_views_by_train_views(tmp_path):
     stored = next(r for r in client.search_runs([client.get_experiment_by_name("inst_report").experiment_id],
                                                 "tags.`vitdsi.kind` = 'trial'") if r.data.tags["method"] == "knn")
     assert 0.75 * seen + 0.25 * unseen == pytest.approx(stored.data.metrics["R_at_1"], abs=2e-4)
+
+
+def test_unseen_classes_hide_labels_and_train_queries(digits32):
+    from vitdsi.data.protocols import UnseenOptions, unseen_classes
+
+    sets = make_split(digits32, n_total=300, split_ratio=0.4, seed=0).apply(digits32)
+    out = apply_protocol(sets, "unseen-classes", 0, UnseenOptions(share=0.3))
+    unseen = unseen_classes(digits32.n_classes, 0.3, 0)
+    assert len(unseen) == 3 and out.corpus.meta["unseen_classes"] == unseen.tolist()
+    hidden = np.isin(sets.corpus.labels.numpy(), unseen)
+    # unseen classes' corpus labels are hidden from training, the truth decides relevance
+    assert (out.corpus.labels.numpy()[hidden] == -1).all() and torch.equal(out.corpus.labels[~hidden], sets.corpus.labels[~hidden])
+    assert torch.equal(out.corpus.relevance_labels, sets.corpus.labels) and torch.equal(out.corpus.images, sets.corpus.images)
+    # no train query of an unseen class is left; validation and test keep every class
+    assert not np.isin(out.train.labels.numpy(), unseen).any() and len(out.train) < len(sets.train)
+    assert out.test is sets.test and out.val is sets.val
+    rel = Relevance.between(out.test, out.corpus)
+    assert np.array_equal(rel.n_relevant(), Relevance.between(sets.test, sets.corpus).n_relevant())
+    # training pairs never point at an unseen class's image
+    sampler = RelevantSampler(*relevance_keys(out.train, out.corpus))
+    drawn = sampler.sample(torch.arange(len(sampler)), torch.Generator().manual_seed(0)).numpy()
+    assert not hidden[drawn].any()
+    with pytest.raises(VitDSIError, match="share"):
+        UnseenOptions(share=1.0)
+
+
+def test_unseen_classes_study_runs_and_reports_both_groups(tmp_path):
+    from bench.report import write_report
+    from bench.study import RunOptions, run
+
+    study = resolve({"name": "unseen_report", "scale": "smoke", "metrics": ["MAP@10", "P@10"],
+                     "methods": {"classifier": {"retriever": "classifier"}, "knn": {"retriever": "pixels-knn"}},
+                     "space": {"method": ["classifier", "knn"]},
+                     "dataset": {"n_total": 200, "split_ratio": 0.4, "protocol": "unseen-classes", "unseen": {"share": 0.3}}})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert run(study, RunOptions(tracking_uri=uri, storage=f"sqlite:///{tmp_path / 'optuna.db'}")).complete == 2
+    text = write_report("unseen_report", tracking_uri=uri, out_dir=tmp_path / "reports").read_text()
+    assert "| protocol | unseen-classes: 30% of the classes" in text
+    part = text.split("## Seen and unseen in training", 1)[1].split("\n## ", 1)[0]
+    assert "MAP@10 (seen classes)" in part and "MAP@10 (unseen classes)" in part
+    # the classifier never saw an unseen class's label: it ranks those images last, so it finds
+    # (almost) nothing for unseen-class queries, while it does for seen ones
+    row = next(line for line in part.splitlines() if line.startswith("| classifier |"))
+    seen, unseen = (float(c.strip().partition(" ± ")[0]) for c in row.strip("|").split("|")[2:4])
+    assert unseen < seen
+    with pytest.raises(StudyConfigError, match="dataset.unseen.*protocol: unseen-classes"):
+        resolve({"name": "x", "retriever": "pixels-knn", "scale": "smoke", "dataset": {"unseen": {"share": 0.3}}})

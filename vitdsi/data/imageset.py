@@ -27,6 +27,9 @@ class ImageSet:
     # int64 [N] for query views (the instance protocol, vitdsi.data.protocols): the corpus
     # position each image is a new view of, its only relevant image; None = relevance by label
     view_of: np.ndarray | None = None
+    # the labels that decide relevance where training may not see them all (the unseen-classes
+    # protocol hides some classes as -1 in `labels`); None = `labels` themselves
+    relevance_labels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
@@ -46,6 +49,9 @@ class ImageSet:
             raise VitDSIError(f"ImageSet '{self.name}': class labels must be int64, got {self.labels.dtype}")
         if self.labels.ndim == 2 and self.labels.dtype != torch.bool:
             raise VitDSIError(f"ImageSet '{self.name}': multi-hot labels must be bool, got {self.labels.dtype}")
+        if self.relevance_labels is not None and self.relevance_labels.shape != self.labels.shape:
+            raise VitDSIError(f"ImageSet '{self.name}': relevance_labels {tuple(self.relevance_labels.shape)} "
+                              f"must have the shape of labels {tuple(self.labels.shape)}")
         if self.view_of is not None and len(self.view_of) != n:
             raise VitDSIError(f"ImageSet '{self.name}': {n} images but {len(self.view_of)} view_of entries")
 
@@ -75,6 +81,7 @@ class ImageSet:
             name=self.name,
             meta=dict(self.meta),
             view_of=None if self.view_of is None else self.view_of[idx.numpy()],
+            relevance_labels=None if self.relevance_labels is None else self.relevance_labels[idx],
         )
 
     def to(self, device: torch.device | str) -> ImageSet:
@@ -87,6 +94,7 @@ class ImageSet:
             name=self.name,
             meta=dict(self.meta),
             view_of=self.view_of,
+            relevance_labels=None if self.relevance_labels is None else self.relevance_labels.to(device),
         )
 
     def class_matrix(self) -> torch.Tensor:

@@ -12,6 +12,13 @@ instance-retrieval / copy-detection setting):
               test views of an image come from disjoint seeds, and a share of the corpus
               (`untrained_share`, default 50%) has no train views at all, so the test also
               measures views of images no retriever was fine-tuned on.
+    unseen-classes
+              the classes are split (seeded; `share`, default 30%, unseen); images of
+              unseen classes are indexed, but their labels are hidden from training (-1
+              in the corpus's `labels`, the truth kept in `relevance_labels`) and their
+              train queries are dropped, so no training pair or label the model sees
+              involves them. Validation and test queries of every class remain and are
+              reported separately for seen and unseen classes.
 
 The class split is drawn first (`vitdsi.data.split`), so the indexed database is the same
 under both protocols for a given seed; under `instance` the class split's query images
@@ -31,7 +38,7 @@ from vitdsi.data.split import SplitSets
 from vitdsi.data.views import PRESETS, make_views, view_seed
 from vitdsi.errors import VitDSIError
 
-PROTOCOLS = ("class", "instance")
+PROTOCOLS = ("class", "instance", "unseen-classes")
 NO_FLIP_DATASETS = ("digits",)  # data whose meaning a mirror image changes
 
 
@@ -51,13 +58,50 @@ class InstanceOptions:
             raise VitDSIError(f"instance protocol: untrained_share must be in [0, 1], got {self.untrained_share}")
 
 
-def apply_protocol(sets: SplitSets, protocol: str, seed: int, options: InstanceOptions | None = None) -> SplitSets:
-    """The query sets of `protocol` over the corpus of a class split (`class`: unchanged)."""
+@dataclass(frozen=True)
+class UnseenOptions:
+    share: float = 0.3  # share of the classes whose labels and train queries training never sees
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.share < 1.0:
+            raise VitDSIError(f"unseen-classes protocol: share must be in (0, 1), got {self.share}")
+
+
+def apply_protocol(sets: SplitSets, protocol: str, seed: int, options: InstanceOptions | UnseenOptions | None = None) -> SplitSets:
+    """The sets of `protocol` over a class split (`class`: unchanged)."""
     if protocol not in PROTOCOLS:
         raise VitDSIError(f"unknown protocol '{protocol}'; known: {', '.join(PROTOCOLS)}")
     if protocol == "class":
         return sets
+    if protocol == "unseen-classes":
+        return unseen_class_sets(sets, seed, options or UnseenOptions())
     return instance_sets(sets.corpus, seed, options or InstanceOptions())
+
+
+def unseen_classes(n_classes: int, share: float, seed: int) -> np.ndarray:
+    """Sorted class indices held out from training: a seeded `share` of them (at least one, and
+    at least one class stays seen)."""
+    n_unseen = min(n_classes - 1, max(1, int(round(share * n_classes))))
+    rng = np.random.default_rng(view_seed(seed, "unseen-classes"))
+    return np.sort(rng.permutation(n_classes)[:n_unseen])
+
+
+def unseen_class_sets(sets: SplitSets, seed: int, options: UnseenOptions) -> SplitSets:
+    """The class split with unseen classes' corpus labels hidden (-1; the truth in
+    `relevance_labels`) and their train queries dropped; validation and test unchanged."""
+    corpus = sets.corpus
+    if corpus.multilabel:
+        raise VitDSIError("the unseen-classes protocol needs one class per image; multi-label data: use `class`")
+    unseen = torch.as_tensor(unseen_classes(corpus.n_classes, options.share, seed))
+    hidden = torch.isin(corpus.labels, unseen)
+    masked = ImageSet(
+        images=corpus.images, labels=torch.where(hidden, -1, corpus.labels), source_ids=corpus.source_ids,
+        class_names=corpus.class_names, name=corpus.name,
+        meta={**corpus.meta, "protocol": "unseen-classes", "unseen_classes": unseen.tolist()},
+        relevance_labels=corpus.labels,
+    )
+    train = sets.train.subset(np.flatnonzero(~torch.isin(sets.train.labels, unseen).numpy()))
+    return SplitSets(masked, train, sets.val, sets.test)
 
 
 def trained_sources(n: int, untrained_share: float, seed: int) -> np.ndarray:

@@ -3,7 +3,8 @@
 A query is relevant to a corpus image when they share a class (ImageNet-style, one
 label per image) or any category (COCO-style, multi-hot labels); a query that is a new
 view of a corpus image (the instance protocol, `ImageSet.view_of`) is relevant to that
-image only. Relevance is defined
+image only. Where training may not see every label (the unseen-classes protocol), the true
+labels are `ImageSet.relevance_labels` and decide relevance. Relevance is defined
 by images and their labels, never by id tokens (a flaw of the original code). It is
 held as the two label arrays, so gathering the relevance of a ranking is one vectorised
 lookup; `to_sparse()` gives the explicit boolean matrix for storage or inspection.
@@ -119,10 +120,14 @@ def relevance_keys(queries: ImageSet, corpus: ImageSet) -> tuple[torch.Tensor, t
     corpus image) are drawn from the same keys, so no retriever pairs a view with another
     image of its class."""
     if queries.view_of is None:
-        return queries.labels, corpus.labels
+        return _relevance_labels(queries), _relevance_labels(corpus)
     if len(queries) and (queries.view_of.min() < 0 or queries.view_of.max() >= len(corpus)):
         raise VitDSIError(f"views point at corpus positions outside 0..{len(corpus) - 1}; were they made from this corpus?")
     return torch.as_tensor(queries.view_of, dtype=torch.int64), torch.arange(len(corpus), dtype=torch.int64)
+
+
+def _relevance_labels(images: ImageSet) -> torch.Tensor:
+    return images.labels if images.relevance_labels is None else images.relevance_labels
 
 
 def as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
