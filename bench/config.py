@@ -130,6 +130,12 @@ class UnseenConfig(_Model):
     share: float = Field(0.3, gt=0, lt=1)  # share of the classes held out from every label and training pair
 
 
+class GradedConfig(_Model):
+    """The graded protocol: multi-label data with graded gains (vitdsi.data.protocols)."""
+
+    gain: Literal["shared", "jaccard"] = "shared"  # shared categories with the query, or their Jaccard index
+
+
 class DatasetConfig(_Model):
     """Dataset and split; an unset field takes the scale preset's value."""
 
@@ -142,9 +148,10 @@ class DatasetConfig(_Model):
     seed: int = 0  # seeds the draw of images and the split (all trials share one split)
     limit: int | None = Field(None, ge=1)  # keep at most this many source images (stratified)
     options: dict[str, Any] = Field(default_factory=dict)  # other loader parameters (e.g. fit: pad)
-    protocol: Literal["class", "instance", "unseen-classes"] = "class"  # what a query is (vitdsi.data.protocols)
+    protocol: Literal["class", "instance", "unseen-classes", "graded"] = "class"  # what a query is (vitdsi.data.protocols)
     instance: InstanceConfig | None = None  # options of the instance protocol
     unseen: UnseenConfig | None = None  # options of the unseen-classes protocol
+    graded: GradedConfig | None = None  # options of the graded protocol
 
 
 class SamplerConfig(_Model):
@@ -241,16 +248,18 @@ class DataConfig:
     protocol: str = "class"  # what a query is: 'class', 'instance' or 'unseen-classes' (vitdsi.data.protocols)
     instance: dict[str, Any] = field(default_factory=dict)  # InstanceOptions fields (instance protocol)
     unseen: dict[str, Any] = field(default_factory=dict)  # UnseenOptions fields (unseen-classes protocol)
+    graded: dict[str, Any] = field(default_factory=dict)  # GradedOptions fields (graded protocol)
 
     def protocol_options(self):
         """The vitdsi.data.protocols options of this config's protocol (None for `class`)."""
-        from vitdsi.data.protocols import InstanceOptions, UnseenOptions
+        from vitdsi.data.protocols import GradedOptions, InstanceOptions, UnseenOptions
 
-        if self.protocol == "instance":
-            return InstanceOptions(**self.instance)
-        if self.protocol == "unseen-classes":
-            return UnseenOptions(**self.unseen)
-        return None
+        options = {"instance": (InstanceOptions, self.instance), "unseen-classes": (UnseenOptions, self.unseen),
+                   "graded": (GradedOptions, self.graded)}
+        if self.protocol not in options:
+            return None
+        cls, fields = options[self.protocol]
+        return cls(**fields)
 
     def load_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `vitdsi.data.load_dataset(self.name, **kw)`."""
@@ -650,7 +659,7 @@ def _resolve_dataset(sf: StudyFile, scale, source: str) -> DataConfig:
             raise StudyConfigError(f"{source}: field `dataset.options.{key}`: dataset '{name}' has no parameter '{key}'{_suggest(key, opts)}; allowed: {', '.join(opts) or 'none'}")
     if d.root is not None and "root" not in allowed:
         raise StudyConfigError(f"{source}: field `dataset.root`: dataset '{name}' is not read from files; remove `root`")
-    for block, protocol in (("instance", "instance"), ("unseen", "unseen-classes")):
+    for block, protocol in (("instance", "instance"), ("unseen", "unseen-classes"), ("graded", "graded")):
         if getattr(d, block) is not None and d.protocol != protocol:
             raise StudyConfigError(f"{source}: field `dataset.{block}`: options of the {protocol} protocol, but "
                                    f"`dataset.protocol` is '{d.protocol}'; set `protocol: {protocol}` or remove them")
@@ -670,6 +679,7 @@ def _resolve_dataset(sf: StudyFile, scale, source: str) -> DataConfig:
         protocol=d.protocol,
         instance=d.instance.model_dump() if d.instance is not None else {},
         unseen=d.unseen.model_dump() if d.unseen is not None else {},
+        graded=d.graded.model_dump() if d.graded is not None else {},
     )
 
 

@@ -102,6 +102,10 @@ def header_section(record: StudyRecord) -> str:
 
 def _protocol(ds: dict) -> str:
     """The evaluation protocol in words (vitdsi.data.protocols)."""
+    if ds.get("protocol") == "graded":
+        gain = {"gain": "shared", **(ds.get("graded") or {})}["gain"]
+        return ("graded: multi-label, relevant = a shared category; nDCG gains = "
+                + ("the number of shared categories" if gain == "shared" else "the Jaccard index of the category sets"))
     if ds.get("protocol") == "unseen-classes":
         share = {"share": 0.3, **(ds.get("unseen") or {})}["share"]
         return (f"unseen-classes: {share:.0%} of the classes (seeded) are indexed but their labels and train queries "
@@ -425,7 +429,7 @@ def _seed_rankings(t: TrialRecord, record: StudyRecord, out: Path, cache: dict) 
     trial's download and each split's loaded images."""
     from bench.runs import open_trial_run
     from bench.trial import repeat_data, split_sets
-    from vitdsi.data import Relevance, Split
+    from vitdsi.data import Split
 
     if t.run_id in cache:
         return cache[t.run_id]
@@ -448,7 +452,7 @@ def _seed_rankings(t: TrialRecord, record: StudyRecord, out: Path, cache: dict) 
         key = (repr(data), split.to_json())
         if key not in cache:
             sets = split_sets(data, split)
-            cache[key] = (sets, Relevance.between(sets.test, sets.corpus))
+            cache[key] = (sets, sets.relevance("test"))
         sets, relevance = cache[key]
         seeds.append(SeedRanking(i, arrays[f"test_ids_{i}"], sets, relevance, split.test.tobytes()))
     cache[t.run_id] = seeds

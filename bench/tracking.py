@@ -390,6 +390,7 @@ def _dataset_params(data) -> dict[str, Any]:
     out["protocol"] = data.protocol
     out.update({f"instance.{k}": v for k, v in data.instance.items()})
     out.update({f"unseen.{k}": v for k, v in data.unseen.items()})
+    out.update({f"graded.{k}": v for k, v in data.graded.items()})
     return out
 
 

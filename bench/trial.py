@@ -2,7 +2,7 @@
 
 The data flow of the harness (docs/design.md): config -> dataset + split -> retriever.index -> retriever.search
 -> rankings -> metrics. Test queries are ranked against the indexed database (IDB) and
-scored on `Relevance.between(test, corpus)`; validation queries are ranked and scored the
+scored on `sets.relevance("test")` (the protocol decides relevance); validation queries are ranked and scored the
 same way, and model choice (the Optuna objective, the best trial) reads only them, while
 reports print the test numbers. Indexing accuracy (IA@K) queries the IDB with its own
 images. Only the IDB and the train queries reach `retriever.index`. A trial runs `repeats`
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from bench.config import DataConfig, TrialConfig
-from vitdsi.data import ImageSet, Relevance, Split, SplitSets, load_dataset, make_split
+from vitdsi.data import ImageSet, Split, SplitSets, load_dataset, make_split
 from vitdsi.data.protocols import apply_protocol
 from vitdsi.metrics import (
     MetricValue,
@@ -58,7 +58,7 @@ def dataset(data: DataConfig) -> ImageSet:
 def prepare(data: DataConfig) -> tuple[Split, SplitSets]:
     """The split and its image sets under the config's protocol (cached per process)."""
     key = _key(data.name, sorted(data.load_kwargs().items()), sorted(data.split_kwargs().items()),
-               data.protocol, sorted(data.instance.items()), sorted(data.unseen.items()))
+               data.protocol, sorted(data.instance.items()), sorted(data.unseen.items()), sorted(data.graded.items()))
     if key not in _SPLITS:
         images = dataset(data)
         split = make_split(images, **data.split_kwargs())
@@ -175,9 +175,9 @@ def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHoo
         values = {"test": {}, "val": {}}
         metrics, val_metrics = {}, {}
         if ranked:
-            metrics, values["test"] = evaluate_with_values(test.ids, Relevance.between(sets.test, corpus), ranked)
+            metrics, values["test"] = evaluate_with_values(test.ids, sets.relevance("test"), ranked)
             if len(sets.val):
-                val_metrics, values["val"] = evaluate_with_values(val.ids, Relevance.between(sets.val, corpus), ranked)
+                val_metrics, values["val"] = evaluate_with_values(val.ids, sets.relevance("val"), ranked)
         indexing = None
         if ia_ks:
             indexing = _search_padded(retriever, corpus.images, max(ia_ks))

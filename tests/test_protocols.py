@@ -156,3 +156,32 @@ def test_unseen_classes_study_runs_and_reports_both_groups(tmp_path):
     assert unseen < seen
     with pytest.raises(StudyConfigError, match="dataset.unseen.*protocol: unseen-classes"):
         resolve({"name": "x", "retriever": "pixels-knn", "scale": "smoke", "dataset": {"unseen": {"share": 0.3}}})
+
+
+def test_graded_protocol_scores_graded_ndcg_end_to_end(tmp_path):
+    from vitdsi.metrics import per_query
+
+    study = resolve({"name": "graded", "retriever": "pixels-knn", "scale": "smoke", "metrics": ["nDCG@10", "P@10"],
+                     "objective": {"metric": "nDCG@10"},
+                     "dataset": {"name": "coco-mosaic", "root": str(tmp_path), "size": 32, "n_total": 120,
+                                 "split_ratio": 0.5, "options": {"n_images": 150, "tile_size": 16},
+                                 "protocol": "graded", "graded": {"gain": "shared"}}})
+    cfg = study.trial_config({})
+    _, sets = prepare(cfg.dataset)
+    relevance = sets.relevance("test")
+    assert sets.grading == "shared" and relevance.graded
+    result = run_trial(cfg, device="cpu")
+    ids = result.repeats[0].test.ids.numpy()
+    graded = per_query(ids, relevance, ["nDCG@10"])["nDCG@10"]
+    binary = per_query(ids, Relevance(relevance.query_labels, relevance.corpus_labels), ["nDCG@10"])["nDCG@10"]
+    # the trial's nDCG@10 is the graded one, which differs from binary nDCG on these mosaics
+    assert result.summary["nDCG@10"].mean == pytest.approx(np.nanmean(graded))
+    assert not np.allclose(np.nan_to_num(graded), np.nan_to_num(binary))
+    with pytest.raises(VitDSIError, match="graded protocol needs multi-label data"):
+        apply_protocol(make_split(prepare_digits(), n_total=60, seed=0).apply(prepare_digits()), "graded", 0)
+
+
+def prepare_digits():
+    from vitdsi.data import load_dataset
+
+    return load_dataset("digits", size=32)

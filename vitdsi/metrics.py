@@ -7,7 +7,10 @@ corpus images), so a perfect top-K scores 1 even when R > K.
     P@K     relevant in the top K / K (missing results count as non-relevant)
     MAP@K   mean over queries of AP@K = sum of P@i at relevant ranks i <= K / min(K, R)
     R@K     relevant in the top K / R
-    nDCG@K  binary-gain DCG@K / ideal DCG@K (log2 discount, ideal has min(K, R) hits)
+    nDCG@K  DCG@K / ideal DCG@K (log2 discount, linear gain): binary gains (ideal has
+            min(K, R) hits), or graded gains when the Relevance is graded (multi-label:
+            the number of shared categories, or their Jaccard index; the ideal takes the
+            K largest gains in the corpus), as trec_eval's ndcg_cut with graded qrels
     MRR     1 / rank of the first relevant result in the returned list (0 if none);
             MRR@K looks at the top K only
     FPR@K   non-relevant in the top K / all non-relevant corpus images (N - R)
@@ -68,6 +71,14 @@ def _ndcg(rel, valid, n_rel, n, k):
     dcg = (rel[:, :k] * disc).sum(1)
     ideal = np.concatenate([[1.0], np.cumsum(disc)])[np.minimum(n_rel, k)]
     return _nan_where_no_relevant(dcg / np.where(ideal > 0, ideal, 1.0), n_rel)
+
+
+def _graded_ndcg(gains: np.ndarray, ideal: np.ndarray, n_rel: np.ndarray, k: int) -> np.ndarray:
+    """nDCG@k with real-valued gains [Q, >=k] and each query's ideal gains [Q, >=k], descending."""
+    disc = _discounts(k)
+    dcg = (gains[:, :k] * disc).sum(1)
+    idcg = (ideal[:, :k] * disc).sum(1)
+    return _nan_where_no_relevant(dcg / np.where(idcg > 0, idcg, 1.0), n_rel)
 
 
 def _reciprocal_rank(rel, valid, n_rel, n, k):
@@ -290,7 +301,14 @@ def per_query(ids, relevance: Relevance, names: Iterable[str] = DEFAULT_METRICS)
     valid = ids >= 0
     n_rel = relevance.n_relevant()
     n = relevance.corpus_size
-    return {m.name: m.family.fn(rel, valid, n_rel, n, m.cutoff(k_returned)) for m in metrics}
+    out = {}
+    for m in metrics:
+        k = m.cutoff(k_returned)
+        if m.family.name == "nDCG" and relevance.graded:
+            out[m.name] = _graded_ndcg(relevance.gains(ids), relevance.ideal_gains(k), n_rel, k)
+        else:
+            out[m.name] = m.family.fn(rel, valid, n_rel, n, k)
+    return out
 
 
 def chance_levels(relevance: Relevance, names: Iterable[str], k_returned: int) -> dict[str, float]:
@@ -306,6 +324,12 @@ def chance_levels(relevance: Relevance, names: Iterable[str], k_returned: int) -
             defined &= n_rel < n
         if not defined.any():
             out[m.name] = float("nan")
+            continue
+        if m.family.name == "nDCG" and relevance.graded:
+            # a uniformly random ranking puts an expected mean_gain at every rank: E[DCG@k] = mean_gain * sum(disc)
+            idcg = (relevance.ideal_gains(k) * _discounts(k)).sum(1)
+            per_query_chance = relevance.mean_gains() * _discounts(k).sum() / np.where(idcg > 0, idcg, 1.0)
+            out[m.name] = float(per_query_chance[defined].mean())
             continue
         distinct, inverse = np.unique(n_rel[defined], return_inverse=True)
         per_r = m.family.chance(distinct.astype(np.float64), float(n), k)

@@ -12,6 +12,9 @@ instance-retrieval / copy-detection setting):
               test views of an image come from disjoint seeds, and a share of the corpus
               (`untrained_share`, default 50%) has no train views at all, so the test also
               measures views of images no retriever was fine-tuned on.
+    graded    multi-label data (coco, coco-mosaic): relevant = any shared category, as in
+              `class`, and graded metrics (nDCG) gain the number of shared categories
+              (`gain: shared`) or their Jaccard index (`gain: jaccard`)
     unseen-classes
               the classes are split (seeded; `share`, default 30%, unseen); images of
               unseen classes are indexed, but their labels are hidden from training (-1
@@ -38,7 +41,7 @@ from vitdsi.data.split import SplitSets
 from vitdsi.data.views import PRESETS, make_views, view_seed
 from vitdsi.errors import VitDSIError
 
-PROTOCOLS = ("class", "instance", "unseen-classes")
+PROTOCOLS = ("class", "instance", "unseen-classes", "graded")
 NO_FLIP_DATASETS = ("digits",)  # data whose meaning a mirror image changes
 
 
@@ -67,12 +70,30 @@ class UnseenOptions:
             raise VitDSIError(f"unseen-classes protocol: share must be in (0, 1), got {self.share}")
 
 
-def apply_protocol(sets: SplitSets, protocol: str, seed: int, options: InstanceOptions | UnseenOptions | None = None) -> SplitSets:
+@dataclass(frozen=True)
+class GradedOptions:
+    gain: str = "shared"  # gain of a corpus image: 'shared' categories with the query, or their 'jaccard' index
+
+    def __post_init__(self) -> None:
+        if self.gain not in ("shared", "jaccard"):
+            raise VitDSIError(f"graded protocol: gain must be 'shared' or 'jaccard', got '{self.gain}'")
+
+
+ProtocolOptions = InstanceOptions | UnseenOptions | GradedOptions
+
+
+def apply_protocol(sets: SplitSets, protocol: str, seed: int, options: ProtocolOptions | None = None) -> SplitSets:
     """The sets of `protocol` over a class split (`class`: unchanged)."""
     if protocol not in PROTOCOLS:
         raise VitDSIError(f"unknown protocol '{protocol}'; known: {', '.join(PROTOCOLS)}")
     if protocol == "class":
         return sets
+    if protocol == "graded":
+        if not sets.corpus.multilabel:
+            raise VitDSIError(f"the graded protocol needs multi-label data (coco, coco-mosaic); '{sets.corpus.name}' "
+                              "has one class per image: use `protocol: class`")
+        gain = (options or GradedOptions()).gain
+        return SplitSets(sets.corpus, sets.train, sets.val, sets.test, grading=gain)
     if protocol == "unseen-classes":
         return unseen_class_sets(sets, seed, options or UnseenOptions())
     return instance_sets(sets.corpus, seed, options or InstanceOptions())

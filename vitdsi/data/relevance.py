@@ -21,24 +21,82 @@ import torch
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
 
+GRADINGS = ("binary", "shared", "jaccard")
+
 
 @dataclass(frozen=True)
 class Relevance:
     query_labels: np.ndarray  # int64 [Q] classes, or bool [Q, C] multi-hot
     corpus_labels: np.ndarray  # int64 [N] classes, or bool [N, C] multi-hot
+    # gain of a relevant corpus image for graded metrics (nDCG): 'binary' (1), 'shared' (the number
+    # of categories it shares with the query) or 'jaccard' (shared / union); multi-hot labels only
+    grading: str = "binary"
 
     def __post_init__(self) -> None:
         if self.query_labels.ndim != self.corpus_labels.ndim:
             raise VitDSIError("query and corpus labels must both be classes or both be multi-hot")
+        if self.grading not in GRADINGS:
+            raise VitDSIError(f"unknown relevance grading '{self.grading}'; known: {', '.join(GRADINGS)}")
+        if self.grading != "binary" and self.query_labels.ndim != 2:
+            raise VitDSIError(f"graded relevance ('{self.grading}') needs multi-label (multi-hot) data")
         if self.multilabel and self.query_labels.shape[1] != self.corpus_labels.shape[1]:
             raise VitDSIError(
                 f"queries have {self.query_labels.shape[1]} categories but the corpus has {self.corpus_labels.shape[1]}"
             )
 
     @staticmethod
-    def between(queries: ImageSet, corpus: ImageSet) -> Relevance:
+    def between(queries: ImageSet, corpus: ImageSet, grading: str = "binary") -> Relevance:
         query_keys, corpus_keys = relevance_keys(queries, corpus)
-        return Relevance(query_keys.cpu().numpy(), corpus_keys.cpu().numpy())
+        return Relevance(query_keys.cpu().numpy(), corpus_keys.cpu().numpy(), grading)
+
+    @property
+    def graded(self) -> bool:
+        return self.grading != "binary"
+
+    def gains(self, ids: np.ndarray) -> np.ndarray:
+        """float64 [Q, k]: the gain of the corpus image at ids[q, j] for query q (0 for -1 and
+        non-relevant images; 1 for relevant ones under binary grading)."""
+        ids = np.asarray(ids)
+        if not self.graded:
+            return self.gather(ids).astype(np.float64)
+        valid = ids >= 0
+        docs = self.corpus_labels[np.where(valid, ids, 0)]  # [Q, k, C]
+        shared = (docs & self.query_labels[:, None, :]).sum(axis=2).astype(np.float64)
+        if self.grading == "jaccard":
+            union = (docs | self.query_labels[:, None, :]).sum(axis=2)
+            shared = shared / np.maximum(union, 1)
+        return np.where(valid, shared, 0.0)
+
+    def _dense_gains(self, rows: slice) -> np.ndarray:
+        """float64 [q, N] gains of every corpus image for the queries in `rows` (graded only)."""
+        q = self.query_labels[rows].astype(np.float64)
+        c = self.corpus_labels.astype(np.float64)
+        shared = q @ c.T
+        if self.grading == "jaccard":
+            union = q.sum(1)[:, None] + c.sum(1)[None, :] - shared
+            shared = shared / np.maximum(union, 1)
+        return shared
+
+    def ideal_gains(self, k: int) -> np.ndarray:
+        """float64 [Q, k]: each query's k largest gains over the whole corpus, descending (the
+        ideal ranking of nDCG@k); binary grading: min(k, R) ones."""
+        if not self.graded:
+            return (np.arange(k)[None, :] < self.n_relevant()[:, None]).astype(np.float64)
+        out = np.zeros((self.n_queries, k))
+        kk = min(k, self.corpus_size)
+        for s in range(0, self.n_queries, 1024):  # bounds memory at 1024 x N floats
+            dense = self._dense_gains(slice(s, s + 1024))
+            top = -np.partition(-dense, kk - 1, axis=1)[:, :kk] if kk < dense.shape[1] else dense
+            out[s : s + 1024, :kk] = -np.sort(-top, axis=1)[:, :kk]
+        return out
+
+    def mean_gains(self) -> np.ndarray:
+        """float64 [Q]: each query's gain averaged over the corpus (the expected gain at any rank
+        of a uniformly random ranking); binary grading: R / N."""
+        if not self.graded:
+            return self.n_relevant() / self.corpus_size
+        return np.concatenate([self._dense_gains(slice(s, s + 1024)).mean(1)
+                               for s in range(0, self.n_queries, 1024)]) if self.n_queries else np.zeros(0)
 
     @property
     def multilabel(self) -> bool:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from vitdsi.data.imageset import ImageSet
+from vitdsi.data.relevance import Relevance
 from vitdsi.data.sampling import stratified_sample
 from vitdsi.errors import VitDSIError
 
@@ -29,6 +30,11 @@ class SplitSets:
     train: ImageSet  # train queries (retrieval fine-tuning)
     val: ImageSet  # validation queries (early stopping, model choice)
     test: ImageSet  # test queries (every reported number)
+    grading: str = "binary"  # gains of graded metrics (Relevance.grading; the graded protocol)
+
+    def relevance(self, part: str) -> Relevance:
+        """Relevance of the `part` queries ('train', 'val' or 'test') against the corpus."""
+        return Relevance.between(getattr(self, part), self.corpus, self.grading)
 
 
 @dataclass(frozen=True)
