@@ -92,7 +92,7 @@ def header_section(record: StudyRecord) -> str:
         ["scale", record.scale],
         ["dataset", f"{ds.get('name')} at {ds.get('size')} px, n_total {_ds('n_total')}, split_ratio {_ds('split_ratio')}, "
                     f"queries train/val/test {ds.get('query_fractions')}, split seed {ds.get('seed')}"],
-        ["protocol", _protocol(ds)],
+        ["protocol", "per trial (see the results)" if "protocol" in searched else _protocol(ds)],
         ["objective", f"{record.objective} ({record.direction}), sampler {record.params.get('sampler')}, "
                       f"repeats {record.params.get('repeats')} seed(s) per trial"],
         ["trials", f"{len(record.trials)} finished"],
