@@ -110,12 +110,9 @@ class DSIViT(Retriever):
         )
 
     def check_image_size(self, image_size: int) -> None:
-        if image_size % self.patch_size:
-            divisors = [d for d in range(1, image_size + 1) if image_size % d == 0]
-            raise VitDSIError(
-                f"dsi-vit: patch_size {self.patch_size} does not divide the image size {image_size}; "
-                f"choose a divisor of {image_size} ({', '.join(map(str, divisors))}) or change dataset.size"
-            )
+        from vitdsi.retrievers.vit_baseline import check_patch_size
+
+        check_patch_size(self.name, self.patch_size, image_size)
 
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
         from vitdsi.data.relevance import relevance_keys

@@ -91,12 +91,7 @@ class VitBaseline(Retriever):
 
     def check_image_size(self, image_size: int) -> None:
         """The patches must tile the image (called by `index` and by study checks before any trial)."""
-        if image_size % self.patch_size:
-            divisors = [d for d in range(1, image_size + 1) if image_size % d == 0]
-            raise VitDSIError(
-                f"{self.name}: patch_size {self.patch_size} does not divide the image size {image_size}; "
-                f"choose a divisor of {image_size} ({', '.join(map(str, divisors))}) or change dataset.size"
-            )
+        check_patch_size(self.name, self.patch_size, image_size)
 
     def _encoder_config(self, image_size: int):
         """The VitEncoderConfig for `image_size` px images."""
@@ -156,3 +151,13 @@ def gather_rows(parts: list[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
         out[mask] = part[index[mask] - start]
         start += len(part)
     return out
+
+
+def check_patch_size(owner: str, patch_size: int, image_size: int) -> None:
+    """A clear error when square patches of `patch_size` do not tile `image_size` (every ViT retriever)."""
+    if image_size % patch_size:
+        divisors = [d for d in range(1, image_size + 1) if image_size % d == 0]
+        raise VitDSIError(
+            f"{owner}: patch_size {patch_size} does not divide the image size {image_size}; "
+            f"choose a divisor of {image_size} ({', '.join(map(str, divisors))}) or change dataset.size"
+        )

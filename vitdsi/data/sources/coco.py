@@ -25,8 +25,8 @@ from vitdsi.log import get_logger
 log = get_logger(__name__)
 
 
-def probe(root: str | None, annotations: str | None = None, images: str | None = None) -> tuple[None, None, str]:
-    """Check that the annotation file and image folder exist (the json is not parsed)."""
+def _locate(root: str | None, annotations: str | None, images: str | None) -> tuple[Path, Path]:
+    """The annotation file and image folder, checked to exist."""
     if root is None and (annotations is None or images is None):
         raise VitDSIError("coco needs root (with annotations/instances.json and images/) or both annotations and images")
     ann_file = Path(annotations) if annotations else Path(root) / "annotations" / "instances.json"
@@ -35,7 +35,12 @@ def probe(root: str | None, annotations: str | None = None, images: str | None =
         raise DatasetNotFoundError(f"coco: annotation file {ann_file} not found; pass annotations=PATH to an instances json")
     if not img_dir.is_dir():
         raise DatasetNotFoundError(f"coco: image folder {img_dir} not found; pass images=DIR")
-    return None, None, str(img_dir)
+    return ann_file, img_dir
+
+
+def probe(root: str | None, annotations: str | None = None, images: str | None = None) -> tuple[None, None, str]:
+    """Check that the annotation file and image folder exist (the json is not parsed)."""
+    return None, None, str(_locate(root, annotations, images)[1])
 
 
 def load_coco(
@@ -52,14 +57,7 @@ def load_coco(
     """`annotations`: instances json (default root/annotations/instances.json);
     `images`: image folder (default root/images); `keep_unlabelled`: keep images without
     annotations (they have no relevant corpus image, so metrics skip them as queries)."""
-    if root is None and (annotations is None or images is None):
-        raise VitDSIError("coco needs root (with annotations/instances.json and images/) or both annotations and images")
-    ann_file = Path(annotations) if annotations else Path(root) / "annotations" / "instances.json"
-    img_dir = Path(images) if images else Path(root) / "images"
-    if not ann_file.exists():
-        raise DatasetNotFoundError(f"coco: annotation file {ann_file} not found; pass annotations=PATH to an instances json")
-    if not img_dir.is_dir():
-        raise DatasetNotFoundError(f"coco: image folder {img_dir} not found; pass images=DIR")
+    ann_file, img_dir = _locate(root, annotations, images)
 
     from pycocotools.coco import COCO
 
