@@ -41,7 +41,10 @@ CURVE_KEYS = {
     "multitask/index_loss": "multitask: indexing loss",
     "multitask/retrieval_loss": "multitask: retrieval loss",
     "multitask/ia1": "multitask: IA@1 (greedy, corpus)",
+    "classify/loss": "classifier: cross-entropy",
+    "contrastive/loss": "dual-encoder: InfoNCE",
 }
+MAX_TRAINED_CURVES = 6  # methods drawn in the training-curve figure
 GRID_QUERIES, GRID_K = 6, 5
 
 
@@ -399,17 +402,21 @@ def _best_per_method(record: StudyRecord) -> list[TrialRecord]:
 
 def curves_section(record: StudyRecord, out: Path, rel: str) -> str | None:
     histories = {}
-    for t in _best_per_method(record)[:4]:
+    for t in _best_per_method(record):
         h = metric_history(t.run_id, record.tracking_uri)
+        # with several seeds the curves are logged per seed ("seed0/index/loss"): draw the first seed's
+        h = {k[len("seed0/"):]: v for k, v in h.items() if k.startswith("seed0/")} or h
         keep = [k for k in CURVE_KEYS if len(h.get(k, ())) > 1]
         if keep:
             histories[_label(t, record)] = {CURVE_KEYS[k]: h[k] for k in keep}
+        if len(histories) == MAX_TRAINED_CURVES:
+            break
     if not histories:
         return None
-    fig = plots.training_curves(histories, out / "training_curves.png", f"{record.name}: training curves of the best trials")
-    return ("Per-epoch training logs of the best trial of each kind (x: epochs over all phases). Training is "
-            "seeded and deterministic, so trials that share their indexing settings draw the same indexing "
-            f"curve and hide each other.\n\n![training curves]({rel}/{fig.name})")
+    fig = plots.training_curves(histories, out / "training_curves.png", f"{record.name}: training curves of the chosen trials")
+    return ("Per-epoch training logs of the chosen trial of each trained method (the first seed when there are "
+            "several; x: epochs over all phases). Training is seeded and deterministic, so trials that share their "
+            f"indexing settings draw the same indexing curve and hide each other.\n\n![training curves]({rel}/{fig.name})")
 
 
 @dataclass(frozen=True)
