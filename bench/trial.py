@@ -57,8 +57,7 @@ def dataset(data: DataConfig) -> ImageSet:
 
 def prepare(data: DataConfig) -> tuple[Split, SplitSets]:
     """The split and its image sets under the config's protocol (cached per process)."""
-    key = _key(data.name, sorted(data.load_kwargs().items()), sorted(data.split_kwargs().items()),
-               data.protocol, sorted(data.instance.items()), sorted(data.unseen.items()), sorted(data.graded.items()))
+    key = repr(data)  # every field: source, split and protocol with its options
     if key not in _SPLITS:
         images = dataset(data)
         split = make_split(images, **data.split_kwargs())
@@ -74,8 +73,9 @@ def prepare(data: DataConfig) -> tuple[Split, SplitSets]:
 
 def split_sets(data: DataConfig, split: Split, images: ImageSet | None = None) -> SplitSets:
     """The image sets of `split` under the config's protocol: the split's own query images
-    (`class`), new views of its indexed images (`instance`), or the class split with some
-    classes hidden from training (`unseen-classes`); see vitdsi.data.protocols."""
+    (`class`), new views of its indexed images (`instance`), the class split with some
+    classes hidden from training (`unseen-classes`) or with graded gains (`graded`); see
+    vitdsi.data.protocols."""
     sets = split.apply(images if images is not None else dataset(data))
     return apply_protocol(sets, data.protocol, data.seed, data.protocol_options())
 
