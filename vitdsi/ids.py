@@ -10,8 +10,10 @@ Follows Tay et al., "Transformer Memory as a Differentiable Search Index" (2022)
     atomic     one token per image: a softmax over the corpus, decoded in one step
 
 Digit schemes give every image a fixed-length string of L = max(1, ceil(log10 N)) digits
-(semantic k-means is capacity-constrained so L digits always suffice). The `IdMap` holds
-the id of each corpus position and answers the inverse lookup; it is saved with the model.
+(semantic k-means is capacity-constrained so L digits always suffice), or more when asked,
+to leave room for images added later (`extend_ids`, DSI++: old ids never change). The
+`IdMap` holds the id of each corpus position and answers the inverse lookup; it is saved
+with the model.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ import numpy as np
 import torch
 
 from vitdsi.errors import VitDSIError
+from vitdsi.log import get_logger
+
+log = get_logger(__name__)
 
 ID_SCHEMES = ("random", "clustered", "semantic", "atomic")
 BRANCHING = 10  # digits per position: one decimal digit per level
@@ -39,9 +44,16 @@ class IdMap:
 
     scheme: str  # one of ID_SCHEMES
     codes: torch.Tensor  # int64 [N, L]: digits of the id of corpus position i (atomic: [N, 1] = i)
+    # int64 [N] class each clustered id was numbered by (-1 = none), so added images can join
+    # their class's block (`extend_ids`); None for other schemes and for maps saved before
+    classes: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.codes = torch.as_tensor(self.codes, dtype=torch.int64).cpu()
+        if self.classes is not None:
+            self.classes = torch.as_tensor(self.classes, dtype=torch.int64).cpu()
+            if self.classes.shape != (self.codes.shape[0],):
+                raise VitDSIError(f"IdMap: {self.codes.shape[0]} ids but {tuple(self.classes.shape)} classes")
         if self.codes.ndim != 2 or self.codes.shape[0] == 0:
             raise VitDSIError(f"IdMap needs codes of shape [N, L] with N >= 1, got {tuple(self.codes.shape)}")
         values = self.values
@@ -90,11 +102,14 @@ class IdMap:
         return ["".join(str(int(d)) for d in row) for row in self.codes]
 
     def state(self) -> dict:
-        return {"scheme": self.scheme, "codes": self.codes.clone()}
+        state = {"scheme": self.scheme, "codes": self.codes.clone()}
+        if self.classes is not None:
+            state["classes"] = self.classes.clone()
+        return state
 
     @staticmethod
     def from_state(state: dict) -> IdMap:
-        return IdMap(state["scheme"], state["codes"])
+        return IdMap(state["scheme"], state["codes"], state.get("classes"))
 
 
 def digits_of(numbers: np.ndarray, length: int) -> np.ndarray:
@@ -111,8 +126,9 @@ def make_ids(
     labels: np.ndarray | None = None,
     features: np.ndarray | torch.Tensor | None = None,
     seed: int = 0,
+    length: int = 0,
 ) -> IdMap:
-    """Ids for a corpus of n images.
+    """Ids for a corpus of n images, `length` digits each (0 = the fewest that number n).
 
     labels: int [n] primary class of each image (`clustered`; -1 = no class, numbered last).
     features: float [n, D] per-image features (`semantic`; e.g. flattened pixels or an
@@ -125,7 +141,7 @@ def make_ids(
     rng = np.random.default_rng(seed)
     if scheme == "atomic":
         return IdMap(scheme, torch.arange(n, dtype=torch.int64)[:, None])
-    length = id_length(n)
+    length = check_length(length, n)
     if scheme == "random":
         numbers = rng.permutation(n)
     elif scheme == "clustered":
@@ -139,12 +155,90 @@ def make_ids(
         order = np.lexsort((rng.permutation(n), key))
         numbers = np.empty(n, dtype=np.int64)
         numbers[order] = np.arange(n)
+        return IdMap(scheme, torch.from_numpy(digits_of(numbers, length)), torch.from_numpy(np.maximum(labels, -1)))
     else:
         if features is None:
             raise VitDSIError("id scheme 'semantic' needs a feature vector per corpus image")
         feats = torch.as_tensor(np.asarray(features), dtype=torch.float32).reshape(n, -1)
         return IdMap(scheme, torch.from_numpy(semantic_codes(feats, length, seed)))
     return IdMap(scheme, torch.from_numpy(digits_of(numbers, length)))
+
+
+def check_length(length: int, n: int) -> int:
+    """`length` digits, or the fewest that number n ids when 0; too few is a clear error."""
+    if length == 0:
+        return id_length(n)
+    if length < 1 or BRANCHING**length < n:
+        raise VitDSIError(f"id_length={length} cannot number {n} images; use 0 (automatic) or at least {id_length(n)}")
+    return length
+
+
+def extend_ids(ids: IdMap, m: int, *, labels: np.ndarray | None = None, seed: int = 0) -> IdMap:
+    """The id map with m more images, appended at positions n .. n + m - 1; the ids of the
+    first n images never change.
+
+    atomic     the next tokens n .. n + m - 1 (the model's head grows by m rows)
+    random     the lowest unused numbers, shuffled among the new images
+    clustered  `labels` [m]: each new image takes a free id in a block of 10 (ids sharing
+               their first L - 1 digits) that already holds its class; when those are
+               full, a fresh block for that class, so a prefix still names one class
+               (when no block is empty, any free id, with a warning)
+    Raises a VitDSIError when the L-digit id space is full (build with a larger id_length).
+    """
+    if m < 1:
+        raise VitDSIError("extend_ids: nothing to add")
+    rng = np.random.default_rng(seed)
+    if ids.atomic:
+        return IdMap(ids.scheme, torch.cat([ids.codes, torch.arange(ids.n, ids.n + m, dtype=torch.int64)[:, None]]))
+    if ids.scheme not in ("random", "clustered"):
+        raise VitDSIError(f"adding images to '{ids.scheme}' ids is not supported; use random, clustered or atomic ids")
+    capacity = BRANCHING**ids.length
+    used = np.zeros(capacity, dtype=bool)
+    used[ids.values.numpy()] = True
+    if (~used).sum() < m:
+        raise VitDSIError(
+            f"the {ids.length}-digit id space holds {capacity} images: {ids.n} are indexed, {m} more do not fit; "
+            f"index with id_length >= {id_length(ids.n + m)} to leave room for add()"
+        )
+    if ids.scheme == "random":
+        numbers = rng.permutation(np.flatnonzero(~used)[:m])
+    else:
+        if labels is None or len(labels) != m:
+            raise VitDSIError(f"clustered ids need the class label of each added image ({m})")
+        numbers = _clustered_slots(ids, used, np.asarray(labels, dtype=np.int64), rng)
+    return IdMap(ids.scheme, torch.cat([ids.codes, torch.from_numpy(digits_of(numbers, ids.length))]))
+
+
+def _clustered_slots(ids: IdMap, used: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Numbers for new images of class `labels` [m]: free ids in blocks of their class first,
+    then fresh (empty) blocks, then any free id, class by class; `used` [capacity] is updated."""
+    block = BRANCHING if ids.length > 1 else len(used)  # one block when ids have a single digit
+    if ids.classes is None:
+        raise VitDSIError("this clustered id map was saved without its classes; index again to add images")
+    # the class of each block that holds ids: that of its highest id (the one next to free slots
+    # under dense numbering); -2 marks an empty block
+    order = torch.argsort(ids.values).numpy()
+    blocks, classes = ids.values.numpy()[order] // block, ids.classes.numpy()[order]
+    last = np.r_[blocks[1:] != blocks[:-1], True]
+    block_class = np.full(len(used) // block, -2, dtype=np.int64)
+    block_class[blocks[last]] = classes[last]
+    numbers = np.empty(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        mine = np.flatnonzero(labels == c)
+        slots = np.flatnonzero(~used & np.repeat(block_class == c, block))
+        if len(slots) < len(mine):  # open fresh blocks for this class
+            empty = np.flatnonzero(block_class == -2)
+            opened = empty[: -(-(len(mine) - len(slots)) // block)]
+            block_class[opened] = c
+            slots = np.concatenate([slots, (opened[:, None] * block + np.arange(block)[None, :]).ravel()])
+        if len(slots) < len(mine):  # no empty block left: any free id (the prefix then mixes classes)
+            spare = np.setdiff1d(np.flatnonzero(~used), slots)
+            log.warning("clustered ids: no free block left for class %d; %d added images take free ids of other "
+                        "blocks (index with a larger id_length to keep one class per prefix)", c, len(mine) - len(slots))
+            slots = np.concatenate([slots, spare[: len(mine) - len(slots)]])
+        numbers[rng.permutation(mine)] = slots[: len(mine)]
+        used[slots[: len(mine)]] = True
+    return numbers
 
 
 # ---- semantic ids: capacity-constrained hierarchical k-means -------------------------

@@ -84,6 +84,28 @@ class ImageSet:
             relevance_labels=None if self.relevance_labels is None else self.relevance_labels[idx],
         )
 
+    def concat(self, other: ImageSet) -> ImageSet:
+        """This set followed by `other` (same image size, label form and classes), e.g. a corpus
+        with the images added to it."""
+        if other.image_size != self.image_size or other.multilabel != self.multilabel:
+            raise VitDSIError(f"ImageSet '{self.name}': cannot concatenate {other.image_size}px "
+                              f"{'multi-label' if other.multilabel else 'single-label'} images to {self.image_size}px "
+                              f"{'multi-label' if self.multilabel else 'single-label'} ones")
+        if (self.view_of is None) != (other.view_of is None) or (
+                (self.relevance_labels is None) != (other.relevance_labels is None)):
+            raise VitDSIError(f"ImageSet '{self.name}': cannot concatenate sets of different protocols")
+        return ImageSet(
+            images=torch.cat([self.images, other.images.to(self.images.device)]),
+            labels=torch.cat([self.labels, other.labels.to(self.labels.device)]),
+            source_ids=np.concatenate([self.source_ids, other.source_ids]),
+            class_names=self.class_names if len(self.class_names) >= len(other.class_names) else other.class_names,
+            name=self.name,
+            meta=dict(self.meta),
+            view_of=None if self.view_of is None else np.concatenate([self.view_of, other.view_of]),
+            relevance_labels=None if self.relevance_labels is None else torch.cat(
+                [self.relevance_labels, other.relevance_labels.to(self.relevance_labels.device)]),
+        )
+
     def to(self, device: torch.device | str) -> ImageSet:
         """The same set with images and labels on `device` (small sets live on the GPU once)."""
         return ImageSet(

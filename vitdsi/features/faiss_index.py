@@ -1,6 +1,6 @@
 """FAISS inner-product indexes over L2-normalised vectors, shared by the dense retrievers
 (`embedding`, `dual-encoder`): build, search with deterministic tie order, and
-(de)serialise as a uint8 tensor so a saved index loads with `torch.load(weights_only=True)`.
+append to (continual indexing), (de)serialise as a uint8 tensor so a saved index loads with `torch.load(weights_only=True)`.
 
     flat  exact inner product over all N vectors (IndexFlatIP)
     hnsw  HNSW graph (IndexHNSWFlat, inner product); build: hnsw_m, ef_construction;
@@ -55,13 +55,7 @@ def build_index(
     elif index_type == "hnsw":
         index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = ef_construction
-        # a parallel HNSW build depends on thread timing; one thread makes it reproducible
-        threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)
-        try:
-            index.add(x)
-        finally:
-            faiss.omp_set_num_threads(threads)
+        add_vectors(index, x)
     else:
         nlist = nlist or max(1, min(round(4 * math.sqrt(n)), n // 39))
         if nlist > n:
@@ -72,6 +66,24 @@ def build_index(
         index.train(x)
         index.add(x)
     return index
+
+
+def add_vectors(index: Any, x: np.ndarray) -> None:
+    """Append the rows of `x` (float32 [n, D], L2-normalised) to a built index; they get the next
+    ids. HNSW links them into the graph and IVF files them in its trained lists: no rebuild."""
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not hasattr(index, "hnsw"):
+        index.add(x)
+        return
+    # a parallel HNSW insert depends on thread timing; one thread makes it reproducible
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        index.add(x)
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 def search_index(index: Any, q: np.ndarray, k: int, *, ef_search: int = 64, nprobe: int = 8) -> Ranking:

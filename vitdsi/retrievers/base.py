@@ -1,11 +1,12 @@
 """The retriever interface and its registry (docs/design.md, "The retriever interface and registry").
 
 A retriever builds an index over a corpus ImageSet and answers top-k queries with a
-Ranking of corpus positions. Build parameters are constructor keyword arguments
-(searched by Optuna); query parameters (beam size, nprobe, efSearch, ...) are set
-apart with `set_query_arguments`, as in ann-benchmarks. Subclasses implement
-`_index`, `_search` and, when they hold learned state, `_state` / `_load_state`; the
-base class validates input and output so every retriever fails the same clear way.
+Ranking of corpus positions; `add` appends images to a built index (continual indexing,
+DSI++) without moving the images already in it. Build parameters are constructor keyword
+arguments (searched by Optuna); query parameters (beam size, nprobe, efSearch, ...) are set
+apart with `set_query_arguments`, as in ann-benchmarks. Subclasses implement `_index`,
+`_add`, `_search` and, when they hold learned state, `_state` / `_load_state`; the base
+class validates input and output so every retriever fails the same clear way.
 
 The registry is filled by `@register("name")`; heavy dependencies (cv2, faiss, model
 code) are imported inside the retriever's methods, never at registry import.
@@ -136,6 +137,11 @@ class Retriever(ABC):
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
         """Build the index over `corpus` (already validated, non-empty)."""
 
+    def _add(self, images: ImageSet, train_queries: ImageSet | None) -> None:
+        """Append `images` (validated, non-empty) at positions corpus_size .. corpus_size + n - 1;
+        `self.corpus_size` still counts the images indexed before them."""
+        raise VitDSIError(f"{self.name}: incremental indexing (add) is not supported; index the whole corpus again")
+
     @abstractmethod
     def _search(self, images: torch.Tensor, k: int) -> Ranking:
         """Top-k for uint8 [n, 3, H, W] images (validated); k <= corpus size."""
@@ -170,6 +176,24 @@ class Retriever(ABC):
         self.corpus_size = len(corpus)
         self.image_size = corpus.image_size
         self._index(corpus, train_queries)
+
+    def add(self, images: ImageSet, *, train_queries: ImageSet | None = None) -> None:
+        """Add `images` to the built index. They take the next corpus positions (the first one
+        is the old `corpus_size`); the positions of images indexed before never change.
+        `train_queries` are new train queries, for retrievers that learn from queries."""
+        if self.corpus_size is None:
+            raise VitDSIError(f"{self.name}: add() called before index(); index a corpus first")
+        if len(images) == 0:
+            raise VitDSIError(f"{self.name}: add() needs at least one image")
+        for what, s in (("added images", images), ("train queries", train_queries)):
+            if s is not None and s.image_size != self.image_size:
+                raise VitDSIError(
+                    f"{self.name}: {what} are {s.image_size}px but the index was built on {self.image_size}px; "
+                    "prepare them at the corpus size"
+                )
+        seed_everything(self.seed + self.corpus_size)  # each add step draws its own randomness
+        self._add(images, train_queries)
+        self.corpus_size += len(images)
 
     def search(self, images: torch.Tensor, k: int) -> Ranking:
         """Top-k corpus positions for each query image (uint8 [n, 3, H, W])."""

@@ -168,6 +168,11 @@ class BoVW(Retriever):
             len(corpus), len(words), len(words) / len(corpus), int(self._empty.sum()), self.vocab_size,
         )
 
+    def _add(self, images: ImageSet, train_queries: ImageSet | None) -> None:
+        # quantised with the vocabulary and weighted with the idf learnt at index time, so the
+        # histograms already indexed stay as they are; a new vocabulary means indexing again
+        self._set_corpus(sp.vstack([self._corpus, self._histograms(images.images, "added images")]).tocsr())
+
     def _set_corpus(self, hist: sp.csr_matrix) -> None:
         self._corpus = hist
         self._empty = np.diff(hist.indptr) == 0

@@ -167,6 +167,21 @@ class Classifier(VitBaseline):
         groups, group_of = torch.unique(corpus_hot.to(torch.uint8), dim=0, return_inverse=True)
         self._groups, self._group_of = groups.float().to(self.device), group_of.long().to(self.device)
 
+    def _add(self, images: ImageSet, train_queries: ImageSet | None) -> None:
+        # no retraining: the added images join the groups of their labels, ranked by the trained head
+        n_classes = self._groups.shape[1]
+        labels = images.labels.cpu()
+        width = labels.shape[1] if images.multilabel else int(labels.max()) + 1
+        if images.multilabel != self._multilabel or width > n_classes or (images.multilabel and width != n_classes):
+            raise VitDSIError(
+                f"classifier: the added images' labels ({'multi-label' if images.multilabel else 'single-label'}, "
+                f"{width} classes) do not fit the trained head ({n_classes} classes); index the corpus again"
+            )
+        hot = torch.cat([self._groups[self._group_of].bool().cpu(), self._multi_hot(labels, n_classes)])
+        self._corpus_emb = torch.cat([self._corpus_emb, self.predict(images.images)[1].to(self.device)])
+        groups, group_of = torch.unique(hot.to(torch.uint8), dim=0, return_inverse=True)
+        self._groups, self._group_of = groups.float().to(self.device), group_of.long().to(self.device)
+
     # ---- search -----------------------------------------------------------------------
     @torch.inference_mode()
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

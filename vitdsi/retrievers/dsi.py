@@ -5,8 +5,10 @@ weights, the id map and the trie of valid ids, so a saved index answers queries 
 access to the corpus. A query image is answered by prefix-constrained beam search over
 the valid ids (one softmax step for atomic ids). Modes: `zero-shot` (indexing only),
 `fine-tuned` (indexing, then train queries -> relevant ids) and `multitask` (indexing,
-then both tasks mixed in every batch). Model and training code live in
-`vitdsi.models` and `vitdsi.train`, imported lazily.
+then both tasks mixed in every batch). `add` writes new images into the weights (DSI++,
+Mehta et al. 2022): they get new ids without renumbering old ones, then train `new-only`,
+with `replay` of a share of the old images, or `full` (retrain on everything, the upper
+bound). Model and training code live in `vitdsi.models` and `vitdsi.train`, imported lazily.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from vitdsi.errors import VitDSIError
 from vitdsi.retrievers.base import Ranking, Retriever, Supervision, register
 
 SEARCH_BATCH = 256  # queries decoded together
+ADD_STRATEGIES = ("new-only", "replay", "full")
 
 
 @register("dsi-vit")
@@ -55,6 +58,10 @@ class DSIViT(Retriever):
         weight_decay: float = 0.01,
         augment: bool = False,
         target_ia: float = 0.99,
+        id_length: int = 0,
+        add_strategy: str = "replay",
+        replay_share: float = 0.25,
+        add_epochs: int = 0,
         seed: int = 0,
         device: str | None = None,
     ) -> None:
@@ -79,6 +86,14 @@ class DSIViT(Retriever):
         self.weight_decay = float(weight_decay)  # AdamW weight decay
         self.augment = bool(augment)  # random shifts of training images
         self.target_ia = float(target_ia)  # indexing stops when greedy IA@1 reaches this
+        self.id_length = int(id_length)  # digits per id; 0 = the fewest for the corpus (more = room to add)
+        self.add_strategy = str(add_strategy)  # how add() trains: 'new-only', 'replay' or 'full'
+        self.replay_share = float(replay_share)  # replay: share of the old images trained beside the new
+        self.add_epochs = int(add_epochs)  # epoch budget of an add step (stops at target_ia); 0 = index_epochs
+        if self.add_strategy not in ADD_STRATEGIES:
+            raise VitDSIError(f"dsi-vit: add_strategy must be one of {', '.join(ADD_STRATEGIES)}, got '{add_strategy}'")
+        if not 0.0 <= self.replay_share <= 1.0:
+            raise VitDSIError(f"dsi-vit: replay_share must be in [0, 1], got {replay_share}")
         if self.id_scheme not in ID_SCHEMES:
             raise VitDSIError(f"dsi-vit: id_scheme must be one of {', '.join(ID_SCHEMES)}, got '{id_scheme}'")
         if self.mode not in MODES:
@@ -94,6 +109,9 @@ class DSIViT(Retriever):
         self._model = None
         self._ids = None
         self._trie = None
+        # what add() trains on besides the new images: the indexed images and the train queries
+        # seen so far (held in memory only; an index loaded from disk adds `new-only`)
+        self._seen: tuple[ImageSet, ImageSet | None] | None = None
 
     def supervision_used(self) -> Supervision:
         # clustered ids number the corpus class by class; fine-tuning / multitask train on query pairs
@@ -115,32 +133,108 @@ class DSIViT(Retriever):
         check_patch_size(self.name, self.patch_size, image_size)
 
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
-        from vitdsi.data.relevance import relevance_keys
         from vitdsi.ids import make_ids
         from vitdsi.models.vit_dsi import VitDSI
-        from vitdsi.train import DSITrainer, TrainConfig
 
         self.check_image_size(corpus.image_size)
         n = len(corpus)
         features = corpus.images.float().flatten(1) if self.id_scheme == "semantic" else None
-        self._ids = make_ids(self.id_scheme, n, labels=corpus.primary_labels(), features=features, seed=self.seed)
-        cfg = self._model_config(corpus.image_size, self._ids.length, n)
-        self._model = VitDSI(cfg).to(self.device)
-        use_queries = self.mode != "zero-shot" and train_queries is not None
-        train_cfg = TrainConfig(
-            mode=self.mode, index_epochs=self.index_epochs, retrieval_epochs=self.retrieval_epochs, lr=self.lr,
-            batch_size=self.batch_size, weight_decay=self.weight_decay, augment=self.augment,
-            target_ia=self.target_ia, seed=self.seed,
-        )
-        # training pairs come from what decides relevance: shared labels, or a view's own source
-        query_keys, corpus_keys = relevance_keys(train_queries, corpus) if use_queries else (None, corpus.labels)
-        trainer = DSITrainer(
-            self._model, corpus.images.to(self.device), self._ids.codes, train_cfg,
-            query_images=train_queries.images if use_queries else None,
-            query_labels=query_keys, corpus_labels=corpus_keys, callback=self.on_epoch,
-        )
-        self.history = [e.to_dict() for e in trainer.fit()]
+        self._ids = make_ids(self.id_scheme, n, labels=corpus.primary_labels(), features=features, seed=self.seed,
+                             length=self.id_length)
+        self._model = VitDSI(self._model_config(corpus.image_size, self._ids.length, n)).to(self.device)
+        self.history = self._fit(corpus, torch.arange(n), self._ids.codes, train_queries, self.mode, self.index_epochs)
+        self._seen = (corpus, train_queries)
         self._finish()
+
+    def _train_config(self, mode: str, index_epochs: int, seed: int):
+        from vitdsi.train import TrainConfig
+
+        return TrainConfig(
+            mode=mode, index_epochs=index_epochs, retrieval_epochs=self.retrieval_epochs, lr=self.lr,
+            batch_size=self.batch_size, weight_decay=self.weight_decay, augment=self.augment,
+            target_ia=self.target_ia, seed=seed,
+        )
+
+    def _fit(self, corpus: ImageSet, positions: torch.Tensor, codes: torch.Tensor, train_queries: ImageSet | None,
+             mode: str, index_epochs: int, seed: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+        """Train on the images of `corpus` at `positions` with target ids `codes` and, unless `mode`
+        is zero-shot, on `train_queries` paired with relevant images among them. `offset`: the
+        index position of corpus image 0 (what a view's source position is counted from)."""
+        from vitdsi.data.relevance import relevance_keys
+        from vitdsi.train import DSITrainer
+
+        use_queries = mode != "zero-shot" and train_queries is not None
+        query_keys, corpus_keys = None, corpus.labels
+        if use_queries:  # pairs come from what decides relevance: shared labels, or a view's own source
+            if train_queries.view_of is not None and offset:
+                query_keys = torch.as_tensor(train_queries.view_of, dtype=torch.int64)
+                corpus_keys = torch.arange(offset, offset + len(corpus))
+            else:
+                query_keys, corpus_keys = relevance_keys(train_queries, corpus)
+        trainer = DSITrainer(
+            self._model, corpus.images[positions].to(self.device), codes,
+            self._train_config(mode, index_epochs, self.seed if seed is None else seed),
+            query_images=train_queries.images if use_queries else None,
+            query_labels=query_keys, corpus_labels=corpus_keys[positions.to(corpus_keys.device)], callback=self.on_epoch,
+        )
+        return [e.to_dict() for e in trainer.fit()]
+
+    # ---- continual indexing (DSI++) ----------------------------------------------------
+    def _add(self, images: ImageSet, train_queries: ImageSet | None) -> None:
+        from vitdsi.ids import extend_ids
+        from vitdsi.models.vit_dsi import VitDSI
+        from vitdsi.retrievers.base import seed_everything
+
+        n_old, m = self.corpus_size, len(images)
+        if self._seen is None and self.add_strategy != "new-only":
+            raise VitDSIError(
+                f"dsi-vit: add_strategy '{self.add_strategy}' trains on the images indexed before, which an index "
+                "loaded from disk does not hold; use add_strategy='new-only' or index the whole corpus again"
+            )
+        self._ids = extend_ids(self._ids, m, labels=images.primary_labels(), seed=self.seed + n_old)
+        if self._ids.atomic:
+            self._grow_atomic_head(m)
+        # without new train queries an add step writes the images in (indexing task) only
+        mode = "multitask" if self.mode != "zero-shot" and train_queries is not None else "zero-shot"
+        epochs, seed = self.add_epochs or self.index_epochs, self.seed + n_old  # each step shuffles afresh
+        if self._seen is None:  # new-only on a loaded index: the new images are all it has
+            log = self._fit(images, torch.arange(m), self._ids.codes[n_old:], train_queries, mode, epochs, seed,
+                            offset=n_old)
+        else:
+            old_corpus, old_queries = self._seen
+            corpus = old_corpus.concat(images)
+            queries = old_queries.concat(train_queries) if old_queries is not None and train_queries is not None \
+                else old_queries if train_queries is None else train_queries
+            self._seen = (corpus, queries)
+            if self.add_strategy == "full":  # from scratch on everything, as index() on the union would
+                seed_everything(self.seed)
+                self._model = VitDSI(self._model.cfg).to(self.device)
+                everything = torch.arange(len(corpus))
+                log = self._fit(corpus, everything, self._ids.codes, queries, self.mode, self.index_epochs)
+            else:
+                positions = torch.arange(n_old, n_old + m)
+                if self.add_strategy == "replay" and self.replay_share > 0:
+                    gen = torch.Generator().manual_seed(seed)
+                    replay = torch.randperm(n_old, generator=gen)[: round(self.replay_share * n_old)]
+                    positions = torch.cat([replay.sort().values, positions])
+                log = self._fit(corpus, positions, self._ids.codes[positions], train_queries, mode, epochs, seed)
+        self.history += [{**e, "add_step": n_old} for e in log]
+        self._finish()
+
+    def _grow_atomic_head(self, m: int) -> None:
+        """The atomic softmax head gains m rows (new images); the old rows are kept as trained."""
+        import dataclasses
+
+        from vitdsi.models.vit_encoder import init_weights
+
+        old = self._model.head
+        head = torch.nn.Linear(old.in_features, old.out_features + m).to(self.device)
+        init_weights(head)
+        with torch.no_grad():
+            head.weight[: old.out_features] = old.weight
+            head.bias[: old.out_features] = old.bias
+        self._model.head = head
+        self._model.cfg = dataclasses.replace(self._model.cfg, n_ids=old.out_features + m)
 
     def _finish(self) -> None:
         from vitdsi.models.decoding import IdTrie

@@ -186,6 +186,11 @@ class DualEncoder(VitBaseline):
             owner="dual-encoder",
         )
 
+    def _add(self, images: ImageSet, train_queries: ImageSet | None) -> None:
+        from vitdsi.features.faiss_index import add_vectors
+
+        add_vectors(self._faiss, self.embed(images.images))  # the encoder stays as trained
+
     # ---- search -----------------------------------------------------------------------
     @torch.inference_mode()
     def embed(self, images: torch.Tensor) -> np.ndarray:

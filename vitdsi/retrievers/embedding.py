@@ -116,6 +116,10 @@ class Embedding(Retriever):
         n, d = x.shape
         log.info("embedding: %d images, %s features of %d dims, %s index", n, self.backbone, d, self.index_type)
 
+    def _add(self, images: ImageSet, train_queries: ImageSet | None) -> None:
+        # centred on the first corpus's mean, so the vectors already in the index stay valid
+        faiss_index.add_vectors(self._faiss, self._normalise(self._raw_features(images.images, "added images")))
+
     def _search(self, images: torch.Tensor, k: int) -> Ranking:
         q = self._normalise(self._raw_features(images, "queries"))
         return faiss_index.search_index(

@@ -34,6 +34,10 @@ class PixelsKNN(Retriever):
         self._mean = flat.mean(0) if self.center else torch.zeros(flat.shape[1], device=self.device)
         self._features = self._embed(corpus.images)
 
+    def _add(self, images: ImageSet, train_queries: ImageSet | None) -> None:
+        # centred on the mean of the first corpus, so the vectors already indexed stay as they are
+        self._features = torch.cat([self._features, self._embed(images.images)])
+
     def _search(self, images: torch.Tensor, k: int) -> Ranking:
         parts = [
             Ranking.from_scores(self._embed(images[s : s + self.batch_size]) @ self._features.T, k)

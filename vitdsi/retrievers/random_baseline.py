@@ -22,6 +22,9 @@ class RandomRetriever(Retriever):
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
         pass  # nothing to learn: only the corpus size matters
 
+    def _add(self, images: ImageSet, train_queries: ImageSet | None) -> None:
+        pass  # the base class counts the added images
+
     def _search(self, images: torch.Tensor, k: int) -> Ranking:
         # One generator per call, seeded from the retriever seed: the same batch gives the
         # same answer; rows are drawn in chunks to bound memory at n x corpus_size floats.

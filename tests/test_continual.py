@@ -1,0 +1,181 @@
+"""Continual indexing: `Retriever.add` for every registered retriever, and the DSI's id
+extension and training strategies (DSI++, Mehta et al. 2022)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vitdsi.errors import VitDSIError
+from vitdsi.ids import extend_ids, make_ids
+from vitdsi.retrievers import Retriever, create, registered
+
+NAMES = sorted(registered())
+# retrievers whose index of the old images does not change when images are added (no retraining)
+FIXED_FEATURES = ("bovw", "classifier", "dual-encoder", "embedding", "pixels-knn")
+N_OLD = 40
+
+
+def build(name: str, **params):
+    return create(name, **{**registered()[name].smoke_params, "device": "cpu", **params})
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_split):
+    corpus = tiny_split.corpus
+    return corpus.subset(range(N_OLD)), corpus.subset(range(N_OLD, len(corpus))), tiny_split
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_add_appends_positions_and_new_images_are_searchable(name, parts):
+    old, new, split = parts
+    r = build(name)
+    r.index(old, train_queries=split.train)
+    r.add(new)
+    n = N_OLD + len(new)
+    assert r.corpus_size == n
+    ranking = r.search(torch.cat([old.images[:3], new.images[:3]]), n)
+    ids = ranking.ids.numpy()
+    assert ((ids >= 0) & (ids < n) | (ids == -1)).all()
+    found = set(ids[ids >= 0].tolist())
+    assert found & set(range(N_OLD, n)), f"{name}: no added image is ever returned"
+    assert found & set(range(N_OLD)), f"{name}: the old images are no longer returned"
+
+
+@pytest.mark.parametrize("name", FIXED_FEATURES)
+def test_add_keeps_the_old_ranking(name, parts):
+    """Without retraining, the old images keep their positions and their order for any query:
+    the ranking after add, with the added positions taken out, is the ranking before."""
+    old, new, split = parts
+    r = build(name)
+    r.index(old, train_queries=split.train)
+    queries = split.test.images
+    before = r.search(queries, N_OLD).ids
+    r.add(new)
+    after = r.search(queries, N_OLD + len(new)).ids
+    for b, a in zip(before.numpy(), after.numpy()):
+        assert a[(a >= 0) & (a < N_OLD)].tolist() == b[b >= 0].tolist()
+
+
+@pytest.mark.parametrize("name", ("pixels-knn", "embedding", "dual-encoder", "bovw"))
+def test_an_added_image_finds_itself(name, parts):
+    old, new, split = parts
+    r = build(name)
+    r.index(old, train_queries=split.train)
+    r.add(new)
+    top = r.search(new.images, 1).ids[:, 0]
+    assert (top == torch.arange(N_OLD, N_OLD + len(new))).float().mean() >= 0.9
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_add_survives_save_and_load(name, parts, tmp_path):
+    old, new, split = parts
+    r = build(name)
+    r.index(old, train_queries=split.train)
+    r.add(new)
+    r.save(tmp_path / name)
+    loaded = Retriever.load(tmp_path / name, device="cpu")
+    assert loaded.corpus_size == N_OLD + len(new)
+    q = split.test.images
+    assert torch.equal(loaded.search(q, 5).ids, r.search(q, 5).ids)
+
+
+def test_add_errors_name_the_problem(parts):
+    old, new, split = parts
+    r = build("pixels-knn")
+    with pytest.raises(VitDSIError, match="before index"):
+        r.add(new)
+    r.index(old)
+    with pytest.raises(VitDSIError, match="at least one image"):
+        r.add(new.subset([]))
+    small = type(new)(new.images[:, :, :16, :16].contiguous(), new.labels, new.source_ids, new.class_names)
+    with pytest.raises(VitDSIError, match="16px but the index was built on 32px"):
+        r.add(small)
+
+
+# ---- the DSI ------------------------------------------------------------------------------
+@pytest.mark.parametrize("scheme", ["clustered", "random", "atomic"])
+def test_dsi_add_keeps_old_ids_and_decodes_only_valid_ids(scheme, parts):
+    old, new, split = parts
+    r = build("dsi-vit", id_scheme=scheme, add_strategy="new-only")
+    r.index(old, train_queries=split.train)
+    before = r.id_map.codes.clone()
+    r.add(new)
+    assert torch.equal(r.id_map.codes[:N_OLD], before), "old ids changed"
+    assert r.id_map.n == N_OLD + len(new)
+    if scheme == "atomic":
+        assert r.model.cfg.n_ids == N_OLD + len(new) and r.model.head.out_features == N_OLD + len(new)
+    n = N_OLD + len(new)
+    ids = r.search(split.test.images, n).ids
+    assert ((ids >= 0) & (ids < n)).all(), "the DSI decoded an id that is not in the index"
+    for row in ids.numpy():
+        assert len(set(row.tolist())) == n  # every indexed image, old and new, is reachable
+
+
+def test_clustered_ids_give_added_images_a_block_of_their_class():
+    labels = np.array([0] * 12 + [1] * 5)
+    ids = make_ids("clustered", len(labels), labels=labels, length=2)
+    grown = extend_ids(ids, 6, labels=np.array([1, 1, 0, 0, 0, 2]))
+    assert torch.equal(grown.codes[: len(labels)], ids.codes)
+    new = grown.values[len(labels):].numpy()
+    assert set(new[:2] // 10) == {1}  # class 1 owns block 1 (ids 12-16), which has room
+    assert set(new[2:5] // 10) == {2}  # class 0's blocks are full: a fresh block
+    assert new[5] // 10 == 3  # a new class: a block of its own
+    assert len(set(grown.values.tolist())) == grown.n
+
+
+def test_random_and_atomic_ids_take_the_next_free_numbers():
+    grown = extend_ids(make_ids("random", 8, length=2, seed=3), 4, seed=1)
+    assert sorted(grown.values[8:].tolist()) == [8, 9, 10, 11]
+    atomic = extend_ids(make_ids("atomic", 5), 3)
+    assert atomic.values.tolist() == list(range(8))
+
+
+def test_a_full_id_space_is_a_clear_error(parts):
+    with pytest.raises(VitDSIError, match="id_length >= 2"):
+        extend_ids(make_ids("random", 8), 3)
+    with pytest.raises(VitDSIError, match="id_length=1 cannot number 40"):
+        make_ids("random", 40, length=1)
+
+
+def test_replay_needs_the_old_images_a_loaded_index_lacks(parts, tmp_path):
+    old, new, split = parts
+    r = build("dsi-vit", add_strategy="replay")
+    r.index(old, train_queries=split.train)
+    r.save(tmp_path / "dsi")
+    loaded = Retriever.load(tmp_path / "dsi", device="cpu")
+    with pytest.raises(VitDSIError, match="add_strategy='new-only'"):
+        loaded.add(new)
+    new_only = Retriever.load(tmp_path / "dsi", device="cpu")
+    new_only.add_strategy = "new-only"
+    new_only.add(new)
+    assert new_only.corpus_size == N_OLD + len(new)
+
+
+@pytest.mark.slow
+def test_dsi_strategies_forget_and_full_matches_training_from_scratch(parts):
+    """A small atomic DSI memorises 40 images; `new-only` then writes 20 more in and forgets
+    old ones, `replay` forgets fewer, and `full` reaches what indexing the union from
+    scratch reaches (same seed)."""
+    old, new, split = parts
+    params = dict(id_scheme="atomic", mode="zero-shot", index_epochs=150, target_ia=1.0, lr=3e-3, batch_size=16,
+                  dim=32, ff_dim=64, depth=1, heads=2, patch_size=8, dropout=0.0, seed=0)
+
+    def ia(r, images, first):
+        return (r.search(images, 1).ids[:, 0] == torch.arange(first, first + len(images))).float().mean().item()
+
+    result = {}
+    for strategy in ("new-only", "replay", "full"):
+        r = build("dsi-vit", add_strategy=strategy, replay_share=0.5, **params)
+        r.index(old)
+        assert ia(r, old.images, 0) >= 0.95, "the DSI did not memorise the first images"
+        r.add(new)
+        result[strategy] = (ia(r, old.images, 0), ia(r, new.images, N_OLD))
+    scratch = build("dsi-vit", **params)
+    scratch.index(old.concat(new))
+    union_ia = ia(scratch, old.concat(new).images, 0)
+    full_ia = (result["full"][0] * N_OLD + result["full"][1] * len(new)) / (N_OLD + len(new))
+    assert result["new-only"][1] >= 0.9, result  # the new images are written in
+    assert result["replay"][0] > result["new-only"][0], result  # replay forgets less
+    assert abs(full_ia - union_ia) <= 0.05, (result, union_ia)
