@@ -183,6 +183,16 @@ class LatencyConfig(_Model):
     threads: int = Field(1, ge=1)  # torch / FAISS / OpenCV threads, the same for every method (1: per-query cost without thread-pool effects)
 
 
+class ContinualConfig(_Model):
+    """Continual-indexing studies (DSI++): each trial indexes the first `initial` share of the
+    indexed images, then adds the rest in `steps` equal batches with `Retriever.add`, and logs
+    IA@1 of the original images and of every added batch, the ranked metrics and the wall time
+    after each step."""
+
+    initial: float = Field(0.5, gt=0, lt=1)  # share of the indexed images in the first index
+    steps: int = Field(5, ge=1)  # add steps that bring in the rest, in equal batches
+
+
 class MethodConfig(_Model):
     retriever: str  # registry name (`bench list retrievers`)
     params: dict[str, Any] = Field(default_factory=dict)  # build parameters of this method
@@ -213,6 +223,7 @@ class StudyFile(_Model):
     seed: int = 0  # first retriever seed; repeat r uses seed + r
     mlflow: MLflowConfig = Field(default_factory=MLflowConfig)
     latency: LatencyConfig | None = None  # makes this a latency study (see LatencyConfig)
+    continual: ContinualConfig | None = None  # makes this a continual-indexing study (see ContinualConfig)
     scales: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-scale overrides of the fields above
 
     @field_validator("space", mode="before")
@@ -301,6 +312,7 @@ class TrialConfig:
     seed: int  # first seed
     sampled: dict[str, Any]  # the values Optuna chose for this trial
     latency: dict[str, Any] | None = None  # LatencyConfig fields, for latency studies
+    continual: dict[str, Any] | None = None  # ContinualConfig fields, for continual-indexing studies
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -340,6 +352,7 @@ class Study:
     log_index: bool
     plugins: tuple[str, ...]
     latency: dict[str, Any] | None = None  # LatencyConfig fields, for latency studies
+    continual: dict[str, Any] | None = None  # ContinualConfig fields, for continual-indexing studies
 
     @property
     def default_study_name(self) -> str:
@@ -379,6 +392,7 @@ class Study:
             params=params, query=query, dataset=data,
             metrics=self.metrics, repeats=self.repeats, seed=self.seed, sampled=dict(sampled),
             latency=dict(self.latency) if self.latency is not None else None,
+            continual=dict(self.continual) if self.continual is not None else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -394,6 +408,7 @@ class Study:
             "metrics": list(self.metrics), "repeats": self.repeats, "seed": self.seed,
             "mlflow": {"experiment": self.experiment, "log_index": self.log_index},
             **({"latency": self.latency} if self.latency is not None else {}),
+            **({"continual": self.continual} if self.continual is not None else {}),
         }
 
     def fingerprint(self) -> str:
@@ -634,7 +649,10 @@ def _resolve(sf: StudyFile, scale_name: str, source: str) -> Study:
         seed=sf.seed, experiment=sf.mlflow.experiment or sf.name, log_index=sf.mlflow.log_index,
         plugins=tuple(sf.plugins),
         latency=sf.latency.model_dump() if sf.latency is not None else None,
+        continual=sf.continual.model_dump() if sf.continual is not None else None,
     )
+    if study.latency is not None and study.continual is not None:
+        raise fail("continual", "a study is a latency study or a continual-indexing study, not both")
     _check_values(study, sf, known, source)
     return study
 
@@ -761,6 +779,14 @@ def _check_split(study: Study, data: DataConfig, source: str, shown: Any) -> Non
         sizes = split_sizes(data.n_total, float(data.split_ratio), tuple(data.query_fractions))
     except VitDSIError as e:
         raise StudyConfigError(f"{source}: {shown}: {e}") from None
+    if study.continual is not None:
+        first = int(round(study.continual["initial"] * sizes["idb"]))
+        if first < 1 or sizes["idb"] - first < study.continual["steps"]:
+            raise StudyConfigError(
+                f"{source}: {shown}: continual indexing of {sizes['idb']} indexed images needs at least one in the "
+                f"first index ({first}) and one per add step ({sizes['idb'] - first} left for "
+                f"{study.continual['steps']} steps); change continual.initial / continual.steps or dataset.n_total"
+            )
     if study.latency is None and sizes["val"] == 0 and not study.metric.startswith("IA@"):
         raise StudyConfigError(
             f"{source}: {shown}: the split has no validation queries (query_fractions "

@@ -67,7 +67,8 @@ def precision_curve(curves: Mapping[str, np.ndarray], chance: Mapping[str, np.nd
     return _save(fig, path)
 
 
-def training_curves(histories: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]], path: Path, title: str) -> Path:
+def training_curves(histories: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]], path: Path, title: str,
+                    xlabel: str = "epoch") -> Path:
     """histories: run label -> metric name -> [(epoch, value)]; one panel per metric name,
     at most three panels a row, and one colour per run across every panel."""
     names = list(dict.fromkeys(m for h in histories.values() for m in h))  # first-seen order
@@ -83,7 +84,7 @@ def training_curves(histories: Mapping[str, Mapping[str, Sequence[tuple[int, flo
                 steps, values = zip(*h[name])
                 ax.plot(steps, values, label=label, color=colours[label])
         ax.set_title(name, fontsize=10)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(xlabel)
         ax.grid(True, alpha=0.3)
     for ax in axes.flat[len(names):]:
         ax.set_visible(False)

@@ -702,6 +702,11 @@ def write_report(study: str, *, tracking_uri: str | None = None, scale: str | No
     imp = importance_section(record)
     if imp:
         sections += ["## Parameter importances", imp]
+    from bench.report_continual import continual_section
+
+    continual = continual_section(record, fig_dir, rel)
+    if continual:
+        sections += ["## Continual indexing", continual]
     curves = curves_section(record, fig_dir, rel)
     if curves:
         sections += ["## Training curves", curves]

@@ -250,6 +250,12 @@ class Tracker:
                 per_seed = {f"{metric_key(n)}_per_seed": v.mean for n, v in rep.metrics.items()}
                 per_seed.update({f"{VAL_PREFIX}{metric_key(n)}_per_seed": v.mean for n, v in rep.val_metrics.items()})
                 self._log_metrics(run_id, per_seed, step=i)
+        if result.repeats[0].continual:  # continual indexing: each step's mean over seeds, and every seed's records
+            for step, records in enumerate(zip(*(rep.continual for rep in result.repeats))):
+                keys = set.intersection(*(set(r) for r in records)) - {"step"}
+                self._log_metrics(run_id, {f"continual/{metric_key(k)}": float(np.mean([r[k] for r in records]))
+                                           for k in sorted(keys)}, step=step)
+            self._log_text(run_id, json.dumps([rep.continual for rep in result.repeats], indent=1), "continual.json")
         self.client.set_tag(run_id, "device", result.device)
         supervision = result.retriever.supervision_used()
         self.client.set_tag(run_id, "supervision", supervision.describe())

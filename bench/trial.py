@@ -108,8 +108,9 @@ class RepeatResult:
     val: Ranking  # validation queries x max cutoff, -1 padded
     indexing: Ranking | None  # IDB images queried with themselves (None without IA metrics)
     history: list[dict[str, Any]]  # per-epoch training log, when the retriever keeps one
-    index_seconds: float  # wall time of retriever.index
+    index_seconds: float  # wall time of retriever.index (continual: of the index and every add)
     query_ms: float  # mean wall time per test query (batched search)
+    continual: list[dict[str, float]] = field(default_factory=list)  # per step (bench.continual), continual studies
 
 
 @dataclass
@@ -160,8 +161,14 @@ def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHoo
             retriever.set_query_arguments(**cfg.query)
         if on_epoch is not None and hasattr(retriever, "on_epoch"):
             retriever.on_epoch = lambda entry, r=r: on_epoch(r, _as_dict(entry))
+        steps: list[dict[str, float]] = []
         t0 = time.perf_counter()
-        retriever.index(corpus, train_queries=sets.train)
+        if cfg.continual is not None:
+            from bench.continual import index_continually
+
+            steps = index_continually(retriever, sets, cfg.continual, ranked, k_test)
+        else:
+            retriever.index(corpus, train_queries=sets.train)
         index_seconds = time.perf_counter() - t0
         history = [_as_dict(e) for e in getattr(retriever, "history", None) or []]
         if on_epoch is not None and not hasattr(retriever, "on_epoch"):
@@ -184,7 +191,7 @@ def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHoo
             metrics.update(indexing_accuracy(indexing.ids, len(corpus), ks=ia_ks))
         metrics = {m: metrics[m] for m in cfg.metrics}
         repeats.append(RepeatResult(seed, split, metrics, val_metrics, values, test, val, indexing, history,
-                                    index_seconds, query_ms))
+                                    index_seconds, query_ms, steps))
         if kept is None:
             kept = retriever
             if cfg.latency is not None:

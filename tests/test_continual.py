@@ -3,9 +3,13 @@ extension and training strategies (DSI++, Mehta et al. 2022)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from vitdsi.errors import VitDSIError
 from vitdsi.ids import extend_ids, make_ids
@@ -123,6 +127,8 @@ def test_clustered_ids_give_added_images_a_block_of_their_class():
     assert set(new[2:5] // 10) == {2}  # class 0's blocks are full: a fresh block
     assert new[5] // 10 == 3  # a new class: a block of its own
     assert len(set(grown.values.tolist())) == grown.n
+    again = extend_ids(grown, 2, labels=np.array([0, 2]))  # a second step finds the blocks of the first
+    assert again.values[-2] // 10 == 2 and again.values[-1] // 10 == 3
 
 
 def test_random_and_atomic_ids_take_the_next_free_numbers():
@@ -179,3 +185,78 @@ def test_dsi_strategies_forget_and_full_matches_training_from_scratch(parts):
     assert result["new-only"][1] >= 0.9, result  # the new images are written in
     assert result["replay"][0] > result["new-only"][0], result  # replay forgets less
     assert abs(full_ia - union_ia) <= 0.05, (result, union_ia)
+
+
+# ---- the harness: a continual study ---------------------------------------------------------
+CONTINUAL_STUDY = {
+    "name": "continual_check",
+    "scale": "smoke",
+    "continual": {"initial": 0.5, "steps": 2},
+    "methods": {
+        "knn": {"retriever": "pixels-knn"},
+        "dsi-replay": {"retriever": "dsi-vit", "params": {"id_scheme": "atomic", "add_strategy": "replay"}},
+        "dsi-full": {"retriever": "dsi-vit", "params": {"id_scheme": "atomic", "add_strategy": "full"}},
+    },
+    "dataset": {"n_total": 120, "split_ratio": 0.5},
+    "space": {"method": ["knn", "dsi-replay", "dsi-full"]},
+    "repeats": 2,
+    "metrics": ["MAP@10", "IA@1"],
+    "objective": {"metric": "MAP@10"},
+    "mlflow": {"log_index": False},
+}
+
+
+def test_step_bounds_cover_the_corpus():
+    from bench.continual import step_bounds
+
+    assert step_bounds(60, 0.5, 5) == [30, 36, 42, 48, 54, 60]
+    assert step_bounds(7, 0.5, 3) == [4, 5, 6, 7]
+
+
+@pytest.mark.slow
+def test_continual_study_logs_every_step_and_reports_it(tmp_path):
+    from mlflow import MlflowClient
+
+    from bench.config import load_study
+    from bench.report import write_report
+    from bench.study import RunOptions, run
+
+    path = tmp_path / "continual_check.yaml"
+    path.write_text(yaml.safe_dump(CONTINUAL_STUDY))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    outcome = run(load_study(path), RunOptions(tracking_uri=uri, storage=f"sqlite:///{tmp_path / 'optuna.db'}"))
+    assert outcome.complete == 3
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("continual_check").experiment_id],
+                              "tags.`vitdsi.kind` = 'trial'")
+    for r in runs:
+        steps = {m.step: m.value for m in client.get_metric_history(r.info.run_id, "continual/n_indexed")}
+        assert steps == {0: 30.0, 1: 45.0, 2: 60.0}  # 60 indexed: half first, then two batches
+        ia = {m.step: m.value for m in client.get_metric_history(r.info.run_id, "continual/ia_original")}
+        assert sorted(ia) == [0, 1, 2] and all(0 <= v <= 1 for v in ia.values())
+        if r.data.tags["method"] == "knn":  # exact vectors: nothing is ever forgotten
+            assert set(ia.values()) == {1.0} and r.data.metrics["continual/ia_added"] == 1.0
+        seeds = json.loads(Path(client.download_artifacts(r.info.run_id, "continual.json", str(tmp_path))).read_text())
+        assert len(seeds) == 2 and [s["step"] for s in seeds[0]] == [0, 1, 2]
+    text = write_report("continual_check", tracking_uri=uri, out_dir=tmp_path / "reports").read_text()
+    assert "## Continual indexing" in text and "| `knn` | 0 | 30 | 1.000 |" in text
+    assert "x `knn`" in text  # the cost of a DSI add against the baseline's
+    assert "Goal for `dsi-replay`" in text and "of `dsi-full`" in text
+
+
+def test_continual_config_errors_name_the_field(tmp_path):
+    from bench.config import StudyConfigError, load_study
+
+    bad = {**CONTINUAL_STUDY, "continual": {"initial": 0.5, "steps": 100}}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(StudyConfigError, match="one per add step"):
+        load_study(path)
+    both = {**CONTINUAL_STUDY, "latency": {"n_queries": 8}}
+    path.write_text(yaml.safe_dump(both))
+    with pytest.raises(StudyConfigError, match="latency study or a continual-indexing study"):
+        load_study(path)
+    typo = {**CONTINUAL_STUDY, "continual": {"initial": 0.5, "step": 2}}
+    path.write_text(yaml.safe_dump(typo))
+    with pytest.raises(StudyConfigError, match="step"):
+        load_study(path)

@@ -205,7 +205,10 @@ def extend_ids(ids: IdMap, m: int, *, labels: np.ndarray | None = None, seed: in
     else:
         if labels is None or len(labels) != m:
             raise VitDSIError(f"clustered ids need the class label of each added image ({m})")
-        numbers = _clustered_slots(ids, used, np.asarray(labels, dtype=np.int64), rng)
+        labels = np.maximum(np.asarray(labels, dtype=np.int64), -1)
+        numbers = _clustered_slots(ids, used, labels, rng)
+        classes = torch.cat([ids.classes, torch.from_numpy(labels)])
+        return IdMap(ids.scheme, torch.cat([ids.codes, torch.from_numpy(digits_of(numbers, ids.length))]), classes)
     return IdMap(ids.scheme, torch.cat([ids.codes, torch.from_numpy(digits_of(numbers, ids.length))]))
 
 
