@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import torch
 from optuna.samplers import BaseSampler
 from optuna.trial import TrialState
 from rich.markup import escape
@@ -61,6 +62,7 @@ class RunOptions:
     device: str | None = None  # retriever device; default CUDA when present
     heartbeat: int = 10  # seconds between trial heartbeats; stale after 3 missed
     wait_for_others: bool = True  # when only other workers' trials remain, wait for them
+    threads: int | None = None  # torch / FAISS / OpenCV threads of this worker; None = the study's `threads`
 
 
 @dataclass
@@ -238,10 +240,21 @@ class StudyMismatchError(RuntimeError):
 
 def run(study: Study, options: RunOptions | None = None) -> RunOutcome:
     """Work on `study` until `n_trials` trials are COMPLETE, nothing is left for this worker, or
-    Ctrl-C. Safe to run again (resumes) and to run in several processes at once."""
-    from bench import trial as trial_mod
+    Ctrl-C. Safe to run again (resumes) and to run in several processes at once. Threads are
+    pinned for the run when the options or the study file ask for it (restored after)."""
+    from bench.latency import fixed_threads
 
     options = options or RunOptions()
+    threads = options.threads or study.threads
+    if threads is None:
+        return _run(study, options)
+    with fixed_threads(threads):
+        return _run(study, options)
+
+
+def _run(study: Study, options: RunOptions) -> RunOutcome:
+    from bench import trial as trial_mod
+
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
@@ -269,7 +282,8 @@ def run(study: Study, options: RunOptions | None = None) -> RunOutcome:
     tracker.set_status(parent_id, "RUNNING")
 
     console.print(f"[bold]study[/] {study_name}: {study.sampler} over {', '.join(study.space) or 'one configuration'}, "
-                  f"{target} trials, objective {study.metric} ({study.direction}), scale {study.scale}")
+                  f"{target} trials, objective {study.metric} ({study.direction}), scale {study.scale}, "
+                  f"{torch.get_num_threads()} torch thread(s)")
     for note in notes:
         console.print(("[yellow]" if note.startswith("warning") else "") + escape(note) + ("[/]" if note.startswith("warning") else ""))
     outcome = RunOutcome(study_name, redact(storage_url), tracker.uri, study.experiment, experiment_id,

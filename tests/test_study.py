@@ -395,3 +395,17 @@ def test_search_after_the_data_moved(store, tmp_path):
     trial_mod._DATASETS.clear()
     res = runner.invoke(app, [*common, "--set", f"dataset.root={moved}"], env={"COLUMNS": "400"})
     assert res.exit_code == 2 and "data changed" in res.output, res.output
+
+
+def test_threads_are_pinned_for_the_run_and_restored(store, digits32):
+    """`threads:` in the file (or --threads, which wins) pins torch for every trial of this worker."""
+    import torch
+
+    before = torch.get_num_threads()
+    out = run(knn_study("threads", threads=3), options(store))
+    tags = [r.data.tags for r in nested_runs(MlflowClient(store.tracking), out.parent_run_id)]
+    assert tags and {t["device.torch_threads"] for t in tags} == {"3"}
+    out = run(knn_study("threads_cli", threads=3), options(store, threads=1))
+    tags = [r.data.tags for r in nested_runs(MlflowClient(store.tracking), out.parent_run_id)]
+    assert {t["device.torch_threads"] for t in tags} == {"1"}
+    assert torch.get_num_threads() == before

@@ -20,6 +20,7 @@ def command(
     study_name: str = typer.Option(None, "--study-name", help="Optuna study name (default: <name>-<scale>)."),
     device: str = typer.Option(None, "--device", help="torch device for the retrievers, e.g. cpu or cuda:0 (default: CUDA when present)."),
     heartbeat: int = typer.Option(10, "--heartbeat", min=1, help="Seconds between trial heartbeats; a trial silent for 3 beats is re-queued."),
+    threads: int = typer.Option(None, "--threads", min=1, help="torch / FAISS / OpenCV threads of this worker (default: the file's `threads`, else every core); with several workers on one machine give each cores / workers."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="When only other workers' trials remain, wait for them (and take over dead ones)."),
     overrides: list[str] = typer.Option(None, "--set", help="Override a field of the file, e.g. --set dataset.root=/data/imagenet --set repeats=3 (repeatable)."),
     check: bool = typer.Option(False, "--check", help="Validate the study file, print the resolved study and exit."),
@@ -44,7 +45,7 @@ def command(
         from bench.study import RunOptions, StudyMismatchError, describe, run, trials_table
 
         options = RunOptions(storage=storage, tracking_uri=tracking_uri, study_name=study_name, n_trials=n_trials,
-                             device=device, heartbeat=heartbeat, wait_for_others=wait)
+                             device=device, heartbeat=heartbeat, wait_for_others=wait, threads=threads)
         previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
         try:
             outcome = run(study, options)
