@@ -422,7 +422,7 @@ class Study:
         a stored study resumes only with the same fingerprint."""
         d = self.to_dict()
         for key in ("description", "n_trials", "mlflow", "threads"):
-            d.pop(key)
+            d.pop(key, None)
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
