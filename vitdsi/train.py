@@ -138,7 +138,8 @@ def make_optimizer(model: VitDSI, lr: float, weight_decay: float) -> torch.optim
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-8)
 
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
+    """Mixed precision on CUDA (bf16 where supported, else fp16); full float32 on the CPU."""
     if device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
@@ -247,7 +248,7 @@ class DSITrainer:
     # ---- internals ----
     def _forward(self, x: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and per-example loss for images x and target ids `codes`."""
-        with _autocast(self.device):
+        with autocast(self.device):
             if self.model.cfg.atomic:
                 logits = self.model(x).float()
                 loss = F.cross_entropy(logits, codes[:, 0], reduction="none", label_smoothing=self.cfg.label_smoothing)

@@ -2,7 +2,7 @@
 `dual-encoder`); the ViT-DSI keeps its own trainer (`vitdsi.train.DSITrainer`, with its
 indexing-accuracy stopping rule), and both use the same pieces from `vitdsi.train`:
 AdamW without decay on norms and biases (`make_optimizer`), linear warm-up then cosine
-decay (`lr_factor`), gradient clipping, bf16/fp16 autocast on CUDA only (`_autocast`).
+decay (`lr_factor`), gradient clipping, bf16/fp16 autocast on CUDA only (`autocast`).
 
 The caller supplies what differs: `batches()` returns one epoch of batches (drawn from
 the caller's seeded generator) and `step(batch)` returns the batch's mean loss, its number
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from vitdsi.log import get_logger, progress
-from vitdsi.train import _autocast, lr_factor, make_optimizer
+from vitdsi.train import autocast, lr_factor, make_optimizer
 
 log = get_logger(__name__)
 
@@ -69,7 +69,7 @@ def train_epochs(
             t0 = time.perf_counter()
             sums = torch.zeros(3, dtype=torch.float64)  # loss * n, n, right
             for batch in batches():
-                with _autocast(device):
+                with autocast(device):
                     loss, n, right = step(batch)
                 opt.zero_grad(set_to_none=True)
                 if scaler is not None:

@@ -187,11 +187,11 @@ class Classifier(VitBaseline):
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images [n, 3, H, W] -> class probabilities [n, C] (softmax, or per-category
         sigmoid for multi-label data) and L2-normalised pooled embeddings [n, D], float32 on CPU."""
-        from vitdsi.train import _autocast
+        from vitdsi.train import autocast
 
         probs, embs = [], []
         for x in self._batched(images):
-            with _autocast(self.device):
+            with autocast(self.device):
                 logits, pooled = self._model(x)
             logits = logits.float()
             probs.append((logits.sigmoid() if self._multilabel else logits.softmax(-1)).cpu())

@@ -245,7 +245,7 @@ class DSIViT(Retriever):
     # ---- search ------------------------------------------------------------------------
     def _search(self, images: torch.Tensor, k: int) -> Ranking:
         from vitdsi.models.decoding import atomic_topk, beam_search
-        from vitdsi.train import _autocast, to_input
+        from vitdsi.train import autocast, to_input
 
         beam = int(self.query_args["beam_size"])
         if beam < 1:
@@ -254,7 +254,7 @@ class DSIViT(Retriever):
         self._model.eval()
         for s in range(0, images.shape[0], SEARCH_BATCH):
             x = to_input(images[s : s + SEARCH_BATCH].to(self.device))
-            with _autocast(self.device):
+            with autocast(self.device):
                 if self._ids.atomic:
                     pos, sc = atomic_topk(self._model, x, k)
                 else:

@@ -195,11 +195,11 @@ class DualEncoder(VitBaseline):
     @torch.inference_mode()
     def embed(self, images: torch.Tensor) -> np.ndarray:
         """uint8 images [n, 3, H, W] -> float32 [n, E] unit-norm embeddings (what the index compares)."""
-        from vitdsi.train import _autocast
+        from vitdsi.train import autocast
 
         parts = []
         for x in self._batched(images):
-            with _autocast(self.device):
+            with autocast(self.device):
                 parts.append(self._model(x).float().cpu())
         return np.ascontiguousarray(torch.cat(parts).numpy(), dtype=np.float32)
 
