@@ -159,8 +159,7 @@ def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHoo
         retriever = create(cfg.retriever, **cfg.params, seed=seed, device=device)
         if cfg.query:
             retriever.set_query_arguments(**cfg.query)
-        if on_epoch is not None and hasattr(retriever, "on_epoch"):
-            retriever.on_epoch = lambda entry, r=r: on_epoch(r, _as_dict(entry))
+        hook = (lambda entry, r=r: on_epoch(r, _as_dict(entry))) if on_epoch and retriever.reports_epochs else None
         steps: list[dict[str, float]] = []
         t0 = time.perf_counter()
         if cfg.continual is not None:
@@ -168,10 +167,10 @@ def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHoo
 
             steps = index_continually(retriever, sets, cfg.continual, ranked, k_test)
         else:
-            retriever.index(corpus, train_queries=sets.train)
+            retriever.index(corpus, train_queries=sets.train, on_epoch=hook)
         index_seconds = time.perf_counter() - t0
         history = [_as_dict(e) for e in getattr(retriever, "history", None) or []]
-        if on_epoch is not None and not hasattr(retriever, "on_epoch"):
+        if on_epoch is not None and not retriever.reports_epochs:
             for entry in history:
                 on_epoch(r, entry)
 

@@ -112,8 +112,7 @@ def memorise(args, params: dict) -> None:
                     reached.append((entry.epoch, time.perf_counter() - t0))
                 return time.perf_counter() - t0 > args.budget
 
-            r.on_epoch = stop
-            r.index(corpus)
+            r.index(corpus, on_epoch=stop)
             seconds = time.perf_counter() - t0
             ranking = r.search(corpus.images, 5)
             ia = indexing_accuracy(ranking.ids, n, ks=(1, 5))

@@ -110,7 +110,6 @@ def test_save_load_answers_without_the_training_data(scheme, mode, tiny_split, t
 def test_on_epoch_hook_receives_every_epoch_and_can_stop(tiny_split):
     seen = []
     r = create("dsi-vit", **TINY, id_scheme="random", index_epochs=5, target_ia=1.1)
-    r.on_epoch = lambda e: seen.append(e) or e.epoch == 3
-    r.index(tiny_split.corpus)
+    r.index(tiny_split.corpus, on_epoch=lambda e: seen.append(e) or e.epoch == 3)
     assert [e.epoch for e in seen] == [1, 2, 3] and len(r.history) == 3
     assert all(e.loss > 0 and e.images_per_s > 0 for e in seen)

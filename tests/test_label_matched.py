@@ -169,8 +169,7 @@ def test_dual_encoder_training_beats_the_untrained_tower(dual, tiny_split, held_
 def test_dual_encoder_on_epoch_hook_stops_training(tiny_split):
     r = create("dual-encoder", **TINY, epochs=10, embed_dim=16)
     seen = []
-    r.on_epoch = lambda entry: seen.append(entry) or entry["epoch"] >= 2
-    r.index(tiny_split.corpus)  # no train queries: view pairs only
+    r.index(tiny_split.corpus, on_epoch=lambda entry: seen.append(entry) or entry["epoch"] >= 2)  # view pairs only
     assert [e["epoch"] for e in r.history] == [1, 2] and seen == r.history
     assert r.history[0]["phase"] == "contrastive"
 

@@ -20,7 +20,8 @@ class SleepyKNN(PixelsKNN):
         self.epochs = int(epochs)  # fake epochs
         self.fail = bool(fail)  # raise during indexing
         self.history: list[dict] = []
-        self.on_epoch = None
+
+    reports_epochs = True
 
     def _index(self, corpus, train_queries) -> None:
         self.history = []

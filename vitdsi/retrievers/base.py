@@ -31,6 +31,8 @@ import torch
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
 
+EpochCallback = Callable[[Any], "bool | None"]  # called with each epoch's log; True stops training
+
 
 @dataclass(frozen=True)
 class Ranking:
@@ -124,6 +126,9 @@ class Retriever(ABC):
     smoke_params: ClassVar[dict[str, Any]] = {}
     # the most this retriever can learn from; `supervision_used` narrows it by build parameters
     supervision: ClassVar[Supervision] = Supervision()
+    # True when index / add train in epochs and call `on_epoch` after each (with an EpochLog or
+    # dict; a True return stops training); others may still leave a `history` when done
+    reports_epochs: ClassVar[bool] = False
 
     def __init__(self, *, seed: int = 0, device: str | None = None) -> None:
         self.seed = int(seed)
@@ -131,6 +136,7 @@ class Retriever(ABC):
         self.query_args: dict[str, Any] = dict(self.query_defaults)
         self.corpus_size: int | None = None
         self.image_size: int | None = None
+        self.on_epoch: EpochCallback | None = None  # the hook of the index / add call under way
 
     # ---- subclass hooks -------------------------------------------------------------
     @abstractmethod
@@ -161,9 +167,11 @@ class Retriever(ABC):
         before any trial runs."""
 
     # ---- public interface -----------------------------------------------------------
-    def index(self, corpus: ImageSet, *, train_queries: ImageSet | None = None) -> None:
+    def index(self, corpus: ImageSet, *, train_queries: ImageSet | None = None,
+              on_epoch: EpochCallback | None = None) -> None:
         """Index `corpus`; `train_queries` (queries labelled against the same classes) are
-        used by retrievers that learn from queries, such as a fine-tuned DSI."""
+        used by retrievers that learn from queries, such as a fine-tuned DSI. `on_epoch` is
+        called after every training epoch by retrievers that `reports_epochs`."""
         if len(corpus) == 0:
             raise VitDSIError(f"{self.name}: cannot index an empty corpus; give at least one image")
         if train_queries is not None and train_queries.image_size != corpus.image_size:
@@ -175,9 +183,14 @@ class Retriever(ABC):
         seed_everything(self.seed)
         self.corpus_size = len(corpus)
         self.image_size = corpus.image_size
-        self._index(corpus, train_queries)
+        self.on_epoch = on_epoch
+        try:
+            self._index(corpus, train_queries)
+        finally:
+            self.on_epoch = None
 
-    def add(self, images: ImageSet, *, train_queries: ImageSet | None = None) -> None:
+    def add(self, images: ImageSet, *, train_queries: ImageSet | None = None,
+            on_epoch: EpochCallback | None = None) -> None:
         """Add `images` to the built index. They take the next corpus positions (the first one
         is the old `corpus_size`); the positions of images indexed before never change.
         `train_queries` are new train queries, for retrievers that learn from queries."""
@@ -192,7 +205,11 @@ class Retriever(ABC):
                     "prepare them at the corpus size"
                 )
         seed_everything(self.seed + self.corpus_size)  # each add step draws its own randomness
-        self._add(images, train_queries)
+        self.on_epoch = on_epoch
+        try:
+            self._add(images, train_queries)
+        finally:
+            self.on_epoch = None
         self.corpus_size += len(images)
 
     def search(self, images: torch.Tensor, k: int) -> Ranking:

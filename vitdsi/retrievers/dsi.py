@@ -13,7 +13,6 @@ bound). Model and training code live in `vitdsi.models` and `vitdsi.train`, impo
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,6 +30,7 @@ class DSIViT(Retriever):
     """Seq2seq ViT that generates the ids of relevant corpus images (or an atomic softmax head)."""
 
     supervision = Supervision(corpus_labels=True, query_pairs=True)
+    reports_epochs = True
     query_defaults = {"beam_size": 10}  # hypotheses kept per decoding step (at least k are kept)
     smoke_params = {
         "patch_size": 8, "dim": 32, "ff_dim": 64, "depth": 1, "heads": 2, "dropout": 0.0,
@@ -102,10 +102,7 @@ class DSIViT(Retriever):
             raise VitDSIError(f"dsi-vit: pos_encoding must be 'sinusoidal' or 'learned', got '{pos_encoding}'")
         if self.dim % self.heads:
             raise VitDSIError(f"dsi-vit: heads ({heads}) must divide dim ({dim})")
-        # per-epoch training log (EpochLog dicts) and an optional hook the harness sets to
-        # receive each EpochLog as it happens (return True to stop training)
-        self.history: list[dict[str, Any]] = []
-        self.on_epoch: Callable[[Any], bool | None] | None = None
+        self.history: list[dict[str, Any]] = []  # per-epoch training log (EpochLog dicts)
         self._model = None
         self._ids = None
         self._trie = None

@@ -28,6 +28,8 @@ SEARCH_BATCH = 256  # images encoded together at index and query time
 class VitBaseline(Retriever):
     """A ViT encoder with a retrieval head other than the DSI's id decoder (abstract)."""
 
+    reports_epochs = True
+
     def __init__(
         self,
         *,
@@ -62,10 +64,7 @@ class VitBaseline(Retriever):
         self.augment = bool(augment)  # random shifts and left-right flips of training images
         self.use_queries = bool(use_queries)  # also learn from the train queries given to index()
         self._check_params()
-        # per-epoch training log (dicts) and an optional hook the harness sets to receive each
-        # log as it happens (return True to stop training), as in dsi-vit
-        self.history: list[dict[str, Any]] = []
-        self.on_epoch: Callable[[Any], bool | None] | None = None
+        self.history: list[dict[str, Any]] = []  # per-epoch training log (dicts), as in dsi-vit
         self._model: torch.nn.Module | None = None
 
     # ---- parameters -------------------------------------------------------------------
