@@ -24,3 +24,17 @@ def tiny_split(digits32):
 
     split = make_split(digits32, n_total=120, split_ratio=0.5, seed=0)
     return split.apply(digits32)
+
+
+def run_study_dict(folder, study: dict):
+    """Write `study` as FOLDER/NAME.yaml and run it into sqlite stores in FOLDER; returns the
+    run outcome and the MLflow tracking URI."""
+    import yaml
+
+    from bench.config import load_study
+    from bench.study import RunOptions, run
+
+    path = folder / f"{study['name']}.yaml"
+    path.write_text(yaml.safe_dump(study))
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    return run(load_study(path), RunOptions(tracking_uri=uri, storage=f"sqlite:///{folder / 'optuna.db'}")), uri

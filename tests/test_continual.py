@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import run_study_dict
 
 from vitdsi.errors import VitDSIError
 from vitdsi.ids import extend_ids, make_ids
@@ -217,14 +218,9 @@ def test_step_bounds_cover_the_corpus():
 def test_continual_study_logs_every_step_and_reports_it(tmp_path):
     from mlflow import MlflowClient
 
-    from bench.config import load_study
     from bench.report import write_report
-    from bench.study import RunOptions, run
 
-    path = tmp_path / "continual_check.yaml"
-    path.write_text(yaml.safe_dump(CONTINUAL_STUDY))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    outcome = run(load_study(path), RunOptions(tracking_uri=uri, storage=f"sqlite:///{tmp_path / 'optuna.db'}"))
+    outcome, uri = run_study_dict(tmp_path, CONTINUAL_STUDY)
     assert outcome.complete == 3
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("continual_check").experiment_id],

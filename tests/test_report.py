@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_study_dict
 from PIL import Image
 
 STUDY = {
@@ -150,14 +151,9 @@ LATENCY_STUDY = {
 def test_latency_study_report(tmp_path):
     from mlflow import MlflowClient
 
-    from bench.config import load_study
     from bench.report import write_report
-    from bench.study import RunOptions, run
 
-    path = tmp_path / "latency_check.yaml"
-    path.write_text(yaml.safe_dump(LATENCY_STUDY))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    outcome = run(load_study(path), RunOptions(tracking_uri=uri, storage=f"sqlite:///{tmp_path / 'optuna.db'}"))
+    outcome, uri = run_study_dict(tmp_path, LATENCY_STUDY)
     assert outcome.complete == 6
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("latency_check").experiment_id], "tags.`vitdsi.kind` = 'trial'")
