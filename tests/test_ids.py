@@ -105,3 +105,25 @@ def test_errors_name_the_problem():
         make_ids("semantic", 10)
     with pytest.raises(VitDSIError, match="not unique"):
         IdMap("random", torch.tensor([[1, 2], [1, 2]]))
+
+
+@pytest.mark.parametrize("n", [7, 100, 347])
+def test_rq_ids_are_unique_digits_with_a_disambiguation_tail(n):
+    feats, _ = blobs(n // 10 + 1)
+    ids = make_ids("rq", n, features=feats[:n], seed=3)
+    levels = max(1, id_length(n) - 1)
+    assert ids.codes.shape[1] > levels  # the quantiser digits, then at least one disambiguation digit
+    assert ids.codes.min() >= 0 and ids.codes.max() <= 9
+    assert len(set(ids.strings())) == n
+    again = make_ids("rq", n, features=feats[:n], seed=3)
+    assert torch.equal(again.codes, ids.codes)  # seeded: the same ids every time
+
+
+def test_rq_first_level_follows_the_features_not_the_labels():
+    feats, labels = blobs(40)
+    ids = make_ids("rq", 400, features=feats, seed=0, labels=np.zeros(400, dtype=np.int64))  # labels are ignored
+    first = ids.codes[:, 0].numpy()
+    assert all(len(set(first[labels == b])) == 1 for b in range(10)) and len(set(first)) == 10
+    # the second level quantises what is left inside a blob: points of one blob spread over its digits
+    second = ids.codes[:, 1].numpy()
+    assert len(set(second[labels == 0])) > 1

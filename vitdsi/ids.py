@@ -7,6 +7,10 @@ Follows Tay et al., "Transformer Memory as a Differentiable Search Index" (2022)
     clustered  images of the same class get consecutive numbers ("dense clustered")
     semantic   hierarchical k-means with branching 10 on image features (pixels by
                default), one digit per level, so a shared prefix means visual similarity
+    rq         residual quantisation of image features (IRGen, Zhang et al. 2023): each
+               level k-means (10 centroids) the residual the previous levels left, one
+               digit per level, then disambiguation digits numbering images that share
+               every level, so each id is unique
     atomic     one token per image: a softmax over the corpus, decoded in one step
 
 Digit schemes give every image a fixed-length string of L = max(1, ceil(log10 N)) digits
@@ -29,7 +33,7 @@ from vitdsi.log import get_logger
 
 log = get_logger(__name__)
 
-ID_SCHEMES = ("random", "clustered", "semantic", "atomic")
+ID_SCHEMES = ("random", "clustered", "semantic", "rq", "atomic")
 BRANCHING = 10  # digits per position: one decimal digit per level
 
 
@@ -131,8 +135,9 @@ def make_ids(
     """Ids for a corpus of n images, `length` digits each (0 = the fewest that number n).
 
     labels: int [n] primary class of each image (`clustered`; -1 = no class, numbered last).
-    features: float [n, D] per-image features (`semantic`; e.g. flattened pixels or an
-    embedding). Everything is deterministic given `seed`.
+    features: float [n, D] per-image features (`semantic`, `rq`; e.g. flattened pixels or an
+    embedding). Everything is deterministic given `seed`. For `rq`, `length` - 1 quantiser
+    levels (at least one) and as many disambiguation digits as the largest group needs.
     """
     if scheme not in ID_SCHEMES:
         raise VitDSIError(f"unknown id scheme '{scheme}'; choose one of {', '.join(ID_SCHEMES)}")
@@ -158,8 +163,10 @@ def make_ids(
         return IdMap(scheme, torch.from_numpy(digits_of(numbers, length)), torch.from_numpy(np.maximum(labels, -1)))
     else:
         if features is None:
-            raise VitDSIError("id scheme 'semantic' needs a feature vector per corpus image")
+            raise VitDSIError(f"id scheme '{scheme}' needs a feature vector per corpus image")
         feats = torch.as_tensor(np.asarray(features), dtype=torch.float32).reshape(n, -1)
+        if scheme == "rq":
+            return IdMap(scheme, torch.from_numpy(rq_codes(feats, max(1, length - 1), seed)))
         return IdMap(scheme, torch.from_numpy(semantic_codes(feats, length, seed)))
     return IdMap(scheme, torch.from_numpy(digits_of(numbers, length)))
 
@@ -244,6 +251,58 @@ def _clustered_slots(ids: IdMap, used: np.ndarray, labels: np.ndarray, rng: np.r
     return numbers
 
 
+# ---- rq ids: residual quantisation -------------------------------------------------------
+def rq_codes(features: torch.Tensor, levels: int, seed: int = 0, iters: int = 25) -> np.ndarray:
+    """int64 [n, levels + d] digits: `levels` residual-quantiser digits (k-means with 10
+    centroids on what the previous levels left), then d = digits needed to number the largest
+    group of images that share all of them, numbering each group's images in a seeded order."""
+    n = features.shape[0]
+    x = _reduced(features)
+    gen = torch.Generator().manual_seed(seed)
+    digits = np.zeros((n, levels), dtype=np.int64)
+    residual = x.clone()
+    for level in range(levels):
+        k = min(BRANCHING, n)
+        centers = _lloyd(residual, k, gen, iters)
+        assign = torch.cdist(residual, centers).argmin(1)
+        digits[:, level] = assign.numpy()
+        residual = residual - centers[assign]
+    # number the members of each group of equal digits (a seeded random order inside a group)
+    _, group = np.unique(digits, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    order = np.lexsort((torch.randperm(n, generator=gen).numpy(), group))
+    first = np.r_[0, np.flatnonzero(np.diff(group[order])) + 1]
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - np.repeat(first, np.diff(np.r_[first, n]))
+    tail = digits_of(rank, id_length(int(rank.max()) + 1))
+    return np.concatenate([digits, tail], axis=1)
+
+
+def _reduced(features: torch.Tensor) -> torch.Tensor:
+    """Centred features, projected to at most 64 dims (PCA) so k-means distances are cheap and
+    less noisy."""
+    n = features.shape[0]
+    feats = features - features.mean(0, keepdim=True)
+    if feats.shape[1] > 64 and n > 2:
+        _, _, v = torch.pca_lowrank(feats, q=min(64, n - 1), center=False, niter=4)
+        feats = feats @ v
+    return feats
+
+
+def _lloyd(x: torch.Tensor, k: int, gen: torch.Generator, iters: int) -> torch.Tensor:
+    """k centres by Lloyd's k-means from a k-means++ start (seeded)."""
+    centers = _kmeanspp(x, k, gen)
+    for _ in range(iters):
+        assign = torch.cdist(x, centers).argmin(1)
+        counts = torch.bincount(assign, minlength=k).float()
+        sums = torch.zeros_like(centers).index_add_(0, assign, x)
+        moved = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centers)
+        if torch.allclose(moved, centers):
+            break
+        centers = moved
+    return centers
+
+
 # ---- semantic ids: capacity-constrained hierarchical k-means -------------------------
 def semantic_codes(features: torch.Tensor, length: int, seed: int = 0, iters: int = 25) -> np.ndarray:
     """int64 [n, length] digits from hierarchical k-means with branching 10 (Tay et al. 2022).
@@ -255,12 +314,7 @@ def semantic_codes(features: torch.Tensor, length: int, seed: int = 0, iters: in
     n = features.shape[0]
     if n > BRANCHING**length:
         raise VitDSIError(f"{n} items do not fit in {length}-digit ids")
-    feats = features - features.mean(0, keepdim=True)
-    # project to at most 64 dims (PCA) so k-means distances are cheap and less noisy
-    if feats.shape[1] > 64 and n > 2:
-        q = min(64, n - 1)
-        _, _, v = torch.pca_lowrank(feats, q=q, center=False, niter=4)
-        feats = feats @ v
+    feats = _reduced(features)
     gen = torch.Generator().manual_seed(seed)
     codes = np.zeros((n, length), dtype=np.int64)
     stack = [(np.arange(n), 0)]
@@ -291,15 +345,7 @@ def _balanced_kmeans(x: torch.Tensor, k: int, capacity: int, gen: torch.Generato
     n = x.shape[0]
     if k <= 1:
         return np.zeros(n, dtype=np.int64)
-    centers = _kmeanspp(x, k, gen)
-    for _ in range(iters):
-        assign = torch.cdist(x, centers).argmin(1)
-        counts = torch.bincount(assign, minlength=k).float()
-        sums = torch.zeros_like(centers).index_add_(0, assign, x)
-        moved = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centers)
-        if torch.allclose(moved, centers):
-            break
-        centers = moved
+    centers = _lloyd(x, k, gen, iters)
     dist = torch.cdist(x, centers)
     assign = torch.full((n,), -1, dtype=torch.int64)
     room = torch.full((k,), capacity, dtype=torch.int64)

@@ -29,7 +29,7 @@ ADD_STRATEGIES = ("new-only", "replay", "full")
 class DSIViT(Retriever):
     """Seq2seq ViT that generates the ids of relevant corpus images (or an atomic softmax head)."""
 
-    supervision = Supervision(corpus_labels=True, query_pairs=True)
+    supervision = Supervision(corpus_labels=True, query_pairs=True, pretrained=True)  # at most; see supervision_used
     reports_epochs = True
     query_defaults = {"beam_size": 10}  # hypotheses kept per decoding step (at least k are kept)
     smoke_params = {
@@ -59,6 +59,7 @@ class DSIViT(Retriever):
         augment: bool = False,
         target_ia: float = 0.99,
         id_length: int = 0,
+        id_features: str = "pixels",
         add_strategy: str = "replay",
         replay_share: float = 0.25,
         add_epochs: int = 0,
@@ -77,7 +78,10 @@ class DSIViT(Retriever):
         self.heads = int(heads)  # attention heads
         self.dropout = float(dropout)  # dropout rate in every block
         self.pos_encoding = str(pos_encoding)  # 'sinusoidal' or 'learned'
-        self.id_scheme = str(id_scheme)  # 'random', 'clustered', 'semantic' or 'atomic'
+        self.id_scheme = str(id_scheme)  # 'random', 'clustered', 'semantic', 'rq' or 'atomic'
+        # what semantic / rq ids cluster: 'pixels', 'efficientnet-lite0' or a torchvision backbone
+        # (vitdsi.features.backbones, local weights only); never labels
+        self.id_features = str(id_features)
         self.mode = str(mode)  # 'zero-shot', 'fine-tuned' or 'multitask'
         self.index_epochs = int(index_epochs)  # indexing epoch budget (stops early at target_ia)
         self.retrieval_epochs = int(retrieval_epochs)  # fine-tuning / multitask epochs
@@ -111,8 +115,11 @@ class DSIViT(Retriever):
         self._seen: tuple[ImageSet, ImageSet | None] | None = None
 
     def supervision_used(self) -> Supervision:
-        # clustered ids number the corpus class by class; fine-tuning / multitask train on query pairs
-        return Supervision(corpus_labels=self.id_scheme == "clustered", query_pairs=self.mode != "zero-shot")
+        # clustered ids number the corpus class by class; fine-tuning / multitask train on query pairs;
+        # semantic / rq ids on a pretrained backbone's features borrow what it learnt from ImageNet labels
+        borrowed = self.id_scheme in ("semantic", "rq") and self.id_features != "pixels"
+        return Supervision(corpus_labels=self.id_scheme == "clustered", query_pairs=self.mode != "zero-shot",
+                           pretrained=borrowed)
 
     # ---- indexing ----------------------------------------------------------------------
     def _model_config(self, image_size: int, id_length: int, n_ids: int):
@@ -135,13 +142,23 @@ class DSIViT(Retriever):
 
         self.check_image_size(corpus.image_size)
         n = len(corpus)
-        features = corpus.images.float().flatten(1) if self.id_scheme == "semantic" else None
+        features = self._id_feature_vectors(corpus.images) if self.id_scheme in ("semantic", "rq") else None
         self._ids = make_ids(self.id_scheme, n, labels=corpus.primary_labels(), features=features, seed=self.seed,
                              length=self.id_length)
         self._model = VitDSI(self._model_config(corpus.image_size, self._ids.length, n)).to(self.device)
         self.history = self._fit(corpus, torch.arange(n), self._ids.codes, train_queries, self.mode, self.index_epochs)
         self._seen = (corpus, train_queries)
         self._finish()
+
+    def _id_feature_vectors(self, images: torch.Tensor) -> torch.Tensor:
+        """float32 [N, D] features the semantic / rq ids cluster (`id_features`), on the CPU."""
+        if self.id_features == "pixels":
+            return images.float().flatten(1)
+        from vitdsi.features.backbones import load_backbone
+
+        net = load_backbone(self.id_features, self.device)
+        with torch.inference_mode():
+            return torch.cat([net(images[s : s + 64]).cpu() for s in range(0, len(images), 64)])
 
     def _train_config(self, mode: str, index_epochs: int, seed: int):
         from vitdsi.train import TrainConfig
