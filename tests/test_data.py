@@ -277,3 +277,45 @@ def test_split_stores_source_ids_and_refuses_changed_data(digits32, tmp_path):
     with pytest.raises(VitDSIError, match="source ids of 'digits' differ"):
         other.apply(moved)
     assert len(other.apply(digits32).test) == 4
+
+
+def test_mosaic_cache_is_written_atomically(tmp_path):
+    """Workers that start together each build the mosaics in a folder of their own and rename it
+    into place, so none reads another's half-written PNGs; a folder left without its marker by
+    an interrupted run is rebuilt."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vitdsi.data.sources.mosaic import load_coco_mosaic
+
+    kw = dict(root=str(tmp_path), base="digits", n_images=40, grid=2, tile_size=8, size=16)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        sets = list(pool.map(lambda _: load_coco_mosaic(**kw), range(3)))
+    assert all(torch.equal(s.images, sets[0].images) for s in sets)
+    folders = list(tmp_path.iterdir())
+    assert len(folders) == 1 and (folders[0] / "mosaic.json").exists()  # no temporary folder left
+    # an interrupted generation: a truncated image and no marker
+    (folders[0] / "mosaic.json").unlink()
+    (folders[0] / "images" / "mosaic_000004.png").write_bytes(b"\x89PNG")
+    again = load_coco_mosaic(**kw)
+    assert torch.equal(again.images, sets[0].images)
+
+
+def test_mosaic_generation_keeps_the_copy_another_worker_finished_first(tmp_path, monkeypatch):
+    import vitdsi.data.sources.mosaic as mosaic
+
+    real = mosaic.generate_coco_mosaic
+    kw = dict(root=str(tmp_path), base="digits", n_images=12, grid=2, tile_size=8, size=16)
+    first = mosaic.load_coco_mosaic(**kw)  # the other worker's finished copy
+    folder = next(tmp_path.iterdir())
+    stamp = (folder / "mosaic.json").stat().st_mtime_ns
+    (folder / "mosaic.json").rename(folder.with_name("saved-marker"))
+
+    def racing(out_dir, **params):  # while this worker generates, the other one completes
+        real(out_dir, **params)
+        folder.with_name("saved-marker").rename(folder / "mosaic.json")
+
+    monkeypatch.setattr(mosaic, "generate_coco_mosaic", racing)
+    again = mosaic.load_coco_mosaic(**kw)
+    assert torch.equal(again.images, first.images)
+    assert (folder / "mosaic.json").stat().st_mtime_ns == stamp  # the other worker's copy was kept
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # and no temporary folder is left

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -92,6 +95,23 @@ def generate_coco_mosaic(
     return out
 
 
+def _generate_atomically(folder: Path, params: dict) -> None:
+    """Generate into a folder of this process's own, then rename it to `folder`; when another
+    process got there first, keep its (complete) folder."""
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    generate_coco_mosaic(tmp, **params)
+    (tmp / "mosaic.json").write_text(json.dumps(params, indent=2))
+    if folder.exists() and not (folder / "mosaic.json").exists():
+        shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from an interrupted run
+    try:
+        os.rename(tmp, folder)
+    except OSError:  # another worker renamed its complete copy into place first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / "mosaic.json").exists():
+            raise
+
+
 def load_coco_mosaic(
     *,
     root: str | None = None,
@@ -106,17 +126,17 @@ def load_coco_mosaic(
     limit: int | None = None,
 ) -> ImageSet:
     """Generate the mosaic dataset once (cached by its parameters under `root`, default
-    ~/.cache/vitdsi/coco-mosaic) and load it through the `coco` loader."""
+    ~/.cache/vitdsi/coco-mosaic) and load it through the `coco` loader. Generation writes a
+    private folder and renames it into place, so workers that start together never read each
+    other's half-written files (a folder without its `mosaic.json` marker is rebuilt)."""
     from vitdsi.data.sources.coco import load_coco
 
     params = {"base": base, "base_root": base_root, "n_images": n_images, "grid": grid,
               "tile_size": tile_size, "p_empty": p_empty, "seed": seed}
     key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
     folder = Path(root or Path.home() / ".cache" / "vitdsi" / "coco-mosaic") / key
-    marker = folder / "mosaic.json"
-    if not marker.exists():
-        generate_coco_mosaic(folder, **params)
-        marker.write_text(json.dumps(params, indent=2))
+    if not (folder / "mosaic.json").exists():
+        _generate_atomically(folder, params)
     ims = load_coco(root=str(folder), size=size or grid * tile_size, limit=limit, seed=seed)
     return ImageSet(ims.images, ims.labels, ims.source_ids, ims.class_names, "coco-mosaic",
                     {**ims.meta, "mosaic": params})
