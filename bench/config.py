@@ -8,7 +8,7 @@ work starts: a typo or a wrong type names the file, the field and the allowed va
 unknown retriever lists the registered ones; an unknown parameter lists the allowed ones.
 
 Parameters resolve from general to specific (later wins): retriever defaults < scale preset
-(`vitdsi.scales`) < `fixed` < the method's `params` < the trial's sampled values. The
+(`bench.scales`) < `fixed` < the method's `params` < the trial's sampled values. The
 study's own `scales.<scale>` block is deep-merged into the file first, so a study can shrink
 its grid or model at `smoke` without a second file (a `null` there deletes a key).
 
@@ -502,7 +502,7 @@ def resolve(data: dict[str, Any], *, scale: str | None = None, source: str = "<s
     `overrides` ("field=value", as `bench run --set`) win over every layer of the file: they
     are applied after the file's `scales.<scale>` block is merged in (an override of
     `scales.*` itself, or of `scale`, is applied to the file before the merge)."""
-    from vitdsi.scales import SCALES
+    from bench.scales import SCALES
 
     overrides = list(overrides or [])
     early = [o for o in overrides if o.partition("=")[0].strip().split(".")[0] in ("scales", "scale")]
@@ -538,9 +538,9 @@ def _validate(data: dict[str, Any], source: str) -> StudyFile:
 
 
 def _resolve(sf: StudyFile, scale_name: str, source: str) -> Study:
+    from bench.scales import get_scale
     from vitdsi.metrics import parse_metric
     from vitdsi.retrievers.base import registered
-    from vitdsi.scales import get_scale
 
     scale = get_scale(scale_name)
     known = registered()

@@ -38,7 +38,7 @@ MEMORISE = dict(dropout=0.0, augment=False, index_epochs=400)
 
 def small_params() -> dict:
     try:
-        from vitdsi.scales import SCALES
+        from bench.scales import SCALES
 
         return dict(SCALES["small"].retriever_params.get("dsi-vit", {}))
     except (ImportError, KeyError):

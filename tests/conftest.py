@@ -26,6 +26,16 @@ def tiny_split(digits32):
     return split.apply(digits32)
 
 
+def smoke_retriever(name: str, **params):
+    """Retriever `name` with the smoke scale's build parameters (`bench.scales`) on the CPU, and
+    `params` over them; the DSI trains a few epochs only (these tests check behaviour, not quality)."""
+    from bench.scales import SCALES
+    from vitdsi.retrievers import create
+
+    quick = {"index_epochs": 3, "retrieval_epochs": 2} if name == "dsi-vit" else {}
+    return create(name, **{**SCALES["smoke"].params_for(name), **quick, "device": "cpu", **params})
+
+
 def run_study_dict(folder, study: dict):
     """Write `study` as FOLDER/NAME.yaml and run it into sqlite stores in FOLDER; returns the
     run outcome and the MLflow tracking URI."""

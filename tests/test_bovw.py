@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import smoke_retriever
 
 from vitdsi.data import ImageSet
 from vitdsi.errors import VitDSIError
@@ -13,7 +14,6 @@ from vitdsi.features.sift import SiftConfig, dense_grid, extract_descriptors, ro
 from vitdsi.features.vocabulary import nearest_centroid, nearest_centroid_loop, train_vocabulary
 from vitdsi.metrics import indexing_accuracy
 from vitdsi.retrievers import create
-from vitdsi.retrievers.bovw import BoVW
 
 
 def with_blanks(images: ImageSet, blank_at: list[int]) -> ImageSet:
@@ -197,7 +197,7 @@ def test_unknown_options_are_clear_errors(corpus):
         create("bovw", weighting="bm25")
     with pytest.raises(VitDSIError, match="detector must be 'sparse' or 'dense'"):
         create("bovw", detector="harris")
-    r = create("bovw", **BoVW.smoke_params, device="cpu")
+    r = smoke_retriever("bovw")
     r.index(corpus)
     r.set_query_arguments(search="lsh")
     with pytest.raises(VitDSIError, match="search must be one of"):

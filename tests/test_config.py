@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from bench.config import StudyConfigError, apply_overrides, load_study, resolve
+from bench.scales import SCALES
 from vitdsi.retrievers.base import get, registered
-from vitdsi.scales import SCALES
 
 STUDIES = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.yaml"))
 

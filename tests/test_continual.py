@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import run_study_dict
+from conftest import run_study_dict, smoke_retriever
 
 from vitdsi.errors import VitDSIError
 from vitdsi.ids import extend_ids, make_ids
-from vitdsi.retrievers import Retriever, create, registered
+from vitdsi.retrievers import Retriever, registered
 
 NAMES = sorted(registered())
 # retrievers whose index of the old images does not change when images are added (no retraining)
@@ -22,8 +22,7 @@ FIXED_FEATURES = ("bovw", "classifier", "dual-encoder", "embedding", "pixels-knn
 N_OLD = 40
 
 
-def build(name: str, **params):
-    return create(name, **{**registered()[name].smoke_params, "device": "cpu", **params})
+build = smoke_retriever
 
 
 @pytest.fixture(scope="module")

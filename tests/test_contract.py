@@ -1,7 +1,7 @@
 """The contract every registered retriever honours, checked on the same tiny dataset.
 
 Parametrised over the registry, so a newly registered retriever is picked up here
-automatically, built with its `smoke_params`.
+automatically, built with the smoke scale's parameters (`conftest.smoke_retriever`).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import smoke_retriever
 
 from vitdsi.data import ImageSet
 from vitdsi.errors import VitDSIError
@@ -19,8 +20,7 @@ K = 10
 
 
 def build(name: str, seed: int = 0):
-    cls = registered()[name]
-    return create(name, **{**cls.smoke_params, "seed": seed, "device": "cpu"})
+    return smoke_retriever(name, seed=seed)
 
 
 @pytest.fixture(scope="module")

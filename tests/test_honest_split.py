@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import smoke_retriever
 
 from bench.config import resolve
 from bench.trial import prepare, repeat_data, run_trial
@@ -80,7 +81,7 @@ def test_supervision_is_declared_and_narrowed_by_parameters():
     assert create("embedding", backbone="efficientnet-lite0").supervision_used().describe() == "pretrained"
     assert create("bovw").supervision_used().describe() == "label-free"
     for name, cls in registered().items():  # an instance never claims more than its class declares
-        used, most = create(name, **cls.smoke_params).supervision_used(), cls.supervision
+        used, most = smoke_retriever(name).supervision_used(), cls.supervision
         assert all(getattr(most, f) or not getattr(used, f) for f in ("corpus_labels", "query_pairs", "pretrained")), name
     out = CliRunner().invoke(app, ["list", "retrievers"], env={"COLUMNS": "200"}).output
     assert "learns from" in out and "label-free" in out and "corpus labels + query pairs" in out

@@ -9,6 +9,7 @@ import pickle
 
 import pytest
 import torch
+from conftest import smoke_retriever
 
 from vitdsi.errors import VitDSIError
 from vitdsi.retrievers import create
@@ -71,8 +72,7 @@ def test_state_of_every_retriever_loads_with_weights_only(tiny_split, tmp_path):
     """What each built-in retriever saves is plain tensors and values (weights_only-loadable);
     the round trip itself is in the contract tests."""
     for name in ("bovw", "embedding", "pixels-knn", "random", "dsi-vit"):
-        cls = __import__("vitdsi.retrievers", fromlist=["registered"]).registered()[name]
-        r = create(name, **{**cls.smoke_params, "device": "cpu"})
+        r = smoke_retriever(name)
         r.index(tiny_split.corpus, train_queries=tiny_split.train)
         r.save(tmp_path / name)
         torch.load(tmp_path / name / "state.pt", weights_only=True)

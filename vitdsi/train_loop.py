@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from vitdsi.log import get_logger, progress
-from vitdsi.train import autocast, lr_factor, make_optimizer
+from vitdsi.train import OptimConfig, autocast, lr_factor, make_optimizer
 
 log = get_logger(__name__)
 
@@ -30,13 +30,8 @@ StepFn = Callable[[Any], tuple[torch.Tensor, int, Any]]
 
 
 @dataclass
-class LoopConfig:
+class LoopConfig(OptimConfig):
     epochs: int = 30  # passes over the training examples
-    lr: float = 5e-4  # peak AdamW learning rate
-    weight_decay: float = 0.01  # AdamW decoupled weight decay on matrices (not on norms/biases)
-    warmup_frac: float = 0.03  # fraction of the steps spent warming the lr up linearly
-    min_lr_frac: float = 0.05  # cosine decays the lr to this fraction of the peak
-    grad_clip: float = 1.0  # max global gradient norm
 
 
 def train_epochs(

@@ -30,7 +30,7 @@ from vitdsi.errors import VitDSIError
 class VitEncoderConfig:
     image_size: int = 32  # square input side in pixels
     channels: int = 3  # input channels (RGB)
-    patch_size: int = 4  # square patch side; must divide image_size (paper: 16 at 160 px)
+    patch_size: int = 16  # square patch side; must divide image_size (paper: 16 at 160 px)
     dim: int = 128  # model width (paper 128)
     ff_dim: int = 256  # hidden width of the feed-forward blocks (paper 256)
     depth: int = 6  # encoder layers (paper 6)

@@ -21,7 +21,7 @@ import random
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import Field, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -122,21 +122,38 @@ class Retriever(ABC):
 
     name: ClassVar[str] = ""  # set by @register
     query_defaults: ClassVar[dict[str, Any]] = {}  # query-time parameters and their defaults
-    # build parameters for a tiny, fast instance (contract tests, `--scale smoke`)
-    smoke_params: ClassVar[dict[str, Any]] = {}
     # the most this retriever can learn from; `supervision_used` narrows it by build parameters
     supervision: ClassVar[Supervision] = Supervision()
     # True when index / add train in epochs and call `on_epoch` after each (with an EpochLog or
     # dict; a True return stops training); others may still leave a `history` when done
     reports_epochs: ClassVar[bool] = False
 
-    def __init__(self, *, seed: int = 0, device: str | None = None) -> None:
+    # build parameters that are fields of the config dataclasses the retriever builds (its model's,
+    # its trainer's; see `fields_of`): name, type and default are written once, there
+    config_params: ClassVar[tuple[Field, ...]] = ()
+
+    def __init__(self, *, seed: int = 0, device: str | None = None, **params: Any) -> None:
+        """`params`: values of `config_params` (the others keep the config's default)."""
         self.seed = int(seed)
         self.device = torch.device(device) if device else default_device()
         self.query_args: dict[str, Any] = dict(self.query_defaults)
         self.corpus_size: int | None = None
         self.image_size: int | None = None
         self.on_epoch: EpochCallback | None = None  # the hook of the index / add call under way
+        declared = {f.name: f for f in self.config_params}
+        unknown = sorted(set(params) - set(declared))
+        if unknown:
+            allowed = sorted(p.name for p in retriever_params(type(self)))
+            raise VitDSIError(f"{self.name or type(self).__name__}: unknown parameter(s) {unknown}; allowed: {allowed}")
+        for name, f in declared.items():
+            setattr(self, name, _coerce(params.get(name, f.default), _type_name(f.type)))
+
+    def config(self, config_type: type, **values: Any) -> Any:
+        """A `config_type` dataclass (e.g. the model's or the trainer's config) whose fields this
+        retriever's `config_params` of the same name fill; `values` set the rest, and win."""
+        mine = {f.name for f in self.config_params}
+        given = {f.name: getattr(self, f.name) for f in fields(config_type) if f.name in mine}
+        return config_type(**{**given, **values})
 
     # ---- subclass hooks -------------------------------------------------------------
     @abstractmethod
@@ -402,14 +419,47 @@ def create(name: str, **params: Any) -> Retriever:
 
 
 def retriever_params(cls: type[Retriever]) -> list[ParamInfo]:
-    """Keyword constructor parameters of `cls` (its build parameters, plus seed and device)."""
-    out = []
-    for p in inspect.signature(cls.__init__).parameters.values():
-        if p.name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+    """Build parameters of `cls`: its `config_params`, then its keyword constructor parameters
+    (its own build parameters, seed and device), following `**params` up to the base classes'
+    constructors they are passed on to."""
+    out = {f.name: ParamInfo(f.name, f.default, _type_name(f.type)) for f in cls.config_params}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
             continue
-        ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", str(p.annotation))
-        out.append(ParamInfo(p.name, None if p.default is p.empty else p.default, ann))
-    return out
+        forwards = False
+        for p in inspect.signature(klass.__init__).parameters.values():
+            forwards |= p.kind == p.VAR_KEYWORD
+            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in out:
+                out[p.name] = ParamInfo(p.name, None if p.default is p.empty else p.default, _type_name(p.annotation))
+        if not forwards or klass is Retriever:
+            break
+    return list(out.values())
+
+
+def fields_of(config: type, *names: str) -> tuple[Field, ...]:
+    """The fields `names` of dataclass `config`, in that order, for a retriever's `config_params`."""
+    by_name = {f.name: f for f in fields(config)}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise TypeError(f"{config.__name__} has no field(s) {missing}")
+    return tuple(by_name[n] for n in names)
+
+
+def _type_name(annotation: Any) -> str:
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+
+
+_CASTS = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _coerce(value: Any, annotation: str) -> Any:
+    """`value` as the declared type ('int', 'float | None', ...): a YAML '5e-4' or an Optuna
+    float for an int field gets the type the config expects."""
+    optional = annotation.replace(" ", "").endswith("|None")
+    if value is None and optional:
+        return None
+    cast = _CASTS.get(annotation.split("|")[0].strip())
+    return value if cast is None else cast(value)
 
 
 # ---- helpers shared by retrievers -----------------------------------------------------

@@ -60,9 +60,6 @@ class BoVW(Retriever):
         "search": "brute",  # "brute" (dense matrix product) or "inverted" (inverted file); same rankings
         "batch_size": 512,  # queries scored at a time
     }
-    smoke_params: ClassVar[dict[str, Any]] = {
-        "vocab_size": 16, "detector": "dense", "upscale": 2, "step": 8, "size": 8, "kmeans_iters": 5,
-    }
 
     def __init__(
         self,

@@ -37,8 +37,9 @@ import torch.nn.functional as F
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
 from vitdsi.log import get_logger
-from vitdsi.retrievers.base import Ranking, Supervision, register, topk_ties_to_lower
+from vitdsi.retrievers.base import Ranking, Supervision, fields_of, register, topk_ties_to_lower
 from vitdsi.retrievers.vit_baseline import SEARCH_BATCH, VitBaseline, gather_rows
+from vitdsi.train import TrainConfig, autocast
 
 log = get_logger(__name__)
 
@@ -51,39 +52,12 @@ class Classifier(VitBaseline):
 
     supervision: ClassVar[Supervision] = Supervision(corpus_labels=True, query_pairs=True)
     query_defaults: ClassVar[dict[str, Any]] = {}
-    smoke_params: ClassVar[dict[str, Any]] = {
-        "patch_size": 8, "dim": 32, "ff_dim": 64, "depth": 1, "heads": 2, "dropout": 0.0, "epochs": 3,
-        "lr": 2e-3, "batch_size": 32,
-    }
+    config_params = (*VitBaseline.config_params, *fields_of(TrainConfig, "label_smoothing"))
 
-    def __init__(
-        self,
-        *,
-        patch_size: int = 16,
-        dim: int = 128,
-        ff_dim: int = 256,
-        depth: int = 6,
-        heads: int = 4,
-        dropout: float = 0.1,
-        pos_encoding: str = "sinusoidal",
-        epochs: int = 30,
-        lr: float = 5e-4,
-        batch_size: int = 32,
-        weight_decay: float = 0.01,
-        augment: bool = False,
-        label_smoothing: float = 0.0,
-        use_queries: bool = True,
-        seed: int = 0,
-        device: str | None = None,
-    ) -> None:
-        super().__init__(
-            patch_size=patch_size, dim=dim, ff_dim=ff_dim, depth=depth, heads=heads, dropout=dropout,
-            pos_encoding=pos_encoding, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
-            augment=augment, use_queries=use_queries, seed=seed, device=device,
-        )
-        self.label_smoothing = float(label_smoothing)  # cross-entropy label smoothing (single-label data)
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise VitDSIError(f"classifier: label_smoothing must be in [0, 1), got {label_smoothing}")
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        if not 0.0 <= self.label_smoothing < 1.0:  # (single-label data)
+            raise VitDSIError(f"classifier: label_smoothing must be in [0, 1), got {self.label_smoothing}")
         self._multilabel = False
         self._corpus_emb: torch.Tensor | None = None  # float32 [N, D] L2-normalised pooled embeddings
         self._groups: torch.Tensor | None = None  # float32 [G, C] multi-hot label set of each group
@@ -187,8 +161,6 @@ class Classifier(VitBaseline):
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images [n, 3, H, W] -> class probabilities [n, C] (softmax, or per-category
         sigmoid for multi-label data) and L2-normalised pooled embeddings [n, D], float32 on CPU."""
-        from vitdsi.train import autocast
-
         probs, embs = [], []
         for x in self._batched(images):
             with autocast(self.device):

@@ -19,7 +19,10 @@ import torch
 
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
-from vitdsi.retrievers.base import Ranking, Retriever, Supervision, register
+from vitdsi.models.vit_dsi import VitDSI, VitDSIConfig
+from vitdsi.retrievers.base import Ranking, Retriever, Supervision, fields_of, register
+from vitdsi.retrievers.vit_baseline import ENCODER_PARAMS, check_encoder_params, check_patch_size
+from vitdsi.train import DSITrainer, TrainConfig, autocast, to_input
 
 SEARCH_BATCH = 256  # queries decoded together
 ADD_STRATEGIES = ("new-only", "replay", "full")
@@ -32,65 +35,31 @@ class DSIViT(Retriever):
     supervision = Supervision(corpus_labels=True, query_pairs=True, pretrained=True)  # at most; see supervision_used
     reports_epochs = True
     query_defaults = {"beam_size": 10}  # hypotheses kept per decoding step (at least k are kept)
-    smoke_params = {
-        "patch_size": 8, "dim": 32, "ff_dim": 64, "depth": 1, "heads": 2, "dropout": 0.0,
-        "id_scheme": "clustered", "mode": "multitask", "index_epochs": 3, "retrieval_epochs": 2,
-        "lr": 2e-3, "batch_size": 32,
-    }
+    config_params = (  # the model's and the trainer's fields, named and defaulted there
+        *fields_of(VitDSIConfig, *ENCODER_PARAMS, "decoder_depth"),
+        *fields_of(TrainConfig, "mode", "index_epochs", "retrieval_epochs", "lr", "batch_size", "weight_decay",
+                   "warmup_frac", "min_lr_frac", "grad_clip", "label_smoothing", "augment", "target_ia", "eval_every"),
+    )
 
     def __init__(
         self,
         *,
-        patch_size: int = 16,
-        dim: int = 128,
-        ff_dim: int = 256,
-        depth: int = 6,
-        decoder_depth: int | None = None,
-        heads: int = 4,
-        dropout: float = 0.1,
-        pos_encoding: str = "sinusoidal",
         id_scheme: str = "random",
-        mode: str = "zero-shot",
-        index_epochs: int = 200,
-        retrieval_epochs: int = 30,
-        lr: float = 5e-4,
-        batch_size: int = 32,
-        weight_decay: float = 0.01,
-        augment: bool = False,
-        target_ia: float = 0.99,
         id_length: int = 0,
         id_features: str = "pixels",
         add_strategy: str = "replay",
         replay_share: float = 0.25,
         add_epochs: int = 0,
-        seed: int = 0,
-        device: str | None = None,
+        **params: Any,
     ) -> None:
         from vitdsi.ids import ID_SCHEMES
-        from vitdsi.train import MODES
 
-        super().__init__(seed=seed, device=device)
-        self.patch_size = int(patch_size)  # side of a square patch; must divide the corpus image size
-        self.dim = int(dim)  # model width
-        self.ff_dim = int(ff_dim)  # feed-forward hidden width
-        self.depth = int(depth)  # encoder layers (and decoder layers unless decoder_depth is set)
-        self.decoder_depth = None if decoder_depth is None else int(decoder_depth)  # decoder layers; None = depth
-        self.heads = int(heads)  # attention heads
-        self.dropout = float(dropout)  # dropout rate in every block
-        self.pos_encoding = str(pos_encoding)  # 'sinusoidal' or 'learned'
+        super().__init__(**params)
         self.id_scheme = str(id_scheme)  # 'random', 'clustered', 'semantic', 'rq' or 'atomic'
+        self.id_length = int(id_length)  # digits per id; 0 = the fewest for the corpus (more = room to add)
         # what semantic / rq ids cluster: 'pixels', 'efficientnet-lite0' or a torchvision backbone
         # (vitdsi.features.backbones, local weights only); never labels
         self.id_features = str(id_features)
-        self.mode = str(mode)  # 'zero-shot', 'fine-tuned' or 'multitask'
-        self.index_epochs = int(index_epochs)  # indexing epoch budget (stops early at target_ia)
-        self.retrieval_epochs = int(retrieval_epochs)  # fine-tuning / multitask epochs
-        self.lr = float(lr)  # peak AdamW learning rate (warm-up, then cosine decay)
-        self.batch_size = int(batch_size)  # training batch size
-        self.weight_decay = float(weight_decay)  # AdamW weight decay
-        self.augment = bool(augment)  # random shifts of training images
-        self.target_ia = float(target_ia)  # indexing stops when greedy IA@1 reaches this
-        self.id_length = int(id_length)  # digits per id; 0 = the fewest for the corpus (more = room to add)
         self.add_strategy = str(add_strategy)  # how add() trains: 'new-only', 'replay' or 'full'
         self.replay_share = float(replay_share)  # replay: share of the old images trained beside the new
         self.add_epochs = int(add_epochs)  # epoch budget of an add step (stops at target_ia); 0 = index_epochs
@@ -100,12 +69,13 @@ class DSIViT(Retriever):
             raise VitDSIError(f"dsi-vit: replay_share must be in [0, 1], got {replay_share}")
         if self.id_scheme not in ID_SCHEMES:
             raise VitDSIError(f"dsi-vit: id_scheme must be one of {', '.join(ID_SCHEMES)}, got '{id_scheme}'")
-        if self.mode not in MODES:
-            raise VitDSIError(f"dsi-vit: mode must be one of {', '.join(MODES)}, got '{mode}'")
-        if self.pos_encoding not in ("sinusoidal", "learned"):
-            raise VitDSIError(f"dsi-vit: pos_encoding must be 'sinusoidal' or 'learned', got '{pos_encoding}'")
-        if self.dim % self.heads:
-            raise VitDSIError(f"dsi-vit: heads ({heads}) must divide dim ({dim})")
+        check_encoder_params(self.name, self)
+        if self.decoder_depth is not None and self.decoder_depth < 1:
+            raise VitDSIError(f"dsi-vit: decoder_depth must be >= 1 or None (= depth), got {self.decoder_depth}")
+        try:
+            self.config(TrainConfig)  # the trainer's own checks (mode, lr, batch_size, epochs)
+        except VitDSIError as e:
+            raise VitDSIError(f"dsi-vit: {e}") from None
         self.history: list[dict[str, Any]] = []  # per-epoch training log (EpochLog dicts)
         self._model = None
         self._ids = None
@@ -122,23 +92,15 @@ class DSIViT(Retriever):
                            pretrained=borrowed)
 
     # ---- indexing ----------------------------------------------------------------------
-    def _model_config(self, image_size: int, id_length: int, n_ids: int):
-        from vitdsi.models.vit_dsi import VitDSIConfig
-
-        return VitDSIConfig(
-            image_size=image_size, channels=3, patch_size=self.patch_size, dim=self.dim, ff_dim=self.ff_dim,
-            depth=self.depth, decoder_depth=self.decoder_depth, heads=self.heads, dropout=self.dropout, pos_encoding=self.pos_encoding,
-            id_length=id_length, atomic=self.id_scheme == "atomic", n_ids=n_ids,
-        )
+    def _model_config(self, image_size: int, id_length: int, n_ids: int) -> VitDSIConfig:
+        return self.config(VitDSIConfig, image_size=image_size, id_length=id_length,
+                           atomic=self.id_scheme == "atomic", n_ids=n_ids)
 
     def check_image_size(self, image_size: int) -> None:
-        from vitdsi.retrievers.vit_baseline import check_patch_size
-
         check_patch_size(self.name, self.patch_size, image_size)
 
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
         from vitdsi.ids import make_ids
-        from vitdsi.models.vit_dsi import VitDSI
 
         self.check_image_size(corpus.image_size)
         n = len(corpus)
@@ -160,22 +122,12 @@ class DSIViT(Retriever):
         with torch.inference_mode():
             return torch.cat([net(images[s : s + 64]).cpu() for s in range(0, len(images), 64)])
 
-    def _train_config(self, mode: str, index_epochs: int, seed: int):
-        from vitdsi.train import TrainConfig
-
-        return TrainConfig(
-            mode=mode, index_epochs=index_epochs, retrieval_epochs=self.retrieval_epochs, lr=self.lr,
-            batch_size=self.batch_size, weight_decay=self.weight_decay, augment=self.augment,
-            target_ia=self.target_ia, seed=seed,
-        )
-
     def _fit(self, corpus: ImageSet, positions: torch.Tensor, codes: torch.Tensor, train_queries: ImageSet | None,
              mode: str, index_epochs: int, seed: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
         """Train on the images of `corpus` at `positions` with target ids `codes` and, unless `mode`
         is zero-shot, on `train_queries` paired with relevant images among them. `offset`: the
         index position of corpus image 0 (what a view's source position is counted from)."""
         from vitdsi.data.relevance import relevance_keys
-        from vitdsi.train import DSITrainer
 
         use_queries = mode != "zero-shot" and train_queries is not None
         query_keys, corpus_keys = None, corpus.labels
@@ -187,7 +139,7 @@ class DSIViT(Retriever):
                 query_keys, corpus_keys = relevance_keys(train_queries, corpus)
         trainer = DSITrainer(
             self._model, corpus.images[positions].to(self.device), codes,
-            self._train_config(mode, index_epochs, self.seed if seed is None else seed),
+            self.config(TrainConfig, mode=mode, index_epochs=index_epochs, seed=self.seed if seed is None else seed),
             query_images=train_queries.images if use_queries else None,
             query_labels=query_keys, corpus_labels=corpus_keys[positions.to(corpus_keys.device)], callback=self.on_epoch,
         )
@@ -196,7 +148,6 @@ class DSIViT(Retriever):
     # ---- continual indexing (DSI++) ----------------------------------------------------
     def _add(self, images: ImageSet, train_queries: ImageSet | None) -> None:
         from vitdsi.ids import extend_ids
-        from vitdsi.models.vit_dsi import VitDSI
         from vitdsi.retrievers.base import seed_everything
 
         n_old, m = self.corpus_size, len(images)
@@ -259,7 +210,6 @@ class DSIViT(Retriever):
     # ---- search ------------------------------------------------------------------------
     def _search(self, images: torch.Tensor, k: int) -> Ranking:
         from vitdsi.models.decoding import atomic_topk, beam_search
-        from vitdsi.train import autocast, to_input
 
         beam = int(self.query_args["beam_size"])
         if beam < 1:
@@ -288,7 +238,6 @@ class DSIViT(Retriever):
 
     def _load_state(self, state: dict[str, Any]) -> None:
         from vitdsi.ids import IdMap
-        from vitdsi.models.vit_dsi import VitDSI, VitDSIConfig
 
         self._ids = IdMap.from_state(state["ids"])
         self._model = VitDSI(VitDSIConfig(**state["config"])).to(self.device)

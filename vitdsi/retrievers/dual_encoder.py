@@ -39,6 +39,14 @@ from vitdsi.errors import VitDSIError
 from vitdsi.log import get_logger
 from vitdsi.retrievers.base import Ranking, Supervision, register
 from vitdsi.retrievers.vit_baseline import VitBaseline, gather_rows
+from vitdsi.train import (
+    RelevantSampler,
+    autocast,
+    random_flip,
+    random_jitter,
+    random_shift,
+    to_input,
+)
 
 log = get_logger(__name__)
 
@@ -55,42 +63,20 @@ class DualEncoder(VitBaseline):
     query_defaults: ClassVar[dict[str, Any]] = {
         "ef_search": 64,  # hnsw: candidate list size while searching (higher = better recall, slower)
     }
-    smoke_params: ClassVar[dict[str, Any]] = {
-        "patch_size": 8, "dim": 32, "ff_dim": 64, "depth": 1, "heads": 2, "dropout": 0.0, "epochs": 3,
-        "lr": 2e-3, "batch_size": 32, "embed_dim": 16,
-    }
 
     def __init__(
         self,
         *,
-        patch_size: int = 16,
-        dim: int = 128,
-        ff_dim: int = 256,
-        depth: int = 6,
-        heads: int = 4,
-        dropout: float = 0.1,
-        pos_encoding: str = "sinusoidal",
-        epochs: int = 30,
-        lr: float = 5e-4,
-        batch_size: int = 32,
-        weight_decay: float = 0.01,
-        augment: bool = False,
         embed_dim: int | None = None,
         temperature: float = 0.05,
         index_type: str = "flat",
         hnsw_m: int = 32,
         ef_construction: int = 40,
-        use_queries: bool = True,
-        seed: int = 0,
-        device: str | None = None,
+        **params: Any,
     ) -> None:
         from vitdsi.features.faiss_index import check_index_type
 
-        super().__init__(
-            patch_size=patch_size, dim=dim, ff_dim=ff_dim, depth=depth, heads=heads, dropout=dropout,
-            pos_encoding=pos_encoding, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
-            augment=augment, use_queries=use_queries, seed=seed, device=device,
-        )
+        super().__init__(**params)
         self.embed_dim = None if embed_dim is None else int(embed_dim)  # embedding width; None = dim
         self.temperature = float(temperature)  # InfoNCE softmax temperature
         # FAISS index: "flat" (exact) or "hnsw" (named index_type: `index` is the method)
@@ -112,15 +98,12 @@ class DualEncoder(VitBaseline):
     # ---- training ---------------------------------------------------------------------
     def _view(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """An augmented view of each model-input image (shift, flip, brightness / contrast)."""
-        from vitdsi.train import random_flip, random_jitter, random_shift
-
         x = random_flip(random_shift(x, gen, max(1, x.shape[-1] // VIEW_SHIFT)), gen)
         return random_jitter(x, gen, VIEW_JITTER)
 
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
         from vitdsi.data.relevance import relevance_keys
         from vitdsi.models.vit_heads import VitDualEncoder
-        from vitdsi.train import RelevantSampler, to_input
 
         enc_cfg = self._encoder_config(corpus.image_size)
         n = len(corpus)
@@ -195,8 +178,6 @@ class DualEncoder(VitBaseline):
     @torch.inference_mode()
     def embed(self, images: torch.Tensor) -> np.ndarray:
         """uint8 images [n, 3, H, W] -> float32 [n, E] unit-norm embeddings (what the index compares)."""
-        from vitdsi.train import autocast
-
         parts = []
         for x in self._batched(images):
             with autocast(self.device):

@@ -44,7 +44,6 @@ class Embedding(Retriever):
         "ef_search": 64,  # hnsw: candidate list size while searching (higher = better recall, slower)
         "nprobe": 8,  # ivf: inverted lists visited per query (nlist = exact)
     }
-    smoke_params: ClassVar[dict[str, Any]] = {"backbone": "pixels", "index_type": "flat"}
     supervision: ClassVar[Supervision] = Supervision(pretrained=True)
 
     def __init__(

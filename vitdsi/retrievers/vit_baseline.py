@@ -20,104 +20,59 @@ from typing import Any
 import torch
 
 from vitdsi.errors import VitDSIError
-from vitdsi.retrievers.base import Retriever
+from vitdsi.models.vit_encoder import VitEncoderConfig
+from vitdsi.retrievers.base import Retriever, fields_of
+from vitdsi.train import TrainConfig, random_flip, random_shift, to_input
+from vitdsi.train_loop import LoopConfig, train_epochs
 
 SEARCH_BATCH = 256  # images encoded together at index and query time
+# the encoder fields every ViT retriever takes as build parameters (image_size comes from the data)
+ENCODER_PARAMS = ("patch_size", "dim", "ff_dim", "depth", "heads", "dropout", "pos_encoding")
 
 
 class VitBaseline(Retriever):
     """A ViT encoder with a retrieval head other than the DSI's id decoder (abstract)."""
 
     reports_epochs = True
+    config_params = (
+        *fields_of(VitEncoderConfig, *ENCODER_PARAMS),
+        *fields_of(LoopConfig, "epochs", "lr", "weight_decay", "warmup_frac", "min_lr_frac", "grad_clip"),
+        *fields_of(TrainConfig, "batch_size", "augment"),
+    )
 
-    def __init__(
-        self,
-        *,
-        patch_size: int,
-        dim: int,
-        ff_dim: int,
-        depth: int,
-        heads: int,
-        dropout: float,
-        pos_encoding: str,
-        epochs: int,
-        lr: float,
-        batch_size: int,
-        weight_decay: float,
-        augment: bool,
-        use_queries: bool,
-        seed: int,
-        device: str | None,
-    ) -> None:
-        super().__init__(seed=seed, device=device)
-        self.patch_size = int(patch_size)  # side of a square patch; must divide the corpus image size
-        self.dim = int(dim)  # model width
-        self.ff_dim = int(ff_dim)  # feed-forward hidden width
-        self.depth = int(depth)  # encoder layers
-        self.heads = int(heads)  # attention heads
-        self.dropout = float(dropout)  # dropout rate in every block
-        self.pos_encoding = str(pos_encoding)  # 'sinusoidal' or 'learned'
-        self.epochs = int(epochs)  # training epochs (0 = the randomly initialised encoder)
-        self.lr = float(lr)  # peak AdamW learning rate (warm-up, then cosine decay)
-        self.batch_size = int(batch_size)  # training batch size
-        self.weight_decay = float(weight_decay)  # AdamW weight decay
-        self.augment = bool(augment)  # random shifts and left-right flips of training images
+    def __init__(self, *, use_queries: bool = True, seed: int = 0, device: str | None = None, **params: Any) -> None:
+        super().__init__(seed=seed, device=device, **params)
         self.use_queries = bool(use_queries)  # also learn from the train queries given to index()
-        self._check_params()
-        self.history: list[dict[str, Any]] = []  # per-epoch training log (dicts), as in dsi-vit
-        self._model: torch.nn.Module | None = None
-
-    # ---- parameters -------------------------------------------------------------------
-    def _check_params(self) -> None:
         name = self.name or type(self).__name__
-        if self.patch_size < 1:
-            raise VitDSIError(f"{name}: patch_size must be >= 1, got {self.patch_size}")
-        if self.heads < 1 or self.dim % self.heads:
-            raise VitDSIError(f"{name}: heads ({self.heads}) must divide dim ({self.dim})")
-        if self.pos_encoding not in ("sinusoidal", "learned"):
-            raise VitDSIError(f"{name}: pos_encoding must be 'sinusoidal' or 'learned', got '{self.pos_encoding}'")
-        if self.pos_encoding == "sinusoidal" and self.dim % 4:
-            raise VitDSIError(f"{name}: 2-D sinusoidal positions need dim divisible by 4, got dim={self.dim}")
-        if self.depth < 1 or self.ff_dim < 1:
-            raise VitDSIError(f"{name}: depth and ff_dim must be >= 1, got depth={self.depth}, ff_dim={self.ff_dim}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise VitDSIError(f"{name}: dropout must be in [0, 1), got {self.dropout}")
+        check_encoder_params(name, self)
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise VitDSIError(
                 f"{name}: need epochs >= 0, batch_size >= 1 and lr > 0, got epochs={self.epochs}, "
                 f"batch_size={self.batch_size}, lr={self.lr}"
             )
+        self.history: list[dict[str, Any]] = []  # per-epoch training log (dicts), as in dsi-vit
+        self._model: torch.nn.Module | None = None
 
     def check_image_size(self, image_size: int) -> None:
         """The patches must tile the image (called by `index` and by study checks before any trial)."""
         check_patch_size(self.name, self.patch_size, image_size)
 
-    def _encoder_config(self, image_size: int):
+    def _encoder_config(self, image_size: int) -> VitEncoderConfig:
         """The VitEncoderConfig for `image_size` px images."""
-        from vitdsi.models.vit_encoder import VitEncoderConfig
-
         self.check_image_size(image_size)
-        return VitEncoderConfig(
-            image_size=image_size, channels=3, patch_size=self.patch_size, dim=self.dim, ff_dim=self.ff_dim,
-            depth=self.depth, heads=self.heads, dropout=self.dropout, pos_encoding=self.pos_encoding,
-        )
+        return self.config(VitEncoderConfig, image_size=image_size)
 
     # ---- training ---------------------------------------------------------------------
     def _train(self, phase: str, batches: Callable[[], list[Any]], step, steps_per_epoch: int) -> None:
         """Run the epoch loop on `self._model`; fills `self.history`."""
-        from vitdsi.train_loop import LoopConfig, train_epochs
-
-        cfg = LoopConfig(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay)
         self.history = train_epochs(
-            self._model, cfg, phase, batches, step, steps_per_epoch=steps_per_epoch, device=self.device,
+            self._model, self.config(LoopConfig), phase, batches, step, steps_per_epoch=steps_per_epoch, device=self.device,
             callback=self.on_epoch,
         )
 
     def _train_input(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """uint8 training images -> model input, randomly shifted (up to size/16 px) and
         mirrored when `augment` is on (as dsi-vit's augmentation)."""
-        from vitdsi.train import random_flip, random_shift, to_input
-
         x = to_input(images)
         if self.augment and len(x):
             x = random_flip(random_shift(x, gen, max(1, x.shape[-1] // 16)), gen)
@@ -126,8 +81,6 @@ class VitBaseline(Retriever):
     # ---- inference --------------------------------------------------------------------
     def _batched(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
         """Model inputs of uint8 images, SEARCH_BATCH at a time, on the device."""
-        from vitdsi.train import to_input
-
         for s in range(0, images.shape[0], SEARCH_BATCH):
             yield to_input(images[s : s + SEARCH_BATCH].to(self.device))
 
@@ -160,3 +113,19 @@ def check_patch_size(owner: str, patch_size: int, image_size: int) -> None:
             f"{owner}: patch_size {patch_size} does not divide the image size {image_size}; "
             f"choose a divisor of {image_size} ({', '.join(map(str, divisors))}) or change dataset.size"
         )
+
+
+def check_encoder_params(owner: str, r: Any) -> None:
+    """Clear errors for encoder build parameters no image size could fix (every ViT retriever)."""
+    if r.patch_size < 1:
+        raise VitDSIError(f"{owner}: patch_size must be >= 1, got {r.patch_size}")
+    if r.heads < 1 or r.dim % r.heads:
+        raise VitDSIError(f"{owner}: heads ({r.heads}) must divide dim ({r.dim})")
+    if r.pos_encoding not in ("sinusoidal", "learned"):
+        raise VitDSIError(f"{owner}: pos_encoding must be 'sinusoidal' or 'learned', got '{r.pos_encoding}'")
+    if r.pos_encoding == "sinusoidal" and r.dim % 4:
+        raise VitDSIError(f"{owner}: 2-D sinusoidal positions need dim divisible by 4, got dim={r.dim}")
+    if r.depth < 1 or r.ff_dim < 1:
+        raise VitDSIError(f"{owner}: depth and ff_dim must be >= 1, got depth={r.depth}, ff_dim={r.ff_dim}")
+    if not 0.0 <= r.dropout < 1.0:
+        raise VitDSIError(f"{owner}: dropout must be in [0, 1), got {r.dropout}")

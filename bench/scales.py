@@ -1,12 +1,8 @@
-"""Scale presets (docs/design.md, "Scale presets"): how big the data and models of a run are.
+"""Scale presets (docs/design.md, "Scale presets"): how big a run's data and models are.
 
-    smoke  digits, 32 px, tiny models         tests, CI, `make demo`; 5-13 s a trial (patch_size,
-                                              2-core AMD EPYC VM under load, OMP_NUM_THREADS=1)
-    small  fashion-mnist, 32 px, 1024 images  honest CPU results; minutes a trial
-    paper  imagefolder, 160 px, paper model   GPU reproduction of the paper (dim 128, ff 256,
-                                              depth 6, heads 4, patch 16, dropout 0.1, lr 5e-4)
-
-A study picks a scale; its own fixed and searched parameters override the preset's.
+`smoke` (digits, tiny models: tests, CI, `make demo`), `small` (Fashion-MNIST on a CPU) and
+`paper` (the paper's model at 160 px, on a GPU). A study picks a scale; its own fixed and
+searched parameters override the preset's. The smoke settings of every retriever live here.
 """
 
 from __future__ import annotations
@@ -25,17 +21,12 @@ class ScalePreset:
     n_total: int  # images drawn from the source for the split
     split_ratio: float  # fraction of n_total that is indexed
     description: str  # one line for `bench list` and reports
-    # per-retriever build parameters; a retriever not named here uses its own defaults,
-    # except at smoke scale where its class attribute `smoke_params` applies
+    # per-retriever build parameters; a retriever not named here uses its own defaults
     retriever_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def params_for(self, retriever: str) -> dict[str, Any]:
         """Build parameters this scale sets for `retriever` (before a study's own)."""
-        from vitdsi.retrievers.base import get
-
-        base = dict(get(retriever).smoke_params) if self.name == "smoke" else {}
-        base.update(self.retriever_params.get(retriever, {}))
-        return base
+        return dict(self.retriever_params.get(retriever, {}))
 
 
 SCALES: dict[str, ScalePreset] = {
@@ -53,6 +44,17 @@ SCALES: dict[str, ScalePreset] = {
                 "dropout": 0.0, "id_scheme": "clustered", "mode": "multitask", "index_epochs": 100,
                 "retrieval_epochs": 60, "lr": 1e-3, "batch_size": 16, "augment": False,
             },
+            # the label-matched baselines: the DSI's encoder family, tiny, a few epochs
+            "classifier": {
+                "patch_size": 8, "dim": 32, "ff_dim": 64, "depth": 1, "heads": 2, "dropout": 0.0, "epochs": 3,
+                "lr": 2e-3, "batch_size": 32,
+            },
+            "dual-encoder": {
+                "patch_size": 8, "dim": 32, "ff_dim": 64, "depth": 1, "heads": 2, "dropout": 0.0, "epochs": 3,
+                "lr": 2e-3, "batch_size": 32, "embed_dim": 16,
+            },
+            "bovw": {"vocab_size": 16, "detector": "dense", "upscale": 2, "step": 8, "size": 8, "kmeans_iters": 5},
+            "embedding": {"backbone": "pixels", "index_type": "flat"},  # no pretrained weights to load
         },
     ),
     "small": ScalePreset(
