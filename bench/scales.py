@@ -29,6 +29,10 @@ class ScalePreset:
         return dict(self.retriever_params.get(retriever, {}))
 
 
+# the label-matched baselines at smoke scale: a tiny encoder of the DSI's family, a few epochs
+_TINY_VIT = {"patch_size": 8, "dim": 32, "ff_dim": 64, "depth": 1, "heads": 2, "dropout": 0.0, "epochs": 3,
+             "lr": 2e-3, "batch_size": 32}
+
 SCALES: dict[str, ScalePreset] = {
     "smoke": ScalePreset(
         name="smoke",
@@ -44,15 +48,8 @@ SCALES: dict[str, ScalePreset] = {
                 "dropout": 0.0, "id_scheme": "clustered", "mode": "multitask", "index_epochs": 100,
                 "retrieval_epochs": 60, "lr": 1e-3, "batch_size": 16, "augment": False,
             },
-            # the label-matched baselines: the DSI's encoder family, tiny, a few epochs
-            "classifier": {
-                "patch_size": 8, "dim": 32, "ff_dim": 64, "depth": 1, "heads": 2, "dropout": 0.0, "epochs": 3,
-                "lr": 2e-3, "batch_size": 32,
-            },
-            "dual-encoder": {
-                "patch_size": 8, "dim": 32, "ff_dim": 64, "depth": 1, "heads": 2, "dropout": 0.0, "epochs": 3,
-                "lr": 2e-3, "batch_size": 32, "embed_dim": 16,
-            },
+            "classifier": _TINY_VIT,
+            "dual-encoder": {**_TINY_VIT, "embed_dim": 16},
             "bovw": {"vocab_size": 16, "detector": "dense", "upscale": 2, "step": 8, "size": 8, "kmeans_iters": 5},
             "embedding": {"backbone": "pixels", "index_type": "flat"},  # no pretrained weights to load
         },

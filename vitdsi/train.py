@@ -1,21 +1,8 @@
 """Training loops for the ViT-DSI: indexing, retrieval fine-tuning and multitask.
 
-Follows the ViT-DSI paper (Di Stefano, section 3.2) and Tay et al. 2022 (section 3.1):
-
-    indexing   every indexed image -> its own id (memorisation), until the indexing
-               accuracy IA@1 reaches a target or the epoch budget ends
-    retrieval  every train query image -> the id of one relevant indexed image, drawn
-               afresh each epoch (fine-tuning after indexing)
-    multitask  indexing and retrieval examples mixed in every batch (after an optional
-               indexing-only warm start), so the model keeps its memory while it learns
-               to retrieve
-
-Teacher forcing in one forward pass; AdamW with linear warm-up then cosine decay,
-gradient clipping, bf16/fp16 autocast on CUDA only. The images stay on the device as
-uint8 tensors; batches are gathered by index. All randomness (order, targets,
-augmentation) comes from one seeded generator, so CPU runs are deterministic.
-A callback receives each epoch's `EpochLog` (the harness logs them; no MLflow here) and
-may return True to stop the phase.
+Follows the ViT-DSI paper (Di Stefano, section 3.2) and Tay et al. 2022 (section 3.1); the
+phases, optimiser and determinism are in docs/design.md, "The DSI model and its training".
+`OptimConfig` and `TrainConfig` declare the settings retrievers take as build parameters.
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
-"""One training phase of epochs, shared by the label-matched baselines (`classifier`,
-`dual-encoder`); the ViT-DSI keeps its own trainer (`vitdsi.train.DSITrainer`, with its
-indexing-accuracy stopping rule), and both use the same pieces from `vitdsi.train`:
-AdamW without decay on norms and biases (`make_optimizer`), linear warm-up then cosine
-decay (`lr_factor`), gradient clipping, bf16/fp16 autocast on CUDA only (`autocast`).
+"""One training phase of epochs for the label-matched baselines (`classifier`, `dual-encoder`).
 
-The caller supplies what differs: `batches()` returns one epoch of batches (drawn from
-the caller's seeded generator) and `step(batch)` returns the batch's mean loss, its number
-of examples and how many of them the model got right. Each epoch's log is a plain dict
-(phase, epoch, step, lr, loss, train_accuracy, seconds, images_per_s) handed to
-`callback`, which may return True to stop.
+The caller supplies `batches()` (one epoch, from its seeded generator) and `step(batch)`
+(mean loss, examples, examples right); optimiser, schedule, clipping and autocast are the
+DSI trainer's (`vitdsi.train`). Each epoch's log dict goes to `callback`, which may stop it.
 """
 
 from __future__ import annotations

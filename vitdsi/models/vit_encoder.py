@@ -1,16 +1,7 @@
 """The Vision Transformer encoder shared by the ViT-DSI and its label-matched baselines.
 
-Follows "An Image is Worth 16x16 Words" (Dosovitskiy et al. 2021) as used by the ViT-DSI
-paper (Di Stefano, section 3.2): an image is cut into patches (a conv with stride = patch
-size), each patch gets a position encoding (2-D sinusoidal or learned), and pre-norm
-transformer layers encode the patch sequence. `VitDSI` (ids decoder), `VitClassifier`
-(class head) and `VitDualEncoder` (projection head) all hold one `VitEncoder`, built
-from the same config fields, so a study can fix the encoder and vary only the head.
-
-The owning model initialises the weights (`self.apply(init_weights)` after building all
-of its parts), as nanoGPT does, so the ViT-DSI's random stream is the same as before the
-encoder was a module of its own.
-
+Follows "An Image is Worth 16x16 Words" (Dosovitskiy et al. 2021) as the ViT-DSI paper
+(Di Stefano, section 3.2) uses it; docs/design.md, "The DSI model and its training".
 Shapes: B images, P patches, D model width.
 """
 

@@ -1,15 +1,8 @@
 """The retriever interface and its registry (docs/design.md, "The retriever interface and registry").
 
-A retriever builds an index over a corpus ImageSet and answers top-k queries with a
-Ranking of corpus positions; `add` appends images to a built index (continual indexing,
-DSI++) without moving the images already in it. Build parameters are constructor keyword
-arguments (searched by Optuna); query parameters (beam size, nprobe, efSearch, ...) are set
-apart with `set_query_arguments`, as in ann-benchmarks. Subclasses implement `_index`,
-`_add`, `_search` and, when they hold learned state, `_state` / `_load_state`; the base
-class validates input and output so every retriever fails the same clear way.
-
-The registry is filled by `@register("name")`; heavy dependencies (cv2, faiss, model
-code) are imported inside the retriever's methods, never at registry import.
+A retriever indexes a corpus ImageSet, answers top-k queries with a Ranking and may `add`
+images (DSI++). Build parameters are constructor arguments or config fields (`config_params`);
+query parameters are set apart, as in ann-benchmarks. The base class validates input and output.
 """
 
 from __future__ import annotations
@@ -116,8 +109,10 @@ class Retriever(ABC):
     """Builds an index over a corpus and answers top-k queries.
 
     Subclasses take their build parameters as keyword-only constructor arguments with
-    defaults (plus `seed` and `device`, handled here) and declare their query
-    parameters in `query_defaults`.
+    defaults (plus `seed` and `device`, handled here) or as fields of their model's and
+    trainer's configs (`config_params`), declare their query parameters in
+    `query_defaults`, and implement `_index`, `_search` (and `_add`) and, when they hold
+    learned state, `_state` / `_load_state`.
     """
 
     name: ClassVar[str] = ""  # set by @register

@@ -1,25 +1,8 @@
-"""`bovw`: SIFT Bag of Visual Words with cosine similarity (paper section 3.1).
+"""`bovw`: SIFT Bag of Visual Words with cosine similarity (ViT-DSI paper, section 3.1).
 
-Index: SIFT descriptors of every corpus image (sparse keypoints or a dense grid, on
-upscaled grey images, optionally RootSIFT), a vocabulary of K visual words by k-means on a
-seeded descriptor sample, each descriptor quantised to its nearest word in one vectorised
-step, and per image a histogram of words weighted by tf or tf-idf and L2-normalised.
-Search: the same histogram for each query, cosine similarity to every corpus image.
-
-Two ways to search, chosen per query (`set_query_arguments(search=...)`) because they
-return identical rankings and differ only in speed:
-    brute     one dense matrix product against all N histograms (the paper's O(N) pipeline)
-    inverted  an inverted file (word -> postings of corpus images), scipy.sparse: only
-              images sharing a word with the query are touched
-Scores are computed in float64 and rounded to float32 in both, and ties are broken by
-corpus position, so the two orders agree exactly (up to float64 summation order, which
-would have to straddle a float32 rounding boundary to matter).
-
-An image without visual words (SIFT found no keypoint: a blank image) has an empty
-histogram and undefined cosine. As a corpus image it is scored -1, below every image
-with words, so it ranks after all of them, in corpus order; as a query it scores 0
-against every image, so the ranking is all images with words in corpus order, then the
-empty ones. Nothing crashes on it (the original implementation did).
+SIFT descriptors, a k-means vocabulary and tf / tf-idf weighted, L2-normalised word
+histograms; searched by brute force or an inverted file (same rankings). Details, and
+images without visual words: docs/design.md, "Label-free baselines".
 """
 
 from __future__ import annotations

@@ -1,30 +1,8 @@
 """`classifier`: the ViT-DSI's encoder with a class head, a label-matched baseline for the DSI.
 
-Under class-identity relevance a retriever that predicts the query's class scores AP = 1
-on every correctly classified query, so a DSI that learns from labels (clustered ids,
-train-query pairs) must be compared with a plain classifier that learns from the same
-labels with the same encoder (`vitdsi.models.vit_encoder.VitEncoder`, dsi-vit's fields):
-the "classification" reading of the ViT-DSI paper (Di Stefano) and of Tay et al. 2022.
-
-Indexing trains `VitClassifier` (encoder -> mean-pooled embedding -> linear head) on the
-corpus images with their labels and, with `use_queries` (default), on the train queries
-given to `index()` with theirs; without train queries it trains on the corpus labels
-alone. Single-label data: softmax cross-entropy (optional label smoothing); multi-label
-data (a multi-hot [N, C] matrix, as COCO): per-category sigmoid with binary cross-entropy.
-The corpus's pooled embeddings (L2-normalised) are computed once and stored.
-
-Search ranks corpus images lexicographically: first by their *group* score, then by the
-cosine similarity of pooled embeddings (query vs corpus image), then by corpus position.
-Corpus images with the same label set form a group; a group's score for a query is the
-sum of the predicted probabilities of its categories (the query probability vector times
-the group's multi-hot row). For single-label data the groups are the classes and the
-score is the class probability, so all images of the most probable class come first, then
-those of the next class, and so on; for multi-label data an image's score is the summed
-probability of its categories, ties (images with the same categories) broken by cosine.
-Unlabelled corpus images form the empty group (score 0, last). The returned float32
-score is `cos - 4 * group_rank` (group_rank 0 = best group; |cos| <= 1 keeps the groups
-apart): the order itself is taken from a float64 key, and rounding to float32 is
-monotone, so scores never increase down a row (equal cosines may round to ties).
+The "classification" reading of the ViT-DSI paper (Di Stefano) and of Tay et al. 2022: the
+same labels and encoder as the DSI; corpus images are ranked by predicted class (label
+group), then by cosine similarity. Details: docs/design.md, "Label-matched baselines".
 """
 
 from __future__ import annotations
@@ -56,7 +34,7 @@ class Classifier(VitBaseline):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        if not 0.0 <= self.label_smoothing < 1.0:  # (single-label data)
+        if not 0.0 <= self.label_smoothing < 1.0:
             raise VitDSIError(f"classifier: label_smoothing must be in [0, 1), got {self.label_smoothing}")
         self._multilabel = False
         self._corpus_emb: torch.Tensor | None = None  # float32 [N, D] L2-normalised pooled embeddings

@@ -1,14 +1,8 @@
 """`dsi-vit`: a Vision Transformer Differentiable Search Index (ViT-DSI paper; Tay et al. 2022).
 
-Indexing trains the model to map every corpus image to its id; the index *is* the model
-weights, the id map and the trie of valid ids, so a saved index answers queries with no
-access to the corpus. A query image is answered by prefix-constrained beam search over
-the valid ids (one softmax step for atomic ids). Modes: `zero-shot` (indexing only),
-`fine-tuned` (indexing, then train queries -> relevant ids) and `multitask` (indexing,
-then both tasks mixed in every batch). `add` writes new images into the weights (DSI++,
-Mehta et al. 2022): they get new ids without renumbering old ones, then train `new-only`,
-with `replay` of a share of the old images, or `full` (retrain on everything, the upper
-bound). Model and training code live in `vitdsi.models` and `vitdsi.train`, imported lazily.
+Indexing trains the model to map every corpus image to its id; a query is answered by
+prefix-constrained beam search over the valid ids. Modes, ids and continual indexing (DSI++,
+Mehta et al. 2022): docs/design.md, "Id schemes" and "The DSI model and its training".
 """
 
 from __future__ import annotations

@@ -1,28 +1,8 @@
-"""`dual-encoder`: the dual-encoder baseline of the DSI paper (Tay et al. 2022), on the
-ViT-DSI's encoder.
+"""`dual-encoder`: the dual-encoder baseline of the DSI paper (Tay et al. 2022), on the ViT-DSI's encoder.
 
-Tay et al. compare the DSI with a dual encoder trained contrastively on the same
-(query, relevant document) pairs; here queries and documents are images and both go
-through one `VitDualEncoder` tower (`vitdsi.models.vit_encoder.VitEncoder` with dsi-vit's
-fields, mean-pooled, a linear projection to `embed_dim`, L2-normalised). Training is
-in-batch contrastive InfoNCE with a temperature, symmetric (query -> image and image ->
-query), on two kinds of pairs mixed in every batch, like dsi-vit's multitask mode:
-
-    query pairs  each train query with one relevant corpus image, drawn afresh each epoch
-                 (`vitdsi.train.RelevantSampler`); with `use_queries` (default) and train
-                 queries given to `index()`
-    view pairs   each corpus image with an augmented view of itself (random shift up to
-                 size/8 px, left-right flip, brightness / contrast jitter): the indexing
-                 task's counterpart, so the corpus is learnt even without queries
-
-In-batch "negatives" that are the same corpus image as the row's positive are masked.
-Without train queries (or with use_queries=False) only the view pairs are trained: a
-label-free, SimCLR-like encoder. It sees corpus labels only through the query pairs'
-relevance, never directly.
-
-At the end of indexing the corpus is embedded once and put in a FAISS inner-product index
-(`vitdsi.features.faiss_index`): `flat` (exact) or `hnsw` (build: hnsw_m, ef_construction;
-query: ef_search). Scores are cosine similarities.
+One ViT tower trained with symmetric in-batch InfoNCE on query pairs and view pairs; the
+corpus embeddings are searched with FAISS by cosine. Details: docs/design.md,
+"Label-matched baselines".
 """
 
 from __future__ import annotations

@@ -1,20 +1,8 @@
 """`embedding`: dense image features (raw pixels or a pretrained CNN) searched with FAISS.
 
-The baseline a user of pretrained content-based image retrieval would pick (seed
-003_pretrained_embeddings_faiss): one feature vector per image from a backbone
-(`vitdsi.features.backbones`), optionally centred on the corpus mean, L2-normalised, so
-that inner product is cosine similarity, and indexed by FAISS:
-
-    flat  exact inner product over all N vectors (IndexFlatIP)
-    hnsw  HNSW graph (IndexHNSWFlat, inner product); build: hnsw_m, ef_construction;
-          query: ef_search
-    ivf   inverted lists over a k-means coarse quantiser (IndexIVFFlat, inner product);
-          build: nlist; query: nprobe
-
-(built, searched and serialised by `vitdsi.features.faiss_index`, shared with `dual-encoder`).
-Build parameters shape the index; query parameters (ef_search, nprobe) only trade speed
-for recall and are set with `set_query_arguments`, as in ann-benchmarks. Features are
-extracted in batches under `torch.inference_mode` on the retriever's device.
+The pretrained content-based retrieval baseline (seed 003_pretrained_embeddings_faiss):
+backbone features, optionally centred, L2-normalised, in a flat, HNSW or IVF inner-product
+index (`vitdsi.features.faiss_index`). Details: docs/design.md, "Label-free baselines".
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
 """What the label-matched baselines of the ViT-DSI (`classifier`, `dual-encoder`) share.
 
-Under class-identity relevance a method that learns from labels is rewarded for
-classifying, so the DSI is compared with baselines that learn from the same signal with
-the same encoder (`vitdsi.models.vit_encoder.VitEncoder`). This base class holds the
-encoder and training build parameters under dsi-vit's names and meanings (patch_size,
-dim, ff_dim, depth, heads, dropout, pos_encoding, lr, batch_size, weight_decay, augment)
-plus `epochs` and `use_queries`, validates them, and provides the pieces both retrievers
-use: the training images (corpus and train queries, on the device as uint8, gathered by
-index), augmentation from one seeded generator, the epoch loop (`vitdsi.train_loop`),
-batched inference, and the `history` / `on_epoch` the harness reads, as in `dsi-vit`.
-It is not registered itself.
+Their encoder and training build parameters are the DSI's (fields of `VitEncoderConfig`,
+`LoopConfig`, `TrainConfig`) plus `use_queries`; the base class also holds the training
+images, augmentation, the epoch loop and batched inference. It is not registered itself.
 """
 
 from __future__ import annotations
