@@ -37,12 +37,10 @@ class TrialRun:
         """The indexed images of the trial, rebuilt from its dataset config and split; `root`
         points at the data when they moved since the run (the split's stored source ids check
         that they are the same images)."""
-        from dataclasses import replace
-
         from bench.trial import dataset
         from vitdsi.errors import DatasetNotFoundError
 
-        data = self.config.dataset if root is None else replace(self.config.dataset, root=str(root))
+        data = self.config.dataset if root is None else self.config.dataset.replace(root=str(root))
         try:
             images = dataset(data)
         except DatasetNotFoundError as e:
@@ -92,6 +90,6 @@ def open_trial_run(run_id: str, tracking_uri: str | None = None, *, with_index: 
                 continue  # load_index explains
             raise VitDSIError(f"run {run_id} has no artifact {name} (status {run.info.status}); was the trial finished?")
         download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(folder), tracking_uri=uri)
-    config = TrialConfig.from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
+    config = TrialConfig.model_validate(yaml.safe_load((folder / "config.yaml").read_text()))
     split = Split.load(folder / "split.json")
     return TrialRun(run_id, config, split, folder)

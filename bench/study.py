@@ -381,7 +381,7 @@ def _open(study: Study, study_name: str, storage, storage_url: str, sampler, tra
 def _describe(ostudy, study: Study, study_name: str, storage_url: str, experiment_id: str, tracker: Tracker,
               options: RunOptions) -> str:
     """Store the study's description and MLflow parent run; the fingerprint goes last."""
-    ostudy.set_user_attr("config", study.to_dict())
+    ostudy.set_user_attr("config", study.model_dump(mode="json"))
     ostudy.set_user_attr("file", study.file)
     if study.sampler == "grid":
         ostudy.set_user_attr("grid", study.grid())

@@ -185,7 +185,7 @@ class Tracker:
             **{f"dataset.{k}": v for k, v in _dataset_params(study.dataset).items()},
         }
         self._log_params(run_id, params)
-        self._log_text(run_id, yaml.safe_dump(study.to_dict(), sort_keys=False), "study_resolved.yaml")
+        self._log_text(run_id, yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False), "study_resolved.yaml")
         if study_file and Path(study_file).exists():
             self.client.log_artifact(run_id, study_file)
         return run_id
@@ -229,7 +229,7 @@ class Tracker:
         }
         run_id = self.client.create_run(experiment_id, tags=tags).info.run_id
         self._log_params(run_id, trial_params(cfg))
-        self._log_text(run_id, yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml")
+        self._log_text(run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config.yaml")
         return run_id
 
     def finish_trial(self, run_id: str, result, *, log_index: bool) -> None:
@@ -387,7 +387,7 @@ def rankings_arrays(result) -> dict[str, np.ndarray]:
 
 def _dataset_params(data) -> dict[str, Any]:
     out = {"name": data.name, "size": data.size, "n_total": data.n_total, "split_ratio": data.split_ratio,
-           "query_fractions": list(data.query_fractions), "seed": data.seed}
+           "query_fractions": data.query_fractions, "seed": data.seed}
     if data.root is not None:
         out["root"] = data.root
     if data.limit is not None:

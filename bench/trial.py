@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -140,7 +140,7 @@ EpochHook = Callable[[int, dict[str, Any]], None]  # (repeat index, epoch log di
 def repeat_data(data: DataConfig, repeat: int) -> DataConfig:
     """The dataset config of repeat `repeat`: the split seed moves with the training seed, so
     seeds measure split noise as well as training noise."""
-    return data if repeat == 0 else replace(data, seed=data.seed + repeat)
+    return data if repeat == 0 else data.replace(seed=data.seed + repeat)
 
 
 def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHook | None = None) -> TrialResult:

@@ -36,7 +36,7 @@ def command(
         if check:
             from bench.config import check_data
 
-            console.print(yaml.safe_dump(study.to_dict(), sort_keys=False), markup=False)
+            console.print(yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False), markup=False)
             for note in check_data(study, str(path)):
                 console.print(note, markup=False, style="yellow" if note.startswith("warning") else None)
             n = len(study.grid()) if study.sampler == "grid" else study.n_trials

@@ -1,0 +1,178 @@
+"""Checks of a resolved study before any trial runs: parameter names and value types against
+the retrievers, a dry construction of each distinct configuration, every trial's split, and
+(`check_data`) that the data are where the study says and large enough."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bench.config.errors import StudyConfigError, suggest
+from bench.config.resolved import DataConfig, Study
+from bench.config.schema import RESERVED_PARAMS, Categorical, FloatRange, IntRange, StudyFile, route
+from vitdsi.errors import VitDSIError
+
+
+def check_name(cls, where: str, name: str, field_path: str, source: str, method: str | None = None) -> None:
+    """A build parameter (`where` 'param') or query argument ('query') that retriever `cls`
+    has; other places are not checked here."""
+    from vitdsi.retrievers.base import retriever_params
+
+    if where == "param":
+        allowed = [p.name for p in retriever_params(cls) if p.name not in RESERVED_PARAMS]
+        kind = "parameter"
+    elif where == "query":
+        allowed = sorted(cls.query_defaults)
+        kind = "query argument"
+    else:
+        return
+    if name not in allowed:
+        who = f"retriever '{cls.name}'" + (f" (method '{method}')" if method else "")
+        raise StudyConfigError(f"{source}: field `{field_path}`: {who} has no {kind} '{name}'{suggest(name, allowed)}; "
+                               f"allowed: {', '.join(allowed) or 'none'}")
+
+
+def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
+    """Types against the retriever's defaults, then a dry construction of each distinct
+    configuration (so a bad choice such as `mode: finetuned` fails now, not in trial 7)."""
+    from vitdsi.retrievers.base import retriever_params
+
+    defaults = {name: {p.name: p.default for p in retriever_params(known[m.retriever])} for name, m in study.methods.items()}
+
+    def check_type(method: str, key: str, value: Any, where: str) -> None:
+        default = defaults[method].get(key)
+        if default is None or value is None:
+            return
+        ok = {bool: lambda v: isinstance(v, bool),
+              int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+              float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+              str: lambda v: isinstance(v, str)}.get(type(default))
+        if ok is not None and not ok(value):
+            raise StudyConfigError(f"{source}: field `{where}`: parameter '{key}' of retriever '{study.methods[method].retriever}' "
+                                   f"takes {type(default).__name__} values (default {default!r}), got {value!r}")
+
+    for mname, m in study.methods.items():
+        for key, value in m.params.items():
+            if sf.methods and key in sf.methods[mname].params:
+                where = f"methods.{mname}.params.{key}"
+            elif key in sf.fixed:
+                where = f"fixed.{key}"
+            else:
+                where = f"(scale '{study.scale}' preset) {key}"
+            check_type(mname, key, value, where)
+    for key, dist in study.space.items():
+        where, name = route(key)
+        if where != "param":
+            continue
+        samples = dist.choices if isinstance(dist, Categorical) else [dist.low, dist.high]
+        for mname in study.methods:
+            for v in samples:
+                check_type(mname, name, v, f"space.{key}")
+
+    if study.sampler == "grid":
+        points = study.grid()
+    else:
+        points = [{}] + [{k: c} for k, d in study.space.items() if isinstance(d, Categorical) for c in d.choices]
+    if study.sampler != "grid":  # the ends of searched dataset ranges too
+        for k, d in study.space.items():
+            if route(k)[0] == "dataset" and isinstance(d, IntRange | FloatRange):
+                points += [{k: d.low}, {k: d.high}]
+    seen: dict[str, Any] = {}
+    checked: set[str] = set()
+    for point in points:
+        shown = point or "the fixed parameters"
+        trial = study.trial_config(point)
+        _check_split(study, trial.dataset, source, shown)
+        key = json.dumps([trial.retriever, trial.params], sort_keys=True, default=str)
+        if key not in seen and len(seen) < 64:
+            try:
+                seen[key] = known[trial.retriever](**trial.params, device="cpu")
+            except Exception as e:  # the retriever's own validation, whatever its type
+                raise StudyConfigError(f"{source}: retriever '{trial.retriever}' rejects {shown}: {e}") from None
+        size_key = json.dumps([key, trial.dataset.size])
+        if key in seen and size_key not in checked:
+            checked.add(size_key)
+            try:
+                seen[key].check_image_size(trial.dataset.size)
+            except VitDSIError as e:
+                raise StudyConfigError(f"{source}: {shown} with images of {trial.dataset.size} px "
+                                       f"(dataset.size): {e}") from None
+
+
+def _check_split(study: Study, data: DataConfig, source: str, shown: Any) -> None:
+    """The split of one trial has queries, test queries and (for the objective) validation queries."""
+    from vitdsi.data.split import split_sizes
+
+    try:
+        sizes = split_sizes(data.n_total, data.split_ratio, data.query_fractions)
+    except VitDSIError as e:
+        raise StudyConfigError(f"{source}: {shown}: {e}") from None
+    if study.continual is not None:
+        first = int(round(study.continual["initial"] * sizes["idb"]))
+        if first < 1 or sizes["idb"] - first < study.continual["steps"]:
+            raise StudyConfigError(
+                f"{source}: {shown}: continual indexing of {sizes['idb']} indexed images needs at least one in the "
+                f"first index ({first}) and one per add step ({sizes['idb'] - first} left for "
+                f"{study.continual['steps']} steps); change continual.initial / continual.steps or dataset.n_total"
+            )
+    if study.latency is None and sizes["val"] == 0 and not study.metric.startswith("IA@"):
+        raise StudyConfigError(
+            f"{source}: {shown}: the split has no validation queries (query_fractions "
+            f"{list(data.query_fractions)}), but the objective {study.metric} is read on them; give val a share"
+        )
+
+
+def check_data(study: Study, source: str | None = None) -> list[str]:
+    """Look at the data of every trial before any runs (cheap: no decoding): the dataset is
+    where the study says (a missing root is an error naming it), it has at least `n_total`
+    images, and the image size. Returns notes for the run header, e.g. the resolved image size
+    and a warning when file images are upscaled more than 2x."""
+    from vitdsi.data import DATASETS
+    from vitdsi.data.registry import probe_dataset
+    from vitdsi.errors import DatasetNotFoundError
+
+    source = source or study.file or study.name
+    points = study.grid() if study.sampler == "grid" else [{}]
+    configs: dict[str, DataConfig] = {}
+    for point in points:
+        d = study.trial_config(point).dataset
+        configs.setdefault(d.model_dump_json(), d)
+    notes: list[str] = []
+    probes: dict[str, Any] = {}
+    for d in configs.values():
+        probe_kw = {k: v for k, v in d.load_kwargs().items() if k not in ("size", "limit", "seed")}
+        probe_key = json.dumps([d.name, probe_kw], sort_keys=True, default=str)
+        if probe_key not in probes:
+            try:
+                probes[probe_key] = probe_dataset(d.name, **probe_kw)
+            except DatasetNotFoundError as e:
+                hint = ("; give its location with `dataset: {root: PATH}` in the study or `bench run --set dataset.root=PATH`"
+                        if "root" in DATASETS[d.name].params() else "")
+                raise StudyConfigError(f"{source}: dataset '{d.name}': {e}{hint}") from None
+            except VitDSIError as e:
+                raise StudyConfigError(f"{source}: dataset '{d.name}': {e}") from None
+        probe = probes[probe_key]
+        available = probe.n_images
+        where = f"{'at ' + probe.where + ' ' if probe.where else ''}has {'at most ' if probe.file_source else ''}"
+        if available is not None and d.limit is not None and d.limit > available:
+            raise StudyConfigError(f"{source}: field `dataset.limit`: {d.limit} images asked but dataset '{d.name}' "
+                                   f"{where}{available}")
+        if d.limit is not None:
+            available = d.limit if available is None else min(available, d.limit)
+        if available is not None and d.n_total > available:
+            raise StudyConfigError(
+                f"{source}: field `dataset.n_total`: {d.n_total} images asked but dataset '{d.name}' {where}{available}"
+                f"{' (dataset.limit)' if d.limit is not None and available == d.limit else ''}; use n_total <= {available}"
+            )
+        line = f"images: {d.name} at {d.size} px"
+        if probe.native_size:
+            line += f" (source images {'about ' if probe.file_source else ''}{probe.native_size} px)"
+        if line not in notes:
+            notes.append(line)
+        if probe.file_source and probe.native_size and d.size > 2 * probe.native_size:
+            warn = (f"warning: dataset '{d.name}' images are about {probe.native_size} px but dataset.size is {d.size}: "
+                    f"every image is upscaled {d.size / probe.native_size:.1f}x (set dataset.size, e.g. "
+                    f"--set dataset.size={probe.native_size})")
+            if warn not in notes:
+                notes.append(warn)
+    return notes

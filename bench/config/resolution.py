@@ -1,0 +1,228 @@
+"""Resolution of a validated study file at a scale into a `Study`: parameters from general to
+specific (retriever defaults < scale preset < `fixed` < a method's `params`; sampled values
+come last, in `Study.trial_config`), dataset defaults, metrics, the sampler and the budget."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from bench.config.checks import check_name, check_values
+from bench.config.errors import StudyConfigError, field_errors, suggest
+from bench.config.resolved import DataConfig, Method, Study
+from bench.config.schema import (
+    RESERVED_PARAMS,
+    Categorical,
+    MethodConfig,
+    StudyFile,
+    enumerable,
+    route,
+)
+from vitdsi.errors import VitDSIError
+
+MAX_GRID = 10_000
+_PER_SCALE = sorted(set(StudyFile.model_fields) - {"name", "scale", "scales"})  # what `scales.<scale>` may set
+
+
+def scale_overlay(sf: StudyFile, scale: str, source: str) -> dict[str, Any]:
+    """The file's `scales.<scale>` block (empty if none), after checking every block names a
+    known scale and only fields a scale may change."""
+    from bench.scales import SCALES
+
+    for name, overlay in sf.scales.items():
+        if name not in SCALES:
+            raise StudyConfigError(f"{source}: field `scales.{name}`: unknown scale '{name}'; allowed: {', '.join(SCALES)}")
+        bad = sorted(set(overlay) - set(_PER_SCALE))
+        if bad:
+            raise StudyConfigError(f"{source}: field `scales.{name}`: unknown field(s) {bad}{suggest(bad[0], _PER_SCALE)}; "
+                                   f"allowed: {', '.join(_PER_SCALE)}")
+    return sf.scales.get(scale, {})
+
+
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """`overlay` merged into a copy of `base`, mappings key by key; a None value deletes the key."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def build_study(sf: StudyFile, scale_name: str, source: str) -> Study:
+    """The `Study` of a validated file at `scale_name`, with every name and value checked
+    against the registered retrievers and datasets."""
+    from bench.scales import get_scale
+    from vitdsi.metrics import parse_metric
+    from vitdsi.retrievers.base import registered
+
+    scale = get_scale(scale_name)
+    known = registered()
+
+    def fail(where: str, message: str) -> StudyConfigError:
+        return StudyConfigError(f"{source}: field `{where}`: {message}")
+
+    # methods: (name, retriever, own params, own query, where in the file)
+    if sf.methods is None:
+        raw_methods = {sf.retriever: MethodConfig(retriever=sf.retriever)}
+        where_retriever = {sf.retriever: "retriever"}
+    else:
+        raw_methods = sf.methods
+        where_retriever = {m: f"methods.{m}.retriever" for m in sf.methods}
+    for mname, mc in raw_methods.items():
+        if mc.retriever not in known:
+            raise fail(where_retriever[mname], f"unknown retriever '{mc.retriever}'{suggest(mc.retriever, known)}; registered retrievers: {', '.join(known)}")
+
+    # fixed / space keys: dataset.*, query.*, method, or build parameters
+    for section, keys in (("fixed", sf.fixed), ("space", sf.space)):
+        for key in keys:
+            where, name = route(key)
+            if where == "method":
+                if section == "fixed":
+                    raise fail(f"fixed.{key}", "a method is chosen in `space` (or by having one method), not fixed")
+                if len(raw_methods) < 2 and sf.methods is None:
+                    raise fail(f"space.{key}", "`method` needs a `methods` block naming at least two methods")
+            elif where == "dataset":
+                allowed = [f for f in DataConfig.model_fields if f != "options"]
+                if name not in allowed:
+                    raise fail(f"{section}.{key}", f"unknown dataset field '{name}'{suggest(name, allowed)}; allowed: {', '.join('dataset.' + a for a in allowed)}")
+            elif where == "param" and name in RESERVED_PARAMS:
+                hint = "set the top-level `seed` (repeat r uses seed + r)" if name == "seed" else "use `bench run --device`"
+                raise fail(f"{section}.{key}", f"'{name}' is set by the harness; {hint}")
+            for mname, mc in raw_methods.items():
+                check_name(known[mc.retriever], where, name, f"{section}.{key}", source, method=mname if sf.methods else None)
+    for mname, mc in raw_methods.items():
+        for key in mc.params:
+            if key in RESERVED_PARAMS:
+                raise fail(f"methods.{mname}.params.{key}", f"'{key}' is set by the harness")
+            check_name(known[mc.retriever], "param", key, f"methods.{mname}.params.{key}", source)
+        for key in mc.query:
+            check_name(known[mc.retriever], "query", key, f"methods.{mname}.query.{key}", source)
+    for key in sf.query:
+        for mname, mc in raw_methods.items():
+            check_name(known[mc.retriever], "query", key, f"query.{key}", source, method=mname if sf.methods else None)
+    if "method" in sf.space:
+        dist = sf.space["method"]
+        if not isinstance(dist, Categorical):
+            raise fail("space.method", "a method is a categorical choice, e.g. `method: [a, b]`")
+        bad = [c for c in dist.choices if c not in raw_methods]
+        if bad:
+            raise fail("space.method", f"unknown method(s) {bad}; methods in this file: {', '.join(raw_methods)}")
+    elif sf.methods is not None and len(sf.methods) > 1:
+        raise fail("space", f"this study names {len(sf.methods)} methods; add `method: [{', '.join(sf.methods)}]` to `space` to compare them")
+
+    # methods resolved: scale preset < fixed < method params
+    fixed_params = {k: v for k, v in sf.fixed.items() if route(k)[0] == "param"}
+    fixed_query = {route(k)[1]: v for k, v in sf.fixed.items() if route(k)[0] == "query"}
+    methods: dict[str, Method] = {}
+    for mname, mc in raw_methods.items():
+        params = {k: v for k, v in scale.params_for(mc.retriever).items() if k not in RESERVED_PARAMS}
+        params.update(fixed_params)
+        params.update(mc.params)
+        methods[mname] = Method(name=mname, retriever=mc.retriever, params=params, query={**sf.query, **fixed_query, **mc.query})
+
+    dataset = _resolve_dataset(sf, scale, source)
+    fixed_data = {route(k)[1]: v for k, v in sf.fixed.items() if route(k)[0] == "dataset"}
+    try:
+        dataset = dataset.replace(**fixed_data)
+    except ValidationError as e:
+        raise StudyConfigError(f"{source}: " + "; ".join(field_errors(e, prefix="fixed.dataset."))) from None
+
+    # metrics and objective
+    metrics: list[str] = []
+    for i, m in enumerate(sf.metrics):
+        try:
+            metrics.append(parse_metric(str(m)).name)
+        except VitDSIError as e:
+            raise fail(f"metrics[{i}]", str(e)) from None
+    try:
+        objective = parse_metric(sf.objective.metric)
+    except VitDSIError as e:
+        raise fail("objective.metric", str(e)) from None
+    if objective.name not in metrics:
+        metrics.append(objective.name)
+    metrics = list(dict.fromkeys(metrics))
+    direction = sf.objective.direction or ("maximize" if objective.higher_is_better else "minimize")
+
+    # sampler and budget
+    # lists of values are an ablation (grid); ranges are a search (TPE) unless the file says grid
+    sampler = sf.sampler.type or ("grid" if all(isinstance(d, Categorical) for d in sf.space.values()) else "tpe")
+    if sampler == "grid":
+        for key, d in sf.space.items():
+            if not enumerable(d):
+                raise fail(f"space.{key}", "the grid sampler needs categorical choices, an int range or a stepped float range; "
+                           "give `choices`, add a `step`, or use `sampler: {type: tpe}`")
+        n_points = int(np.prod([len(d.values()) for d in sf.space.values()])) if sf.space else 1
+        if n_points > MAX_GRID:
+            raise fail("space", f"the grid has {n_points} points (more than {MAX_GRID}); use `sampler: {{type: tpe}}`")
+        n_trials = min(sf.n_trials or n_points, n_points)
+    else:
+        if not sf.space:
+            raise fail("space", f"the {sampler} sampler needs a search space; with nothing to search use `sampler: {{type: grid}}`")
+        n_trials = sf.n_trials or 20
+
+    if sf.latency is not None and sf.continual is not None:
+        raise fail("continual", "a study is a latency study or a continual-indexing study, not both")
+    study = Study(
+        name=sf.name, description=sf.description.strip(), scale=scale_name, file=source,
+        methods=methods, dataset=dataset, space=sf.space, sampler=sampler,
+        sampler_seed=sf.sampler.seed, n_startup_trials=sf.sampler.n_startup_trials, n_trials=n_trials,
+        metric=objective.name, direction=direction, metrics=metrics, repeats=sf.repeats,
+        seed=sf.seed, experiment=sf.mlflow.experiment or sf.name, log_index=sf.mlflow.log_index,
+        plugins=sf.plugins,
+        latency=sf.latency.model_dump() if sf.latency is not None else None,
+        continual=sf.continual.model_dump() if sf.continual is not None else None,
+        threads=sf.threads,
+    )
+    check_values(study, sf, known, source)
+    return study
+
+
+def _resolve_dataset(sf: StudyFile, scale, source: str) -> DataConfig:
+    from vitdsi.data import DATASETS
+
+    d = sf.dataset
+    name = d.name or scale.dataset
+    if name not in DATASETS:
+        raise StudyConfigError(f"{source}: field `dataset.name`: unknown dataset '{name}'{suggest(name, DATASETS)}; known datasets: {', '.join(DATASETS)}")
+    allowed = DATASETS[name].params()
+    preset = dict(scale.dataset_params) if name == scale.dataset else {}
+    options = {k: v for k, v in preset.items() if k not in ("size", "root")}
+    options.update(d.options)
+    first_class = {"size", "root", "limit", "seed"}
+    for key in options:
+        if key in first_class:
+            raise StudyConfigError(f"{source}: field `dataset.options.{key}`: set `dataset.{key}` instead")
+        if key not in allowed:
+            opts = sorted(set(allowed) - first_class)
+            raise StudyConfigError(f"{source}: field `dataset.options.{key}`: dataset '{name}' has no parameter '{key}'{suggest(key, opts)}; allowed: {', '.join(opts) or 'none'}")
+    if d.root is not None and "root" not in allowed:
+        raise StudyConfigError(f"{source}: field `dataset.root`: dataset '{name}' is not read from files; remove `root`")
+    for block, protocol in (("instance", "instance"), ("unseen", "unseen-classes"), ("graded", "graded")):
+        if getattr(d, block) is not None and d.protocol != protocol:
+            raise StudyConfigError(f"{source}: field `dataset.{block}`: options of the {protocol} protocol, but "
+                                   f"`dataset.protocol` is '{d.protocol}'; set `protocol: {protocol}` or remove them")
+    fractions = d.query_fractions or (0.8, 0.1, 0.1)
+    if abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
+        raise StudyConfigError(f"{source}: field `dataset.query_fractions`: three non-negative numbers summing to 1 (train, val, test), got {list(fractions)}")
+    return DataConfig(
+        name=name,
+        size=d.size or preset.get("size") or allowed.get("size") or 32,
+        n_total=d.n_total or scale.n_total,
+        split_ratio=d.split_ratio or scale.split_ratio,
+        query_fractions=fractions,
+        seed=d.seed,
+        root=d.root if d.root is not None else preset.get("root"),
+        limit=d.limit,
+        options=options,
+        protocol=d.protocol,
+        instance=d.instance.model_dump() if d.instance is not None else {},
+        unseen=d.unseen.model_dump() if d.unseen is not None else {},
+        graded=d.graded.model_dump() if d.graded is not None else {},
+    )

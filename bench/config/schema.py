@@ -1,0 +1,253 @@
+"""The study file as written: pydantic models of the YAML, checked field by field.
+
+Keys of `fixed` and `space` address three places (`route`): `dataset.<field>`,
+`query.<arg>` (query-time arguments) and, without a prefix, the retriever's build
+parameters; `method` (space only) picks one of the file's `methods`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bench.config.errors import StudyConfigError, field_errors
+
+Scalar = bool | int | float | str | None
+RESERVED_PARAMS = ("seed", "device")  # set by the harness (repeats, --device), never by a study
+DEFAULT_STUDY_METRICS = ["P@10", "MAP@10", "R@100", "nDCG@10", "MRR", "FPR@10", "IA@1", "IA@5"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Categorical(_Model):
+    """One of a list of values (a YAML list is shorthand for this)."""
+
+    type: Literal["categorical"] = "categorical"  # the union's tag
+    choices: list[Scalar] = Field(min_length=1)  # the values, in grid order
+
+    def values(self) -> list[Scalar]:
+        return list(self.choices)
+
+
+class IntRange(_Model):
+    """Integers low..high (inclusive) with a step, optionally log-uniform."""
+
+    type: Literal["int"]  # the union's tag
+    low: int  # smallest value
+    high: int  # largest value (inclusive)
+    step: int = Field(1, ge=1)  # spacing of the values
+    log: bool = False  # sample log-uniformly (needs low >= 1 and step 1)
+
+    @model_validator(mode="after")
+    def _check(self) -> IntRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        if self.log and (self.low < 1 or self.step != 1):
+            raise ValueError("a log int range needs low >= 1 and step 1")
+        return self
+
+    def values(self) -> list[int]:
+        return list(range(self.low, self.high + 1, self.step))
+
+
+class FloatRange(_Model):
+    """Floats in [low, high]: uniform, stepped (`step`), or log-uniform (`log: true` or type `log`)."""
+
+    type: Literal["float", "log"]  # the union's tag; `log` is short for `float` with `log: true`
+    low: float  # smallest value
+    high: float  # largest value
+    step: float | None = Field(None, gt=0)  # spacing of the values (a grid can enumerate them)
+    log: bool = False  # sample log-uniformly (needs low > 0, no step)
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatRange:
+        if self.type == "log":
+            self.log = True
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("a range is either log or stepped, not both")
+        return self
+
+    def values(self) -> list[float]:
+        if self.step is None:
+            raise ValueError("only a stepped float range can be enumerated")
+        n = int(np.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        return [float(round(self.low + i * self.step, 12)) for i in range(n)]
+
+
+Distribution = Annotated[Categorical | IntRange | FloatRange, Field(discriminator="type")]
+
+
+class InstanceConfig(_Model):
+    """The instance protocol: queries are new views of indexed images (vitdsi.data.protocols)."""
+
+    strength: Literal["light", "medium", "strong"] = "medium"  # view strength preset
+    train_views: int = Field(2, ge=0)  # train views of each corpus image that has any
+    untrained_share: float = Field(0.5, ge=0, le=1)  # share of corpus images with no train view
+    hflip: bool | None = None  # mirror views half the time; None = unless the dataset forbids it
+
+
+class UnseenConfig(_Model):
+    """The unseen-classes protocol: some classes are indexed but never trained on (vitdsi.data.protocols)."""
+
+    share: float = Field(0.3, gt=0, lt=1)  # share of the classes held out from every label and training pair
+
+
+class GradedConfig(_Model):
+    """The graded protocol: multi-label data with graded gains (vitdsi.data.protocols)."""
+
+    gain: Literal["shared", "jaccard"] = "shared"  # shared categories with the query, or their Jaccard index
+
+
+class DatasetConfig(_Model):
+    """Dataset and split; an unset field takes the scale preset's value."""
+
+    name: str | None = None  # dataset registry name (`bench list datasets`)
+    root: str | None = None  # where the files are, for file-based sources
+    size: int | None = Field(None, ge=1)  # square image side in pixels
+    n_total: int | None = Field(None, ge=2)  # images drawn for the split (indexed + queries)
+    split_ratio: float | None = Field(None, gt=0, le=1)  # fraction of n_total that is indexed
+    query_fractions: tuple[float, float, float] | None = None  # train / val / test share of the queries
+    seed: int = 0  # seeds the draw of images and the split (all trials share one split)
+    limit: int | None = Field(None, ge=1)  # keep at most this many source images (stratified)
+    options: dict[str, Any] = Field(default_factory=dict)  # other loader parameters (e.g. fit: pad)
+    protocol: Literal["class", "instance", "unseen-classes", "graded"] = "class"  # what a query is (vitdsi.data.protocols)
+    instance: InstanceConfig | None = None  # options of the instance protocol
+    unseen: UnseenConfig | None = None  # options of the unseen-classes protocol
+    graded: GradedConfig | None = None  # options of the graded protocol
+
+
+class SamplerConfig(_Model):
+    """The Optuna sampler."""
+
+    type: Literal["grid", "tpe", "random"] | None = None  # default: grid when every dimension is a list of choices
+    seed: int = 0  # seeds the sampler (per trial number, so parallel workers differ)
+    n_startup_trials: int | None = Field(None, ge=0)  # TPE: random trials before modelling
+
+
+class ObjectiveConfig(_Model):
+    """What Optuna optimises (read on the validation queries)."""
+
+    metric: str = "MAP@10"  # a metric name (vitdsi.metrics), added to `metrics` when missing
+    direction: Literal["maximize", "minimize"] | None = None  # default: the metric's own
+
+
+class MLflowConfig(_Model):
+    """Where the study's runs are logged."""
+
+    experiment: str | None = None  # MLflow experiment; default: the study name
+    log_index: bool = True  # store the trained index of each trial as an artifact (for `bench search`)
+
+
+class LatencyConfig(_Model):
+    """Latency studies (bench/latency.py): `dataset.n_total` is then the number of indexed
+    images N, and `n_queries` more images of the source, never indexed, are the queries."""
+
+    n_queries: int = Field(256, ge=1)  # held-out query images (timed, and scored for accuracy)
+    k: int = Field(10, ge=1)  # results per query while timing
+    batch_size: int = Field(256, ge=2)  # the batched measurement (batch 1 is always measured)
+    calls: int = Field(30, ge=1)  # timed calls at batch 1 (after warm-up)
+    batch_calls: int = Field(5, ge=1)  # timed calls at `batch_size`
+    warmup: int = Field(3, ge=0)  # untimed calls first
+    threads: int = Field(1, ge=1)  # torch / FAISS / OpenCV threads, the same for every method (1: per-query cost without thread-pool effects)
+
+
+class ContinualConfig(_Model):
+    """Continual-indexing studies (DSI++): each trial indexes the first `initial` share of the
+    indexed images, then adds the rest in `steps` equal batches with `Retriever.add`, and logs
+    IA@1 of the original images and of every added batch, the ranked metrics and the wall time
+    after each step."""
+
+    initial: float = Field(0.5, gt=0, lt=1)  # share of the indexed images in the first index
+    steps: int = Field(5, ge=1)  # add steps that bring in the rest, in equal batches
+
+
+class MethodConfig(_Model):
+    """One named method of a multi-method study."""
+
+    retriever: str  # registry name (`bench list retrievers`)
+    params: dict[str, Any] = Field(default_factory=dict)  # build parameters of this method
+    query: dict[str, Any] = Field(default_factory=dict)  # query arguments of this method
+
+
+class StudyFile(_Model):
+    """The YAML as written (bench.config.resolution turns it into a `Study`)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # study name; also the default experiment
+    description: str = ""  # what the study asks (shown by `bench list` and in reports)
+    scale: str = "small"  # default scale preset; `bench run --scale` overrides it
+    plugins: list[str] = Field(default_factory=list)  # modules or .py files (relative to the study) that register retrievers
+    retriever: str | None = None  # one retriever ...
+    methods: dict[str, MethodConfig] | None = None  # ... or several named (retriever, params) methods
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)  # the data and the split
+    fixed: dict[str, Any] = Field(default_factory=dict)  # parameters every trial uses
+    query: dict[str, Any] = Field(default_factory=dict)  # query arguments every trial uses
+    space: dict[str, Distribution] = Field(default_factory=dict)  # what Optuna searches
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)  # how it searches
+    n_trials: int | None = Field(None, ge=1)  # finished trials wanted; default: the whole grid, or 20
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)  # what it optimises
+    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_STUDY_METRICS), min_length=1)  # logged per trial
+    repeats: int = Field(1, ge=1)  # seeds per trial; metrics are the mean over seeds with a 95% CI
+    seed: int = 0  # first retriever seed; repeat r uses seed + r
+    # torch / FAISS / OpenCV threads per worker; None = the libraries' default (every core). With
+    # several workers on one machine, give each cores / workers: two 2-thread workers on 2 cores
+    # trained DSIs 5-15x slower than two 1-thread ones
+    threads: int | None = Field(None, ge=1)
+    mlflow: MLflowConfig = Field(default_factory=MLflowConfig)  # where runs are logged
+    latency: LatencyConfig | None = None  # makes this a latency study (see LatencyConfig)
+    continual: ContinualConfig | None = None  # makes this a continual-indexing study (see ContinualConfig)
+    scales: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-scale overrides of the fields above
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _shorthand(cls, space: Any) -> Any:
+        if isinstance(space, dict):
+            return {k: {"type": "categorical", "choices": v} if isinstance(v, list) else v for k, v in space.items()}
+        return space
+
+    @model_validator(mode="after")
+    def _one_retriever_source(self) -> StudyFile:
+        if (self.retriever is None) == (self.methods is None):
+            raise ValueError("give either `retriever` (one retriever) or `methods` (several named ones), not both or neither")
+        if self.methods is not None and not self.methods:
+            raise ValueError("`methods` is empty; name at least one method")
+        return self
+
+
+def validate_file(data: dict[str, Any], source: str) -> StudyFile:
+    """`data` as a `StudyFile`, or a `StudyConfigError` with one line per bad field."""
+    try:
+        return StudyFile.model_validate(data)
+    except ValidationError as e:
+        lines = field_errors(e, StudyFile)
+        raise StudyConfigError(f"{source}: invalid study file\n" + "\n".join("  " + line for line in lines)) from None
+
+
+def route(key: str) -> tuple[str, str]:
+    """'dataset.n_total' -> ('dataset', 'n_total'); 'query.beam' -> ('query', 'beam');
+    'method' -> ('method', 'method'); 'depth' -> ('param', 'depth')."""
+    if key == "method":
+        return "method", key
+    for prefix in ("dataset", "query"):
+        if key.startswith(prefix + "."):
+            return prefix, key[len(prefix) + 1 :]
+    return "param", key
+
+
+def enumerable(d: Any) -> bool:
+    """Whether a grid can list the values of dimension `d`."""
+    return isinstance(d, Categorical | IntRange) or (isinstance(d, FloatRange) and d.step is not None)
+
+
+def grid_points(space: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every point of an enumerable space, in key order (the first key varies slowest)."""
+    keys = list(space)
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(space[k].values() for k in keys))]
