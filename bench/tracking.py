@@ -15,14 +15,12 @@ MLflow metric names may not contain '@', so "MAP@10" is logged as "MAP_at_10" (w
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -77,23 +75,19 @@ def local_store_dir(tracking_uri: str) -> Path | None:
     return None
 
 
-@contextlib.contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    """An exclusive lock per sqlite database file (no-op for other URLs), for the first-time
-    table creation that concurrent processes must not run at once. sqlite is local to one
-    machine, so the lock file lives in the temp folder rather than beside the database."""
+def store_lock(uri: str):
+    """An exclusive, re-entrant lock per sqlite database file (`filelock`; a no-op context for
+    other URLs), for first-time table creation and for claiming trials, which concurrent
+    processes must not do at once. sqlite is local to one machine, so the lock file lives in
+    the temp folder rather than beside the database."""
+    from filelock import FileLock
+
     path = sqlite_path(uri)
     if path is None:
-        yield
-        return
+        return contextlib.nullcontext()
     path.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / f"bench-sqlite-{digest}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return FileLock(Path(tempfile.gettempdir()) / f"bench-sqlite-{digest}.lock", is_singleton=True)
 
 
 def default_storage(tracking_uri: str) -> str:

@@ -247,8 +247,8 @@ def test_ctrl_c_and_killed_worker_then_resume(store, tmp_path):
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130, output
-    (t0,) = trials_of(store, "sleepy-smoke")
-    assert t0.state == TrialState.FAIL and "interrupted" in t0.user_attrs["error"]
+    t0, t1 = trials_of(store, "sleepy-smoke")  # the grid's two points, queued by the first worker
+    assert t1.state == TrialState.WAITING and t0.state == TrialState.FAIL and "interrupted" in t0.user_attrs["error"]
     assert client.get_run(t0.user_attrs["mlflow_run_id"]).info.status == "KILLED"
 
     # 2. SIGKILL during the next trial, after one trial completed
@@ -307,59 +307,46 @@ def test_tracking_and_storage_defaults(tmp_path, monkeypatch):
     assert redact("postgresql://u:secret@host/db") == "postgresql://u:***@host/db"
 
 
-def test_resume_retries_the_interrupted_point_before_new_ones(store):
-    """After Ctrl-C during point 1 (recorded FAIL), `--n-trials 2` runs point 1, not point 2."""
-    from bench.study import GRID_ATTR, GridPointSampler
-
+def test_resume_retries_the_interrupted_point(store):
+    """A grid is a queue of enqueued trials; a point interrupted in another session (recorded FAIL)
+    is queued again by the next run and run once, like every other point."""
     study = knn_study("retry-first", space={"dataset.n_total": [100, 120, 140, 160]})
-    assert run(study, options(store, n_trials=1)).counts == {"COMPLETE": 1}
-    ostudy = optuna.load_study(study_name="retry-first-smoke", storage=store.storage, sampler=GridPointSampler(study.grid()))
-    interrupted = ostudy.ask()  # trial 1 takes point 1 and is interrupted
-    assert ostudy._storage.get_trial_system_attrs(interrupted._trial_id)[GRID_ATTR] == 1
+    first = run(study, options(store, n_trials=1))
+    assert first.counts == {"COMPLETE": 1} and first.queued == 3
+    ostudy = optuna.load_study(study_name="retry-first-smoke", storage=store.storage)
+    interrupted = ostudy.ask()  # a worker pops point 1 and is interrupted
+    assert interrupted.user_attrs["grid_id"] == 1
     ostudy.tell(interrupted, state=TrialState.FAIL)
-    out = run(study, options(store, n_trials=2))
-    assert out.ran == 1 and out.done
+    out = run(study, options(store))
+    assert out.ran == 3 and out.done and out.queued == 0
     complete = [t for t in trials_of(store, "retry-first-smoke") if t.state == TrialState.COMPLETE]
-    assert sorted(t.params["dataset.n_total"] for t in complete) == [100, 120]
+    assert sorted(t.params["dataset.n_total"] for t in complete) == [100, 120, 140, 160]
+    (retried,) = [t for t in complete if t.user_attrs.get("retry_of") == interrupted.number]
+    assert retried.params["dataset.n_total"] == 120
+    tags = MlflowClient(store.tracking).get_run(retried.user_attrs["mlflow_run_id"]).data.tags
+    assert tags["optuna.retry_of"] == str(interrupted.number)
 
 
-def test_worker_waits_for_a_point_claimed_between_its_reads(store, monkeypatch):
-    """Another worker claims the last free point just after this worker read the trials: this worker
-    must see it (one snapshot per decision) and wait for it, not exit with the study unfinished."""
-    import sys as _sys
-
-    import bench.study as study_mod
-    from bench.study import GRID_ATTR
+def test_worker_waits_for_a_point_another_worker_holds(store, monkeypatch):
+    """The last point is running in another worker: with --wait this worker waits for it rather
+    than exit with the study unfinished, and claims nothing twice."""
+    import bench.study.worker as worker_mod
 
     study = knn_study("one-snapshot", space={"center": [True, False]})
     assert run(study, options(store, n_trials=1)).counts == {"COMPLETE": 1}
-    real_open = study_mod._open
-    other = {}
+    ostudy = optuna.load_study(study_name="one-snapshot-smoke", storage=store.storage)
+    other = ostudy.ask()  # the other worker's trial (it sends no heartbeat, so it is never taken over)
+    waits = []
 
-    def _open(*args, **kw):
-        ostudy, parent_id, experiment_id = real_open(*args, **kw)
-        storage = ostudy._storage
-        real_get = storage.get_all_trials
+    def sleep(seconds: float) -> None:
+        if not waits:  # ... which finishes while this worker waits
+            ostudy.tell(other, 0.5)
+        waits.append(seconds)
 
-        def get_all_trials(study_id, *a, **k):
-            trials = real_get(study_id, *a, **k)
-            if _sys._getframe(1).f_code.co_name != "_run":  # only the worker loop's own read
-                return trials
-            if "id" not in other:  # the other worker claims point 1 right after this read
-                other["id"] = storage.create_new_trial(study_id)
-                storage.set_trial_system_attr(other["id"], GRID_ATTR, 1)
-            elif "done" not in other:  # ... and finishes it a little later
-                other["done"] = True
-                storage.set_trial_state_values(other["id"], TrialState.COMPLETE, [0.5])
-            return trials
-
-        storage.get_all_trials = get_all_trials
-        return ostudy, parent_id, experiment_id
-
-    monkeypatch.setattr(study_mod, "_open", _open)
+    monkeypatch.setattr(worker_mod, "time", SimpleNamespace(sleep=sleep, monotonic=time.monotonic))
     out = run(study, options(store))
-    assert "done" in other
-    assert out.done and out.counts.get("COMPLETE") == 2, out.counts
+    assert waits and out.ran == 0
+    assert out.done and out.counts == {"COMPLETE": 2}, out.counts
 
 
 def test_search_after_the_data_moved(store, tmp_path):

@@ -1,0 +1,98 @@
+"""One Optuna trial of a study: its parameters, the run (bench.trial), MLflow logging and the
+objective value (the validation metric)."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+import optuna
+from rich.markup import escape
+
+from bench.config import Categorical, FloatRange, IntRange, Study
+from bench.tracking import EpochLogger, Tracker, worker_id
+from vitdsi.log import console
+
+
+def fmt(x: float | None) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.4f}"
+
+
+class Objective:
+    """Called by `study.optimize` with the trial it popped or made: run it, log it, return the
+    objective. A failure is recorded (Optuna user attr `error`, MLflow tag and error.txt) and
+    re-raised; Ctrl-C marks the MLflow run KILLED and stops the worker."""
+
+    def __init__(self, study: Study, ostudy, tracker: Tracker, *, experiment_id: str, parent_id: str,
+                 study_name: str, options, outcome, grid=None, claim=None) -> None:
+        self.study, self.ostudy, self.tracker = study, ostudy, tracker
+        self.experiment_id, self.parent_id, self.study_name = experiment_id, parent_id, study_name
+        self.options, self.outcome, self.grid, self.claim = options, outcome, grid, claim
+        self.failures = 0
+
+    def suggest(self, trial) -> dict[str, Any]:
+        out = {}
+        for key, dist in self.study.space.items():
+            if isinstance(dist, Categorical):
+                out[key] = trial.suggest_categorical(key, dist.choices)
+            elif isinstance(dist, IntRange):
+                out[key] = trial.suggest_int(key, dist.low, dist.high, step=dist.step, log=dist.log)
+            elif isinstance(dist, FloatRange):
+                out[key] = trial.suggest_float(key, dist.low, dist.high, step=dist.step, log=dist.log)
+        return out
+
+    def __call__(self, trial) -> float:
+        from bench.trial import run_trial
+
+        if self.claim is not None:
+            self.claim.release()  # the trial is popped: other workers may claim theirs
+        if self.grid is not None:
+            reason = self.grid.duplicate(trial, self.ostudy.get_trials(deepcopy=False))
+            if reason:
+                trial.set_user_attr("skipped", reason)
+                raise optuna.TrialPruned(reason)
+        sampled = self.suggest(trial)
+        cfg = self.study.trial_config(sampled)
+        retry_of = trial.user_attrs.get("retry_of")
+        tags = {"optuna.retry_of": str(retry_of)} if retry_of is not None else None
+        run_id = self.tracker.start_trial(experiment_id=self.experiment_id, parent_run_id=self.parent_id,
+                                          study_name=self.study_name, number=trial.number, cfg=cfg,
+                                          device=self.options.device, extra_tags=tags)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr("method", cfg.method)
+        trial.set_user_attr("worker", worker_id())
+        label = escape("[" + (", ".join(f"{k}={v}" for k, v in sampled.items()) or cfg.method) + "]")
+        console.print(f"trial {trial.number} {label} started (MLflow run {run_id[:8]})")
+        self.outcome.ran += 1
+        t0 = time.perf_counter()
+        curves = EpochLogger(self.tracker, run_id, seeds=cfg.repeats > 1, first_seed=cfg.seed)
+        try:
+            try:
+                result = run_trial(cfg, device=self.options.device, on_epoch=curves)
+            finally:
+                curves.flush()
+            value = result.objective(self.study.metric)  # validation queries: model choice never reads test
+            if not np.isfinite(value):
+                raise ValueError(f"objective {self.study.metric} is {value} on the validation queries "
+                                 "(no validation query has a relevant image?)")
+            self.tracker.finish_trial(run_id, result, log_index=self.study.log_index)
+        except KeyboardInterrupt:
+            trial.set_user_attr("error", "interrupted (Ctrl-C / SIGTERM)")
+            self.tracker.fail_trial(run_id, "interrupted (Ctrl-C / SIGTERM)", status="KILLED")
+            raise
+        except Exception as e:
+            self.failures += 1
+            self.outcome.failed.append(trial.number)
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+            self.tracker.fail_trial(run_id, traceback.format_exc())
+            console.print(f"[red]trial {trial.number} failed[/]: {escape(f'{type(e).__name__}: {e}')}")
+            raise
+        trial.set_user_attr("metrics", {k: v.to_dict() for k, v in result.summary.items()})
+        trial.set_user_attr("val_metrics", {k: v.to_dict() for k, v in result.val_summary.items()})
+        trial.set_user_attr("seconds", time.perf_counter() - t0)
+        s = result.summary[self.study.metric]
+        console.print(f"trial {trial.number} {label} {self.study.metric} validation {value:.4f} (objective), "
+                      f"test {s.mean:.4f} ± {fmt(s.ci95)} (chance {s.chance:.4f}) in {time.perf_counter() - t0:.1f} s")
+        return value

@@ -1,0 +1,64 @@
+"""A grid study as an Optuna queue: each grid point is an enqueued (WAITING) trial.
+
+`study.ask()` pops a WAITING trial before it makes a new one, so workers that claim under the
+`ClaimLock` each take a different point. Points without a COMPLETE, RUNNING or WAITING trial
+(new, failed or interrupted) are queued when a worker starts, behind the points still waiting.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from optuna.trial import TrialState
+
+POINT_ATTR = "grid_id"  # user attr of a queued trial: the index of its grid point
+ALIVE = (TrialState.RUNNING, TrialState.WAITING)
+
+
+def point_key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+class GridQueue:
+    def __init__(self, points: list[dict[str, Any]]) -> None:
+        self.points = points
+        self._index = {point_key(p): i for i, p in enumerate(points)}
+
+    def point_of(self, trial) -> int | None:
+        """The grid point of a trial (a FrozenTrial or a running Trial); trials of studies made
+        before the queue carry only their parameters."""
+        gid = trial.user_attrs.get(POINT_ATTR)
+        return gid if gid is not None else self._index.get(point_key(trial.params)) if trial.params else None
+
+    def done(self, trials) -> int:
+        """Grid points with a COMPLETE trial."""
+        return len({self.point_of(t) for t in trials if t.state == TrialState.COMPLETE} - {None})
+
+    def enqueue_free(self, ostudy, trials) -> int:
+        """Queue every point that no COMPLETE, RUNNING or WAITING trial holds, in grid order: the
+        whole grid for a new study, failed or interrupted points on a resume. Call it under the
+        claim lock, after `fail_stale_trials` (whose callback re-queues a dead worker's point)."""
+        taken = {self.point_of(t) for t in trials if t.state == TrialState.COMPLETE or t.state in ALIVE}
+        failed = {self.point_of(t): t.number for t in trials if t.state == TrialState.FAIL}
+        free = [g for g in range(len(self.points)) if g not in taken]
+        for g in free:
+            attrs = {POINT_ATTR: g, **({"retry_of": failed[g]} if g in failed else {})}
+            ostudy.enqueue_trial(self.points[g], user_attrs=attrs)
+        return len(free)
+
+    def duplicate(self, trial, trials) -> str | None:
+        """Why `trial` must not run: no point (a new trial made when the queue ran dry), or its
+        point is COMPLETE or held by a smaller-numbered RUNNING / WAITING trial. Only storages
+        without a claim lock can get here; the smaller number wins, so exactly one runs."""
+        gid = self.point_of(trial)
+        if gid is None:
+            return "no grid point left"
+        for t in trials:
+            if t.number == trial.number or self.point_of(t) != gid:
+                continue
+            if t.state == TrialState.COMPLETE:
+                return f"grid point {gid} was completed by trial {t.number}"
+            if t.state in ALIVE and t.number < trial.number:
+                return f"grid point {gid} is held by trial {t.number}"
+        return None
