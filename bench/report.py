@@ -4,7 +4,7 @@ Reads the study's parent run and finished trial runs from MLflow (`bench.report_
 and their artifacts (split, rankings); it retrains nothing. Sections: a provenance
 header, one row per trial with every metric as mean ± 95% CI and its chance level, the
 best trial, parameter importances, the paper's Table 1 layout beside its numbers (for
-`table1`), latency against database size with fitted log-log slopes and crossovers (for
+studies with `report: {paper_table: true}`), latency against database size with fitted log-log slopes and crossovers (for
 latency studies), training curves, Precision@K curves, and a query -> top-5 image grid.
 Plain markdown with relative image links, so it renders anywhere without network.
 """
@@ -279,7 +279,7 @@ def json_safe(v: Any) -> Any:
 
 
 def table1_section(record: StudyRecord) -> str | None:
-    if record.name != "table1":
+    if not record.paper_table:
         return None
     # (our metric, the paper's column beside it): the paper's "MAP@10" is Precision@10 (bench.paper)
     cols = [("IA@1", "IA@1"), ("IA@5", "IA@5"), ("P@10", 'paper "MAP@10" (= P@10)'), ("MAP@10", None),

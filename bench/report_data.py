@@ -99,6 +99,14 @@ class StudyRecord:
     def scale(self) -> str:
         return self.tags.get("study.scale", "?")
 
+    @property
+    def paper_table(self) -> bool:
+        """The study file's `report.paper_table`; a store written before the `report:` block
+        existed had the paper's table for the study named `table1` only."""
+        if "report" in self.resolved:
+            return bool(self.resolved["report"].get("paper_table"))
+        return self.name == "table1"
+
     def metric_names(self) -> list[str]:
         """Canonical metric names in the study's order, as far as trials logged them."""
         order = list(self.resolved.get("metrics", []))

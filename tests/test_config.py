@@ -142,8 +142,16 @@ def test_yaml_floats_and_overrides(tmp_path):
         load_study(tmp_path / "missing.yaml")
 
 
+def test_report_block_flags_the_paper_table_and_rejects_typos():
+    assert resolve(knn(report={"paper_table": True})).report == {"paper_table": True}
+    assert resolve(knn()).report == {"paper_table": False}
+    msg = error(knn(report={"paper_tabel": True}))
+    assert "field `report.paper_tabel`" in msg and "did you mean 'paper_table'" in msg
+    assert "field `report.paper_table`" in error(knn(report={"paper_table": "yes please"}))
+
+
 def test_fingerprint_ignores_budget_but_not_space():
-    a = resolve(knn(space={"center": [True, False]}, n_trials=1, description="x"))
+    a = resolve(knn(space={"center": [True, False]}, n_trials=1, description="x", report={"paper_table": True}))
     b = resolve(knn(space={"center": [True, False]}, n_trials=2))
     c = resolve(knn(space={"center": [True]}))
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()

@@ -179,6 +179,7 @@ def build_study(sf: StudyFile, scale_name: str, source: str) -> Study:
         latency=sf.latency.model_dump() if sf.latency is not None else None,
         continual=sf.continual.model_dump() if sf.continual is not None else None,
         threads=sf.threads,
+        report=sf.report.model_dump(),
     )
     check_values(study, sf, known, source)
     return study

@@ -121,12 +121,13 @@ class Study(Resolved):
     latency: dict[str, Any] | None = None  # LatencyConfig fields, for latency studies
     continual: dict[str, Any] | None = None  # ContinualConfig fields, for continual-indexing studies
     threads: int | None = None  # torch / FAISS / OpenCV threads per worker (None: libraries' default)
+    report: dict[str, Any] = Field(default_factory=dict)  # ReportConfig fields: extra report sections
 
     @model_serializer(mode="wrap")
     def _record(self, handler) -> dict[str, Any]:
         # Dumped in the study file's layout (sampler / objective / mlflow blocks; latency,
-        # continual and threads only when set). The fingerprint hashes this dump and stored
-        # studies resume only with an equal one, so the layout must not change.
+        # continual and threads only when set; report always). The fingerprint hashes this dump
+        # (less report) and stored studies resume only with an equal one, so the layout must not change.
         d = handler(self)
         out = {k: d.pop(k) for k in ("name", "description", "scale", "methods", "dataset", "space")}
         out["sampler"] = {"type": d.pop("sampler"), "seed": d.pop("sampler_seed"), "n_startup_trials": d.pop("n_startup_trials")}
@@ -185,6 +186,6 @@ class Study(Resolved):
         """Hash of what makes trials comparable (not the budget, the description or MLflow names):
         a stored study resumes only with the same fingerprint."""
         d = self.model_dump()
-        for key in ("description", "n_trials", "mlflow", "threads"):
+        for key in ("description", "n_trials", "mlflow", "threads", "report"):
             d.pop(key, None)
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

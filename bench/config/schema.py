@@ -170,6 +170,12 @@ class ContinualConfig(_Model):
     steps: int = Field(5, ge=1)  # add steps that bring in the rest, in equal batches
 
 
+class ReportConfig(_Model):
+    """What `bench report` adds to this study's report beyond the sections every study gets."""
+
+    paper_table: bool = False  # the paper's Table 1 beside our numbers, per DB size and method (bench/paper.py)
+
+
 class MethodConfig(_Model):
     """One named method of a multi-method study."""
 
@@ -204,6 +210,7 @@ class StudyFile(_Model):
     mlflow: MLflowConfig = Field(default_factory=MLflowConfig)  # where runs are logged
     latency: LatencyConfig | None = None  # makes this a latency study (see LatencyConfig)
     continual: ContinualConfig | None = None  # makes this a continual-indexing study (see ContinualConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)  # extra report sections (see ReportConfig)
     scales: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-scale overrides of the fields above
 
     @field_validator("space", mode="before")
