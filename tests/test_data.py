@@ -319,3 +319,16 @@ def test_mosaic_generation_keeps_the_copy_another_worker_finished_first(tmp_path
     assert torch.equal(again.images, first.images)
     assert (folder / "mosaic.json").stat().st_mtime_ns == stamp  # the other worker's copy was kept
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # and no temporary folder is left
+
+
+def test_sources_do_not_import_the_registry():
+    """The registry imports every source; a source importing the registry back is a cycle."""
+    import ast
+
+    import vitdsi.data.sources as sources
+
+    for path in Path(sources.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not imported & {"vitdsi.data", "vitdsi.data.registry"}, path.name

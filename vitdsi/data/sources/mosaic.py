@@ -20,7 +20,14 @@ import numpy as np
 from PIL import Image
 
 from vitdsi.data.imageset import ImageSet
+from vitdsi.data.sources.coco import load_coco
+from vitdsi.data.sources.digits import load_digits
+from vitdsi.data.sources.fashion_mnist import load_fashion_mnist
 from vitdsi.errors import VitDSIError
+
+# tile sources by name; the loaders are imported directly (not through the dataset registry,
+# which registers this module's loader), so the two modules do not import each other
+TILE_SOURCES = {"digits": load_digits, "fashion-mnist": load_fashion_mnist}
 
 
 def generate_coco_mosaic(
@@ -35,14 +42,14 @@ def generate_coco_mosaic(
     seed: int = 0,
 ) -> Path:
     """Write out_dir/images/*.png and out_dir/annotations/instances.json; returns out_dir."""
-    from vitdsi.data.registry import load_dataset
-
+    if base not in TILE_SOURCES:
+        raise VitDSIError(f"coco-mosaic: base must be one of {', '.join(TILE_SOURCES)}, got '{base}'")
     if grid < 1 or n_images < 1:
         raise VitDSIError(f"coco-mosaic needs grid >= 1 and n_images >= 1, got grid={grid}, n_images={n_images}")
     if not 0.0 <= p_empty < 1.0:
         raise VitDSIError(f"coco-mosaic p_empty must be in [0, 1), got {p_empty}")
     kw = {"root": base_root} if base_root and base != "digits" else {}
-    source = load_dataset(base, size=tile_size, **kw)
+    source = TILE_SOURCES[base](size=tile_size, **kw)
     rng = np.random.default_rng(seed)
     cells = grid * grid
     tiles = rng.integers(0, len(source), size=(n_images, cells))
@@ -129,8 +136,6 @@ def load_coco_mosaic(
     ~/.cache/vitdsi/coco-mosaic) and load it through the `coco` loader. Generation writes a
     private folder and renames it into place, so workers that start together never read each
     other's half-written files (a folder without its `mosaic.json` marker is rebuilt)."""
-    from vitdsi.data.sources.coco import load_coco
-
     params = {"base": base, "base_root": base_root, "n_images": n_images, "grid": grid,
               "tile_size": tile_size, "p_empty": p_empty, "seed": seed}
     key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
