@@ -1,6 +1,6 @@
-"""Benchmark of the index-then-retrieve baselines (issue 4): `bovw` and `embedding`.
+"""Micro-benchmarks of the index-then-retrieve baselines (issue 4): `bovw` and `embedding`.
 
-    python scripts/bench_baselines.py [--parts quant,index,extract,quality] [--n-index 10000]
+    python scripts/bench_baselines.py [--parts quant,index,extract] [--n-index 10000]
 
 Reports, on Fashion-MNIST at 32 px:
   quant    BoVW quantisation throughput: the vectorised nearest-centroid step against the
@@ -10,11 +10,8 @@ Reports, on Fashion-MNIST at 32 px:
   index    end-to-end BoVW index time (SIFT, k-means, quantisation, histograms) for
            --n-index images
   extract  embedding feature extraction, images/s, per backbone
-  quality  the split N_total 1024, split_ratio 0.25, seed 0: P@10, MAP@10, R@100 (mean,
-           95% CI, chance) on the split's test queries, and on all its 768 query images
-           (train + val + test: no baseline here learns from queries), plus IA@1 when
-           querying with every indexed image, for bovw K in {50, 200, 1000} x {sparse,
-           dense SIFT} and embedding with pixels and efficientnet-lite0
+Their retrieval quality is a study, run and reported by the harness:
+`bench run studies/baselines.yaml`.
 Timings are wall-clock with perf_counter in one process; the machine may be shared.
 """
 
@@ -28,14 +25,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from vitdsi.data import Relevance, load_dataset, make_split
+from vitdsi.data import load_dataset
 from vitdsi.features.sift import SiftConfig, default_workers, extract_descriptors
 from vitdsi.features.vocabulary import nearest_centroid, nearest_centroid_loop, train_vocabulary
-from vitdsi.metrics import evaluate, indexing_accuracy
 from vitdsi.retrievers import create
 
 console = Console()
-QUALITY_METRICS = ("P@10", "MAP@10", "R@100")
 
 
 def fashion(n: int | None = None, seed: int = 0):
@@ -136,61 +131,9 @@ def bench_extract(n: int) -> None:
     console.print(table)
 
 
-QUALITY_CONFIGS: list[tuple[str, str, dict]] = [
-    *[(f"bovw K={k} {det}", "bovw", {"vocab_size": k, "detector": det}) for det in ("sparse", "dense") for k in (50, 200, 1000)],
-    ("bovw K=200 sparse, paper setting (plain SIFT, tf)", "bovw",
-     {"vocab_size": 200, "detector": "sparse", "rootsift": False, "weighting": "tf"}),
-    ("embedding pixels (flat)", "embedding", {"backbone": "pixels"}),
-    ("embedding efficientnet-lite0 (flat)", "embedding", {"backbone": "efficientnet-lite0"}),
-]
-
-
-def fmt(v) -> str:
-    return f"{v.mean:.3f} ± {v.ci95:.3f}"
-
-
-def bench_quality() -> None:
-    ds = fashion()
-    split = make_split(ds, 1024, split_ratio=0.25, seed=0)
-    sets = split.apply(ds)
-    every = torch.cat([sets.train.images, sets.val.images, sets.test.images])
-    every_labels = torch.cat([sets.train.labels, sets.val.labels, sets.test.labels])
-    rel_test = Relevance.between(sets.test, sets.corpus)
-    rel_all = Relevance(every_labels.numpy(), sets.corpus.labels.numpy())
-    sizes = split.sizes()
-    rows = []
-    for label, name, params in QUALITY_CONFIGS:
-        r = create(name, **params)
-        t = time.perf_counter()
-        r.index(sets.corpus)
-        t_index = time.perf_counter() - t
-        t = time.perf_counter()
-        ranking_all = r.search(every, 100)
-        t_search = (time.perf_counter() - t) / len(every)
-        test_ids = ranking_all.ids[-len(sets.test):]
-        m_test = evaluate(test_ids, rel_test, QUALITY_METRICS)
-        m_all = evaluate(ranking_all.ids, rel_all, QUALITY_METRICS)
-        ia = indexing_accuracy(r.search(sets.corpus.images, 1).ids, len(sets.corpus), ks=(1,))["IA@1"]
-        rows.append((label, m_test, m_all, ia, t_index, t_search))
-        console.log(f"{label}: " + ", ".join(f"{k} {fmt(v)}" for k, v in m_test.items()) + f", IA@1 {ia.mean:.3f}")
-
-    for which, idx, n_q in (("test queries", 1, sizes["test"]), ("all query images (train+val+test)", 2, len(every))):
-        table = Table(title=f"Fashion-MNIST 32 px, N_total 1024, split_ratio 0.25, seed 0: {sizes['idb']} indexed, "
-                            f"{n_q} {which}; mean ± 95% CI")
-        for col in ("retriever", *QUALITY_METRICS, "IA@1", "index s", "ms/query"):
-            table.add_column(col)
-        chance = rows[0][idx]
-        table.add_row("chance (uniformly random ranking)", *(f"{chance[m].chance:.3f}" for m in QUALITY_METRICS),
-                      f"{rows[0][3].chance:.4f}", "", "")
-        for row in rows:
-            table.add_row(row[0], *(fmt(row[idx][m]) for m in QUALITY_METRICS), f"{row[3].mean:.3f}",
-                          f"{row[4]:.1f}", f"{row[5] * 1e3:.1f}")
-        console.print(table)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="quant,index,extract,quality", help="comma-separated parts to run")
+    ap.add_argument("--parts", default="quant,index,extract", help="comma-separated parts to run")
     ap.add_argument("--n-index", type=int, default=10_000, help="images for the end-to-end BoVW index time")
     ap.add_argument("--n-quant-images", type=int, default=1000, help="images whose descriptors are quantised")
     ap.add_argument("--n-same", type=int, default=20_000, help="descriptors timed with the numpy loop and vectorised")
@@ -205,8 +148,6 @@ def main() -> None:
         bench_index(args.n_index)
     if "extract" in parts:
         bench_extract(args.n_extract)
-    if "quality" in parts:
-        bench_quality()
 
 
 if __name__ == "__main__":
