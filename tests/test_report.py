@@ -18,6 +18,7 @@ STUDY = {
     "retriever": "pixels-knn",
     "space": {"center": [True, False], "batch_size": [16, 512]},
     "objective": {"metric": "MAP@10"},
+    "report": {"paper_table": True},
 }
 
 
@@ -44,7 +45,8 @@ def test_report_tables_images_and_numbers(study_store):
     root, uri = study_store
     md_path = write_report("report_check", tracking_uri=uri, out_dir=root / "reports")
     text = md_path.read_text()
-    for heading in ("## Set-up", "## Results", "## Parameter importances", "## Precision@K and example queries"):
+    for heading in ("## Set-up", "## Results", "## Parameter importances", "## Precision@K and example queries",
+                    "## Table 1 beside the paper"):  # the last one: `report: {paper_table: true}`
         assert heading in text
     assert "Chosen trial (best MAP@10 on the validation queries): **#" in text
 
@@ -166,6 +168,7 @@ def test_latency_study_report(tmp_path):
     text = write_report("latency_check", tracking_uri=uri, out_dir=tmp_path / "reports").read_text()
     assert "## Latency against database size" in text and "| method | sizes | slope |" in text
     assert "Crossover (batch 1)" in text and "dsi-random" in text
+    assert "## Table 1 beside the paper" not in text  # no `report: {paper_table: true}`
     rows = [line for line in text.splitlines() if line.startswith("| knn | ") or line.startswith("| dsi-random | ")]
     measured = [r for r in rows if len(r.split("|")) == 10]  # the all-measurements table
     assert len(measured) == 6

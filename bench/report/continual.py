@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from bench import plots
-from bench.report_data import StudyRecord, TrialRecord, metric_history
+from bench.report.data import StudyRecord, TrialRecord, metric_history
+from bench.report.markdown import md_table
 from bench.tracking import metric_key
 
 PREFIX = "continual/"
@@ -58,8 +59,7 @@ def continual_section(record: StudyRecord, out: Path, rel: str) -> str | None:
             ])
     header = ["method", "step", "indexed", "IA@1 original images", "IA@1 added images", record.objective,
               "step s", "s per image"]
-    table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                      + ["| " + " | ".join(r) + " |" for r in rows])
+    table = md_table(header, rows)
 
     curves = {method: {
         "IA@1 of the original images": list(enumerate(s["ia_original"])),
@@ -79,8 +79,7 @@ def continual_section(record: StudyRecord, out: Path, rel: str) -> str | None:
                       for d in dsis]
         lines += ["Cost of adding one image (wall seconds per added image, mean over the add steps and seeds) and "
                   "how many times a baseline's add it costs:",
-                  "\n".join(["| " + " | ".join(ratio_header) + " |", "|" + "---|" * len(ratio_header)]
-                            + ["| " + " | ".join(r) + " |" for r in ratio_rows])]
+                  md_table(ratio_header, ratio_rows)]
     full = next((d for d in dsis if trials[d].params.get("add_strategy") == "full"), None)
     for d in dsis:
         if trials[d].params.get("add_strategy") != "replay":

@@ -1,9 +1,9 @@
-"""What a report reads: one study's parent run and its finished trial runs, from MLflow only.
+"""What a report reads: one study's parent run and its trial runs, from MLflow only.
 
-`load_study_record` finds the newest parent run of a study (optionally at one scale) in
-any experiment of the tracking store and its nested FINISHED trial runs (for a trial
-number logged more than once, e.g. retried after a crash, the newest finished run), with
-their parameters, metrics (mean, 95% CI, chance, n) and tags. Nothing is recomputed.
+`load_study_record` finds the newest parent run of a study (optionally at one scale) in any
+experiment of the tracking store, and its nested trial runs as one pandas DataFrame in
+`mlflow.search_runs`' layout (`StudyRecord.runs`: one row per finished trial, the newest
+attempt of a retried trial number); `TrialRecord` is the typed view of one row. Nothing is recomputed.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import yaml
 
-from bench.tracking import PARENT_TAG, VAL_PREFIX, metric_name, resolve_tracking_uri
+from bench.tracking import PARENT_TAG, VAL_PREFIX, metric_key, metric_name, resolve_tracking_uri
 from vitdsi.errors import VitDSIError
 from vitdsi.metrics import parse_metric
 
@@ -84,7 +86,8 @@ class StudyRecord:
     params: dict[str, str]
     tags: dict[str, str]
     resolved: dict[str, Any]  # study_resolved.yaml
-    trials: list[TrialRecord] = field(default_factory=list)
+    runs: pd.DataFrame = field(default_factory=pd.DataFrame)  # finished trial runs, one row each, by trial number
+    trials: list[TrialRecord] = field(default_factory=list)  # the same runs, one TrialRecord each
     failed: list[FailedRecord] = field(default_factory=list)  # trial runs that FAILED or were KILLED
 
     @property
@@ -112,6 +115,25 @@ class StudyRecord:
         order = list(self.resolved.get("metrics", []))
         seen = {m for t in self.trials for m in t.metrics}
         return [m for m in order if m in seen] + sorted(seen - set(order))
+
+    def metric_table(self, metric: str, split: str = "test") -> pd.DataFrame:
+        """One metric of every trial on the test (or "val") queries, rows in trial order: columns
+        mean, ci95, chance, n and ci95_queries, NaN where a trial did not log it."""
+        key = f"metrics.{VAL_PREFIX if split == 'val' else ''}{metric_key(metric)}"
+        columns = {"mean": key, "ci95": f"{key}_ci95", "chance": f"{key}_chance", "n": f"{key}_n",
+                   "ci95_queries": f"{key}_qci95"}
+        table = pd.DataFrame({stat: self.column(col) for stat, col in columns.items()}, index=self.runs.index)
+        table["ci95_queries"] = table["ci95_queries"].fillna(table["ci95"])  # = ci95 for one seed
+        return table
+
+    def column(self, name: str, default: Any = np.nan) -> pd.Series:
+        """A column of `runs` (e.g. "params.mode", "metrics.index_seconds"); `default` where it is missing."""
+        return self.runs[name] if name in self.runs else pd.Series(default, index=self.runs.index)
+
+    def shared_chance(self, metric: str) -> float | None:
+        """The metric's chance level when every trial that logged it has the same one (one split), else None."""
+        chance = self.metric_table(metric)["chance"].dropna().round(12).unique()
+        return float(chance[0]) if len(chance) == 1 else None
 
     def best(self) -> TrialRecord | None:
         """The trial model choice picks: best objective on the validation queries."""
@@ -153,6 +175,52 @@ def _trial_metrics(raw: dict[str, float]) -> tuple[dict[str, MetricRecord], dict
     return metrics, val, extra
 
 
+def runs_frame(client: Any, experiment_ids: list[str], filter_string: str) -> pd.DataFrame:
+    """Runs as a DataFrame in `mlflow.search_runs`' layout (run_id, status, start_time and
+    metrics.* / params.* / tags.* columns), newest first. Built from `client` so that the
+    tracking store stays the report's own (`mlflow.search_runs` reads the process-wide one)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, order_by=["attributes.start_time DESC"],
+                                  max_results=5000, page_token=token)
+        runs += page
+        token = page.token
+        if not token:
+            break
+    frame = pd.DataFrame.from_records([
+        {"run_id": r.info.run_id, "status": r.info.status, "start_time": r.info.start_time,
+         **{f"metrics.{k}": v for k, v in r.data.metrics.items()},
+         **{f"params.{k}": v for k, v in r.data.params.items()},
+         **{f"tags.{k}": v for k, v in r.data.tags.items()}}
+        for r in runs
+    ], columns=["run_id", "status", "start_time"] if not runs else None)
+    number = pd.to_numeric(frame.get("tags.optuna.trial_number", pd.Series(index=frame.index, dtype=float)))
+    return frame.assign(number=number.fillna(-1).astype(int))
+
+
+def _trial_record(row: pd.Series) -> TrialRecord:
+    """The typed view of one finished trial run (a row of `runs_frame`)."""
+    def prefixed(prefix: str) -> dict[str, Any]:
+        return {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix) and not _missing(v)}
+
+    tags = prefixed("tags.")
+    metrics, val, extra = _trial_metrics(prefixed("metrics."))
+    return TrialRecord(
+        run_id=row["run_id"], number=int(row["number"]), method=tags.get("method", ""), retriever=tags.get("retriever", ""),
+        params=prefixed("params."), sampled=json.loads(tags.get("optuna.sampled", "{}")),
+        metrics=metrics, extra=extra, tags=tags, val_metrics=val,
+    )
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v))
+
+
+def _text(row: pd.Series, column: str, default: str = "") -> str:
+    v = row.get(column)
+    return default if _missing(v) else str(v)
+
+
 def load_study_record(study: str, tracking_uri: str | None = None, scale: str | None = None) -> StudyRecord:
     from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts
@@ -176,35 +244,17 @@ def load_study_record(study: str, tracking_uri: str | None = None, scale: str | 
         resolved = yaml.safe_load(f)
     record = StudyRecord(study, parent.info.run_id, parent.info.experiment_id, uri,
                          dict(parent.data.params), dict(parent.data.tags), resolved)
-    children = client.search_runs(
-        [parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}' AND attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=5000,
-    )
-    by_number: dict[int, TrialRecord] = {}
-    for run in children:
-        tags = run.data.tags
-        number = int(tags.get("optuna.trial_number", -1))
-        if number in by_number:  # an older attempt of the same trial
-            continue
-        metrics, val, extra = _trial_metrics(run.data.metrics)
-        by_number[number] = TrialRecord(
-            run_id=run.info.run_id, number=number, method=tags.get("method", ""), retriever=tags.get("retriever", ""),
-            params=dict(run.data.params), sampled=json.loads(tags.get("optuna.sampled", "{}")),
-            metrics=metrics, extra=extra, tags=dict(tags), val_metrics=val,
-        )
-    record.trials = [by_number[n] for n in sorted(by_number)]
-    stopped = client.search_runs(
-        [parent.info.experiment_id],
-        f"tags.`{PARENT_TAG}` = '{parent.info.run_id}' AND attributes.status != 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=5000,
-    )
-    record.failed = sorted(
-        (FailedRecord(run.info.run_id, int(run.data.tags.get("optuna.trial_number", -1)), run.info.status,
-                      json.loads(run.data.tags.get("optuna.sampled", "{}")), run.data.tags.get("error", ""))
-         for run in stopped if run.info.status in ("FAILED", "KILLED")
-         and int(run.data.tags.get("optuna.trial_number", -1)) not in by_number),
-        key=lambda f: f.number,
-    )
+    runs = runs_frame(client, [parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+    # for a trial number run more than once (retried after a crash), the newest finished attempt
+    finished = runs[runs["status"] == "FINISHED"].drop_duplicates("number").sort_values("number", kind="stable")
+    record.runs = finished.set_index("number", drop=False).rename_axis(None)
+    record.trials = [_trial_record(row) for _, row in record.runs.iterrows()]
+    stopped = runs[runs["status"].isin(["FAILED", "KILLED"]) & ~runs["number"].isin(finished["number"])]
+    record.failed = [
+        FailedRecord(row["run_id"], int(row["number"]), row["status"], json.loads(_text(row, "tags.optuna.sampled", "{}")),
+                     _text(row, "tags.error"))
+        for _, row in stopped.sort_values("number", kind="stable").iterrows()
+    ]
     return record
 
 

@@ -1,0 +1,63 @@
+"""`bench report STUDY`: a markdown report with PNG figures from what a study logged.
+
+Reads the study's parent run and trial runs from MLflow (`bench.report.data`) and their
+artifacts (splits, rankings); it retrains nothing. Plain markdown with relative image
+links, so it renders anywhere without network; docs/design.md ("Reports") lists the sections.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from bench.report.continual import continual_section
+from bench.report.data import load_study_record
+from bench.report.figures import curves_section, precision_and_grid_section
+from bench.report.latency import latency_section
+from bench.report.rankings import paired_section, seen_in_training_section
+from bench.report.results import (
+    best_section,
+    failed_section,
+    header_section,
+    importance_section,
+    results_section,
+    table1_section,
+)
+
+__all__ = ["write_report"]
+
+
+def write_report(study: str, *, tracking_uri: str | None = None, scale: str | None = None,
+                 out_dir: str | Path = "reports") -> Path:
+    """Write out_dir/STUDY.md and out_dir/STUDY/*.png; returns the markdown path."""
+    record = load_study_record(study, tracking_uri, scale)
+    out_dir = Path(out_dir)
+    fig_dir = out_dir / study
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    for old in fig_dir.glob("*.png"):
+        old.unlink()
+    rel = study
+    desc = (record.resolved.get("description") or "").strip()
+    sections = [f"# Study `{study}`", desc, "## Set-up", header_section(record)]
+    scored = any(t.metrics for t in record.trials)
+    rankings: dict = {}  # trial rankings and splits, read once for the sections that re-score them
+    for heading, section in (
+        ("## Latency against database size", lambda: latency_section(record, fig_dir, rel)),
+        ("## Results", lambda: scored and results_section(record) + "\n\n" + best_section(record)),
+        ("## Failed trials", lambda: failed_section(record)),
+        ("## Table 1 beside the paper", lambda: table1_section(record)),
+        ("## Parameter importances", lambda: importance_section(record)),
+        ("## Continual indexing", lambda: continual_section(record, fig_dir, rel)),
+        ("## Training curves", lambda: curves_section(record, fig_dir, rel)),
+        ("## Paired comparisons", lambda: scored and paired_section(record, fig_dir, rankings)),
+        ("## Seen and unseen in training", lambda: scored and seen_in_training_section(record, fig_dir, rankings)),
+        ("## Precision@K and example queries", lambda: scored and precision_and_grid_section(record, fig_dir, rel, rankings)),
+    ):
+        body = section()  # in this order: the ranking sections share `rankings`
+        if body:
+            sections += [heading, body]
+    shutil.rmtree(fig_dir / ".artifacts", ignore_errors=True)  # downloaded artifacts, not part of the report
+    md = "\n\n".join(s for s in sections if s) + "\n"
+    path = out_dir / f"{study}.md"
+    path.write_text(md)
+    return path

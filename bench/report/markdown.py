@@ -1,0 +1,43 @@
+"""Markdown pieces every report section uses: numbers as the report prints them (the tests
+parse them back), mean ± CI cells, pipe tables and a trial's label."""
+
+from __future__ import annotations
+
+import math
+
+from bench.report.data import StudyRecord, TrialRecord
+
+
+def fmt(x: float | None, digits: int = 4) -> str:
+    """A number as the report prints it (the tests parse these back)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def fmt_ci(mean: float | None, ci: float | None) -> str:
+    if mean is None:
+        return "n/a"
+    return fmt(mean) if ci is None or math.isnan(ci) else f"{fmt(mean)} ± {fmt(ci)}"
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def label(t: TrialRecord, record: StudyRecord) -> str:
+    sampled = {k: v for k, v in t.sampled.items() if k != "method"}
+    parts = [t.method] if len(record.resolved.get("methods", {})) > 1 else []
+    parts += [f"{k}={v}" for k, v in sampled.items()]
+    return " ".join(parts) or f"trial {t.number}"
+
+
+
+def sort_value(v: str) -> tuple:
+    """Order parameter values numerically when they are numbers, else by their text."""
+    try:
+        return (0, float(v), "")
+    except ValueError:
+        return (1, 0.0, v)

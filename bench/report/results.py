@@ -1,0 +1,260 @@
+"""The tables of a report (bench.report): the set-up header, one row per trial, the chosen
+trial, failed trials, parameter importances (fANOVA) and, for studies with
+`report: {paper_table: true}`, the paper's Table 1 beside ours (bench/paper.py). Tables
+whose rows are trials are built from the study's run DataFrame (`StudyRecord.runs`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import pandas as pd
+
+from bench.paper import METHOD_NOTE, paper_row
+from bench.report.data import StudyRecord
+from bench.report.markdown import fmt, fmt_ci, label, md_table
+
+
+def header_section(record: StudyRecord) -> str:
+    tags, ds = record.tags, record.resolved.get("dataset", {})
+    searched = {k[len("dataset."):] for t in record.trials for k in t.sampled if k.startswith("dataset.")}
+
+    def _ds(field: str) -> str:  # a dataset field the study searches varies per trial: say so
+        return "per trial (see the results)" if field in searched else str(ds.get(field))
+
+    versions = ", ".join(f"{k[len('version.'):]} {v}" for k, v in sorted(tags.items()) if k.startswith("version."))
+    device = tags.get("device", "?")
+    if tags.get("device.name"):
+        device += f" ({tags['device.name']})"
+    rows = [
+        ["report written", dt.datetime.now().strftime("%Y-%m-%d %H:%M")],
+        ["study run", f"`{record.run_id}` (experiment {record.experiment_id}), Optuna study `{tags.get('optuna.study_name', '?')}`"],
+        ["git", f"`{tags.get('git.sha', '?')[:12]}`" + (f" (dirty tree: {tags.get('git.changed', 'files not recorded')})" if tags.get("git.dirty") == "true" else "")],
+        ["device", device],
+        ["packages", versions or "?"],
+        ["scale", record.scale],
+        ["dataset", f"{ds.get('name')} at {ds.get('size')} px, n_total {_ds('n_total')}, split_ratio {_ds('split_ratio')}, "
+                    f"queries train/val/test {ds.get('query_fractions')}, split seed {ds.get('seed')}"],
+        ["protocol", "per trial (see the results)" if "protocol" in searched else _protocol(ds)],
+        ["objective", f"{record.objective} ({record.direction}), sampler {record.params.get('sampler')}, "
+                      f"repeats {record.params.get('repeats')} seed(s) per trial"],
+        ["trials", f"{len(record.trials)} finished"],
+    ]
+    return md_table(["", ""], rows)
+
+
+def _protocol(ds: dict) -> str:
+    """The evaluation protocol in words (vitdsi.data.protocols)."""
+    if ds.get("protocol") == "graded":
+        gain = {"gain": "shared", **(ds.get("graded") or {})}["gain"]
+        return ("graded: multi-label, relevant = a shared category; nDCG gains = "
+                + ("the number of shared categories" if gain == "shared" else "the Jaccard index of the category sets"))
+    if ds.get("protocol") == "unseen-classes":
+        share = {"share": 0.3, **(ds.get("unseen") or {})}["share"]
+        return (f"unseen-classes: {share:.0%} of the classes (seeded) are indexed but their labels and train queries "
+                "never reach training; relevance = same class; test reported for seen and unseen classes")
+    if ds.get("protocol", "class") != "instance":
+        return "class: queries are other images, relevant = same class (or a shared category)"
+    opts = {"strength": "medium", "train_views": 2, "untrained_share": 0.5, **(ds.get("instance") or {})}
+    return (f"instance: queries are new views ({opts['strength']}) of indexed images, each relevant to its source "
+            f"only; {opts['train_views']} train view(s) of each image except a {opts['untrained_share']:.0%} share "
+            "that has none; validation and test views from their own seeds")
+
+
+def results_section(record: StudyRecord) -> str:
+    names = record.metric_names()
+    objective = record.objective
+    seeds = int(pd.to_numeric(record.column("params.repeats", 1)).fillna(1).max()) if len(record.runs) else 1
+    tables = {m: record.metric_table(m) for m in names}
+    shared_chance = {m: record.shared_chance(m) for m in names}
+    val = record.metric_table(objective, "val")
+    has_val = bool(val["mean"].notna().any())
+    best = record.best()
+    cols: dict[str, Any] = {
+        "#": record.runs["number"].astype(str),
+        "trial": [label(t, record) + (" **(chosen)**" if best is not None and t is best else "") for t in record.trials],
+        "learns from": record.column("tags.supervision", "not recorded").fillna("not recorded"),
+    }
+    ia = next((tables[m]["n"] for m in names if m.startswith("IA@")), None)
+    indexed = record.column("metrics.n_indexed") if ia is None else ia.where(ia > 0, record.column("metrics.n_indexed"))
+    test = next((tables[m]["n"] for m in names if not m.startswith("IA@")), None)
+    cols["indexed"] = _counts(indexed)
+    cols["test queries"] = _counts(test if test is not None else record.column("metrics.none"))
+    if has_val:
+        cols[f"{objective} validation (model choice)"] = _ci_cells(val["mean"], val["ci95"])
+    for m in names:
+        t = tables[m]
+        cells = _ci_cells(t["mean"], t["ci95"])
+        if shared_chance[m] is None:
+            chance = t["chance"].where(t["mean"].notna())
+            cells = cells + chance.map(lambda c: "" if pd.isna(c) else f" (chance {fmt(c)})")
+        cols[_metric_header(m, shared_chance[m])] = cells
+    if seeds > 1:
+        cols[f"{objective} ± CI over queries"] = _ci_cells(tables[objective]["mean"], tables[objective]["ci95_queries"])
+    cols["index s"] = record.column("metrics.index_seconds").map(lambda v: fmt(v, 1))
+    cols["ms / query"] = record.column("metrics.query_ms").map(lambda v: fmt(v, 2))
+    table = pd.DataFrame(cols, index=record.runs.index)
+    note = ("Metric columns are test numbers: the mean over all test queries (IA@K: over all indexed images) ± the "
+            "half-width of its 95% Student-t confidence interval; with several seeds (each with its own split and "
+            "training seed), the mean over seeds ± the CI across seeds"
+            + (f", and the last {objective} column gives the CI over the pooled queries of all seeds" if seeds > 1 else "")
+            + ". Chance is the exact expectation under a uniformly random ranking of the same split. "
+            + (f"Model choice (Optuna's objective, the chosen trial) reads only the {objective} of the validation "
+               "queries; test queries are never used to choose. " if has_val else
+               "These runs logged no validation metrics, so model choice read test numbers. ")
+            + "*Learns from* says what reached training besides the corpus pixels: with class-identity relevance a "
+              "method that learns from labels is rewarded for classifying, so compare it with a label-matched "
+              "baseline (`classifier`, `dual-encoder`), not only with label-free ones.")
+    warnings = []
+    few = sorted({int(n) for m in names if not m.startswith("IA@") for n in tables[m]["n"].dropna() if n < 30})
+    if few:
+        warnings.append(f"**Warning:** some splits have only {', '.join(map(str, few))} test queries (fewer than 30): "
+                        "their intervals are wide and a Student-t CI is only approximate at that size.")
+    useless = [m for m in names if shared_chance[m] is not None and _no_information(m, shared_chance[m])]
+    if useless:
+        warnings.append(f"{', '.join(useless)}: chance is {fmt(1.0)}, so every ranking scores it (e.g. R@100 with at "
+                        "most 100 indexed images): the column carries no information.")
+    if (record.column("params.mode") == "fine-tuned").any() and any(m.startswith("IA@") for m in names):
+        warnings.append("IA@K of fine-tuned DSIs: fine-tuning trains each train query to the id of a random relevant "
+                        "(same-class) image, with no indexing examples left in the batches, so the model stops mapping "
+                        "an indexed image to its own id and IA@1 falls towards the share of its class (catastrophic "
+                        "forgetting of the index). The multitask mode keeps indexing examples in every batch to avoid it.")
+    return "\n\n".join([md_table(list(table.columns), table.values.tolist()), note, *warnings])
+
+
+def _ci_cells(mean: pd.Series, ci: pd.Series) -> pd.Series:
+    """mean ± CI per trial ("n/a" where the trial did not log the metric)."""
+    return pd.Series([fmt_ci(m, c) if pd.notna(m) else "n/a" for m, c in zip(mean, ci)], index=mean.index)
+
+
+def _counts(n: pd.Series) -> pd.Series:
+    """Whole numbers per trial ("?" where unknown or zero)."""
+    return n.map(lambda v: str(int(v)) if pd.notna(v) and v else "?")
+
+
+def _no_information(metric: str, chance: float) -> bool:
+    """True when a random ranking already scores the metric's best value (chance 1 for a
+    higher-is-better metric, 0 for FPR)."""
+    from vitdsi.metrics import parse_metric
+
+    best = 1.0 if parse_metric(metric).family.higher_is_better else 0.0
+    return abs(chance - best) < 1e-9
+
+
+def _metric_header(metric: str, chance: float | None) -> str:
+    from vitdsi.metrics import parse_metric
+
+    parts = [] if chance is None else [f"chance {fmt(chance)}"]
+    if not parse_metric(metric).family.higher_is_better:
+        parts.append("lower is better")
+    if chance is not None and _no_information(metric, chance):
+        parts.append("no information")
+    return f"{metric} ({'; '.join(parts)})" if parts else metric
+
+
+def best_section(record: StudyRecord) -> str:
+    best = record.best()
+    if best is None:
+        return "No finished trial has the objective metric."
+    m = best.metrics[record.objective]
+    split = best.choice_split(record.objective)
+    return (f"Chosen trial (best {record.objective} on the {split}): **#{best.number} {label(best, record)}** "
+            f"with {fmt(best.choice_value(record.objective))} there; its test {record.objective} = "
+            f"{fmt_ci(m.mean, m.ci95)} (chance {fmt(m.chance)}). "
+            f"Run `{best.run_id}`; query its index with `bench search --run {best.run_id} IMAGE...`.")
+
+
+def failed_section(record: StudyRecord) -> str | None:
+    """Trial runs that failed or were interrupted, and whether their point was completed later."""
+    if not record.failed:
+        return None
+    done = {json.dumps(t.sampled, sort_keys=True, default=str): t.number for t in record.trials}
+    rows = []
+    for f in record.failed:
+        later = done.get(json.dumps(f.sampled, sort_keys=True, default=str))
+        label = ", ".join(f"{k}={v}" for k, v in f.sampled.items()) or f"trial {f.number}"
+        rows.append([str(f.number), label, f.status, f.error[:200] or "—",
+                     f"yes, by #{later}" if later is not None else "**no**"])
+    return ("Trial runs that did not finish (FAILED: an error; KILLED: Ctrl-C or SIGTERM). `bench run` retries a "
+            "failed grid point before any new one.\n\n"
+            + md_table(["#", "trial", "status", "error", "point completed later"], rows))
+
+
+def importance_section(record: StudyRecord) -> str | None:
+    space = record.resolved.get("space", {})
+    if len(space) < 2 or len(record.trials) < 4:
+        return None
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    dists = {}
+    for key, spec in space.items():
+        kind = spec.get("type")
+        if kind == "categorical":
+            dists[key] = CategoricalDistribution([json_safe(c) for c in spec["choices"]])
+        elif kind == "int":
+            dists[key] = IntDistribution(spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step") or 1)
+        elif kind == "float":
+            dists[key] = FloatDistribution(spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step"))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction=record.direction)
+    for t in record.trials:
+        value = t.value(record.objective)
+        params = {k: json_safe(t.sampled[k]) for k in dists if k in t.sampled}
+        if value is None or len(params) != len(dists):
+            continue
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+    if len(study.trials) < 4:
+        return None
+    try:
+        imp = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except (RuntimeError, ValueError) as e:
+        return f"Parameter importances could not be computed: {e}"
+    rows = [[k, fmt(v, 3)] for k, v in imp.items()]
+    return (md_table(["parameter", f"importance for {record.objective} (fANOVA)"], rows)
+            + f"\n\nFrom {len(study.trials)} finished trials; importances sum to 1.")
+
+
+def json_safe(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def table1_section(record: StudyRecord) -> str | None:
+    """The paper's Table 1 beside ours, per DB size and method, with a chance row per size."""
+    if not record.paper_table:
+        return None
+    # (our metric, the paper's column beside it): the paper's "MAP@10" is Precision@10 (bench.paper)
+    cols = [("IA@1", "IA@1"), ("IA@5", "IA@5"), ("P@10", 'paper "MAP@10" (= P@10)'), ("MAP@10", None),
+            ("R@100", "R@100")]
+    header = ["DB size", "method", "learns from"]
+    for ours, theirs in cols:
+        header += [f"{ours} ours"] + ([f"{theirs} paper" if theirs == ours else theirs] if theirs else [])
+    runs = record.runs.assign(size=pd.to_numeric(record.column("params.dataset.n_total", 0)).fillna(0).astype(int),
+                              method=record.column("tags.method", "").fillna(""))
+    tables = {ours: record.metric_table(ours) for ours, _ in cols}
+    cells = {ours: _ci_cells(t["mean"], t["ci95"]) for ours, t in tables.items()}
+
+    def _opt(v: Any) -> Any:
+        return None if pd.isna(v) else v
+
+    rows = []
+    for number, run in runs.sort_values(["size", "method"], kind="stable").iterrows():
+        paper = paper_row(_opt(run.get("tags.retriever")), _opt(run.get("params.mode")), _opt(run.get("params.id_scheme")),
+                          run["size"]) or {}
+        row = [str(run["size"]), run["method"], _opt(run.get("tags.supervision")) or "not recorded"]
+        for ours, theirs in cols:
+            row.append(cells[ours][number])
+            if theirs:
+                row.append(fmt(paper.get(ours), 3) if paper.get(ours) is not None else "—")
+        rows.append(row)
+    for number, run in runs.drop_duplicates("size").sort_values("size").iterrows():  # each size's first trial
+        row = [str(run["size"]), "*chance*", ""]
+        for ours, theirs in cols:
+            chance = tables[ours].loc[number]
+            row.append(fmt(chance["chance"]) if pd.notna(chance["mean"]) and pd.notna(chance["chance"]) else "n/a")
+            if theirs:
+                row.append("")
+        rows.append(row)
+    return md_table(header, rows) + "\n\n" + METHOD_NOTE
