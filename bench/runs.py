@@ -83,13 +83,14 @@ def open_trial_run(run_id: str, tracking_uri: str | None = None, *, with_index: 
                           "pick a nested trial run, e.g. the study's best.run_id tag")
     folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix=f"bench-run-{run_id[:8]}-"))
     names = ["config.yaml", "split.json", "rankings.npz"] + (["index"] if with_index else [])
-    present = {a.path for a in client.list_artifacts(run_id)}
     for name in names:
-        if name not in present:
+        # a run copied by `bench run --reuse` keeps no index: it stays in the run it copies
+        owner = run.data.tags.get("reused_from", run_id) if name == "index" else run_id
+        if name not in {a.path for a in client.list_artifacts(owner)}:
             if name == "index":
                 continue  # load_index explains
             raise VitDSIError(f"run {run_id} has no artifact {name} (status {run.info.status}); was the trial finished?")
-        download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(folder), tracking_uri=uri)
+        download_artifacts(run_id=owner, artifact_path=name, dst_path=str(folder), tracking_uri=uri)
     config = TrialConfig.model_validate(yaml.safe_load((folder / "config.yaml").read_text()))
     split = Split.load(folder / "split.json")
     return TrialRun(run_id, config, split, folder)

@@ -1,15 +1,6 @@
-"""MLflow logging of studies and trials, by hand with the MLflow client (docs/design.md,
-"Optuna and MLflow"; the Optuna MLflow callback is deprecated).
-
-One parent run per study, one nested run per trial holding every parameter, the
-per-epoch training curves, the final metrics with their 95% CI and chance level, the
-resolved config, the split, the rankings and the trained index as artifacts, and tags for
-the git commit, package versions, device and dataset. The store is `sqlite:///mlflow.db`
-in the working directory unless `--tracking-uri` or MLFLOW_TRACKING_URI says otherwise;
-artifacts of a local store go to `mlartifacts/` beside it.
-
-MLflow metric names may not contain '@', so "MAP@10" is logged as "MAP_at_10" (with
-"MAP_at_10_ci95" and "MAP_at_10_chance"); `metric_key` / `metric_name` convert.
+"""MLflow logging of studies and trials, by hand with the MLflow client (the Optuna MLflow
+callback is deprecated): one parent run per study, one nested run per trial. What a run holds,
+where the store is and how metric names are written: docs/design.md, "MLflow".
 """
 
 from __future__ import annotations
@@ -217,6 +208,8 @@ class Tracker:
             "method": cfg.method,
             "retriever": cfg.retriever,
             "dataset": cfg.dataset.name,
+            "trial.fingerprint": cfg.fingerprint(),  # the build (TrialConfig.fingerprint)
+            "trial.result_fingerprint": cfg.result_fingerprint(),  # the build and the query arguments
             "worker": worker_id(),
             **self._common_tags(device),
             **(extra_tags or {}),
@@ -251,6 +244,8 @@ class Tracker:
                                            for k in sorted(keys)}, step=step)
             self._log_text(run_id, json.dumps([rep.continual for rep in result.repeats], indent=1), "continual.json")
         self.client.set_tag(run_id, "device", result.device)
+        if result.index_reused:
+            self.client.set_tag(run_id, "index.reused", "true")  # built by an earlier trial of this worker
         supervision = result.retriever.supervision_used()
         self.client.set_tag(run_id, "supervision", supervision.describe())
         self.client.set_tag(run_id, "supervision.uses_labels", str(supervision.uses_labels).lower())

@@ -1,15 +1,7 @@
 """One trial: dataset + split, build the retriever, index, query, score (paper sections 2-3).
 
-The data flow of the harness (docs/design.md): config -> dataset + split -> retriever.index -> retriever.search
--> rankings -> metrics. Test queries are ranked against the indexed database (IDB) and
-scored on `sets.relevance("test")` (the protocol decides relevance); validation queries are ranked and scored the
-same way, and model choice (the Optuna objective, the best trial) reads only them, while
-reports print the test numbers. Indexing accuracy (IA@K) queries the IDB with its own
-images. Only the IDB and the train queries reach `retriever.index`. A trial runs `repeats`
-seeds, and the split seed moves with the training seed; its headline numbers are the mean
-over seeds with a 95% CI across seeds (across queries for one seed), beside the CI over the
-pooled queries of all seeds.
-Prepared datasets and splits are cached per process, so the trials of a study share them.
+Every seed of a trial, its test and validation metrics, and their summaries over seeds;
+docs/design.md ("A trial") has the data flow and what model choice reads.
 """
 
 from __future__ import annotations
@@ -38,6 +30,7 @@ from vitdsi.retrievers.base import Ranking, Retriever, create
 _DATASETS: OrderedDict[str, ImageSet] = OrderedDict()  # load kwargs -> dataset, last few used
 _SPLITS: OrderedDict[str, tuple[Split, SplitSets]] = OrderedDict()
 _MAX_DATASETS, _MAX_SPLITS = 2, 8
+_BUILT: dict[tuple[str, int, str | None], tuple[Retriever, float, list[dict[str, Any]]]] = {}  # built indexes, see _build
 
 
 def _key(*parts: Any) -> str:
@@ -122,6 +115,7 @@ class TrialResult:
     val_summary: dict[str, Summary]  # validation queries: what model choice reads
     retriever: Retriever  # the first seed's trained index (saved as an artifact)
     device: str
+    index_reused: bool = False  # the indexes were built by an earlier trial of this process (query arguments differ)
     timings: dict[str, float] = field(default_factory=dict)
 
     def value(self, metric: str) -> float:
@@ -156,23 +150,7 @@ def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHoo
         seed = cfg.seed + r
         split, sets = prepare(repeat_data(cfg.dataset, r))
         corpus = sets.corpus
-        retriever = create(cfg.retriever, **cfg.params, seed=seed, device=device)
-        if cfg.query:
-            retriever.set_query_arguments(**cfg.query)
-        hook = (lambda entry, r=r: on_epoch(r, _as_dict(entry))) if on_epoch and retriever.reports_epochs else None
-        steps: list[dict[str, float]] = []
-        t0 = time.perf_counter()
-        if cfg.continual is not None:
-            from bench.continual import index_continually
-
-            steps = index_continually(retriever, sets, cfg.continual, ranked, k_test)
-        else:
-            retriever.index(corpus, train_queries=sets.train, on_epoch=hook)
-        index_seconds = time.perf_counter() - t0
-        history = [_as_dict(e) for e in getattr(retriever, "history", None) or []]
-        if on_epoch is not None and not retriever.reports_epochs:
-            for entry in history:
-                on_epoch(r, entry)
+        retriever, index_seconds, history, steps, reused = _build(cfg, r, sets, device, on_epoch, ranked, k_test)
 
         t0 = time.perf_counter()
         test = _search_padded(retriever, sets.test.images, k_test)
@@ -195,15 +173,54 @@ def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHoo
             kept = retriever
             if cfg.latency is not None:
                 latency = measure_latency(retriever, sets.test.images, cfg.latency, index_seconds)
-        else:
-            del retriever
     return TrialResult(
         config=cfg, split=repeats[0].split, repeats=repeats, summary=summarise(repeats, cfg.metrics, "test"),
         val_summary=summarise(repeats, [m for m in ranked if repeats[0].val_metrics], "val"),
-        retriever=kept, device=str(kept.device),
+        retriever=kept, device=str(kept.device), index_reused=reused,
         timings={"index_seconds": float(np.mean([x.index_seconds for x in repeats])),
                  "query_ms": float(np.mean([x.query_ms for x in repeats])), **latency},
     )
+
+
+def _build(cfg: TrialConfig, r: int, sets: SplitSets, device: str | None, on_epoch: EpochHook | None,
+           ranked: list[str], k_test: int) -> tuple[Retriever, float, list[dict[str, Any]], list[dict[str, float]], bool]:
+    """Repeat `r`'s index with the trial's query arguments set: (retriever, build seconds,
+    training history, continual steps, whether it was reused). The indexes of the last build
+    fingerprint stay in memory, so trials that differ only in query arguments build once
+    (put query arguments last in a grid's `space` so that such points run one after another)."""
+    key = (cfg.fingerprint(), r, device)
+    if cfg.continual is None and key in _BUILT:
+        retriever, index_seconds, history = _BUILT[key]
+        retriever.set_query_arguments(**{**retriever.query_defaults, **cfg.query})
+        for entry in history if on_epoch is not None else []:  # the curves of the build, in this run too
+            on_epoch(r, entry)
+        return retriever, index_seconds, history, [], True
+    retriever = create(cfg.retriever, **cfg.params, seed=cfg.seed + r, device=device)
+    retriever.set_query_arguments(**cfg.query)
+    hook = (lambda entry: on_epoch(r, _as_dict(entry))) if on_epoch and retriever.reports_epochs else None
+    steps: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    if cfg.continual is not None:
+        from bench.continual import index_continually
+
+        steps = index_continually(retriever, sets, cfg.continual, ranked, k_test)
+    else:
+        retriever.index(sets.corpus, train_queries=sets.train, on_epoch=hook)
+    index_seconds = time.perf_counter() - t0
+    history = [_as_dict(e) for e in getattr(retriever, "history", None) or []]
+    if on_epoch is not None and not retriever.reports_epochs:
+        for entry in history:
+            on_epoch(r, entry)
+    if cfg.continual is None:
+        for old in [k for k in _BUILT if k[0] != key[0]]:  # one build (all its repeats) at a time
+            del _BUILT[old]
+        _BUILT[key] = (retriever, index_seconds, history)
+    return retriever, index_seconds, history, steps, False
+
+
+def forget_built() -> None:
+    """Drop the kept indexes (bench.study calls it when a run starts and ends)."""
+    _BUILT.clear()
 
 
 def measure_latency(retriever: Retriever, queries: torch.Tensor, opts: dict[str, Any], build_s: float) -> dict[str, float]:

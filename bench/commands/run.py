@@ -22,6 +22,7 @@ def command(
     heartbeat: int = typer.Option(10, "--heartbeat", min=1, help="Seconds between trial heartbeats; a trial silent for 3 beats is re-queued."),
     threads: int = typer.Option(None, "--threads", min=1, help="torch / FAISS / OpenCV threads of this worker (default: the file's `threads`, else every core); with several workers on one machine give each cores / workers."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="When only other workers' trials remain, wait for them (and take over dead ones)."),
+    reuse: bool = typer.Option(False, "--reuse", help="A trial whose configuration (dataset, split, build parameters, seed, query arguments) already finished in this tracking store copies that run's metrics, tagged reused_from, instead of training again."),
     overrides: list[str] = typer.Option(None, "--set", help="Override a field of the file, e.g. --set dataset.root=/data/imagenet --set repeats=3 (repeatable)."),
     check: bool = typer.Option(False, "--check", help="Validate the study file, print the resolved study and exit."),
 ) -> None:
@@ -45,7 +46,7 @@ def command(
         from bench.study import RunOptions, StudyMismatchError, describe, run, trials_table
 
         options = RunOptions(storage=storage, tracking_uri=tracking_uri, study_name=study_name, n_trials=n_trials,
-                             device=device, heartbeat=heartbeat, wait_for_others=wait, threads=threads)
+                             device=device, heartbeat=heartbeat, wait_for_others=wait, threads=threads, reuse=reuse)
         previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
         try:
             outcome = run(study, options)

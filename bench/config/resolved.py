@@ -95,6 +95,22 @@ class TrialConfig(Resolved):
     latency: dict[str, Any] | None = None  # LatencyConfig fields, for latency studies
     continual: dict[str, Any] | None = None  # ContinualConfig fields, for continual-indexing studies
 
+    def fingerprint(self) -> str:
+        """What a trial builds: retriever, build parameters, the dataset with its options,
+        protocol and split, the seeds (first seed, repeats) and continual steps. Not the query
+        arguments, metrics, names or device: trials with one fingerprint build the same index."""
+        return digest(self.model_dump(mode="json", include={"retriever", "params", "dataset", "seed", "repeats", "continual"}))
+
+    def result_fingerprint(self) -> str:
+        """The fingerprint with the query arguments and latency settings: trials with one result
+        fingerprint measure the same numbers (`bench run --reuse` copies them)."""
+        return digest({"build": self.fingerprint(), **self.model_dump(mode="json", include={"query", "latency"})})
+
+
+def digest(d: dict[str, Any]) -> str:
+    """A short stable hash of a JSON-able dict (key order does not matter)."""
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
 
 class Study(Resolved):
     """A validated study at one scale: what `bench run` executes."""
@@ -188,4 +204,4 @@ class Study(Resolved):
         d = self.model_dump()
         for key in ("description", "n_trials", "mlflow", "threads", "report"):
             d.pop(key, None)
-        return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return digest(d)

@@ -12,6 +12,7 @@ import optuna
 from rich.markup import escape
 
 from bench.config import Categorical, FloatRange, IntRange, Study
+from bench.reuse import REUSED_TAG, find_source, reuse
 from bench.tracking import EpochLogger, Tracker, worker_id
 from vitdsi.log import console
 
@@ -21,8 +22,8 @@ def fmt(x: float | None) -> str:
 
 
 class Objective:
-    """Called by `study.optimize` with the trial it popped or made: run it, log it, return the
-    objective. A failure is recorded (Optuna user attr `error`, MLflow tag and error.txt) and
+    """Called by `study.optimize` with the trial it popped or made: run it (or, with `--reuse`,
+    copy a finished run of the same configuration), log it, return the objective. A failure is recorded (Optuna user attr `error`, MLflow tag and error.txt) and
     re-raised; Ctrl-C marks the MLflow run KILLED and stops the worker."""
 
     def __init__(self, study: Study, ostudy, tracker: Tracker, *, experiment_id: str, parent_id: str,
@@ -44,8 +45,6 @@ class Objective:
         return out
 
     def __call__(self, trial) -> float:
-        from bench.trial import run_trial
-
         if self.claim is not None:
             self.claim.release()  # the trial is popped: other workers may claim theirs
         if self.grid is not None:
@@ -55,8 +54,10 @@ class Objective:
                 raise optuna.TrialPruned(reason)
         sampled = self.suggest(trial)
         cfg = self.study.trial_config(sampled)
-        retry_of = trial.user_attrs.get("retry_of")
-        tags = {"optuna.retry_of": str(retry_of)} if retry_of is not None else None
+        source = find_source(self.tracker, cfg) if self.options.reuse else None
+        tags = {"optuna.retry_of": str(trial.user_attrs["retry_of"])} if "retry_of" in trial.user_attrs else {}
+        if source is not None:
+            tags[REUSED_TAG] = source.data.tags.get(REUSED_TAG, source.info.run_id)
         run_id = self.tracker.start_trial(experiment_id=self.experiment_id, parent_run_id=self.parent_id,
                                           study_name=self.study_name, number=trial.number, cfg=cfg,
                                           device=self.options.device, extra_tags=tags)
@@ -64,20 +65,17 @@ class Objective:
         trial.set_user_attr("method", cfg.method)
         trial.set_user_attr("worker", worker_id())
         label = escape("[" + (", ".join(f"{k}={v}" for k, v in sampled.items()) or cfg.method) + "]")
-        console.print(f"trial {trial.number} {label} started (MLflow run {run_id[:8]})")
+        how = f"reusing run {tags[REUSED_TAG][:8]}" if source is not None else "started"
+        console.print(f"trial {trial.number} {label} {how} (MLflow run {run_id[:8]})")
         self.outcome.ran += 1
         t0 = time.perf_counter()
-        curves = EpochLogger(self.tracker, run_id, seeds=cfg.repeats > 1, first_seed=cfg.seed)
         try:
-            try:
-                result = run_trial(cfg, device=self.options.device, on_epoch=curves)
-            finally:
-                curves.flush()
-            value = result.objective(self.study.metric)  # validation queries: model choice never reads test
-            if not np.isfinite(value):
-                raise ValueError(f"objective {self.study.metric} is {value} on the validation queries "
-                                 "(no validation query has a relevant image?)")
-            self.tracker.finish_trial(run_id, result, log_index=self.study.log_index)
+            if source is not None:
+                summary, val_summary = reuse(self.tracker, source, run_id, cfg)
+                value = self.value(summary, val_summary)
+                trial.set_user_attr(REUSED_TAG, tags[REUSED_TAG])
+            else:
+                summary, val_summary, value = self._run(cfg, run_id)
         except KeyboardInterrupt:
             trial.set_user_attr("error", "interrupted (Ctrl-C / SIGTERM)")
             self.tracker.fail_trial(run_id, "interrupted (Ctrl-C / SIGTERM)", status="KILLED")
@@ -89,10 +87,35 @@ class Objective:
             self.tracker.fail_trial(run_id, traceback.format_exc())
             console.print(f"[red]trial {trial.number} failed[/]: {escape(f'{type(e).__name__}: {e}')}")
             raise
-        trial.set_user_attr("metrics", {k: v.to_dict() for k, v in result.summary.items()})
-        trial.set_user_attr("val_metrics", {k: v.to_dict() for k, v in result.val_summary.items()})
+        trial.set_user_attr("metrics", summary)
+        trial.set_user_attr("val_metrics", val_summary)
         trial.set_user_attr("seconds", time.perf_counter() - t0)
-        s = result.summary[self.study.metric]
+        s = summary[self.study.metric]
         console.print(f"trial {trial.number} {label} {self.study.metric} validation {value:.4f} (objective), "
-                      f"test {s.mean:.4f} ± {fmt(s.ci95)} (chance {s.chance:.4f}) in {time.perf_counter() - t0:.1f} s")
+                      f"test {s['mean']:.4f} ± {fmt(s['ci95'])} (chance {s['chance']:.4f}) in {time.perf_counter() - t0:.1f} s")
         return value
+
+    def value(self, summary: dict[str, Any], val_summary: dict[str, Any]) -> float:
+        """The objective: the validation queries' mean, so model choice never reads test (IA@K,
+        which queries the indexed images themselves, reads them)."""
+        value = (val_summary if self.study.metric in val_summary else summary)[self.study.metric]["mean"]
+        if not np.isfinite(value):
+            raise ValueError(f"objective {self.study.metric} is {value} on the validation queries "
+                             "(no validation query has a relevant image?)")
+        return value
+
+    def _run(self, cfg, run_id: str) -> tuple[dict[str, Any], dict[str, Any], float]:
+        """Train and measure the trial (bench.trial) and log it: its test and validation summaries
+        and objective."""
+        from bench.trial import run_trial
+
+        curves = EpochLogger(self.tracker, run_id, seeds=cfg.repeats > 1, first_seed=cfg.seed)
+        try:
+            result = run_trial(cfg, device=self.options.device, on_epoch=curves)
+        finally:
+            curves.flush()
+        summary = {k: v.to_dict() for k, v in result.summary.items()}
+        val_summary = {k: v.to_dict() for k, v in result.val_summary.items()}
+        value = self.value(summary, val_summary)  # raises before the run is logged FINISHED
+        self.tracker.finish_trial(run_id, result, log_index=self.study.log_index)
+        return summary, val_summary, value

@@ -21,6 +21,7 @@ from bench.study.samplers import make_sampler
 from bench.study.storage import ClaimLock, make_storage
 from bench.study.summary import RunOutcome, count_states
 from bench.tracking import Tracker, default_storage, redact
+from bench.trial import forget_built, prepare
 from vitdsi.data import DATASETS
 from vitdsi.errors import DatasetNotFoundError, VitDSIError
 from vitdsi.log import console, get_logger, progress
@@ -41,6 +42,7 @@ class RunOptions:
     heartbeat: int = 10  # seconds between trial heartbeats; stale after 3 missed
     wait_for_others: bool = True  # when only other workers' trials remain, wait for them
     threads: int | None = None  # torch / FAISS / OpenCV threads of this worker; None = the study's `threads`
+    reuse: bool = False  # copy the result of a finished run with the same configuration (bench.reuse)
 
 
 class StudyMismatchError(RuntimeError):
@@ -63,11 +65,9 @@ def run(study: Study, options: RunOptions | None = None) -> RunOutcome:
 def _check_data(study: Study) -> list[str]:
     """Fail before any trial on data that is not there or too small (every trial's dataset,
     cheaply), then load the first trial's dataset and split."""
-    from bench import trial as trial_mod
-
     notes = check_data(study)
     try:
-        trial_mod.prepare(study.dataset)
+        prepare(study.dataset)
     except VitDSIError as e:
         # the "where is it" hint only when the data are missing, not for e.g. too few images
         hint = ("; give its location with `dataset: {root: PATH}` in the study or `bench run --set dataset.root=PATH`"
@@ -88,6 +88,7 @@ def _run(study: Study, options: RunOptions) -> RunOutcome:
     if grid is not None:
         target = min(target, len(grid.points))
     notes = _check_data(study)
+    forget_built()  # indexes are shared by the trials of one run only
 
     storage = make_storage(storage_url, options.heartbeat, tracker)
     claim = ClaimLock(storage_url, study_name)
@@ -145,6 +146,7 @@ def _run(study: Study, options: RunOptions) -> RunOutcome:
         outcome.interrupted = True
         console.print("[yellow]interrupted[/]: the running trial is recorded as failed; run the same command again to resume")
     finally:
+        forget_built()
         outcome.read(ostudy.get_trials(deepcopy=False), study.direction)
         try:
             tracker.log_study_summary(parent_id, study.metric, outcome.best, outcome.counts)
