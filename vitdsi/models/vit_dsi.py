@@ -12,7 +12,8 @@ The `atomic` variant (Tay et al.'s unstructured atomic ids) replaces the decoder
 softmax head over the corpus on the mean-pooled encoding: one step per query.
 
 The encoder (patches, positions, encoder layers) is `vitdsi.models.vit_encoder.VitEncoder`,
-shared with the label-matched baselines (`classifier`, `dual-encoder`).
+shared with the label-matched baselines (`classifier`, `dual-encoder`), or a borrowed
+pretrained CNN (`vitdsi.models.borrowed_encoder`, seed 002) when `encoder` names one.
 
 Shapes: B queries, W hypotheses per query (beams; 1 in training), T id tokens,
 P patches, D model width.
@@ -27,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vitdsi.errors import VitDSIError
+from vitdsi.models.borrowed_encoder import init_model, make_encoder
 from vitdsi.models.vit_encoder import (  # noqa: F401  (sinusoid_2d, EncoderLayer: re-exported)
     Attention,
     EncoderLayer,
@@ -98,7 +100,8 @@ class VitDSI(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.dim
-        self.encoder = VitEncoder(cfg)  # patches + positions + encoder layers: [B, C, H, W] -> [B, P, D]
+        # the ViT (patches + positions + encoder layers) or a borrowed CNN: [B, C, H, W] -> [B, P, D]
+        self.encoder = make_encoder(cfg)
         if cfg.atomic:
             self.head = nn.Linear(d, cfg.n_ids)
         else:
@@ -113,7 +116,7 @@ class VitDSI(nn.Module):
             self.decoder = nn.ModuleList([DecoderLayer(cfg) for _ in range(cfg.decoder_depth or cfg.depth)])
             self.dec_norm = nn.LayerNorm(d)
             self.head = nn.Linear(d, N_OUT)
-        self.apply(init_weights)  # after all parts are built: the same random stream as ever
+        init_model(self, init_weights)  # after all parts are built: the same random stream as ever
         self._register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     def n_params(self) -> int:
@@ -125,9 +128,10 @@ class VitDSI(nn.Module):
         """[P, D] the encoder's patch position encoding."""
         return self.encoder.patch_pos
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """float images [B, C, H, W] (normalised) -> patch encodings [B, P, D]."""
-        return self.encoder(images)
+    def encode(self, images: torch.Tensor, precomputed: bool = False) -> torch.Tensor:
+        """float images [B, C, H, W] (normalised; or a borrowed encoder's `precompute` output)
+        -> patch encodings [B, P, D]."""
+        return self.encoder(images, precomputed=True) if precomputed else self.encoder(images)
 
     def atomic_logits(self, memory: torch.Tensor) -> torch.Tensor:
         """[B, P, D] -> [B, n_ids] scores over corpus positions (atomic variant)."""
@@ -157,9 +161,9 @@ class VitDSI(nn.Module):
             x = x[:, :, -1]
         return self.head(self.dec_norm(x))
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor | None = None, precomputed: bool = False) -> torch.Tensor:
         """Teacher-forced logits: atomic [B, n_ids]; seq2seq [B, T, N_OUT] for input tokens [B, T]."""
-        memory = self.encode(images)
+        memory = self.encode(images, precomputed)
         if self.cfg.atomic:
             return self.atomic_logits(memory)
         return self.decode(tokens[:, None, :], memory)[:, 0]

@@ -28,6 +28,14 @@ class VitEncoderConfig:
     heads: int = 4  # attention heads; must divide dim (paper 4)
     dropout: float = 0.1  # dropout in attention, feed-forward and embeddings (paper 0.1)
     pos_encoding: str = "sinusoidal"  # 'sinusoidal' (fixed, 2-D for patches) or 'learned'
+    # 'vit': this ViT, trained from scratch (the paper's); or a borrowed pretrained CNN whose feature
+    # map is the token sequence (seed 002): 'efficientnet-lite0' | 'torchvision:NAME' (local weights)
+    encoder: str = "vit"
+    # borrowed encoder only: True = frozen, False = all of it trained, N = its last N blocks trained
+    freeze_encoder: bool | int = True
+    # borrowed encoder only: input side in px images are resized to; 0 = the size its weights were
+    # trained at (224 for EfficientNet-Lite0); smaller is much cheaper on a CPU
+    encoder_size: int = 0
 
     def __post_init__(self) -> None:
         check_encoder_fields(self)
@@ -49,7 +57,8 @@ ENCODER_FIELDS = tuple(VitEncoderConfig.__dataclass_fields__)  # the fields any 
 
 def check_encoder_fields(cfg) -> None:
     """Validate the encoder fields of any config carrying them (VitEncoderConfig, VitDSIConfig)."""
-    if cfg.patch_size < 1 or cfg.image_size % cfg.patch_size:
+    check_borrowed_fields(cfg.encoder, cfg.freeze_encoder, cfg.encoder_size)
+    if cfg.encoder == "vit" and (cfg.patch_size < 1 or cfg.image_size % cfg.patch_size):
         raise VitDSIError(
             f"patch_size {cfg.patch_size} does not divide image_size {cfg.image_size}; pick a divisor of "
             f"{cfg.image_size} (e.g. {', '.join(str(p) for p in _divisors(cfg.image_size))})"
@@ -64,6 +73,24 @@ def check_encoder_fields(cfg) -> None:
         raise VitDSIError(f"dropout must be in [0, 1), got {cfg.dropout}")
     if cfg.depth < 1:
         raise VitDSIError(f"depth must be at least 1, got {cfg.depth}")
+
+
+def check_borrowed_fields(encoder: str, freeze_encoder, encoder_size: int) -> None:
+    """Clear errors for `encoder` / `freeze_encoder` / `encoder_size` values no image could fix."""
+    if not isinstance(encoder, str) or not (
+        encoder in ("vit", "efficientnet-lite0") or (encoder.startswith("torchvision:") and len(encoder) > 12)
+    ):
+        raise VitDSIError(
+            f"encoder must be 'vit', 'efficientnet-lite0' or 'torchvision:NAME' (e.g. torchvision:resnet18), "
+            f"got '{encoder}'"
+        )
+    if not isinstance(freeze_encoder, (bool, int)) or (not isinstance(freeze_encoder, bool) and freeze_encoder < 0):
+        raise VitDSIError(
+            f"freeze_encoder must be true (frozen), false (all trained) or a number >= 0 of trained last blocks, "
+            f"got {freeze_encoder!r}"
+        )
+    if encoder_size < 0 or 0 < encoder_size < 32:
+        raise VitDSIError(f"encoder_size must be 0 (the encoder's own) or at least 32 px, got {encoder_size}")
 
 
 def _divisors(n: int) -> list[int]:
@@ -198,6 +225,10 @@ class VitEncoder(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """float images [B, C, H, W] -> pooled embedding [B, D]."""
         return self.pool(self(images))
+
+    def pretrained_state(self) -> dict[str, torch.Tensor]:
+        """Weights that random initialisation must not overwrite: none, it is trained from scratch."""
+        return {}
 
 
 def encoder_config(cfg) -> VitEncoderConfig:

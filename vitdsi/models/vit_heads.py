@@ -7,7 +7,7 @@
                     the `dual-encoder` retriever
 
 Both take a VitEncoderConfig, so the encoder is the same module with the same fields as
-the DSI's. Shapes: B images, D model width, C classes, E embedding width.
+the DSI's (the ViT, or the borrowed pretrained CNN its `encoder` field names). Shapes: B images, D model width, C classes, E embedding width.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vitdsi.models.vit_encoder import VitEncoder, VitEncoderConfig, init_weights
+from vitdsi.models.borrowed_encoder import init_model, make_encoder
+from vitdsi.models.vit_encoder import VitEncoderConfig, init_weights
 
 
 class VitClassifier(nn.Module):
@@ -25,14 +26,20 @@ class VitClassifier(nn.Module):
     def __init__(self, cfg: VitEncoderConfig, n_classes: int) -> None:
         super().__init__()
         self.cfg, self.n_classes = cfg, int(n_classes)
-        self.encoder = VitEncoder(cfg)
+        self.encoder = make_encoder(cfg)
         self.head = nn.Linear(cfg.dim, self.n_classes)
-        self.apply(init_weights)
+        init_model(self, init_weights)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """float images [B, C, H, W] (see `vitdsi.train.to_input`) -> logits [B, C], pooled [B, D]."""
-        pooled = self.encoder.embed(images)  # [B, D]
+    def forward(self, images: torch.Tensor, precomputed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """float images [B, C, H, W] (see `vitdsi.train.to_input`; or a borrowed encoder's
+        `precompute` output) -> logits [B, C], pooled [B, D]."""
+        pooled = encode_pooled(self.encoder, images, precomputed)  # [B, D]
         return self.head(pooled), pooled
+
+
+def encode_pooled(encoder: nn.Module, images: torch.Tensor, precomputed: bool) -> torch.Tensor:
+    """Mean-pooled encoding [B, D] of model input (or of a borrowed encoder's `precompute` output)."""
+    return encoder.pool(encoder(images, precomputed=True) if precomputed else encoder(images))
 
 
 class VitDualEncoder(nn.Module):
@@ -41,9 +48,9 @@ class VitDualEncoder(nn.Module):
     def __init__(self, cfg: VitEncoderConfig, embed_dim: int) -> None:
         super().__init__()
         self.cfg, self.embed_dim = cfg, int(embed_dim)
-        self.encoder = VitEncoder(cfg)
+        self.encoder = make_encoder(cfg)
         self.proj = nn.Linear(cfg.dim, self.embed_dim)
-        self.apply(init_weights)
+        init_model(self, init_weights)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """float images [B, C, H, W] -> L2-normalised embeddings [B, E] (float32)."""

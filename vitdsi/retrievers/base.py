@@ -453,6 +453,8 @@ def _coerce(value: Any, annotation: str) -> Any:
     optional = annotation.replace(" ", "").endswith("|None")
     if value is None and optional:
         return None
+    if len([t for t in annotation.split("|") if t.strip() != "None"]) > 1:
+        return value  # a union such as 'bool | int': kept as given, the config checks it
     cast = _CASTS.get(annotation.split("|")[0].strip())
     return value if cast is None else cast(value)
 

@@ -28,7 +28,7 @@ GROUP_GAP = 4.0  # score distance between consecutive groups; > 2, the range of 
 class Classifier(VitBaseline):
     """ViT encoder + class head; ranks corpus images by predicted class, then by cosine."""
 
-    supervision: ClassVar[Supervision] = Supervision(corpus_labels=True, query_pairs=True)
+    supervision: ClassVar[Supervision] = Supervision(corpus_labels=True, query_pairs=True, pretrained=True)  # at most
     query_defaults: ClassVar[dict[str, Any]] = {}
     config_params = (*VitBaseline.config_params, *fields_of(TrainConfig, "label_smoothing"))
 
@@ -42,7 +42,7 @@ class Classifier(VitBaseline):
         self._group_of: torch.Tensor | None = None  # int64 [N] group of each corpus image
 
     def supervision_used(self) -> Supervision:
-        return Supervision(corpus_labels=True, query_pairs=self.use_queries)
+        return Supervision(corpus_labels=True, query_pairs=self.use_queries, pretrained=self.encoder != "vit")
 
     # ---- labels -----------------------------------------------------------------------
     @staticmethod
@@ -95,13 +95,14 @@ class Classifier(VitBaseline):
         gen = torch.Generator().manual_seed(self.seed)
         self._model = VitClassifier(enc_cfg, n_classes).to(self.device)
         model = self._model
+        parts = self._training_rows(parts)
 
         def batches() -> list[torch.Tensor]:
             return list(train_idx[torch.randperm(len(train_idx), generator=gen)].split(self.batch_size))
 
         def step(idx: torch.Tensor):
             idx = idx.to(self.device)
-            logits = model(self._train_input(gather_rows(parts, idx), gen))[0].float()  # [B, C]
+            logits = model(self._train_input(gather_rows(parts, idx), gen), self._precomputed)[0].float()  # [B, C]
             y = targets[idx]
             if self._multilabel:
                 loss = F.binary_cross_entropy_with_logits(logits, y)

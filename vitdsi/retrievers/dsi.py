@@ -80,8 +80,9 @@ class DSIViT(Retriever):
 
     def supervision_used(self) -> Supervision:
         # clustered ids number the corpus class by class; fine-tuning / multitask train on query pairs;
-        # semantic / rq ids on a pretrained backbone's features borrow what it learnt from ImageNet labels
-        borrowed = self.id_scheme in ("semantic", "rq") and self.id_features != "pixels"
+        # semantic / rq ids on a pretrained backbone's features, or a borrowed encoder, carry what it
+        # learnt from ImageNet labels
+        borrowed = self.encoder != "vit" or (self.id_scheme in ("semantic", "rq") and self.id_features != "pixels")
         return Supervision(corpus_labels=self.id_scheme == "clustered", query_pairs=self.mode != "zero-shot",
                            pretrained=borrowed)
 
@@ -91,7 +92,8 @@ class DSIViT(Retriever):
                            atomic=self.id_scheme == "atomic", n_ids=n_ids)
 
     def check_image_size(self, image_size: int) -> None:
-        check_patch_size(self.name, self.patch_size, image_size)
+        if self.encoder == "vit":  # a borrowed encoder resizes images to its own input size
+            check_patch_size(self.name, self.patch_size, image_size)
 
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
         from vitdsi.ids import make_ids

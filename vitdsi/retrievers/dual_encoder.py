@@ -39,7 +39,7 @@ VIEW_JITTER = 0.3  # view pairs: brightness / contrast jitter strength (vitdsi.t
 class DualEncoder(VitBaseline):
     """ViT tower trained with in-batch InfoNCE; cosine search through FAISS."""
 
-    supervision: ClassVar[Supervision] = Supervision(query_pairs=True)
+    supervision: ClassVar[Supervision] = Supervision(query_pairs=True, pretrained=True)  # at most
     query_defaults: ClassVar[dict[str, Any]] = {
         "ef_search": 64,  # hnsw: candidate list size while searching (higher = better recall, slower)
     }
@@ -73,7 +73,8 @@ class DualEncoder(VitBaseline):
         self._faiss = None  # the FAISS index over the corpus embeddings
 
     def supervision_used(self) -> Supervision:
-        return Supervision(query_pairs=self.use_queries)  # view pairs alone use no label
+        # view pairs alone use no label; a borrowed encoder carries its ImageNet training
+        return Supervision(query_pairs=self.use_queries, pretrained=self.encoder != "vit")
 
     # ---- training ---------------------------------------------------------------------
     def _view(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

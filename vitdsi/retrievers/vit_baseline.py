@@ -13,14 +13,15 @@ from typing import Any
 import torch
 
 from vitdsi.errors import VitDSIError
-from vitdsi.models.vit_encoder import VitEncoderConfig
+from vitdsi.models.vit_encoder import VitEncoderConfig, check_borrowed_fields
 from vitdsi.retrievers.base import Retriever, fields_of
-from vitdsi.train import TrainConfig, random_flip, random_shift, to_input
+from vitdsi.train import TrainConfig, precompute_features, random_flip, random_shift, to_input
 from vitdsi.train_loop import LoopConfig, train_epochs
 
 SEARCH_BATCH = 256  # images encoded together at index and query time
 # the encoder fields every ViT retriever takes as build parameters (image_size comes from the data)
-ENCODER_PARAMS = ("patch_size", "dim", "ff_dim", "depth", "heads", "dropout", "pos_encoding")
+ENCODER_PARAMS = ("patch_size", "dim", "ff_dim", "depth", "heads", "dropout", "pos_encoding", "encoder",
+                  "freeze_encoder", "encoder_size")
 
 
 class VitBaseline(Retriever):
@@ -45,10 +46,13 @@ class VitBaseline(Retriever):
             )
         self.history: list[dict[str, Any]] = []  # per-epoch training log (dicts), as in dsi-vit
         self._model: torch.nn.Module | None = None
+        self._precomputed = False  # training reads a borrowed encoder's fixed-part output, not images
 
     def check_image_size(self, image_size: int) -> None:
-        """The patches must tile the image (called by `index` and by study checks before any trial)."""
-        check_patch_size(self.name, self.patch_size, image_size)
+        """The patches must tile the image (called by `index` and by study checks before any trial);
+        a borrowed encoder resizes images to its own input size."""
+        if self.encoder == "vit":
+            check_patch_size(self.name, self.patch_size, image_size)
 
     def _encoder_config(self, image_size: int) -> VitEncoderConfig:
         """The VitEncoderConfig for `image_size` px images."""
@@ -63,9 +67,17 @@ class VitBaseline(Retriever):
             callback=self.on_epoch,
         )
 
+    def _training_rows(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The training images as every epoch reads them: uint8 images or, for a borrowed encoder
+        with a fixed part and no augmentation, that part's output computed once (as dsi-vit)."""
+        self._precomputed = bool(getattr(self._model.encoder, "cacheable", False)) and not self.augment
+        return precompute_features(self._model.encoder, parts) if self._precomputed else parts
+
     def _train_input(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """uint8 training images -> model input, randomly shifted (up to size/16 px) and
-        mirrored when `augment` is on (as dsi-vit's augmentation)."""
+        """Training rows (`_training_rows`) -> model input; images are randomly shifted (up to
+        size/16 px) and mirrored when `augment` is on (as dsi-vit's augmentation)."""
+        if self._precomputed:
+            return images
         x = to_input(images)
         if self.augment and len(x):
             x = random_flip(random_shift(x, gen, max(1, x.shape[-1] // 16)), gen)
@@ -110,6 +122,10 @@ def check_patch_size(owner: str, patch_size: int, image_size: int) -> None:
 
 def check_encoder_params(owner: str, r: Any) -> None:
     """Clear errors for encoder build parameters no image size could fix (every ViT retriever)."""
+    try:
+        check_borrowed_fields(r.encoder, r.freeze_encoder, r.encoder_size)
+    except VitDSIError as e:
+        raise VitDSIError(f"{owner}: {e}") from None
     if r.patch_size < 1:
         raise VitDSIError(f"{owner}: patch_size must be >= 1, got {r.patch_size}")
     if r.heads < 1 or r.dim % r.heads:
