@@ -127,3 +127,26 @@ def test_learned_feature_ids_decode_only_valid_ids(scheme, tiny_split):
     assert len(set(r.id_map.strings())) == n
     ids = r.search(tiny_split.test.images, n).ids
     assert ((ids >= 0) & (ids < n)).all() and all(len(set(row.tolist())) == n for row in ids)
+
+
+@pytest.mark.parametrize("encoder", ["vit", "efficientnet-lite0"])
+def test_ids_from_the_dsis_own_encoder(encoder, tiny_split):
+    """`id_features: own`: rq ids from the DSI's own encoder (the ViT after an atomic indexing
+    phase; a borrowed CNN as pretrained): unique, deterministic for a seed, blind to labels, and
+    the model decodes only valid ids."""
+    import dataclasses
+
+    params = dict(TINY, id_scheme="rq", id_features="own", index_epochs=2, encoder=encoder, encoder_size=64)
+    a = create("dsi-vit", **params)
+    a.index(tiny_split.corpus)
+    n = len(tiny_split.corpus)
+    assert len(set(a.id_map.strings())) == n
+    assert a.supervision_used().pretrained == (encoder != "vit")
+    if encoder == "vit":
+        assert [e["phase"] for e in a.history][:2] == ["own-ids", "own-ids"] and a.history[2]["phase"] == "index"
+    shuffled = tiny_split.corpus.labels[torch.randperm(n, generator=torch.Generator().manual_seed(1))]
+    b = create("dsi-vit", **params)
+    b.index(dataclasses.replace(tiny_split.corpus, labels=shuffled))
+    assert a.id_map.strings() == b.id_map.strings()  # same seed, labels permuted: the same ids
+    ids = a.search(tiny_split.test.images, 5).ids
+    assert ((ids >= 0) & (ids < n)).all()

@@ -52,7 +52,8 @@ class DSIViT(Retriever):
         self.id_scheme = str(id_scheme)  # 'random', 'clustered', 'semantic', 'rq' or 'atomic'
         self.id_length = int(id_length)  # digits per id; 0 = the fewest for the corpus (more = room to add)
         # what semantic / rq ids cluster: 'pixels', 'efficientnet-lite0' or a torchvision backbone
-        # (vitdsi.features.backbones, local weights only); never labels
+        # (vitdsi.features.backbones, local weights only), or 'own': the DSI's own encoder (a borrowed
+        # one as pretrained; the ViT after an indexing phase with atomic ids); never labels
         self.id_features = str(id_features)
         self.add_strategy = str(add_strategy)  # how add() trains: 'new-only', 'replay' or 'full'
         self.replay_share = float(replay_share)  # replay: share of the old images trained beside the new
@@ -82,7 +83,8 @@ class DSIViT(Retriever):
         # clustered ids number the corpus class by class; fine-tuning / multitask train on query pairs;
         # semantic / rq ids on a pretrained backbone's features, or a borrowed encoder, carry what it
         # learnt from ImageNet labels
-        borrowed = self.encoder != "vit" or (self.id_scheme in ("semantic", "rq") and self.id_features != "pixels")
+        borrowed = self.encoder != "vit" or (
+            self.id_scheme in ("semantic", "rq") and self.id_features not in ("pixels", "own"))
         return Supervision(corpus_labels=self.id_scheme == "clustered", query_pairs=self.mode != "zero-shot",
                            pretrained=borrowed)
 
@@ -100,13 +102,43 @@ class DSIViT(Retriever):
 
         self.check_image_size(corpus.image_size)
         n = len(corpus)
-        features = self._id_feature_vectors(corpus.images) if self.id_scheme in ("semantic", "rq") else None
+        features, encoder_state, self.history = None, None, []
+        if self.id_scheme in ("semantic", "rq") and self.id_features == "own":
+            features, encoder_state = self._own_encoder_features(corpus)
+        elif self.id_scheme in ("semantic", "rq"):
+            features = self._id_feature_vectors(corpus.images)
         self._ids = make_ids(self.id_scheme, n, labels=corpus.primary_labels(), features=features, seed=self.seed,
                              length=self.id_length)
         self._model = VitDSI(self._model_config(corpus.image_size, self._ids.length, n)).to(self.device)
-        self.history = self._fit(corpus, torch.arange(n), self._ids.codes, train_queries, self.mode, self.index_epochs)
+        if encoder_state is not None:  # go on from the encoder that made the ids
+            self._model.encoder.load_state_dict(encoder_state)
+        self.history += self._fit(corpus, torch.arange(n), self._ids.codes, train_queries, self.mode, self.index_epochs)
         self._seen = (corpus, train_queries)
         self._finish()
+
+    def _own_encoder_features(self, corpus: ImageSet) -> tuple[torch.Tensor, dict | None]:
+        """float32 [N, D] features of the corpus from the DSI's own encoder, and the encoder state the
+        model starts from. A borrowed encoder: its pretrained feature map, mean-pooled, before any
+        training. The ViT: trained first to index the corpus with atomic ids (one softmax unit per
+        image; no label, no query), then its mean-pooled encodings; that epoch log is kept in
+        `history` under the phase 'own-ids'."""
+        from vitdsi.models.borrowed_encoder import BorrowedEncoder
+
+        n, images = len(corpus), corpus.images
+        if self.encoder != "vit":
+            net = BorrowedEncoder(self._model_config(corpus.image_size, 1, n)).to(self.device).eval()
+            pooled = lambda x: net.tuned(net.precompute(x)).mean(dim=(2, 3))  # noqa: E731  (the CNN's own map)
+            state = None
+        else:
+            cfg = self.config(VitDSIConfig, image_size=corpus.image_size, id_length=1, atomic=True, n_ids=n)
+            self._model = VitDSI(cfg).to(self.device)
+            log = self._fit(corpus, torch.arange(n), torch.arange(n)[:, None], None, "zero-shot", self.index_epochs)
+            self.history = [{**e, "phase": "own-ids"} for e in log]
+            net = self._model.encoder.eval()
+            pooled, state = net.embed, net.state_dict()
+        with torch.inference_mode():
+            return torch.cat([pooled(to_input(images[s : s + SEARCH_BATCH].to(self.device))).float().cpu()
+                              for s in range(0, n, SEARCH_BATCH)]), state
 
     def _id_feature_vectors(self, images: torch.Tensor) -> torch.Tensor:
         """float32 [N, D] features the semantic / rq ids cluster (`id_features`), on the CPU."""
