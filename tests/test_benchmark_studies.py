@@ -10,7 +10,7 @@ import pytest
 STUDIES = Path(__file__).parent.parent / "studies"
 
 
-@pytest.mark.parametrize("name", ["memorisation", "dsi_retrieval", "baselines"])
+@pytest.mark.parametrize("name", ["memorisation", "dsi_retrieval", "baselines", "pretrained"])
 def test_benchmark_study_runs_at_smoke_and_reports(name, tmp_path):
     from bench.config import load_study
     from bench.report import write_report

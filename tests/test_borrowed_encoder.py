@@ -97,11 +97,12 @@ def test_cache_changes_speed_not_training(tiny_split, monkeypatch):
         assert la == pytest.approx(lb, rel=1e-4) and ia == ib
 
 
-def test_classifier_trains_on_cached_features(tiny_split, monkeypatch):
+@pytest.mark.parametrize("name", ["classifier", "dual-encoder"])
+def test_baselines_train_on_cached_features(name, tiny_split, monkeypatch):
     calls = []
     real = BorrowedEncoder.precompute
     monkeypatch.setattr(BorrowedEncoder, "precompute", lambda self, x: calls.append(len(x)) or real(self, x))
-    r = create("classifier", **BORROWED, epochs=3)
+    r = create(name, **{**BORROWED, "dropout": 0.1}, epochs=3)
     r.index(tiny_split.corpus, train_queries=tiny_split.train)
     # once per training image (corpus + train queries), not once per epoch; then once at indexing
     n = len(tiny_split.corpus) + len(tiny_split.train)

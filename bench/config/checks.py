@@ -32,17 +32,22 @@ def check_name(cls, where: str, name: str, field_path: str, source: str, method:
                                f"allowed: {', '.join(allowed) or 'none'}")
 
 
+def _is_union(annotation: str) -> bool:
+    return len([t for t in annotation.split("|") if t.strip() not in ("", "None")]) > 1
+
+
 def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
     """Types against the retriever's defaults, then a dry construction of each distinct
     configuration (so a bad choice such as `mode: finetuned` fails now, not in trial 7)."""
     from vitdsi.retrievers.base import retriever_params
 
-    defaults = {name: {p.name: p.default for p in retriever_params(known[m.retriever])} for name, m in study.methods.items()}
+    infos = {name: {p.name: p for p in retriever_params(known[m.retriever])} for name, m in study.methods.items()}
 
     def check_type(method: str, key: str, value: Any, where: str) -> None:
-        default = defaults[method].get(key)
-        if default is None or value is None:
-            return
+        info = infos[method].get(key)
+        default = info.default if info is not None else None
+        if default is None or value is None or _is_union(info.annotation):
+            return  # a union such as 'bool | int' is checked by the retriever's dry construction
         ok = {bool: lambda v: isinstance(v, bool),
               int: lambda v: isinstance(v, int) and not isinstance(v, bool),
               float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),

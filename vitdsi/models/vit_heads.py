@@ -52,6 +52,7 @@ class VitDualEncoder(nn.Module):
         self.proj = nn.Linear(cfg.dim, self.embed_dim)
         init_model(self, init_weights)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """float images [B, C, H, W] -> L2-normalised embeddings [B, E] (float32)."""
-        return F.normalize(self.proj(self.encoder.embed(images)).float(), dim=-1)
+    def forward(self, images: torch.Tensor, precomputed: bool = False) -> torch.Tensor:
+        """float images [B, C, H, W] (or a borrowed encoder's `precompute` output) -> L2-normalised
+        embeddings [B, E] (float32)."""
+        return F.normalize(self.proj(encode_pooled(self.encoder, images, precomputed)).float(), dim=-1)

@@ -104,6 +104,7 @@ class DualEncoder(VitBaseline):
         gen = torch.Generator().manual_seed(self.seed)
         self._model = VitDualEncoder(enc_cfg, self.embed_dim or self.dim).to(self.device)
         model = self._model
+        parts = self._training_rows(parts)
         n_batches = max(1, math.ceil((n + n_q) / self.batch_size))
 
         def batches() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -125,12 +126,17 @@ class DualEncoder(VitBaseline):
         def step(batch):
             anchor, positive, is_view = (t.to(self.device) for t in batch)
             b = len(anchor)
-            xa = self._train_input(gather_rows(parts, anchor), gen)  # [B, 3, H, W]
-            xp = to_input(images[positive])
-            xp[is_view] = self._view(xp[is_view], gen)  # view pairs: an augmented copy of the anchor image
-            if self.augment:
-                xp[~is_view] = self._train_input(images[positive[~is_view]], gen)
-            z = model(torch.cat([xa, xp])).float()  # [2B, E], unit norm
+            if self._precomputed:
+                # a frozen encoder's cached features admit no pixel augmentation: a view pair is two
+                # dropout passes over the same features (SimCSE, Gao et al. 2021)
+                xa, xp = gather_rows(parts, anchor), parts[0][positive]
+            else:
+                xa = self._train_input(gather_rows(parts, anchor), gen)  # [B, 3, H, W]
+                xp = to_input(images[positive])
+                xp[is_view] = self._view(xp[is_view], gen)  # view pairs: an augmented copy of the anchor image
+                if self.augment:
+                    xp[~is_view] = self._train_input(images[positive[~is_view]], gen)
+            z = model(torch.cat([xa, xp]), self._precomputed).float()  # [2B, E], unit norm
             with torch.autocast(self.device.type, enabled=False):  # similarities / temperature in float32
                 logits = z[:b] @ z[b:].T / self.temperature  # [B, B]: anchor i vs positive j
             same = positive[:, None] == positive[None, :]  # the same corpus image is no negative

@@ -69,7 +69,8 @@ class VitBaseline(Retriever):
 
     def _training_rows(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
         """The training images as every epoch reads them: uint8 images or, for a borrowed encoder
-        with a fixed part and no augmentation, that part's output computed once (as dsi-vit)."""
+        with a fixed part and no augmentation, that part's output computed once (as dsi-vit); the
+        model is then called with `precomputed=True`."""
         self._precomputed = bool(getattr(self._model.encoder, "cacheable", False)) and not self.augment
         return precompute_features(self._model.encoder, parts) if self._precomputed else parts
 
