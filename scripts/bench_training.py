@@ -1,0 +1,114 @@
+"""DSI training speed against a naive reference, as a ratio measured in one run (issue 16).
+
+The reference is what one writes first: `torch.nn.Transformer` (encoder-decoder, pre-norm,
+batch-first) with a patch conv, learned positions, token embedding and output head of the
+same sizes as the `dsi-vit` model, trained by a plain loop (gather, forward with a causal
+mask, cross-entropy, backward, clip, AdamW step). The project's side is `DSITrainer` on
+`VitDSI` with the same config, batch, ids and optimiser. Both index the same synthetic
+images (random pixels, random ids) for the same number of epochs; the two are measured in
+alternation, several rounds, and the median images/s of each is compared.
+
+    OMP_NUM_THREADS=1 python scripts/bench_training.py [--rounds 3] [--images 256]
+
+Timings depend on the machine and its load: say so when you quote them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+
+from vitdsi.ids import make_ids
+from vitdsi.models import VitDSI, VitDSIConfig
+from vitdsi.models.vit_dsi import BOS, EOS, N_IN, N_OUT, PAD
+from vitdsi.train import DSITrainer, TrainConfig, to_input
+
+console = Console()
+PAPER = dict(dim=128, ff_dim=256, depth=6, heads=4, dropout=0.1)  # paper sizes (section 3.2.1)
+
+
+class NaiveTransformerDSI(nn.Module):
+    """The reference: torch.nn.Transformer with the DSI's sizes."""
+
+    def __init__(self, image_size: int, patch: int, dim: int, ff_dim: int, depth: int, heads: int, dropout: float,
+                 id_length: int) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, patch, patch)
+        self.pos = nn.Parameter(torch.randn((image_size // patch) ** 2, dim) * 0.02)
+        self.tok = nn.Embedding(N_IN, dim)
+        self.tok_pos = nn.Parameter(torch.randn(id_length + 1, dim) * 0.02)
+        self.transformer = nn.Transformer(dim, heads, depth, depth, ff_dim, dropout, batch_first=True, norm_first=True)
+        self.head = nn.Linear(dim, N_OUT)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        src = self.patch(images).flatten(2).transpose(1, 2) + self.pos
+        tgt = self.tok(tokens) + self.tok_pos[: tokens.shape[1]]
+        mask = nn.Transformer.generate_square_subsequent_mask(tokens.shape[1])
+        return self.head(self.transformer(src, tgt, tgt_mask=mask, tgt_is_causal=True))
+
+
+def reference_images_per_s(images: torch.Tensor, codes: torch.Tensor, size: int, patch: int, batch: int,
+                           epochs: int) -> float:
+    torch.manual_seed(0)
+    model = NaiveTransformerDSI(size, patch, id_length=codes.shape[1], **PAPER)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98))
+    bos = torch.full((len(codes), 1), BOS)
+    eos = torch.full((len(codes), 1), EOS)
+    inputs, targets = torch.cat([bos, codes], 1), torch.cat([codes, eos], 1)
+    model.train()
+    rates = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        for idx in torch.randperm(len(images)).split(batch):
+            logits = model(to_input(images[idx]), inputs[idx])
+            loss = F.cross_entropy(logits.transpose(1, 2), targets[idx], ignore_index=PAD)
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        rates.append(len(images) / (time.perf_counter() - t0))
+    return statistics.median(rates[1:] or rates)
+
+
+def project_images_per_s(images: torch.Tensor, codes: torch.Tensor, size: int, patch: int, batch: int,
+                         epochs: int) -> float:
+    torch.manual_seed(0)
+    model = VitDSI(VitDSIConfig(image_size=size, patch_size=patch, id_length=codes.shape[1], **PAPER))
+    cfg = TrainConfig(index_epochs=epochs, batch_size=batch, target_ia=2.0, eval_every=10**9)
+    history = DSITrainer(model, images, codes, cfg).fit()
+    return statistics.median([h.images_per_s for h in history][1:] or [history[0].images_per_s])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=256, help="synthetic images indexed (default 256)")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per measurement (the first is not counted)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating measurements of each side")
+    ap.add_argument("--batch", type=int, default=32, help="batch size of both (the paper's 32)")
+    args = ap.parse_args()
+    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), cpu; paper sizes {PAPER}, "
+                  f"batch {args.batch}, {args.images} images, {args.rounds} alternating rounds")
+    table = Table("image", "patch", "reference images/s", "dsi-vit images/s", "ratio")
+    for size, patch in ((32, 4), (160, 16)):
+        gen = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (args.images, 3, size, size), dtype=torch.uint8, generator=gen)
+        codes = make_ids("random", args.images, seed=0).codes
+        ref, ours = [], []
+        for _ in range(args.rounds):
+            ref.append(reference_images_per_s(images, codes, size, patch, args.batch, args.epochs))
+            ours.append(project_images_per_s(images, codes, size, patch, args.batch, args.epochs))
+        r, o = statistics.median(ref), statistics.median(ours)
+        table.add_row(f"{size} px", str(patch), f"{r:.0f}", f"{o:.0f}", f"{o / r:.2f}x")
+        console.print(f"  {size} px: reference {[round(x) for x in ref]}, dsi-vit {[round(x) for x in ours]}")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
