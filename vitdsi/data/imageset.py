@@ -4,15 +4,19 @@ Images are square uint8 RGB tensors [N, 3, H, W]. Labels are either one class pe
 image (int64 [N]) or, for multi-label sources such as COCO, a multi-hot bool matrix
 [N, C]. Source ids are stable strings (file name, COCO image id, index in the
 source file) so a split stored with a run can be traced back to the original images.
+Images may carry captions, several each (vitdsi.data.captions); subsets and concatenations
+keep every image's captions with it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from vitdsi.data.captions import Captions
 from vitdsi.errors import VitDSIError
 
 
@@ -30,6 +34,8 @@ class ImageSet:
     # the labels that decide relevance where training may not see them all (the unseen-classes
     # protocol hides some classes as -1 in `labels`); None = `labels` themselves
     relevance_labels: torch.Tensor | None = None
+    # sentences describing the images, several per image (COCO caption files); None = image-only data
+    captions: Captions | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
@@ -54,6 +60,9 @@ class ImageSet:
                               f"must have the shape of labels {tuple(self.labels.shape)}")
         if self.view_of is not None and len(self.view_of) != n:
             raise VitDSIError(f"ImageSet '{self.name}': {n} images but {len(self.view_of)} view_of entries")
+        if self.captions is not None and len(self.captions) and int(self.captions.image.max()) >= n:
+            raise VitDSIError(f"ImageSet '{self.name}': a caption describes image {int(self.captions.image.max())} "
+                              f"of {n}")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -82,6 +91,7 @@ class ImageSet:
             meta=dict(self.meta),
             view_of=None if self.view_of is None else self.view_of[idx.numpy()],
             relevance_labels=None if self.relevance_labels is None else self.relevance_labels[idx],
+            captions=None if self.captions is None else self.captions.for_images(idx.numpy()),
         )
 
     def concat(self, other: ImageSet) -> ImageSet:
@@ -104,6 +114,7 @@ class ImageSet:
             view_of=None if self.view_of is None else np.concatenate([self.view_of, other.view_of]),
             relevance_labels=None if self.relevance_labels is None else torch.cat(
                 [self.relevance_labels, other.relevance_labels.to(self.relevance_labels.device)]),
+            captions=_concat_captions(self.captions, other.captions, len(self)),
         )
 
     def to(self, device: torch.device | str) -> ImageSet:
@@ -117,7 +128,15 @@ class ImageSet:
             meta=dict(self.meta),
             view_of=self.view_of,
             relevance_labels=None if self.relevance_labels is None else self.relevance_labels.to(device),
+            captions=self.captions,
         )
+
+    def for_part(self, part: str) -> ImageSet:
+        """This set as split part `part` ('corpus', 'train', 'val', 'test'): only the captions that part
+        may use (`Captions.for_part`: each part's own phrasing where captions are tagged with one)."""
+        if self.captions is None:
+            return self
+        return dataclasses.replace(self, captions=self.captions.for_part(part))
 
     def class_matrix(self) -> torch.Tensor:
         """Multi-hot bool [N, C] view of the labels, whatever their form."""
@@ -134,3 +153,11 @@ class ImageSet:
         first = lab.argmax(axis=1)
         first[~lab.any(axis=1)] = -1
         return first
+
+
+def _concat_captions(first: Captions | None, second: Captions | None, offset: int) -> Captions | None:
+    """The captions of two concatenated sets; a set without captions adds none."""
+    if second is None:
+        return first
+    second = second.shifted(offset)
+    return second if first is None else first.concat(second)

@@ -119,7 +119,7 @@ def unseen_class_sets(sets: SplitSets, seed: int, options: UnseenOptions) -> Spl
         images=corpus.images, labels=torch.where(hidden, -1, corpus.labels), source_ids=corpus.source_ids,
         class_names=corpus.class_names, name=corpus.name,
         meta={**corpus.meta, "protocol": "unseen-classes", "unseen_classes": unseen.tolist()},
-        relevance_labels=corpus.labels,
+        relevance_labels=corpus.labels, captions=corpus.captions,
     )
     train = sets.train.subset(np.flatnonzero(~torch.isin(sets.train.labels, unseen).numpy()))
     return SplitSets(masked, train, sets.val, sets.test)

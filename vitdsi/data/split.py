@@ -6,7 +6,8 @@ fraction of them forms the indexed database (IDB) and the rest are query images,
 in exactly one of those parts and never in the IDB, so fine-tuning on train queries
 cannot leak into test queries (the original split (query, id) pairs instead).
 The split is plain position arrays plus its parameters, serialisable to json; it also stores
-each chosen image's stable source id, verified when the split is applied again.
+each chosen image's stable source id, verified when the split is applied again. Captions are
+split by image too: a caption belongs to the part its image belongs to.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ class Split:
         """The four image sets. The positions must point at the images the split was made from:
         the source size and, where the split stored them, each image's source id (file path
         relative to the root, COCO image id, dataset index) are checked, so changed data (files
-        added, removed or renamed, another root) is a clear error, never silently other images."""
+        added, removed or renamed, another root) is a clear error, never silently other images.
+        Captions go with their image: a query image's captions are text queries of its part, an
+        indexed image's stay with the corpus, each part keeping its own phrasing (`Captions.for_part`)."""
         expected = self.params.get("source_size")
         if expected is not None and expected != len(dataset):
             raise VitDSIError(
@@ -60,7 +63,8 @@ class Split:
                 "the data changed since (files added or removed?), or load the same dataset with the same parameters"
             )
         self._verify_ids(dataset)
-        return SplitSets(*(dataset.subset(part) for part in (self.idb, self.train, self.val, self.test)))
+        parts = {"corpus": self.idb, "train": self.train, "val": self.val, "test": self.test}
+        return SplitSets(*(dataset.subset(index).for_part(part) for part, index in parts.items()))
 
     def _verify_ids(self, dataset: ImageSet) -> None:
         stored = self.params.get("source_ids")
