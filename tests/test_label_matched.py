@@ -216,8 +216,8 @@ def test_bad_parameters_are_clear_errors(name, tiny_split):
 
 
 def test_dual_encoder_parameter_errors():
-    with pytest.raises(VitDSIError, match=r"dual-encoder: index_type must be one of \('flat', 'hnsw'\), got 'ivf'"):
-        create("dual-encoder", **TINY, index_type="ivf")
+    with pytest.raises(VitDSIError, match=r"dual-encoder: index_type must be one of \('flat', 'hnsw', 'ivf', 'ivfpq'\), got 'lsh'"):
+        create("dual-encoder", **TINY, index_type="lsh")
     with pytest.raises(VitDSIError, match="temperature must be > 0"):
         create("dual-encoder", **TINY, temperature=0)
     with pytest.raises(VitDSIError, match="embed_dim"):

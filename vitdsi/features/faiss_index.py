@@ -7,6 +7,12 @@ append to (continual indexing), (de)serialise as a uint8 tensor so a saved index
           query: ef_search
     ivf   inverted lists over a k-means coarse quantiser (IndexIVFFlat, inner product);
           build: nlist; query: nprobe
+    ivfpq inverted lists whose vectors are product-quantised (IndexIVFPQ, inner product;
+          Jegou et al. 2011): pq_m codes of pq_bits bits per vector; build: nlist, pq_m,
+          pq_bits; query: nprobe
+
+`FaissConfig` holds the build settings; the retrievers that use it (`embedding`,
+`dual-encoder`) take its fields as build parameters and `QUERY_DEFAULTS` as query arguments.
 
 faiss is imported inside the functions, so importing this module stays light.
 """
@@ -14,6 +20,7 @@ faiss is imported inside the functions, so importing this module stays light.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,7 +31,24 @@ from vitdsi.errors import VitDSIError
 if TYPE_CHECKING:
     from vitdsi.retrievers.base import Ranking
 
-INDEX_TYPES = ("flat", "hnsw", "ivf")
+INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
+QUERY_DEFAULTS = {
+    "ef_search": 64,  # hnsw: candidate list size while searching (higher = better recall, slower)
+    "nprobe": 8,  # ivf / ivfpq: inverted lists visited per query (nlist = every list)
+}
+
+
+@dataclass
+class FaissConfig:
+    index_type: str = "flat"  # 'flat' (exact), 'hnsw', 'ivf' or 'ivfpq' (named index_type: `index` is the method)
+    hnsw_m: int = 32  # hnsw: graph neighbours per node
+    ef_construction: int = 40  # hnsw: candidate list size while building
+    nlist: int = 0  # ivf / ivfpq: inverted lists; 0 = min(4 sqrt(N), N / 39)
+    pq_m: int = 0  # ivfpq: sub-quantisers (code bytes per vector at 8 bits); 0 = the divisor of the width nearest width / 8
+    pq_bits: int = 8  # ivfpq: bits per sub-quantiser code (the corpus needs at least 2^pq_bits images to train)
+
+
+FAISS_PARAMS = tuple(FaissConfig.__dataclass_fields__)  # the build parameters a FAISS-backed retriever takes
 
 
 def check_index_type(index_type: str, owner: str, allowed: tuple[str, ...] = INDEX_TYPES) -> None:
@@ -35,36 +59,45 @@ def check_index_type(index_type: str, owner: str, allowed: tuple[str, ...] = IND
 
 def build_index(
     x: np.ndarray,  # float32 [N, D], L2-normalised rows
-    index_type: str,
+    cfg: FaissConfig,
     *,
-    hnsw_m: int = 32,  # hnsw: graph neighbours per node
-    ef_construction: int = 40,  # hnsw: candidate list size while building
-    nlist: int = 0,  # ivf: inverted lists, 0 = min(4 sqrt(N), N / 39)
-    seed: int = 0,  # ivf: k-means seed
+    seed: int = 0,  # ivf / ivfpq: k-means seed
     owner: str = "faiss",  # retriever name for error messages
 ) -> Any:
-    """A FAISS inner-product index of `index_type` holding the rows of `x` (ids = row positions)."""
+    """A FAISS inner-product index of `cfg.index_type` holding the rows of `x` (ids = row positions)."""
     import faiss
 
-    check_index_type(index_type, owner)
+    check_index_type(cfg.index_type, owner)
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, d = x.shape
-    if index_type == "flat":
+    if cfg.index_type == "flat":
         index = faiss.IndexFlatIP(d)
         index.add(x)
-    elif index_type == "hnsw":
-        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = ef_construction
+        return index
+    if cfg.index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = cfg.ef_construction
         add_vectors(index, x)
-    else:
-        nlist = nlist or max(1, min(round(4 * math.sqrt(n)), n // 39))
-        if nlist > n:
-            raise VitDSIError(f"{owner}: nlist={nlist} inverted lists need at least as many corpus images, got {n}")
+        return index
+    nlist = cfg.nlist or max(1, min(round(4 * math.sqrt(n)), n // 39))
+    if nlist > n:
+        raise VitDSIError(f"{owner}: nlist={nlist} inverted lists need at least as many corpus images, got {n}")
+    if cfg.index_type == "ivf":
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = seed
-        index.cp.min_points_per_centroid = 1  # small corpora: no warning for few points per list
-        index.train(x)
-        index.add(x)
+    else:
+        m = cfg.pq_m or min((v for v in range(1, d + 1) if d % v == 0), key=lambda v: (abs(v - d / 8), v))
+        if d % m:
+            raise VitDSIError(f"{owner}: pq_m={m} sub-quantisers must divide the vector width {d}")
+        if n < 2**cfg.pq_bits:
+            raise VitDSIError(f"{owner}: ivfpq with pq_bits={cfg.pq_bits} trains 2^{cfg.pq_bits} = {2**cfg.pq_bits} "
+                              f"centroids per sub-quantiser and needs at least as many corpus images, got {n}; "
+                              f"lower pq_bits or use index_type flat / hnsw / ivf")
+        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, cfg.pq_bits, faiss.METRIC_INNER_PRODUCT)
+        index.pq.cp.seed = seed
+    index.cp.seed = seed
+    index.cp.min_points_per_centroid = 1  # small corpora: no warning for few points per list
+    index.train(x)
+    index.add(x)
     return index
 
 

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
 from vitdsi.log import get_logger
-from vitdsi.retrievers.base import Ranking, Supervision, register
+from vitdsi.features.faiss_index import FAISS_PARAMS, QUERY_DEFAULTS, FaissConfig
+from vitdsi.retrievers.base import Ranking, Supervision, fields_of, register
 from vitdsi.retrievers.vit_baseline import VitBaseline, gather_rows
 from vitdsi.train import (
     RelevantSampler,
@@ -30,7 +31,6 @@ from vitdsi.train import (
 
 log = get_logger(__name__)
 
-INDEX_TYPES = ("flat", "hnsw")
 VIEW_SHIFT = 8  # view pairs: shift by up to image size / VIEW_SHIFT pixels
 VIEW_JITTER = 0.3  # view pairs: brightness / contrast jitter strength (vitdsi.train.random_jitter)
 
@@ -40,18 +40,14 @@ class DualEncoder(VitBaseline):
     """ViT tower trained with in-batch InfoNCE; cosine search through FAISS."""
 
     supervision: ClassVar[Supervision] = Supervision(query_pairs=True, pretrained=True)  # at most
-    query_defaults: ClassVar[dict[str, Any]] = {
-        "ef_search": 64,  # hnsw: candidate list size while searching (higher = better recall, slower)
-    }
+    query_defaults: ClassVar[dict[str, Any]] = dict(QUERY_DEFAULTS)
+    config_params = (*VitBaseline.config_params, *fields_of(FaissConfig, *FAISS_PARAMS))  # + the FAISS index's
 
     def __init__(
         self,
         *,
         embed_dim: int | None = None,
         temperature: float = 0.05,
-        index_type: str = "flat",
-        hnsw_m: int = 32,
-        ef_construction: int = 40,
         **params: Any,
     ) -> None:
         from vitdsi.features.faiss_index import check_index_type
@@ -59,11 +55,7 @@ class DualEncoder(VitBaseline):
         super().__init__(**params)
         self.embed_dim = None if embed_dim is None else int(embed_dim)  # embedding width; None = dim
         self.temperature = float(temperature)  # InfoNCE softmax temperature
-        # FAISS index: "flat" (exact) or "hnsw" (named index_type: `index` is the method)
-        self.index_type = str(index_type)
-        self.hnsw_m = int(hnsw_m)  # hnsw: graph neighbours per node
-        self.ef_construction = int(ef_construction)  # hnsw: candidate list size while building
-        check_index_type(self.index_type, "dual-encoder", INDEX_TYPES)
+        check_index_type(self.index_type, "dual-encoder")
         if self.embed_dim is not None and self.embed_dim < 1:
             raise VitDSIError(f"dual-encoder: embed_dim must be >= 1 or None (= dim), got {embed_dim}")
         if not self.temperature > 0:
@@ -151,10 +143,7 @@ class DualEncoder(VitBaseline):
     def _build_index(self, x: np.ndarray) -> None:
         from vitdsi.features.faiss_index import build_index
 
-        self._faiss = build_index(
-            x, self.index_type, hnsw_m=self.hnsw_m, ef_construction=self.ef_construction, seed=self.seed,
-            owner="dual-encoder",
-        )
+        self._faiss = build_index(x, self.config(FaissConfig), seed=self.seed, owner="dual-encoder")
 
     def _add(self, images: ImageSet, train_queries: ImageSet | None) -> None:
         from vitdsi.features.faiss_index import add_vectors
@@ -174,7 +163,8 @@ class DualEncoder(VitBaseline):
     def _search(self, images: torch.Tensor, k: int) -> Ranking:
         from vitdsi.features.faiss_index import search_index
 
-        return search_index(self._faiss, self.embed(images), k, ef_search=self.query_args["ef_search"])
+        return search_index(self._faiss, self.embed(images), k, ef_search=self.query_args["ef_search"],
+                            nprobe=self.query_args["nprobe"])
 
     # ---- persistence ------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:

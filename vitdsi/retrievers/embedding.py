@@ -17,7 +17,8 @@ from vitdsi.errors import VitDSIError
 from vitdsi.features import faiss_index
 from vitdsi.features.backbones import Backbone, load_backbone
 from vitdsi.log import get_logger, progress
-from vitdsi.retrievers.base import Ranking, Retriever, Supervision, register
+from vitdsi.features.faiss_index import FAISS_PARAMS
+from vitdsi.retrievers.base import Ranking, Retriever, Supervision, fields_of, register
 
 log = get_logger(__name__)
 
@@ -28,35 +29,25 @@ INDEX_TYPES = faiss_index.INDEX_TYPES
 class Embedding(Retriever):
     """Backbone features, cosine similarity through a FAISS index."""
 
-    query_defaults: ClassVar[dict[str, Any]] = {
-        "ef_search": 64,  # hnsw: candidate list size while searching (higher = better recall, slower)
-        "nprobe": 8,  # ivf: inverted lists visited per query (nlist = exact)
-    }
+    query_defaults: ClassVar[dict[str, Any]] = dict(faiss_index.QUERY_DEFAULTS)
     supervision: ClassVar[Supervision] = Supervision(pretrained=True)
+    config_params = fields_of(faiss_index.FaissConfig, *FAISS_PARAMS)  # the FAISS index's settings
 
     def __init__(
         self,
         *,
         backbone: str = "efficientnet-lite0",
-        index_type: str = "flat",
         center: bool = True,
-        hnsw_m: int = 32,
-        ef_construction: int = 40,
-        nlist: int = 0,
         batch_size: int = 64,
         seed: int = 0,
         device: str | None = None,
+        **params: Any,
     ) -> None:
-        super().__init__(seed=seed, device=device)
+        super().__init__(seed=seed, device=device, **params)
         self.backbone = backbone  # "pixels", "efficientnet-lite0" or a torchvision model name
-        # FAISS index: "flat" (exact), "hnsw" or "ivf" (named index_type: `index` is the method)
-        self.index_type = index_type
         self.center = bool(center)  # subtract the corpus mean feature before normalising
-        self.hnsw_m = int(hnsw_m)  # hnsw: graph neighbours per node
-        self.ef_construction = int(ef_construction)  # hnsw: candidate list size while building
-        self.nlist = int(nlist)  # ivf: number of inverted lists, 0 = min(4 sqrt(N), N / 39)
         self.batch_size = int(batch_size)  # images per forward pass
-        faiss_index.check_index_type(index_type, "embedding")
+        faiss_index.check_index_type(self.index_type, "embedding")
         self._net: Backbone | None = None  # loaded on first use
         self._mean: torch.Tensor | None = None  # float32 [D] corpus mean feature (zeros without centring)
         self._faiss = None  # the FAISS index
@@ -96,10 +87,7 @@ class Embedding(Retriever):
         raw = self._raw_features(corpus.images, "corpus")
         self._mean = raw.mean(0) if self.center else torch.zeros(raw.shape[1], device=raw.device)
         x = self._normalise(raw)
-        self._faiss = faiss_index.build_index(
-            x, self.index_type, hnsw_m=self.hnsw_m, ef_construction=self.ef_construction, nlist=self.nlist,
-            seed=self.seed, owner="embedding",
-        )
+        self._faiss = faiss_index.build_index(x, self.config(faiss_index.FaissConfig), seed=self.seed, owner="embedding")
         n, d = x.shape
         log.info("embedding: %d images, %s features of %d dims, %s index", n, self.backbone, d, self.index_type)
 
