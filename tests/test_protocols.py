@@ -185,3 +185,38 @@ def prepare_digits():
     from vitdsi.data import load_dataset
 
     return load_dataset("digits", size=32)
+
+
+def test_report_of_a_study_searching_the_protocol_has_a_block_per_protocol(tmp_path):
+    """`dataset.protocol` in the space: one block per protocol, each with its own chance, model
+    choice and split by train views / seen classes, and a table across protocols."""
+    from bench.report import write_report
+    from bench.study import RunOptions, run
+
+    study = resolve({"name": "by_protocol", "scale": "smoke", "metrics": ["MAP@10", "R@1"],
+                     "methods": {"knn": {"retriever": "pixels-knn"}, "rand": {"retriever": "random"}},
+                     "space": {"dataset.protocol": ["class", "instance", "unseen-classes"], "method": ["knn", "rand"]},
+                     "dataset": {"n_total": 160, "split_ratio": 0.5}})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert run(study, RunOptions(tracking_uri=uri, storage=f"sqlite:///{tmp_path / 'optuna.db'}")).complete == 6
+    text = write_report("by_protocol", tracking_uri=uri, out_dir=tmp_path / "reports").read_text()
+    heads = [line for line in text.splitlines() if line.startswith("## ")]
+    assert heads[heads.index("## Across protocols"):][:4] == [
+        "## Across protocols", "## Protocol `class`", "## Protocol `instance`", "## Protocol `unseen-classes`"]
+    blocks = {p: text.split(f"## Protocol `{p}`", 1)[1].split("\n## ", 1)[0] for p in ("class", "instance", "unseen-classes")}
+    # each block has its protocol's chance: R@1 is 1/80 for 80 indexed images under any relevance,
+    # MAP@10 depends on how many images are relevant (one per query under `instance`)
+    import re
+
+    assert "R@1 (chance 0.0125)" in blocks["instance"]
+    chance = {p: float(re.search(r"MAP@10 \(chance ([0-9.]+)\)", b).group(1)) for p, b in blocks.items()}
+    harmonic_10 = sum(1 / r for r in range(1, 11))  # one relevant image at a uniform rank among 80
+    assert chance["instance"] == pytest.approx(harmonic_10 / 80, abs=1e-4) and chance["class"] != chance["instance"]
+    assert "### Seen and unseen in training" in blocks["instance"] and "(no train view)" in blocks["instance"]
+    assert "(unseen classes)" in blocks["unseen-classes"] and "### Seen and unseen" not in blocks["class"]
+    for p, block in blocks.items():
+        assert block.count("**(chosen)**") == 1  # model choice within the protocol
+        assert f"dataset.protocol={p}" in block and not any(f"dataset.protocol={q}" in block for q in blocks if q != p)
+    across = text.split("## Across protocols", 1)[1].split("\n## ", 1)[0]
+    assert "instance: R@1 (chance 0.0125)" in across and "class: MAP@10" in across
+    assert sum(line.startswith("| knn |") for line in across.splitlines()) == 1

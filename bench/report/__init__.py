@@ -8,6 +8,7 @@ links, so it renders anywhere without network; docs/design.md ("Reports") lists 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.report.continual import continual_section
@@ -16,10 +17,12 @@ from bench.report.figures import curves_section, precision_and_grid_section
 from bench.report.latency import latency_section
 from bench.report.rankings import paired_section, seen_in_training_section
 from bench.report.results import (
+    across_protocols_section,
     best_section,
     failed_section,
     header_section,
     importance_section,
+    protocol_description,
     results_section,
     table1_section,
 )
@@ -34,24 +37,34 @@ def write_report(study: str, *, tracking_uri: str | None = None, scale: str | No
     out_dir = Path(out_dir)
     fig_dir = out_dir / study
     fig_dir.mkdir(parents=True, exist_ok=True)
-    for old in fig_dir.glob("*.png"):
+    for old in fig_dir.rglob("*.png"):
         old.unlink()
     rel = study
     desc = (record.resolved.get("description") or "").strip()
     sections = [f"# Study `{study}`", desc, "## Set-up", header_section(record)]
     scored = any(t.metrics for t in record.trials)
     rankings: dict = {}  # trial rankings and splits, read once for the sections that re-score them
+    protocols = record.protocols() if scored else []
+    if len(protocols) > 1:  # relevance and chance differ by protocol: one block of scored sections each
+        results = [("## Across protocols", lambda: across_protocols_section(record))]
+        for p in protocols:
+            sub, sub_dir = record.for_protocol(p), fig_dir / p
+            sub_dir.mkdir(exist_ok=True)
+            results += [(f"## Protocol `{p}`", lambda d=sub.resolved["dataset"]: protocol_description(d)),
+                        *_scored_sections(sub, sub_dir, f"{rel}/{p}", rankings, "###")]
+        later = []
+    else:
+        results = _scored_sections(record, fig_dir, rel, rankings, "##")[:1] if scored else []
+        later = _scored_sections(record, fig_dir, rel, rankings, "##")[1:] if scored else []
     for heading, section in (
         ("## Latency against database size", lambda: latency_section(record, fig_dir, rel)),
-        ("## Results", lambda: scored and results_section(record) + "\n\n" + best_section(record)),
+        *results,
         ("## Failed trials", lambda: failed_section(record)),
         ("## Table 1 beside the paper", lambda: table1_section(record)),
         ("## Parameter importances", lambda: importance_section(record)),
         ("## Continual indexing", lambda: continual_section(record, fig_dir, rel)),
         ("## Training curves", lambda: curves_section(record, fig_dir, rel)),
-        ("## Paired comparisons", lambda: scored and paired_section(record, fig_dir, rankings)),
-        ("## Seen and unseen in training", lambda: scored and seen_in_training_section(record, fig_dir, rankings)),
-        ("## Precision@K and example queries", lambda: scored and precision_and_grid_section(record, fig_dir, rel, rankings)),
+        *later,
     ):
         body = section()  # in this order: the ranking sections share `rankings`
         if body:
@@ -61,3 +74,13 @@ def write_report(study: str, *, tracking_uri: str | None = None, scale: str | No
     path = out_dir / f"{study}.md"
     path.write_text(md)
     return path
+
+
+def _scored_sections(record, fig_dir: Path, rel: str, rankings: dict, level: str) -> list[tuple[str, Callable]]:
+    """The sections that read trial scores and rankings, at heading `level`."""
+    return [
+        (f"{level} Results", lambda: results_section(record) + "\n\n" + best_section(record)),
+        (f"{level} Paired comparisons", lambda: paired_section(record, fig_dir, rankings)),
+        (f"{level} Seen and unseen in training", lambda: seen_in_training_section(record, fig_dir, rankings)),
+        (f"{level} Precision@K and example queries", lambda: precision_and_grid_section(record, fig_dir, rel, rankings)),
+    ]

@@ -9,7 +9,7 @@ attempt of a retried trial number); `TrialRecord` is the typed view of one row. 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -134,6 +134,24 @@ class StudyRecord:
         """The metric's chance level when every trial that logged it has the same one (one split), else None."""
         chance = self.metric_table(metric)["chance"].dropna().round(12).unique()
         return float(chance[0]) if len(chance) == 1 else None
+
+    def protocol_of(self, t: TrialRecord) -> str:
+        """The evaluation protocol trial `t` ran under (searched per trial or fixed by the study)."""
+        return str(t.sampled.get("dataset.protocol") or self.resolved.get("dataset", {}).get("protocol") or "class")
+
+    def protocols(self) -> list[str]:
+        """The protocols of the finished trials, in the order the study's space lists them."""
+        listed = self.resolved.get("space", {}).get("dataset.protocol", {}).get("choices", [])
+        seen = {self.protocol_of(t) for t in self.trials}
+        return [p for p in listed if p in seen] + sorted(seen - set(listed))
+
+    def for_protocol(self, protocol: str) -> StudyRecord:
+        """This record restricted to the trials under `protocol`, which becomes the study's
+        protocol (so each section reads the relevance and chance of that protocol alone)."""
+        keep = [self.protocol_of(t) == protocol for t in self.trials]
+        resolved = {**self.resolved, "dataset": {**self.resolved.get("dataset", {}), "protocol": protocol}}
+        return replace(self, resolved=resolved, runs=self.runs[keep], trials=[t for t, k in zip(self.trials, keep) if k],
+                       failed=[f for f in self.failed if (f.sampled.get("dataset.protocol") or protocol) == protocol])
 
     def best(self) -> TrialRecord | None:
         """The trial model choice picks: best objective on the validation queries."""

@@ -36,7 +36,7 @@ def header_section(record: StudyRecord) -> str:
         ["scale", record.scale],
         ["dataset", f"{ds.get('name')} at {ds.get('size')} px, n_total {_ds('n_total')}, split_ratio {_ds('split_ratio')}, "
                     f"queries train/val/test {ds.get('query_fractions')}, split seed {ds.get('seed')}"],
-        ["protocol", "per trial (see the results)" if "protocol" in searched else _protocol(ds)],
+        ["protocol", "per trial (see the results)" if "protocol" in searched else protocol_description(ds)],
         ["objective", f"{record.objective} ({record.direction}), sampler {record.params.get('sampler')}, "
                       f"repeats {record.params.get('repeats')} seed(s) per trial"],
         ["trials", f"{len(record.trials)} finished"],
@@ -44,7 +44,7 @@ def header_section(record: StudyRecord) -> str:
     return md_table(["", ""], rows)
 
 
-def _protocol(ds: dict) -> str:
+def protocol_description(ds: dict) -> str:
     """The evaluation protocol in words (vitdsi.data.protocols)."""
     if ds.get("protocol") == "graded":
         gain = {"gain": "shared", **(ds.get("graded") or {})}["gain"]
@@ -60,6 +60,40 @@ def _protocol(ds: dict) -> str:
     return (f"instance: queries are new views ({opts['strength']}) of indexed images, each relevant to its source "
             f"only; {opts['train_views']} train view(s) of each image except a {opts['untrained_share']:.0%} share "
             "that has none; validation and test views from their own seeds")
+
+
+HEADLINE_METRIC = {"instance": "R@1", "graded": "nDCG@10"}  # per protocol; others: the objective
+
+
+def across_protocols_section(record: StudyRecord) -> str:
+    """One row per method, one column per protocol: the headline metric of that protocol (R@1
+    for instance, the objective otherwise) of the method's trial under it, mean ± CI across
+    seeds, the protocol's chance in the header; a trial is picked per method and protocol by
+    the validation objective, as everywhere."""
+    names = record.metric_names()
+    protocols = record.protocols()
+    columns, rows = [], {}
+    for p in protocols:
+        sub = record.for_protocol(p)
+        metric = HEADLINE_METRIC.get(p, record.objective)
+        metric = metric if metric in names else record.objective
+        chance = sub.shared_chance(metric)
+        columns.append(f"{p}: {metric}" + (f" (chance {fmt(chance)})" if chance is not None else ""))
+        sign = 1 if record.direction == "maximize" else -1
+        for t in sub.trials:
+            v = t.choice_value(record.objective)
+            row = rows.setdefault(t.method, {"learns from": t.supervision, "cells": {}, "pick": {}})
+            if v is None or (p in row["pick"] and sign * v <= sign * row["pick"][p]):
+                continue
+            m = t.metrics.get(metric)
+            row["pick"][p] = v
+            row["cells"][p] = fmt_ci(m.mean, m.ci95) if m is not None else "n/a"
+    body = [[method, r["learns from"], *(r["cells"].get(p, "—") for p in protocols)] for method, r in rows.items()]
+    return ("The headline metric of each protocol per method (test, mean over seeds ± the 95% CI across seeds): "
+            "R@1 under `instance`, where each query has one relevant image, the objective otherwise. Each protocol "
+            "has its own relevance and chance, so compare within a column; the per-protocol sections below have "
+            "every metric, paired tests and the label-matched baselines beside each DSI.\n\n"
+            + md_table(["method", "learns from", *columns], body))
 
 
 def results_section(record: StudyRecord) -> str:
