@@ -78,10 +78,10 @@ def reference_images_per_s(images: torch.Tensor, codes: torch.Tensor, size: int,
 
 
 def project_images_per_s(images: torch.Tensor, codes: torch.Tensor, size: int, patch: int, batch: int,
-                         epochs: int) -> float:
+                         epochs: int, precision: str = "auto") -> float:
     torch.manual_seed(0)
     model = VitDSI(VitDSIConfig(image_size=size, patch_size=patch, id_length=codes.shape[1], **PAPER))
-    cfg = TrainConfig(index_epochs=epochs, batch_size=batch, target_ia=2.0, eval_every=10**9)
+    cfg = TrainConfig(index_epochs=epochs, batch_size=batch, target_ia=2.0, eval_every=10**9, precision=precision)
     history = DSITrainer(model, images, codes, cfg).fit()
     return statistics.median([h.images_per_s for h in history][1:] or [history[0].images_per_s])
 
@@ -92,21 +92,32 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="epochs per measurement (the first is not counted)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating measurements of each side")
     ap.add_argument("--batch", type=int, default=32, help="batch size of both (the paper's 32)")
+    ap.add_argument("--dropout", type=float, default=0.1, help="dropout of both (paper 0.1; memorisation recipe 0)")
     args = ap.parse_args()
+    PAPER["dropout"] = args.dropout
+    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()  # native bf16 on this CPU (AMX / AVX512-BF16)
     console.print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), cpu; paper sizes {PAPER}, "
                   f"batch {args.batch}, {args.images} images, {args.rounds} alternating rounds")
-    table = Table("image", "patch", "reference images/s", "dsi-vit images/s", "ratio")
+    table = Table("image", "patch", "reference images/s", "dsi-vit fp32 images/s", "ratio",
+                  *(["dsi-vit bf16 images/s", "ratio"] if bf16 else []))
     for size, patch in ((32, 4), (160, 16)):
         gen = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (args.images, 3, size, size), dtype=torch.uint8, generator=gen)
         codes = make_ids("random", args.images, seed=0).codes
-        ref, ours = [], []
+        ref, ours, half = [], [], []
         for _ in range(args.rounds):
             ref.append(reference_images_per_s(images, codes, size, patch, args.batch, args.epochs))
             ours.append(project_images_per_s(images, codes, size, patch, args.batch, args.epochs))
+            if bf16:
+                half.append(project_images_per_s(images, codes, size, patch, args.batch, args.epochs, "bf16"))
         r, o = statistics.median(ref), statistics.median(ours)
-        table.add_row(f"{size} px", str(patch), f"{r:.0f}", f"{o:.0f}", f"{o / r:.2f}x")
-        console.print(f"  {size} px: reference {[round(x) for x in ref]}, dsi-vit {[round(x) for x in ours]}")
+        row = [f"{size} px", str(patch), f"{r:.0f}", f"{o:.0f}", f"{o / r:.2f}x"]
+        if bf16:
+            h = statistics.median(half)
+            row += [f"{h:.0f}", f"{h / r:.2f}x"]
+        table.add_row(*row)
+        console.print(f"  {size} px: reference {[round(x) for x in ref]}, dsi-vit {[round(x) for x in ours]}"
+                      + (f", bf16 {[round(x) for x in half]}" if bf16 else ""))
     console.print(table)
 
 

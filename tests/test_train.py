@@ -131,3 +131,31 @@ def test_relevant_sampler_draws_uniformly_among_relevant_images():
     multi = RelevantSampler(torch.tensor([[1, 0, 0], [0, 0, 1]]).bool(), torch.tensor([[1, 1, 0], [0, 1, 0], [1, 0, 0]]).bool())
     assert multi.has_relevant.tolist() == [True, False]
     assert set(torch.stack([multi.sample(torch.tensor([0]), gen) for _ in range(200)])[:, 0].tolist()) == {0, 2}
+
+
+def test_bf16_on_the_cpu_trains_close_to_fp32(small):
+    """precision='bf16' runs the forward pass under bf16 autocast on the CPU too; it learns
+    like float32 (loss within a few percent after a few epochs) and 'fp32' equals 'auto' there."""
+    corpus, _ = small
+    runs = {p: make_trainer(corpus, index_epochs=4, target_ia=1.1, eval_every=100, precision=p).fit()
+            for p in ("auto", "fp32", "bf16")}
+    assert [e.loss for e in runs["auto"]] == [e.loss for e in runs["fp32"]]
+    assert runs["bf16"][-1].loss == pytest.approx(runs["fp32"][-1].loss, rel=0.05)
+    assert runs["bf16"][-1].loss < runs["bf16"][0].loss
+    with pytest.raises(VitDSIError, match="precision must be one of auto, fp32, bf16"):
+        TrainConfig(precision="fp16")
+
+
+def test_ia_is_measured_on_a_fixed_sample_when_asked(small):
+    corpus, _ = small
+    sampled = make_trainer(corpus, scheme="atomic", index_epochs=15, target_ia=1.1, eval_every=100, ia_sample=8)
+    sampled.fit()
+    sampled.model.eval()
+    with torch.no_grad():  # which of the 32 images the model gets right, one by one
+        logits = sampled._forward(sampled._input(sampled.corpus), sampled.targets)[0]
+        right = sampled._exact(logits, sampled.targets).float()
+    rows = torch.randperm(32, generator=torch.Generator().manual_seed(0))[:8]  # the trainer's seed
+    assert 0 < right.mean() < 1  # so which 8 images are read matters
+    assert sampled.greedy_ia1() == pytest.approx(right[rows].mean().item())
+    with pytest.raises(VitDSIError, match="ia_sample must be >= 0"):
+        TrainConfig(ia_sample=-1)

@@ -22,6 +22,7 @@ from vitdsi.models.vit_dsi import PAD, VitDSI, id_inputs_targets
 log = get_logger(__name__)
 
 MODES = ("zero-shot", "fine-tuned", "multitask")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -35,6 +36,14 @@ class OptimConfig:
     warmup_frac: float = 0.03  # fraction of a phase's steps spent warming the lr up linearly
     min_lr_frac: float = 0.05  # cosine decays the lr to this fraction of the peak
     grad_clip: float = 1.0  # max global gradient norm
+    # training arithmetic: 'auto' = mixed precision on CUDA (bf16, else fp16), float32 on the CPU;
+    # 'fp32' everywhere; 'bf16' = bf16 autocast on CUDA and on the CPU too (fast on CPUs with
+    # AMX / AVX512-BF16, slow on others)
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise VitDSIError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
 
 
 @dataclass
@@ -48,8 +57,14 @@ class TrainConfig(OptimConfig):
     target_ia: float = 0.99  # indexing stops once greedy IA@1 on the corpus reaches this
     eval_every: int = 10  # also measure IA@1 every this many indexing epochs
     seed: int = 0  # order, targets and augmentation
+    # corpus images the IA@1 stop test decodes during indexing (a seeded sample); 0 = all of them.
+    # The trial still measures IA@1 on every indexed image afterwards
+    ia_sample: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ia_sample < 0:
+            raise VitDSIError(f"ia_sample must be >= 0 (0 = every indexed image), got {self.ia_sample}")
         if self.mode not in MODES:
             raise VitDSIError(f"mode must be one of {', '.join(MODES)}, got '{self.mode}'")
         if self.batch_size < 1 or self.lr <= 0:
@@ -127,18 +142,23 @@ def lr_factor(step: int, total: int, warmup: int, min_frac: float) -> float:
 
 
 def make_optimizer(model: VitDSI, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW without decay on norms and biases; the fused kernel (one call for every tensor,
+    on the CPU and CUDA) instead of a Python-side loop over parameters."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-8)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-8, fused=True)
 
 
-def autocast(device: torch.device):
-    """Mixed precision on CUDA (bf16 where supported, else fp16); full float32 on the CPU."""
+def autocast(device: torch.device, precision: str = "auto"):
+    """The autocast context of `precision` (OptimConfig.precision) on `device`: 'auto' is mixed
+    precision on CUDA (bf16 where supported, else fp16) and float32 on the CPU."""
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
     if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        dtype = torch.bfloat16 if precision == "bf16" or torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast("cpu", enabled=False)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def precompute_features(encoder, image_sets: list[torch.Tensor | None], batch: int = 256) -> list[torch.Tensor | None]:
@@ -255,15 +275,21 @@ class DSITrainer:
     @torch.no_grad()
     def greedy_ia1(self, batch: int = 256) -> float:
         """Fraction of corpus images whose own id is the argmax at every teacher-forced step
-        (= greedy decoding returns it), eval mode, no augmentation."""
+        (= greedy decoding returns it), eval mode, no augmentation; on the `ia_sample` images
+        (the same ones at every call) when that is set."""
+        n = len(self.corpus)
+        rows = torch.arange(n)
+        if 0 < self.cfg.ia_sample < n:
+            rows = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed))[: self.cfg.ia_sample]
+        rows = rows.to(self.device)
         was_training = self.model.training
         self.model.eval()
         hits = 0
-        for s in range(0, len(self.corpus), batch):
-            logits = self._forward(self._input(self.corpus[s : s + batch]), self.targets[s : s + batch])[0]
-            hits += int(self._exact(logits, self.targets[s : s + batch]).sum())
+        for part in rows.split(batch):
+            logits = self._forward(self._input(self.corpus[part]), self.targets[part])[0]
+            hits += int(self._exact(logits, self.targets[part]).sum())
         self.model.train(was_training)
-        return hits / len(self.corpus)
+        return hits / len(rows)
 
     # ---- internals ----
     def _input(self, rows: torch.Tensor) -> torch.Tensor:
@@ -272,7 +298,7 @@ class DSITrainer:
 
     def _forward(self, x: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and per-example loss for images x and target ids `codes`."""
-        with autocast(self.device):
+        with autocast(self.device, self.cfg.precision):
             if self.model.cfg.atomic:
                 logits = self.model(x, precomputed=self.precomputed).float()
                 loss = F.cross_entropy(logits, codes[:, 0], reduction="none", label_smoothing=self.cfg.label_smoothing)

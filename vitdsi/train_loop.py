@@ -58,7 +58,7 @@ def train_epochs(
             t0 = time.perf_counter()
             sums = torch.zeros(3, dtype=torch.float64)  # loss * n, n, right
             for batch in batches():
-                with autocast(device):
+                with autocast(device, cfg.precision):
                     loss, n, right = step(batch)
                 opt.zero_grad(set_to_none=True)
                 if scaler is not None:

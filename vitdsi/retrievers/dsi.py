@@ -32,7 +32,8 @@ class DSIViT(Retriever):
     config_params = (  # the model's and the trainer's fields, named and defaulted there
         *fields_of(VitDSIConfig, *ENCODER_PARAMS, "decoder_depth"),
         *fields_of(TrainConfig, "mode", "index_epochs", "retrieval_epochs", "lr", "batch_size", "weight_decay",
-                   "warmup_frac", "min_lr_frac", "grad_clip", "label_smoothing", "augment", "target_ia", "eval_every"),
+                   "warmup_frac", "min_lr_frac", "grad_clip", "label_smoothing", "augment", "target_ia", "eval_every",
+                   "ia_sample", "precision"),
     )
 
     def __init__(

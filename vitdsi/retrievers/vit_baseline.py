@@ -30,7 +30,7 @@ class VitBaseline(Retriever):
     reports_epochs = True
     config_params = (
         *fields_of(VitEncoderConfig, *ENCODER_PARAMS),
-        *fields_of(LoopConfig, "epochs", "lr", "weight_decay", "warmup_frac", "min_lr_frac", "grad_clip"),
+        *fields_of(LoopConfig, "epochs", "lr", "weight_decay", "warmup_frac", "min_lr_frac", "grad_clip", "precision"),
         *fields_of(TrainConfig, "batch_size", "augment"),
     )
 
