@@ -27,7 +27,7 @@ def images(n: int, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("scheme,n", [("random", 37), ("semantic", 123), ("clustered", 9)])
+@pytest.mark.parametrize("scheme,n", [("random", 37), ("semantic", 123), ("clustered", 9), ("rq", 80)])
 def test_full_beam_equals_scoring_every_id(scheme, n):
     rng = np.random.default_rng(0)
     ids = make_ids(scheme, n, labels=rng.integers(0, 3, n), features=rng.normal(size=(n, 5)), seed=0)
