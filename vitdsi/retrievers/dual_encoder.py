@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
-from vitdsi.log import get_logger
 from vitdsi.features.faiss_index import FAISS_PARAMS, QUERY_DEFAULTS, FaissConfig
+from vitdsi.log import get_logger
 from vitdsi.retrievers.base import Ranking, Supervision, fields_of, register
 from vitdsi.retrievers.vit_baseline import VitBaseline, gather_rows
 from vitdsi.train import (
@@ -61,7 +61,7 @@ class DualEncoder(VitBaseline):
         if not self.temperature > 0:
             raise VitDSIError(f"dual-encoder: temperature must be > 0, got {temperature}")
         if self.hnsw_m < 2 or self.ef_construction < 1:
-            raise VitDSIError(f"dual-encoder: need hnsw_m >= 2 and ef_construction >= 1, got {hnsw_m}, {ef_construction}")
+            raise VitDSIError(f"dual-encoder: need hnsw_m >= 2 and ef_construction >= 1, got {self.hnsw_m}, {self.ef_construction}")
         self._faiss = None  # the FAISS index over the corpus embeddings
 
     def supervision_used(self) -> Supervision:

@@ -16,8 +16,8 @@ from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
 from vitdsi.features import faiss_index
 from vitdsi.features.backbones import Backbone, load_backbone
-from vitdsi.log import get_logger, progress
 from vitdsi.features.faiss_index import FAISS_PARAMS
+from vitdsi.log import get_logger, progress
 from vitdsi.retrievers.base import Ranking, Retriever, Supervision, fields_of, register
 
 log = get_logger(__name__)

@@ -13,9 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -122,20 +119,15 @@ def generate_coco_mosaic(
 
 
 def _generate_atomically(folder: Path, params: dict) -> None:
-    """Generate into a folder of this process's own, then rename it to `folder`; when another
-    process got there first, keep its (complete) folder."""
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    generate_coco_mosaic(tmp, **params)
-    (tmp / "mosaic.json").write_text(json.dumps({**params, "format": MOSAIC_FORMAT}, indent=2))
-    if folder.exists() and not (folder / "mosaic.json").exists():
-        shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from an interrupted run
-    try:
-        os.rename(tmp, folder)
-    except OSError:  # another worker renamed its complete copy into place first
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (folder / "mosaic.json").exists():
-            raise
+    """Generate into a folder of this process's own, then rename it to `folder`
+    (vitdsi.cache_folder); when another process got there first, keep its (complete) folder."""
+    from vitdsi.cache_folder import build_atomically
+
+    def fill(tmp: Path) -> None:
+        generate_coco_mosaic(tmp, **params)
+        (tmp / "mosaic.json").write_text(json.dumps({**params, "format": MOSAIC_FORMAT}, indent=2))
+
+    build_atomically(folder, "mosaic.json", fill)
 
 
 def load_coco_mosaic(
