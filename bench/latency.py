@@ -71,7 +71,7 @@ def _sync(device: torch.device) -> None:
 
 def measure_search(
     retriever: Retriever,
-    queries: torch.Tensor,
+    queries: torch.Tensor | list[str],  # images or captions, as the retriever's `search` takes them
     *,
     k: int = 10,
     batch_size: int = 1,
@@ -82,7 +82,7 @@ def measure_search(
     """Per-query search latency of an indexed retriever; queries are cycled through."""
     if len(queries) < batch_size:
         reps = -(-batch_size // len(queries))
-        queries = queries.repeat(reps, 1, 1, 1)
+        queries = list(queries) * reps if not isinstance(queries, torch.Tensor) else queries.repeat(reps, 1, 1, 1)
     starts = np.arange(calls + warmup) * batch_size % max(1, len(queries) - batch_size + 1)
     times = []
     with fixed_threads(threads), torch.inference_mode():

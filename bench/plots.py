@@ -1,5 +1,6 @@
 """Report figures with matplotlib (Agg, no network): latency vs N on log-log axes with
-fitted slopes, Precision@K curves, training curves, and a query -> top-k image grid.
+fitted slopes, Precision@K curves, training curves, and a query -> top-k image grid (image
+queries, or captions printed above each row).
 
 Each function takes plain arrays and writes one PNG; the report module decides what to plot.
 """
@@ -123,3 +124,37 @@ def retrieval_grid(queries: np.ndarray, results: np.ndarray, relevant: np.ndarra
             ax.set_yticks([])
     fig.suptitle(title + "  (green: relevant)", fontsize=9)
     return _save(fig, path)
+
+
+def caption_grid(captions: list[str], own: np.ndarray, results: np.ndarray, relevant: np.ndarray, is_own: np.ndarray,
+                 path: Path, title: str, result_labels: list[list[str]] | None = None) -> Path:
+    """Caption queries: each row prints its caption above, then the caption's own image (blue frame)
+    and its top-k results. own uint8 [Q, 3, H, W]; results uint8 [Q, k, 3, H, W] (zeros where
+    missing); relevant / is_own bool [Q, k]: green frames for relevant results, red for others,
+    and '(own)' under the caption's own image among them."""
+    import textwrap
+
+    n_q, k = results.shape[:2]
+    fig, axes = plt.subplots(n_q, k + 1, figsize=(1.3 * (k + 1), 1.75 * n_q + 0.3), squeeze=False)
+    for q in range(n_q):
+        caption = textwrap.shorten(f"“{captions[q]}”", width=12 * (k + 1))
+        axes[q][0].set_title(caption, loc="left", fontsize=7, fontstyle="italic")
+        axes[q][0].imshow(own[q].transpose(1, 2, 0))
+        axes[q][0].set_xlabel("own image", fontsize=6)
+        for side in axes[q][0].spines.values():
+            side.set_edgecolor("#1f77b4")
+            side.set_linewidth(3)
+        for j in range(k):
+            ax = axes[q][j + 1]
+            ax.imshow(results[q, j].transpose(1, 2, 0))
+            for side in ax.spines.values():
+                side.set_edgecolor("#1a9850" if relevant[q, j] else "#d73027")
+                side.set_linewidth(3)
+            text = (result_labels[q][j] if result_labels is not None else f"#{j + 1}") + (" (own)" if is_own[q, j] else "")
+            ax.set_xlabel(text, fontsize=6)
+        for ax in axes[q]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(title + "  (blue: the caption's own image; green: relevant)", fontsize=9)
+    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.5 / (1.75 * n_q + 0.3), bottom=0.04, hspace=0.55, wspace=0.08)
+    return _save(fig, path, layout=False)

@@ -52,6 +52,13 @@ SCALES: dict[str, ScalePreset] = {
             "dual-encoder": {**_TINY_VIT, "embed_dim": 16},
             "bovw": {"vocab_size": 16, "detector": "dense", "upscale": 2, "step": 8, "size": 8, "kmeans_iters": 5},
             "embedding": {"backbone": "pixels", "index_type": "flat"},  # no pretrained weights to load
+            # text queries (the text protocol on coco-mosaic): frozen MiniLM, a tiny image encoder
+            "dsi-text": {
+                "patch_size": 8, "dim": 64, "ff_dim": 128, "depth": 2, "decoder_depth": 1, "heads": 4,
+                "dropout": 0.0, "id_scheme": "atomic", "mode": "multitask", "index_epochs": 40,
+                "retrieval_epochs": 40, "lr": 1e-3, "batch_size": 16, "augment": False,
+            },
+            "text-dual-encoder": {**_TINY_VIT, "epochs": 10, "embed_dim": 32},
         },
     ),
     "small": ScalePreset(

@@ -357,7 +357,8 @@ def rankings_arrays(result) -> dict[str, np.ndarray]:
     seed r its split (`idb_r`, `train_r`, `val_r`, `test_r`: positions in the source; the
     split seed moves with the repeat), the test and validation rankings (`test_ids_r`,
     `test_scores_r`, `val_ids_r`: rows follow test_r / val_r) and the indexing ranking
-    (`ia_ids_r`, `ia_scores_r`: rows follow idb_r); ids are positions in that seed's IDB."""
+    (`ia_ids_r`, `ia_scores_r`: rows follow idb_r); ids are positions in that seed's IDB. Under the
+    text protocol the test / validation rows follow that seed's caption queries (`SplitSets.text`)."""
     arrays: dict[str, np.ndarray] = {
         "idb": result.split.idb, "test": result.split.test,
         "seeds": np.array([r.seed for r in result.repeats], dtype=np.int64),
@@ -386,6 +387,7 @@ def _dataset_params(data) -> dict[str, Any]:
     out.update({f"instance.{k}": v for k, v in data.instance.items()})
     out.update({f"unseen.{k}": v for k, v in data.unseen.items()})
     out.update({f"graded.{k}": v for k, v in data.graded.items()})
+    out.update({f"text.{k}": v for k, v in data.text.items()})
     return out
 
 

@@ -25,7 +25,7 @@ from vitdsi.metrics import (
     mean_ci,
     parse_metric,
 )
-from vitdsi.retrievers.base import Ranking, Retriever, create
+from vitdsi.retrievers.base import Queries, Ranking, Retriever, create
 
 _DATASETS: OrderedDict[str, ImageSet] = OrderedDict()  # load kwargs -> dataset, last few used
 _SPLITS: OrderedDict[str, tuple[Split, SplitSets]] = OrderedDict()
@@ -67,10 +67,11 @@ def prepare(data: DataConfig) -> tuple[Split, SplitSets]:
 def split_sets(data: DataConfig, split: Split, images: ImageSet | None = None) -> SplitSets:
     """The image sets of `split` under the config's protocol: the split's own query images
     (`class`), new views of its indexed images (`instance`), the class split with some
-    classes hidden from training (`unseen-classes`) or with graded gains (`graded`); see
-    vitdsi.data.protocols."""
-    sets = split.apply(images if images is not None else dataset(data))
-    return apply_protocol(sets, data.protocol, data.seed, data.protocol_options())
+    classes hidden from training (`unseen-classes`), with graded gains (`graded`), or captions
+    of its indexed images as queries (`text`); see vitdsi.data.protocols."""
+    images = images if images is not None else dataset(data)
+    captions = split.indexed_captions(images) if data.protocol == "text" else None
+    return apply_protocol(split.apply(images), data.protocol, data.seed, data.protocol_options(), captions)
 
 
 @dataclass(frozen=True)
@@ -153,14 +154,14 @@ def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHoo
         retriever, index_seconds, history, steps, reused = _build(cfg, r, sets, device, on_epoch, ranked, k_test)
 
         t0 = time.perf_counter()
-        test = _search_padded(retriever, sets.test.images, k_test)
-        query_ms = 1000 * (time.perf_counter() - t0) / max(len(sets.test), 1)
-        val = _search_padded(retriever, sets.val.images, k_test)
+        test = _search_padded(retriever, sets.queries("test"), k_test)
+        query_ms = 1000 * (time.perf_counter() - t0) / max(sets.n_queries("test"), 1)
+        val = _search_padded(retriever, sets.queries("val"), k_test)
         values = {"test": {}, "val": {}}
         metrics, val_metrics = {}, {}
         if ranked:
             metrics, values["test"] = evaluate_with_values(test.ids, sets.relevance("test"), ranked)
-            if len(sets.val):
+            if sets.n_queries("val"):
                 val_metrics, values["val"] = evaluate_with_values(val.ids, sets.relevance("val"), ranked)
         indexing = None
         if ia_ks:
@@ -172,12 +173,13 @@ def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHoo
         if kept is None:
             kept = retriever
             if cfg.latency is not None:
-                latency = measure_latency(retriever, sets.test.images, cfg.latency, index_seconds)
+                latency = measure_latency(retriever, sets.queries("test"), cfg.latency, index_seconds)
     return TrialResult(
         config=cfg, split=repeats[0].split, repeats=repeats, summary=summarise(repeats, cfg.metrics, "test"),
         val_summary=summarise(repeats, [m for m in ranked if repeats[0].val_metrics], "val"),
         retriever=kept, device=str(kept.device), index_reused=reused,
-        timings={"index_seconds": float(np.mean([x.index_seconds for x in repeats])),
+        timings={"n_indexed": float(repeats[0].split.idb.size),
+                 "index_seconds": float(np.mean([x.index_seconds for x in repeats])),
                  "query_ms": float(np.mean([x.query_ms for x in repeats])), **latency},
     )
 
@@ -205,7 +207,9 @@ def _build(cfg: TrialConfig, r: int, sets: SplitSets, device: str | None, on_epo
 
         steps = index_continually(retriever, sets, cfg.continual, ranked, k_test)
     else:
-        retriever.index(sets.corpus, train_queries=sets.train, on_epoch=hook)
+        # text retrievers learn from the captions the corpus carries (the text protocol's train part)
+        train = sets.train if retriever.query_kind == "image" else None
+        retriever.index(sets.corpus, train_queries=train, on_epoch=hook)
     index_seconds = time.perf_counter() - t0
     history = [_as_dict(e) for e in getattr(retriever, "history", None) or []]
     if on_epoch is not None and not retriever.reports_epochs:
@@ -223,7 +227,7 @@ def forget_built() -> None:
     _BUILT.clear()
 
 
-def measure_latency(retriever: Retriever, queries: torch.Tensor, opts: dict[str, Any], build_s: float) -> dict[str, float]:
+def measure_latency(retriever: Retriever, queries: Queries, opts: dict[str, Any], build_s: float) -> dict[str, float]:
     """Latency metrics of one indexed retriever (bench.latency): p50 / p95 ms per query at
     batch 1 and at opts['batch_size'], build seconds and saved-index bytes."""
     from bench.latency import index_bytes, measure_search
@@ -258,11 +262,11 @@ def summarise(repeats: list[RepeatResult], metrics, which: str = "test") -> dict
     return out
 
 
-def _search_padded(retriever: Retriever, images: torch.Tensor, k: int) -> Ranking:
+def _search_padded(retriever: Retriever, queries: Queries, k: int) -> Ranking:
     """Top-k, asking for at most the corpus size and padding the rest with -1 (a metric at
     a cutoff beyond the corpus then counts the missing places as non-relevant)."""
     k_asked = min(k, retriever.corpus_size)
-    ranking = retriever.search(images, k_asked)
+    ranking = retriever.search(queries, k_asked)
     if k_asked == k:
         return ranking
     n = ranking.ids.shape[0]

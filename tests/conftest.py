@@ -38,6 +38,19 @@ def captioned_mosaic(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def text_split(captioned_mosaic):
+    """The text protocol on `captioned_mosaic` at 24 px: 45 indexed mosaics (about half of them carry
+    their 2 training captions), and 90 validation and 90 test captions of them (2 per image each)."""
+    from vitdsi.data import load_dataset, make_split
+    from vitdsi.data.protocols import apply_protocol
+    from vitdsi.data.text_protocol import TextOptions
+
+    ds = load_dataset("coco", root=str(captioned_mosaic), size=24)
+    split = make_split(ds, n_total=90, split_ratio=0.5, seed=0)
+    return apply_protocol(split.apply(ds), "text", 0, TextOptions(), split.indexed_captions(ds))
+
+
+@pytest.fixture(scope="session")
 def text_cache(tmp_path_factory):
     """A private cache folder for extracted text-encoder weights."""
     return str(tmp_path_factory.mktemp("text-encoders"))
@@ -57,7 +70,7 @@ def smoke_retriever(name: str, **params):
     from bench.scales import SCALES
     from vitdsi.retrievers import create
 
-    quick = {"index_epochs": 3, "retrieval_epochs": 2} if name == "dsi-vit" else {}
+    quick = {"index_epochs": 3, "retrieval_epochs": 2} if name in ("dsi-vit", "dsi-text") else {}
     return create(name, **{**SCALES["smoke"].params_for(name), **quick, "device": "cpu", **params})
 
 

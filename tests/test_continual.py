@@ -16,7 +16,7 @@ from vitdsi.errors import VitDSIError
 from vitdsi.ids import extend_ids, make_ids
 from vitdsi.retrievers import Retriever, registered
 
-NAMES = sorted(registered())
+NAMES = sorted(n for n, cls in registered().items() if cls.query_kind == "image")  # text retrievers do not add
 # retrievers whose index of the old images does not change when images are added (no retraining)
 FIXED_FEATURES = ("bovw", "classifier", "dual-encoder", "embedding", "pixels-knn")
 N_OLD = 40

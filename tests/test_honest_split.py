@@ -16,7 +16,9 @@ from bench.trial import prepare, repeat_data, run_trial
 from vitdsi.metrics import holm
 from vitdsi.retrievers.base import Retriever, registered
 
-PROTOCOL_CASES = [(name, "class") for name in sorted(registered())] + [
+IMAGE_NAMES = sorted(n for n, cls in registered().items() if cls.query_kind == "image")
+TEXT_NAMES = sorted(n for n, cls in registered().items() if cls.query_kind == "text")
+PROTOCOL_CASES = [(name, "class") for name in IMAGE_NAMES] + [
     (name, protocol) for protocol in ("instance", "unseen-classes") for name in ("dsi-vit", "classifier", "dual-encoder")
 ]
 
@@ -56,6 +58,39 @@ def test_validation_and_test_queries_never_reach_index(name, protocol, monkeypat
     assert result.value("MAP@10") == pytest.approx(np.mean([x.metrics["MAP@10"].mean for x in result.repeats]))
 
 
+@pytest.mark.parametrize("name", TEXT_NAMES)
+def test_validation_and_test_captions_never_reach_index(name, monkeypatch, tmp_path):
+    """The text protocol: only the indexed images and their training captions reach index(); no
+    validation or test caption (the queries), and no caption of the untrained share."""
+    seen: list[tuple[set, set]] = []
+    original = Retriever.index
+
+    def spy(self, corpus, *, train_queries=None, **kw):
+        assert train_queries is None
+        seen.append((set(corpus.source_ids.tolist()), set(corpus.captions.ids.tolist())))
+        return original(self, corpus, train_queries=train_queries, **kw)
+
+    monkeypatch.setattr(Retriever, "index", spy)
+    study = resolve({"name": f"leak-{name}", "retriever": name, "scale": "smoke", "repeats": 2,
+                     "dataset": {"name": "coco-mosaic", "root": str(tmp_path), "size": 32, "n_total": 80,
+                                 "split_ratio": 0.5, "options": {"n_images": 80, "tile_size": 16, "captions": 1},
+                                 "protocol": "text"},
+                     "metrics": ["MRR", "R@1"], "objective": {"metric": "MRR"}})
+    cfg = study.trial_config({})
+    result = run_trial(cfg, device="cpu")
+    assert len(seen) == 2
+    for r, (corpus_ids, caption_ids) in enumerate(seen):
+        _, sets = prepare(repeat_data(cfg.dataset, r))
+        queries = set(sets.text["val"].ids.tolist()) | set(sets.text["test"].ids.tolist())
+        assert queries and not caption_ids & queries, "a validation / test caption reached index()"
+        assert corpus_ids == set(sets.corpus.source_ids.tolist()) and caption_ids == set(sets.text["train"].ids.tolist())
+        # the untrained share: indexed, but none of its captions reached index()
+        untrained = set(range(len(sets.corpus))) - set(sets.text["train"].image.tolist())
+        assert len(untrained) == 20 and untrained <= set(sets.text["test"].image.tolist())
+    assert result.objective("MRR") == pytest.approx(np.mean([x.val_metrics["MRR"].mean for x in result.repeats]))
+    assert result.value("MRR") == pytest.approx(np.mean([x.metrics["MRR"].mean for x in result.repeats]))
+
+
 def test_holm_matches_a_hand_computation():
     p = [0.01, 0.04, 0.03, 0.005, float("nan")]
     # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> running max 0.06
@@ -82,6 +117,7 @@ def test_supervision_is_declared_and_narrowed_by_parameters():
     assert create("bovw").supervision_used().describe() == "label-free"
     for name, cls in registered().items():  # an instance never claims more than its class declares
         used, most = smoke_retriever(name).supervision_used(), cls.supervision
-        assert all(getattr(most, f) or not getattr(used, f) for f in ("corpus_labels", "query_pairs", "pretrained")), name
+        assert all(getattr(most, f) or not getattr(used, f)
+                   for f in ("corpus_labels", "query_pairs", "pretrained", "captions")), name
     out = CliRunner().invoke(app, ["list", "retrievers"], env={"COLUMNS": "200"}).output
     assert "learns from" in out and "label-free" in out and "corpus labels + query pairs" in out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ir_measures
 import numpy as np
 import pytest
+import torch
 from ir_measures import AP, RR, P, Qrel, R, ScoredDoc, nDCG
 
 from vitdsi.data.relevance import Relevance
@@ -240,3 +241,49 @@ def test_jaccard_gains_and_graded_chance():
     assert abs(m - exact) < max(4 * half, 1e-3)
     with pytest.raises(VitDSIError, match="graded relevance .* needs multi-label"):
         Relevance(np.array([0, 1]), np.array([1, 0]), grading="shared")
+
+
+def test_caption_query_metrics_equal_ir_measures_with_their_own_qrels():
+    """The text protocol: R@K and RR against qrels of the caption's own image, AP@K and graded nDCG@K
+    against qrels of the images sharing a category with it (gain = shared categories); the metric
+    definitions are the same, only the relevance differs."""
+    from vitdsi.data.captions import Captions
+    from vitdsi.data.imageset import ImageSet
+    from vitdsi.data.text_protocol import text_relevance
+
+    rng = np.random.default_rng(18)
+    compared = 0
+    for _ in range(60):
+        n, n_cat, m = int(rng.integers(5, 60)), int(rng.integers(2, 6)), int(rng.integers(3, 30))
+        labels = torch.as_tensor(rng.random((n, n_cat)) < 0.35)
+        corpus = ImageSet(torch.zeros(n, 3, 2, 2, dtype=torch.uint8), labels, np.arange(n).astype(str),
+                          tuple("abcdef"[:n_cat]))
+        caps = Captions.build([f"c{i}" for i in range(m)], rng.integers(0, n, m), np.arange(m))
+        rel = text_relevance(caps, corpus, grading="shared")
+        k = int(rng.integers(1, n + 1))
+        ids = np.argsort(rng.random((m, n)), axis=1)[:, :k].astype(np.int64)
+        cut = int(rng.integers(1, k + 1))
+        ours = per_query(ids, rel, [f"R@{cut}", "MRR", f"MAP@{cut}", f"nDCG@{cut}"])
+        run = [ScoredDoc(str(q), str(d), float(k - j)) for q in range(m) for j, d in enumerate(ids[q])]
+        own = [Qrel(str(q), str(d), 1) for q, d in enumerate(caps.image.tolist())]
+        gains = rel.default.gains(np.tile(np.arange(n), (m, 1)))
+        shared = [Qrel(str(q), str(d), int(gains[q, d])) for q, d in zip(*np.nonzero(gains))]
+        theirs = {(str(x.measure), int(x.query_id)): x.value
+                  for qrels, measures in ((own, [R @ cut, RR]), (shared, [AP @ cut, nDCG @ cut]))
+                  for x in ir_measures.iter_calc(measures, qrels, run)}
+        n_shared = rel.default.n_relevant()
+        for q in range(m):
+            assert ours[f"R@{cut}"][q] == pytest.approx(theirs.get((f"R@{cut}", q), 0.0), abs=1e-9)
+            assert ours["MRR"][q] == pytest.approx(theirs.get(("RR", q), 0.0), abs=1e-9)
+            if n_shared[q] == 0:  # an own image without categories shares none: undefined, left out
+                assert np.isnan(ours[f"MAP@{cut}"][q]) and np.isnan(ours[f"nDCG@{cut}"][q])
+                continue
+            # trec_eval's AP@K divides by R; ours by min(K, R) (see vitdsi.metrics); graded qrels count as relevant
+            ap = theirs.get((f"AP@{cut}", q), 0.0) * n_shared[q] / min(cut, n_shared[q])
+            assert ours[f"MAP@{cut}"][q] == pytest.approx(ap, abs=1e-9)
+            assert ours[f"nDCG@{cut}"][q] == pytest.approx(theirs.get((f"nDCG@{cut}", q), 0.0), abs=1e-9)
+            compared += 1
+        chance = chance_levels(rel, [f"R@{cut}", "MRR"], k)
+        assert chance[f"R@{cut}"] == pytest.approx(cut / n)  # one relevant image among n
+        assert chance["MRR"] == pytest.approx(sum(1 / i for i in range(1, k + 1)) / n)
+    assert compared > 300

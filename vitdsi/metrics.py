@@ -23,7 +23,9 @@ leaves out queries absent from the qrels). FPR@K is likewise NaN when R = N. Eac
 `MetricValue` says how many queries it averaged, so exclusions are visible.
 
 Chance levels are exact expectations under a uniformly random ranking of the corpus,
-averaged over the same queries (`chance_levels`).
+averaged over the same queries (`chance_levels`). The definitions do not change with the
+relevance: a `SplitRelevance` (the text protocol) only hands each metric family its own
+(a caption's own image for R@K and MRR, shared categories for the others).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from vitdsi.data.relevance import Relevance, as_numpy
+from vitdsi.data.relevance import Relevance, SplitRelevance, as_numpy
 from vitdsi.errors import VitDSIError
 
 # ---- per-query metric functions ------------------------------------------------------
@@ -281,8 +283,9 @@ def holm(p_values) -> np.ndarray:
     return out
 
 
-def per_query(ids, relevance: Relevance, names: Iterable[str] = DEFAULT_METRICS) -> dict[str, np.ndarray]:
-    """float64 [Q] per metric; NaN where a metric is undefined for a query (see module doc)."""
+def per_query(ids, relevance: Relevance | SplitRelevance, names: Iterable[str] = DEFAULT_METRICS) -> dict[str, np.ndarray]:
+    """float64 [Q] per metric; NaN where a metric is undefined for a query (see module doc). A
+    `SplitRelevance` gives each metric family its own relevance (the text protocol)."""
     ids = as_numpy(ids).astype(np.int64, copy=False)
     metrics = [parse_metric(n) for n in names]
     if ids.ndim != 2:
@@ -297,27 +300,31 @@ def per_query(ids, relevance: Relevance, names: Iterable[str] = DEFAULT_METRICS)
         # the whole corpus was returned: a larger cutoff sees nothing more (missing = non-relevant)
         ids = np.pad(ids, ((0, 0), (0, need - ids.shape[1])), constant_values=-1)
     k_returned = ids.shape[1]
-    rel = relevance.gather(ids)
     valid = ids >= 0
-    n_rel = relevance.n_relevant()
     n = relevance.corpus_size
+    gathered: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per distinct relevance: (rel, n_rel), once
     out = {}
     for m in metrics:
+        rm = relevance.for_family(m.family.name)
+        if id(rm) not in gathered:
+            gathered[id(rm)] = (rm.gather(ids), rm.n_relevant())
+        rel, n_rel = gathered[id(rm)]
         k = m.cutoff(k_returned)
-        if m.family.name == "nDCG" and relevance.graded:
-            out[m.name] = _graded_ndcg(relevance.gains(ids), relevance.ideal_gains(k), n_rel, k)
+        if m.family.name == "nDCG" and rm.graded:
+            out[m.name] = _graded_ndcg(rm.gains(ids), rm.ideal_gains(k), n_rel, k)
         else:
             out[m.name] = m.family.fn(rel, valid, n_rel, n, k)
     return out
 
 
-def chance_levels(relevance: Relevance, names: Iterable[str], k_returned: int) -> dict[str, float]:
+def chance_levels(relevance: Relevance | SplitRelevance, names: Iterable[str], k_returned: int) -> dict[str, float]:
     """Expected value of each metric under a uniformly random ranking of the corpus,
     averaged over the queries where the metric is defined."""
-    n_rel = relevance.n_relevant()
     n = relevance.corpus_size
     out = {}
     for m in (parse_metric(x) for x in names):
+        rm = relevance.for_family(m.family.name)
+        n_rel = rm.n_relevant()
         k = min(m.cutoff(k_returned), n)
         defined = n_rel > 0
         if m.family.name == "FPR":
@@ -325,10 +332,10 @@ def chance_levels(relevance: Relevance, names: Iterable[str], k_returned: int) -
         if not defined.any():
             out[m.name] = float("nan")
             continue
-        if m.family.name == "nDCG" and relevance.graded:
+        if m.family.name == "nDCG" and rm.graded:
             # a uniformly random ranking puts an expected mean_gain at every rank: E[DCG@k] = mean_gain * sum(disc)
-            idcg = (relevance.ideal_gains(k) * _discounts(k)).sum(1)
-            per_query_chance = relevance.mean_gains() * _discounts(k).sum() / np.where(idcg > 0, idcg, 1.0)
+            idcg = (rm.ideal_gains(k) * _discounts(k)).sum(1)
+            per_query_chance = rm.mean_gains() * _discounts(k).sum() / np.where(idcg > 0, idcg, 1.0)
             out[m.name] = float(per_query_chance[defined].mean())
             continue
         distinct, inverse = np.unique(n_rel[defined], return_inverse=True)
@@ -339,13 +346,13 @@ def chance_levels(relevance: Relevance, names: Iterable[str], k_returned: int) -
     return out
 
 
-def evaluate(ids, relevance: Relevance, names: Iterable[str] = DEFAULT_METRICS) -> dict[str, MetricValue]:
+def evaluate(ids, relevance: Relevance | SplitRelevance, names: Iterable[str] = DEFAULT_METRICS) -> dict[str, MetricValue]:
     """Mean, 95% CI and chance level of each named metric over all queries."""
     return evaluate_with_values(ids, relevance, names)[0]
 
 
 def evaluate_with_values(
-    ids, relevance: Relevance, names: Iterable[str] = DEFAULT_METRICS
+    ids, relevance: Relevance | SplitRelevance, names: Iterable[str] = DEFAULT_METRICS
 ) -> tuple[dict[str, MetricValue], dict[str, np.ndarray]]:
     """`evaluate`, and the per-query values behind each mean (for paired tests and pooling seeds)."""
     names = list(names)

@@ -240,22 +240,13 @@ class DSITrainer:
         self.max_shift = max(1, corpus_images.shape[-1] // 16) if cfg.augment else 0
         self.queries = self.sampler = None
         if cfg.mode != "zero-shot":
-            if query_images is None or query_labels is None or corpus_labels is None or len(query_images) == 0:
-                raise VitDSIError(
-                    f"mode '{cfg.mode}' learns from train queries but none were given; pass "
-                    "index(corpus, train_queries=...) or use mode='zero-shot'"
-                )
-            self.sampler = RelevantSampler(query_labels, corpus_labels)
-            if len(self.sampler) == 0:
-                raise VitDSIError("no train query has a relevant image in the corpus; check the labels / split")
-            keep = self.sampler.has_relevant.to(query_images.device)
-            self.queries = query_images[keep].to(self.device)
+            self._set_queries(query_images, query_labels, corpus_labels)
         # a borrowed encoder's fixed part gives every image the same output in every epoch: without
         # augmentation it runs once per image, and training reads its output (`self.corpus` and
         # `self.queries` then hold features, not uint8 images)
         self.precomputed = bool(getattr(model.encoder, "cacheable", False)) and not cfg.augment
         if self.precomputed:
-            self.corpus, self.queries = precompute_features(model.encoder, [self.corpus, self.queries])
+            self._precompute()
         self.scaler = (
             torch.amp.GradScaler("cuda")
             if self.device.type == "cuda" and not torch.cuda.is_bf16_supported()
@@ -292,6 +283,27 @@ class DSITrainer:
         return hits / len(rows)
 
     # ---- internals ----
+    def _set_queries(self, query_images, query_labels, corpus_labels) -> None:
+        """`self.sampler` (a relevant corpus image per query) and `self.queries` (the queries that have one)."""
+        if query_images is None or query_labels is None or corpus_labels is None or len(query_images) == 0:
+            raise VitDSIError(
+                f"mode '{self.cfg.mode}' learns from train queries but none were given; pass "
+                "index(corpus, train_queries=...) or use mode='zero-shot'"
+            )
+        self.sampler = RelevantSampler(query_labels, corpus_labels)
+        if len(self.sampler) == 0:
+            raise VitDSIError("no train query has a relevant image in the corpus; check the labels / split")
+        keep = self.sampler.has_relevant.to(query_images.device)
+        self.queries = query_images[keep].to(self.device)
+
+    def _precompute(self) -> None:
+        """Replace the training images by the borrowed encoder's fixed-part output (computed once)."""
+        self.corpus, self.queries = precompute_features(self.model.encoder, [self.corpus, self.queries])
+
+    def _memory(self, x) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Model input of a batch -> the memory the id decoder reads [B, P, D] and its padding mask (None)."""
+        return self.model.encode(x, self.precomputed), None
+
     def _input(self, rows: torch.Tensor) -> torch.Tensor:
         """Rows of `self.corpus` / `self.queries` -> model input (features are one already)."""
         return rows if self.precomputed else to_input(rows)
@@ -299,12 +311,13 @@ class DSITrainer:
     def _forward(self, x: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and per-example loss for images x and target ids `codes`."""
         with autocast(self.device, self.cfg.precision):
+            memory, mask = self._memory(x)  # as VitDSI.forward: encode, then the head or the decoder
             if self.model.cfg.atomic:
-                logits = self.model(x, precomputed=self.precomputed).float()
+                logits = self.model.atomic_logits(memory, mask).float()
                 loss = F.cross_entropy(logits, codes[:, 0], reduction="none", label_smoothing=self.cfg.label_smoothing)
                 return logits, loss
             inputs, targets = id_inputs_targets(codes)
-            logits = self.model(x, inputs, precomputed=self.precomputed).float()  # [B, L+1, V]
+            logits = self.model.decode(inputs[:, None, :], memory, mask=mask)[:, 0].float()  # [B, L+1, V]
         loss = F.cross_entropy(
             logits.transpose(1, 2), targets, ignore_index=PAD, reduction="none",
             label_smoothing=self.cfg.label_smoothing,

@@ -26,17 +26,20 @@ def _retrievers() -> None:
     from vitdsi.retrievers.base import registered, retriever_params
 
     table = Table(title="retrievers (build parameters = default; query arguments)", show_lines=True)
-    for col in ("name", "learns from (at most)", "build parameters", "query arguments", "what"):
+    for col in ("name", "queries", "learns from (at most)", "build parameters", "query arguments", "what"):
         table.add_column(col, overflow="fold")
     for name, cls in registered().items():
         params = ", ".join(f"{p.name}={p.default!r}" for p in retriever_params(cls) if p.name not in ("seed", "device"))
         query = ", ".join(f"{k}={v!r}" for k, v in cls.query_defaults.items()) or "-"
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        table.add_row(name, cls.supervision.describe(), params or "-", query, doc)
+        table.add_row(name, cls.query_kind, cls.supervision.describe(), params or "-", query, doc)
     console.print(table)
+    console.print("queries: image retrievers answer query images; text retrievers answer captions (`protocol: text`, "
+                  "`bench search --text`).")
     console.print("learns from: what may reach training besides the corpus pixels (corpus labels, train-query pairs "
-                  "derived from labels, pretrained weights); some retrievers use less depending on their parameters "
-                  "(e.g. a zero-shot dsi-vit with random ids is label-free), and each trial records what it used.")
+                  "derived from labels, the indexed images' captions, pretrained weights); some retrievers use less "
+                  "depending on their parameters (e.g. a zero-shot dsi-vit with random ids is label-free), and each "
+                  "trial records what it used.")
 
 
 def _datasets() -> None:

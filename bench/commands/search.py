@@ -1,8 +1,10 @@
-"""`bench search --run RUN_ID IMAGE...`: query a trained index with your own image files.
+"""`bench search --run RUN_ID IMAGE... | --text CAPTION`: query a trained index with your own images or captions.
 
-Loads the index a trial stored in MLflow, prepares each image as the datasets are
-prepared (RGB, centre square crop, resize to the index's size), answers top-k and writes
-a grid PNG (query, then its results with class and score), like the simple CBIR seeds.
+Loads the index a trial stored in MLflow, prepares each image as the datasets are prepared
+(RGB, centre square crop, resize to the index's size), or takes the captions as written for a
+text retriever (`dsi-text`, `text-dual-encoder`, `text-embedding-knn`), answers top-k and
+writes a grid PNG (query, or the caption above the row, then its results with class and
+score), like the simple CBIR seeds.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from vitdsi.log import console
 
 
 def command(
-    images: list[Path] = typer.Argument(..., help="Query image files (any size; centre-cropped and resized)."),
+    images: list[Path] = typer.Argument(None, help="Query image files (any size; centre-cropped and resized)."),
+    texts: list[str] = typer.Option(None, "--text", help="A caption to query a text retriever with (repeat for several)."),
     run_id: str = typer.Option(..., "--run", help="MLflow run id of a finished trial (e.g. the study's best.run_id tag)."),
     k: int = typer.Option(5, "--k", min=1, help="Results per query."),
     out: Path = typer.Option(Path("grid.png"), "--out", help="Where to write the result grid PNG."),
@@ -26,48 +29,61 @@ def command(
     device: str = typer.Option(None, "--device", help="torch device (default: CUDA when present)."),
     overrides: list[str] = typer.Option(None, "--set", help="Where the run's data are now, when they moved: --set dataset.root=/data/imagenet."),
 ) -> None:
-    """Answer top-k queries for image files with a trial's trained index; write a grid PNG."""
+    """Answer top-k queries for image files or captions with a trial's trained index; write a grid PNG."""
     import torch
 
     from bench.runs import open_trial_run
     from vitdsi.data.prep import load_image_file
+    from vitdsi.errors import VitDSIError
 
     with friendly_errors(), tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
+        if bool(images) == bool(texts):
+            raise VitDSIError("bench search takes query image files or --text captions (one kind, not both)")
         trial = open_trial_run(run_id, tracking_uri, with_index=True, folder=tmp)
         retriever = trial.load_index(device=device)
+        kind = "text" if texts else "image"
+        if retriever.query_kind != kind:
+            other = "--text CAPTION" if retriever.query_kind == "text" else "image files"
+            raise VitDSIError(f"run {run_id[:8]} holds a {trial.config.retriever} index, which answers "
+                              f"{retriever.query_kind} queries; give it {other}")
         corpus = trial.corpus(root=_root_override(overrides or []))
-        queries = torch.stack([load_image_file(p, retriever.image_size) for p in images])
-        if _grayscale(corpus.images) and not _grayscale(queries):
-            # a grey corpus (digits, Fashion-MNIST): compare like with like
-            queries = queries.float().mean(1, keepdim=True).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
-            console.print("the index holds grey images: the queries were converted to grey")
+        if texts:
+            queries, names = list(texts), list(texts)
+        else:
+            queries = torch.stack([load_image_file(p, retriever.image_size) for p in images])
+            names = [p.name for p in images]
+            if _grayscale(corpus.images) and not _grayscale(queries):
+                # a grey corpus (digits, Fashion-MNIST): compare like with like
+                queries = queries.float().mean(1, keepdim=True).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+                console.print("the index holds grey images: the queries were converted to grey")
         k = min(k, retriever.corpus_size)
         ranking = retriever.search(queries, k)
     ids, scores = ranking.ids.numpy(), ranking.scores.numpy()
     labels = corpus.primary_labels()
-    names = corpus.class_names
+    class_names = corpus.class_names
 
     def cls(pos: int) -> str:
         lab = int(labels[pos])
-        return names[lab] if 0 <= lab < len(names) else "?"
+        return class_names[lab] if 0 <= lab < len(class_names) else "?"
 
     table = Table(title=f"top-{k} from run {run_id[:8]} ({trial.config.retriever}, {trial.config.dataset.name}, {len(corpus)} indexed)")
     for col in ("query", "rank", "corpus image", "class", "score"):
         table.add_column(col)
     titles = []
-    for q, path in enumerate(images):
+    for q, name in enumerate(names):
         row = []
         for j in range(k):
             pos = int(ids[q, j])
             if pos < 0:
                 row.append("")
                 continue
-            table.add_row(path.name if j == 0 else "", str(j + 1), str(corpus.source_ids[pos]), cls(pos), f"{scores[q, j]:.3f}")
+            table.add_row(name if j == 0 else "", str(j + 1), str(corpus.source_ids[pos]), cls(pos), f"{scores[q, j]:.3f}")
             row.append(f"{cls(pos)} {scores[q, j]:.2f}")
         titles.append(row)
     console.print(table)
-    written = write_grid(queries, [p.name for p in images], corpus.images, ids, titles, out,
-                         title=f"{trial.config.method} on {trial.config.dataset.name} (run {run_id[:8]})")
+    title = f"{trial.config.method} on {trial.config.dataset.name} (run {run_id[:8]})"
+    query_images = None if texts else queries
+    written = write_grid(query_images, names, corpus.images, ids, titles, out, title=title)
     console.print(f"wrote {written}")
 
 
@@ -89,16 +105,21 @@ def _grayscale(images) -> bool:
 
 
 def write_grid(queries, query_titles, corpus_images, ids, titles, out: Path, title: str) -> Path:
-    """One row per query: the query, then its top-k corpus images titled with class and score."""
+    """One row per query: the query image, then its top-k corpus images titled with class and
+    score; for captions (`queries` None) the caption is printed above its row of results."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     n_q, k = ids.shape
-    fig, axes = plt.subplots(n_q, k + 1, figsize=(1.6 * (k + 1), 1.8 * n_q + 0.4), squeeze=False)
+    lead = 0 if queries is None else 1  # a column for the query image
+    fig, axes = plt.subplots(n_q, k + lead, figsize=(1.6 * (k + lead), (2.1 if queries is None else 1.8) * n_q + 0.4),
+                             squeeze=False)
     for q in range(n_q):
-        row = [(queries[q], query_titles[q])] + [
+        row = ([(queries[q], query_titles[q])] if queries is not None else []) + [
             (corpus_images[int(ids[q, j])] if ids[q, j] >= 0 else None, titles[q][j]) for j in range(k)
         ]
         for ax, (image, text) in zip(axes[q], row, strict=True):
@@ -108,10 +129,14 @@ def write_grid(queries, query_titles, corpus_images, ids, titles, out: Path, tit
                 ax.axis("off")
                 continue
             ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
-            ax.set_title(text, fontsize=7)
-        for spine in axes[q][0].spines.values():
-            spine.set_edgecolor("#1f77b4")
-            spine.set_linewidth(2.5)
+            ax.set_xlabel(text, fontsize=7) if queries is None else ax.set_title(text, fontsize=7)
+        if queries is None:
+            caption = textwrap.shorten(f"\u201c{query_titles[q]}\u201d", width=14 * k)
+            axes[q][0].set_title(caption, loc="left", fontsize=8, fontstyle="italic")
+        else:
+            for spine in axes[q][0].spines.values():
+                spine.set_edgecolor("#1f77b4")
+                spine.set_linewidth(2.5)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     if not out.suffix:  # matplotlib would add .png itself: name the file it really writes

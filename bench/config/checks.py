@@ -88,6 +88,7 @@ def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
         shown = point or "the fixed parameters"
         trial = study.trial_config(point)
         _check_split(study, trial.dataset, source, shown)
+        _check_query_kind(study, trial, known[trial.retriever], source, shown)
         key = json.dumps([trial.retriever, trial.params], sort_keys=True, default=str)
         if key not in seen and len(seen) < 64:
             try:
@@ -102,6 +103,29 @@ def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
             except VitDSIError as e:
                 raise StudyConfigError(f"{source}: {shown} with images of {trial.dataset.size} px "
                                        f"(dataset.size): {e}") from None
+
+
+def _check_query_kind(study: Study, trial, cls, source: str, shown: Any) -> None:
+    """The retriever takes the queries the protocol asks (captions under `text`, images otherwise),
+    and no metric queries the indexed images with themselves (IA@K) when queries are captions."""
+    kind = "text" if trial.dataset.protocol == "text" else "image"
+    if cls.query_kind != kind:
+        from vitdsi.retrievers.base import registered
+
+        fit = [n for n, c in registered().items() if c.query_kind == kind]
+        raise StudyConfigError(
+            f"{source}: {shown}: retriever '{cls.name}' answers {cls.query_kind} queries but `dataset.protocol: "
+            f"{trial.dataset.protocol}` asks {'captions' if kind == 'text' else 'images'}; use {', '.join(fit)}"
+            + (" or another protocol" if kind == "text" else " or `protocol: text`")
+        )
+    if kind == "text" and study.continual is not None:
+        raise StudyConfigError(f"{source}: field `continual`: continual indexing adds images with their image "
+                               "queries; the text protocol has none (text retrievers do not add); remove one of them")
+    ia = [m for m in study.metrics if m.startswith("IA@")]
+    if kind == "text" and ia:
+        raise StudyConfigError(f"{source}: field `metrics`: {', '.join(ia)} query the indexed images with themselves, "
+                               "but under the text protocol queries are captions; remove them (the training curves "
+                               "show a DSI's indexing accuracy)")
 
 
 def _check_split(study: Study, data: DataConfig, source: str, shown: Any) -> None:

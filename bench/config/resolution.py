@@ -205,10 +205,14 @@ def _resolve_dataset(sf: StudyFile, scale, source: str) -> DataConfig:
             raise StudyConfigError(f"{source}: field `dataset.options.{key}`: dataset '{name}' has no parameter '{key}'{suggest(key, opts)}; allowed: {', '.join(opts) or 'none'}")
     if d.root is not None and "root" not in allowed:
         raise StudyConfigError(f"{source}: field `dataset.root`: dataset '{name}' is not read from files; remove `root`")
-    for block, protocol in (("instance", "instance"), ("unseen", "unseen-classes"), ("graded", "graded")):
+    for block, protocol in (("instance", "instance"), ("unseen", "unseen-classes"), ("graded", "graded"), ("text", "text")):
         if getattr(d, block) is not None and d.protocol != protocol:
             raise StudyConfigError(f"{source}: field `dataset.{block}`: options of the {protocol} protocol, but "
                                    f"`dataset.protocol` is '{d.protocol}'; set `protocol: {protocol}` or remove them")
+    if d.protocol == "text" and ("captions" not in allowed or options.get("captions") in (0, False)):
+        raise StudyConfigError(f"{source}: field `dataset.protocol`: the text protocol asks captions of the indexed "
+                               f"images, and dataset '{name}' has none{' (options.captions is off)' if 'captions' in allowed else ''}; "
+                               "use coco (with a captions file) or coco-mosaic")
     fractions = d.query_fractions or (0.8, 0.1, 0.1)
     if abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
         raise StudyConfigError(f"{source}: field `dataset.query_fractions`: three non-negative numbers summing to 1 (train, val, test), got {list(fractions)}")
@@ -226,4 +230,5 @@ def _resolve_dataset(sf: StudyFile, scale, source: str) -> DataConfig:
         instance=d.instance.model_dump() if d.instance is not None else {},
         unseen=d.unseen.model_dump() if d.unseen is not None else {},
         graded=d.graded.model_dump() if d.graded is not None else {},
+        text=d.text.model_dump() if d.text is not None else {},
     )

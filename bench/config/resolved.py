@@ -37,17 +37,27 @@ class DataConfig(Resolved):
     root: str | None = None  # where the files are
     limit: int | None = None  # cap on source images
     options: dict[str, Any] = Field(default_factory=dict)  # other loader parameters
-    protocol: str = "class"  # what a query is: 'class', 'instance', 'unseen-classes' or 'graded' (vitdsi.data.protocols)
+    protocol: str = "class"  # what a query is: 'class', 'instance', 'unseen-classes', 'graded' or 'text' (vitdsi.data.protocols)
     instance: dict[str, Any] = Field(default_factory=dict)  # InstanceOptions fields (instance protocol)
     unseen: dict[str, Any] = Field(default_factory=dict)  # UnseenOptions fields (unseen-classes protocol)
     graded: dict[str, Any] = Field(default_factory=dict)  # GradedOptions fields (graded protocol)
+    text: dict[str, Any] = Field(default_factory=dict)  # TextOptions fields (text protocol)
+
+    @model_serializer(mode="wrap")
+    def _record(self, handler) -> dict[str, Any]:
+        # left out when empty, so the records and fingerprints of trials made before the text
+        # protocol existed do not change
+        d = handler(self)
+        if not d.get("text"):
+            d.pop("text", None)
+        return d
 
     def protocol_options(self):
         """The vitdsi.data.protocols options of this config's protocol (None for `class`)."""
-        from vitdsi.data.protocols import GradedOptions, InstanceOptions, UnseenOptions
+        from vitdsi.data.protocols import GradedOptions, InstanceOptions, TextOptions, UnseenOptions
 
         options = {"instance": (InstanceOptions, self.instance), "unseen-classes": (UnseenOptions, self.unseen),
-                   "graded": (GradedOptions, self.graded)}
+                   "graded": (GradedOptions, self.graded), "text": (TextOptions, self.text)}
         if self.protocol not in options:
             return None
         cls, fields = options[self.protocol]

@@ -107,6 +107,13 @@ class GradedConfig(_Model):
     gain: Literal["shared", "jaccard"] = "shared"  # shared categories with the query, or their Jaccard index
 
 
+class TextConfig(_Model):
+    """The text protocol: queries are captions of indexed images (vitdsi.data.text_protocol)."""
+
+    untrained_share: float = Field(0.5, ge=0, lt=1)  # share of indexed images whose captions never reach training
+    gain: Literal["shared", "jaccard"] = "shared"  # nDCG gain: shared categories with the caption's own image, or Jaccard
+
+
 class DatasetConfig(_Model):
     """Dataset and split; an unset field takes the scale preset's value."""
 
@@ -119,10 +126,11 @@ class DatasetConfig(_Model):
     seed: int = 0  # seeds the draw of images and the split (all trials share one split)
     limit: int | None = Field(None, ge=1)  # keep at most this many source images (stratified)
     options: dict[str, Any] = Field(default_factory=dict)  # other loader parameters (e.g. fit: pad)
-    protocol: Literal["class", "instance", "unseen-classes", "graded"] = "class"  # what a query is (vitdsi.data.protocols)
+    protocol: Literal["class", "instance", "unseen-classes", "graded", "text"] = "class"  # what a query is (vitdsi.data.protocols)
     instance: InstanceConfig | None = None  # options of the instance protocol
     unseen: UnseenConfig | None = None  # options of the unseen-classes protocol
     graded: GradedConfig | None = None  # options of the graded protocol
+    text: TextConfig | None = None  # options of the text protocol
 
 
 class SamplerConfig(_Model):

@@ -1,6 +1,7 @@
 """The figures of a report: training curves of the chosen trial of each method (from the
 per-epoch MLflow metrics), Precision@K for K = 1..100 with chance, and a query -> top-5
-image grid with class names (from the stored test rankings)."""
+image grid with class names, or with the caption above each row for caption queries (from
+the stored test rankings)."""
 
 from __future__ import annotations
 
@@ -66,6 +67,26 @@ def _class_names(images, positions: np.ndarray) -> list[str]:
     return out
 
 
+def _caption_grid(ids: np.ndarray, sets, relevance, out: Path, rel: str, t, name: str) -> str:
+    """The query grid of caption queries (the text protocol): one test caption of each of the first
+    images, printed above its row, the caption's own image, then its top results."""
+    queries = sets.text["test"]
+    first = np.unique(queries.image, return_index=True)[1][:GRID_QUERIES]  # one caption per image
+    k = min(GRID_K, ids.shape[1])
+    top = ids[first, :k]
+    imgs = sets.corpus.images.numpy()
+    results = np.where((top >= 0)[..., None, None, None], imgs[np.maximum(top, 0)], 0).astype(np.uint8)
+    own = queries.image[first]
+    fig = plots.caption_grid(queries.texts[first].tolist(), imgs[own], results, relevance.gather(ids)[first, :k],
+                             top == own[:, None], out / "query_grid.png",
+                             f"chosen trial #{t.number} {name}: test captions -> top {k}",
+                             result_labels=[_class_names(sets.corpus, row) for row in top])
+    return (f"Caption → top-{k} for the chosen trial (#{t.number}, {name}): each test caption (phrased as no training "
+            "caption is) above its row, then the image it describes (blue) and the results with their categories; "
+            "green frames share a category with the caption's own image, '(own)' marks the image itself:\n\n"
+            f"![query grid]({rel}/{fig.name})")
+
+
 def precision_and_grid_section(record: StudyRecord, out: Path, rel: str, cache: dict) -> str | None:
     from vitdsi.metrics import chance_levels, per_query
 
@@ -85,6 +106,9 @@ def precision_and_grid_section(record: StudyRecord, out: Path, rel: str, cache: 
         curves[name] = np.array([np.nanmean(values[n]) for n in names])
         ch = chance_levels(relevance, names, ids.shape[1])
         chance[name] = np.array([ch[n] for n in names])
+        if not grid_done and sets.text is not None:
+            parts.append(_caption_grid(ids, sets, relevance, out, rel, t, name))
+            grid_done = True
         if not grid_done:
             n_q = min(GRID_QUERIES, len(sets.test))
             k = min(GRID_K, ids.shape[1])

@@ -1,7 +1,7 @@
 """Report sections that read each trial's stored test rankings (artifacts) and re-score them
 query by query: paired comparisons against the chosen trial and the label-matched baselines
 (paired t CI, Wilcoxon, Holm), and seen / unseen splits of the test queries under the
-instance and unseen-classes protocols."""
+instance, unseen-classes and text protocols."""
 
 from __future__ import annotations
 
@@ -187,13 +187,16 @@ def paired_section(record: StudyRecord, out: Path, cache: dict) -> str | None:
 
 def seen_in_training_section(record: StudyRecord, out: Path, cache: dict) -> str | None:
     """Instance protocol: each chosen method's test metrics on views of indexed images that had
-    train views and on views of images that had none (generalisation to unseen images)."""
+    train views and on views of images that had none (generalisation to unseen images); the
+    unseen-classes protocol by seen / unseen class, the text protocol by whether the caption's
+    own image carried training captions."""
     from vitdsi.metrics import mean_ci, per_query
 
     protocol = record.resolved.get("dataset", {}).get("protocol")
-    if protocol not in ("instance", "unseen-classes"):
+    if protocol not in ("instance", "unseen-classes", "text"):
         return None
-    sides = ("(had train views)", "(no train view)") if protocol == "instance" else ("(seen classes)", "(unseen classes)")
+    sides = {"instance": ("(had train views)", "(no train view)"), "unseen-classes": ("(seen classes)", "(unseen classes)"),
+             "text": ("(image captioned in training)", "(image not)")}[protocol]
     names = [m for m in record.metric_names() if not m.startswith("IA@")]
     rows = []
     for t in best_per_method(record):
@@ -207,6 +210,8 @@ def seen_in_training_section(record: StudyRecord, out: Path, cache: dict) -> str
                 values = per_query(sr.ids, sr.relevance, [m])[m]
                 if protocol == "instance":
                     had_train = np.isin(sr.sets.test.view_of, sr.sets.train.view_of)
+                elif protocol == "text":  # did the caption's own image carry training captions?
+                    had_train = np.isin(sr.sets.text["test"].image, sr.sets.text["train"].image)
                 else:
                     had_train = ~np.isin(sr.sets.test.labels.numpy(), sr.sets.corpus.meta["unseen_classes"])
                 pooled[True].append(values[had_train])
@@ -218,9 +223,11 @@ def seen_in_training_section(record: StudyRecord, out: Path, cache: dict) -> str
     if not rows:
         return None
     header = ["method", "learns from"] + [f"{m} {side}" for m in names for side in sides]
-    what = ("Test views split by whether their source image had train views." if protocol == "instance" else
-            "Test queries split by whether their class was seen in training (unseen classes are indexed, but no "
-            "label or training pair of theirs reached any method).")
+    what = {"instance": "Test views split by whether their source image had train views.",
+            "unseen-classes": "Test queries split by whether their class was seen in training (unseen classes are "
+                              "indexed, but no label or training pair of theirs reached any method).",
+            "text": "Test captions split by whether the image they describe carried training captions (the rest of "
+                    "the indexed images are known by their pixels alone: a caption-only method cannot find them)."}[protocol]
     return (what + " A method that only learnt its training pairs or labels does well on the first column and not "
             "the second; a label-free method cannot tell them apart. Means over the pooled test queries of all seeds "
             "± the 95% CI over those queries.\n\n" + md_table(header, rows))

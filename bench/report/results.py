@@ -54,6 +54,12 @@ def protocol_description(ds: dict) -> str:
         share = {"share": 0.3, **(ds.get("unseen") or {})}["share"]
         return (f"unseen-classes: {share:.0%} of the classes (seeded) are indexed but their labels and train queries "
                 "never reach training; relevance = same class; test reported for seen and unseen classes")
+    if ds.get("protocol") == "text":
+        opts = {"untrained_share": 0.5, "gain": "shared", **(ds.get("text") or {})}
+        return (f"text: queries are captions of indexed images in phrasings no training caption uses; R@K and MRR: "
+                "relevant = the caption's own image; the other metrics: images sharing a category with it (nDCG "
+                f"gains: {'shared categories' if opts['gain'] == 'shared' else 'Jaccard index'}); a "
+                f"{opts['untrained_share']:.0%} share of the indexed images carries no training caption")
     if ds.get("protocol", "class") != "instance":
         return "class: queries are other images, relevant = same class (or a shared category)"
     opts = {"strength": "medium", "train_views": 2, "untrained_share": 0.5, **(ds.get("instance") or {})}
@@ -62,7 +68,7 @@ def protocol_description(ds: dict) -> str:
             "that has none; validation and test views from their own seeds")
 
 
-HEADLINE_METRIC = {"instance": "R@1", "graded": "nDCG@10"}  # per protocol; others: the objective
+HEADLINE_METRIC = {"instance": "R@1", "graded": "nDCG@10", "text": "R@1"}  # per protocol; others: the objective
 
 
 def across_protocols_section(record: StudyRecord) -> str:
@@ -196,7 +202,8 @@ def best_section(record: StudyRecord) -> str:
     return (f"Chosen trial (best {record.objective} on the {split}): **#{best.number} {label(best, record)}** "
             f"with {fmt(best.choice_value(record.objective))} there; its test {record.objective} = "
             f"{fmt_ci(m.mean, m.ci95)} (chance {fmt(m.chance)}). "
-            f"Run `{best.run_id}`; query its index with `bench search --run {best.run_id} IMAGE...`.")
+            f"Run `{best.run_id}`; query its index with `bench search --run {best.run_id} "
+            + ('--text "CAPTION"`.' if best.params.get("dataset.protocol") == "text" else "IMAGE...`."))
 
 
 def failed_section(record: StudyRecord) -> str | None:

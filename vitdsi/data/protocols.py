@@ -22,6 +22,9 @@ instance-retrieval / copy-detection setting):
               train queries are dropped, so no training pair or label the model sees
               involves them. Validation and test queries of every class remain and are
               reported separately for seen and unseen classes.
+    text      queries are captions of indexed images, in phrasings held out of training
+              (vitdsi.data.text_protocol): relevant = the caption's own image for R@K and
+              MRR, images sharing a category with it for the other metrics
 
 The class split is drawn first (`vitdsi.data.split`), so the indexed database is the same
 under both protocols for a given seed; under `instance` the class split's query images
@@ -36,12 +39,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vitdsi.data.captions import Captions
 from vitdsi.data.imageset import ImageSet
 from vitdsi.data.split import SplitSets
+from vitdsi.data.text_protocol import TextOptions, text_sets
 from vitdsi.data.views import PRESETS, make_views, view_seed
 from vitdsi.errors import VitDSIError
 
-PROTOCOLS = ("class", "instance", "unseen-classes", "graded")
+PROTOCOLS = ("class", "instance", "unseen-classes", "graded", "text")
 NO_FLIP_DATASETS = ("digits",)  # data whose meaning a mirror image changes
 
 
@@ -79,15 +84,19 @@ class GradedOptions:
             raise VitDSIError(f"graded protocol: gain must be 'shared' or 'jaccard', got '{self.gain}'")
 
 
-ProtocolOptions = InstanceOptions | UnseenOptions | GradedOptions
+ProtocolOptions = InstanceOptions | UnseenOptions | GradedOptions | TextOptions
 
 
-def apply_protocol(sets: SplitSets, protocol: str, seed: int, options: ProtocolOptions | None = None) -> SplitSets:
-    """The sets of `protocol` over a class split (`class`: unchanged)."""
+def apply_protocol(sets: SplitSets, protocol: str, seed: int, options: ProtocolOptions | None = None,
+                   indexed_captions: Captions | None = None) -> SplitSets:
+    """The sets of `protocol` over a class split (`class`: unchanged). The text protocol also needs
+    `indexed_captions`, every caption of the indexed images (`Split.indexed_captions`)."""
     if protocol not in PROTOCOLS:
         raise VitDSIError(f"unknown protocol '{protocol}'; known: {', '.join(PROTOCOLS)}")
     if protocol == "class":
         return sets
+    if protocol == "text":
+        return text_sets(sets.corpus, indexed_captions, seed, options or TextOptions())
     if protocol == "graded":
         if not sets.corpus.multilabel:
             raise VitDSIError(f"the graded protocol needs multi-label data (coco, coco-mosaic); '{sets.corpus.name}' "

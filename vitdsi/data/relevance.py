@@ -53,6 +53,10 @@ class Relevance:
     def graded(self) -> bool:
         return self.grading != "binary"
 
+    def for_family(self, family: str) -> Relevance:
+        """The relevance metric family `family` reads: this one (see `SplitRelevance`)."""
+        return self
+
     def gains(self, ids: np.ndarray) -> np.ndarray:
         """float64 [Q, k]: the gain of the corpus image at ids[q, j] for query q (0 for -1 and
         non-relevant images; 1 for relevant ones under binary grading)."""
@@ -170,6 +174,43 @@ class Relevance:
             q = sp.csr_matrix(self.query_labels)
             c = sp.csr_matrix(self.corpus_labels)
         return (q.astype(np.int32) @ c.astype(np.int32).T).astype(bool).tocsr()
+
+
+@dataclass(frozen=True)
+class SplitRelevance:
+    """Relevance that differs by metric family (the text protocol: a caption's own image for R@K
+    and MRR, shared categories for the rest). `vitdsi.metrics` asks `for_family`; everything
+    else (counts, `gather` for figures) reads `default`."""
+
+    default: Relevance  # what metric families not in `by_family` read
+    by_family: dict[str, Relevance]  # metric family name ('R', 'MRR', ...) -> the relevance it reads
+
+    def __post_init__(self) -> None:
+        for family, rel in self.by_family.items():
+            if (rel.n_queries, rel.corpus_size) != (self.default.n_queries, self.default.corpus_size):
+                raise VitDSIError(f"relevance of metric family {family} is {rel.n_queries} x {rel.corpus_size} but the "
+                                  f"default is {self.default.n_queries} x {self.default.corpus_size}")
+
+    def for_family(self, family: str) -> Relevance:
+        return self.by_family.get(family, self.default)
+
+    @property
+    def n_queries(self) -> int:
+        return self.default.n_queries
+
+    @property
+    def corpus_size(self) -> int:
+        return self.default.corpus_size
+
+    @property
+    def graded(self) -> bool:
+        return self.default.graded
+
+    def gather(self, ids: np.ndarray) -> np.ndarray:
+        return self.default.gather(ids)
+
+    def n_relevant(self) -> np.ndarray:
+        return self.default.n_relevant()
 
 
 def relevance_keys(queries: ImageSet, corpus: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:

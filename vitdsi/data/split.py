@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from vitdsi.data.captions import Captions
 from vitdsi.data.imageset import ImageSet
-from vitdsi.data.relevance import Relevance
+from vitdsi.data.relevance import Relevance, SplitRelevance
 from vitdsi.data.sampling import stratified_sample
 from vitdsi.errors import VitDSIError
 
@@ -32,9 +34,28 @@ class SplitSets:
     val: ImageSet  # validation queries (early stopping, model choice)
     test: ImageSet  # test queries (every reported number)
     grading: str = "binary"  # gains of graded metrics (Relevance.grading; the graded protocol)
+    # the text protocol (vitdsi.data.text_protocol): caption queries of 'train', 'val' and 'test', each
+    # describing the corpus image at its `image` position; the image parts are then empty. None = image queries
+    text: dict[str, Captions] | None = None
 
-    def relevance(self, part: str) -> Relevance:
+    @property
+    def query_kind(self) -> str:
+        """'image' or 'text': what the queries of this split are (`Retriever.query_kind`)."""
+        return "image" if self.text is None else "text"
+
+    def queries(self, part: str) -> torch.Tensor | list[str]:
+        """The `part` queries as a retriever's `search` takes them: uint8 images [n, 3, H, W], or captions."""
+        return getattr(self, part).images if self.text is None else self.text[part].texts.tolist()
+
+    def n_queries(self, part: str) -> int:
+        return len(getattr(self, part)) if self.text is None else len(self.text[part])
+
+    def relevance(self, part: str) -> Relevance | SplitRelevance:
         """Relevance of the `part` queries ('train', 'val' or 'test') against the corpus."""
+        if self.text is not None:
+            from vitdsi.data.text_protocol import text_relevance
+
+            return text_relevance(self.text[part], self.corpus, self.grading)
         return Relevance.between(getattr(self, part), self.corpus, self.grading)
 
 
@@ -65,6 +86,11 @@ class Split:
         self._verify_ids(dataset)
         parts = {"corpus": self.idb, "train": self.train, "val": self.val, "test": self.test}
         return SplitSets(*(dataset.subset(index).for_part(part) for part, index in parts.items()))
+
+    def indexed_captions(self, dataset: ImageSet) -> Captions | None:
+        """Every caption of the indexed images, in any phrasing, at their corpus positions (the text
+        protocol draws its queries from them; `apply` keeps the training phrasing only)."""
+        return None if dataset.captions is None else dataset.captions.for_images(self.idb)
 
     def _verify_ids(self, dataset: ImageSet) -> None:
         stored = self.params.get("source_ids")

@@ -72,6 +72,9 @@ class TextEncoderConfig:
             raise VitDSIError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
 
 
+TEXT_ENCODER_PARAMS = tuple(TextEncoderConfig.__dataclass_fields__)  # build parameters of the text retrievers
+
+
 class TextEncoder(nn.Module):
     """Texts -> token states [B, L, D] and sentence embeddings [B, D]. Subclasses give `dim`,
     `tokenize` (texts -> input_ids and attention_mask, int64 [B, L] on the CPU) and `tokens`."""
@@ -98,6 +101,15 @@ class TextEncoder(nn.Module):
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """L2-normalised sentence embeddings [B, D]."""
         return F.normalize(self(input_ids, attention_mask), dim=-1)
+
+    @property
+    def fixed(self) -> bool:
+        """True when no weight trains: a text's token states never change, so they can be computed once."""
+        return not any(p.requires_grad for p in self.parameters())
+
+    def package_state_keys(self) -> set[str]:
+        """Keys of `state_dict()` whose values come unchanged from a pretrained package (none here)."""
+        return set()
 
     def encode(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """float32 [n, D] L2-normalised sentence embeddings on the encoder's device, in eval mode.
@@ -150,6 +162,10 @@ class MiniLMTextEncoder(TextEncoder):
             module.eval()  # no dropout in the fixed part, whatever the model's mode
         return self
 
+    def package_state_keys(self) -> set[str]:
+        """The fixed part's weights and every buffer: what the package ships and training leaves alone."""
+        return {k for k, p in self.named_parameters() if not p.requires_grad} | {k for k, _ in self.named_buffers()}
+
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
                                return_tensors="pt")
@@ -193,6 +209,28 @@ class ScratchTextEncoder(TextEncoder):
     def tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         x = self.drop(self.token_embed(input_ids) + self.pos[: input_ids.shape[1]])
         return self.norm(self.layers(x, src_key_padding_mask=attention_mask == 0))
+
+
+def saved_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """`model.state_dict()` on the CPU without the weights its text encoders take unchanged from a
+    pretrained package (a frozen MiniLM: 90 MB an index need not carry); `load_saved_state` reads it."""
+    skip = _package_keys(model)
+    return {k: v.detach().cpu() for k, v in model.state_dict().items() if k not in skip}
+
+
+def load_saved_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load what `saved_state` wrote into `model`, built as when it was saved (its text encoders'
+    package weights already loaded); any other missing or unexpected key is an error."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = sorted(set(missing) - _package_keys(model))
+    if missing or unexpected:
+        raise VitDSIError(f"saved model state does not fit the model: missing {missing[:5]}, unexpected "
+                          f"{sorted(unexpected)[:5]}; save the index again with this version")
+
+
+def _package_keys(model: nn.Module) -> set[str]:
+    return {f"{name}.{k}" if name else k for name, m in model.named_modules() if isinstance(m, TextEncoder)
+            for k in m.package_state_keys()}
 
 
 def make_text_encoder(cfg: TextEncoderConfig) -> TextEncoder:

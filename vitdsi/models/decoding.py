@@ -66,15 +66,22 @@ def beam_search(model: VitDSI, images: torch.Tensor, trie: IdTrie, k: int, beam:
     sequence log-probabilities float32 [B, k], non-increasing per row. The beam width is
     max(beam, k) so that k distinct ids survive to the end.
     """
+    return beam_search_memory(model, model.encode(images), trie, k, beam)
+
+
+@torch.no_grad()
+def beam_search_memory(model: VitDSI, memory: torch.Tensor, trie: IdTrie, k: int, beam: int,
+                       mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`beam_search` from an encoded memory [B, P, D] (image patches, or caption tokens with their
+    padding `mask`, bool [B, P])."""
     width = max(beam, k)
-    memory = model.encode(images)
-    kv = model.memory_kv(memory)
-    b, device = images.shape[0], images.device
+    kv = model.memory_kv(memory, mask)
+    b, device = memory.shape[0], memory.device
     tokens = torch.full((b, 1, 1), BOS, dtype=torch.int64, device=device)  # [B, W, T]
     nodes = torch.zeros((b, 1), dtype=torch.int64, device=device)  # trie node of each hypothesis, -1 = dead
     scores = torch.zeros((b, 1), dtype=torch.float32, device=device)
     for level in range(trie.length):
-        logp = F.log_softmax(model.decode(tokens, memory, kv, last_only=True).float(), -1)[..., :N_DIGITS]
+        logp = F.log_softmax(model.decode(tokens, memory, kv, last_only=True, mask=mask).float(), -1)[..., :N_DIGITS]
         child = trie.children[level][nodes.clamp(min=0)]  # [B, W, 10]
         allowed = (child >= 0) & (nodes >= 0)[..., None]
         cand = (scores[..., None] + logp).masked_fill(~allowed, float("-inf")).flatten(1)  # [B, W*10]
@@ -84,7 +91,7 @@ def beam_search(model: VitDSI, images: torch.Tensor, trie: IdTrie, k: int, beam:
         nodes = child.flatten(1).gather(1, flat).masked_fill(torch.isinf(scores), -1)
         tokens = torch.cat([tokens.gather(1, parent[..., None].expand(-1, -1, tokens.shape[2])), digit[..., None]], 2)
     # close every id with EOS so scores are the same full-sequence log-probs as in training
-    eos = F.log_softmax(model.decode(tokens, memory, kv, last_only=True).float(), -1)[..., EOS]
+    eos = F.log_softmax(model.decode(tokens, memory, kv, last_only=True, mask=mask).float(), -1)[..., EOS]
     scores = torch.where(nodes >= 0, scores + eos, torch.full_like(scores, float("-inf")))
     scores, order = scores.sort(dim=1, descending=True, stable=True)
     nodes = nodes.gather(1, order)
@@ -99,7 +106,14 @@ def beam_search(model: VitDSI, images: torch.Tensor, trie: IdTrie, k: int, beam:
 @torch.no_grad()
 def atomic_topk(model: VitDSI, images: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k corpus positions of the atomic head (one step): positions [B, k], log-probs [B, k]."""
-    logp = F.log_softmax(model.atomic_logits(model.encode(images)).float(), -1)
+    return atomic_topk_memory(model, model.encode(images), k)
+
+
+@torch.no_grad()
+def atomic_topk_memory(model: VitDSI, memory: torch.Tensor, k: int,
+                       mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`atomic_topk` from an encoded memory [B, P, D] (and its padding `mask`, bool [B, P])."""
+    logp = F.log_softmax(model.atomic_logits(memory, mask).float(), -1)
     scores, positions = logp.topk(min(k, logp.shape[1]), dim=1)
     if positions.shape[1] < k:
         pad = k - positions.shape[1]

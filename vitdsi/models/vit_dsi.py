@@ -133,28 +133,31 @@ class VitDSI(nn.Module):
         -> patch encodings [B, P, D]."""
         return self.encoder(images, precomputed=True) if precomputed else self.encoder(images)
 
-    def atomic_logits(self, memory: torch.Tensor) -> torch.Tensor:
-        """[B, P, D] -> [B, n_ids] scores over corpus positions (atomic variant)."""
-        return self.head(self.encoder.pool(memory))
+    def atomic_logits(self, memory: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, P, D] -> [B, n_ids] scores over corpus positions (atomic variant); `mask` (bool [B, P],
+        True = a real token) leaves padding out of the pooling (caption memories)."""
+        return self.head(self.encoder.pool(memory) if mask is None else masked_mean(memory, mask))
 
     # ---- decoder ----
-    def memory_kv(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per decoder layer, cross-attention keys/values of the patches (reused across steps)."""
-        return [layer.cross_attn.context_kv(memory) for layer in self.decoder]
+    def memory_kv(self, memory: torch.Tensor, mask: torch.Tensor | None = None) -> list[tuple[torch.Tensor, ...]]:
+        """Per decoder layer, cross-attention keys/values of the memory (reused across steps)."""
+        return [layer.cross_attn.context_kv(memory, mask) for layer in self.decoder]
 
     def decode(
-        self, tokens: torch.Tensor, memory: torch.Tensor, kv: list | None = None, last_only: bool = False
+        self, tokens: torch.Tensor, memory: torch.Tensor, kv: list | None = None, last_only: bool = False,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """tokens [B, W, T] (BOS first) and memory [B, P, D] -> logits [B, W, T, N_OUT]
-        (or [B, W, N_OUT] for the last position when `last_only`)."""
+        (or [B, W, N_OUT] for the last position when `last_only`). `mask` (bool [B, P], True = a
+        real token): a memory with padding, such as caption tokens (`kv` must then carry it too)."""
         b, w, t = tokens.shape
         x = self.tok_embed(tokens) + self.tok_pos[:t]  # [B, W, T, D]
         if self.bos_proj is not None:
-            # the BOS slot also carries the pooled image: a direct path for the first digit
-            pooled = self.bos_proj(memory.mean(1))[:, None, None, :]  # [B, 1, 1, D]
+            # the BOS slot also carries the pooled memory: a direct path for the first digit
+            pooled = self.bos_proj(memory.mean(1) if mask is None else masked_mean(memory, mask))[:, None, None, :]
             x = torch.cat([x[:, :, :1] + pooled, x[:, :, 1:]], dim=2)
         x = self.tok_drop(x)
-        kv = kv if kv is not None else self.memory_kv(memory)
+        kv = kv if kv is not None else self.memory_kv(memory, mask)
         for layer, layer_kv in zip(self.decoder, kv):
             x = layer(x, layer_kv)
         if last_only:
@@ -167,6 +170,12 @@ class VitDSI(nn.Module):
         if self.cfg.atomic:
             return self.atomic_logits(memory)
         return self.decode(tokens[:, None, :], memory)[:, 0]
+
+
+def masked_mean(memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of memory [B, P, D] over the positions where mask [B, P] is True -> [B, D]."""
+    m = mask.to(memory.dtype).unsqueeze(-1)
+    return (memory * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
 _LEGACY_ENCODER = ("patch_embed.", "patch_norm.", "patch_pos", "enc_norm.")

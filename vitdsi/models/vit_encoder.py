@@ -147,20 +147,26 @@ class Attention(nn.Module):
         n, t, d = x.shape
         return x.view(n, t, self.heads, d // self.heads).transpose(1, 2)
 
-    def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of the patches, computed once per query and reused at every decoding step."""
+    def context_kv(self, context: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Keys and values of the context (patches, or caption tokens), computed once per query and
+        reused at every decoding step; with `mask` (bool [N, L], True = a real token) also the
+        attention mask that keeps padding out."""
         k, v = self.kv(context).chunk(2, dim=-1)
-        return self._split(k), self._split(v)
+        if mask is None:
+            return self._split(k), self._split(v)
+        return self._split(k), self._split(v), mask[:, None, None, :].bool()
 
     def forward(self, x: torch.Tensor, causal: bool = False, kv: tuple | None = None) -> torch.Tensor:
         n, t, d = x.shape
         drop = self.dropout if self.training else 0.0
+        attn_mask = None
         if self.cross:
             q = self._split(self.q(x))
-            k, v = kv
+            k, v, *masks = kv
+            attn_mask = masks[0] if masks else None
         else:
             q, k, v = (self._split(z) for z in self.qkv(x).chunk(3, dim=-1))
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=causal)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop, is_causal=causal)
         y = y.transpose(1, 2).reshape(n, t, d)
         return self.resid_drop(self.proj(y))
 

@@ -8,10 +8,13 @@ from vitdsi.retrievers import (  # noqa: F401
     bovw,
     classifier,
     dsi,
+    dsi_text,
     dual_encoder,
     embedding,
     pixels_knn,
     random_baseline,
+    text_dual_encoder,
+    text_knn,
 )
 from vitdsi.retrievers.base import Ranking, Retriever, create, get, register, registered
 

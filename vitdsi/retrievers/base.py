@@ -1,19 +1,22 @@
 """The retriever interface and its registry (docs/design.md, "The retriever interface and registry").
 
 A retriever indexes a corpus ImageSet, answers top-k queries with a Ranking and may `add`
-images (DSI++). Build parameters are constructor arguments or config fields (`config_params`);
-query parameters are set apart, as in ann-benchmarks. The base class validates input and output.
+images (DSI++). Queries are images or captions: each retriever declares the kind it takes
+(`query_kind`) and `search` refuses the other. Build parameters are constructor arguments or
+config fields (`config_params`); query parameters are set apart, as in ann-benchmarks. The base
+class validates input and output.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import pickle
 import random
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import Field, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,6 +28,8 @@ from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
 
 EpochCallback = Callable[[Any], "bool | None"]  # called with each epoch's log; True stops training
+Queries = torch.Tensor | Sequence[str]  # uint8 images [n, 3, H, W], or captions (a list of str)
+QUERY_KINDS = {"image": "uint8 images [n, 3, H, W]", "text": "captions, a list of str"}
 
 
 @dataclass(frozen=True)
@@ -83,11 +88,13 @@ class Supervision:
     corpus_labels: bool = False  # sees the class / category labels of the indexed images
     query_pairs: bool = False  # trains on train queries paired with relevant corpus images
     pretrained: bool = False  # starts from weights trained on outside data (e.g. ImageNet)
+    # reads or trains on the captions of the indexed images (text that may name their categories)
+    captions: bool = False
 
     def describe(self) -> str:
         """'label-free' or the signals used, e.g. 'corpus labels + query pairs'."""
         used = [name for name, on in (("corpus labels", self.corpus_labels), ("query pairs", self.query_pairs),
-                                      ("pretrained", self.pretrained)) if on]
+                                      ("corpus captions", self.captions), ("pretrained", self.pretrained)) if on]
         return " + ".join(used) if used else "label-free"
 
     @property
@@ -116,6 +123,7 @@ class Retriever(ABC):
     """
 
     name: ClassVar[str] = ""  # set by @register
+    query_kind: ClassVar[str] = "image"  # what `search` takes: 'image' or 'text' (QUERY_KINDS)
     query_defaults: ClassVar[dict[str, Any]] = {}  # query-time parameters and their defaults
     # the most this retriever can learn from; `supervision_used` narrows it by build parameters
     supervision: ClassVar[Supervision] = Supervision()
@@ -161,8 +169,9 @@ class Retriever(ABC):
         raise VitDSIError(f"{self.name}: incremental indexing (add) is not supported; index the whole corpus again")
 
     @abstractmethod
-    def _search(self, images: torch.Tensor, k: int) -> Ranking:
-        """Top-k for uint8 [n, 3, H, W] images (validated); k <= corpus size."""
+    def _search(self, queries: Any, k: int) -> Ranking:
+        """Top-k for validated queries of `query_kind`: uint8 [n, 3, H, W] images, or a non-empty
+        list of captions (str); k <= corpus size."""
 
     def _state(self) -> dict[str, Any]:
         """Everything `_load_state` needs to answer queries without the corpus. It must load with
@@ -186,6 +195,9 @@ class Retriever(ABC):
         called after every training epoch by retrievers that `reports_epochs`."""
         if len(corpus) == 0:
             raise VitDSIError(f"{self.name}: cannot index an empty corpus; give at least one image")
+        if self.query_kind == "text" and train_queries is not None:
+            raise VitDSIError(f"{self.name}: answers caption queries and learns from the captions the indexed images "
+                              "carry (corpus.captions); it takes no train_queries (image queries): pass None")
         if train_queries is not None and train_queries.image_size != corpus.image_size:
             raise VitDSIError(
                 f"{self.name}: train queries are {train_queries.image_size}px but the corpus is "
@@ -224,13 +236,34 @@ class Retriever(ABC):
             self.on_epoch = None
         self.corpus_size += len(images)
 
-    def search(self, images: torch.Tensor, k: int) -> Ranking:
-        """Top-k corpus positions for each query image (uint8 [n, 3, H, W])."""
+    def search(self, queries: Queries, k: int) -> Ranking:
+        """Top-k corpus positions for each query: uint8 images [n, 3, H, W] for retrievers whose
+        `query_kind` is 'image', captions (a list of str) for 'text' ones."""
         if self.corpus_size is None:
             raise VitDSIError(f"{self.name}: search() called before index(); index a corpus or load() a saved index")
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise VitDSIError(f"{self.name}: queries must be a uint8 tensor [n, 3, H, W], got {shape}")
+        kind = query_kind_of(queries, self.name)
+        if kind != self.query_kind:
+            raise VitDSIError(f"{self.name}: answers {self.query_kind} queries ({QUERY_KINDS[self.query_kind]}), got "
+                              f"{kind} queries; use a retriever for {kind} queries")
+        queries = self._check_images(queries) if kind == "image" else [str(t) for t in queries]
+        if not isinstance(k, int) or k < 1:
+            raise VitDSIError(f"{self.name}: k must be a positive integer, got {k!r}")
+        if k > self.corpus_size:
+            raise VitDSIError(
+                f"{self.name}: k={k} is larger than the corpus ({self.corpus_size} images); use k <= {self.corpus_size}"
+            )
+        n = len(queries)
+        if n == 0:
+            return Ranking(torch.empty(0, k, dtype=torch.int64), torch.empty(0, k, dtype=torch.float32))
+        ranking = self._search(queries, k).cpu()
+        if ranking.ids.shape != (n, k):
+            raise RuntimeError(f"{self.name}: returned ids of shape {tuple(ranking.ids.shape)}, expected {(n, k)}")
+        return ranking
+
+    def _check_images(self, images: torch.Tensor) -> torch.Tensor:
+        """`images` when they are uint8 [n, 3, H, W] at the index's size, else a VitDSIError."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise VitDSIError(f"{self.name}: queries must be a uint8 tensor [n, 3, H, W], got {tuple(images.shape)}")
         if images.dtype != torch.uint8:
             raise VitDSIError(f"{self.name}: query images must be uint8 (0-255), got {images.dtype}")
         if images.shape[2] != self.image_size or images.shape[3] != self.image_size:
@@ -238,18 +271,7 @@ class Retriever(ABC):
                 f"{self.name}: query images are {images.shape[2]}x{images.shape[3]} but the index was built on "
                 f"{self.image_size}x{self.image_size}; prepare queries at the corpus size"
             )
-        if not isinstance(k, int) or k < 1:
-            raise VitDSIError(f"{self.name}: k must be a positive integer, got {k!r}")
-        if k > self.corpus_size:
-            raise VitDSIError(
-                f"{self.name}: k={k} is larger than the corpus ({self.corpus_size} images); use k <= {self.corpus_size}"
-            )
-        if images.shape[0] == 0:
-            return Ranking(torch.empty(0, k, dtype=torch.int64), torch.empty(0, k, dtype=torch.float32))
-        ranking = self._search(images, k).cpu()
-        if ranking.ids.shape != (images.shape[0], k):
-            raise RuntimeError(f"{self.name}: returned ids of shape {tuple(ranking.ids.shape)}, expected {(images.shape[0], k)}")
-        return ranking
+        return images
 
     def supervision_used(self) -> Supervision:
         """What this instance learns from, given its build parameters (e.g. a zero-shot DSI with
@@ -370,6 +392,21 @@ def load_state_file(file: Path, *, map_location: Any = "cpu") -> dict[str, Any]:
     return state
 
 
+def query_kind_of(queries: Any, owner: str = "search") -> str:
+    """'image' for a tensor, 'text' for a list / tuple / array of str; anything else (a bare str
+    too) is a VitDSIError saying what `search` takes (`owner`: the retriever, for the message)."""
+    if isinstance(queries, torch.Tensor):
+        return "image"
+    if isinstance(queries, np.ndarray) and queries.dtype.kind in "UO" and queries.ndim == 1:
+        queries = queries.tolist()
+    if isinstance(queries, list | tuple) and all(isinstance(t, str) for t in queries):
+        return "text"
+    what = ("a single str: wrap it in a list" if isinstance(queries, str) else
+            f"{type(queries).__name__}" + (" (not all str)" if isinstance(queries, list | tuple) else ""))
+    raise VitDSIError(f"{owner}: queries must be a uint8 image tensor [n, 3, H, W] or a list of captions (str), "
+                      f"got {what}")
+
+
 # ---- registry -------------------------------------------------------------------------
 _REGISTRY: dict[str, type[Retriever]] = {}
 
@@ -438,6 +475,21 @@ def fields_of(config: type, *names: str) -> tuple[Field, ...]:
     if missing:
         raise TypeError(f"{config.__name__} has no field(s) {missing}")
     return tuple(by_name[n] for n in names)
+
+
+def with_defaults(params: tuple[Field, ...], **defaults: Any) -> tuple[Field, ...]:
+    """`params` (config fields) with other defaults for some, for a retriever whose natural setting
+    differs from the config's (the config's own default is left unchanged)."""
+    unknown = sorted(set(defaults) - {f.name for f in params})
+    if unknown:
+        raise TypeError(f"no parameter(s) {unknown} to give a default")
+    out = []
+    for f in params:
+        if f.name in defaults:
+            f = copy.copy(f)
+            f.default = defaults[f.name]
+        out.append(f)
+    return tuple(out)
 
 
 def _type_name(annotation: Any) -> str:

@@ -1,8 +1,9 @@
-"""What the label-matched baselines of the ViT-DSI (`classifier`, `dual-encoder`) share.
+"""What the retrievers that train the ViT-DSI's encoder with another head share.
 
-Their encoder and training build parameters are the DSI's (fields of `VitEncoderConfig`,
-`LoopConfig`, `TrainConfig`) plus `use_queries`; the base class also holds the training
-images, augmentation, the epoch loop and batched inference. It is not registered itself.
+`VitModelRetriever`: encoder and training build parameters as the DSI's (fields of
+`VitEncoderConfig`, `LoopConfig`, `TrainConfig`), the training images, augmentation, the epoch
+loop and batched inference (`text-dual-encoder` builds on it). `VitBaseline` adds `use_queries`:
+the label-matched baselines of the ViT-DSI (`classifier`, `dual-encoder`). Neither is registered.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ ENCODER_PARAMS = ("patch_size", "dim", "ff_dim", "depth", "heads", "dropout", "p
                   "freeze_encoder", "encoder_size")
 
 
-class VitBaseline(Retriever):
+class VitModelRetriever(Retriever):
     """A ViT encoder with a retrieval head other than the DSI's id decoder (abstract)."""
 
     reports_epochs = True
@@ -34,9 +35,8 @@ class VitBaseline(Retriever):
         *fields_of(TrainConfig, "batch_size", "augment"),
     )
 
-    def __init__(self, *, use_queries: bool = True, seed: int = 0, device: str | None = None, **params: Any) -> None:
+    def __init__(self, *, seed: int = 0, device: str | None = None, **params: Any) -> None:
         super().__init__(seed=seed, device=device, **params)
-        self.use_queries = bool(use_queries)  # also learn from the train queries given to index()
         name = self.name or type(self).__name__
         check_encoder_params(name, self)
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
@@ -95,6 +95,14 @@ class VitBaseline(Retriever):
     def model(self) -> torch.nn.Module | None:
         """The trained model (None before indexing)."""
         return self._model
+
+
+class VitBaseline(VitModelRetriever):
+    """A label-matched baseline: learns from the corpus and, with `use_queries`, the train queries (abstract)."""
+
+    def __init__(self, *, use_queries: bool = True, seed: int = 0, device: str | None = None, **params: Any) -> None:
+        super().__init__(seed=seed, device=device, **params)
+        self.use_queries = bool(use_queries)  # also learn from the train queries given to index()
 
 
 def gather_rows(parts: list[torch.Tensor], index: torch.Tensor) -> torch.Tensor:

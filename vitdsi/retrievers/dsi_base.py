@@ -1,0 +1,206 @@
+"""What the DSI retrievers (`dsi-vit`, `dsi-text`) share: ids, the model, decoding and persistence.
+
+A ViT-DSI (ViT-DSI paper; Tay et al. 2022) indexes a corpus by training a model to write each
+image's id; its index *is* the weights, the id map and the trie of valid ids. This base class
+makes the ids (every scheme of `vitdsi.ids`, semantic / rq on any `id_features`), builds the
+model, decodes a batch of encoded queries by prefix-constrained beam search (or the atomic
+head) and saves / loads the index. Subclasses say what the model reads and how it trains:
+docs/design.md, "Id schemes" and "The DSI model and its training". Not registered itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from vitdsi.data.imageset import ImageSet
+from vitdsi.errors import VitDSIError
+from vitdsi.models.vit_dsi import VitDSI, VitDSIConfig
+from vitdsi.retrievers.base import Ranking, Retriever, Supervision, fields_of
+from vitdsi.retrievers.vit_baseline import ENCODER_PARAMS, check_encoder_params, check_patch_size
+from vitdsi.train import DSITrainer, TrainConfig, autocast, to_input
+
+SEARCH_BATCH = 256  # queries decoded together
+
+
+class DSIRetriever(Retriever):
+    """A VitDSI-family model that writes the ids of corpus images (abstract)."""
+
+    supervision = Supervision(corpus_labels=True, query_pairs=True, pretrained=True)  # at most; see supervision_used
+    reports_epochs = True
+    query_defaults = {"beam_size": 10}  # hypotheses kept per decoding step (at least k are kept)
+    config_params = (  # the model's and the trainer's fields, named and defaulted there
+        *fields_of(VitDSIConfig, *ENCODER_PARAMS, "decoder_depth"),
+        *fields_of(TrainConfig, "mode", "index_epochs", "retrieval_epochs", "lr", "batch_size", "weight_decay",
+                   "warmup_frac", "min_lr_frac", "grad_clip", "label_smoothing", "augment", "target_ia", "eval_every",
+                   "ia_sample", "precision"),
+    )
+
+    def __init__(self, *, id_scheme: str = "random", id_length: int = 0, id_features: str = "pixels",
+                 **params: Any) -> None:
+        from vitdsi.ids import ID_SCHEMES
+
+        super().__init__(**params)
+        self.id_scheme = str(id_scheme)  # 'random', 'clustered', 'semantic', 'rq' or 'atomic'
+        self.id_length = int(id_length)  # digits per id; 0 = the fewest for the corpus (more = room to add)
+        # what semantic / rq ids cluster: 'pixels', 'efficientnet-lite0' or a torchvision backbone
+        # (vitdsi.features.backbones, local weights only), or 'own': the DSI's own encoder (a borrowed
+        # one as pretrained; the ViT after an indexing phase with atomic ids); never labels
+        self.id_features = str(id_features)
+        if self.id_scheme not in ID_SCHEMES:
+            raise VitDSIError(f"{self.name}: id_scheme must be one of {', '.join(ID_SCHEMES)}, got '{id_scheme}'")
+        check_encoder_params(self.name, self)
+        if self.decoder_depth is not None and self.decoder_depth < 1:
+            raise VitDSIError(f"{self.name}: decoder_depth must be >= 1 or None (= depth), got {self.decoder_depth}")
+        try:
+            self.config(TrainConfig)  # the trainer's own checks (mode, lr, batch_size, epochs)
+        except VitDSIError as e:
+            raise VitDSIError(f"{self.name}: {e}") from None
+        self.history: list[dict[str, Any]] = []  # per-epoch training log (EpochLog dicts)
+        self._model: VitDSI | None = None
+        self._ids = None
+        self._trie = None
+
+    def _image_supervision(self) -> Supervision:
+        """What the ids and the image encoder bring: clustered ids number the corpus class by class;
+        semantic / rq ids on a pretrained backbone's features, or a borrowed encoder, carry what it
+        learnt from ImageNet labels."""
+        borrowed = self.encoder != "vit" or (
+            self.id_scheme in ("semantic", "rq") and self.id_features not in ("pixels", "own"))
+        return Supervision(corpus_labels=self.id_scheme == "clustered", pretrained=borrowed)
+
+    # ---- the model ---------------------------------------------------------------------
+    def _model_config(self, image_size: int, id_length: int, n_ids: int) -> VitDSIConfig:
+        return self.config(VitDSIConfig, image_size=image_size, id_length=id_length,
+                           atomic=self.id_scheme == "atomic", n_ids=n_ids)
+
+    def _new_model(self, cfg: VitDSIConfig) -> VitDSI:
+        """The model of this retriever for `cfg` (a subclass's adds what else it reads)."""
+        return VitDSI(cfg)
+
+    def check_image_size(self, image_size: int) -> None:
+        if self.encoder == "vit":  # a borrowed encoder resizes images to its own input size
+            check_patch_size(self.name, self.patch_size, image_size)
+
+    def _start_index(self, corpus: ImageSet) -> None:
+        """The ids of `corpus` and a fresh model for them (`history` restarts)."""
+        from vitdsi.ids import make_ids
+
+        self.check_image_size(corpus.image_size)
+        n = len(corpus)
+        features, encoder_state, self.history = None, None, []
+        if self.id_scheme in ("semantic", "rq") and self.id_features == "own":
+            features, encoder_state = self._own_encoder_features(corpus)
+        elif self.id_scheme in ("semantic", "rq"):
+            features = self._id_feature_vectors(corpus.images)
+        self._ids = make_ids(self.id_scheme, n, labels=corpus.primary_labels(), features=features, seed=self.seed,
+                             length=self.id_length)
+        self._model = self._new_model(self._model_config(corpus.image_size, self._ids.length, n)).to(self.device)
+        if encoder_state is not None:  # go on from the encoder that made the ids
+            self._model.encoder.load_state_dict(encoder_state)
+
+    def _train_images(self, images: torch.Tensor, codes: torch.Tensor, epochs: int) -> list[dict[str, Any]]:
+        """Indexing only (zero-shot): `self._model` learns to write `codes` for uint8 `images`."""
+        trainer = DSITrainer(self._model, images.to(self.device), codes,
+                             self.config(TrainConfig, mode="zero-shot", index_epochs=epochs, seed=self.seed),
+                             callback=self.on_epoch)
+        return [e.to_dict() for e in trainer.fit()]
+
+    def _own_encoder_features(self, corpus: ImageSet) -> tuple[torch.Tensor, dict | None]:
+        """float32 [N, D] features of the corpus from the DSI's own encoder, and the encoder state the
+        model starts from. A borrowed encoder: its pretrained feature map, mean-pooled, before any
+        training. The ViT: trained first to index the corpus with atomic ids (one softmax unit per
+        image; no label, no query), then its mean-pooled encodings; that epoch log is kept in
+        `history` under the phase 'own-ids'."""
+        from vitdsi.models.borrowed_encoder import BorrowedEncoder
+
+        n, images = len(corpus), corpus.images
+        if self.encoder != "vit":
+            net = BorrowedEncoder(self._model_config(corpus.image_size, 1, n)).to(self.device).eval()
+            pooled = lambda x: net.tuned(net.precompute(x)).mean(dim=(2, 3))  # noqa: E731  (the CNN's own map)
+            state = None
+        else:
+            cfg = self.config(VitDSIConfig, image_size=corpus.image_size, id_length=1, atomic=True, n_ids=n)
+            self._model = VitDSI(cfg).to(self.device)
+            log = self._train_images(images, torch.arange(n)[:, None], self.index_epochs)
+            self.history = [{**e, "phase": "own-ids"} for e in log]
+            net = self._model.encoder.eval()
+            pooled, state = net.embed, net.state_dict()
+        with torch.inference_mode():
+            return torch.cat([pooled(to_input(images[s : s + SEARCH_BATCH].to(self.device))).float().cpu()
+                              for s in range(0, n, SEARCH_BATCH)]), state
+
+    def _id_feature_vectors(self, images: torch.Tensor) -> torch.Tensor:
+        """float32 [N, D] features the semantic / rq ids cluster (`id_features`), on the CPU."""
+        if self.id_features == "pixels":
+            return images.float().flatten(1)
+        from vitdsi.features.backbones import load_backbone
+
+        net = load_backbone(self.id_features, self.device)
+        with torch.inference_mode():
+            return torch.cat([net(images[s : s + 64]).cpu() for s in range(0, len(images), 64)])
+
+    def _finish(self) -> None:
+        from vitdsi.models.decoding import IdTrie
+
+        self._model.eval()
+        self._trie = None if self._ids.atomic else IdTrie.build(self._ids.codes).to(self.device)
+
+    # ---- search ------------------------------------------------------------------------
+    def _decode(self, batches: Iterable[Any], encode: Callable[[Any], tuple[torch.Tensor, torch.Tensor | None]],
+                k: int) -> Ranking:
+        """Top-k corpus positions for batches of queries, each encoded by `encode` into a memory
+        [B, P, D] and its padding mask (or None): the atomic head, or beam search over the trie of
+        valid ids."""
+        from vitdsi.models.decoding import atomic_topk_memory, beam_search_memory
+
+        beam = int(self.query_args["beam_size"])
+        if beam < 1:
+            raise VitDSIError(f"{self.name}: beam_size must be >= 1, got {beam}")
+        ids, scores = [], []
+        self._model.eval()
+        for batch in batches:
+            with torch.no_grad(), autocast(self.device):
+                memory, mask = encode(batch)
+                if self._ids.atomic:
+                    pos, sc = atomic_topk_memory(self._model, memory, k, mask)
+                else:
+                    pos, sc = beam_search_memory(self._model, memory, self._trie, k, beam, mask)
+            ids.append(pos)
+            scores.append(sc.float())
+        return Ranking(torch.cat(ids).long(), torch.cat(scores))
+
+    # ---- persistence -------------------------------------------------------------------
+    def _model_state(self) -> dict[str, Any]:
+        """What `_model_from_state` needs to rebuild the trained model."""
+        return {"config": self._model.cfg.to_dict(),
+                "model": {k: v.detach().cpu() for k, v in self._model.state_dict().items()}}
+
+    def _model_from_state(self, state: dict[str, Any]) -> VitDSI:
+        model = VitDSI(VitDSIConfig(**state["config"])).to(self.device)
+        model.load_state_dict(state["model"])
+        return model
+
+    def _state(self) -> dict[str, Any]:
+        return {**self._model_state(), "ids": self._ids.state(), "history": self.history}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        from vitdsi.ids import IdMap
+
+        self._ids = IdMap.from_state(state["ids"])
+        self._model = self._model_from_state(state)
+        self.history = list(state.get("history", []))
+        self._finish()
+
+    # ---- extras for the harness --------------------------------------------------------
+    @property
+    def model(self):
+        """The trained model (None before indexing)."""
+        return self._model
+
+    @property
+    def id_map(self):
+        """The IdMap of the indexed corpus (None before indexing)."""
+        return self._ids
