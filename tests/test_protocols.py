@@ -200,6 +200,7 @@ def test_report_of_a_study_searching_the_protocol_has_a_block_per_protocol(tmp_p
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert run(study, RunOptions(tracking_uri=uri, storage=f"sqlite:///{tmp_path / 'optuna.db'}")).complete == 6
     text = write_report("by_protocol", tracking_uri=uri, out_dir=tmp_path / "reports").read_text()
+    assert not list((tmp_path / "reports").rglob(".artifacts"))  # downloaded rankings are not left beside it
     heads = [line for line in text.splitlines() if line.startswith("## ")]
     assert heads[heads.index("## Across protocols"):][:4] == [
         "## Across protocols", "## Protocol `class`", "## Protocol `instance`", "## Protocol `unseen-classes`"]

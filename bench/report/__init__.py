@@ -69,7 +69,8 @@ def write_report(study: str, *, tracking_uri: str | None = None, scale: str | No
         body = section()  # in this order: the ranking sections share `rankings`
         if body:
             sections += [heading, body]
-    shutil.rmtree(fig_dir / ".artifacts", ignore_errors=True)  # downloaded artifacts, not part of the report
+    for downloaded in [fig_dir / ".artifacts", *fig_dir.glob("*/.artifacts")]:  # artifacts, not part of the report
+        shutil.rmtree(downloaded, ignore_errors=True)
     md = "\n\n".join(s for s in sections if s) + "\n"
     path = out_dir / f"{study}.md"
     path.write_text(md)
