@@ -4,7 +4,9 @@ For one indexed retriever, `measure_search` times `search` per query at a given 
 size: warm-up calls first, a fixed thread count, `time.perf_counter` around each call,
 `torch.cuda.synchronize` on a GPU, and p50 / p95 over repeated calls. `index_bytes`
 measures the saved index. `fit_loglog` fits log(latency) = a + b log(N): b near 0 is
-O(1), near 1 is O(N). `crossover` finds the N where one fitted line falls below another.
+O(1), near 1 is O(N) (or against a DSI's id length L). `crossover` finds the N where one
+fitted line falls below another, and `pareto_front` the methods no other one beats on both
+latency and quality.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def fixed_threads(n: int) -> Iterator[None]:
             cv2.setNumThreads(old_cv)
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued CUDA work on `device` (nothing on a CPU), so a timer reads finished work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -88,10 +91,10 @@ def measure_search(
     with fixed_threads(threads), torch.inference_mode():
         for i, s in enumerate(starts):
             batch = queries[s : s + batch_size]
-            _sync(retriever.device)
+            synchronize(retriever.device)
             t = time.perf_counter()
             retriever.search(batch, k)
-            _sync(retriever.device)
+            synchronize(retriever.device)
             if i >= warmup:
                 times.append((time.perf_counter() - t) / batch_size * 1e3)
     arr = np.asarray(times)
@@ -146,3 +149,15 @@ def crossover(ns: Sequence[float], challenger_ms: Sequence[float], baseline_ms: 
     x0, x1 = np.log(ns[last_slow]), np.log(ns[last_slow + 1])
     d0, d1 = diff[last_slow], diff[last_slow + 1]
     return float(np.exp(x0 + (x1 - x0) * d0 / (d0 - d1)))
+
+
+def pareto_front(latency_ms: Sequence[float], quality: Sequence[float]) -> np.ndarray:
+    """bool [n]: the points no other point dominates, i.e. none is at least as fast and at least
+    as good and strictly better in one of the two. Points with a NaN value are never on the front."""
+    t, q = np.asarray(latency_ms, float), np.asarray(quality, float)
+    ok = ~(np.isnan(t) | np.isnan(q))
+    # dominates[i, j]: point j dominates point i
+    no_worse = (t[None, :] <= t[:, None]) & (q[None, :] >= q[:, None])
+    better = (t[None, :] < t[:, None]) | (q[None, :] > q[:, None])
+    dominates = no_worse & better & ok[None, :]
+    return ok & ~dominates.any(axis=1)

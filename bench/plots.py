@@ -1,6 +1,6 @@
 """Report figures with matplotlib (Agg, no network): latency vs N on log-log axes with
-fitted slopes, Precision@K curves, training curves, and a query -> top-k image grid (image
-queries, or captions printed above each row).
+fitted slopes, quality against latency with its Pareto front, Precision@K curves, training
+curves, and a query -> top-k image grid (image queries, or captions printed above each row).
 
 Each function takes plain arrays and writes one PNG; the report module decides what to plot.
 """
@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.latency import fit_loglog  # noqa: E402
@@ -49,6 +50,38 @@ def latency_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], 
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def pareto_plot(panels: Sequence[tuple[str, str, Mapping[str, tuple[float, float]], set[str]]], n_cols: int,
+                highlight: set[str], path: Path, title: str) -> Path:
+    """panels: (x label, y label, label -> (latency, quality), labels on the Pareto front), laid out
+    n_cols a row; latency on a log axis, one colour per label in every panel, `highlight`ed labels
+    (the DSIs) as stars, and the front as a step line from the fastest front point."""
+    labels = sorted({label for _, _, points, _ in panels for label in points})
+    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    rows = -(-len(panels) // n_cols)
+    fig, axes = plt.subplots(rows, n_cols, figsize=(4.2 * n_cols, 3.4 * rows), squeeze=False)
+    for ax, (xlabel, ylabel, points, front) in zip(axes.flat, panels):
+        for label, (x, y) in points.items():
+            if np.isfinite(x) and np.isfinite(y):
+                ax.scatter(x, y, color=colours[label], marker="*" if label in highlight else "o",
+                           s=90 if label in highlight else 36, edgecolors="black" if label in front else "none", zorder=3)
+        on = sorted((points[label] for label in front), key=lambda p: p[0])
+        if on:
+            ax.step([p[0] for p in on], [p[1] for p in on], where="post", color="black", alpha=0.5, lw=1)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels crowd a narrow range
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    handles = [plt.Line2D([], [], color=colours[label], marker="*" if label in highlight else "o", linestyle="",
+                          label=label) for label in labels]
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(handles) - 1) // 4), 1, 1))  # room for the legend
+    return _save(fig, path, layout=False)
 
 
 def precision_curve(curves: Mapping[str, np.ndarray], chance: Mapping[str, np.ndarray] | None, path: Path, title: str) -> Path:

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 from bench.config import DataConfig, TrialConfig
+from bench.config.latency import scored_k
+from bench.latency_trial import latency_record
 from vitdsi.data import ImageSet, Split, SplitSets, load_dataset, make_split
 from vitdsi.data.protocols import apply_protocol
 from vitdsi.metrics import (
@@ -143,9 +145,7 @@ def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHoo
     queries reach the retriever's `index`; validation and test queries are only searched."""
     ranked = [m for m in cfg.metrics if not parse_metric(m).is_indexing]
     ia_ks = sorted({parse_metric(m).k for m in cfg.metrics if parse_metric(m).is_indexing})
-    k_test = max((parse_metric(m).k or 1 for m in ranked), default=1)
-    if any(parse_metric(m).k is None for m in ranked):
-        k_test = max(k_test, 100)  # MRR without a cutoff looks at the returned list: return 100
+    k_test = scored_k(cfg.metrics)  # MRR without a cutoff looks at the returned list: it returns 100
     repeats, kept, latency = [], None, {}
     for r in range(cfg.repeats):
         seed = cfg.seed + r
@@ -173,15 +173,31 @@ def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHoo
         if kept is None:
             kept = retriever
             if cfg.latency is not None:
-                latency = measure_latency(retriever, sets.queries("test"), cfg.latency, index_seconds)
+                latency = latency_record(retriever, sets, cfg.latency, index_seconds, k_test, history)
     return TrialResult(
         config=cfg, split=repeats[0].split, repeats=repeats, summary=summarise(repeats, cfg.metrics, "test"),
         val_summary=summarise(repeats, [m for m in ranked if repeats[0].val_metrics], "val"),
         retriever=kept, device=str(kept.device), index_reused=reused,
         timings={"n_indexed": float(repeats[0].split.idb.size),
                  "index_seconds": float(np.mean([x.index_seconds for x in repeats])),
-                 "query_ms": float(np.mean([x.query_ms for x in repeats])), **latency},
+                 "query_ms": float(np.mean([x.query_ms for x in repeats])), **search_settings(kept, k_test),
+                 **latency},
     )
+
+
+def search_settings(retriever: Retriever, k: int) -> dict[str, float]:
+    """How a trial searched, logged beside its numbers: `search_k` (results per query, the k every
+    metric is scored at and latency timed at), for a DSI with beam search `search_beam` (the
+    hypotheses kept per step: max(beam_size, k)) and for a DSI `id_length` (tokens per id, L)."""
+    out = {"search_k": float(k)}
+    effective_beam = getattr(retriever, "effective_beam", None)
+    beam = effective_beam(min(k, retriever.corpus_size)) if effective_beam is not None else None
+    if beam is not None:
+        out["search_beam"] = float(beam)
+    id_map = getattr(retriever, "id_map", None)
+    if id_map is not None:
+        out["id_length"] = float(id_map.length)
+    return out
 
 
 def _build(cfg: TrialConfig, r: int, sets: SplitSets, device: str | None, on_epoch: EpochHook | None,
@@ -225,24 +241,6 @@ def _build(cfg: TrialConfig, r: int, sets: SplitSets, device: str | None, on_epo
 def forget_built() -> None:
     """Drop the kept indexes (bench.study calls it when a run starts and ends)."""
     _BUILT.clear()
-
-
-def measure_latency(retriever: Retriever, queries: Queries, opts: dict[str, Any], build_s: float) -> dict[str, float]:
-    """Latency metrics of one indexed retriever (bench.latency): p50 / p95 ms per query at
-    batch 1 and at opts['batch_size'], build seconds and saved-index bytes."""
-    from bench.latency import index_bytes, measure_search
-
-    k = min(opts["k"], retriever.corpus_size)
-    one = measure_search(retriever, queries, k=k, batch_size=1, calls=opts["calls"], warmup=opts["warmup"],
-                         threads=opts["threads"])
-    many = measure_search(retriever, queries, k=k, batch_size=opts["batch_size"], calls=opts["batch_calls"],
-                          warmup=min(opts["warmup"], 1), threads=opts["threads"])
-    return {
-        "n_indexed": float(retriever.corpus_size), "latency_b1_p50_ms": one.p50_ms, "latency_b1_p95_ms": one.p95_ms,
-        "latency_batch_p50_ms": many.p50_ms, "latency_batch_p95_ms": many.p95_ms,
-        "latency_batch_size": float(opts["batch_size"]), "latency_threads": float(opts["threads"]),
-        "index_build_s": float(build_s), "index_bytes": float(index_bytes(retriever)),
-    }
 
 
 def summarise(repeats: list[RepeatResult], metrics, which: str = "test") -> dict[str, Summary]:

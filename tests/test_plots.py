@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from bench.plots import latency_plot, precision_curve, retrieval_grid, training_curves
+from bench.plots import latency_plot, pareto_plot, precision_curve, retrieval_grid, training_curves
 
 
 def _opens(path) -> tuple[int, int]:
@@ -27,3 +27,8 @@ def test_all_figures_are_pngs(tmp_path):
     q = rng.integers(0, 255, (2, 3, 8, 8), dtype=np.uint8)
     res = rng.integers(0, 255, (2, 5, 3, 8, 8), dtype=np.uint8)
     assert _opens(retrieval_grid(q, res, rng.random((2, 5)) < 0.5, tmp_path / "grid.png", "t"))
+    points = {"dsi": (2.0, 0.4), "flat": (0.5, 0.9), "hnsw": (0.1, float("nan"))}  # a NaN point is left out
+    panels = [("ms, batch 1", "MAP@10", points, {"flat"}), ("ms, batch 256", "IA@1", points, {"flat", "dsi"}),
+              ("ms, batch 1", "R@1", points, set())]
+    w, h = _opens(pareto_plot(panels, 2, {"dsi"}, tmp_path / "pareto.png", "t"))
+    assert w > h  # two panels a row, two rows (the fourth cell hidden)

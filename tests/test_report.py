@@ -169,14 +169,17 @@ def test_latency_study_report(tmp_path):
     assert "## Latency against database size" in text and "| method | sizes | slope |" in text
     assert "Crossover (batch 1)" in text and "dsi-random" in text
     assert "## Table 1 beside the paper" not in text  # no `report: {paper_table: true}`
-    rows = [line for line in text.splitlines() if line.startswith("| knn | ") or line.startswith("| dsi-random | ")]
-    measured = [r for r in rows if len(r.split("|")) == 10]  # the all-measurements table
-    assert len(measured) == 6
-    for row in measured:
-        cells = [c.strip() for c in row.strip("|").split("|")]
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| method | N | L | k | beam |"))  # all measurements
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    measured = [[c.strip() for c in line.strip("|").split("|")] for line in lines[start + 2 : start + 8]]
+    assert len(measured) == 6 and all(len(cells) == len(header) for cells in measured)
+    for cells in measured:
         m = stored[(cells[0], int(cells[1]))]
-        assert float(cells[2]) == pytest.approx(m["latency_b1_p50_ms"], abs=5e-4)
-        assert float(cells[5]) == pytest.approx(m["latency_batch_p95_ms"], abs=5e-5)
+        assert float(cells[header.index("b1 p50")]) == pytest.approx(m["latency_b1_p50_ms"], abs=5e-4)
+        assert float(cells[header.index("b8 p95")]) == pytest.approx(m["latency_batch_p95_ms"], abs=5e-5)
+        assert cells[header.index("k")] == "10" and cells[header.index("L")] == "n/a"  # P@10; no id length
+        assert cells[header.index("add ms/image")] == "n/a"  # add time only where latency.add_images asks
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
         with Image.open(tmp_path / "reports" / link) as im:
             assert im.format == "PNG"

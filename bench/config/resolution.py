@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from bench.config.checks import check_name, check_values
 from bench.config.errors import StudyConfigError, field_errors, suggest
+from bench.config.latency import check_latency
 from bench.config.resolved import DataConfig, Method, Study
 from bench.config.schema import (
     RESERVED_PARAMS,
@@ -169,6 +170,7 @@ def build_study(sf: StudyFile, scale_name: str, source: str) -> Study:
 
     if sf.latency is not None and sf.continual is not None:
         raise fail("continual", "a study is a latency study or a continual-indexing study, not both")
+    check_latency(sf, raw_methods, known, metrics, source)
     study = Study(
         name=sf.name, description=sf.description.strip(), scale=scale_name, file=source,
         methods=methods, dataset=dataset, space=sf.space, sampler=sampler,

@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
 
 from bench.config.errors import StudyConfigError, field_errors
+from bench.config.latency import grown_params
 from bench.config.schema import Distribution, grid_points, route
 
 _R = TypeVar("_R", bound="Resolved")
@@ -197,15 +198,22 @@ class Study(Resolved):
         except ValidationError as e:
             lines = field_errors(e, prefix="dataset.")
             raise StudyConfigError(f"{self.file or self.name}: {sampled}: {'; '.join(lines)}") from None
-        if self.latency is not None:
-            # n_total is the indexed N; n_queries more source images are the (test) queries
-            n, q = data.n_total, self.latency["n_queries"]
-            data = data.replace(n_total=n + q, split_ratio=n / (n + q), query_fractions=(0.0, 0.0, 1.0))
+        latency = self.latency
+        if latency is not None:
+            # n_total is the indexed N; more source images, never indexed, are the train queries,
+            # the images `add` is timed with (the validation part) and the timed (test) queries
+            n = data.n_total
+            parts = (latency.get("train_queries", 0), latency.get("add_images", 0), latency["n_queries"])
+            held = sum(parts)
+            data = data.replace(n_total=n + held, split_ratio=n / (n + held),
+                                query_fractions=tuple(p / held for p in parts))
+            params.update(grown_params(latency.get("grow"), method_name, n))
+            latency = {k: v for k, v in latency.items() if k != "grow"}  # its effect is in `params`
         return TrialConfig(
             study=self.name, scale=self.scale, method=method_name, retriever=method.retriever,
             params=params, query=query, dataset=data,
             metrics=self.metrics, repeats=self.repeats, seed=self.seed, sampled=sampled,
-            latency=self.latency, continual=self.continual,
+            latency=latency, continual=self.continual,
         )
 
     def fingerprint(self) -> str:

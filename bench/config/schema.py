@@ -155,17 +155,45 @@ class MLflowConfig(_Model):
     log_index: bool = True  # store the trained index of each trial as an artifact (for `bench search`)
 
 
+class GrowConfig(_Model):
+    """Model size that grows with the database size N (latency studies): from each threshold N up,
+    its build parameters override those of every method named in `methods`; thresholds apply in
+    ascending order, so the largest one reached wins (bench.config.grow)."""
+
+    methods: list[str] = Field(min_length=1)  # methods (names in `methods`) that grow, e.g. the DSIs and a matched baseline
+    at: dict[int, dict[str, Any]] = Field(min_length=1)  # threshold N -> build parameters from that N up
+
+    @model_validator(mode="after")
+    def _check(self) -> GrowConfig:
+        for threshold, params in self.at.items():
+            if threshold < 1:
+                raise ValueError(f"threshold {threshold}: a threshold is a number of indexed images, at least 1")
+            if not params:
+                raise ValueError(f"threshold {threshold}: give the build parameters that change from N = {threshold} up")
+        return self
+
+
 class LatencyConfig(_Model):
     """Latency studies (bench/latency.py): `dataset.n_total` is then the number of indexed
-    images N, and `n_queries` more images of the source, never indexed, are the queries."""
+    images N, and more images of the source, never indexed, are the queries (`n_queries`), the
+    train queries (`train_queries`) and the images `add` is timed with (`add_images`)."""
 
     n_queries: int = Field(256, ge=1)  # held-out query images (timed, and scored for accuracy)
-    k: int = Field(10, ge=1)  # results per query while timing
+    # results per query while timing; None = the k quality is scored at (the largest cutoff of
+    # `metrics`, 100 with MRR). Any other value is an error: quality and time use one k
+    k: int | None = Field(None, ge=1)
     batch_size: int = Field(256, ge=2)  # the batched measurement (batch 1 is always measured)
     calls: int = Field(30, ge=1)  # timed calls at batch 1 (after warm-up)
     batch_calls: int = Field(5, ge=1)  # timed calls at `batch_size`
     warmup: int = Field(3, ge=0)  # untimed calls first
     threads: int = Field(1, ge=1)  # torch / FAISS / OpenCV threads, the same for every method (1: per-query cost without thread-pool effects)
+    # held-out train queries (the same count at every N) for methods that learn from queries (a
+    # fine-tuned DSI, the dual encoder); 0 = none, every method indexes the corpus alone
+    train_queries: int = Field(0, ge=0)
+    # held-out images added with `Retriever.add` to a copy of the index after the timed searches
+    # (per-image add time; the split's validation part); 0 = add time not measured
+    add_images: int = Field(0, ge=0)
+    grow: GrowConfig | None = None  # model size by N (see GrowConfig); None = the same at every N
 
 
 class ContinualConfig(_Model):

@@ -15,6 +15,11 @@ def fmt(x: float | None, digits: int = 4) -> str:
     return f"{x:.{digits}f}"
 
 
+def fmt_int(x: float | None) -> str:
+    """A count logged as a float (MLflow metrics are floats), or n/a."""
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else str(int(x))
+
+
 def fmt_ci(mean: float | None, ci: float | None) -> str:
     if mean is None:
         return "n/a"

@@ -273,6 +273,11 @@ class Retriever(ABC):
             )
         return images
 
+    @property
+    def supports_add(self) -> bool:
+        """Whether `add` appends to a built index (False: it raises, the whole corpus must be indexed again)."""
+        return type(self)._add is not Retriever._add
+
     def supervision_used(self) -> Supervision:
         """What this instance learns from, given its build parameters (e.g. a zero-shot DSI with
         random ids uses no label). Subclasses whose supervision depends on a parameter override it."""

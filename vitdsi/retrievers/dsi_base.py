@@ -200,6 +200,13 @@ class DSIRetriever(Retriever):
         """The trained model (None before indexing)."""
         return self._model
 
+    def effective_beam(self, k: int) -> int | None:
+        """Hypotheses the beam search keeps at each step when asked for k results: max(beam_size, k),
+        as it keeps at least k; None for atomic ids (one softmax step, no beam)."""
+        if self.id_scheme == "atomic":
+            return None
+        return max(int(self.query_args["beam_size"]), int(k))
+
     @property
     def id_map(self):
         """The IdMap of the indexed corpus (None before indexing)."""

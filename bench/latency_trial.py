@@ -1,0 +1,75 @@
+"""What a latency trial logs besides its quality numbers (docs/design.md, "Latency").
+
+Search latency at batch 1 and at a batch size, at the k quality was scored at (and so with the
+same beam); build time and saved-index bytes; the per-image cost of `Retriever.add`, timed on
+a copy of the index after the timed searches, so neither the quality numbers nor the kept index
+change; and, for a retriever trained with an indexing phase (the DSI), the IA@1 that phase
+reached and the epochs it took.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+from bench.latency import index_bytes, measure_search, synchronize
+from vitdsi.data import ImageSet, SplitSets
+from vitdsi.errors import VitDSIError
+from vitdsi.retrievers.base import Retriever
+
+
+def latency_record(retriever: Retriever, sets: SplitSets, opts: dict[str, Any], build_s: float, k: int,
+                   history: list[dict[str, Any]]) -> dict[str, float]:
+    """The latency metrics of one indexed retriever: p50 / p95 ms per test query at batch 1 and at
+    opts['batch_size'] with k results (the k quality is scored at), build seconds, saved-index bytes,
+    add ms per image (the split's validation part, when `add_images` asks and the retriever adds)
+    and the indexing phase's summary."""
+    if opts.get("k") not in (None, k):
+        raise VitDSIError(f"latency.k={opts['k']} differs from the k={k} quality is scored at; quality and latency "
+                          "use one k (remove latency.k)")
+    queries = sets.queries("test")
+    k = min(k, retriever.corpus_size)
+    one = measure_search(retriever, queries, k=k, batch_size=1, calls=opts["calls"], warmup=opts["warmup"],
+                         threads=opts["threads"])
+    many = measure_search(retriever, queries, k=k, batch_size=opts["batch_size"], calls=opts["batch_calls"],
+                          warmup=min(opts["warmup"], 1), threads=opts["threads"])
+    out = {
+        "n_indexed": float(retriever.corpus_size), "latency_b1_p50_ms": one.p50_ms, "latency_b1_p95_ms": one.p95_ms,
+        "latency_batch_p50_ms": many.p50_ms, "latency_batch_p95_ms": many.p95_ms, "latency_k": float(k),
+        "latency_batch_size": float(opts["batch_size"]), "latency_threads": float(opts["threads"]),
+        "index_build_s": float(build_s), "index_bytes": float(index_bytes(retriever)),
+    }
+    if opts.get("add_images"):
+        add_ms = add_ms_per_image(retriever, sets.val)
+        if add_ms is not None:
+            out.update(add_ms_per_image=add_ms, add_images=float(len(sets.val)))
+    return {**out, **indexing_summary(history)}
+
+
+def add_ms_per_image(retriever: Retriever, images: ImageSet) -> float | None:
+    """Wall milliseconds per image of `add(images)` on a deep copy of `retriever` (the original is
+    untouched); None when there is nothing to add or the retriever cannot add. It runs under the
+    worker's threads, like the build, not the pinned search threads."""
+    if len(images) == 0 or not retriever.supports_add:
+        return None
+    clone = copy.deepcopy(retriever)
+    synchronize(clone.device)
+    t0 = time.perf_counter()
+    clone.add(images)
+    synchronize(clone.device)
+    return (time.perf_counter() - t0) / len(images) * 1e3
+
+
+def indexing_summary(history: list[dict[str, Any]]) -> dict[str, float]:
+    """`index_epochs_run` (epochs of the indexing phase) and `index_ia1` (the last IA@1 it measured,
+    which is where it stopped: at its target or at the end of its budget) from a training log;
+    empty for a retriever without an indexing phase."""
+    phase = [e for e in history if e.get("phase") == "index" and "add_step" not in e]
+    if not phase:
+        return {}
+    out = {"index_epochs_run": float(len(phase))}
+    measured = [e["ia1"] for e in phase if e.get("ia1") is not None]
+    if measured:
+        out["index_ia1"] = float(measured[-1])
+    return out
