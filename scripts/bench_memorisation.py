@@ -1,0 +1,66 @@
+"""Time for a `dsi-vit` to memorise N Fashion-MNIST images (issue 16: IA@1 >= 0.99 for 2,048
+images in <= 10 minutes on 2 CPU cores).
+
+Indexes the first N images zero-shot (indexing only) with a recipe given as build
+parameters, stops at the IA@1 target or the time budget, and prints the IA@1 curve and the
+wall time to the target; the final IA@1 is measured on every image by greedy decoding:
+
+    python scripts/bench_memorisation.py --n 2048 --threads 2 --param id_scheme=atomic lr=1e-3
+
+Timings depend on the machine and its load: say so when you quote them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from rich.console import Console
+
+from vitdsi.data import load_dataset
+from vitdsi.metrics import indexing_accuracy
+from vitdsi.retrievers import create
+
+console = Console()
+RECIPE = dict(patch_size=4, dim=128, ff_dim=256, depth=4, heads=4, dropout=0.0, augment=False, lr=1e-3,
+              batch_size=64, id_scheme="atomic", mode="zero-shot", target_ia=0.99, eval_every=5, ia_sample=512)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=2048, help="images to memorise (default 2048)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--budget", type=float, default=600.0, help="seconds before giving up (default 600)")
+    ap.add_argument("--epochs", type=int, default=300, help="epoch budget")
+    ap.add_argument("--param", nargs="*", default=[], help="dsi-vit overrides, name=json-value")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    params = dict(RECIPE, index_epochs=args.epochs)
+    for item in args.param:
+        name, _, value = item.partition("=")
+        try:
+            params[name] = json.loads(value)
+        except json.JSONDecodeError:
+            params[name] = value
+    corpus = load_dataset("fashion-mnist", size=32).subset(torch.arange(args.n))
+    console.print(f"{args.n} Fashion-MNIST images, {args.threads} thread(s), recipe {params}")
+    r = create("dsi-vit", **params, device="cpu")
+    t0 = time.perf_counter()
+
+    def on_epoch(e) -> bool:
+        if e.ia1 is not None:
+            console.print(f"  epoch {e.epoch}: loss {e.loss:.3f}, IA@1 (sample) {e.ia1:.3f}, "
+                          f"{time.perf_counter() - t0:.0f} s")
+        return time.perf_counter() - t0 > args.budget
+
+    r.index(corpus, on_epoch=on_epoch)
+    seconds = time.perf_counter() - t0
+    ia = indexing_accuracy(r.search(corpus.images, 1).ids, len(corpus), ks=[1])["IA@1"].mean
+    console.print(f"[bold]IA@1 {ia:.4f} on all {args.n} images after {len(r.history)} epochs, {seconds:.0f} s "
+                  f"({'within' if seconds <= args.budget else 'over'} the {args.budget:.0f} s budget)[/]")
+
+
+if __name__ == "__main__":
+    main()
