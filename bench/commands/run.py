@@ -48,6 +48,9 @@ def command(
         options = RunOptions(storage=storage, tracking_uri=tracking_uri, study_name=study_name, n_trials=n_trials,
                              device=device, heartbeat=heartbeat, wait_for_others=wait, threads=threads, reuse=reuse)
         previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+        # a worker started in the background by a non-interactive shell (`bench run ... &` in a
+        # script) inherits SIGINT ignored; Ctrl-C / `kill -INT` must still stop it cleanly
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             outcome = run(study, options)
         except StudyMismatchError as e:
@@ -55,6 +58,7 @@ def command(
             raise typer.Exit(2) from None
         finally:
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
     if outcome.trials:
         console.print(trials_table(outcome))
     console.print(describe(outcome), markup=False, highlight=False)
