@@ -12,12 +12,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
 from vitdsi.features.faiss_index import FAISS_PARAMS, QUERY_DEFAULTS, FaissConfig
 from vitdsi.log import get_logger
+from vitdsi.losses import symmetric_info_nce
 from vitdsi.retrievers.base import Ranking, Supervision, fields_of, register
 from vitdsi.retrievers.vit_baseline import VitBaseline, gather_rows
 from vitdsi.train import (
@@ -129,13 +129,8 @@ class DualEncoder(VitBaseline):
                 if self.augment:
                     xp[~is_view] = self._train_input(images[positive[~is_view]], gen)
             z = model(torch.cat([xa, xp]), self._precomputed).float()  # [2B, E], unit norm
-            with torch.autocast(self.device.type, enabled=False):  # similarities / temperature in float32
-                logits = z[:b] @ z[b:].T / self.temperature  # [B, B]: anchor i vs positive j
-            same = positive[:, None] == positive[None, :]  # the same corpus image is no negative
-            logits = logits.masked_fill(same & ~torch.eye(b, dtype=torch.bool, device=same.device), float("-inf"))
-            target = torch.arange(b, device=logits.device)
-            loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-            return loss, b, (logits.argmax(1) == target).sum()
+            loss, right = symmetric_info_nce(z[:b], z[b:], positive, self.temperature)
+            return loss, b, right
 
         self._train("contrastive", batches, step, n_batches)
         self._build_index(self.embed(corpus.images))

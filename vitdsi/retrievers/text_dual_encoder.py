@@ -14,12 +14,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
 from vitdsi.features.faiss_index import FAISS_PARAMS, QUERY_DEFAULTS, FaissConfig
 from vitdsi.features.text_encoder import TEXT_ENCODER_PARAMS, TextEncoderConfig
+from vitdsi.losses import symmetric_info_nce
 from vitdsi.retrievers.base import Ranking, Supervision, fields_of, register
 from vitdsi.retrievers.vit_baseline import SEARCH_BATCH, VitModelRetriever
 from vitdsi.train import autocast
@@ -87,13 +87,9 @@ class TextDualEncoder(VitModelRetriever):
                 width = int(mask.sum(1).max())
                 zt = model.embed_texts(ids[:, :width], mask[:, :width])
             zi = model.embed_images(self._train_input(images[positive], gen), self._precomputed)
-            with torch.autocast(self.device.type, enabled=False):  # similarities / temperature in float32
-                logits = zt.float() @ zi.float().T / self.temperature  # [B, B]: caption i vs image of caption j
-            same = positive[:, None] == positive[None, :]  # another caption of the same image is no negative
-            logits = logits.masked_fill(same & ~torch.eye(b, dtype=torch.bool, device=same.device), float("-inf"))
-            target = torch.arange(b, device=logits.device)
-            loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-            return loss, b, (logits.argmax(1) == target).sum()
+            # another caption of the same image is no negative
+            loss, right = symmetric_info_nce(zt, zi, positive, self.temperature)
+            return loss, b, right
 
         self._train("contrastive", batches, step, n_batches)
         self._build_index(self.embed_images(corpus.images))
