@@ -143,8 +143,8 @@ def test_yaml_floats_and_overrides(tmp_path):
 
 
 def test_report_block_flags_the_paper_table_and_rejects_typos():
-    assert resolve(knn(report={"paper_table": True})).report == {"paper_table": True}
-    assert resolve(knn()).report == {"paper_table": False}
+    assert resolve(knn(report={"paper_table": True})).report == {"paper_table": True, "compare_with": []}
+    assert resolve(knn()).report == {"paper_table": False, "compare_with": []}
     msg = error(knn(report={"paper_tabel": True}))
     assert "field `report.paper_tabel`" in msg and "did you mean 'paper_table'" in msg
     assert "field `report.paper_table`" in error(knn(report={"paper_table": "yes please"}))
@@ -217,3 +217,13 @@ def test_set_wins_over_the_scales_block(tmp_path):
     assert s.methods["dsi-vit"].params["index_epochs"] == 7
     s = load_study(path, overrides=["scale=smoke"])
     assert s.scale == "smoke" and s.methods["dsi-vit"].params["index_epochs"] == 60
+
+
+def test_report_compare_with_names_methods_of_the_study():
+    two = {"name": "t", "scale": "smoke", "space": {"method": ["knn", "rand"]},
+           "methods": {"knn": {"retriever": "pixels-knn"}, "rand": {"retriever": "random"}}}
+    assert resolve({**two, "report": {"compare_with": ["rand", "pixels-knn"]}}).report["compare_with"] == ["rand", "pixels-knn"]
+    msg = error({**two, "report": {"compare_with": ["knn", "rnad"]}})
+    assert "field `report.compare_with[1]`" in msg and "'rnad'" in msg and "did you mean 'rand'" in msg
+    # a study's report does not enter its fingerprint: adding references to a running study is safe
+    assert resolve({**two, "report": {"compare_with": ["rand"]}}).fingerprint() == resolve(two).fingerprint()

@@ -183,3 +183,44 @@ def test_latency_study_report(tmp_path):
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
         with Image.open(tmp_path / "reports" / link) as im:
             assert im.format == "PNG"
+
+
+COMPARE_STUDY = {
+    "name": "compare_check",
+    "scale": "smoke",
+    "methods": {"knn": {"retriever": "pixels-knn", "params": {"center": True}},
+                "raw": {"retriever": "pixels-knn", "params": {"center": False}},
+                "rand": {"retriever": "random"}},
+    "space": {"method": ["knn", "raw", "rand"]},
+    "objective": {"metric": "MAP@10"},
+    "report": {"compare_with": ["rand"]},
+    "mlflow": {"log_index": False},
+}
+
+
+def _paired_rows(text: str) -> list[tuple[str, str]]:
+    """(reference, trial) method names of each row of the paired-comparisons table."""
+    paired = text.split("## Paired comparisons", 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in paired.splitlines()
+            if line.startswith("| ") and not line.startswith("| split")]
+    return [(ref.split()[1], trial.split()[1]) for _split, ref, trial, *_ in rows]
+
+
+def test_report_compares_every_trial_with_the_named_methods(tmp_path):
+    from bench.report import write_report
+    from vitdsi.errors import VitDSIError
+
+    outcome, uri = run_study_dict(tmp_path, COMPARE_STUDY)
+    assert outcome.complete == 3
+    # the study file's report.compare_with: the non-chosen pixel trial is also paired with `rand`
+    text = write_report("compare_check", tracking_uri=uri, out_dir=tmp_path / "a").read_text()
+    rows = _paired_rows(text)
+    chosen = rows[0][0]
+    assert chosen in ("knn", "raw") and "(the study's `report.compare_with`)" in text
+    other = "raw" if chosen == "knn" else "knn"
+    assert sorted(rows) == sorted([(chosen, other), (chosen, "rand"), ("rand", other)])
+    # --compare-with replaces it; a reference that is the chosen trial adds nothing
+    assert sorted(_paired_rows(write_report("compare_check", tracking_uri=uri, out_dir=tmp_path / "b",
+                                            compare_with=[chosen]).read_text())) == sorted([(chosen, other), (chosen, "rand")])
+    with pytest.raises(VitDSIError, match="'rnad' is no method of study 'compare_check'"):
+        write_report("compare_check", tracking_uri=uri, out_dir=tmp_path / "c", compare_with=["rnad"])

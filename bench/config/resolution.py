@@ -117,6 +117,11 @@ def build_study(sf: StudyFile, scale_name: str, source: str) -> Study:
             raise fail("space.method", f"unknown method(s) {bad}; methods in this file: {', '.join(raw_methods)}")
     elif sf.methods is not None and len(sf.methods) > 1:
         raise fail("space", f"this study names {len(sf.methods)} methods; add `method: [{', '.join(sf.methods)}]` to `space` to compare them")
+    names = set(raw_methods) | {mc.retriever for mc in raw_methods.values()}
+    for i, ref in enumerate(sf.report.compare_with):
+        if ref not in names:
+            raise fail(f"report.compare_with[{i}]", f"'{ref}' is no method of this study{suggest(ref, sorted(names))}; "
+                       f"methods: {', '.join(raw_methods)}")
 
     # methods resolved: scale preset < fixed < method params
     fixed_params = {k: v for k, v in sf.fixed.items() if route(k)[0] == "param"}

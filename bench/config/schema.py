@@ -210,6 +210,9 @@ class ReportConfig(_Model):
     """What `bench report` adds to this study's report beyond the sections every study gets."""
 
     paper_table: bool = False  # the paper's Table 1 beside our numbers, per DB size and method (bench/paper.py)
+    # methods (study-file names or retriever names) that every other trial is also compared with,
+    # paired and Holm-corrected, on each split: e.g. the label-free baselines a DSI has to beat
+    compare_with: list[str] = Field(default_factory=list)
 
 
 class MethodConfig(_Model):

@@ -31,9 +31,12 @@ __all__ = ["write_report"]
 
 
 def write_report(study: str, *, tracking_uri: str | None = None, scale: str | None = None,
-                 out_dir: str | Path = "reports") -> Path:
-    """Write out_dir/STUDY.md and out_dir/STUDY/*.png; returns the markdown path."""
+                 out_dir: str | Path = "reports", compare_with: list[str] | None = None) -> Path:
+    """Write out_dir/STUDY.md and out_dir/STUDY/*.png; returns the markdown path. `compare_with`
+    replaces the study file's `report.compare_with` (methods every trial is also compared with)."""
     record = load_study_record(study, tracking_uri, scale)
+    if compare_with:
+        record = record.with_compare_with(compare_with)
     out_dir = Path(out_dir)
     fig_dir = out_dir / study
     fig_dir.mkdir(parents=True, exist_ok=True)

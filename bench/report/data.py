@@ -110,6 +110,23 @@ class StudyRecord:
             return bool(self.resolved["report"].get("paper_table"))
         return self.name == "table1"
 
+    @property
+    def compare_with(self) -> list[str]:
+        """The study file's `report.compare_with` (or `bench report --compare-with`): methods
+        (study-file or retriever names) that every other trial is also compared with."""
+        return list(self.resolved.get("report", {}).get("compare_with", []))
+
+    def with_compare_with(self, names: list[str]) -> StudyRecord:
+        """This record with `names` as its `compare_with` (a store logged before the field, or
+        another choice); each must be a method or retriever of some trial."""
+        known = {t.method for t in self.trials} | {t.retriever for t in self.trials}
+        bad = [n for n in names if n not in known]
+        if bad:
+            raise VitDSIError(f"--compare-with: {', '.join(map(repr, bad))} is no method of study '{self.name}'; "
+                              f"methods: {', '.join(sorted({t.method for t in self.trials}))}")
+        report = {**self.resolved.get("report", {}), "compare_with": list(names)}
+        return replace(self, resolved={**self.resolved, "report": report})
+
     def metric_names(self) -> list[str]:
         """Canonical metric names in the study's order, as far as trials logged them."""
         order = list(self.resolved.get("metrics", []))

@@ -115,7 +115,9 @@ def _seeded_difference(a: list[SeedRanking], b: list[SeedRanking], metric: str) 
 
 def paired_section(record: StudyRecord, out: Path, cache: dict) -> str | None:
     """Per split, every trial against the chosen (best on validation) trial and against the
-    chosen trial of each label-matched baseline, query by query over all seeds, Holm-corrected."""
+    chosen trial of each method the study names in `report.compare_with`; label-using trials
+    also against the chosen trial of each label-matched baseline. Query by query over all
+    seeds, Holm-corrected over the report."""
     from vitdsi.metrics import holm
 
     metric, sign = record.objective, (1 if record.direction == "maximize" else -1)
@@ -135,12 +137,13 @@ def paired_section(record: StudyRecord, out: Path, cache: dict) -> str | None:
     comparisons = []  # (split, reference, reference is the chosen trial, trial, difference)
     for key, trials in sorted(groups.items(), key=lambda kv: [sort_value(v) for _, v in kv[0]]):
         trials = sorted(trials, key=lambda t: -sign * t.choice_value(metric))
-        references = [trials[0]] + [
-            next(t for t in trials if t.retriever == name)
-            for name in LABEL_MATCHED if any(t.retriever == name for t in trials)
-        ]
+        label_matched = [next(t for t in trials if t.retriever == name)
+                         for name in LABEL_MATCHED if any(t.retriever == name for t in trials)]
+        named = [next(t for t in trials if name in (t.method, t.retriever))  # report.compare_with: for every trial
+                 for name in record.compare_with if any(name in (t.method, t.retriever) for t in trials)]
+        for_all = {trials[0].number} | {t.number for t in named}
         seen = set()
-        for ref in {r.number: r for r in references}.values():
+        for ref in {r.number: r for r in [trials[0], *named, *label_matched]}.values():
             ref_seeds = seed_rankings(ref, record, out, cache)
             if not ref_seeds:
                 continue
@@ -148,7 +151,7 @@ def paired_section(record: StudyRecord, out: Path, cache: dict) -> str | None:
                 pair = frozenset((t.number, ref.number))
                 if t is ref or pair in seen:
                     continue
-                if ref is not trials[0] and t.tags.get("supervision.uses_labels") != "true":
+                if ref.number not in for_all and t.tags.get("supervision.uses_labels") != "true":
                     continue  # a label-matched baseline is the reference for label-using methods only
                 seen.add(pair)
                 t_seeds = seed_rankings(t, record, out, cache)
@@ -174,7 +177,10 @@ def paired_section(record: StudyRecord, out: Path, cache: dict) -> str | None:
     header += ["Wilcoxon p", "Holm p", "pairs"]
     return (f"Each trial against the chosen trial on the same split (best {metric} on the validation queries) and "
             "each trial that learns from labels also against the chosen trial of each label-matched baseline "
-            "(`classifier`, `dual-encoder`) present: the mean "
+            "(`classifier`, `dual-encoder`) present"
+            + (f"; every trial also against the chosen trial of {', '.join(f'`{n}`' for n in record.compare_with)} "
+               "(the study's `report.compare_with`)" if record.compare_with else "")
+            + ": the mean "
             f"difference in test {metric} (trial − reference) over every (seed, test query) pair ± the half-width of its "
             "paired 95% Student-t interval"
             + (", the mean of the per-seed differences ± its CI across seeds (training and split noise)" if n_seeds > 1 else "")
