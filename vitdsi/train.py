@@ -161,6 +161,12 @@ def autocast(device: torch.device, precision: str = "auto"):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def trains_on_cached_features(encoder, augment: bool) -> bool:
+    """Whether training reads a borrowed encoder's fixed-part output computed once per image:
+    only that part is the same in every epoch, and only when no augmentation changes the input."""
+    return bool(getattr(encoder, "cacheable", False)) and not augment
+
+
 def precompute_features(encoder, image_sets: list[torch.Tensor | None], batch: int = 256) -> list[torch.Tensor | None]:
     """uint8 images (each set on the training device, or None) -> the output of a borrowed encoder's
     fixed part for each image (`BorrowedEncoder.precompute`), computed once, batch by batch."""
@@ -244,7 +250,7 @@ class DSITrainer:
         # a borrowed encoder's fixed part gives every image the same output in every epoch: without
         # augmentation it runs once per image, and training reads its output (`self.corpus` and
         # `self.queries` then hold features, not uint8 images)
-        self.precomputed = bool(getattr(model.encoder, "cacheable", False)) and not cfg.augment
+        self.precomputed = trains_on_cached_features(model.encoder, cfg.augment)
         if self.precomputed:
             self._precompute()
         self.scaler = (

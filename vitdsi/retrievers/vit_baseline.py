@@ -16,7 +16,14 @@ import torch
 from vitdsi.errors import VitDSIError
 from vitdsi.models.vit_encoder import VitEncoderConfig, check_borrowed_fields
 from vitdsi.retrievers.base import Retriever, fields_of
-from vitdsi.train import TrainConfig, precompute_features, random_flip, random_shift, to_input
+from vitdsi.train import (
+    TrainConfig,
+    precompute_features,
+    random_flip,
+    random_shift,
+    to_input,
+    trains_on_cached_features,
+)
 from vitdsi.train_loop import LoopConfig, train_epochs
 
 SEARCH_BATCH = 256  # images encoded together at index and query time
@@ -71,7 +78,7 @@ class VitModelRetriever(Retriever):
         """The training images as every epoch reads them: uint8 images or, for a borrowed encoder
         with a fixed part and no augmentation, that part's output computed once (as dsi-vit); the
         model is then called with `precomputed=True`."""
-        self._precomputed = bool(getattr(self._model.encoder, "cacheable", False)) and not self.augment
+        self._precomputed = trains_on_cached_features(self._model.encoder, self.augment)
         return precompute_features(self._model.encoder, parts) if self._precomputed else parts
 
     def _train_input(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
