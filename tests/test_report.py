@@ -169,6 +169,10 @@ def test_latency_study_report(tmp_path):
     assert "## Latency against database size" in text and "| method | sizes | slope |" in text
     assert "Crossover (batch 1)" in text and "dsi-random" in text
     assert "## Table 1 beside the paper" not in text  # no `report: {paper_table: true}`
+    # the Set-up names the held-out images, not the split ratio the trial config encodes them in
+    setup = text.split("## Set-up", 1)[1].split("\n## ", 1)[0]
+    assert "N = per trial (see the results) indexed images" in setup and "16 timed and scored queries" in setup
+    assert "split_ratio" not in setup
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| method | N | L | k | beam |"))  # all measurements
     header = [c.strip() for c in lines[start].strip("|").split("|")]

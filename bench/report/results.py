@@ -34,14 +34,25 @@ def header_section(record: StudyRecord) -> str:
         ["device", device],
         ["packages", versions or "?"],
         ["scale", record.scale],
-        ["dataset", f"{ds.get('name')} at {ds.get('size')} px, n_total {_ds('n_total')}, split_ratio {_ds('split_ratio')}, "
-                    f"queries train/val/test {ds.get('query_fractions')}, split seed {ds.get('seed')}"],
+        ["dataset", _dataset_row(ds, record.resolved.get("latency"), _ds)],
         ["protocol", "per trial (see the results)" if "protocol" in searched else protocol_description(ds)],
         ["objective", f"{record.objective} ({record.direction}), sampler {record.params.get('sampler')}, "
                       f"repeats {record.params.get('repeats')} seed(s) per trial"],
         ["trials", f"{len(record.trials)} finished"],
     ]
     return md_table(["", ""], rows)
+
+
+def _dataset_row(ds: dict, latency: dict | None, field) -> str:
+    """The Set-up's dataset line. A latency study indexes N images and holds out others, never
+    indexed (the trial config's split ratio and query fractions only encode those counts)."""
+    where = f"{ds.get('name')} at {ds.get('size')} px"
+    if latency:
+        return (f"{where}; N = {field('n_total')} indexed images per trial, and images of the source never indexed: "
+                f"{latency.get('train_queries', 0)} train queries, {latency.get('add_images', 0)} images `add` is "
+                f"timed with, {latency.get('n_queries')} timed and scored queries; split seed {ds.get('seed')}")
+    return (f"{where}, n_total {field('n_total')}, split_ratio {field('split_ratio')}, "
+            f"queries train/val/test {ds.get('query_fractions')}, split seed {ds.get('seed')}")
 
 
 def protocol_description(ds: dict) -> str:
