@@ -255,3 +255,14 @@ def test_continual_config_errors_name_the_field(tmp_path):
     path.write_text(yaml.safe_dump(typo))
     with pytest.raises(StudyConfigError, match="step"):
         load_study(path)
+
+
+def test_replay_goal_needs_both_ia_parts_and_a_measured_cost():
+    from bench.report.continual import replay_goal
+
+    nan = float("nan")
+    assert replay_goal(0.96, 0.99, 0.10) == "met"
+    assert replay_goal(0.96, 0.99, 0.30) == "not met"  # too dear
+    assert replay_goal(0.94, 0.99, 0.10) == "not met" and replay_goal(0.96, 0.50, 0.10) == "not met"
+    assert replay_goal(0.96, 0.99, nan) == "IA@1 part met, cost part not measured here"
+    assert replay_goal(0.50, 0.99, nan) == "not met"

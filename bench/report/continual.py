@@ -41,6 +41,15 @@ def _add_cost(steps: dict[str, np.ndarray]) -> float:
     return float(np.nanmean(per[1:])) if per is not None and len(per) > 1 else float("nan")
 
 
+def replay_goal(low_old: float, low_new: float, cost_share: float) -> str:
+    """The replay goal's verdict from the lowest IA@1 after an add step on the original and on the
+    added images, and the cost as a share of full retraining (NaN: no `full` trial to compare with)."""
+    kept = low_old >= GOAL_IA and low_new >= GOAL_IA
+    if kept and not np.isfinite(cost_share):
+        return "IA@1 part met, cost part not measured here"
+    return "met" if kept and cost_share < GOAL_COST else "not met"
+
+
 def continual_section(record: StudyRecord, out: Path, rel: str) -> str | None:
     trials = {t.method: t for t in record.trials}  # one trial per method in a continual study
     data = {m: _steps(t, record) for m, t in trials.items()}
@@ -88,12 +97,16 @@ def continual_section(record: StudyRecord, out: Path, rel: str) -> str | None:
         low_old = float(np.nanmin(s["ia_original"][1:])) if len(s["ia_original"]) > 1 else float("nan")
         low_new = float(np.nanmin(s["ia_added"][1:])) if "ia_added" in s else float("nan")
         share = cost[d] / cost[full] if full and cost[full] > 0 else float("nan")
-        met = low_old >= GOAL_IA and low_new >= GOAL_IA and share < GOAL_COST
+        verdict = replay_goal(low_old, low_new, share)
+        if np.isfinite(share):
+            cost_text = f"cost {_fmt(share, 2)} of `{full}`"
+        else:
+            cost_text = (f"{_fmt(cost[d], 4)} s per added image; no `full` retraining in this study to compare "
+                         "with (a study of the same set-up that has one gives its cost per added image)")
         lines.append(
             f"Goal for `{d}` (IA@1 >= {GOAL_IA} on old and on new images after every step, at less than "
-            f"{GOAL_COST:.0%} of full retraining's cost): **{'met' if met else 'not met'}**; lowest IA@1 after an "
-            f"add step {_fmt(low_old)} (original images) and {_fmt(low_new)} (added images), cost "
-            f"{_fmt(share, 2)} of `{full or 'full retraining (not in the study)'}`."
+            f"{GOAL_COST:.0%} of full retraining's cost): **{verdict}**; lowest IA@1 after an "
+            f"add step {_fmt(low_old)} (original images) and {_fmt(low_new)} (added images), {cost_text}."
         )
     return "\n\n".join([
         "Each trial indexes the first share of the indexed images, then adds the rest in batches "
