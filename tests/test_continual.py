@@ -266,3 +266,23 @@ def test_replay_goal_needs_both_ia_parts_and_a_measured_cost():
     assert replay_goal(0.94, 0.99, 0.10) == "not met" and replay_goal(0.96, 0.50, 0.10) == "not met"
     assert replay_goal(0.96, 0.99, nan) == "IA@1 part met, cost part not measured here"
     assert replay_goal(0.50, 0.99, nan) == "not met"
+
+
+def test_replay_queries_bring_the_retrieval_task_into_an_add_step(parts):
+    """Under label relevance every train query comes with the first index, so an add step has no
+    queries of its own: it trains the indexing task alone unless `replay_queries` replays old ones."""
+    old, new, split = parts
+    params = dict(id_scheme="atomic", mode="multitask", index_epochs=2, retrieval_epochs=1, dim=16, ff_dim=32,
+                  depth=1, heads=2, patch_size=8, dropout=0.0, seed=0, add_strategy="replay", replay_share=0.5)
+    phases = {}
+    for share in (0.0, 0.5):
+        r = build("dsi-vit", replay_queries=share, **params)
+        r.index(old, train_queries=split.train)
+        r.add(new)
+        step = [e for e in r.history if e.get("add_step") == N_OLD]
+        phases[share] = {e["phase"] for e in step}
+        trained_queries = [e["retrieval_loss"] for e in step if e["retrieval_loss"] is not None]
+        assert bool(trained_queries) == (share > 0), (share, step[:1])
+    assert phases[0.0] == {"index"} and "multitask" in phases[0.5], phases  # multitask: indexing, then both
+    with pytest.raises(VitDSIError, match="replay_queries must be in"):
+        build("dsi-vit", replay_queries=1.5)

@@ -30,17 +30,24 @@ class DSIViT(DSIRetriever):
         *,
         add_strategy: str = "replay",
         replay_share: float = 0.25,
+        replay_queries: float = 0.0,
         add_epochs: int = 0,
         **params: Any,
     ) -> None:
         super().__init__(**params)
         self.add_strategy = str(add_strategy)  # how add() trains: 'new-only', 'replay' or 'full'
         self.replay_share = float(replay_share)  # replay: share of the old images trained beside the new
+        # replay: share of the train queries seen so far trained again beside the step's own (the
+        # retrieval task's replay; 0 = the old images only, and an add step without new train
+        # queries then trains the indexing task alone)
+        self.replay_queries = float(replay_queries)
         self.add_epochs = int(add_epochs)  # epoch budget of an add step (stops at target_ia); 0 = index_epochs
         if self.add_strategy not in ADD_STRATEGIES:
             raise VitDSIError(f"dsi-vit: add_strategy must be one of {', '.join(ADD_STRATEGIES)}, got '{add_strategy}'")
         if not 0.0 <= self.replay_share <= 1.0:
             raise VitDSIError(f"dsi-vit: replay_share must be in [0, 1], got {replay_share}")
+        if not 0.0 <= self.replay_queries <= 1.0:
+            raise VitDSIError(f"dsi-vit: replay_queries must be in [0, 1], got {replay_queries}")
         # what add() trains on besides the new images: the indexed images and the train queries
         # seen so far (held in memory only; an index loaded from disk adds `new-only`)
         self._seen: tuple[ImageSet, ImageSet | None] | None = None
@@ -115,11 +122,19 @@ class DSIViT(DSIRetriever):
                 log = self._fit(corpus, everything, self._ids.codes, queries, self.mode, self.index_epochs)
             else:
                 positions = torch.arange(n_old, n_old + m)
+                step_queries = train_queries
                 if self.add_strategy == "replay" and self.replay_share > 0:
                     gen = torch.Generator().manual_seed(seed)
                     replay = torch.randperm(n_old, generator=gen)[: round(self.replay_share * n_old)]
                     positions = torch.cat([replay.sort().values, positions])
-                log = self._fit(corpus, positions, self._ids.codes[positions], train_queries, mode, epochs, seed)
+                n_replayed = round(self.replay_queries * len(old_queries)) if old_queries is not None else 0
+                if self.add_strategy == "replay" and n_replayed > 0:
+                    # queries are paired with relevant images among the trained positions only
+                    gen = torch.Generator().manual_seed(seed + 1)
+                    replayed = old_queries.subset(torch.randperm(len(old_queries), generator=gen)[:n_replayed].sort().values)
+                    step_queries = replayed if train_queries is None else replayed.concat(train_queries)
+                step_mode = "multitask" if self.mode != "zero-shot" and step_queries is not None else "zero-shot"
+                log = self._fit(corpus, positions, self._ids.codes[positions], step_queries, step_mode, epochs, seed)
         self.history += [{**e, "add_step": n_old} for e in log]
         self._finish()
 
