@@ -103,12 +103,10 @@ class DSIViT(DSIRetriever):
         self._ids = extend_ids(self._ids, m, labels=images.primary_labels(), seed=self.seed + n_old)
         if self._ids.atomic:
             self._grow_atomic_head(m)
-        # without new train queries an add step writes the images in (indexing task) only
-        mode = "multitask" if self.mode != "zero-shot" and train_queries is not None else "zero-shot"
         epochs, seed = self.add_epochs or self.index_epochs, self.seed + n_old  # each step shuffles afresh
         if self._seen is None:  # new-only on a loaded index: the new images are all it has
-            log = self._fit(images, torch.arange(m), self._ids.codes[n_old:], train_queries, mode, epochs, seed,
-                            offset=n_old)
+            log = self._fit(images, torch.arange(m), self._ids.codes[n_old:], train_queries,
+                            self._step_mode(train_queries), epochs, seed, offset=n_old)
         else:
             old_corpus, old_queries = self._seen
             corpus = old_corpus.concat(images)
@@ -121,22 +119,33 @@ class DSIViT(DSIRetriever):
                 everything = torch.arange(len(corpus))
                 log = self._fit(corpus, everything, self._ids.codes, queries, self.mode, self.index_epochs)
             else:
-                positions = torch.arange(n_old, n_old + m)
-                step_queries = train_queries
-                if self.add_strategy == "replay" and self.replay_share > 0:
-                    gen = torch.Generator().manual_seed(seed)
-                    replay = torch.randperm(n_old, generator=gen)[: round(self.replay_share * n_old)]
-                    positions = torch.cat([replay.sort().values, positions])
-                n_replayed = round(self.replay_queries * len(old_queries)) if old_queries is not None else 0
-                if self.add_strategy == "replay" and n_replayed > 0:
-                    # queries are paired with relevant images among the trained positions only
-                    gen = torch.Generator().manual_seed(seed + 1)
-                    replayed = old_queries.subset(torch.randperm(len(old_queries), generator=gen)[:n_replayed].sort().values)
-                    step_queries = replayed if train_queries is None else replayed.concat(train_queries)
-                step_mode = "multitask" if self.mode != "zero-shot" and step_queries is not None else "zero-shot"
-                log = self._fit(corpus, positions, self._ids.codes[positions], step_queries, step_mode, epochs, seed)
+                positions, step_queries = torch.arange(n_old, n_old + m), train_queries
+                if self.add_strategy == "replay":
+                    positions, step_queries = self._replayed(n_old, positions, old_queries, train_queries, seed)
+                log = self._fit(corpus, positions, self._ids.codes[positions], step_queries,
+                                self._step_mode(step_queries), epochs, seed)
         self.history += [{**e, "add_step": n_old} for e in log]
         self._finish()
+
+    def _step_mode(self, queries: ImageSet | None) -> str:
+        """An add step's training mode: without train queries it writes the images in (indexing task) only."""
+        return "multitask" if self.mode != "zero-shot" and queries is not None else "zero-shot"
+
+    def _replayed(self, n_old: int, new_positions: torch.Tensor, old_queries: ImageSet | None,
+                  new_queries: ImageSet | None, seed: int) -> tuple[torch.Tensor, ImageSet | None]:
+        """A replay step's corpus positions (a seeded `replay_share` of the old ones, then the new)
+        and train queries (a seeded `replay_queries` share of those seen so far, then the step's)."""
+        positions, queries = new_positions, new_queries
+        if self.replay_share > 0:
+            gen = torch.Generator().manual_seed(seed)
+            replay = torch.randperm(n_old, generator=gen)[: round(self.replay_share * n_old)]
+            positions = torch.cat([replay.sort().values, positions])
+        n_replayed = round(self.replay_queries * len(old_queries)) if old_queries is not None else 0
+        if n_replayed > 0:  # paired with relevant images among the trained positions only
+            gen = torch.Generator().manual_seed(seed + 1)
+            replayed = old_queries.subset(torch.randperm(len(old_queries), generator=gen)[:n_replayed].sort().values)
+            queries = replayed if new_queries is None else replayed.concat(new_queries)
+        return positions, queries
 
     def _grow_atomic_head(self, m: int) -> None:
         """The atomic softmax head gains m rows (new images); the old rows are kept as trained."""
