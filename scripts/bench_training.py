@@ -6,7 +6,10 @@ same sizes as the `dsi-vit` model, trained by a plain loop (gather, forward with
 mask, cross-entropy, backward, clip, AdamW step). The project's side is `DSITrainer` on
 `VitDSI` with the same config, batch, ids and optimiser. Both index the same synthetic
 images (random pixels, random ids) for the same number of epochs; the two are measured in
-alternation, several rounds, and the median images/s of each is compared.
+alternation, several rounds, and the median images/s of each is compared. On a CPU with
+native bf16 both are also run under bf16 autocast (`precision: bf16` on the project's side,
+where attention is written out: `vitdsi.models.vit_encoder.attend`), and the project's bf16
+rate is given as a ratio to the reference in float32 and in bf16.
 
     OMP_NUM_THREADS=1 python scripts/bench_training.py [--rounds 3] [--images 256]
 
@@ -30,7 +33,7 @@ from vitdsi.models import VitDSI, VitDSIConfig
 from vitdsi.models.vit_dsi import BOS, EOS, N_IN, N_OUT, PAD
 from vitdsi.train import DSITrainer, TrainConfig, to_input
 
-console = Console()
+console = Console(width=None if Console().is_terminal else 150)  # a table that fits, also in a log
 PAPER = dict(dim=128, ff_dim=256, depth=6, heads=4, dropout=0.1)  # paper sizes (section 3.2.1)
 
 
@@ -55,7 +58,7 @@ class NaiveTransformerDSI(nn.Module):
 
 
 def reference_images_per_s(images: torch.Tensor, codes: torch.Tensor, size: int, patch: int, batch: int,
-                           epochs: int) -> float:
+                           epochs: int, bf16: bool = False) -> float:
     torch.manual_seed(0)
     model = NaiveTransformerDSI(size, patch, id_length=codes.shape[1], **PAPER)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98))
@@ -67,8 +70,9 @@ def reference_images_per_s(images: torch.Tensor, codes: torch.Tensor, size: int,
     for _ in range(epochs):
         t0 = time.perf_counter()
         for idx in torch.randperm(len(images)).split(batch):
-            logits = model(to_input(images[idx]), inputs[idx])
-            loss = F.cross_entropy(logits.transpose(1, 2), targets[idx], ignore_index=PAD)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(to_input(images[idx]), inputs[idx])
+                loss = F.cross_entropy(logits.transpose(1, 2).float(), targets[idx], ignore_index=PAD)
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -98,26 +102,29 @@ def main() -> None:
     bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()  # native bf16 on this CPU (AMX / AVX512-BF16)
     console.print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), cpu; paper sizes {PAPER}, "
                   f"batch {args.batch}, {args.images} images, {args.rounds} alternating rounds")
-    table = Table("image", "patch", "reference images/s", "dsi-vit fp32 images/s", "ratio",
-                  *(["dsi-vit bf16 images/s", "ratio"] if bf16 else []))
+    table = Table("image", "patch", "reference fp32 images/s", "dsi-vit fp32 images/s", "ratio",
+                  *(["reference bf16 images/s", "dsi-vit bf16 images/s", "ratio to ref. fp32", "ratio to ref. bf16"]
+                    if bf16 else []))
     for size, patch in ((32, 4), (160, 16)):
         gen = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (args.images, 3, size, size), dtype=torch.uint8, generator=gen)
         codes = make_ids("random", args.images, seed=0).codes
-        ref, ours, half = [], [], []
+        ref, ours, ref_half, half = [], [], [], []
         for _ in range(args.rounds):
             ref.append(reference_images_per_s(images, codes, size, patch, args.batch, args.epochs))
             ours.append(project_images_per_s(images, codes, size, patch, args.batch, args.epochs))
             if bf16:
+                ref_half.append(reference_images_per_s(images, codes, size, patch, args.batch, args.epochs, bf16=True))
                 half.append(project_images_per_s(images, codes, size, patch, args.batch, args.epochs, "bf16"))
         r, o = statistics.median(ref), statistics.median(ours)
         row = [f"{size} px", str(patch), f"{r:.0f}", f"{o:.0f}", f"{o / r:.2f}x"]
         if bf16:
-            h = statistics.median(half)
-            row += [f"{h:.0f}", f"{h / r:.2f}x"]
+            rh, h = statistics.median(ref_half), statistics.median(half)
+            row += [f"{rh:.0f}", f"{h:.0f}", f"{h / r:.2f}x", f"{h / rh:.2f}x"]
         table.add_row(*row)
         console.print(f"  {size} px: reference {[round(x) for x in ref]}, dsi-vit {[round(x) for x in ours]}"
-                      + (f", bf16 {[round(x) for x in half]}" if bf16 else ""))
+                      + (f", reference bf16 {[round(x) for x in ref_half]}, dsi-vit bf16 {[round(x) for x in half]}"
+                         if bf16 else ""))
     console.print(table)
 
 

@@ -150,3 +150,39 @@ def test_ids_from_the_dsis_own_encoder(encoder, tiny_split):
     assert a.id_map.strings() == b.id_map.strings()  # same seed, labels permuted: the same ids
     ids = a.search(tiny_split.test.images, 5).ids
     assert ((ids >= 0) & (ids < n)).all()
+
+
+@pytest.mark.parametrize("case", ["plain", "causal", "padding"])
+def test_written_out_attention_equals_the_fused_op(case):
+    """`attend` writes attention out under CPU bf16 autocast (faster to train there); the two
+    forms must agree, including the causal mask with fewer queries than keys (a decoder step)."""
+    from vitdsi.models.vit_encoder import attend
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 8, generator=gen, requires_grad=True) for n in (5, 7, 7))
+    mask = torch.rand(2, 1, 1, 7, generator=gen) > 0.4
+    mask[..., 0] = True  # every query keeps a key
+    kw = {"plain": {}, "causal": {"causal": True}, "padding": {"attn_mask": mask}}[case]
+    fused, written = attend(q, k, v, fused=True, **kw), attend(q, k, v, fused=False, **kw)
+    torch.testing.assert_close(written, fused, atol=1e-5, rtol=1e-5)
+    grads = [torch.autograd.grad(y.square().sum(), (q, k, v)) for y in (fused, written)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+def test_dropout_or_bf16_autocast_on_cpu_take_the_written_out_attention(monkeypatch):
+    import torch.nn.functional as F
+
+    from vitdsi.models.vit_encoder import attend
+
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    q = torch.randn(1, 2, 4, 8)
+    attend(q, q, q)
+    assert calls == [1]  # float32 without dropout: the fused op
+    attend(q, q, q, dropout_p=0.1)
+    assert calls == [1]  # with dropout: written out, with the cheap masks of vitdsi.models.dropout
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attend(q, q, q, dropout_p=0.1)
+    assert calls == [1] and y.dtype == torch.bfloat16

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vitdsi.models.dropout import Dropout
 from vitdsi.models.vit_encoder import VitEncoder, sinusoid_2d
 
 
@@ -53,7 +54,7 @@ class BorrowedEncoder(nn.Module):
         self.proj = nn.Linear(channels, cfg.dim)  # feature-map channels -> decoder width
         self.norm = nn.LayerNorm(cfg.dim)
         self.register_buffer("pos", sinusoid_2d(grid, cfg.dim), persistent=False)  # [P, D]
-        self.embed_drop = nn.Dropout(cfg.dropout)
+        self.embed_drop = Dropout(cfg.dropout)
         self.n_blocks, self.n_trained = len(spec.blocks), n_trained
 
     @property

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from vitdsi.features.text_encoder import TextEncoder, TextEncoderConfig, make_text_encoder
 from vitdsi.models.borrowed_encoder import init_model, make_encoder
+from vitdsi.models.dropout import Dropout
 from vitdsi.models.vit_dsi import VitDSI, VitDSIConfig
 from vitdsi.models.vit_encoder import VitEncoderConfig, init_weights
 
@@ -30,7 +31,7 @@ class TextTower(nn.Module):
         self.encoder: TextEncoder = make_text_encoder(text_cfg)  # pretrained weights as loaded
         self.proj = nn.Linear(self.encoder.dim, dim)  # text width (384 for MiniLM) -> decoder width
         self.norm = nn.LayerNorm(dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         init_weights(self.proj)
 
     def states(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

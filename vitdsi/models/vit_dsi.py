@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from vitdsi.errors import VitDSIError
 from vitdsi.models.borrowed_encoder import init_model, make_encoder
+from vitdsi.models.dropout import Dropout
 from vitdsi.models.vit_encoder import (  # noqa: F401  (sinusoid_2d, EncoderLayer: re-exported)
     Attention,
     EncoderLayer,
@@ -112,7 +113,7 @@ class VitDSI(nn.Module):
             else:
                 self.register_buffer("tok_pos", sinusoid_1d(n_tok, d), persistent=False)
             self.bos_proj = nn.Linear(d, d) if cfg.image_bos else None
-            self.tok_drop = nn.Dropout(cfg.dropout)
+            self.tok_drop = Dropout(cfg.dropout)
             self.decoder = nn.ModuleList([DecoderLayer(cfg) for _ in range(cfg.decoder_depth or cfg.depth)])
             self.dec_norm = nn.LayerNorm(d)
             self.head = nn.Linear(d, N_OUT)

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vitdsi.errors import VitDSIError
+from vitdsi.models.dropout import Dropout, dropout
 
 
 @dataclass
@@ -127,6 +128,31 @@ def sinusoid_2d(grid: int, dim: int) -> torch.Tensor:
 
 
 # ---- building blocks (also used by the ViT-DSI decoder) -------------------------------
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+           dropout_p: float = 0.0, causal: bool = False, fused: bool | None = None) -> torch.Tensor:
+    """Scaled dot-product attention of q [N, h, Tq, d] over k, v [N, h, Tk, d]; `attn_mask` is
+    bool (True = attend) and broadcasts to [N, h, Tq, Tk]; `causal` masks key j > query i (the
+    top-left alignment of F.scaled_dot_product_attention); `dropout_p` drops attention weights.
+
+    `fused` None: F.scaled_dot_product_attention, except on the CPU under bf16 autocast or with
+    dropout, where attention is written out (scores, softmax, `dropout`, weighted sum). There the
+    fused op trains 1.5x (dropout 0.1) to 6x (no dropout) slower in bf16, and with dropout it
+    falls back to an unfused path that draws its mask with `bernoulli_` (64 and 100 patches,
+    one thread; scripts/bench_training.py). In float32 without dropout the two are level."""
+    if fused is None:
+        fused = not (q.device.type == "cpu" and (dropout_p > 0.0 or (
+            torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)))
+    if fused:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=causal)
+    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # [N, h, Tq, Tk]
+    if causal:
+        scores = scores.masked_fill(torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).triu(1),
+                                    float("-inf"))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    return dropout(torch.softmax(scores, dim=-1), dropout_p) @ v
+
+
 class Attention(nn.Module):
     """Multi-head attention; self-attention when `context` is None."""
 
@@ -141,7 +167,7 @@ class Attention(nn.Module):
             self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
         self.proj = nn.Linear(cfg.dim, cfg.dim)
         self.dropout = cfg.dropout
-        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.resid_drop = Dropout(cfg.dropout)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:  # [N, T, D] -> [N, h, T, D/h]
         n, t, d = x.shape
@@ -166,7 +192,7 @@ class Attention(nn.Module):
             attn_mask = masks[0] if masks else None
         else:
             q, k, v = (self._split(z) for z in self.qkv(x).chunk(3, dim=-1))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop, is_causal=causal)
+        y = attend(q, k, v, attn_mask, drop, causal)
         y = y.transpose(1, 2).reshape(n, t, d)
         return self.resid_drop(self.proj(y))
 
@@ -175,7 +201,7 @@ class FeedForward(nn.Module):
     def __init__(self, cfg) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(cfg.dim, cfg.ff_dim), nn.GELU(), nn.Linear(cfg.ff_dim, cfg.dim), nn.Dropout(cfg.dropout)
+            nn.Linear(cfg.dim, cfg.ff_dim), nn.GELU(), nn.Linear(cfg.ff_dim, cfg.dim), Dropout(cfg.dropout)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -211,7 +237,7 @@ class VitEncoder(nn.Module):
             self.patch_pos = nn.Parameter(torch.randn(grid * grid, d) * 0.02)  # [P, D]
         else:
             self.register_buffer("patch_pos", sinusoid_2d(grid, d), persistent=False)  # [P, D]
-        self.embed_drop = nn.Dropout(cfg.dropout)
+        self.embed_drop = Dropout(cfg.dropout)
         self.layers = nn.ModuleList([EncoderLayer(cfg) for _ in range(cfg.depth)])
         self.enc_norm = nn.LayerNorm(d)
 
