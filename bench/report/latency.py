@@ -128,5 +128,7 @@ def _measurements(runs: pd.DataFrame, batch: int) -> str:
               "build s", "index MiB", "add ms/image"]
     return ("All measurements (ms per query; p50 / p95 over repeated timed calls after warm-up, fixed threads). "
             "Quality (test queries; IA@1: the indexed images) was scored with the k and beam given, the same "
-            "the searches were timed with; L is a DSI's id length; add ms/image is `Retriever.add` of held-out "
-            "images on a copy of the index, n/a where a retriever cannot add:\n\n" + md_table(header, rows))
+            "the searches were timed with; L is a DSI's id length; beam is the hypotheses a DSI keeps per "
+            "decoding step (n/a where nothing is beam-searched: atomic ids are ranked by one softmax over the N ids); "
+            "add ms/image is `Retriever.add` of held-out images on a copy of the index, n/a where a retriever "
+            "cannot add:\n\n" + md_table(header, rows))
