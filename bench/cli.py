@@ -5,6 +5,7 @@
     bench ui
     bench search --run RUN_ID IMAGE... [--k 5] [--out grid.png]
     bench report STUDY
+    bench cache [list | remove DIGEST | remove --all]
 
 Each command lives in its own module under bench/commands and imports its heavy
 dependencies (torch, optuna, mlflow) only when it runs, so `--help` stays fast.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import typer
 
-from bench.commands import listing, report, run, search, ui
+from bench.commands import cache, listing, report, run, search, ui
 
 app = typer.Typer(
     name="bench",
@@ -29,6 +30,7 @@ app.command("list")(listing.command)
 app.command("ui")(ui.command)
 app.command("search")(search.command)
 app.command("report")(report.command)
+app.command("cache")(cache.command)
 
 
 def main() -> None:  # `python -m bench.cli`

@@ -143,8 +143,13 @@ def test_yaml_floats_and_overrides(tmp_path):
 
 
 def test_report_block_flags_the_paper_table_and_rejects_typos():
-    assert resolve(knn(report={"paper_table": True})).report == {"paper_table": True, "compare_with": []}
-    assert resolve(knn()).report == {"paper_table": False, "compare_with": []}
+    defaults = {"compare_with": [], "equivalence_margin": None, "paired_test": "bootstrap", "bootstrap_samples": 10_000}
+    assert resolve(knn(report={"paper_table": True})).report == {"paper_table": True, **defaults}
+    assert resolve(knn()).report == {"paper_table": False, **defaults}
+    margin = resolve(knn(report={"equivalence_margin": 0.02, "paired_test": "seed-t"})).report
+    assert (margin["equivalence_margin"], margin["paired_test"]) == (0.02, "seed-t")
+    assert "field `report.equivalence_margin`" in error(knn(report={"equivalence_margin": -0.1}))
+    assert "field `report.paired_test`" in error(knn(report={"paired_test": "wilcoxon"}))
     msg = error(knn(report={"paper_tabel": True}))
     assert "field `report.paper_tabel`" in msg and "did you mean 'paper_table'" in msg
     assert "field `report.paper_table`" in error(knn(report={"paper_table": "yes please"}))

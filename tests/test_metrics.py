@@ -173,29 +173,6 @@ def test_ci_half_width_is_student_t():
     assert half == pytest.approx(stats.t.ppf(0.975, 4) * v.std(ddof=1) / np.sqrt(5))
 
 
-def test_paired_difference_matches_scipy():
-    from scipy import stats
-
-    from vitdsi.metrics import paired_difference
-
-    rng = np.random.default_rng(7)
-    a = rng.random(60)
-    b = np.clip(a - 0.05 + 0.1 * rng.standard_normal(60), 0, 1)
-    a[3] = np.nan  # a query undefined for one system is dropped from the pair
-    d = paired_difference(a, b)
-    keep = ~np.isnan(a)
-    t = stats.ttest_rel(a[keep], b[keep])
-    lo, hi = t.confidence_interval(0.95)
-    assert d.n == 59
-    assert d.mean == pytest.approx((lo + hi) / 2)
-    assert d.ci95 == pytest.approx((hi - lo) / 2)
-    assert d.p_value == pytest.approx(stats.wilcoxon(a[keep], b[keep]).pvalue)
-    same = paired_difference(b, b)
-    assert (same.mean, same.ci95, same.p_value) == (0.0, 0.0, 1.0)
-    with pytest.raises(VitDSIError, match="same queries"):
-        paired_difference(a, b[:10])
-
-
 def test_graded_ndcg_equals_ir_measures_with_graded_qrels():
     """Gain = number of shared categories: trec_eval's ndcg_cut with integer relevance levels."""
     rng = np.random.default_rng(2024)

@@ -196,7 +196,7 @@ def test_report_of_a_study_searching_the_protocol_has_a_block_per_protocol(tmp_p
     study = resolve({"name": "by_protocol", "scale": "smoke", "metrics": ["MAP@10", "R@1"],
                      "methods": {"knn": {"retriever": "pixels-knn"}, "rand": {"retriever": "random"}},
                      "space": {"dataset.protocol": ["class", "instance", "unseen-classes"], "method": ["knn", "rand"]},
-                     "dataset": {"n_total": 160, "split_ratio": 0.5}})
+                     "dataset": {"n_total": 160, "split_ratio": 0.5}, "repeats": 2})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert run(study, RunOptions(tracking_uri=uri, storage=f"sqlite:///{tmp_path / 'optuna.db'}")).complete == 6
     text = write_report("by_protocol", tracking_uri=uri, out_dir=tmp_path / "reports").read_text()
@@ -221,3 +221,12 @@ def test_report_of_a_study_searching_the_protocol_has_a_block_per_protocol(tmp_p
     across = text.split("## Across protocols", 1)[1].split("\n## ", 1)[0]
     assert "instance: R@1 (chance 0.0125)" in across and "class: MAP@10" in across
     assert sum(line.startswith("| knn |") for line in across.splitlines()) == 1
+    # one Holm family for the whole report: the adjusted p of every block's comparison is the
+    # correction over the comparisons of all three protocols together
+    from vitdsi.statistics import holm
+
+    rows = [[c.strip() for c in line.strip("|").split("|")] for b in blocks.values()
+            for line in b.split("### Paired comparisons", 1)[1].split("\n### ", 1)[0].splitlines()
+            if line.startswith("| protocol=")]
+    assert len(rows) == 3 and "Holm runs over all 3 comparisons of this report (all 3 protocols)" in blocks["class"]
+    assert [float(r[5]) for r in rows] == pytest.approx(holm([float(r[4]) for r in rows]).tolist(), rel=0.05)

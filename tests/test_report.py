@@ -18,7 +18,8 @@ STUDY = {
     "retriever": "pixels-knn",
     "space": {"center": [True, False], "batch_size": [16, 512]},
     "objective": {"metric": "MAP@10"},
-    "report": {"paper_table": True},
+    "repeats": 3,
+    "report": {"paper_table": True, "equivalence_margin": 0.02},
 }
 
 
@@ -107,26 +108,39 @@ def test_report_tables_images_and_numbers(study_store):
     assert "lower is better" in next(h for h in header if h.startswith("FPR@10"))
     assert "the column carries no information" in text and "fewer than 30" in text
 
-    # paired comparisons: one split, each of the 3 other trials against the chosen one; the mean
-    # per-query difference equals the difference of the stored test means (same queries)
+    # paired comparisons: one split, each of the 3 other trials against the chosen one; the
+    # seed-level difference (mean of per-seed means) equals the difference of the stored test means
     maps = {row[0]: float(row[header.index(next(h for h in header if h.split(" (chance")[0] == "MAP@10"))].partition(" ± ")[0])
             for row in rows}
     paired = text.split("## Paired comparisons", 1)[1].split("## ", 1)[0]
-    prows = [[c.strip() for c in line.strip("|").split("|")] for line in paired.splitlines()
-             if line.startswith("| ") and not line.startswith("| split")]
+    assert "The seed is the unit of inference" in paired and "all 3 comparisons of this report" in paired
+    pheader, *prows = [[c.strip() for c in line.strip("|").split("|")] for line in paired.splitlines()
+                       if line.startswith("| ") or line.startswith("| split")]
+    assert pheader[:8] == ["split", "reference (B)", "trial (A)", "Δ MAP@10 A − B, seed-level [95% interval]", "p",
+                           "Holm p", "equivalence p (±0.02, Holm)", "verdict"]
     assert len(prows) == 3
-    from vitdsi.metrics import holm
+    from vitdsi.statistics import holm
 
-    for _split, best, trial, delta, p_value, p_holm, n in prows:
+    for _split, best, trial, delta, p_value, p_holm, p_equiv, verdict, seeds, pooled, wilcoxon, n in prows:
         b, t = best.split()[0].lstrip("#"), trial.split()[0].lstrip("#")
         assert b == chosen and "(chosen)" in best
-        assert float(delta.partition(" ± ")[0]) == pytest.approx(maps[t] - maps[b], abs=2e-4)
-        assert 0.0 <= float(p_value) <= float(p_holm) <= 1.0 and int(n) > 0
+        mean, low, high = (float(x) for x in re.findall(r"[+-][0-9.]+", delta))
+        assert mean == pytest.approx(maps[t] - maps[b], abs=2e-4) and low <= mean <= high
+        assert 0.0 <= float(p_value) <= float(p_holm) <= 1.0 and int(n) > 0 and seeds == "3"
+        assert float(pooled.partition(" ± ")[0]) == pytest.approx(mean, abs=1e-4)  # same queries in every seed
+        assert 0.0 <= float(wilcoxon) <= 1.0
+        if float(p_holm) < 0.05:
+            assert verdict.startswith("trial better" if mean > 0 else "reference better")
+        # three seeds are reported, never called a finding
+        assert verdict.endswith("(3 seeds: exploratory)")
     # the Holm column is the correction of the raw column over the report's comparisons
     raw = [float(r[4]) for r in prows]
     assert [float(r[5]) for r in prows] == pytest.approx(holm(raw).tolist(), rel=0.05)
-    # batch size does not change a pixel ranking: that pair differs by exactly nothing
-    assert any(r[3] == "+0.0000 ± 0.0000" and float(r[4]) == 1.0 for r in prows)
+    # batch size does not change a pixel ranking: that pair differs by exactly nothing, and only
+    # the equivalence test can say so
+    same = [r for r in prows if r[3] == "+0.0000 [+0.0000, +0.0000]"]
+    assert len(same) == 1 and float(same[0][4]) == 1.0
+    assert same[0][7].startswith("equivalent within ±0.02") and float(same[0][6]) < 0.05
 
 
 def test_report_of_unknown_study_is_a_clear_error(study_store):

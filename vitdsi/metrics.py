@@ -239,50 +239,6 @@ def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float,
     return float(v.mean()), float(half), n
 
 
-@dataclass(frozen=True)
-class PairedDifference:
-    """Per-query difference a - b of one metric between two rankings of the same queries."""
-
-    mean: float  # mean of a - b over the queries where both are defined
-    ci95: float  # half-width of its paired Student-t confidence interval
-    p_value: float  # two-sided Wilcoxon signed-rank test (zero differences dropped); 1.0 if all are zero
-    n: int  # queries compared
-
-
-def paired_difference(a, b, confidence: float = 0.95) -> PairedDifference:
-    """Compare two systems on the same queries: is the gap larger than the query sample's noise?
-
-    Paired, because both systems answer the same queries: the spread of per-query
-    differences is much smaller than that of either system's own values."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1:
-        raise VitDSIError(f"paired values must be two 1-d arrays over the same queries, got {a.shape} and {b.shape}")
-    d = (a - b)[~(np.isnan(a) | np.isnan(b))]
-    mean, half, n = mean_ci(d, confidence)
-    p = 1.0 if n == 0 or not np.any(d != 0) else float(stats.wilcoxon(d).pvalue)
-    return PairedDifference(mean, half, p, n)
-
-
-def holm(p_values) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (Holm 1979), controlling the family-wise error rate over
-    all the comparisons given: sort ascending, multiply the i-th smallest (0-based) by (m - i),
-    carry the running maximum so the adjusted values keep the order, cap at 1. NaN stays NaN
-    and does not count as a comparison."""
-    p = np.asarray(p_values, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = ~np.isnan(p)
-    m = int(ok.sum())
-    if m == 0:
-        return out
-    order = np.argsort(p[ok], kind="stable")
-    scaled = p[ok][order] * (m - np.arange(m))
-    adjusted = np.minimum(1.0, np.maximum.accumulate(scaled))
-    valid = np.empty(m)
-    valid[order] = adjusted
-    out[ok] = valid
-    return out
-
-
 def per_query(ids, relevance: Relevance | SplitRelevance, names: Iterable[str] = DEFAULT_METRICS) -> dict[str, np.ndarray]:
     """float64 [Q] per metric; NaN where a metric is undefined for a query (see module doc). A
     `SplitRelevance` gives each metric family its own relevance (the text protocol)."""

@@ -213,6 +213,13 @@ class ReportConfig(_Model):
     # methods (study-file names or retriever names) that every other trial is also compared with,
     # paired and Holm-corrected, on each split: e.g. the label-free baselines a DSI has to beat
     compare_with: list[str] = Field(default_factory=list)
+    # a tie is claimed only when two one-sided tests show |difference| < this margin (in units of
+    # the objective, e.g. 0.02 MAP@10); None: no tie is ever claimed, a non-difference is "undecided"
+    equivalence_margin: float | None = Field(None, gt=0, le=1)
+    # the primary seed-level test: a two-level bootstrap over seeds, then queries within them, or a
+    # paired Student t over the per-seed mean differences
+    paired_test: Literal["bootstrap", "seed-t"] = "bootstrap"
+    bootstrap_samples: int = Field(10_000, ge=1_000, le=1_000_000)  # bootstrap replicates per comparison
 
 
 class MethodConfig(_Model):

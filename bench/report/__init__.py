@@ -7,6 +7,7 @@ links, so it renders anywhere without network; docs/design.md ("Reports") lists 
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,8 @@ from bench.report.continual import continual_section
 from bench.report.data import load_study_record
 from bench.report.figures import curves_section, precision_and_grid_section
 from bench.report.latency import latency_section
-from bench.report.rankings import paired_section, seen_in_training_section
+from bench.report.paired import paired_family, paired_section
+from bench.report.rankings import seen_in_training_section
 from bench.report.results import (
     across_protocols_section,
     best_section,
@@ -49,16 +51,19 @@ def write_report(study: str, *, tracking_uri: str | None = None, scale: str | No
     rankings: dict = {}  # trial rankings and splits, read once for the sections that re-score them
     protocols = record.protocols() if scored else []
     if len(protocols) > 1:  # relevance and chance differ by protocol: one block of scored sections each
+        parts = [(p, record.for_protocol(p), fig_dir / p) for p in protocols]
+        family = functools.cache(lambda: paired_family(parts, rankings))  # Holm over every protocol's comparisons
         results = [("## Across protocols", lambda: across_protocols_section(record))]
-        for p in protocols:
-            sub, sub_dir = record.for_protocol(p), fig_dir / p
+        for p, sub, sub_dir in parts:
             sub_dir.mkdir(exist_ok=True)
             results += [(f"## Protocol `{p}`", lambda d=sub.resolved["dataset"]: protocol_description(d)),
-                        *_scored_sections(sub, sub_dir, f"{rel}/{p}", rankings, "###")]
+                        *_scored_sections(sub, sub_dir, f"{rel}/{p}", rankings, "###", family, p)]
         later = []
     else:
-        results = _scored_sections(record, fig_dir, rel, rankings, "##")[:1] if scored else []
-        later = _scored_sections(record, fig_dir, rel, rankings, "##")[1:] if scored else []
+        protocol = record.protocol_of(record.trials[0]) if record.trials else "class"
+        family = functools.cache(lambda: paired_family([(protocol, record, fig_dir)], rankings))
+        scored_sections = _scored_sections(record, fig_dir, rel, rankings, "##", family, protocol) if scored else []
+        results, later = scored_sections[:1], scored_sections[1:]
     for heading, section in (
         ("## Latency against database size", lambda: latency_section(record, fig_dir, rel)),
         *results,
@@ -80,11 +85,12 @@ def write_report(study: str, *, tracking_uri: str | None = None, scale: str | No
     return path
 
 
-def _scored_sections(record, fig_dir: Path, rel: str, rankings: dict, level: str) -> list[tuple[str, Callable]]:
+def _scored_sections(record, fig_dir: Path, rel: str, rankings: dict, level: str, family: Callable,
+                     protocol: str) -> list[tuple[str, Callable]]:
     """The sections that read trial scores and rankings, at heading `level`."""
     return [
         (f"{level} Results", lambda: results_section(record) + "\n\n" + best_section(record)),
-        (f"{level} Paired comparisons", lambda: paired_section(record, fig_dir, rankings)),
+        (f"{level} Paired comparisons", lambda: paired_section(family(), record, protocol)),
         (f"{level} Seen and unseen in training", lambda: seen_in_training_section(record, fig_dir, rankings)),
         (f"{level} Precision@K and example queries", lambda: precision_and_grid_section(record, fig_dir, rel, rankings)),
     ]

@@ -20,10 +20,22 @@ def fmt_int(x: float | None) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else str(int(x))
 
 
-def fmt_ci(mean: float | None, ci: float | None) -> str:
+def fmt_p(p: float | None) -> str:
+    """A p-value with two significant digits, or n/a."""
+    return "n/a" if p is None or math.isnan(p) else f"{p:.2g}"
+
+
+def fmt_ci(mean: float | None, ci: float | None, bounds: tuple[float, float] = (0.0, 1.0)) -> str:
+    """mean ± half-width; an interval reaching past the metric's range (`bounds`, [0, 1] for
+    every ranked metric) is printed clipped, as [low, high]."""
     if mean is None:
         return "n/a"
-    return fmt(mean) if ci is None or math.isnan(ci) else f"{fmt(mean)} ± {fmt(ci)}"
+    if ci is None or math.isnan(ci):
+        return fmt(mean)
+    low, high = mean - ci, mean + ci
+    if low < bounds[0] or high > bounds[1]:
+        return f"{fmt(mean)} [{fmt(max(low, bounds[0]))}, {fmt(min(high, bounds[1]))}]"
+    return f"{fmt(mean)} ± {fmt(ci)}"
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
