@@ -152,3 +152,33 @@ def test_report_accepts_a_study_file_path(tmp_path, monkeypatch):
     assert code == 2, out
     line = one_error(out)
     assert "no study 'held_out'" in line and ".yaml.yaml" not in line
+
+
+def test_search_takes_a_run_id_prefix(tmp_path):
+    from mlflow import MlflowClient
+
+    from bench.runs import resolve_run_id
+    from vitdsi.errors import VitDSIError
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("prefixes")
+    ids: list[str] = []
+    while len({i[0] for i in ids}) == len(ids):  # until two ids share their first character
+        ids.append(client.create_run(experiment).info.run_id)
+    one = ids[0]
+    assert resolve_run_id(client, one[:8], uri) == one
+    assert resolve_run_id(client, one.upper(), uri) == one
+    shared = next(i[0] for i in ids if sum(j[0] == i[0] for j in ids) > 1)
+    with pytest.raises(VitDSIError, match="matches several runs") as e:
+        resolve_run_id(client, shared, uri)
+    assert sorted(i for i in ids if i.startswith(shared)) == sorted(str(e.value).split("(")[1].split(")")[0].split(", "))
+    image = tmp_path / "q.png"
+    image.write_bytes(b"")
+    code, out = bench("search", "--run", one[:8], str(image), "--tracking-uri", uri)
+    assert code == 2 and f"run {one} is not a trial run" in one_error(out), out
+    unknown = next(f"{c}{'0' * 7}" for c in "0123456789abcdef" if not any(i.startswith(f"{c}{'0' * 7}") for i in ids))
+    code, out = bench("search", "--run", unknown, str(image), "--tracking-uri", uri)
+    assert code == 2 and f"no MLflow run in {uri} has an id starting with '{unknown}'" in one_error(out), out
+    code, out = bench("search", "--run", "best.run_id", str(image), "--tracking-uri", uri)
+    assert code == 2 and "not an MLflow run id" in one_error(out), out
