@@ -44,6 +44,7 @@ def command(
             console.print(f"[green]ok[/]: {path} at scale {study.scale}: {n} trials, {study.sampler} sampler")
             return
         from bench.study import RunOptions, StudyMismatchError, describe, run, trials_table
+        from bench.tracking import Tracker
 
         options = RunOptions(storage=storage, tracking_uri=tracking_uri, study_name=study_name, n_trials=n_trials,
                              device=device, heartbeat=heartbeat, wait_for_others=wait, threads=threads, reuse=reuse)
@@ -53,6 +54,7 @@ def command(
         previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             outcome = run(study, options)
+            Tracker(outcome.tracking_uri).set_overrides(outcome.parent_run_id, overrides or [])
         except StudyMismatchError as e:
             console.print(f"[red]error:[/] {escape(str(e))}")
             raise typer.Exit(2) from None
