@@ -182,3 +182,17 @@ def test_search_takes_a_run_id_prefix(tmp_path):
     assert code == 2 and f"no MLflow run in {uri} has an id starting with '{unknown}'" in one_error(out), out
     code, out = bench("search", "--run", "best.run_id", str(image), "--tracking-uri", uri)
     assert code == 2 and "not an MLflow run id" in one_error(out), out
+
+
+def test_check_prints_the_queries_of_each_split(tmp_path):
+    from vitdsi.data.split import split_sizes
+
+    path = _write(tmp_path, dataset={"n_total": 200, "split_ratio": 0.5}, repeats=3,
+                  space={"dataset.n_total": [200, 120]})
+    code, out = bench("run", str(path), "--check")
+    assert code == 0, out
+    assert "split: 200 images, 100 indexed; per seed 80 train / 10 validation / 10 test queries" in out
+    for n in (200, 120):
+        sizes = split_sizes(n, 0.5, (0.8, 0.1, 0.1))
+        assert (f"split: {n} images, {sizes['idb']} indexed; per seed {sizes['train']} train / {sizes['val']} "
+                f"validation / {sizes['test']} test queries; 3 seed(s) per trial, each its own split") in out, out

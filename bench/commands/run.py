@@ -36,10 +36,13 @@ def command(
         study = load_study(path, scale=scale, overrides=overrides or [])
         if check:
             from bench.config import check_data
+            from bench.config.checks import split_summary
 
             console.print(yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False), markup=False)
             for note in check_data(study, str(path)):
                 console.print(note, markup=False, style="yellow" if note.startswith("warning") else None)
+            for line in split_summary(study):
+                console.print(line, markup=False, highlight=False)
             n = len(study.grid()) if study.sampler == "grid" else study.n_trials
             console.print(f"[green]ok[/]: {path} at scale {study.scale}: {n} trials, {study.sampler} sampler")
             return

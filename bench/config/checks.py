@@ -151,6 +151,27 @@ def _check_split(study: Study, data: DataConfig, source: str, shown: Any) -> Non
         )
 
 
+def split_summary(study: Study) -> list[str]:
+    """One line per distinct split of the study's trials: the images it indexes and the train /
+    validation / test queries of each seed (every seed draws its own split of these sizes)."""
+    from vitdsi.data.split import split_sizes
+
+    points = study.grid() if study.sampler == "grid" else [{}]
+    lines: list[str] = []
+    for point in points:
+        d = study.trial_config(point).dataset
+        sizes = split_sizes(d.n_total, d.split_ratio, d.query_fractions)
+        line = (f"split: {d.n_total} images, {sizes['idb']} indexed; per seed {sizes['train']} train / "
+                f"{sizes['val']} validation / {sizes['test']} test queries")
+        if d.protocol in ("instance", "text"):
+            line += (f" (the query images set aside; under `protocol: {d.protocol}` the queries are "
+                     f"{'new views' if d.protocol == 'instance' else 'captions'} of the indexed images)")
+        if line not in lines:
+            lines.append(line)
+    seeds = f"{study.repeats} seed(s) per trial" + (", each its own split" if study.repeats > 1 else "")
+    return [f"{line}; {seeds}" for line in lines]
+
+
 def check_data(study: Study, source: str | None = None) -> list[str]:
     """Look at the data of every trial before any runs (cheap: no decoding): the dataset is
     where the study says (a missing root is an error naming it), it has at least `n_total`
