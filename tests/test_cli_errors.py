@@ -196,3 +196,46 @@ def test_check_prints_the_queries_of_each_split(tmp_path):
         sizes = split_sizes(n, 0.5, (0.8, 0.1, 0.1))
         assert (f"split: {n} images, {sizes['idb']} indexed; per seed {sizes['train']} train / {sizes['val']} "
                 f"validation / {sizes['test']} test queries; 3 seed(s) per trial, each its own split") in out, out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# listens after a second, answers one connection, then exits
+LATE_SERVER = ("import socket, sys, time; time.sleep(1); s = socket.socket(); "
+               "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', int(sys.argv[1]))); "
+               "s.listen(); s.accept()[0].close(); s.close()")
+
+
+def test_ui_waits_for_the_server_to_answer(tmp_path, monkeypatch):
+    import sys
+    import time
+
+    from bench.commands import ui
+    from vitdsi.errors import VitDSIError
+
+    port = _free_port()
+    server = ui.start_server([sys.executable, "-c", LATE_SERVER, str(port)], "127.0.0.1", port, wait=20)
+    assert server.poll() is None or server.returncode == 0  # it answered the probe, then may exit
+    assert server.wait(timeout=20) == 0
+
+    silent = [sys.executable, "-c", "import time; time.sleep(60)"]
+    start = time.monotonic()
+    with pytest.raises(VitDSIError, match=f"did not answer on 127.0.0.1:{port} within 1 s"):
+        ui.start_server(silent, "127.0.0.1", port, wait=1)
+    assert time.monotonic() - start < 10  # bounded, and the silent server was stopped
+    with pytest.raises(VitDSIError, match="exited \\(code 3\\) before answering"):
+        ui.start_server([sys.executable, "-c", "raise SystemExit(3)"], "127.0.0.1", port, wait=20)
+
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    monkeypatch.setattr(ui, "server_command", lambda uri, host, p: [sys.executable, "-c", LATE_SERVER, str(p)])
+    code, out = bench("ui", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--port", str(port))
+    assert code == 0 and f"MLflow UI on http://127.0.0.1:{port}" in out, out
+    monkeypatch.setattr(ui, "server_command", lambda uri, host, p: silent)
+    code, out = bench("ui", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--port", str(port), "--wait", "1")
+    assert code == 2 and "MLflow UI on" not in out and "did not answer" in one_error(out), out
