@@ -239,3 +239,38 @@ def test_ui_waits_for_the_server_to_answer(tmp_path, monkeypatch):
     monkeypatch.setattr(ui, "server_command", lambda uri, host, p: silent)
     code, out = bench("ui", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--port", str(port), "--wait", "1")
     assert code == 2 and "MLflow UI on" not in out and "did not answer" in one_error(out), out
+
+
+def test_list_retrievers_fits_80_columns_and_names_allowed_values():
+    res = CliRunner().invoke(app, ["list", "retrievers"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    assert max(len(line) for line in res.output.splitlines()) <= 80
+    assert "dsi-vit: Seq2seq ViT" in res.output and "learns from (at most): label-free" in res.output
+    res = CliRunner().invoke(app, ["list", "retrievers", "dsi-vit"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    assert max(len(line) for line in res.output.splitlines()) <= 80
+    lines = [line.strip() for line in res.output.splitlines()]
+    scheme = lines.index("id_scheme: str = 'random'")
+    assert lines[scheme + 1] == "allowed: random | clustered | semantic | rq | atomic"
+    assert "beam_size: int = 10" in lines
+    code, out = bench("list", "retrievers", "dsi-vti")
+    assert code == 2 and "unknown retriever 'dsi-vti'" in one_error(out), out
+
+
+def test_listed_allowed_values_are_what_the_retrievers_accept():
+    from bench.choices import OPEN, param_choices
+    from vitdsi.errors import VitDSIError
+    from vitdsi.retrievers.base import registered, retriever_params
+
+    checked = 0
+    for cls in registered().values():
+        names = {p.name for p in retriever_params(cls)}
+        for param, allowed in param_choices().items():
+            if param not in names or param in OPEN:
+                continue
+            for value in allowed:
+                cls(**{param: value}, device="cpu")
+            with pytest.raises(VitDSIError):
+                cls(**{param: "not-a-choice"}, device="cpu")
+            checked += 1
+    assert checked >= 10
