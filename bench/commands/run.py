@@ -38,7 +38,7 @@ def command(
             from bench.config import check_data
             from bench.config.checks import split_summary
 
-            console.print(yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False), markup=False)
+            console.print(yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False), markup=False, soft_wrap=True)
             for note in check_data(study, str(path)):
                 console.print(note, markup=False, style="yellow" if note.startswith("warning") else None)
             for line in split_summary(study):
