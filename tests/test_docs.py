@@ -61,3 +61,31 @@ def test_demo_pins_one_thread_and_the_patch_size_study_says_what_the_demo_runs()
     assert f"at most {params['index_epochs']} indexing and {params['retrieval_epochs']} fine-tuning epochs" in text
     assert params["mode"] == "fine-tuned" and params["id_scheme"] == "clustered" and "Clustered ids" in text
     assert study.metric == "MAP@10" and "best validation MAP@10" in text
+
+
+def test_readme_own_images_study_passes_check(tmp_path, monkeypatch):
+    import numpy as np
+    import yaml
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    section = (ROOT / "README.md").read_text().split("### A study of your own images", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    study = yaml.safe_load(block)
+    assert study["dataset"]["name"] == "imagefolder" and len(study["methods"]) >= 3
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    per_class = study["dataset"]["n_total"] // 2
+    for c in ("cats", "dogs"):
+        folder = tmp_path / study["dataset"]["root"] / c
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    (tmp_path / "my_photos.yaml").write_text(block)
+    res = CliRunner().invoke(app, ["run", "my_photos.yaml", "--check"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    n = study["dataset"]["n_total"]
+    assert f"split: {n} images, {round(n * study['dataset']['split_ratio'])} indexed" in res.output
+    assert f"{len(study['methods'])} trials" in res.output
