@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# the patch-size ablation at smoke scale (63 s with its report on a loaded 2-core VM, see README), then its report
+# the patch-size ablation at smoke scale (63 s with its report on a loaded 2-core VM, see README), then its
+# report; one torch thread (OMP_NUM_THREADS=1, --threads 1): the small models train faster on a shared machine
 demo: install
-	$(VENV)/bin/bench run studies/patch_size.yaml --scale smoke
-	$(VENV)/bin/bench report patch_size --scale smoke --out runs/demo-report
+	OMP_NUM_THREADS=1 $(VENV)/bin/bench run studies/patch_size.yaml --scale smoke --threads 1
+	OMP_NUM_THREADS=1 $(VENV)/bin/bench report patch_size --scale smoke --out runs/demo-report
 	@echo "report: runs/demo-report/patch_size.md   runs: mlflow.db (browse with: $(VENV)/bin/bench ui)"
 
 test: install

@@ -1,10 +1,10 @@
 """The `bench` command (README.md "The CLI"; docs/design.md for the architecture).
 
     bench run studies/patch_size.yaml [--scale smoke] [--n-trials 2] [--storage URL] ...
-    bench list retrievers | datasets | studies
-    bench ui
-    bench search --run RUN_ID IMAGE... [--k 5] [--out grid.png]
-    bench report STUDY
+    bench list retrievers [NAME] | datasets | studies
+    bench ui [--port 5000] [--wait 120]
+    bench search --run RUN_ID_OR_PREFIX IMAGE... [--k 5] [--out grid.png]
+    bench report STUDY [--study-name NAME]
     bench cache [list | remove DIGEST | remove --all]
 
 Each command lives in its own module under bench/commands and imports its heavy

@@ -8,9 +8,11 @@ re-training.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -19,6 +21,9 @@ from bench.config import TrialConfig
 from bench.tracking import resolve_tracking_uri
 from vitdsi.data import ImageSet, Split
 from vitdsi.errors import VitDSIError
+
+RUN_ID_LENGTH = 32  # MLflow run ids: 32 hexadecimal characters
+MAX_SHOWN = 10  # matching ids an ambiguous prefix lists
 
 
 @dataclass
@@ -64,9 +69,31 @@ class TrialRun:
         return Retriever.load(path, device=device)
 
 
+def resolve_run_id(client: Any, run_id: str, uri: str) -> str:
+    """The full id of the run that `run_id` names: a whole id as given, or a prefix (such as
+    the 8 characters `bench run` prints) of exactly one run in the store."""
+    from mlflow.entities import ViewType
+
+    given = run_id.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]+", given):
+        raise VitDSIError(f"--run {run_id!r}: not an MLflow run id (hexadecimal, e.g. the 8 characters `bench run` prints)")
+    if len(given) == RUN_ID_LENGTH:
+        return given
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    matches = [r.info.run_id for r in client.search_runs(experiments, f"attributes.run_id LIKE '{given}%'",
+                                                          max_results=MAX_SHOWN + 1)] if experiments else []
+    if not matches:
+        raise VitDSIError(f"--run {run_id}: no MLflow run in {uri} has an id starting with '{given}'")
+    if len(matches) > 1:
+        shown = ", ".join(sorted(matches[:MAX_SHOWN])) + (", ..." if len(matches) > MAX_SHOWN else "")
+        raise VitDSIError(f"--run {run_id}: the prefix matches several runs ({shown}); give more characters of the id")
+    return matches[0]
+
+
 def open_trial_run(run_id: str, tracking_uri: str | None = None, *, with_index: bool = False,
                    folder: str | Path | None = None) -> TrialRun:
-    """Download a trial run's artifacts (config.yaml, split.json, rankings.npz, optionally index/)."""
+    """Download a trial run's artifacts (config.yaml, split.json, rankings.npz, optionally index/);
+    `run_id` may be a unique prefix of the id (`resolve_run_id`)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts
@@ -74,6 +101,7 @@ def open_trial_run(run_id: str, tracking_uri: str | None = None, *, with_index: 
 
     uri = resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
+    run_id = resolve_run_id(client, run_id, uri)
     try:
         run = client.get_run(run_id)
     except MlflowException as e:

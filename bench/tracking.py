@@ -25,6 +25,7 @@ from bench.config import Study, TrialConfig
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
 VAL_PREFIX = "val_"  # validation-query metrics: "val_MAP_at_10" (test metrics carry no prefix)
+OVERRIDES_TAG = "study.overrides"  # on a parent run: the `bench run --set` overrides (JSON list)
 _MAX_BATCH = 100  # params / metrics per log_batch call (MLflow limits a batch)
 
 
@@ -174,6 +175,11 @@ class Tracker:
         if study_file and Path(study_file).exists():
             self.client.log_artifact(run_id, study_file)
         return run_id
+
+    def set_overrides(self, run_id: str, overrides: list[str]) -> None:
+        """Record the `bench run --set` overrides of this invocation on the study's parent run
+        (a JSON list; the report's Set-up prints them)."""
+        self.client.set_tag(run_id, OVERRIDES_TAG, json.dumps(list(overrides)))
 
     def set_status(self, run_id: str, status: str) -> None:
         """RUNNING / FINISHED / FAILED / KILLED."""

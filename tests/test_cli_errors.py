@@ -152,3 +152,125 @@ def test_report_accepts_a_study_file_path(tmp_path, monkeypatch):
     assert code == 2, out
     line = one_error(out)
     assert "no study 'held_out'" in line and ".yaml.yaml" not in line
+
+
+def test_search_takes_a_run_id_prefix(tmp_path):
+    from mlflow import MlflowClient
+
+    from bench.runs import resolve_run_id
+    from vitdsi.errors import VitDSIError
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("prefixes")
+    ids: list[str] = []
+    while len({i[0] for i in ids}) == len(ids):  # until two ids share their first character
+        ids.append(client.create_run(experiment).info.run_id)
+    one = ids[0]
+    assert resolve_run_id(client, one[:8], uri) == one
+    assert resolve_run_id(client, one.upper(), uri) == one
+    shared = next(i[0] for i in ids if sum(j[0] == i[0] for j in ids) > 1)
+    with pytest.raises(VitDSIError, match="matches several runs") as e:
+        resolve_run_id(client, shared, uri)
+    assert sorted(i for i in ids if i.startswith(shared)) == sorted(str(e.value).split("(")[1].split(")")[0].split(", "))
+    image = tmp_path / "q.png"
+    image.write_bytes(b"")
+    code, out = bench("search", "--run", one[:8], str(image), "--tracking-uri", uri)
+    assert code == 2 and f"run {one} is not a trial run" in one_error(out), out
+    unknown = next(f"{c}{'0' * 7}" for c in "0123456789abcdef" if not any(i.startswith(f"{c}{'0' * 7}") for i in ids))
+    code, out = bench("search", "--run", unknown, str(image), "--tracking-uri", uri)
+    assert code == 2 and f"no MLflow run in {uri} has an id starting with '{unknown}'" in one_error(out), out
+    code, out = bench("search", "--run", "best.run_id", str(image), "--tracking-uri", uri)
+    assert code == 2 and "not an MLflow run id" in one_error(out), out
+
+
+def test_check_prints_the_queries_of_each_split(tmp_path):
+    from vitdsi.data.split import split_sizes
+
+    path = _write(tmp_path, dataset={"n_total": 200, "split_ratio": 0.5}, repeats=3,
+                  space={"dataset.n_total": [200, 120]})
+    code, out = bench("run", str(path), "--check")
+    assert code == 0, out
+    assert "split: 200 images, 100 indexed; per seed 80 train / 10 validation / 10 test queries" in out
+    for n in (200, 120):
+        sizes = split_sizes(n, 0.5, (0.8, 0.1, 0.1))
+        assert (f"split: {n} images, {sizes['idb']} indexed; per seed {sizes['train']} train / {sizes['val']} "
+                f"validation / {sizes['test']} test queries; 3 seed(s) per trial, each its own split") in out, out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# listens after a second, answers one connection, then exits
+LATE_SERVER = ("import socket, sys, time; time.sleep(1); s = socket.socket(); "
+               "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', int(sys.argv[1]))); "
+               "s.listen(); s.accept()[0].close(); s.close()")
+
+
+def test_ui_waits_for_the_server_to_answer(tmp_path, monkeypatch):
+    import sys
+    import time
+
+    from bench.commands import ui
+    from vitdsi.errors import VitDSIError
+
+    port = _free_port()
+    server = ui.start_server([sys.executable, "-c", LATE_SERVER, str(port)], "127.0.0.1", port, wait=20)
+    assert server.poll() is None or server.returncode == 0  # it answered the probe, then may exit
+    assert server.wait(timeout=20) == 0
+
+    silent = [sys.executable, "-c", "import time; time.sleep(60)"]
+    start = time.monotonic()
+    with pytest.raises(VitDSIError, match=f"did not answer on 127.0.0.1:{port} within 1 s"):
+        ui.start_server(silent, "127.0.0.1", port, wait=1)
+    assert time.monotonic() - start < 10  # bounded, and the silent server was stopped
+    with pytest.raises(VitDSIError, match="exited \\(code 3\\) before answering"):
+        ui.start_server([sys.executable, "-c", "raise SystemExit(3)"], "127.0.0.1", port, wait=20)
+
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    monkeypatch.setattr(ui, "server_command", lambda uri, host, p: [sys.executable, "-c", LATE_SERVER, str(p)])
+    code, out = bench("ui", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--port", str(port))
+    assert code == 0 and f"MLflow UI on http://127.0.0.1:{port}" in out, out
+    monkeypatch.setattr(ui, "server_command", lambda uri, host, p: silent)
+    code, out = bench("ui", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--port", str(port), "--wait", "1")
+    assert code == 2 and "MLflow UI on" not in out and "did not answer" in one_error(out), out
+
+
+def test_list_retrievers_fits_80_columns_and_names_allowed_values():
+    res = CliRunner().invoke(app, ["list", "retrievers"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    assert max(len(line) for line in res.output.splitlines()) <= 80
+    assert "dsi-vit: Seq2seq ViT" in res.output and "learns from (at most): label-free" in res.output
+    res = CliRunner().invoke(app, ["list", "retrievers", "dsi-vit"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    assert max(len(line) for line in res.output.splitlines()) <= 80
+    lines = [line.strip() for line in res.output.splitlines()]
+    scheme = lines.index("id_scheme: str = 'random'")
+    assert lines[scheme + 1] == "allowed: random | clustered | semantic | rq | atomic"
+    assert "beam_size: int = 10" in lines
+    code, out = bench("list", "retrievers", "dsi-vti")
+    assert code == 2 and "unknown retriever 'dsi-vti'" in one_error(out), out
+
+
+def test_listed_allowed_values_are_what_the_retrievers_accept():
+    from bench.choices import OPEN, param_choices
+    from vitdsi.errors import VitDSIError
+    from vitdsi.retrievers.base import registered, retriever_params
+
+    checked = 0
+    for cls in registered().values():
+        names = {p.name for p in retriever_params(cls)}
+        for param, allowed in param_choices().items():
+            if param not in names or param in OPEN:
+                continue
+            for value in allowed:
+                cls(**{param: value}, device="cpu")
+            with pytest.raises(VitDSIError):
+                cls(**{param: "not-a-choice"}, device="cpu")
+            checked += 1
+    assert checked >= 10

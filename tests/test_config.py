@@ -3,6 +3,7 @@ follows scale preset < fixed < method params < sampled; every shipped study is v
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,20 @@ def test_unknown_parameter_lists_allowed():
 def test_bad_choice_rejected_before_any_work():
     msg = error({"name": "t", "retriever": "dsi-vit", "scale": "smoke", "space": {"id_scheme": ["random", "clusterd"]}})
     assert "clusterd" in msg and "clustered" in msg
+
+
+def test_retriever_validation_names_every_bad_value_by_its_field():
+    study = {"name": "t", "scale": "smoke", "fixed": {"dropout": 2.0},
+             "methods": {"dsi": {"retriever": "dsi-vit", "params": {"retrieval_epochs": -1, "id_scheme": "foo"}}},
+             "space": {"mode": ["zero-shot", "finetuned"]}}
+    msg = error(study)
+    assert msg.startswith("studies/x.yaml: ") and "\n" not in msg
+    fields = re.findall(r"field `([^`]+)`", msg)
+    assert sorted(fields) == ["fixed.dropout", "methods.dsi.params.id_scheme", "methods.dsi.params.retrieval_epochs",
+                              "space.mode"]
+    assert "got 'foo'" in msg and "got 2.0" in msg and "'finetuned'" in msg
+    msg = error(knn(fixed={"batch_size": "big"}, space={"center": ["yes", True]}))
+    assert "field `fixed.batch_size`" in msg and "field `space.center`" in msg  # type errors together too
 
 
 def test_dataset_errors():

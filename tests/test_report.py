@@ -92,11 +92,13 @@ def test_report_tables_images_and_numbers(study_store):
             name = col.split(" (chance")[0]
             if name not in ("P@10", "MAP@10", "R@100", "nDCG@10", "MRR", "FPR@10", "IA@1", "IA@5"):
                 continue
-            mean, _, ci = cell.partition(" ± ")
+            mean, _, rest = cell.partition(" ± ")
+            ci, _, mark = rest.partition(" ")  # a result not clear of chance ends in "≈ chance"
             key = metric_key(name)
             assert float(mean) == pytest.approx(stored[key], abs=5e-5), (name, cell)
             if ci:
                 assert float(ci) == pytest.approx(stored[f"{key}_ci95"], abs=5e-5)
+                assert mark in ("", "≈ chance")
             if "(chance" in col:
                 chance = col.split("(chance ")[1].rstrip(")").split(";")[0]
                 assert float(chance) == pytest.approx(stored[f"{key}_chance"], abs=5e-5)
@@ -121,7 +123,7 @@ def test_report_tables_images_and_numbers(study_store):
     assert len(prows) == 3
     from vitdsi.statistics import holm
 
-    for _split, best, trial, delta, p_value, p_holm, p_equiv, verdict, seeds, pooled, wilcoxon, n in prows:
+    for _split, best, trial, delta, p_value, p_holm, _p_equiv, verdict, seeds, pooled, wilcoxon, n in prows:
         b, t = best.split()[0].lstrip("#"), trial.split()[0].lstrip("#")
         assert b == chosen and "(chosen)" in best
         mean, low, high = (float(x) for x in re.findall(r"[+-][0-9.]+", delta))
@@ -242,3 +244,72 @@ def test_report_compares_every_trial_with_the_named_methods(tmp_path):
                                             compare_with=[chosen]).read_text())) == sorted([(chosen, other), (chosen, "rand")])
     with pytest.raises(VitDSIError, match="'rnad' is no method of study 'compare_check'"):
         write_report("compare_check", tracking_uri=uri, out_dir=tmp_path / "c", compare_with=["rnad"])
+
+
+def test_near_chance_rule():
+    from bench.report.markdown import near_chance
+
+    assert near_chance(0.30, 0.05, 0.26)  # lower end 0.25 is below chance
+    assert near_chance(0.31, 0.05, 0.26)  # lower end equal to chance: not above it
+    assert not near_chance(0.40, 0.05, 0.26)
+    assert near_chance(0.10, 0.05, 0.14, higher_is_better=False)  # FPR: upper end reaches chance
+    assert not near_chance(0.05, 0.02, 0.14, higher_is_better=False)
+    assert not near_chance(0.26, float("nan"), 0.26) and not near_chance(0.26, 0.1, None)  # nothing to compare
+
+
+SETUP_STUDY = {
+    "name": "setup_check",
+    "scale": "smoke",
+    "methods": {"knn": {"retriever": "pixels-knn", "params": {"center": False}}, "rand": {"retriever": "random"}},
+    "space": {"method": ["knn", "rand"]},
+    "metrics": ["MAP@10", "R@1"],
+    "objective": {"metric": "MAP@10"},
+    "mlflow": {"log_index": False},
+}
+
+
+def test_report_of_a_named_run_records_methods_overrides_and_chance(tmp_path):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    path = tmp_path / "setup_check.yaml"
+    path.write_text(yaml.safe_dump(SETUP_STUDY))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def bench(*args):
+        res = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+        return res.exit_code, res.output
+
+    code, out = bench("run", str(path), "--tracking-uri", uri, "--storage", f"sqlite:///{tmp_path / 'optuna.db'}",
+                      "--study-name", "mine", "--set", "dataset.n_total=160")
+    assert code == 0, out
+    code, out = bench("report", "setup_check", "--study-name", "other", "--tracking-uri", uri, "--out", str(tmp_path))
+    assert code == 2 and "Optuna study 'other'" in out and "its Optuna studies there: mine" in out, out
+    code, out = bench("report", "setup_check", "--study-name", "mine", "--tracking-uri", uri, "--out", str(tmp_path))
+    assert code == 0, out
+    text = (tmp_path / "setup_check.md").read_text()
+    setup = text.split("## Set-up", 1)[1].split("\n## ", 1)[0]
+    assert "Optuna study `mine`" in setup and "| overrides | `--set dataset.n_total=160` |" in setup
+    knn = setup.split("- **knn**: retriever `pixels-knn`", 1)[1].split("- **rand**", 1)[0]
+    assert "build parameters: center=False" in knn and "at the retriever's defaults: batch_size=" in knn
+    assert "- **rand**: retriever `random`" in setup
+    header = _result_header(text)
+    col = next(i for i, h in enumerate(header) if h.startswith("MAP@10 (chance"))
+    chance = float(re.search(r"chance ([0-9.]+)", header[col]).group(1))
+    cells = {row[1].split()[0]: row[col] for row in _result_rows(text)}
+    for cell in cells.values():  # the marker follows the rule: the CI's lower end not above chance
+        mean, ci = (float(x) for x in re.findall(r"[0-9]+\.[0-9]+", cell))
+        assert ("≈ chance" in cell) == (mean - ci <= chance), cell
+    assert "≈ chance" in cells["rand"] and "≈ chance" not in cells["knn"]  # the rule is not vacuous here
+
+
+def _result_header(text: str) -> list[str]:
+    results = text.split("## Results", 1)[1]
+    line = next(line for line in results.splitlines() if line.startswith("| # |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def _result_rows(text: str) -> list[list[str]]:
+    results = text.split("## Results", 1)[1].split("\n\n", 2)[1]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in results.splitlines()[2:] if line.startswith("|")]

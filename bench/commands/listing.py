@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from enum import Enum
 
 import typer
@@ -10,6 +11,8 @@ from rich.table import Table
 
 from vitdsi.log import console
 
+RESERVED = ("seed", "device")  # set per trial by the harness
+
 
 class What(str, Enum):
     retrievers = "retrievers"
@@ -17,29 +20,78 @@ class What(str, Enum):
     studies = "studies"
 
 
-def command(what: What = typer.Argument(..., help="retrievers, datasets or studies")) -> None:
+def command(
+    what: What = typer.Argument(..., help="retrievers, datasets or studies"),
+    name: str = typer.Argument(None, help="With `retrievers`: one retriever, listed with every parameter's type, "
+                                          "default and allowed values."),
+) -> None:
     """List registered retrievers, datasets or the study files, with their parameters."""
-    {"retrievers": _retrievers, "datasets": _datasets, "studies": _studies}[what.value]()
+    from bench.commands.common import friendly_errors
+
+    with friendly_errors():
+        if name is not None:
+            if what is not What.retrievers:
+                from vitdsi.errors import VitDSIError
+
+                raise VitDSIError(f"bench list {what.value} takes no NAME (only `bench list retrievers NAME` does)")
+            _retriever(name)
+            return
+        {"retrievers": _retrievers, "datasets": _datasets, "studies": _studies}[what.value]()
+
+
+def _say(text: str, indent: int = 0, hanging: int = 2) -> None:
+    """`text` wrapped to the terminal's width, `indent` spaces in and `hanging` more after the first line."""
+    width = max(40, console.width)
+    lines = textwrap.wrap(text, width=width, initial_indent=" " * indent, subsequent_indent=" " * (indent + hanging),
+                          break_on_hyphens=False) or [""]
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _summary(cls) -> str:
+    doc = (cls.__doc__ or "").strip()
+    return doc.split("\n\n")[0].replace("\n", " ") if doc else ""
 
 
 def _retrievers() -> None:
     from vitdsi.retrievers.base import registered, retriever_params
 
-    table = Table(title="retrievers (build parameters = default; query arguments)", show_lines=True)
-    for col in ("name", "queries", "learns from (at most)", "build parameters", "query arguments", "what"):
-        table.add_column(col, overflow="fold")
     for name, cls in registered().items():
-        params = ", ".join(f"{p.name}={p.default!r}" for p in retriever_params(cls) if p.name not in ("seed", "device"))
-        query = ", ".join(f"{k}={v!r}" for k, v in cls.query_defaults.items()) or "-"
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        table.add_row(name, cls.query_kind, cls.supervision.describe(), params or "-", query, doc)
-    console.print(table)
-    console.print("queries: image retrievers answer query images; text retrievers answer captions (`protocol: text`, "
-                  "`bench search --text`).")
-    console.print("learns from: what may reach training besides the corpus pixels (corpus labels, train-query pairs "
-                  "derived from labels, the indexed images' captions, pretrained weights); some retrievers use less "
-                  "depending on their parameters (e.g. a zero-shot dsi-vit with random ids is label-free), and each "
-                  "trial records what it used.")
+        _say(f"{name}: {_summary(cls)}")
+        _say(f"queries: {cls.query_kind}; learns from (at most): {cls.supervision.describe()}", indent=2)
+        params = [p.name for p in retriever_params(cls) if p.name not in RESERVED]
+        _say(f"parameters: {', '.join(params) or 'none'}", indent=2)
+        if cls.query_defaults:
+            _say(f"query arguments: {', '.join(cls.query_defaults)}", indent=2)
+        console.print()
+    _say("`bench list retrievers NAME` gives each parameter's type, default and allowed values. Queries: image "
+         "retrievers answer query images; text retrievers answer captions (`protocol: text`, `bench search --text`). "
+         "Learns from: what may reach training besides the corpus pixels (corpus labels, train-query pairs derived "
+         "from labels, the indexed images' captions, pretrained weights); some retrievers use less depending on their "
+         "parameters (e.g. a zero-shot dsi-vit with random ids is label-free), and each trial records what it used.", hanging=0)
+
+
+def _retriever(name: str) -> None:
+    from bench.choices import param_choices
+    from vitdsi.retrievers.base import get, retriever_params
+
+    cls = get(name)
+    choices = param_choices()
+    _say(f"{name}: {_summary(cls)}")
+    _say(f"queries: {cls.query_kind}; learns from (at most): {cls.supervision.describe()}", indent=2)
+    _say("build parameters (name: type = default):", indent=2)
+    for p in retriever_params(cls):
+        if p.name not in RESERVED:
+            _param(p.name, p.annotation, p.default, choices.get(p.name))
+    _say("query arguments (name: type = default):" if cls.query_defaults else "query arguments: none", indent=2)
+    for key, default in cls.query_defaults.items():
+        _param(key, type(default).__name__, default, choices.get(key))
+
+
+def _param(name: str, annotation: str, default, allowed: tuple[str, ...] | None) -> None:
+    _say(f"{name}: {annotation} = {default!r}", indent=4, hanging=4)
+    if allowed:
+        _say("allowed: " + " | ".join(allowed), indent=8, hanging=9)
 
 
 def _datasets() -> None:

@@ -36,14 +36,18 @@ def command(
         study = load_study(path, scale=scale, overrides=overrides or [])
         if check:
             from bench.config import check_data
+            from bench.config.checks import split_summary
 
-            console.print(yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False), markup=False)
+            console.print(yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False), markup=False, soft_wrap=True)
             for note in check_data(study, str(path)):
                 console.print(note, markup=False, style="yellow" if note.startswith("warning") else None)
+            for line in split_summary(study):
+                console.print(line, markup=False, highlight=False)
             n = len(study.grid()) if study.sampler == "grid" else study.n_trials
             console.print(f"[green]ok[/]: {path} at scale {study.scale}: {n} trials, {study.sampler} sampler")
             return
         from bench.study import RunOptions, StudyMismatchError, describe, run, trials_table
+        from bench.tracking import Tracker
 
         options = RunOptions(storage=storage, tracking_uri=tracking_uri, study_name=study_name, n_trials=n_trials,
                              device=device, heartbeat=heartbeat, wait_for_others=wait, threads=threads, reuse=reuse)
@@ -53,6 +57,7 @@ def command(
         previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             outcome = run(study, options)
+            Tracker(outcome.tracking_uri).set_overrides(outcome.parent_run_id, overrides or [])
         except StudyMismatchError as e:
             console.print(f"[red]error:[/] {escape(str(e))}")
             raise typer.Exit(2) from None

@@ -1,5 +1,7 @@
 """`bench search --run RUN_ID IMAGE... | --text CAPTION`: query a trained index with your own images or captions.
 
+RUN_ID is a whole MLflow run id or a prefix of exactly one (the 8 characters `bench run` prints).
+
 Loads the index a trial stored in MLflow, prepares each image as the datasets are prepared
 (RGB, centre square crop, resize to the index's size), or takes the captions as written for a
 text retriever (`dsi-text`, `text-dual-encoder`, `text-embedding-knn`), answers top-k and
@@ -22,7 +24,7 @@ from vitdsi.log import console
 def command(
     images: list[Path] = typer.Argument(None, help="Query image files (any size; centre-cropped and resized)."),
     texts: list[str] = typer.Option(None, "--text", help="A caption to query a text retriever with (repeat for several)."),
-    run_id: str = typer.Option(..., "--run", help="MLflow run id of a finished trial (e.g. the study's best.run_id tag)."),
+    run_id: str = typer.Option(..., "--run", help="MLflow run id of a finished trial, or its first characters (the 8 `bench run` prints), e.g. the study's best.run_id tag."),
     k: int = typer.Option(5, "--k", min=1, help="Results per query."),
     out: Path = typer.Option(Path("grid.png"), "--out", help="Where to write the result grid PNG."),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
@@ -40,6 +42,7 @@ def command(
         if bool(images) == bool(texts):
             raise VitDSIError("bench search takes query image files or --text captions (one kind, not both)")
         trial = open_trial_run(run_id, tracking_uri, with_index=True, folder=tmp)
+        run_id = trial.run_id  # the whole id when a prefix was given
         retriever = trial.load_index(device=device)
         kind = "text" if texts else "image"
         if retriever.query_kind != kind:

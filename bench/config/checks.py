@@ -42,6 +42,7 @@ def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
     from vitdsi.retrievers.base import retriever_params
 
     infos = {name: {p.name: p for p in retriever_params(known[m.retriever])} for name, m in study.methods.items()}
+    problems: list[str] = []  # every bad value, each naming its field; raised together
 
     def check_type(method: str, key: str, value: Any, where: str) -> None:
         info = infos[method].get(key)
@@ -53,9 +54,10 @@ def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
               float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
               str: lambda v: isinstance(v, str)}.get(type(default))
         if ok is not None and not ok(value):
-            raise StudyConfigError(f"{source}: field `{where}`: parameter '{key}' of retriever '{study.methods[method].retriever}' "
-                                   f"takes {type(default).__name__} values (default {default!r}), got {value!r}")
+            problems.append(f"field `{where}`: parameter '{key}' of retriever '{study.methods[method].retriever}' "
+                            f"takes {type(default).__name__} values (default {default!r}), got {value!r}")
 
+    paths: dict[tuple[str, str], str] = {}  # (method, parameter) -> where the study file sets it
     for mname, m in study.methods.items():
         for key, value in m.params.items():
             if sf.methods and key in sf.methods[mname].params:
@@ -64,6 +66,7 @@ def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
                 where = f"fixed.{key}"
             else:
                 where = f"(scale '{study.scale}' preset) {key}"
+            paths[mname, key] = where
             check_type(mname, key, value, where)
     for key, dist in study.space.items():
         where, name = route(key)
@@ -73,6 +76,7 @@ def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
         for mname in study.methods:
             for v in samples:
                 check_type(mname, name, v, f"space.{key}")
+    _raise_all(problems, source)
 
     if study.sampler == "grid":
         points = study.grid()
@@ -94,7 +98,11 @@ def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
             try:
                 seen[key] = known[trial.retriever](**trial.params, device="cpu")
             except Exception as e:  # the retriever's own validation, whatever its type
-                raise StudyConfigError(f"{source}: retriever '{trial.retriever}' rejects {shown}: {e}") from None
+                where = {k: f"space.{k}" if k in point else paths.get((trial.method, k), k) for k in trial.params}
+                for line in _rejected(known[trial.retriever], trial.params, where) or [
+                        f"retriever '{trial.retriever}' rejects {shown}: {e}"]:
+                    if line not in problems:
+                        problems.append(line)
         size_key = json.dumps([key, trial.dataset.size])
         if key in seen and size_key not in checked:
             checked.add(size_key)
@@ -103,6 +111,25 @@ def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
             except VitDSIError as e:
                 raise StudyConfigError(f"{source}: {shown} with images of {trial.dataset.size} px "
                                        f"(dataset.size): {e}") from None
+    _raise_all(problems, source)
+
+
+def _rejected(cls, params: dict[str, Any], where: dict[str, str]) -> list[str]:
+    """Each parameter of a configuration the retriever rejects that it also rejects on its own
+    (beside its defaults), with the field that sets it; [] when only the combination fails."""
+    out = []
+    for key, value in params.items():
+        try:
+            cls(**{key: value}, device="cpu")
+        except Exception as e:  # the retriever's own validation, whatever its type
+            out.append(f"field `{where[key]}`: {e}")
+    return out
+
+
+def _raise_all(problems: list[str], source: str) -> None:
+    """One StudyConfigError naming every problem found, or nothing."""
+    if problems:
+        raise StudyConfigError(f"{source}: " + "; ".join(problems))
 
 
 def _check_query_kind(study: Study, trial, cls, source: str, shown: Any) -> None:
@@ -149,6 +176,27 @@ def _check_split(study: Study, data: DataConfig, source: str, shown: Any) -> Non
             f"{source}: {shown}: the split has no validation queries (query_fractions "
             f"{list(data.query_fractions)}), but the objective {study.metric} is read on them; give val a share"
         )
+
+
+def split_summary(study: Study) -> list[str]:
+    """One line per distinct split of the study's trials: the images it indexes and the train /
+    validation / test queries of each seed (every seed draws its own split of these sizes)."""
+    from vitdsi.data.split import split_sizes
+
+    points = study.grid() if study.sampler == "grid" else [{}]
+    lines: list[str] = []
+    for point in points:
+        d = study.trial_config(point).dataset
+        sizes = split_sizes(d.n_total, d.split_ratio, d.query_fractions)
+        line = (f"split: {d.n_total} images, {sizes['idb']} indexed; per seed {sizes['train']} train / "
+                f"{sizes['val']} validation / {sizes['test']} test queries")
+        if d.protocol in ("instance", "text"):
+            line += (f" (the query images set aside; under `protocol: {d.protocol}` the queries are "
+                     f"{'new views' if d.protocol == 'instance' else 'captions'} of the indexed images)")
+        if line not in lines:
+            lines.append(line)
+    seeds = f"{study.repeats} seed(s) per trial" + (", each its own split" if study.repeats > 1 else "")
+    return [f"{line}; {seeds}" for line in lines]
 
 
 def check_data(study: Study, source: str | None = None) -> list[str]:

@@ -16,6 +16,7 @@ from bench.report.continual import continual_section
 from bench.report.data import load_study_record
 from bench.report.figures import curves_section, precision_and_grid_section
 from bench.report.latency import latency_section
+from bench.report.methods import methods_section
 from bench.report.paired import paired_family, paired_section
 from bench.report.rankings import seen_in_training_section
 from bench.report.results import (
@@ -33,10 +34,12 @@ __all__ = ["write_report"]
 
 
 def write_report(study: str, *, tracking_uri: str | None = None, scale: str | None = None,
-                 out_dir: str | Path = "reports", compare_with: list[str] | None = None) -> Path:
+                 out_dir: str | Path = "reports", compare_with: list[str] | None = None,
+                 study_name: str | None = None) -> Path:
     """Write out_dir/STUDY.md and out_dir/STUDY/*.png; returns the markdown path. `compare_with`
-    replaces the study file's `report.compare_with` (methods every trial is also compared with)."""
-    record = load_study_record(study, tracking_uri, scale)
+    replaces the study file's `report.compare_with` (methods every trial is also compared with);
+    `study_name` picks the run of that Optuna study (`bench run --study-name`)."""
+    record = load_study_record(study, tracking_uri, scale, study_name=study_name)
     if compare_with:
         record = record.with_compare_with(compare_with)
     out_dir = Path(out_dir)
@@ -46,7 +49,7 @@ def write_report(study: str, *, tracking_uri: str | None = None, scale: str | No
         old.unlink()
     rel = study
     desc = (record.resolved.get("description") or "").strip()
-    sections = [f"# Study `{study}`", desc, "## Set-up", header_section(record)]
+    sections = [f"# Study `{study}`", desc, "## Set-up", header_section(record) + "\n\n" + methods_section(record)]
     scored = any(t.metrics for t in record.trials)
     rankings: dict = {}  # trial rankings and splits, read once for the sections that re-score them
     protocols = record.protocols() if scored else []

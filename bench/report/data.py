@@ -256,7 +256,10 @@ def _text(row: pd.Series, column: str, default: str = "") -> str:
     return default if _missing(v) else str(v)
 
 
-def load_study_record(study: str, tracking_uri: str | None = None, scale: str | None = None) -> StudyRecord:
+def load_study_record(study: str, tracking_uri: str | None = None, scale: str | None = None,
+                      study_name: str | None = None) -> StudyRecord:
+    """The newest parent run of study `study` (optionally at `scale`, optionally of the Optuna /
+    MLflow study `study_name` that `bench run --study-name` gave), with its trial runs."""
     from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts
     from mlflow.entities import ViewType
@@ -267,11 +270,15 @@ def load_study_record(study: str, tracking_uri: str | None = None, scale: str | 
     filt = f"tags.`vitdsi.kind` = 'study' AND tags.`study.name` = '{study}'"
     if scale:
         filt += f" AND tags.`study.scale` = '{scale}'"
+    if study_name:
+        filt += f" AND tags.`optuna.study_name` = '{study_name}'"
     parents = client.search_runs(experiments, filt, order_by=["attributes.start_time DESC"], max_results=1) if experiments else []
     if not parents:
+        named = f" (Optuna study '{study_name}')" if study_name else ""
+        hint = _study_names_hint(client, experiments, study) if study_name else ""
         raise VitDSIError(
-            f"no study '{study}'{f' at scale {scale}' if scale else ''} in the tracking store {uri}; "
-            f"run `bench run studies/{study}.yaml` first (or pass --tracking-uri)"
+            f"no study '{study}'{named}{f' at scale {scale}' if scale else ''} in the tracking store {uri}; "
+            + (hint or f"run `bench run studies/{study}.yaml` first (or pass --tracking-uri)")
         )
     parent = parents[0]
     resolved_path = download_artifacts(run_id=parent.info.run_id, artifact_path="study_resolved.yaml", tracking_uri=uri)
@@ -291,6 +298,14 @@ def load_study_record(study: str, tracking_uri: str | None = None, scale: str | 
         for _, row in stopped.sort_values("number", kind="stable").iterrows()
     ]
     return record
+
+
+def _study_names_hint(client: Any, experiments: list[str], study: str) -> str:
+    """The Optuna study names the store holds for `study`, for an error that named another one."""
+    runs = client.search_runs(experiments, f"tags.`vitdsi.kind` = 'study' AND tags.`study.name` = '{study}'",
+                              max_results=200) if experiments else []
+    names = sorted({r.data.tags.get("optuna.study_name", "") for r in runs} - {""})
+    return f"its Optuna studies there: {', '.join(names)}" if names else ""
 
 
 def metric_history(run_id: str, tracking_uri: str, prefix: str = "train/") -> dict[str, list[tuple[int, float]]]:

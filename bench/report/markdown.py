@@ -38,6 +38,18 @@ def fmt_ci(mean: float | None, ci: float | None, bounds: tuple[float, float] = (
     return f"{fmt(mean)} ± {fmt(ci)}"
 
 
+CHANCE_MARK = "≈ chance"  # a result whose 95% CI reaches the chance level (see `near_chance`)
+
+
+def near_chance(mean: float | None, ci: float | None, chance: float | None, higher_is_better: bool = True) -> bool:
+    """True when a result is not clear of chance by its CI: the lower end of its 95% CI is not
+    above the chance level (for a lower-is-better metric, the upper end not below it). False
+    when the chance level or the CI is unknown: there is nothing to compare."""
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in (mean, ci, chance)):
+        return False
+    return mean - ci <= chance if higher_is_better else mean + ci >= chance
+
+
 def md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]

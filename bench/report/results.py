@@ -13,7 +13,8 @@ import pandas as pd
 
 from bench.paper import METHOD_NOTE, paper_row
 from bench.report.data import StudyRecord
-from bench.report.markdown import fmt, fmt_ci, label, md_table
+from bench.report.markdown import CHANCE_MARK, fmt, fmt_ci, label, md_table, near_chance
+from bench.report.methods import overrides_text
 
 
 def header_section(record: StudyRecord) -> str:
@@ -39,6 +40,7 @@ def header_section(record: StudyRecord) -> str:
         ["objective", f"{record.objective} ({record.direction}), sampler {record.params.get('sampler')}, "
                       f"repeats {record.params.get('repeats')} seed(s) per trial"],
         ["trials", f"{len(record.trials)} finished"],
+        ["overrides", overrides_text(record)],
     ]
     return md_table(["", ""], rows)
 
@@ -104,7 +106,8 @@ def across_protocols_section(record: StudyRecord) -> str:
                 continue
             m = t.metrics.get(metric)
             row["pick"][p] = v
-            row["cells"][p] = fmt_ci(m.mean, m.ci95) if m is not None else "n/a"
+            row["cells"][p] = "n/a" if m is None else fmt_ci(m.mean, m.ci95) + (
+                f" {CHANCE_MARK}" if near_chance(m.mean, m.ci95, m.chance, _higher_is_better(metric)) else "")
     body = [[method, r["learns from"], *(r["cells"].get(p, "—") for p in protocols)] for method, r in rows.items()]
     return ("The headline metric of each protocol per method (test, mean over seeds ± the 95% CI across seeds): "
             "R@1 under `instance`, where each query has one relevant image, the objective otherwise. Each protocol "
@@ -137,6 +140,8 @@ def results_section(record: StudyRecord) -> str:
     for m in names:
         t = tables[m]
         cells = _ci_cells(t["mean"], t["ci95"])
+        if shared_chance[m] is None or not _no_information(m, shared_chance[m]):
+            cells = cells + _chance_marks(m, t)
         if shared_chance[m] is None:
             chance = t["chance"].where(t["mean"].notna())
             cells = cells + chance.map(lambda c: "" if pd.isna(c) else f" (chance {fmt(c)})")
@@ -150,7 +155,9 @@ def results_section(record: StudyRecord) -> str:
             "half-width of its 95% Student-t confidence interval; with several seeds (each with its own split and "
             "training seed), the mean over seeds ± the CI across seeds"
             + (f", and the last {objective} column gives the CI over the pooled queries of all seeds" if seeds > 1 else "")
-            + ". Chance is the exact expectation under a uniformly random ranking of the same split. "
+            + ". Chance is the exact expectation under a uniformly random ranking of the same split; "
+            f"*{CHANCE_MARK}* marks a result whose 95% CI reaches it (for higher-is-better metrics: mean − CI ≤ "
+            "chance), which is not clear of chance. "
             + (f"Model choice (Optuna's objective, the chosen trial) reads only the {objective} of the validation "
                "queries; test queries are never used to choose. " if has_val else
                "These runs logged no validation metrics, so model choice read test numbers. ")
@@ -179,9 +186,22 @@ def _ci_cells(mean: pd.Series, ci: pd.Series) -> pd.Series:
     return pd.Series([fmt_ci(m, c) if pd.notna(m) else "n/a" for m, c in zip(mean, ci)], index=mean.index)
 
 
+def _chance_marks(metric: str, table: pd.DataFrame) -> pd.Series:
+    """" ≈ chance" after each cell whose result is not clear of chance by its CI (`near_chance`)."""
+    higher = _higher_is_better(metric)
+    return pd.Series([f" {CHANCE_MARK}" if near_chance(m, c, ch, higher) else ""
+                      for m, c, ch in zip(table["mean"], table["ci95"], table["chance"])], index=table.index)
+
+
 def _counts(n: pd.Series) -> pd.Series:
     """Whole numbers per trial ("?" where unknown or zero)."""
     return n.map(lambda v: str(int(v)) if pd.notna(v) and v else "?")
+
+
+def _higher_is_better(metric: str) -> bool:
+    from vitdsi.metrics import parse_metric
+
+    return parse_metric(metric).family.higher_is_better
 
 
 def _no_information(metric: str, chance: float) -> bool:

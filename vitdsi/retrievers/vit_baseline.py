@@ -17,6 +17,7 @@ from vitdsi.errors import VitDSIError
 from vitdsi.models.vit_encoder import VitEncoderConfig, check_borrowed_fields
 from vitdsi.retrievers.base import Retriever, fields_of
 from vitdsi.train import (
+    PRECISIONS,
     TrainConfig,
     precompute_features,
     random_flip,
@@ -51,6 +52,8 @@ class VitModelRetriever(Retriever):
                 f"{name}: need epochs >= 0, batch_size >= 1 and lr > 0, got epochs={self.epochs}, "
                 f"batch_size={self.batch_size}, lr={self.lr}"
             )
+        if self.precision not in PRECISIONS:
+            raise VitDSIError(f"{name}: precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         self.history: list[dict[str, Any]] = []  # per-epoch training log (dicts), as in dsi-vit
         self._model: torch.nn.Module | None = None
         self._precomputed = False  # training reads a borrowed encoder's fixed-part output, not images
