@@ -23,7 +23,8 @@ def command(what: What = typer.Argument(..., help="retrievers, datasets or studi
 
 
 def _retrievers() -> None:
-    from vitdsi.retrievers.base import registered, retriever_params
+    from vitdsi.retrievers.params import retriever_params
+    from vitdsi.retrievers.registry import registered
 
     table = Table(title="retrievers (build parameters = default; query arguments)", show_lines=True)
     for col in ("name", "queries", "learns from (at most)", "build parameters", "query arguments", "what"):

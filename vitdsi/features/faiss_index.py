@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from vitdsi.errors import VitDSIError
-
-if TYPE_CHECKING:
-    from vitdsi.retrievers.base import Ranking
+from vitdsi.ranking import Ranking
 
 INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
 QUERY_DEFAULTS = {
@@ -122,8 +120,6 @@ def add_vectors(index: Any, x: np.ndarray) -> None:
 def search_index(index: Any, q: np.ndarray, k: int, *, ef_search: int = 64, nprobe: int = 8) -> Ranking:
     """Top-k of float32 queries [n, D]; `ef_search` applies to HNSW and `nprobe` to IVF indexes.
     Equal scores are ordered by corpus position (FAISS leaves their order to its heaps)."""
-    from vitdsi.retrievers.base import Ranking
-
     if hasattr(index, "hnsw"):
         index.hnsw.efSearch = int(ef_search)
     if hasattr(index, "nprobe"):

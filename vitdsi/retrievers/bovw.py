@@ -18,7 +18,9 @@ from vitdsi.errors import VitDSIError
 from vitdsi.features.sift import SiftConfig, extract_descriptors
 from vitdsi.features.vocabulary import nearest_centroid, train_vocabulary
 from vitdsi.log import get_logger
-from vitdsi.retrievers.base import Ranking, Retriever, register
+from vitdsi.ranking import Ranking
+from vitdsi.retrievers.base import Retriever
+from vitdsi.retrievers.registry import register
 
 log = get_logger(__name__)
 

@@ -15,7 +15,10 @@ import torch.nn.functional as F
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
 from vitdsi.log import get_logger
-from vitdsi.retrievers.base import Ranking, Supervision, fields_of, register, topk_ties_to_lower
+from vitdsi.ranking import Ranking, topk_ties_to_lower
+from vitdsi.retrievers.base import Supervision
+from vitdsi.retrievers.params import fields_of
+from vitdsi.retrievers.registry import register
 from vitdsi.retrievers.vit_baseline import SEARCH_BATCH, VitBaseline, gather_rows
 from vitdsi.train import TrainConfig, autocast
 

@@ -14,8 +14,10 @@ import torch
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
 from vitdsi.models.vit_dsi import VitDSI
-from vitdsi.retrievers.base import Ranking, Supervision, register
+from vitdsi.ranking import Ranking
+from vitdsi.retrievers.base import Supervision
 from vitdsi.retrievers.dsi_base import SEARCH_BATCH, DSIRetriever
+from vitdsi.retrievers.registry import register
 from vitdsi.train import DSITrainer, TrainConfig, to_input
 
 ADD_STRATEGIES = ("new-only", "replay", "full")

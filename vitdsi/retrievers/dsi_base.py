@@ -18,7 +18,9 @@ import torch
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
 from vitdsi.models.vit_dsi import VitDSI, VitDSIConfig
-from vitdsi.retrievers.base import Ranking, Retriever, Supervision, fields_of
+from vitdsi.ranking import Ranking
+from vitdsi.retrievers.base import Retriever, Supervision
+from vitdsi.retrievers.params import fields_of
 from vitdsi.retrievers.vit_baseline import ENCODER_PARAMS, check_encoder_params, check_patch_size
 from vitdsi.train import DSITrainer, TrainConfig, autocast, to_input
 

@@ -20,8 +20,11 @@ from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
 from vitdsi.features.text_encoder import TEXT_ENCODER_PARAMS, TextEncoderConfig
 from vitdsi.models.vit_dsi import VitDSIConfig
-from vitdsi.retrievers.base import Ranking, Supervision, fields_of, register, with_defaults
+from vitdsi.ranking import Ranking
+from vitdsi.retrievers.base import Supervision
 from vitdsi.retrievers.dsi_base import SEARCH_BATCH, DSIRetriever
+from vitdsi.retrievers.params import fields_of, with_defaults
+from vitdsi.retrievers.registry import register
 from vitdsi.train import TrainConfig
 
 

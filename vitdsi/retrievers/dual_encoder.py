@@ -18,7 +18,10 @@ from vitdsi.errors import VitDSIError
 from vitdsi.features.faiss_index import FAISS_PARAMS, QUERY_DEFAULTS, FaissConfig
 from vitdsi.log import get_logger
 from vitdsi.losses import symmetric_info_nce
-from vitdsi.retrievers.base import Ranking, Supervision, fields_of, register
+from vitdsi.ranking import Ranking
+from vitdsi.retrievers.base import Supervision
+from vitdsi.retrievers.params import fields_of
+from vitdsi.retrievers.registry import register
 from vitdsi.retrievers.vit_baseline import VitBaseline, gather_rows
 from vitdsi.train import (
     RelevantSampler,

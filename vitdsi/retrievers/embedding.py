@@ -18,7 +18,10 @@ from vitdsi.features import faiss_index
 from vitdsi.features.backbones import Backbone, load_backbone
 from vitdsi.features.faiss_index import FAISS_PARAMS
 from vitdsi.log import get_logger, progress
-from vitdsi.retrievers.base import Ranking, Retriever, Supervision, fields_of, register
+from vitdsi.ranking import Ranking
+from vitdsi.retrievers.base import Retriever, Supervision
+from vitdsi.retrievers.params import fields_of
+from vitdsi.retrievers.registry import register
 
 log = get_logger(__name__)
 

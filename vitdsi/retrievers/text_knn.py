@@ -16,7 +16,10 @@ import torch
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
 from vitdsi.features.text_encoder import TextEncoderConfig
-from vitdsi.retrievers.base import Ranking, Retriever, Supervision, fields_of, register
+from vitdsi.ranking import Ranking
+from vitdsi.retrievers.base import Retriever, Supervision
+from vitdsi.retrievers.params import fields_of
+from vitdsi.retrievers.registry import register
 
 SCORE_BATCH = 1024  # queries scored together (bounds the [queries, captions] similarity matrix)
 NO_CAPTION = -2.0  # score of an image without captions: below every cosine

@@ -15,7 +15,8 @@ import torch
 
 from vitdsi.errors import VitDSIError
 from vitdsi.models.vit_encoder import VitEncoderConfig, check_borrowed_fields
-from vitdsi.retrievers.base import Retriever, fields_of
+from vitdsi.retrievers.base import Retriever
+from vitdsi.retrievers.params import fields_of
 from vitdsi.train import (
     TrainConfig,
     precompute_features,
