@@ -18,7 +18,7 @@ import torch
 
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
-from vitdsi.features.text_encoder import TEXT_ENCODER_PARAMS, TextEncoderConfig
+from vitdsi.models.text_encoder import TEXT_ENCODER_PARAMS, TextEncoderConfig
 from vitdsi.models.vit_dsi import VitDSIConfig
 from vitdsi.ranking import Ranking
 from vitdsi.retrievers.base import Supervision
@@ -92,13 +92,13 @@ class DSIText(DSIRetriever):
 
     # ---- persistence -------------------------------------------------------------------
     def _model_state(self) -> dict[str, Any]:
-        from vitdsi.features.text_encoder import saved_state
+        from vitdsi.models.text_encoder import saved_state
 
         return {"config": self._model.cfg.to_dict(), "text_config": asdict(self._model.text_cfg),
                 "model": saved_state(self._model)}  # without the weights MiniLM's package ships
 
     def _model_from_state(self, state: dict[str, Any]):
-        from vitdsi.features.text_encoder import load_saved_state
+        from vitdsi.models.text_encoder import load_saved_state
         from vitdsi.models.text_models import VitTextDSI
 
         model = VitTextDSI(VitDSIConfig(**state["config"]), TextEncoderConfig(**state["text_config"]))

@@ -18,8 +18,8 @@ import torch
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
 from vitdsi.features.faiss_index import FAISS_PARAMS, QUERY_DEFAULTS, FaissConfig
-from vitdsi.features.text_encoder import TEXT_ENCODER_PARAMS, TextEncoderConfig
 from vitdsi.losses import symmetric_info_nce
+from vitdsi.models.text_encoder import TEXT_ENCODER_PARAMS, TextEncoderConfig
 from vitdsi.ranking import Ranking
 from vitdsi.retrievers.base import Supervision
 from vitdsi.retrievers.params import fields_of
@@ -141,7 +141,7 @@ class TextDualEncoder(VitModelRetriever):
         from dataclasses import asdict
 
         from vitdsi.features.faiss_index import serialize_index
-        from vitdsi.features.text_encoder import saved_state
+        from vitdsi.models.text_encoder import saved_state
 
         return {
             "encoder": self._model.cfg.to_dict(),
@@ -154,7 +154,7 @@ class TextDualEncoder(VitModelRetriever):
 
     def _load_state(self, state: dict[str, Any]) -> None:
         from vitdsi.features.faiss_index import deserialize_index
-        from vitdsi.features.text_encoder import load_saved_state
+        from vitdsi.models.text_encoder import load_saved_state
         from vitdsi.models.text_models import TextImageDualEncoder
         from vitdsi.models.vit_encoder import VitEncoderConfig
 
