@@ -72,7 +72,7 @@ class BorrowedEncoder(nn.Module):
         return self
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Model input in [-1, 1] (`vitdsi.train.to_input`) -> the CNN's input: resized, normalised."""
+        """Model input in [-1, 1] (`vitdsi.training.augment.to_input`) -> the CNN's input: resized, normalised."""
         x = (images.float() + 1.0) * 0.5
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,

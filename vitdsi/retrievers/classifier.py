@@ -20,7 +20,8 @@ from vitdsi.retrievers.base import Supervision
 from vitdsi.retrievers.params import fields_of
 from vitdsi.retrievers.registry import register
 from vitdsi.retrievers.vit_baseline import SEARCH_BATCH, VitBaseline, gather_rows
-from vitdsi.train import TrainConfig, autocast
+from vitdsi.training.config import TrainConfig
+from vitdsi.training.optim import autocast
 
 log = get_logger(__name__)
 

@@ -18,7 +18,9 @@ from vitdsi.ranking import Ranking
 from vitdsi.retrievers.base import Supervision
 from vitdsi.retrievers.dsi_base import SEARCH_BATCH, DSIRetriever
 from vitdsi.retrievers.registry import register
-from vitdsi.train import DSITrainer, TrainConfig, to_input
+from vitdsi.training.augment import to_input
+from vitdsi.training.config import TrainConfig
+from vitdsi.training.dsi import DSITrainer
 
 ADD_STRATEGIES = ("new-only", "replay", "full")
 

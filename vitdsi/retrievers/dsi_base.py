@@ -22,7 +22,10 @@ from vitdsi.ranking import Ranking
 from vitdsi.retrievers.base import Retriever, Supervision
 from vitdsi.retrievers.params import fields_of
 from vitdsi.retrievers.vit_baseline import ENCODER_PARAMS, check_encoder_params, check_patch_size
-from vitdsi.train import DSITrainer, TrainConfig, autocast, to_input
+from vitdsi.training.augment import to_input
+from vitdsi.training.config import TrainConfig
+from vitdsi.training.dsi import DSITrainer
+from vitdsi.training.optim import autocast
 
 SEARCH_BATCH = 256  # queries decoded together
 

@@ -25,7 +25,7 @@ from vitdsi.retrievers.base import Supervision
 from vitdsi.retrievers.dsi_base import SEARCH_BATCH, DSIRetriever
 from vitdsi.retrievers.params import fields_of, with_defaults
 from vitdsi.retrievers.registry import register
-from vitdsi.train import TrainConfig
+from vitdsi.training.config import TrainConfig
 
 
 @register("dsi-text")
@@ -57,7 +57,7 @@ class DSIText(DSIRetriever):
 
     # ---- indexing ----------------------------------------------------------------------
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
-        from vitdsi.train_text import TextDSITrainer
+        from vitdsi.training.text_dsi import TextDSITrainer
 
         captions = corpus.captions if self.mode != "zero-shot" else None
         if self.mode != "zero-shot" and (captions is None or not len(captions)):

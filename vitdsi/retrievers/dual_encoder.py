@@ -23,19 +23,14 @@ from vitdsi.retrievers.base import Supervision
 from vitdsi.retrievers.params import fields_of
 from vitdsi.retrievers.registry import register
 from vitdsi.retrievers.vit_baseline import VitBaseline, gather_rows
-from vitdsi.train import (
-    RelevantSampler,
-    autocast,
-    random_flip,
-    random_jitter,
-    random_shift,
-    to_input,
-)
+from vitdsi.training.augment import random_flip, random_jitter, random_shift, to_input
+from vitdsi.training.optim import autocast
+from vitdsi.training.sampler import RelevantSampler
 
 log = get_logger(__name__)
 
 VIEW_SHIFT = 8  # view pairs: shift by up to image size / VIEW_SHIFT pixels
-VIEW_JITTER = 0.3  # view pairs: brightness / contrast jitter strength (vitdsi.train.random_jitter)
+VIEW_JITTER = 0.3  # view pairs: brightness / contrast jitter strength (vitdsi.training.augment.random_jitter)
 
 
 @register("dual-encoder")

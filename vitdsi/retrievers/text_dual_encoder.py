@@ -25,7 +25,7 @@ from vitdsi.retrievers.base import Supervision
 from vitdsi.retrievers.params import fields_of
 from vitdsi.retrievers.registry import register
 from vitdsi.retrievers.vit_baseline import SEARCH_BATCH, VitModelRetriever
-from vitdsi.train import autocast
+from vitdsi.training.optim import autocast
 
 
 @register("text-dual-encoder")
