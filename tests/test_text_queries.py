@@ -13,7 +13,8 @@ import torch
 from conftest import smoke_retriever
 
 from vitdsi.data.captions import Captions
-from vitdsi.data.text_protocol import OWN_IMAGE_FAMILIES, caption_roles, captioned_images
+from vitdsi.data.relevance import OWN_IMAGE_FAMILIES
+from vitdsi.data.text_protocol import caption_roles, captioned_images
 from vitdsi.errors import VitDSIError
 from vitdsi.metrics import evaluate, per_query
 
