@@ -89,18 +89,7 @@ def generate_coco_mosaic(
         list(pool.map(write, range(n_images)))
 
     labels = source.labels.numpy()
-    annotations = []
-    for i, j in zip(*np.nonzero(~empty)):
-        r, c = divmod(int(j), grid)
-        annotations.append({
-            "id": len(annotations) + 1,
-            "image_id": int(i) + 1,
-            "category_id": int(labels[tiles[i, j]]) + 1,
-            "bbox": [c * tile_size, r * tile_size, tile_size, tile_size],
-            "area": tile_size * tile_size,
-            "iscrowd": 0,
-            "segmentation": [],
-        })
+    annotations = tile_annotations(tiles, empty, labels, grid, tile_size)
     info = {"description": f"coco-mosaic of {base}", "seed": seed}
     image_list = [{"id": i + 1, "file_name": names[i], "width": side, "height": side} for i in range(n_images)]
     coco = {
@@ -116,6 +105,24 @@ def generate_coco_mosaic(
         (out / "annotations" / "captions.json").write_text(
             json.dumps({"info": info, "images": image_list, "annotations": caption_anns}))
     return out
+
+
+def tile_annotations(tiles: np.ndarray, empty: np.ndarray, labels: np.ndarray, grid: int, tile_size: int) -> list[dict]:
+    """COCO instance annotations, one box per non-empty cell: `tiles` [n, grid*grid] source
+    positions (-1 where `empty`), `labels` the source's classes."""
+    annotations = []
+    for i, j in zip(*np.nonzero(~empty)):
+        r, c = divmod(int(j), grid)
+        annotations.append({
+            "id": len(annotations) + 1,
+            "image_id": int(i) + 1,
+            "category_id": int(labels[tiles[i, j]]) + 1,
+            "bbox": [c * tile_size, r * tile_size, tile_size, tile_size],
+            "area": tile_size * tile_size,
+            "iscrowd": 0,
+            "segmentation": [],
+        })
+    return annotations
 
 
 def _generate_atomically(folder: Path, params: dict) -> None:
