@@ -91,6 +91,33 @@ def find_cycles(graph: dict[str, set[str]]) -> list[tuple[str, ...]]:
     return sorted(cycles)
 
 
+def in_function_imports(tree: ast.AST):
+    """Every import statement inside a function body of `tree`."""
+    for fn in ast.walk(tree):
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import | ast.ImportFrom):
+                    yield node
+
+
+def test_vitdsi_imports_its_own_modules_at_module_top():
+    """Inside a function, vitdsi imports only heavy optional libraries, each saying why."""
+    bad = []
+    for name, path in project_modules().items():
+        if not name.startswith("vitdsi"):
+            continue
+        text = path.read_text()
+        lines = text.splitlines()
+        for node in in_function_imports(ast.parse(text)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or "."]
+            where = f"{path.relative_to(ROOT)}:{node.lineno}"
+            if getattr(node, "level", 0) or any(n.split(".")[0] in PACKAGES for n in names):
+                bad.append(f"{where}: project module {names} imported in a function; import it at the top")
+            elif "#" not in lines[node.end_lineno - 1]:
+                bad.append(f"{where}: in-function import of {names} needs a trailing comment saying why")
+    assert not bad, "\n".join(bad)
+
+
 def test_cycle_finder_sees_a_circle_and_its_absence():
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [("a", "b", "c")]
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []

@@ -63,7 +63,7 @@ def build_index(
     owner: str = "faiss",  # retriever name for error messages
 ) -> Any:
     """A FAISS inner-product index of `cfg.index_type` holding the rows of `x` (ids = row positions)."""
-    import faiss
+    import faiss  # heavy; only where an index is built, searched or (de)serialised
 
     check_index_type(cfg.index_type, owner)
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -102,7 +102,7 @@ def build_index(
 def add_vectors(index: Any, x: np.ndarray) -> None:
     """Append the rows of `x` (float32 [n, D], L2-normalised) to a built index; they get the next
     ids. HNSW links them into the graph and IVF files them in its trained lists: no rebuild."""
-    import faiss
+    import faiss  # heavy; only where an index is built, searched or (de)serialised
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     if not hasattr(index, "hnsw"):
@@ -134,14 +134,14 @@ def search_index(index: Any, q: np.ndarray, k: int, *, ef_search: int = 64, npro
 
 def serialize_index(index: Any) -> torch.Tensor:
     """The index as a uint8 tensor (loads with `torch.load(weights_only=True)`)."""
-    import faiss
+    import faiss  # heavy; only where an index is built, searched or (de)serialised
 
     return torch.from_numpy(np.ascontiguousarray(faiss.serialize_index(index)))
 
 
 def deserialize_index(blob: torch.Tensor | np.ndarray) -> Any:
     """Inverse of `serialize_index` (also reads the numpy arrays of older saved indexes)."""
-    import faiss
+    import faiss  # heavy; only where an index is built, searched or (de)serialised
 
     blob = blob.cpu().numpy() if isinstance(blob, torch.Tensor) else np.asarray(blob)
     return faiss.deserialize_index(np.ascontiguousarray(blob, dtype=np.uint8))

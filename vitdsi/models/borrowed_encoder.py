@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vitdsi.features.feature_blocks import load_feature_blocks
 from vitdsi.models.dropout import Dropout
 from vitdsi.models.vit_encoder import VitEncoder, sinusoid_2d
 
@@ -36,8 +37,6 @@ class BorrowedEncoder(nn.Module):
     def __init__(self, cfg) -> None:
         """`cfg`: any config with the encoder fields (VitEncoderConfig, VitDSIConfig)."""
         super().__init__()
-        from vitdsi.features.feature_blocks import load_feature_blocks
-
         spec = load_feature_blocks(cfg.encoder)
         n_trained = trained_blocks(cfg.freeze_encoder, len(spec.blocks))
         cut = len(spec.blocks) - n_trained

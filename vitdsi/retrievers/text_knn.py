@@ -15,7 +15,7 @@ import torch
 
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
-from vitdsi.models.text_encoder import TextEncoderConfig
+from vitdsi.models.text_encoder import TextEncoderConfig, make_text_encoder
 from vitdsi.ranking import Ranking
 from vitdsi.retrievers.base import Retriever, Supervision
 from vitdsi.retrievers.params import fields_of
@@ -40,8 +40,6 @@ class TextEmbeddingKNN(Retriever):
         self._image: torch.Tensor | None = None  # int64 [M]: the corpus position each caption describes
 
     def _text_encoder(self):
-        from vitdsi.models.text_encoder import make_text_encoder
-
         if self._encoder is None:
             self._encoder = make_text_encoder(self.config(TextEncoderConfig, text_encoder="minilm")).to(self.device)
         return self._encoder

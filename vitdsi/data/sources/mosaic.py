@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vitdsi.cache_folder import build_atomically
 from vitdsi.data.imageset import ImageSet
 from vitdsi.data.sources.coco import load_coco
 from vitdsi.data.sources.digits import load_digits
@@ -128,8 +129,6 @@ def tile_annotations(tiles: np.ndarray, empty: np.ndarray, labels: np.ndarray, g
 def _generate_atomically(folder: Path, params: dict) -> None:
     """Generate into a folder of this process's own, then rename it to `folder`
     (vitdsi.cache_folder); when another process got there first, keep its (complete) folder."""
-    from vitdsi.cache_folder import build_atomically
-
     def fill(tmp: Path) -> None:
         generate_coco_mosaic(tmp, **params)
         (tmp / "mosaic.json").write_text(json.dumps({**params, "format": MOSAIC_FORMAT}, indent=2))
