@@ -13,6 +13,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("vitdsi", "bench")
 
+# vitdsi's layers, lowest first: a module may import its own layer or lower ones, never higher
+LAYERS = (("vitdsi.data", "vitdsi.ranking", "vitdsi.features"), ("vitdsi.models",), ("vitdsi.training",),
+          ("vitdsi.retrievers",))
+
 # circles known today, each as its modules in order starting at the smallest name; this list
 # may only shrink. checks -> resolved -> latency -> checks: `check_latency` needs `check_name`;
 # moving `check_name` to a module of its own (both import it from there) removes it.
@@ -116,6 +120,20 @@ def test_vitdsi_imports_its_own_modules_at_module_top():
             elif "#" not in lines[node.end_lineno - 1]:
                 bad.append(f"{where}: in-function import of {names} needs a trailing comment saying why")
     assert not bad, "\n".join(bad)
+
+
+def layer_of(module: str) -> int | None:
+    for i, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return i
+    return None
+
+
+def test_vitdsi_layers_import_downwards():
+    """e.g. features/ (FAISS indexes) never reaches up into retrievers/ for the Ranking type."""
+    up = [f"{a} -> {b}" for a, targets in import_graph().items() for b in sorted(targets)
+          if layer_of(a) is not None and layer_of(b) is not None and layer_of(b) > layer_of(a)]
+    assert not up, "imports up the layers (data/ranking/features < models < training < retrievers): " + ", ".join(up)
 
 
 def test_cycle_finder_sees_a_circle_and_its_absence():
