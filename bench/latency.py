@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from vitdsi.retrievers.base import Retriever
+from vitdsi.retrievers.persistence import save_retriever
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def measure_search(
 def index_bytes(retriever: Retriever) -> int:
     """Bytes of the saved index (weights, features, vocabularies): what must be kept to answer."""
     with tempfile.TemporaryDirectory() as tmp:
-        retriever.save(tmp)
+        save_retriever(retriever, tmp)
         return sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
 
 

@@ -60,13 +60,13 @@ class TrialRun:
 
     def load_index(self, device: str | None = None):
         """The trained retriever, loaded from the run's `index` artifact."""
-        from vitdsi.retrievers.base import Retriever
+        from vitdsi.retrievers.persistence import load_retriever
 
         path = self.folder / "index"
         if not (path / "retriever.json").exists():
             raise VitDSIError(f"run {self.run_id} has no saved index (the study had `mlflow: {{log_index: false}}`); "
                               "re-run the trial with log_index: true")
-        return Retriever.load(path, device=device)
+        return load_retriever(path, device=device)
 
 
 def resolve_run_id(client: Any, run_id: str, uri: str) -> str:

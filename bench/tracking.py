@@ -261,7 +261,11 @@ class Tracker:
             np.savez_compressed(Path(tmp) / "rankings.npz", **rankings_arrays(result))
             self.client.log_artifact(run_id, str(Path(tmp) / "rankings.npz"))
             if log_index:
-                result.retriever.save(Path(tmp) / "index")
+                from vitdsi.retrievers.persistence import (
+                    save_retriever,  # the retrievers import torch
+                )
+
+                save_retriever(result.retriever, Path(tmp) / "index")
                 self.client.log_artifacts(run_id, str(Path(tmp) / "index"), "index")
         self.client.set_terminated(run_id, status="FINISHED")
 

@@ -27,7 +27,9 @@ from vitdsi.metrics import (
     mean_ci,
     parse_metric,
 )
-from vitdsi.retrievers.base import Queries, Ranking, Retriever, create
+from vitdsi.ranking import Ranking
+from vitdsi.retrievers.base import Queries, Retriever
+from vitdsi.retrievers.registry import create
 
 _DATASETS: OrderedDict[str, ImageSet] = OrderedDict()  # load kwargs -> dataset, last few used
 _SPLITS: OrderedDict[str, tuple[Split, SplitSets]] = OrderedDict()

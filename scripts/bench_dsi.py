@@ -56,7 +56,8 @@ def throughput(args) -> None:
     """Training images/s of the paper model: indexing steps on synthetic images."""
     from vitdsi.ids import make_ids
     from vitdsi.models import VitDSI, VitDSIConfig
-    from vitdsi.train import DSITrainer, TrainConfig
+    from vitdsi.training.config import TrainConfig
+    from vitdsi.training.dsi import DSITrainer
 
     table = Table(title=f"dsi-vit training throughput, paper model {PAPER}, batch {args.batch}, "
                         f"{torch.get_num_threads()} threads, device {args.device}")

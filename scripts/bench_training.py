@@ -31,7 +31,9 @@ from rich.table import Table
 from vitdsi.ids import make_ids
 from vitdsi.models import VitDSI, VitDSIConfig
 from vitdsi.models.vit_dsi import BOS, EOS, N_IN, N_OUT, PAD
-from vitdsi.train import DSITrainer, TrainConfig, to_input
+from vitdsi.training.augment import to_input
+from vitdsi.training.config import TrainConfig
+from vitdsi.training.dsi import DSITrainer
 
 console = Console(width=None if Console().is_terminal else 150)  # a table that fits, also in a log
 PAPER = dict(dim=128, ff_dim=256, depth=6, heads=4, dropout=0.1)  # paper sizes (section 3.2.1)

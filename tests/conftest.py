@@ -59,7 +59,7 @@ def text_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def minilm(text_cache):
     """all-MiniLM-L6-v2 from its PyPI package, frozen, on the CPU (loaded once: a few seconds)."""
-    from vitdsi.features.text_encoder import TextEncoderConfig, make_text_encoder
+    from vitdsi.models.text_encoder import TextEncoderConfig, make_text_encoder
 
     return make_text_encoder(TextEncoderConfig(text_cache_dir=text_cache))
 

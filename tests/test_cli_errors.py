@@ -260,7 +260,8 @@ def test_list_retrievers_fits_80_columns_and_names_allowed_values():
 def test_listed_allowed_values_are_what_the_retrievers_accept():
     from bench.choices import OPEN, param_choices
     from vitdsi.errors import VitDSIError
-    from vitdsi.retrievers.base import registered, retriever_params
+    from vitdsi.retrievers.params import retriever_params
+    from vitdsi.retrievers.registry import registered
 
     checked = 0
     for cls in registered().values():

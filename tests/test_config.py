@@ -11,7 +11,7 @@ import yaml
 
 from bench.config import StudyConfigError, apply_overrides, load_study, resolve
 from bench.scales import SCALES
-from vitdsi.retrievers.base import get, registered
+from vitdsi.retrievers.registry import get, registered
 
 STUDIES = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.yaml"))
 

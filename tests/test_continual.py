@@ -14,7 +14,7 @@ from conftest import run_study_dict, smoke_retriever
 
 from vitdsi.errors import VitDSIError
 from vitdsi.ids import extend_ids, make_ids
-from vitdsi.retrievers import Retriever, registered
+from vitdsi.retrievers import load_retriever, registered, save_retriever
 
 NAMES = sorted(n for n, cls in registered().items() if cls.query_kind == "image")  # text retrievers do not add
 # retrievers whose index of the old images does not change when images are added (no retraining)
@@ -78,8 +78,8 @@ def test_add_survives_save_and_load(name, parts, tmp_path):
     r = build(name)
     r.index(old, train_queries=split.train)
     r.add(new)
-    r.save(tmp_path / name)
-    loaded = Retriever.load(tmp_path / name, device="cpu")
+    save_retriever(r, tmp_path / name)
+    loaded = load_retriever(tmp_path / name, device="cpu")
     assert loaded.corpus_size == N_OLD + len(new)
     q = split.test.images
     assert torch.equal(loaded.search(q, 5).ids, r.search(q, 5).ids)
@@ -149,11 +149,11 @@ def test_replay_needs_the_old_images_a_loaded_index_lacks(parts, tmp_path):
     old, new, split = parts
     r = build("dsi-vit", add_strategy="replay")
     r.index(old, train_queries=split.train)
-    r.save(tmp_path / "dsi")
-    loaded = Retriever.load(tmp_path / "dsi", device="cpu")
+    save_retriever(r, tmp_path / "dsi")
+    loaded = load_retriever(tmp_path / "dsi", device="cpu")
     with pytest.raises(VitDSIError, match="add_strategy='new-only'"):
         loaded.add(new)
-    new_only = Retriever.load(tmp_path / "dsi", device="cpu")
+    new_only = load_retriever(tmp_path / "dsi", device="cpu")
     new_only.add_strategy = "new-only"
     new_only.add(new)
     assert new_only.corpus_size == N_OLD + len(new)

@@ -93,12 +93,12 @@ def test_same_seed_same_result(name, indexed, queries, tiny_split):
 
 @pytest.mark.parametrize("name", IMAGE_NAMES)
 def test_save_load_round_trip(name, indexed, queries, tmp_path):
-    from vitdsi.retrievers.base import Retriever
+    from vitdsi.retrievers import load_retriever, save_retriever
 
     r = indexed(name)
     before = r.search(queries, K)
-    r.save(tmp_path / "index")
-    loaded = Retriever.load(tmp_path / "index", device="cpu")
+    save_retriever(r, tmp_path / "index")
+    loaded = load_retriever(tmp_path / "index", device="cpu")
     assert type(loaded) is type(r)
     assert loaded.build_params() == r.build_params()
     after = loaded.search(queries, K)
@@ -180,12 +180,12 @@ def test_text_same_seed_same_result(name, text_indexed, text_queries, text_split
 
 @pytest.mark.parametrize("name", TEXT_NAMES)
 def test_text_save_load_round_trip(name, text_indexed, text_queries, tmp_path):
-    from vitdsi.retrievers.base import Retriever
+    from vitdsi.retrievers import load_retriever, save_retriever
 
     r = text_indexed(name)
     before = r.search(text_queries, K)
-    r.save(tmp_path / "index")
-    loaded = Retriever.load(tmp_path / "index", device="cpu")
+    save_retriever(r, tmp_path / "index")
+    loaded = load_retriever(tmp_path / "index", device="cpu")
     assert type(loaded) is type(r) and loaded.query_kind == "text"
     assert loaded.build_params() == r.build_params()
     after = loaded.search(text_queries, K)
@@ -229,7 +229,8 @@ def test_search_before_index_is_a_clear_error(name, tiny_split):
 
 
 def test_registry_rejects_duplicates_and_lists_names():
-    from vitdsi.retrievers.base import Retriever, get, register
+    from vitdsi.retrievers.base import Retriever
+    from vitdsi.retrievers.registry import get, register
 
     with pytest.raises(ValueError, match="already registered"):
 

@@ -92,15 +92,15 @@ def test_fine_tuned_without_queries_is_a_clear_error(tiny_split):
 
 @pytest.mark.parametrize("scheme,mode", [("semantic", "fine-tuned"), ("atomic", "multitask")])
 def test_save_load_answers_without_the_training_data(scheme, mode, tiny_split, tmp_path):
-    from vitdsi.retrievers.base import Retriever
+    from vitdsi.retrievers import load_retriever, save_retriever
 
     r = create("dsi-vit", **TINY, id_scheme=scheme, mode=mode, index_epochs=2, retrieval_epochs=1)
     r.index(tiny_split.corpus, train_queries=tiny_split.train)
     assert [h["phase"] for h in r.history] == ["index", "index", "retrieval" if mode == "fine-tuned" else "multitask"]
     queries = tiny_split.test.images
     before = r.search(queries, 10)
-    r.save(tmp_path / "idx")
-    loaded = Retriever.load(tmp_path / "idx", device="cpu")
+    save_retriever(r, tmp_path / "idx")
+    loaded = load_retriever(tmp_path / "idx", device="cpu")
     assert loaded.id_map.scheme == scheme and torch.equal(loaded.id_map.codes, r.id_map.codes)
     assert loaded.history == r.history
     after = loaded.search(queries, 10)

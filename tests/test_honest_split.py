@@ -13,7 +13,8 @@ from conftest import smoke_retriever
 
 from bench.config import resolve
 from bench.trial import prepare, repeat_data, run_trial
-from vitdsi.retrievers.base import Retriever, registered
+from vitdsi.retrievers.base import Retriever
+from vitdsi.retrievers.registry import registered
 from vitdsi.statistics import holm
 
 IMAGE_NAMES = sorted(n for n, cls in registered().items() if cls.query_kind == "image")

@@ -11,8 +11,8 @@ import torch
 from vitdsi.data import ImageSet
 from vitdsi.errors import VitDSIError
 from vitdsi.models import VitDSI, VitDSIConfig, VitEncoder, VitEncoderConfig
-from vitdsi.retrievers import create
-from vitdsi.retrievers.base import Retriever, Supervision
+from vitdsi.retrievers import create, load_retriever, save_retriever
+from vitdsi.retrievers.base import Supervision
 
 TINY = dict(patch_size=8, dim=32, ff_dim=64, depth=1, heads=2, dropout=0.0, lr=2e-3, batch_size=32, device="cpu")
 LEARN = dict(TINY, lr=3e-3, batch_size=16, epochs=30)  # enough steps to learn something from 108 images
@@ -130,8 +130,8 @@ def test_multilabel_classifier_ranks_by_summed_category_probability(tiny_split, 
     same = corpus.labels[ranking.ids[:, 1:]].eq(corpus.labels[ranking.ids[:, :-1]]).all(-1)  # same category set
     assert (cos.diff(dim=1)[same] <= 1e-6).all(), "cosine breaks ties within a category set"
     assert (ranking.scores.diff(dim=1) <= 0).all() and torch.isfinite(ranking.scores).all()
-    r.save(tmp_path / "multi")
-    loaded = Retriever.load(tmp_path / "multi", device="cpu")
+    save_retriever(r, tmp_path / "multi")
+    loaded = load_retriever(tmp_path / "multi", device="cpu")
     assert torch.equal(loaded.search(queries, 10).ids, ranking.ids[:, :10])
 
 
@@ -185,10 +185,10 @@ def test_save_load_gives_identical_rankings_and_loads_weights_only(name, classif
         r.set_query_arguments(ef_search=16)
     queries = torch.cat([tiny_split.test.images, tiny_split.train.images])
     before = r.search(queries, 10)
-    r.save(tmp_path / "index")
+    save_retriever(r, tmp_path / "index")
     state = torch.load(tmp_path / "index" / "state.pt", weights_only=True)
     assert isinstance(state, dict) and state["history"] == r.history
-    loaded = Retriever.load(tmp_path / "index", device="cpu")
+    loaded = load_retriever(tmp_path / "index", device="cpu")
     assert loaded.query_args == r.query_args and loaded.build_params() == r.build_params()
     after = loaded.search(queries, 10)
     assert torch.equal(before.ids, after.ids) and torch.equal(before.scores, after.scores)

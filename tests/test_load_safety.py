@@ -1,4 +1,4 @@
-"""A saved index is data, never code: `Retriever.load` refuses pickled objects, and a broken
+"""A saved index is data, never code: `load_retriever` refuses pickled objects, and a broken
 saved index (empty, truncated, not json) is one VitDSIError naming the file."""
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import torch
 from conftest import smoke_retriever
 
 from vitdsi.errors import VitDSIError
-from vitdsi.retrievers import create
-from vitdsi.retrievers.base import Retriever
+from vitdsi.retrievers import create, load_retriever, save_retriever
 
 
 class _Payload:
@@ -30,7 +29,7 @@ class _Payload:
 def saved(tiny_split, tmp_path):
     r = create("pixels-knn", device="cpu")
     r.index(tiny_split.corpus)
-    r.save(tmp_path / "index")
+    save_retriever(r, tmp_path / "index")
     return tmp_path / "index"
 
 
@@ -39,13 +38,13 @@ def test_malicious_state_is_refused_without_running(saved, tmp_path):
     # a state.pt written by torch.save (zip container) whose pickle runs os.makedirs when loaded
     torch.save({"features": _Payload(str(marker)), "mean": torch.zeros(3)}, saved / "state.pt")
     with pytest.raises(VitDSIError, match=r"state\.pt: refused to load") as info:
-        Retriever.load(saved, device="cpu")
+        load_retriever(saved, device="cpu")
     assert str(saved / "state.pt") in str(info.value)
     assert not marker.exists(), "the pickled payload ran"
     # a plain (legacy, non-zip) pickle file as well
     (saved / "state.pt").write_bytes(pickle.dumps(_Payload(str(marker))))
     with pytest.raises(VitDSIError, match=r"state\.pt: refused to load.*nothing in it was executed"):
-        Retriever.load(saved, device="cpu")
+        load_retriever(saved, device="cpu")
     assert not marker.exists(), "the pickled payload ran"
 
 
@@ -56,16 +55,16 @@ def test_empty_or_truncated_state_is_a_named_error(saved, content):
         content = state.read_bytes()[: state.stat().st_size // 2]
     state.write_bytes(content)
     with pytest.raises(VitDSIError, match=r"state\.pt: (empty file|not a readable torch file|refused to load: not a torch file)"):
-        Retriever.load(saved, device="cpu")
+        load_retriever(saved, device="cpu")
     with pytest.raises(VitDSIError, match=str(saved)):
-        Retriever.load(saved, device="cpu")
+        load_retriever(saved, device="cpu")
 
 
 @pytest.mark.parametrize("content", ["", '{"retriever": "pixels-knn", "build_', '{"retriever": "pixels-knn"}', "[1, 2]"])
 def test_empty_or_truncated_config_is_a_named_error(saved, content):
     (saved / "retriever.json").write_text(content)
     with pytest.raises(VitDSIError, match=r"retriever\.json: not a readable saved-retriever config"):
-        Retriever.load(saved, device="cpu")
+        load_retriever(saved, device="cpu")
 
 
 def test_state_of_every_retriever_loads_with_weights_only(tiny_split, tmp_path):
@@ -74,6 +73,6 @@ def test_state_of_every_retriever_loads_with_weights_only(tiny_split, tmp_path):
     for name in ("bovw", "embedding", "pixels-knn", "random", "dsi-vit"):
         r = smoke_retriever(name)
         r.index(tiny_split.corpus, train_queries=tiny_split.train)
-        r.save(tmp_path / name)
+        save_retriever(r, tmp_path / name)
         torch.load(tmp_path / name / "state.pt", weights_only=True)
         assert json.loads((tmp_path / name / "retriever.json").read_text())["retriever"] == name

@@ -226,7 +226,7 @@ def test_caption_query_metrics_equal_ir_measures_with_their_own_qrels():
     definitions are the same, only the relevance differs."""
     from vitdsi.data.captions import Captions
     from vitdsi.data.imageset import ImageSet
-    from vitdsi.data.text_protocol import text_relevance
+    from vitdsi.data.relevance import text_relevance
 
     rng = np.random.default_rng(18)
     compared = 0

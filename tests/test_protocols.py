@@ -12,7 +12,7 @@ from vitdsi.data import Relevance, make_split
 from vitdsi.data.protocols import InstanceOptions, apply_protocol, instance_sets, trained_sources
 from vitdsi.data.relevance import relevance_keys
 from vitdsi.errors import VitDSIError
-from vitdsi.train import RelevantSampler
+from vitdsi.training.sampler import RelevantSampler
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from vitdsi.errors import VitDSIError
-from vitdsi.features.text_encoder import (
+from vitdsi.models.text_encoder import (
     MINILM_FILES,
     TextEncoderConfig,
     make_text_encoder,

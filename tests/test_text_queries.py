@@ -13,7 +13,8 @@ import torch
 from conftest import smoke_retriever
 
 from vitdsi.data.captions import Captions
-from vitdsi.data.text_protocol import OWN_IMAGE_FAMILIES, caption_roles, captioned_images
+from vitdsi.data.relevance import OWN_IMAGE_FAMILIES
+from vitdsi.data.text_protocol import caption_roles, captioned_images
 from vitdsi.errors import VitDSIError
 from vitdsi.metrics import evaluate, per_query
 
@@ -105,8 +106,8 @@ def test_dsi_text_learns_captions_to_ids_with_beam_search(text_split):
 
 
 def test_dsi_text_caches_the_frozen_text_encoder_exactly(text_split):
-    from vitdsi.train import TrainConfig
-    from vitdsi.train_text import TextDSITrainer
+    from vitdsi.training.config import TrainConfig
+    from vitdsi.training.text_dsi import TextDSITrainer
 
     r = smoke_retriever("dsi-text")
     r._start_index(text_split.corpus)

@@ -8,7 +8,11 @@ import torch
 from vitdsi.errors import VitDSIError
 from vitdsi.ids import make_ids
 from vitdsi.models import VitDSI, VitDSIConfig
-from vitdsi.train import DSITrainer, RelevantSampler, TrainConfig, lr_factor, random_shift
+from vitdsi.training.augment import random_shift
+from vitdsi.training.config import TrainConfig
+from vitdsi.training.dsi import DSITrainer
+from vitdsi.training.optim import lr_factor
+from vitdsi.training.sampler import RelevantSampler
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,8 @@ def _summary(cls) -> str:
 
 
 def _retrievers() -> None:
-    from vitdsi.retrievers.base import registered, retriever_params
+    from vitdsi.retrievers.params import retriever_params
+    from vitdsi.retrievers.registry import registered
 
     for name, cls in registered().items():
         _say(f"{name}: {_summary(cls)}")

@@ -16,7 +16,7 @@ from vitdsi.errors import VitDSIError
 def check_name(cls, where: str, name: str, field_path: str, source: str, method: str | None = None) -> None:
     """A build parameter (`where` 'param') or query argument ('query') that retriever `cls`
     has; other places are not checked here."""
-    from vitdsi.retrievers.base import retriever_params
+    from vitdsi.retrievers.params import retriever_params
 
     if where == "param":
         allowed = [p.name for p in retriever_params(cls) if p.name not in RESERVED_PARAMS]
@@ -39,7 +39,7 @@ def _is_union(annotation: str) -> bool:
 def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
     """Types against the retriever's defaults, then a dry construction of each distinct
     configuration (so a bad choice such as `mode: finetuned` fails now, not in trial 7)."""
-    from vitdsi.retrievers.base import retriever_params
+    from vitdsi.retrievers.params import retriever_params
 
     infos = {name: {p.name: p for p in retriever_params(known[m.retriever])} for name, m in study.methods.items()}
     problems: list[str] = []  # every bad value, each naming its field; raised together
@@ -137,7 +137,7 @@ def _check_query_kind(study: Study, trial, cls, source: str, shown: Any) -> None
     and no metric queries the indexed images with themselves (IA@K) when queries are captions."""
     kind = "text" if trial.dataset.protocol == "text" else "image"
     if cls.query_kind != kind:
-        from vitdsi.retrievers.base import registered
+        from vitdsi.retrievers.registry import registered
 
         fit = [n for n, c in registered().items() if c.query_kind == kind]
         raise StudyConfigError(

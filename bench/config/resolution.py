@@ -61,7 +61,7 @@ def build_study(sf: StudyFile, scale_name: str, source: str) -> Study:
     against the registered retrievers and datasets."""
     from bench.scales import get_scale
     from vitdsi.metrics import parse_metric
-    from vitdsi.retrievers.base import registered
+    from vitdsi.retrievers.registry import registered
 
     scale = get_scale(scale_name)
     known = registered()

@@ -55,7 +55,8 @@ def methods_section(record: StudyRecord) -> str:
 
 def _defaults(retriever: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The retriever's build-parameter and query-argument defaults ({} for one not registered here)."""
-    from vitdsi.retrievers.base import registered, retriever_params
+    from vitdsi.retrievers.params import retriever_params
+    from vitdsi.retrievers.registry import registered
 
     cls = registered().get(retriever)
     if cls is None:

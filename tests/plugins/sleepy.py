@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 
 from vitdsi.errors import VitDSIError
-from vitdsi.retrievers.base import register
 from vitdsi.retrievers.pixels_knn import PixelsKNN
+from vitdsi.retrievers.registry import register
 
 
 @register("test-sleepy-knn")

@@ -15,6 +15,7 @@ import numpy as np
 
 from vitdsi.data.imageset import ImageSet
 from vitdsi.data.sampling import stratified_sample
+from vitdsi.data.sources import coco, fashion_mnist, imagefolder
 from vitdsi.data.sources.coco import load_coco
 from vitdsi.data.sources.digits import load_digits
 from vitdsi.data.sources.fashion_mnist import load_fashion_mnist
@@ -69,24 +70,18 @@ def probe_dataset(name: str, **params: Any) -> DataProbe:
     if name == "digits":
         return DataProbe(1797, 8)
     if name == "fashion-mnist":
-        from vitdsi.data.sources.fashion_mnist import count, locate
-
         try:
-            folder = locate(params.get("root"), download=False)
+            folder = fashion_mnist.locate(params.get("root"), download=False)
         except DatasetNotFoundError:
             if params.get("root") is None and params.get("download", True):
                 return DataProbe(None, 28)  # the run may still download it
             raise
-        return DataProbe(count(folder), 28, str(folder))
+        return DataProbe(fashion_mnist.count(folder), 28, str(folder))
     if name == "imagefolder":
-        from vitdsi.data.sources.imagefolder import probe
-
-        n, native, where = probe(params.get("root"), params.get("classes"))
+        n, native, where = imagefolder.probe(params.get("root"), params.get("classes"))
         return DataProbe(n, native, where, file_source=True)
     if name == "coco":
-        from vitdsi.data.sources.coco import probe
-
-        n, native, where = probe(params.get("root"), params.get("annotations"), params.get("images"))
+        n, native, where = coco.probe(params.get("root"), params.get("annotations"), params.get("images"))
         return DataProbe(n, native, where, file_source=True)
     if name == "coco-mosaic":
         return DataProbe(int(params.get("n_images", 500)), int(params.get("grid", 2)) * int(params.get("tile_size", 32)))

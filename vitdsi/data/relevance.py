@@ -18,10 +18,14 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from vitdsi.data.captions import Captions
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
 
 GRADINGS = ("binary", "shared", "jaccard")
+# metric families a caption query (the text protocol) scores against its own image; the others
+# read the categories it shares with the corpus images
+OWN_IMAGE_FAMILIES = ("R", "MRR")
 
 
 @dataclass(frozen=True)
@@ -231,3 +235,14 @@ def _relevance_labels(images: ImageSet) -> torch.Tensor:
 
 def as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def text_relevance(queries: Captions, corpus: ImageSet, grading: str = "binary") -> SplitRelevance:
+    """Relevance of caption queries: their own image (R@K, MRR), or the corpus images that share a
+    class / category with it (the other metrics, graded by `grading`)."""
+    if len(queries) and int(queries.image.max()) >= len(corpus):
+        raise VitDSIError(f"a caption query describes image {int(queries.image.max())} of a corpus of {len(corpus)}")
+    labels = (corpus.labels if corpus.relevance_labels is None else corpus.relevance_labels).cpu().numpy()
+    own = Relevance(queries.image, np.arange(len(corpus), dtype=np.int64))
+    shared = Relevance(labels[queries.image], labels, grading)
+    return SplitRelevance(shared, {family: own for family in OWN_IMAGE_FAMILIES})

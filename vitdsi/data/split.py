@@ -22,7 +22,7 @@ import torch
 
 from vitdsi.data.captions import Captions
 from vitdsi.data.imageset import ImageSet
-from vitdsi.data.relevance import Relevance, SplitRelevance
+from vitdsi.data.relevance import Relevance, SplitRelevance, text_relevance
 from vitdsi.data.sampling import stratified_sample
 from vitdsi.errors import VitDSIError
 
@@ -53,8 +53,6 @@ class SplitSets:
     def relevance(self, part: str) -> Relevance | SplitRelevance:
         """Relevance of the `part` queries ('train', 'val' or 'test') against the corpus."""
         if self.text is not None:
-            from vitdsi.data.text_protocol import text_relevance
-
             return text_relevance(self.text[part], self.corpus, self.grading)
         return Relevance.between(getattr(self, part), self.corpus, self.grading)
 

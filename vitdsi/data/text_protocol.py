@@ -15,7 +15,8 @@ captions of the indexed images are divided by role:
 Untagged captions (real COCO) are dealt out per image in a seeded order: the first to test,
 the second to validation, the rest to training. Relevance of a caption (`text_relevance`):
 its own image for R@K and MRR, images sharing a category with its own image for the other
-metrics (graded nDCG by shared categories on multi-label data). docs/design.md, "Protocols".
+metrics (graded nDCG by shared categories on multi-label data); it is defined beside image
+relevance, in `vitdsi.data.relevance`. docs/design.md, "Protocols".
 """
 
 from __future__ import annotations
@@ -26,13 +27,11 @@ import numpy as np
 
 from vitdsi.data.captions import Captions
 from vitdsi.data.imageset import ImageSet
-from vitdsi.data.relevance import Relevance, SplitRelevance
+from vitdsi.data.split import SplitSets
 from vitdsi.data.views import view_seed
 from vitdsi.errors import VitDSIError
 
 TEXT_PARTS = ("train", "val", "test")
-# metric families scored against the caption's own image; the others read shared categories
-OWN_IMAGE_FAMILIES = ("R", "MRR")
 
 
 @dataclass(frozen=True)
@@ -67,11 +66,9 @@ def captioned_images(n: int, untrained_share: float, seed: int) -> np.ndarray:
     return keep
 
 
-def text_sets(corpus: ImageSet, captions: Captions | None, seed: int, options: TextOptions):
+def text_sets(corpus: ImageSet, captions: Captions | None, seed: int, options: TextOptions) -> SplitSets:
     """The SplitSets of the text protocol over a class split's indexed images `corpus`, from all
     their `captions` (every phrasing, positions in `corpus`)."""
-    from vitdsi.data.split import SplitSets
-
     if captions is None or not len(captions):
         raise VitDSIError(f"the text protocol needs captions of the indexed images, but '{corpus.name}' has none; "
                           "use a captioned dataset (coco with a captions file, coco-mosaic with captions > 0)")
@@ -89,14 +86,3 @@ def text_sets(corpus: ImageSet, captions: Captions | None, seed: int, options: T
     no_images = corpus.subset(np.arange(0))  # the class split's query images are not used
     grading = options.gain if corpus.multilabel else "binary"
     return SplitSets(indexed, no_images, no_images, no_images, grading=grading, text=parts)
-
-
-def text_relevance(queries: Captions, corpus: ImageSet, grading: str = "binary") -> SplitRelevance:
-    """Relevance of caption queries: their own image (R@K, MRR), or the corpus images that share a
-    class / category with it (the other metrics, graded by `grading`)."""
-    if len(queries) and int(queries.image.max()) >= len(corpus):
-        raise VitDSIError(f"a caption query describes image {int(queries.image.max())} of a corpus of {len(corpus)}")
-    labels = (corpus.labels if corpus.relevance_labels is None else corpus.relevance_labels).cpu().numpy()
-    own = Relevance(queries.image, np.arange(len(corpus), dtype=np.int64))
-    shared = Relevance(labels[queries.image], labels, grading)
-    return SplitRelevance(shared, {family: own for family in OWN_IMAGE_FAMILIES})

@@ -138,7 +138,7 @@ def _jitter(x: torch.Tensor, s: ViewStrength, gen: torch.Generator) -> torch.Ten
 
 def _jpeg(images: torch.Tensor, quality: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
     """Re-encode each image as JPEG at its own random quality (one batched call per level)."""
-    from torchvision.io import decode_jpeg, encode_jpeg
+    from torchvision.io import decode_jpeg, encode_jpeg  # heavy; only for JPEG views
 
     q = torch.randint(quality[0], quality[1] + 1, (images.shape[0],), generator=gen)
     out = images.clone()

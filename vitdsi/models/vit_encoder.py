@@ -242,7 +242,7 @@ class VitEncoder(nn.Module):
         self.enc_norm = nn.LayerNorm(d)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """float images [B, C, H, W] (normalised, see `vitdsi.train.to_input`) -> [B, P, D]."""
+        """float images [B, C, H, W] (normalised, see `vitdsi.training.augment.to_input`) -> [B, P, D]."""
         x = self.patch_embed(images).flatten(2).transpose(1, 2)  # [B, P, D], patches row-major
         x = self.embed_drop(self.patch_norm(x) + self.patch_pos)
         for layer in self.layers:

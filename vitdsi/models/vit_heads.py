@@ -31,7 +31,7 @@ class VitClassifier(nn.Module):
         init_model(self, init_weights)
 
     def forward(self, images: torch.Tensor, precomputed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """float images [B, C, H, W] (see `vitdsi.train.to_input`; or a borrowed encoder's
+        """float images [B, C, H, W] (see `vitdsi.training.augment.to_input`; or a borrowed encoder's
         `precompute` output) -> logits [B, C], pooled [B, D]."""
         pooled = encode_pooled(self.encoder, images, precomputed)  # [B, D]
         return self.head(pooled), pooled

@@ -1,9 +1,10 @@
-"""Registered retrievers. Importing this package fills the registry in `base`.
+"""Registered retrievers. Importing this package fills the registry (`registry`).
 
-Each module registers its class with `@register(name)`; modules keep heavy imports
-(cv2, faiss, model code) inside methods so this import stays light.
+Each module registers its class with `@register(name)`; modules keep heavy optional
+libraries (cv2, faiss, transformers) inside functions so this import stays light.
 """
 
+from vitdsi.ranking import Ranking
 from vitdsi.retrievers import (  # noqa: F401
     bovw,
     classifier,
@@ -16,6 +17,8 @@ from vitdsi.retrievers import (  # noqa: F401
     text_dual_encoder,
     text_knn,
 )
-from vitdsi.retrievers.base import Ranking, Retriever, create, get, register, registered
+from vitdsi.retrievers.base import Retriever
+from vitdsi.retrievers.persistence import load_retriever, save_retriever
+from vitdsi.retrievers.registry import create, get, register, registered
 
-__all__ = ["Ranking", "Retriever", "create", "get", "register", "registered"]
+__all__ = ["Ranking", "Retriever", "create", "get", "load_retriever", "register", "registered", "save_retriever"]

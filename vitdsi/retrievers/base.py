@@ -1,24 +1,19 @@
-"""The retriever interface and its registry (docs/design.md, "The retriever interface and registry").
+"""The retriever interface (docs/design.md, "The retriever interface and registry").
 
 A retriever indexes a corpus ImageSet, answers top-k queries with a Ranking and may `add`
 images (DSI++). Queries are images or captions: each retriever declares the kind it takes
 (`query_kind`) and `search` refuses the other. Build parameters are constructor arguments or
-config fields (`config_params`); query parameters are set apart, as in ann-benchmarks. The base
-class validates input and output.
+config fields (`config_params`, declared with `vitdsi.retrievers.params`); query parameters are
+set apart, as in ann-benchmarks. The base class validates input and output. Retrievers are
+found by name in `registry` and saved / loaded by `persistence`.
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
-import json
-import pickle
 import random
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import Field, dataclass, fields
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,56 +21,12 @@ import torch
 
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
+from vitdsi.ranking import Ranking
+from vitdsi.retrievers.params import coerce, retriever_params, type_name
 
 EpochCallback = Callable[[Any], "bool | None"]  # called with each epoch's log; True stops training
 Queries = torch.Tensor | Sequence[str]  # uint8 images [n, 3, H, W], or captions (a list of str)
 QUERY_KINDS = {"image": "uint8 images [n, 3, H, W]", "text": "captions, a list of str"}
-
-
-@dataclass(frozen=True)
-class Ranking:
-    """Top-k answer for a batch of queries."""
-
-    ids: torch.Tensor  # int64 [n_queries, k]: corpus positions, -1 where fewer than k results
-    scores: torch.Tensor  # float32 [n_queries, k]: non-increasing per row, -inf where ids == -1
-
-    def __post_init__(self) -> None:
-        if self.ids.dtype != torch.int64 or self.scores.dtype != torch.float32:
-            raise TypeError(f"Ranking needs int64 ids and float32 scores, got {self.ids.dtype}, {self.scores.dtype}")
-        if self.ids.shape != self.scores.shape or self.ids.ndim != 2:
-            raise ValueError(f"Ranking ids {tuple(self.ids.shape)} and scores {tuple(self.scores.shape)} must be equal 2-d")
-
-    @property
-    def k(self) -> int:
-        return int(self.ids.shape[1])
-
-    def __len__(self) -> int:
-        return int(self.ids.shape[0])
-
-    def cpu(self) -> Ranking:
-        return Ranking(self.ids.cpu(), self.scores.cpu())
-
-    @staticmethod
-    def from_scores(scores: torch.Tensor, k: int) -> Ranking:
-        """Top-k of a dense [n_queries, n_corpus] score matrix; ties, also at the k-th place,
-        go to the lower corpus position, so the result is deterministic."""
-        ids, vals = topk_ties_to_lower(scores.float(), k)
-        return Ranking(ids.long().contiguous(), vals.contiguous())
-
-
-def topk_ties_to_lower(key: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k columns of a [n, N] key of any float dtype (a float64 key keeps a lexicographic
-    order that float32 would round away), in descending order; ties, also at the k-th place,
-    go to the lower column, so the result is deterministic. Returns (ids, values in key's dtype)."""
-    kth = torch.topk(key, k, dim=1, sorted=True).values[:, -1:]  # [n, 1]
-    above = key > kth
-    need = k - above.sum(1, keepdim=True)  # how many of the ties at the k-th value to keep
-    tied = key == kth
-    chosen = above | (tied & (tied.cumsum(1) <= need))  # exactly k per row, lowest ids among ties
-    ids = chosen.nonzero()[:, 1].view(-1, k)  # ascending column within each row
-    vals = key.gather(1, ids)
-    order = torch.sort(vals, dim=1, descending=True, stable=True).indices  # stable: ties stay in id order
-    return ids.gather(1, order), vals.gather(1, order)
 
 
 @dataclass(frozen=True)
@@ -102,14 +53,6 @@ class Supervision:
         """True when any label (corpus labels or label-derived query pairs) reaches training."""
         return self.corpus_labels or self.query_pairs
 
-
-@dataclass(frozen=True)
-class ParamInfo:
-    """One constructor parameter of a retriever, for `bench list retrievers` and validation."""
-
-    name: str
-    default: Any
-    annotation: str
 
 
 class Retriever(ABC):
@@ -149,7 +92,7 @@ class Retriever(ABC):
             allowed = sorted(p.name for p in retriever_params(type(self)))
             raise VitDSIError(f"{self.name or type(self).__name__}: unknown parameter(s) {unknown}; allowed: {allowed}")
         for name, f in declared.items():
-            setattr(self, name, _coerce(params.get(name, f.default), _type_name(f.type)))
+            setattr(self, name, coerce(params.get(name, f.default), type_name(f.type)))
 
     def config(self, config_type: type, **values: Any) -> Any:
         """A `config_type` dataclass (e.g. the model's or the trainer's config) whose fields this
@@ -240,7 +183,7 @@ class Retriever(ABC):
         """Top-k corpus positions for each query: uint8 images [n, 3, H, W] for retrievers whose
         `query_kind` is 'image', captions (a list of str) for 'text' ones."""
         if self.corpus_size is None:
-            raise VitDSIError(f"{self.name}: search() called before index(); index a corpus or load() a saved index")
+            raise VitDSIError(f"{self.name}: search() called before index(); index a corpus or load_retriever() a saved index")
         kind = query_kind_of(queries, self.name)
         if kind != self.query_kind:
             raise VitDSIError(f"{self.name}: answers {self.query_kind} queries ({QUERY_KINDS[self.query_kind]}), got "
@@ -301,100 +244,9 @@ class Retriever(ABC):
             if p.name != "device" and hasattr(self, p.name)
         }
 
-    def save(self, path: str | Path) -> None:
-        """Write the index to directory `path`: config as json, learned state as a torch file."""
-        if self.corpus_size is None:
-            raise VitDSIError(f"{self.name}: nothing to save; index a corpus first")
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        config = {
-            "retriever": self.name,
-            "build_params": self.build_params(),
-            "query_args": self.query_args,
-            "corpus_size": self.corpus_size,
-            "image_size": self.image_size,
-        }
-        (path / "retriever.json").write_text(json.dumps(config, indent=2, default=str))
-        torch.save(self._state(), path / "state.pt")
-
-    @classmethod
-    def load(cls, path: str | Path, *, device: str | None = None) -> Retriever:
-        """Read an index written by `save`; works on the base class or the right subclass.
-
-        `state.pt` is read with `torch.load(weights_only=True)`: only tensors, numbers,
-        strings, None and lists / dicts of them, never arbitrary pickled objects, so an index
-        downloaded from a shared tracking server cannot run code when it is loaded. Anything
-        else, or a truncated / empty file, is a VitDSIError naming the file."""
-        path = Path(path)
-        cfg_file = path / "retriever.json"
-        if not cfg_file.is_file():
-            raise VitDSIError(f"no saved retriever at {path} (missing retriever.json)")
-        try:
-            config = json.loads(cfg_file.read_text())
-            params = dict(config["build_params"])
-            name, query_args = config["retriever"], dict(config["query_args"])
-            corpus_size, image_size = int(config["corpus_size"]), int(config["image_size"])
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise VitDSIError(
-                f"{cfg_file}: not a readable saved-retriever config ({type(e).__name__}: {e}); the file is "
-                "truncated, empty or not written by Retriever.save; save the index again"
-            ) from None
-        if device is not None:
-            params["device"] = device
-        retriever = create(name, **params)
-        retriever.query_args.update(query_args)
-        retriever.corpus_size = corpus_size
-        retriever.image_size = image_size
-        state = load_state_file(path / "state.pt", map_location=retriever.device)
-        try:
-            retriever._load_state(state)
-        except (KeyError, TypeError, AttributeError, RuntimeError, ValueError) as e:
-            if isinstance(e, VitDSIError):
-                raise
-            raise VitDSIError(
-                f"{path / 'state.pt'}: does not hold a '{name}' index ({type(e).__name__}: {e}); save the index again"
-            ) from None
-        return retriever
-
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.build_params().items())
         return f"{type(self).__name__}({args})"
-
-
-def load_state_file(file: Path, *, map_location: Any = "cpu") -> dict[str, Any]:
-    """`torch.load(file, weights_only=True)` with every failure as one VitDSIError naming the file:
-    a missing, empty or truncated file, or one that holds pickled objects other than tensors and
-    plain values (which could run code when unpickled, so they are refused, never executed)."""
-    if not file.is_file():
-        raise VitDSIError(f"{file}: missing; the saved index is incomplete (save it again)")
-    if file.stat().st_size == 0:
-        raise VitDSIError(f"{file}: empty file; the saved index is incomplete (save it again)")
-    try:
-        with warnings.catch_warnings():  # "Detected pickle protocol 4": the refusal below says what matters
-            warnings.simplefilter("ignore", UserWarning)
-            state = torch.load(file, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        text = str(e).split("WeightsUnpickler error:")[-1]
-        lines = [line.strip() for line in text.splitlines() if line.strip() and "documentation" not in line]
-        detail = next((line for line in lines if "GLOBAL" in line or "global" in line), None)
-        if detail is not None:
-            raise VitDSIError(
-                f"{file}: refused to load: it holds pickled objects other than tensors and plain values, which "
-                f"could run code ({detail}); only load indexes you trust, or re-save it with this version"
-            ) from None
-        raise VitDSIError(
-            f"{file}: refused to load: not a torch file of plain tensors and values "
-            f"({lines[0] if lines else type(e).__name__}); it is truncated or corrupt, or not written by "
-            "Retriever.save (nothing in it was executed)"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as e:
-        raise VitDSIError(
-            f"{file}: not a readable torch file ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
-            "it is truncated or corrupt; save the index again"
-        ) from None
-    if not isinstance(state, dict):
-        raise VitDSIError(f"{file}: expected a dict of tensors, found {type(state).__name__}; save the index again")
-    return state
 
 
 def query_kind_of(queries: Any, owner: str = "search") -> str:
@@ -410,110 +262,6 @@ def query_kind_of(queries: Any, owner: str = "search") -> str:
             f"{type(queries).__name__}" + (" (not all str)" if isinstance(queries, list | tuple) else ""))
     raise VitDSIError(f"{owner}: queries must be a uint8 image tensor [n, 3, H, W] or a list of captions (str), "
                       f"got {what}")
-
-
-# ---- registry -------------------------------------------------------------------------
-_REGISTRY: dict[str, type[Retriever]] = {}
-
-
-def register(name: str) -> Callable[[type[Retriever]], type[Retriever]]:
-    """Class decorator adding a retriever under `name`; a duplicate name is an error."""
-
-    def wrap(cls: type[Retriever]) -> type[Retriever]:
-        if name in _REGISTRY:
-            raise ValueError(f"retriever '{name}' is already registered by {_REGISTRY[name].__qualname__}")
-        if not issubclass(cls, Retriever):
-            raise TypeError(f"@register('{name}') needs a Retriever subclass, got {cls!r}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
-
-def registered() -> dict[str, type[Retriever]]:
-    """All registered retrievers, by name (importing the built-in ones first)."""
-    import vitdsi.retrievers  # noqa: F401  (fills the registry)
-
-    return dict(sorted(_REGISTRY.items()))
-
-
-def get(name: str) -> type[Retriever]:
-    known = registered()
-    if name not in known:
-        raise VitDSIError(f"unknown retriever '{name}'; registered retrievers: {', '.join(known)}")
-    return known[name]
-
-
-def create(name: str, **params: Any) -> Retriever:
-    """Instantiate retriever `name`; an unknown parameter names the allowed ones."""
-    cls = get(name)
-    allowed = {p.name for p in retriever_params(cls)}
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        raise VitDSIError(f"retriever '{name}': unknown parameter(s) {unknown}; allowed: {sorted(allowed)}")
-    return cls(**params)
-
-
-def retriever_params(cls: type[Retriever]) -> list[ParamInfo]:
-    """Build parameters of `cls`: its `config_params`, then its keyword constructor parameters
-    (its own build parameters, seed and device), following `**params` up to the base classes'
-    constructors they are passed on to."""
-    out = {f.name: ParamInfo(f.name, f.default, _type_name(f.type)) for f in cls.config_params}
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        forwards = False
-        for p in inspect.signature(klass.__init__).parameters.values():
-            forwards |= p.kind == p.VAR_KEYWORD
-            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in out:
-                out[p.name] = ParamInfo(p.name, None if p.default is p.empty else p.default, _type_name(p.annotation))
-        if not forwards or klass is Retriever:
-            break
-    return list(out.values())
-
-
-def fields_of(config: type, *names: str) -> tuple[Field, ...]:
-    """The fields `names` of dataclass `config`, in that order, for a retriever's `config_params`."""
-    by_name = {f.name: f for f in fields(config)}
-    missing = [n for n in names if n not in by_name]
-    if missing:
-        raise TypeError(f"{config.__name__} has no field(s) {missing}")
-    return tuple(by_name[n] for n in names)
-
-
-def with_defaults(params: tuple[Field, ...], **defaults: Any) -> tuple[Field, ...]:
-    """`params` (config fields) with other defaults for some, for a retriever whose natural setting
-    differs from the config's (the config's own default is left unchanged)."""
-    unknown = sorted(set(defaults) - {f.name for f in params})
-    if unknown:
-        raise TypeError(f"no parameter(s) {unknown} to give a default")
-    out = []
-    for f in params:
-        if f.name in defaults:
-            f = copy.copy(f)
-            f.default = defaults[f.name]
-        out.append(f)
-    return tuple(out)
-
-
-def _type_name(annotation: Any) -> str:
-    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-
-
-_CASTS = {"int": int, "float": float, "bool": bool, "str": str}
-
-
-def _coerce(value: Any, annotation: str) -> Any:
-    """`value` as the declared type ('int', 'float | None', ...): a YAML '5e-4' or an Optuna
-    float for an int field gets the type the config expects."""
-    optional = annotation.replace(" ", "").endswith("|None")
-    if value is None and optional:
-        return None
-    if len([t for t in annotation.split("|") if t.strip() != "None"]) > 1:
-        return value  # a union such as 'bool | int': kept as given, the config checks it
-    cast = _CASTS.get(annotation.split("|")[0].strip())
-    return value if cast is None else cast(value)
 
 
 # ---- helpers shared by retrievers -----------------------------------------------------

@@ -18,7 +18,9 @@ from vitdsi.errors import VitDSIError
 from vitdsi.features.sift import SiftConfig, extract_descriptors
 from vitdsi.features.vocabulary import nearest_centroid, train_vocabulary
 from vitdsi.log import get_logger
-from vitdsi.retrievers.base import Ranking, Retriever, register
+from vitdsi.ranking import Ranking
+from vitdsi.retrievers.base import Retriever
+from vitdsi.retrievers.registry import register
 
 log = get_logger(__name__)
 
@@ -219,7 +221,7 @@ class BoVW(Retriever):
 
     # ---- persistence ----------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        # tensors and ints only, so that `Retriever.load` can read it with weights_only=True
+        # tensors and ints only, so that `load_retriever` can read it with weights_only=True
         c = self._corpus
         t = _tensor
         return {

@@ -15,9 +15,15 @@ import torch.nn.functional as F
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
 from vitdsi.log import get_logger
-from vitdsi.retrievers.base import Ranking, Supervision, fields_of, register, topk_ties_to_lower
+from vitdsi.models.vit_encoder import VitEncoderConfig
+from vitdsi.models.vit_heads import VitClassifier
+from vitdsi.ranking import Ranking, topk_ties_to_lower
+from vitdsi.retrievers.base import Supervision
+from vitdsi.retrievers.params import fields_of
+from vitdsi.retrievers.registry import register
 from vitdsi.retrievers.vit_baseline import SEARCH_BATCH, VitBaseline, gather_rows
-from vitdsi.train import TrainConfig, autocast
+from vitdsi.training.config import TrainConfig
+from vitdsi.training.optim import autocast
 
 log = get_logger(__name__)
 
@@ -64,8 +70,6 @@ class Classifier(VitBaseline):
 
     # ---- indexing ---------------------------------------------------------------------
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
-        from vitdsi.models.vit_heads import VitClassifier
-
         enc_cfg = self._encoder_config(corpus.image_size)
         queries = train_queries if self.use_queries and train_queries is not None and len(train_queries) else None
         if queries is not None and queries.multilabel != corpus.multilabel:
@@ -180,9 +184,6 @@ class Classifier(VitBaseline):
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        from vitdsi.models.vit_encoder import VitEncoderConfig
-        from vitdsi.models.vit_heads import VitClassifier
-
         self._model = VitClassifier(VitEncoderConfig(**state["encoder"]), state["n_classes"]).to(self.device)
         self._model.load_state_dict(state["model"])
         self._model.eval()

@@ -7,16 +7,25 @@ Mehta et al. 2022): docs/design.md, "Id schemes" and "The DSI model and its trai
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 
 from vitdsi.data.imageset import ImageSet
+from vitdsi.data.relevance import relevance_keys
 from vitdsi.errors import VitDSIError
+from vitdsi.ids import extend_ids
+from vitdsi.models.decoding import IdTrie
 from vitdsi.models.vit_dsi import VitDSI
-from vitdsi.retrievers.base import Ranking, Supervision, register
+from vitdsi.models.vit_encoder import init_weights
+from vitdsi.ranking import Ranking
+from vitdsi.retrievers.base import Supervision, seed_everything
 from vitdsi.retrievers.dsi_base import SEARCH_BATCH, DSIRetriever
-from vitdsi.train import DSITrainer, TrainConfig, to_input
+from vitdsi.retrievers.registry import register
+from vitdsi.training.augment import to_input
+from vitdsi.training.config import TrainConfig
+from vitdsi.training.dsi import DSITrainer
 
 ADD_STRATEGIES = ("new-only", "replay", "full")
 
@@ -71,8 +80,6 @@ class DSIViT(DSIRetriever):
         """Train on the images of `corpus` at `positions` with target ids `codes` and, unless `mode`
         is zero-shot, on `train_queries` paired with relevant images among them. `offset`: the
         index position of corpus image 0 (what a view's source position is counted from)."""
-        from vitdsi.data.relevance import relevance_keys
-
         use_queries = mode != "zero-shot" and train_queries is not None
         query_keys, corpus_keys = None, corpus.labels
         if use_queries:  # pairs come from what decides relevance: shared labels, or a view's own source
@@ -91,9 +98,6 @@ class DSIViT(DSIRetriever):
 
     # ---- continual indexing (DSI++) ----------------------------------------------------
     def _add(self, images: ImageSet, train_queries: ImageSet | None) -> None:
-        from vitdsi.ids import extend_ids
-        from vitdsi.retrievers.base import seed_everything
-
         n_old, m = self.corpus_size, len(images)
         if self._seen is None and self.add_strategy != "new-only":
             raise VitDSIError(
@@ -149,10 +153,6 @@ class DSIViT(DSIRetriever):
 
     def _grow_atomic_head(self, m: int) -> None:
         """The atomic softmax head gains m rows (new images); the old rows are kept as trained."""
-        import dataclasses
-
-        from vitdsi.models.vit_encoder import init_weights
-
         old = self._model.head
         head = torch.nn.Linear(old.in_features, old.out_features + m).to(self.device)
         init_weights(head)
@@ -163,8 +163,6 @@ class DSIViT(DSIRetriever):
         self._model.cfg = dataclasses.replace(self._model.cfg, n_ids=old.out_features + m)
 
     def _finish(self) -> None:
-        from vitdsi.models.decoding import IdTrie
-
         self._model.eval()
         self._trie = None if self._ids.atomic else IdTrie.build(self._ids.codes).to(self.device)
 

@@ -17,10 +17,19 @@ import torch
 
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
+from vitdsi.features.backbones import load_backbone
+from vitdsi.ids import ID_SCHEMES, IdMap, make_ids
+from vitdsi.models.borrowed_encoder import BorrowedEncoder
+from vitdsi.models.decoding import IdTrie, atomic_topk_memory, beam_search_memory
 from vitdsi.models.vit_dsi import VitDSI, VitDSIConfig
-from vitdsi.retrievers.base import Ranking, Retriever, Supervision, fields_of
+from vitdsi.ranking import Ranking
+from vitdsi.retrievers.base import Retriever, Supervision
+from vitdsi.retrievers.params import fields_of
 from vitdsi.retrievers.vit_baseline import ENCODER_PARAMS, check_encoder_params, check_patch_size
-from vitdsi.train import DSITrainer, TrainConfig, autocast, to_input
+from vitdsi.training.augment import to_input
+from vitdsi.training.config import TrainConfig
+from vitdsi.training.dsi import DSITrainer
+from vitdsi.training.optim import autocast
 
 SEARCH_BATCH = 256  # queries decoded together
 
@@ -40,8 +49,6 @@ class DSIRetriever(Retriever):
 
     def __init__(self, *, id_scheme: str = "random", id_length: int = 0, id_features: str = "pixels",
                  **params: Any) -> None:
-        from vitdsi.ids import ID_SCHEMES
-
         super().__init__(**params)
         self.id_scheme = str(id_scheme)  # 'random', 'clustered', 'semantic', 'rq' or 'atomic'
         self.id_length = int(id_length)  # digits per id; 0 = the fewest for the corpus (more = room to add)
@@ -86,8 +93,6 @@ class DSIRetriever(Retriever):
 
     def _start_index(self, corpus: ImageSet) -> None:
         """The ids of `corpus` and a fresh model for them (`history` restarts)."""
-        from vitdsi.ids import make_ids
-
         self.check_image_size(corpus.image_size)
         n = len(corpus)
         features, encoder_state, self.history = None, None, []
@@ -114,8 +119,6 @@ class DSIRetriever(Retriever):
         training. The ViT: trained first to index the corpus with atomic ids (one softmax unit per
         image; no label, no query), then its mean-pooled encodings; that epoch log is kept in
         `history` under the phase 'own-ids'."""
-        from vitdsi.models.borrowed_encoder import BorrowedEncoder
-
         n, images = len(corpus), corpus.images
         if self.encoder != "vit":
             net = BorrowedEncoder(self._model_config(corpus.image_size, 1, n)).to(self.device).eval()
@@ -136,15 +139,11 @@ class DSIRetriever(Retriever):
         """float32 [N, D] features the semantic / rq ids cluster (`id_features`), on the CPU."""
         if self.id_features == "pixels":
             return images.float().flatten(1)
-        from vitdsi.features.backbones import load_backbone
-
         net = load_backbone(self.id_features, self.device)
         with torch.inference_mode():
             return torch.cat([net(images[s : s + 64]).cpu() for s in range(0, len(images), 64)])
 
     def _finish(self) -> None:
-        from vitdsi.models.decoding import IdTrie
-
         self._model.eval()
         self._trie = None if self._ids.atomic else IdTrie.build(self._ids.codes).to(self.device)
 
@@ -154,8 +153,6 @@ class DSIRetriever(Retriever):
         """Top-k corpus positions for batches of queries, each encoded by `encode` into a memory
         [B, P, D] and its padding mask (or None): the atomic head, or beam search over the trie of
         valid ids."""
-        from vitdsi.models.decoding import atomic_topk_memory, beam_search_memory
-
         beam = int(self.query_args["beam_size"])
         if beam < 1:
             raise VitDSIError(f"{self.name}: beam_size must be >= 1, got {beam}")
@@ -187,8 +184,6 @@ class DSIRetriever(Retriever):
         return {**self._model_state(), "ids": self._ids.state(), "history": self.history}
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        from vitdsi.ids import IdMap
-
         self._ids = IdMap.from_state(state["ids"])
         self._model = self._model_from_state(state)
         self.history = list(state.get("history", []))

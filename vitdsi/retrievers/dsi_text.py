@@ -18,11 +18,21 @@ import torch
 
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
-from vitdsi.features.text_encoder import TEXT_ENCODER_PARAMS, TextEncoderConfig
+from vitdsi.models.text_encoder import (
+    TEXT_ENCODER_PARAMS,
+    TextEncoderConfig,
+    load_saved_state,
+    saved_state,
+)
+from vitdsi.models.text_models import VitTextDSI
 from vitdsi.models.vit_dsi import VitDSIConfig
-from vitdsi.retrievers.base import Ranking, Supervision, fields_of, register, with_defaults
+from vitdsi.ranking import Ranking
+from vitdsi.retrievers.base import Supervision
 from vitdsi.retrievers.dsi_base import SEARCH_BATCH, DSIRetriever
-from vitdsi.train import TrainConfig
+from vitdsi.retrievers.params import fields_of, with_defaults
+from vitdsi.retrievers.registry import register
+from vitdsi.training.config import TrainConfig
+from vitdsi.training.text_dsi import TextDSITrainer
 
 
 @register("dsi-text")
@@ -48,14 +58,10 @@ class DSIText(DSIRetriever):
                            pretrained=image.pretrained or self.text_encoder == "minilm")
 
     def _new_model(self, cfg: VitDSIConfig):
-        from vitdsi.models.text_models import VitTextDSI
-
         return VitTextDSI(cfg, self.config(TextEncoderConfig))
 
     # ---- indexing ----------------------------------------------------------------------
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
-        from vitdsi.train_text import TextDSITrainer
-
         captions = corpus.captions if self.mode != "zero-shot" else None
         if self.mode != "zero-shot" and (captions is None or not len(captions)):
             raise VitDSIError(f"dsi-text: mode '{self.mode}' learns caption -> id from the captions the indexed images "
@@ -89,15 +95,10 @@ class DSIText(DSIRetriever):
 
     # ---- persistence -------------------------------------------------------------------
     def _model_state(self) -> dict[str, Any]:
-        from vitdsi.features.text_encoder import saved_state
-
         return {"config": self._model.cfg.to_dict(), "text_config": asdict(self._model.text_cfg),
                 "model": saved_state(self._model)}  # without the weights MiniLM's package ships
 
     def _model_from_state(self, state: dict[str, Any]):
-        from vitdsi.features.text_encoder import load_saved_state
-        from vitdsi.models.text_models import VitTextDSI
-
         model = VitTextDSI(VitDSIConfig(**state["config"]), TextEncoderConfig(**state["text_config"]))
         load_saved_state(model, state["model"])
         return model.to(self.device)

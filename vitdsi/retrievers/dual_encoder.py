@@ -14,25 +14,36 @@ import numpy as np
 import torch
 
 from vitdsi.data.imageset import ImageSet
+from vitdsi.data.relevance import relevance_keys
 from vitdsi.errors import VitDSIError
-from vitdsi.features.faiss_index import FAISS_PARAMS, QUERY_DEFAULTS, FaissConfig
+from vitdsi.features.faiss_index import (
+    FAISS_PARAMS,
+    QUERY_DEFAULTS,
+    FaissConfig,
+    add_vectors,
+    build_index,
+    check_index_type,
+    deserialize_index,
+    search_index,
+    serialize_index,
+)
 from vitdsi.log import get_logger
 from vitdsi.losses import symmetric_info_nce
-from vitdsi.retrievers.base import Ranking, Supervision, fields_of, register
+from vitdsi.models.vit_encoder import VitEncoderConfig
+from vitdsi.models.vit_heads import VitDualEncoder
+from vitdsi.ranking import Ranking
+from vitdsi.retrievers.base import Supervision
+from vitdsi.retrievers.params import fields_of
+from vitdsi.retrievers.registry import register
 from vitdsi.retrievers.vit_baseline import VitBaseline, gather_rows
-from vitdsi.train import (
-    RelevantSampler,
-    autocast,
-    random_flip,
-    random_jitter,
-    random_shift,
-    to_input,
-)
+from vitdsi.training.augment import random_flip, random_jitter, random_shift, to_input
+from vitdsi.training.optim import autocast
+from vitdsi.training.sampler import RelevantSampler
 
 log = get_logger(__name__)
 
 VIEW_SHIFT = 8  # view pairs: shift by up to image size / VIEW_SHIFT pixels
-VIEW_JITTER = 0.3  # view pairs: brightness / contrast jitter strength (vitdsi.train.random_jitter)
+VIEW_JITTER = 0.3  # view pairs: brightness / contrast jitter strength (vitdsi.training.augment.random_jitter)
 
 
 @register("dual-encoder")
@@ -50,8 +61,6 @@ class DualEncoder(VitBaseline):
         temperature: float = 0.05,
         **params: Any,
     ) -> None:
-        from vitdsi.features.faiss_index import check_index_type
-
         super().__init__(**params)
         self.embed_dim = None if embed_dim is None else int(embed_dim)  # embedding width; None = dim
         self.temperature = float(temperature)  # InfoNCE softmax temperature
@@ -75,9 +84,6 @@ class DualEncoder(VitBaseline):
         return random_jitter(x, gen, VIEW_JITTER)
 
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
-        from vitdsi.data.relevance import relevance_keys
-        from vitdsi.models.vit_heads import VitDualEncoder
-
         enc_cfg = self._encoder_config(corpus.image_size)
         n = len(corpus)
         images = corpus.images.to(self.device)
@@ -136,13 +142,9 @@ class DualEncoder(VitBaseline):
         self._build_index(self.embed(corpus.images))
 
     def _build_index(self, x: np.ndarray) -> None:
-        from vitdsi.features.faiss_index import build_index
-
         self._faiss = build_index(x, self.config(FaissConfig), seed=self.seed, owner="dual-encoder")
 
     def _add(self, images: ImageSet, train_queries: ImageSet | None) -> None:
-        from vitdsi.features.faiss_index import add_vectors
-
         add_vectors(self._faiss, self.embed(images.images))  # the encoder stays as trained
 
     # ---- search -----------------------------------------------------------------------
@@ -156,15 +158,11 @@ class DualEncoder(VitBaseline):
         return np.ascontiguousarray(torch.cat(parts).numpy(), dtype=np.float32)
 
     def _search(self, images: torch.Tensor, k: int) -> Ranking:
-        from vitdsi.features.faiss_index import search_index
-
         return search_index(self._faiss, self.embed(images), k, ef_search=self.query_args["ef_search"],
                             nprobe=self.query_args["nprobe"])
 
     # ---- persistence ------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        from vitdsi.features.faiss_index import serialize_index
-
         return {
             "encoder": self._model.cfg.to_dict(),
             "embed_dim": self._model.embed_dim,
@@ -174,10 +172,6 @@ class DualEncoder(VitBaseline):
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        from vitdsi.features.faiss_index import deserialize_index
-        from vitdsi.models.vit_encoder import VitEncoderConfig
-        from vitdsi.models.vit_heads import VitDualEncoder
-
         self._model = VitDualEncoder(VitEncoderConfig(**state["encoder"]), state["embed_dim"]).to(self.device)
         self._model.load_state_dict(state["model"])
         self._model.eval()

@@ -18,7 +18,10 @@ from vitdsi.features import faiss_index
 from vitdsi.features.backbones import Backbone, load_backbone
 from vitdsi.features.faiss_index import FAISS_PARAMS
 from vitdsi.log import get_logger, progress
-from vitdsi.retrievers.base import Ranking, Retriever, Supervision, fields_of, register
+from vitdsi.ranking import Ranking
+from vitdsi.retrievers.base import Retriever, Supervision
+from vitdsi.retrievers.params import fields_of
+from vitdsi.retrievers.registry import register
 
 log = get_logger(__name__)
 
@@ -103,7 +106,7 @@ class Embedding(Retriever):
 
     # ---- persistence ----------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        # the FAISS index as a uint8 tensor, so that `Retriever.load` can read it with weights_only=True
+        # the FAISS index as a uint8 tensor, so that `load_retriever` can read it with weights_only=True
         return {"mean": self._mean.cpu(), "faiss": faiss_index.serialize_index(self._faiss)}
 
     def _load_state(self, state: dict[str, Any]) -> None:

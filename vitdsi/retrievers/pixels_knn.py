@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 
 from vitdsi.data.imageset import ImageSet
-from vitdsi.retrievers.base import Ranking, Retriever, images_to_float, register
+from vitdsi.ranking import Ranking
+from vitdsi.retrievers.base import Retriever, images_to_float
+from vitdsi.retrievers.registry import register
 
 
 @register("pixels-knn")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 
 from vitdsi.data.imageset import ImageSet
-from vitdsi.retrievers.base import Ranking, Retriever, register
+from vitdsi.ranking import Ranking
+from vitdsi.retrievers.base import Retriever
+from vitdsi.retrievers.registry import register
 
 
 @register("random")

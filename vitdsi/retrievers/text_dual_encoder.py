@@ -10,6 +10,7 @@ corpus embeddings are searched with FAISS by cosine. docs/design.md, "Text queri
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from typing import Any, ClassVar
 
 import numpy as np
@@ -17,12 +18,31 @@ import torch
 
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
-from vitdsi.features.faiss_index import FAISS_PARAMS, QUERY_DEFAULTS, FaissConfig
-from vitdsi.features.text_encoder import TEXT_ENCODER_PARAMS, TextEncoderConfig
+from vitdsi.features.faiss_index import (
+    FAISS_PARAMS,
+    QUERY_DEFAULTS,
+    FaissConfig,
+    build_index,
+    check_index_type,
+    deserialize_index,
+    search_index,
+    serialize_index,
+)
 from vitdsi.losses import symmetric_info_nce
-from vitdsi.retrievers.base import Ranking, Supervision, fields_of, register
+from vitdsi.models.text_encoder import (
+    TEXT_ENCODER_PARAMS,
+    TextEncoderConfig,
+    load_saved_state,
+    saved_state,
+)
+from vitdsi.models.text_models import TextImageDualEncoder
+from vitdsi.models.vit_encoder import VitEncoderConfig
+from vitdsi.ranking import Ranking
+from vitdsi.retrievers.base import Supervision
+from vitdsi.retrievers.params import fields_of
+from vitdsi.retrievers.registry import register
 from vitdsi.retrievers.vit_baseline import SEARCH_BATCH, VitModelRetriever
-from vitdsi.train import autocast
+from vitdsi.training.optim import autocast
 
 
 @register("text-dual-encoder")
@@ -36,8 +56,6 @@ class TextDualEncoder(VitModelRetriever):
                      *fields_of(FaissConfig, *FAISS_PARAMS))
 
     def __init__(self, *, embed_dim: int = 64, temperature: float = 0.05, **params: Any) -> None:
-        from vitdsi.features.faiss_index import check_index_type
-
         super().__init__(**params)
         self.embed_dim = int(embed_dim)  # width of the shared embedding space
         self.temperature = float(temperature)  # InfoNCE softmax temperature
@@ -57,8 +75,6 @@ class TextDualEncoder(VitModelRetriever):
 
     # ---- training ---------------------------------------------------------------------
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
-        from vitdsi.models.text_models import TextImageDualEncoder
-
         captions = corpus.captions
         if captions is None or not len(captions):
             raise VitDSIError("text-dual-encoder: learns from the captions the indexed images carry, but the corpus "
@@ -104,8 +120,6 @@ class TextDualEncoder(VitModelRetriever):
         return (batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)), False
 
     def _build_index(self, x: np.ndarray) -> None:
-        from vitdsi.features.faiss_index import build_index
-
         self._faiss = build_index(x, self.config(FaissConfig), seed=self.seed, owner="text-dual-encoder")
 
     # ---- search -----------------------------------------------------------------------
@@ -128,18 +142,11 @@ class TextDualEncoder(VitModelRetriever):
         return np.ascontiguousarray(z.float().cpu().numpy(), dtype=np.float32)
 
     def _search(self, texts: list[str], k: int) -> Ranking:
-        from vitdsi.features.faiss_index import search_index
-
         return search_index(self._faiss, self.embed_texts(texts), k, ef_search=self.query_args["ef_search"],
                             nprobe=self.query_args["nprobe"])
 
     # ---- persistence ------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        from vitdsi.features.faiss_index import serialize_index
-        from vitdsi.features.text_encoder import saved_state
-
         return {
             "encoder": self._model.cfg.to_dict(),
             "text_encoder": asdict(self._model.text_cfg),
@@ -150,11 +157,6 @@ class TextDualEncoder(VitModelRetriever):
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        from vitdsi.features.faiss_index import deserialize_index
-        from vitdsi.features.text_encoder import load_saved_state
-        from vitdsi.models.text_models import TextImageDualEncoder
-        from vitdsi.models.vit_encoder import VitEncoderConfig
-
         self._model = TextImageDualEncoder(VitEncoderConfig(**state["encoder"]),
                                            TextEncoderConfig(**state["text_encoder"]), state["embed_dim"])
         load_saved_state(self._model, state["model"])

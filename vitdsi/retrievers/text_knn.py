@@ -2,7 +2,7 @@
 
 The label-free floor beside `dsi-text` (seed 002): what text alone gives. Every caption the
 indexed images carry and every query is a sentence embedding of all-MiniLM-L6-v2 (Reimers &
-Gurevych 2019; `vitdsi.features.text_encoder`); an image scores the best cosine between the
+Gurevych 2019; `vitdsi.models.text_encoder`); an image scores the best cosine between the
 query and its captions, and images without captions rank last, in corpus order. No pixel is
 read. docs/design.md, "Text queries".
 """
@@ -15,8 +15,11 @@ import torch
 
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
-from vitdsi.features.text_encoder import TextEncoderConfig
-from vitdsi.retrievers.base import Ranking, Retriever, Supervision, fields_of, register
+from vitdsi.models.text_encoder import TextEncoderConfig, make_text_encoder
+from vitdsi.ranking import Ranking
+from vitdsi.retrievers.base import Retriever, Supervision
+from vitdsi.retrievers.params import fields_of
+from vitdsi.retrievers.registry import register
 
 SCORE_BATCH = 1024  # queries scored together (bounds the [queries, captions] similarity matrix)
 NO_CAPTION = -2.0  # score of an image without captions: below every cosine
@@ -37,8 +40,6 @@ class TextEmbeddingKNN(Retriever):
         self._image: torch.Tensor | None = None  # int64 [M]: the corpus position each caption describes
 
     def _text_encoder(self):
-        from vitdsi.features.text_encoder import make_text_encoder
-
         if self._encoder is None:
             self._encoder = make_text_encoder(self.config(TextEncoderConfig, text_encoder="minilm")).to(self.device)
         return self._encoder

@@ -15,17 +15,12 @@ import torch
 
 from vitdsi.errors import VitDSIError
 from vitdsi.models.vit_encoder import VitEncoderConfig, check_borrowed_fields
-from vitdsi.retrievers.base import Retriever, fields_of
-from vitdsi.train import (
-    PRECISIONS,
-    TrainConfig,
-    precompute_features,
-    random_flip,
-    random_shift,
-    to_input,
-    trains_on_cached_features,
-)
-from vitdsi.train_loop import LoopConfig, train_epochs
+from vitdsi.retrievers.base import Retriever
+from vitdsi.retrievers.params import fields_of
+from vitdsi.training.augment import random_flip, random_shift, to_input
+from vitdsi.training.cached_features import precompute_features, trains_on_cached_features
+from vitdsi.training.config import PRECISIONS, TrainConfig
+from vitdsi.training.loop import LoopConfig, train_epochs
 
 SEARCH_BATCH = 256  # images encoded together at index and query time
 # the encoder fields every ViT retriever takes as build parameters (image_size comes from the data)

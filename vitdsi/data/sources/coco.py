@@ -66,7 +66,7 @@ def read_captions(files: list[Path], image_ids: np.ndarray) -> Captions | None:
     image's position in `image_ids`; captions of other images are left out."""
     if not files:
         return None
-    from pycocotools.coco import COCO
+    from pycocotools.coco import COCO  # optional; only for COCO annotations
 
     anns = []
     for file in files:
@@ -114,7 +114,7 @@ def load_coco(
     ann_file, img_dir = _locate(root, annotations, images)
     cap_files = caption_files(ann_file, captions)
 
-    from pycocotools.coco import COCO
+    from pycocotools.coco import COCO  # optional; only for COCO annotations
 
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress to stdout
         coco = COCO(str(ann_file))

@@ -13,7 +13,7 @@ from vitdsi.data.prep import prepare_batch
 
 
 def load_digits(*, size: int = 32, fit: str = "resize") -> ImageSet:
-    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.datasets import load_digits as sk_load_digits  # heavy; only for this dataset
 
     data = sk_load_digits()
     pixels = np.round(data.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255

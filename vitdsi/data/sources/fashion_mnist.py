@@ -52,7 +52,7 @@ def _has_all(root: Path) -> bool:
 
 def _try_download(root: Path) -> bool:
     try:
-        from torchvision.datasets import FashionMNIST
+        from torchvision.datasets import FashionMNIST  # heavy; only to download
 
         for train in (True, False):
             FashionMNIST(str(root), train=train, download=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vitdsi.cache_folder import build_atomically
 from vitdsi.data.imageset import ImageSet
 from vitdsi.data.sources.coco import load_coco
 from vitdsi.data.sources.digits import load_digits
@@ -89,18 +90,7 @@ def generate_coco_mosaic(
         list(pool.map(write, range(n_images)))
 
     labels = source.labels.numpy()
-    annotations = []
-    for i, j in zip(*np.nonzero(~empty)):
-        r, c = divmod(int(j), grid)
-        annotations.append({
-            "id": len(annotations) + 1,
-            "image_id": int(i) + 1,
-            "category_id": int(labels[tiles[i, j]]) + 1,
-            "bbox": [c * tile_size, r * tile_size, tile_size, tile_size],
-            "area": tile_size * tile_size,
-            "iscrowd": 0,
-            "segmentation": [],
-        })
+    annotations = tile_annotations(tiles, empty, labels, grid, tile_size)
     info = {"description": f"coco-mosaic of {base}", "seed": seed}
     image_list = [{"id": i + 1, "file_name": names[i], "width": side, "height": side} for i in range(n_images)]
     coco = {
@@ -118,11 +108,27 @@ def generate_coco_mosaic(
     return out
 
 
+def tile_annotations(tiles: np.ndarray, empty: np.ndarray, labels: np.ndarray, grid: int, tile_size: int) -> list[dict]:
+    """COCO instance annotations, one box per non-empty cell: `tiles` [n, grid*grid] source
+    positions (-1 where `empty`), `labels` the source's classes."""
+    annotations = []
+    for i, j in zip(*np.nonzero(~empty)):
+        r, c = divmod(int(j), grid)
+        annotations.append({
+            "id": len(annotations) + 1,
+            "image_id": int(i) + 1,
+            "category_id": int(labels[tiles[i, j]]) + 1,
+            "bbox": [c * tile_size, r * tile_size, tile_size, tile_size],
+            "area": tile_size * tile_size,
+            "iscrowd": 0,
+            "segmentation": [],
+        })
+    return annotations
+
+
 def _generate_atomically(folder: Path, params: dict) -> None:
     """Generate into a folder of this process's own, then rename it to `folder`
     (vitdsi.cache_folder); when another process got there first, keep its (complete) folder."""
-    from vitdsi.cache_folder import build_atomically
-
     def fill(tmp: Path) -> None:
         generate_coco_mosaic(tmp, **params)
         (tmp / "mosaic.json").write_text(json.dumps({**params, "format": MOSAIC_FORMAT}, indent=2))

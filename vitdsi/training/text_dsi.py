@@ -3,7 +3,7 @@
 The multitask recipe of the DSI paper (Tay et al. 2022, section 3.1: indexing and retrieval
 examples in every batch) with seed 002's twist: the indexing examples are images, the
 retrieval examples are captions of the indexed images, and one id decoder learns both. It is
-`vitdsi.train.DSITrainer` with the train queries replaced by captions: every batch encodes its
+`vitdsi.training.dsi.DSITrainer` with the train queries replaced by captions: every batch encodes its
 images and its captions apart, pads both memories to one length and decodes them together
 (padding masked). A fixed text encoder gives a caption the same token states every epoch, so
 they are computed once. Shapes: Q captions, L tokens, Dt text width.
@@ -18,15 +18,12 @@ import torch
 
 from vitdsi.errors import VitDSIError
 from vitdsi.models.text_models import VitTextDSI
-from vitdsi.train import (
-    DSITrainer,
-    RelevantSampler,
-    TrainConfig,
-    autocast,
-    precompute_features,
-    random_flip,
-    random_shift,
-)
+from vitdsi.training.augment import random_flip, random_shift
+from vitdsi.training.cached_features import precompute_features
+from vitdsi.training.config import TrainConfig
+from vitdsi.training.dsi import DSITrainer
+from vitdsi.training.optim import autocast
+from vitdsi.training.sampler import RelevantSampler
 
 STATES_BATCH = 256  # captions encoded together when their token states are cached
 

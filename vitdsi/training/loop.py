@@ -2,7 +2,7 @@
 
 The caller supplies `batches()` (one epoch, from its seeded generator) and `step(batch)`
 (mean loss, examples, examples right); optimiser, schedule, clipping and autocast are the
-DSI trainer's (`vitdsi.train`). Each epoch's log dict goes to `callback`, which may stop it.
+DSI trainer's (`vitdsi.training.optim`). Each epoch's log dict goes to `callback`, which may stop it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from vitdsi.log import get_logger, progress
-from vitdsi.train import OptimConfig, autocast, lr_factor, make_optimizer
+from vitdsi.training.config import OptimConfig
+from vitdsi.training.optim import autocast, grad_scaler, lr_factor, make_optimizer, optimizer_step
 
 log = get_logger(__name__)
 
@@ -47,9 +48,7 @@ def train_epochs(
     warmup = max(1, int(cfg.warmup_frac * total))
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, cfg.min_lr_frac))
-    scaler = (
-        torch.amp.GradScaler("cuda") if device.type == "cuda" and not torch.cuda.is_bf16_supported() else None
-    )
+    scaler = grad_scaler(device)
     model.train()
     n_step = 0
     with progress() as bar:
@@ -61,16 +60,7 @@ def train_epochs(
                 with autocast(device, cfg.precision):
                     loss, n, right = step(batch)
                 opt.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    opt.step()
+                optimizer_step(loss, opt, scaler, model, cfg.grad_clip)
                 sched.step()
                 n_step += 1
                 sums += torch.tensor([loss.item() * n, n, float(right)], dtype=torch.float64)

@@ -1,0 +1,81 @@
+"""Training settings retrievers take as build parameters (`OptimConfig`, `TrainConfig`) and the
+per-epoch log of the DSI trainer (`EpochLog`); docs/design.md, "The DSI model and its training"."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from vitdsi.errors import VitDSIError
+
+MODES = ("zero-shot", "fine-tuned", "multitask")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay, and gradient clipping: the optimiser settings
+    of every trainer (`TrainConfig`, `vitdsi.training.loop.LoopConfig`); retrievers take them
+    as build parameters under these names and defaults."""
+
+    lr: float = 5e-4  # peak learning rate (the paper's; 1e-3 stalls random ids at small scale)
+    weight_decay: float = 0.01  # AdamW decoupled weight decay on matrices (not on norms/biases)
+    warmup_frac: float = 0.03  # fraction of a phase's steps spent warming the lr up linearly
+    min_lr_frac: float = 0.05  # cosine decays the lr to this fraction of the peak
+    grad_clip: float = 1.0  # max global gradient norm
+    # training arithmetic: 'auto' = mixed precision on CUDA (bf16, else fp16), float32 on the CPU;
+    # 'fp32' everywhere; 'bf16' = bf16 autocast on CUDA and on the CPU too (fast on CPUs with
+    # AMX / AVX512-BF16, slow on others)
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise VitDSIError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+
+
+@dataclass
+class TrainConfig(OptimConfig):
+    mode: str = "zero-shot"  # 'zero-shot' (indexing only), 'fine-tuned' (then retrieval), 'multitask'
+    index_epochs: int = 200  # epoch budget of the indexing phase (stops early at target_ia)
+    retrieval_epochs: int = 30  # epochs of the retrieval (fine-tuned) or mixed (multitask) phase
+    batch_size: int = 32  # examples per step (the paper's); small batches = more steps, faster memorisation
+    label_smoothing: float = 0.0  # cross-entropy smoothing (0 while memorising)
+    augment: bool = False  # random shifts (up to size/16 px) and left-right flips of training images
+    target_ia: float = 0.99  # indexing stops once greedy IA@1 on the corpus reaches this
+    eval_every: int = 10  # also measure IA@1 every this many indexing epochs
+    seed: int = 0  # order, targets and augmentation
+    # corpus images the IA@1 stop test decodes during indexing (a seeded sample); 0 = all of them.
+    # The trial still measures IA@1 on every indexed image afterwards
+    ia_sample: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ia_sample < 0:
+            raise VitDSIError(f"ia_sample must be >= 0 (0 = every indexed image), got {self.ia_sample}")
+        if self.mode not in MODES:
+            raise VitDSIError(f"mode must be one of {', '.join(MODES)}, got '{self.mode}'")
+        if self.batch_size < 1 or self.lr <= 0:
+            raise VitDSIError("batch_size must be >= 1 and lr > 0")
+        if self.index_epochs < 0 or self.retrieval_epochs < 0:
+            raise VitDSIError("index_epochs and retrieval_epochs must be >= 0")
+
+
+@dataclass
+class EpochLog:
+    phase: str  # 'index', 'retrieval' or 'multitask'
+    epoch: int  # 1-based epoch within the phase
+    step: int  # optimizer steps so far in the phase
+    lr: float  # learning rate at the end of the epoch
+    loss: float  # mean training loss over the epoch's examples
+    index_loss: float | None  # mean loss on indexing examples (None if none)
+    retrieval_loss: float | None  # mean loss on retrieval examples (None if none)
+    train_exact: float | None  # fraction of indexing examples whose whole id was argmax in the training pass
+    ia1: float | None  # greedy IA@1 on the un-augmented corpus in eval mode, when measured
+    seconds: float  # wall time of the epoch
+    images_per_s: float  # training examples per second
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+Callback = Callable[[EpochLog], "bool | None"]

@@ -1,0 +1,231 @@
+"""The ViT-DSI trainer: indexing, retrieval fine-tuning and multitask phases.
+
+Follows the ViT-DSI paper (Di Stefano, section 3.2) and Tay et al. 2022 (section 3.1); the
+phases, optimiser and determinism are in docs/design.md, "The DSI model and its training"."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from vitdsi.errors import VitDSIError
+from vitdsi.log import get_logger, progress
+from vitdsi.models.vit_dsi import PAD, VitDSI, id_inputs_targets
+from vitdsi.training.augment import random_flip, random_shift, to_input
+from vitdsi.training.cached_features import precompute_features, trains_on_cached_features
+from vitdsi.training.config import Callback, EpochLog, TrainConfig
+from vitdsi.training.optim import autocast, grad_scaler, lr_factor, make_optimizer, optimizer_step
+from vitdsi.training.sampler import RelevantSampler
+
+log = get_logger(__name__)
+
+
+class DSITrainer:
+    """Trains a VitDSI on an indexed corpus (and optionally train queries)."""
+
+    def __init__(
+        self,
+        model: VitDSI,
+        corpus_images: torch.Tensor,  # uint8 [N, C, H, W], on the training device
+        targets: torch.Tensor,  # int64 [N, L] id digits (seq2seq) or [N, 1] corpus position (atomic)
+        cfg: TrainConfig,
+        *,
+        query_images: torch.Tensor | None = None,  # uint8 [Q, C, H, W] train queries
+        query_labels: torch.Tensor | None = None,  # int64 [Q] classes or bool [Q, C] categories of the queries
+        corpus_labels: torch.Tensor | None = None,  # the same for the corpus: relevance = shared class / category
+        callback: Callback | None = None,
+    ) -> None:
+        self.model, self.cfg, self.callback = model, cfg, callback
+        self.device = corpus_images.device
+        self.corpus = corpus_images
+        self.targets = targets.to(self.device)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.history: list[EpochLog] = []
+        self.max_shift = max(1, corpus_images.shape[-1] // 16) if cfg.augment else 0
+        self.queries = self.sampler = None
+        if cfg.mode != "zero-shot":
+            self._set_queries(query_images, query_labels, corpus_labels)
+        # a borrowed encoder's fixed part gives every image the same output in every epoch: without
+        # augmentation it runs once per image, and training reads its output (`self.corpus` and
+        # `self.queries` then hold features, not uint8 images)
+        self.precomputed = trains_on_cached_features(model.encoder, cfg.augment)
+        if self.precomputed:
+            self._precompute()
+        self.scaler = grad_scaler(self.device)
+
+    # ---- public ----
+    def fit(self) -> list[EpochLog]:
+        cfg = self.cfg
+        stopped = self._phase("index", cfg.index_epochs) if cfg.index_epochs else False
+        if cfg.mode == "fine-tuned" and not stopped:
+            self._phase("retrieval", cfg.retrieval_epochs)
+        elif cfg.mode == "multitask" and not stopped:
+            self._phase("multitask", cfg.retrieval_epochs)
+        return self.history
+
+    @torch.no_grad()
+    def greedy_ia1(self, batch: int = 256) -> float:
+        """Fraction of corpus images whose own id is the argmax at every teacher-forced step
+        (= greedy decoding returns it), eval mode, no augmentation; on the `ia_sample` images
+        (the same ones at every call) when that is set."""
+        n = len(self.corpus)
+        rows = torch.arange(n)
+        if 0 < self.cfg.ia_sample < n:
+            rows = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed))[: self.cfg.ia_sample]
+        rows = rows.to(self.device)
+        was_training = self.model.training
+        self.model.eval()
+        hits = 0
+        for part in rows.split(batch):
+            logits = self._forward(self._input(self.corpus[part]), self.targets[part])[0]
+            hits += int(self._exact(logits, self.targets[part]).sum())
+        self.model.train(was_training)
+        return hits / len(rows)
+
+    # ---- internals ----
+    def _set_queries(self, query_images, query_labels, corpus_labels) -> None:
+        """`self.sampler` (a relevant corpus image per query) and `self.queries` (the queries that have one)."""
+        if query_images is None or query_labels is None or corpus_labels is None or len(query_images) == 0:
+            raise VitDSIError(
+                f"mode '{self.cfg.mode}' learns from train queries but none were given; pass "
+                "index(corpus, train_queries=...) or use mode='zero-shot'"
+            )
+        self.sampler = RelevantSampler(query_labels, corpus_labels)
+        if len(self.sampler) == 0:
+            raise VitDSIError("no train query has a relevant image in the corpus; check the labels / split")
+        keep = self.sampler.has_relevant.to(query_images.device)
+        self.queries = query_images[keep].to(self.device)
+
+    def _precompute(self) -> None:
+        """Replace the training images by the borrowed encoder's fixed-part output (computed once)."""
+        self.corpus, self.queries = precompute_features(self.model.encoder, [self.corpus, self.queries])
+
+    def _memory(self, x) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Model input of a batch -> the memory the id decoder reads [B, P, D] and its padding mask (None)."""
+        return self.model.encode(x, self.precomputed), None
+
+    def _input(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows of `self.corpus` / `self.queries` -> model input (features are one already)."""
+        return rows if self.precomputed else to_input(rows)
+
+    def _forward(self, x: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and per-example loss for images x and target ids `codes`."""
+        with autocast(self.device, self.cfg.precision):
+            memory, mask = self._memory(x)  # as VitDSI.forward: encode, then the head or the decoder
+            if self.model.cfg.atomic:
+                logits = self.model.atomic_logits(memory, mask).float()
+                loss = F.cross_entropy(logits, codes[:, 0], reduction="none", label_smoothing=self.cfg.label_smoothing)
+                return logits, loss
+            inputs, targets = id_inputs_targets(codes)
+            logits = self.model.decode(inputs[:, None, :], memory, mask=mask)[:, 0].float()  # [B, L+1, V]
+        loss = F.cross_entropy(
+            logits.transpose(1, 2), targets, ignore_index=PAD, reduction="none",
+            label_smoothing=self.cfg.label_smoothing,
+        ).mean(1)
+        return logits, loss
+
+    def _exact(self, logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        if self.model.cfg.atomic:
+            return logits.argmax(-1) == codes[:, 0]
+        _, targets = id_inputs_targets(codes)
+        return (logits.argmax(-1) == targets).all(1)
+
+    def _batches(self, phase: str) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """One epoch of (images index, source flag, target ids) batches; source 0 = corpus, 1 = query."""
+        bs = self.cfg.batch_size
+        n = len(self.corpus)
+        idx_perm = torch.randperm(n, generator=self.gen) if phase != "retrieval" else torch.empty(0, dtype=torch.int64)
+        if phase != "index":
+            q_perm = torch.randperm(len(self.queries), generator=self.gen)
+            q_target = self.sampler.sample(q_perm, self.gen)  # one relevant image per query, afresh each epoch
+        else:
+            q_perm = q_target = torch.empty(0, dtype=torch.int64)
+        total = len(idx_perm) + len(q_perm)
+        n_batches = max(1, math.ceil(total / bs))
+        # split both streams into the same number of batches: every batch mixes both tasks
+        out = []
+        for ib, qb, tb in zip(
+            torch.tensor_split(idx_perm, n_batches), torch.tensor_split(q_perm, n_batches),
+            torch.tensor_split(q_target, n_batches),
+        ):
+            src = torch.cat([torch.zeros(len(ib), dtype=torch.int64), torch.ones(len(qb), dtype=torch.int64)])
+            out.append((torch.cat([ib, qb]), src, torch.cat([ib, tb])))
+        return out
+
+    def _gather(self, index: torch.Tensor, src: torch.Tensor, target_pos: torch.Tensor):
+        index, src, target_pos = index.to(self.device), src.to(self.device), target_pos.to(self.device)
+        from_corpus = src == 0
+        if from_corpus.all():
+            images = self.corpus[index]
+        else:
+            images = torch.empty((len(index), *self.corpus.shape[1:]), dtype=self.corpus.dtype, device=self.device)
+            images[from_corpus] = self.corpus[index[from_corpus]]
+            images[~from_corpus] = self.queries[index[~from_corpus]]
+        x = self._input(images)
+        if self.max_shift:
+            x = random_flip(random_shift(x, self.gen, self.max_shift), self.gen)
+        return x, self.targets[target_pos], from_corpus
+
+    def _phase(self, phase: str, epochs: int) -> bool:
+        """Run one phase; True if the callback asked to stop everything."""
+        cfg, model = self.cfg, self.model
+        steps_per_epoch = self._steps_per_epoch(phase)
+        total = max(1, epochs * steps_per_epoch)
+        warmup = max(1, int(cfg.warmup_frac * total))
+        opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, cfg.min_lr_frac))
+        model.train()
+        step = 0
+        with progress() as bar:
+            task = bar.add_task(f"dsi {phase}", total=epochs)
+            for epoch in range(1, epochs + 1):
+                t0 = time.perf_counter()
+                sums = torch.zeros(5, dtype=torch.float64)  # loss idx, n idx, loss query, n query, exact idx
+                for index, src, target_pos in self._batches(phase):
+                    x, codes, from_corpus = self._gather(index, src, target_pos)
+                    logits, loss = self._forward(x, codes)
+                    opt.zero_grad(set_to_none=True)
+                    optimizer_step(loss.mean(), opt, self.scaler, model, cfg.grad_clip)
+                    sched.step()
+                    step += 1
+                    with torch.no_grad():
+                        exact = self._exact(logits, codes)
+                        fc = from_corpus.float()
+                        sums += torch.stack([
+                            (loss * fc).sum(), fc.sum(), (loss * (1 - fc)).sum(), (1 - fc).sum(), (exact.float() * fc).sum()
+                        ]).double().cpu()
+                seconds = time.perf_counter() - t0
+                n_idx, n_q = sums[1].item(), sums[3].item()
+                train_exact = sums[4].item() / n_idx if n_idx else None
+                ia1 = None
+                if phase == "index" and (
+                    (train_exact is not None and train_exact >= cfg.target_ia - 0.02)
+                    or epoch % cfg.eval_every == 0 or epoch == epochs
+                ):
+                    ia1 = self.greedy_ia1()
+                    model.train()
+                entry = EpochLog(
+                    phase=phase, epoch=epoch, step=step, lr=sched.get_last_lr()[0],
+                    loss=(sums[0] + sums[2]).item() / max(1.0, n_idx + n_q),
+                    index_loss=sums[0].item() / n_idx if n_idx else None,
+                    retrieval_loss=sums[2].item() / n_q if n_q else None,
+                    train_exact=train_exact, ia1=ia1, seconds=seconds, images_per_s=(n_idx + n_q) / seconds,
+                )
+                self.history.append(entry)
+                bar.update(task, advance=1, description=f"dsi {phase} loss {entry.loss:.3f}"
+                           + (f" IA@1 {ia1:.3f}" if ia1 is not None else ""))
+                if self.callback is not None and self.callback(entry):
+                    log.info("dsi %s: stopped by callback after epoch %d", phase, epoch)
+                    return True
+                if ia1 is not None and ia1 >= cfg.target_ia:
+                    log.info("dsi %s: IA@1 %.3f >= target %.3f after %d epochs", phase, ia1, cfg.target_ia, epoch)
+                    return False
+        return False
+
+    def _steps_per_epoch(self, phase: str) -> int:
+        n_idx = len(self.corpus) if phase != "retrieval" else 0
+        n_q = len(self.queries) if phase != "index" else 0
+        return max(1, math.ceil((n_idx + n_q) / self.cfg.batch_size))
