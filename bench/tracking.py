@@ -309,44 +309,6 @@ class Tracker:
             self.client.log_artifact(run_id, str(path))
 
 
-class EpochLogger:
-    """Per-epoch training metrics of one trial run, buffered and written every `flush_s`
-    seconds (a commit per epoch would slow short epochs down); call `flush()` at the end."""
-
-    def __init__(self, tracker: Tracker, run_id: str, *, seeds: bool = False, first_seed: int = 0, flush_s: float = 5.0) -> None:
-        self.tracker, self.run_id = tracker, run_id
-        self.seeds, self.first_seed, self.flush_s = seeds, first_seed, flush_s
-        self.step = 0  # epochs so far, over every phase and seed: the MLflow step
-        self._pending: list = []
-        self._last = time.monotonic()
-
-    def __call__(self, repeat: int, entry: dict[str, Any]) -> None:
-        from mlflow.entities import Metric
-
-        prefix = f"train/seed{self.first_seed + repeat}/" if self.seeds else "train/"
-        now = int(time.time() * 1000)
-        for key, value in epoch_metrics(entry, prefix).items():
-            self._pending.append(Metric(key, value, now, self.step))
-        self.step += 1
-        if time.monotonic() - self._last >= self.flush_s:
-            self.flush()
-
-    def flush(self) -> None:
-        pending, self._pending = self._pending, []
-        for s in range(0, len(pending), 1000):
-            self.tracker.client.log_batch(self.run_id, metrics=pending[s : s + 1000])
-        self._last = time.monotonic()
-
-
-def epoch_metrics(entry: dict[str, Any], prefix: str = "train/") -> dict[str, float]:
-    """An epoch log -> {train/<phase>/<field>: value} for every finite numeric field."""
-    phase = entry.get("phase")
-    base = f"{prefix}{phase}/" if phase else prefix
-    return {f"{base}{k}": float(v) for k, v in entry.items()
-            if k not in ("phase", "epoch", "step") and isinstance(v, int | float) and not isinstance(v, bool)
-            and np.isfinite(v)}
-
-
 def worker_id() -> str:
     """host:pid of this process, to tell the workers of a shared study apart."""
     return f"{socket.gethostname()}:{os.getpid()}"

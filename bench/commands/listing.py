@@ -74,7 +74,8 @@ def _retrievers() -> None:
 
 def _retriever(name: str) -> None:
     from bench.choices import param_choices
-    from vitdsi.retrievers.base import get, retriever_params
+    from vitdsi.retrievers.params import retriever_params
+    from vitdsi.retrievers.registry import get
 
     cls = get(name)
     choices = param_choices()

@@ -12,8 +12,9 @@ import optuna
 from rich.markup import escape
 
 from bench.config import Categorical, FloatRange, IntRange, Study
+from bench.curves import EpochLogger
 from bench.reuse import REUSED_TAG, find_source, reuse
-from bench.tracking import EpochLogger, Tracker, worker_id
+from bench.tracking import Tracker, worker_id
 from vitdsi.log import console
 
 
