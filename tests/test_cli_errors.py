@@ -152,3 +152,50 @@ def test_report_accepts_a_study_file_path(tmp_path, monkeypatch):
     assert code == 2, out
     line = one_error(out)
     assert "no study 'held_out'" in line and ".yaml.yaml" not in line
+
+
+def test_check_names_both_lines_of_a_duplicate_key(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: dup\nretriever: pixels-knn\nscale: smoke\nfixed: {center: true}\nspace:\n"
+                    "  batch_size: [64]\nfixed:\n  center: false\n")
+    code, out = bench("run", str(path), "--check")
+    assert code == 2, out
+    line = one_error(out)
+    assert "duplicate key 'fixed'" in line and "line 4 and line 7" in line and str(path) in line
+
+
+def test_keys_merged_in_with_an_anchor_may_be_overridden(tmp_path):
+    from bench.config.loading import read_yaml
+
+    path = tmp_path / "merge.yaml"
+    path.write_text("common: &b {center: true, batch_size: 64}\nfixed:\n  <<: *b\n  center: false\n")
+    assert read_yaml(path)["fixed"] == {"center": False, "batch_size": 64}
+
+
+def test_an_alias_bomb_is_refused_at_once(tmp_path):
+    import time
+
+    levels = ['l0: &l0 ["lol"]'] + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(levels) + "\nname: bomb\nretriever: pixels-knn\n")
+    t0 = time.perf_counter()
+    code, out = bench("run", str(path), "--check")
+    assert time.perf_counter() - t0 < 1.0
+    assert code == 2, out
+    assert "aliases expand to more than" in one_error(out)
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ("fixed: {lr: .inf}", "fixed.lr"),
+    ("space:\n  lr: {type: float, low: .nan, high: 0.1}", "space.lr.low"),
+    ("space:\n  weight_decay: [0.1, -.inf]", "space.weight_decay.1"),
+])
+def test_check_refuses_nan_and_infinite_floats_naming_the_field(tmp_path, text, field):
+    path = tmp_path / "nan.yaml"
+    path.write_text(f"name: nan\nretriever: dsi-vit\nscale: smoke\n{text}\n")
+    code, out = bench("run", str(path), "--check")
+    assert code == 2, out
+    line = one_error(out)
+    assert f"field `{field}`" in line and "not a finite number" in line
+    code, out = bench("run", str(_write(tmp_path)), "--check", "--set", "fixed.lr=.nan")
+    assert code == 2 and "field `fixed.lr`" in one_error(out)
