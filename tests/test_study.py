@@ -282,6 +282,17 @@ def test_ctrl_c_and_killed_worker_then_resume(store, tmp_path):
         assert [round(m.value, 6) for m in history] == [1.0, 0.5, round(1 / 3, 6)]
 
 
+def test_a_diverged_trial_fails_with_its_reason_and_the_study_goes_on(store):
+    study = resolve({"name": "diverge", "retriever": "classifier", "scale": "smoke", "fixed": {"epochs": 2},
+                     "space": {"lr": [1e30, 2e-3]}, "dataset": {"n_total": 120}})
+    out = run(study, options(store))
+    assert out.counts == {"FAIL": 1, "COMPLETE": 1} and out.failed == [0]
+    bad, good = trials_of(store, "diverge-smoke")
+    assert bad.params["lr"] == 1e30 and good.state == TrialState.COMPLETE
+    assert bad.user_attrs["error"].startswith("TrainingDivergedError: classify: training loss became nan at epoch 1")
+    assert "lower lr (now 1e+30)" in bad.user_attrs["error"]
+
+
 def test_study_file_changed_under_the_same_name_is_refused(store):
     run(knn_study("changed", space={"center": [True]}), options(store))
     from bench.study import StudyMismatchError
