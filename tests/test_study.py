@@ -293,6 +293,32 @@ def test_a_diverged_trial_fails_with_its_reason_and_the_study_goes_on(store):
     assert "lower lr (now 1e+30)" in bad.user_attrs["error"]
 
 
+@pytest.mark.parametrize("where", ["before_trial", "sample_independent"])
+def test_sampler_errors_count_toward_the_consecutive_failure_stop(store, monkeypatch, where):
+    """A sampler that raises (in `ask`, or when a value is drawn) fails the trial; the worker stops
+    after MAX_CONSECUTIVE_FAILURES of them instead of failing trials forever, and leaves none RUNNING."""
+    from bench.study import worker
+    from bench.study.samplers import PerTrialSeeded
+
+    class Broken(optuna.samplers.RandomSampler):
+        def before_trial(self, study, trial):
+            if where == "before_trial":
+                raise ValueError("low is nan")
+
+        def sample_independent(self, *args):
+            raise ValueError("low is nan")
+
+    monkeypatch.setattr(worker, "MAX_CONSECUTIVE_FAILURES", 3)
+    monkeypatch.setattr(worker, "make_sampler", lambda study: PerTrialSeeded(lambda s: Broken(seed=s), 0))
+    study = knn_study(f"broken-{where}".replace("_", "-"), n_trials=10,
+                      space={"batch_size": {"type": "int", "low": 8, "high": 512}})
+    out = run(study, options(store))
+    assert out.counts == {"FAIL": 3} and out.failed == [0, 1, 2] and not out.done
+    trials = trials_of(store, study.default_study_name)
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3
+    assert all(t.user_attrs["error"] == "sampler: ValueError: low is nan" for t in trials)
+
+
 def test_study_file_changed_under_the_same_name_is_refused(store):
     run(knn_study("changed", space={"center": [True]}), options(store))
     from bench.study import StudyMismatchError

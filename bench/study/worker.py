@@ -130,7 +130,11 @@ def _run(study: Study, options: RunOptions) -> RunOutcome:
                         has_work = consecutive_failures < MAX_CONSECUTIVE_FAILURES
                     if has_work and done + len(running) < target:
                         before = objective.failures
-                        ostudy.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+                        try:
+                            ostudy.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+                        except Exception as e:  # raised by the sampler in `ask`, before the objective ran
+                            number = _fail_unclaimed(ostudy, storage, trials, f"sampler: {type(e).__name__}: {e}")
+                            objective.sampler_failed(number, e)
                         consecutive_failures = consecutive_failures + 1 if objective.failures > before else 0
                         continue
                 finally:
@@ -154,6 +158,20 @@ def _run(study: Study, options: RunOptions) -> RunOutcome:
         except Exception as e:  # never hide the interrupt or the real error behind a logging one
             log.warning(f"could not update the study's MLflow run: {e}")
     return outcome
+
+
+def _fail_unclaimed(ostudy, storage, before, error: str) -> int | None:
+    """Mark FAIL the trial that `ask` popped or made before its sampler raised: under the claim
+    lock it is the one RUNNING trial that was not RUNNING in `before`. Left RUNNING, with no
+    heartbeat ever sent, it would never go stale and other workers would wait on it."""
+    was_running = {t.number for t in before if t.state == TrialState.RUNNING}
+    number = None
+    for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number not in was_running:
+            storage.set_trial_user_attr(t._trial_id, "error", error)
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            number = t.number
+    return number
 
 
 def _open(study: Study, study_name: str, storage, storage_url: str, tracker: Tracker, options: RunOptions):
