@@ -251,14 +251,16 @@ def test_ctrl_c_and_killed_worker_then_resume(store, tmp_path):
     assert t1.state == TrialState.WAITING and t0.state == TrialState.FAIL and "interrupted" in t0.user_attrs["error"]
     assert client.get_run(t0.user_attrs["mlflow_run_id"]).info.status == "KILLED"
 
-    # 2. SIGKILL during the next trial, after one trial completed
+    # 2. SIGKILL during the next trial, after one trial completed: the retry of point 0 (trial 2)
+    # runs first; point 1, queued before it as trial 1, is queued again behind it as trial 3
     proc = _bench(store, study)
-    _wait_running(store, "sleepy-smoke", 2, proc)
+    _wait_running(store, "sleepy-smoke", 3, proc)
     proc.kill()
     proc.communicate(timeout=60)
     trials = trials_of(store, "sleepy-smoke")
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(done) == 1 and trials[2].state == TrialState.RUNNING
+    assert len(done) == 1 and done[0].number == 2 and done[0].user_attrs["retry_of"] == 0
+    assert trials[1].user_attrs["requeued"] and trials[3].state == TrialState.RUNNING
     kept_run = done[0].user_attrs["mlflow_run_id"]
     kept_metrics = client.get_run(kept_run).data.metrics
 
@@ -269,11 +271,12 @@ def test_ctrl_c_and_killed_worker_then_resume(store, tmp_path):
     trials = trials_of(store, "sleepy-smoke")
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert sorted(t.params["center"] for t in complete) == [False, True]
-    assert trials[2].state == TrialState.FAIL
-    assert any(t.system_attrs.get("failed_trial") == 2 for t in complete)  # the re-queued copy
-    assert client.get_run(trials[2].user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    assert trials[3].state == TrialState.FAIL
+    assert any(t.system_attrs.get("failed_trial") == 3 for t in complete)  # the re-queued copy
+    assert client.get_run(trials[3].user_attrs["mlflow_run_id"]).info.status == "KILLED"
     assert client.get_run(kept_run).data.metrics == kept_metrics
-    parents = {client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["mlflow.parentRunId"] for t in trials}
+    parents = {client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["mlflow.parentRunId"]
+               for t in trials if "mlflow_run_id" in t.user_attrs}
     assert len(parents) == 1
     finished = [r for r in nested_runs(client, parents.pop()) if r.info.status == "FINISHED"]
     assert len(finished) == 2
@@ -344,9 +347,9 @@ def test_tracking_and_storage_defaults(tmp_path, monkeypatch):
     assert redact("postgresql://u:secret@host/db") == "postgresql://u:***@host/db"
 
 
-def test_resume_retries_the_interrupted_point(store):
+def test_resume_retries_the_interrupted_point_first(store):
     """A grid is a queue of enqueued trials; a point interrupted in another session (recorded FAIL)
-    is queued again by the next run and run once, like every other point."""
+    is queued again by the next run and run once, before the points that never ran."""
     study = knn_study("retry-first", space={"dataset.n_total": [100, 120, 140, 160]})
     first = run(study, options(store, n_trials=1))
     assert first.counts == {"COMPLETE": 1} and first.queued == 3
@@ -360,6 +363,9 @@ def test_resume_retries_the_interrupted_point(store):
     assert sorted(t.params["dataset.n_total"] for t in complete) == [100, 120, 140, 160]
     (retried,) = [t for t in complete if t.user_attrs.get("retry_of") == interrupted.number]
     assert retried.params["dataset.n_total"] == 120
+    this_run = sorted((t for t in complete if t.number > interrupted.number), key=lambda t: t.datetime_start)
+    assert [t.params["dataset.n_total"] for t in this_run] == [120, 140, 160]
+    assert out.counts == {"COMPLETE": 4, "FAIL": 1}  # the points queued again behind the retry are not counted
     tags = MlflowClient(store.tracking).get_run(retried.user_attrs["mlflow_run_id"]).data.tags
     assert tags["optuna.retry_of"] == str(interrupted.number)
 

@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from bench.config import Study, check_data
 from bench.study.objective import Objective
-from bench.study.queue import GridQueue
+from bench.study.queue import GridQueue, trial_id
 from bench.study.samplers import make_sampler
 from bench.study.storage import ClaimLock, make_storage
 from bench.study.summary import RunOutcome, count_states
@@ -97,6 +97,7 @@ def _run(study: Study, options: RunOptions) -> RunOutcome:
         with claim:
             optuna.storages.fail_stale_trials(ostudy)
             grid.enqueue_free(ostudy, ostudy.get_trials(deepcopy=False))
+            grid.retries_first(ostudy, storage, ostudy.get_trials(deepcopy=False))
     tracker.set_status(parent_id, "RUNNING")
 
     console.print(f"[bold]study[/] {study_name}: {study.sampler} over {', '.join(study.space) or 'one configuration'}, "
@@ -119,6 +120,8 @@ def _run(study: Study, options: RunOptions) -> RunOutcome:
                 try:
                     optuna.storages.fail_stale_trials(ostudy)
                     trials = ostudy.get_trials(deepcopy=False)
+                    if grid is not None and grid.retries_first(ostudy, storage, trials):  # a stale trial's retry
+                        trials = ostudy.get_trials(deepcopy=False)
                     done = grid.done(trials) if grid else sum(t.state == TrialState.COMPLETE for t in trials)
                     bar.update(task, completed=min(done, target))
                     running = [t for t in trials if t.state == TrialState.RUNNING]
@@ -168,8 +171,9 @@ def _fail_unclaimed(ostudy, storage, before, error: str) -> int | None:
     number = None
     for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.number not in was_running:
-            storage.set_trial_user_attr(t._trial_id, "error", error)
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            tid = trial_id(ostudy, storage, t.number)
+            storage.set_trial_user_attr(tid, "error", error)
+            storage.set_trial_state_values(tid, TrialState.FAIL)
             number = t.number
     return number
 
