@@ -332,3 +332,33 @@ def test_sources_do_not_import_the_registry():
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert not imported & {"vitdsi.data", "vitdsi.data.registry"}, path.name
+
+
+def test_imagefolder_decompression_bomb_is_a_named_error(tmp_path, monkeypatch):
+    """PIL refuses to open an image with more than 2 x MAX_IMAGE_PIXELS pixels; the load and the
+    cheap probe of `bench run --check` stop with an error naming the file, not a traceback."""
+    from vitdsi.data.prep import load_image_file
+    from vitdsi.data.sources.imagefolder import probe
+
+    _write_tree(tmp_path)
+    bomb = tmp_path / "dog" / "bomb.png"
+    Image.fromarray(np.zeros((200, 200, 3), np.uint8)).save(bomb)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 40x42 images pass, 200x200 is over twice it
+    with pytest.raises(VitDSIError, match=rf"image {bomb} is too large to decode: .*MAX_IMAGE_PIXELS"):
+        load_dataset("imagefolder", root=str(tmp_path), size=16)
+    with pytest.raises(VitDSIError, match=rf"image {bomb} is too large"):
+        load_image_file(bomb, 16)  # a `bench search` query image
+    with pytest.raises(VitDSIError, match=rf"image {bomb} is too large"):
+        probe(str(tmp_path))
+
+
+def test_imagefolder_warns_about_an_empty_class_folder(tmp_path, caplog):
+    import logging
+
+    _write_tree(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no images here")
+    with caplog.at_level(logging.WARNING):
+        ds = load_dataset("imagefolder", root=str(tmp_path), size=16)
+    assert ds.class_names == ("cat", "dog", "empty") and len(ds) == 12
+    assert "1 class folder(s) with no usable image" in caplog.text and "empty" in caplog.text

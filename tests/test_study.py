@@ -392,7 +392,7 @@ def test_worker_waits_for_a_point_another_worker_holds(store, monkeypatch):
     assert out.done and out.counts == {"COMPLETE": 2}, out.counts
 
 
-def test_search_after_the_data_moved(store, tmp_path):
+def test_search_after_the_data_moved(store, tmp_path, monkeypatch):
     """`bench search` on a run whose imagefolder root moved: a clear error, then --set dataset.root."""
     from PIL import Image
 
@@ -420,6 +420,16 @@ def test_search_after_the_data_moved(store, tmp_path):
     trial_mod._DATASETS.clear()
     res = runner.invoke(app, [*common, "--set", f"dataset.root={moved}"], env={"COLUMNS": "400"})
     assert res.exit_code == 0, res.output
+    # a query image PIL refuses as a decompression bomb: one error line naming it
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((200, 200, 3), np.uint8)).save(big)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # the 16 px corpus passes, 200 px is over twice it
+    trial_mod._DATASETS.clear()
+    res = runner.invoke(app, ["search", "--run", run_id, str(big), "--out", str(tmp_path / "g.png"), "--tracking-uri",
+                              store.tracking, "--set", f"dataset.root={moved}"], env={"COLUMNS": "400"})
+    assert res.exit_code == 2 and f"image {big} is too large to decode" in res.output.replace("\n", ""), res.output
+    assert "Traceback" not in res.output
+    monkeypatch.undo()
     # other data at that root (a file renamed) are refused, not silently used
     (moved / "a" / "3.png").rename(moved / "a" / "3b.png")
     trial_mod._DATASETS.clear()
