@@ -199,3 +199,29 @@ def test_check_refuses_nan_and_infinite_floats_naming_the_field(tmp_path, text, 
     assert f"field `{field}`" in line and "not a finite number" in line
     code, out = bench("run", str(_write(tmp_path)), "--check", "--set", "fixed.lr=.nan")
     assert code == 2 and "field `fixed.lr`" in one_error(out)
+
+
+@pytest.mark.parametrize(("setting", "field", "message"), [
+    ("dataset.n_total=100000000000000000000000", "dataset.n_total", "less than or equal to 100000000"),
+    ("dataset.size=100000", "dataset.size", "less than or equal to 4096"),
+    ("space.dataset.size=[32, 100000]", "dataset.size", "less than or equal to 4096"),
+    (f"seed={2**66}", "seed", "less than or equal to 4294967295"),
+    ("dataset.seed=-1", "dataset.seed", "greater than or equal to 0"),
+    ("repeats=1000000", "repeats", "less than or equal to 100"),
+    ("fixed.dim=-64", "fixed.dim", "parameter 'dim' must be in 1..16,384, got -64"),
+    ("space.ff_dim=[64, 1000000]", "space.ff_dim", "parameter 'ff_dim' must be in 1..16,384, got 1,000,000"),
+    ("fixed.index_epochs=10000000000", "fixed.index_epochs", "must be in 0..100,000,000"),
+])
+def test_check_bounds_sizes_seeds_and_build_parameters(tmp_path, setting, field, message):
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump({"name": "b", "retriever": "dsi-vit", "scale": "smoke"}))
+    code, out = bench("run", str(path), "--check", "--set", setting)
+    assert code == 2, out
+    assert "Traceback" not in out and f"`{field}`" in out and message in " ".join(out.split()), out
+
+
+def test_check_refuses_seeds_that_repeats_push_past_the_largest(tmp_path):
+    code, out = bench("run", str(_write(tmp_path)), "--check", "--set", f"seed={2**32 - 2}", "--set", "repeats=3")
+    assert code == 2 and "exceeds the largest seed 4294967295" in " ".join(out.split()), out
+    code, out = bench("run", str(_write(tmp_path)), "--check", "--set", f"seed={2**32 - 3}", "--set", "repeats=3")
+    assert code == 0, out

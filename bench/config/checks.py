@@ -11,6 +11,7 @@ from bench.config.errors import StudyConfigError, suggest
 from bench.config.resolved import DataConfig, Study
 from bench.config.schema import RESERVED_PARAMS, Categorical, FloatRange, IntRange, StudyFile, route
 from vitdsi.errors import VitDSIError
+from vitdsi.limits import check_param
 
 
 def check_name(cls, where: str, name: str, field_path: str, source: str, method: str | None = None) -> None:
@@ -55,6 +56,10 @@ def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
         if ok is not None and not ok(value):
             raise StudyConfigError(f"{source}: field `{where}`: parameter '{key}' of retriever '{study.methods[method].retriever}' "
                                    f"takes {type(default).__name__} values (default {default!r}), got {value!r}")
+        try:
+            check_param(study.methods[method].retriever, key, value)
+        except VitDSIError as e:
+            raise StudyConfigError(f"{source}: field `{where}`: {e}") from None
 
     for mname, m in study.methods.items():
         for key, value in m.params.items():

@@ -26,6 +26,7 @@ import torch
 
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
+from vitdsi.limits import MAX_IMAGE_SIDE, MAX_IMAGES, check_param
 
 EpochCallback = Callable[[Any], "bool | None"]  # called with each epoch's log; True stops training
 Queries = torch.Tensor | Sequence[str]  # uint8 images [n, 3, H, W], or captions (a list of str)
@@ -339,9 +340,15 @@ class Retriever(ABC):
                 f"{cfg_file}: not a readable saved-retriever config ({type(e).__name__}: {e}); the file is "
                 "truncated, empty or not written by Retriever.save; save the index again"
             ) from None
+        if not (0 <= corpus_size <= MAX_IMAGES and 1 <= image_size <= MAX_IMAGE_SIDE):
+            raise VitDSIError(f"{cfg_file}: corpus_size {corpus_size:,} or image_size {image_size:,} out of bounds "
+                              f"(0..{MAX_IMAGES:,} images of 1..{MAX_IMAGE_SIDE} px); save the index again")
         if device is not None:
             params["device"] = device
-        retriever = create(name, **params)
+        try:
+            retriever = create(name, **params)
+        except VitDSIError as e:
+            raise VitDSIError(f"{cfg_file}: {e}") from None
         retriever.query_args.update(query_args)
         retriever.corpus_size = corpus_size
         retriever.image_size = image_size
@@ -452,6 +459,8 @@ def create(name: str, **params: Any) -> Retriever:
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise VitDSIError(f"retriever '{name}': unknown parameter(s) {unknown}; allowed: {sorted(allowed)}")
+    for key, value in params.items():
+        check_param(name, key, value)
     return cls(**params)
 
 
