@@ -232,6 +232,25 @@ def _wait_running(store, study_name: str, number: int, proc: subprocess.Popen, t
     raise AssertionError(f"trial {number} did not start")
 
 
+def test_ctrl_c_at_the_start_of_a_run_stops_it(store, tmp_path):
+    """Ctrl-C as soon as the worker starts (imports, data checks and study setup, when garbage
+    collection runs often) is acted on at the next safe point: exit 130, no traceback."""
+    study = tmp_path / "early.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "early", "retriever": "test-sleepy-knn", "scale": "smoke", "plugins": [str(SLEEPY)],
+        "fixed": {"sleep": 0.5, "epochs": 4}, "space": {"center": [True, False]}, "dataset": {"n_total": 120},
+    }))
+    proc = _bench(store, study)
+    for line in proc.stdout:
+        if line.startswith("study early-smoke"):
+            proc.send_signal(signal.SIGINT)
+            break
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, output
+    assert "interrupted" in output and "Traceback" not in output
+    assert all(t.state != TrialState.COMPLETE for t in trials_of(store, "early-smoke"))
+
+
 def test_ctrl_c_and_killed_worker_then_resume(store, tmp_path):
     study = tmp_path / "sleepy.yaml"
     study.write_text(yaml.safe_dump({

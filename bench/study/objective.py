@@ -14,6 +14,7 @@ from rich.markup import escape
 from bench.config import Categorical, FloatRange, IntRange, Study
 from bench.reuse import REUSED_TAG, find_source, reuse
 from bench.tracking import EpochLogger, Tracker, worker_id
+from vitdsi import interrupt
 from vitdsi.log import console
 
 
@@ -123,8 +124,13 @@ class Objective:
         from bench.trial import run_trial
 
         curves = EpochLogger(self.tracker, run_id, seeds=cfg.repeats > 1, first_seed=cfg.seed)
+
+        def on_epoch(repeat: int, entry) -> None:
+            curves(repeat, entry)
+            interrupt.check()  # between epochs: Ctrl-C stops the trial here
+
         try:
-            result = run_trial(cfg, device=self.options.device, on_epoch=curves)
+            result = run_trial(cfg, device=self.options.device, on_epoch=on_epoch)
         finally:
             curves.flush()
         summary = {k: v.to_dict() for k, v in result.summary.items()}

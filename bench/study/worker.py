@@ -22,6 +22,7 @@ from bench.study.storage import ClaimLock, make_storage
 from bench.study.summary import RunOutcome, count_states
 from bench.tracking import Tracker, default_storage, redact
 from bench.trial import forget_built, prepare
+from vitdsi import interrupt
 from vitdsi.data import DATASETS
 from vitdsi.errors import DatasetNotFoundError, VitDSIError
 from vitdsi.log import console, get_logger, progress
@@ -114,6 +115,7 @@ def _run(study: Study, options: RunOptions) -> RunOutcome:
             task = bar.add_task(f"trials of {study_name}", total=target)
             consecutive_failures = 0
             while True:
+                interrupt.check()  # between trials
                 # every decision below reads one snapshot, taken under the claim lock, which is held
                 # until `optimize` has popped (or made) this worker's trial
                 claim.acquire()
