@@ -275,3 +275,76 @@ def test_listed_allowed_values_are_what_the_retrievers_accept():
                 cls(**{param: "not-a-choice"}, device="cpu")
             checked += 1
     assert checked >= 10
+
+
+def test_check_names_both_lines_of_a_duplicate_key(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: dup\nretriever: pixels-knn\nscale: smoke\nfixed: {center: true}\nspace:\n"
+                    "  batch_size: [64]\nfixed:\n  center: false\n")
+    code, out = bench("run", str(path), "--check")
+    assert code == 2, out
+    line = one_error(out)
+    assert "duplicate key 'fixed'" in line and "line 4 and line 7" in line and str(path) in line
+
+
+def test_keys_merged_in_with_an_anchor_may_be_overridden(tmp_path):
+    from bench.config.loading import read_yaml
+
+    path = tmp_path / "merge.yaml"
+    path.write_text("common: &b {center: true, batch_size: 64}\nfixed:\n  <<: *b\n  center: false\n")
+    assert read_yaml(path)["fixed"] == {"center": False, "batch_size": 64}
+
+
+def test_an_alias_bomb_is_refused_at_once(tmp_path):
+    import time
+
+    levels = ['l0: &l0 ["lol"]'] + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(levels) + "\nname: bomb\nretriever: pixels-knn\n")
+    t0 = time.perf_counter()
+    code, out = bench("run", str(path), "--check")
+    assert time.perf_counter() - t0 < 1.0
+    assert code == 2, out
+    assert "aliases expand to more than" in one_error(out)
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ("fixed: {lr: .inf}", "fixed.lr"),
+    ("space:\n  lr: {type: float, low: .nan, high: 0.1}", "space.lr.low"),
+    ("space:\n  weight_decay: [0.1, -.inf]", "space.weight_decay.1"),
+])
+def test_check_refuses_nan_and_infinite_floats_naming_the_field(tmp_path, text, field):
+    path = tmp_path / "nan.yaml"
+    path.write_text(f"name: nan\nretriever: dsi-vit\nscale: smoke\n{text}\n")
+    code, out = bench("run", str(path), "--check")
+    assert code == 2, out
+    line = one_error(out)
+    assert f"field `{field}`" in line and "not a finite number" in line
+    code, out = bench("run", str(_write(tmp_path)), "--check", "--set", "fixed.lr=.nan")
+    assert code == 2 and "field `fixed.lr`" in one_error(out)
+
+
+@pytest.mark.parametrize(("setting", "field", "message"), [
+    ("dataset.n_total=100000000000000000000000", "dataset.n_total", "less than or equal to 100000000"),
+    ("dataset.size=100000", "dataset.size", "less than or equal to 4096"),
+    ("space.dataset.size=[32, 100000]", "dataset.size", "less than or equal to 4096"),
+    (f"seed={2**66}", "seed", "less than or equal to 4294967295"),
+    ("dataset.seed=-1", "dataset.seed", "greater than or equal to 0"),
+    ("repeats=1000000", "repeats", "less than or equal to 100"),
+    ("fixed.dim=-64", "fixed.dim", "parameter 'dim' must be in 1..16,384, got -64"),
+    ("space.ff_dim=[64, 1000000]", "space.ff_dim", "parameter 'ff_dim' must be in 1..16,384, got 1,000,000"),
+    ("fixed.index_epochs=10000000000", "fixed.index_epochs", "must be in 0..100,000,000"),
+])
+def test_check_bounds_sizes_seeds_and_build_parameters(tmp_path, setting, field, message):
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump({"name": "b", "retriever": "dsi-vit", "scale": "smoke"}))
+    code, out = bench("run", str(path), "--check", "--set", setting)
+    assert code == 2, out
+    assert "Traceback" not in out and f"`{field}`" in out and message in " ".join(out.split()), out
+
+
+def test_check_refuses_seeds_that_repeats_push_past_the_largest(tmp_path):
+    code, out = bench("run", str(_write(tmp_path)), "--check", "--set", f"seed={2**32 - 2}", "--set", "repeats=3")
+    assert code == 2 and "exceeds the largest seed 4294967295" in " ".join(out.split()), out
+    code, out = bench("run", str(_write(tmp_path)), "--check", "--set", f"seed={2**32 - 3}", "--set", "repeats=3")
+    assert code == 0, out

@@ -65,6 +65,51 @@ def test_fashion_mnist_root_you_give_must_exist(tmp_path, monkeypatch):
         fashion_mnist.locate(str(tmp_path / "other"), download=False)
 
 
+def _write_fashion(root: Path, n: int = 6) -> None:
+    """The four Fashion-MNIST idx files, gzipped, with `n` random 28x28 images per part."""
+    import gzip
+
+    rng = np.random.default_rng(0)
+    for images, labels in (("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                           ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")):
+        pixels = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8).tobytes()
+        head = b"\x00\x00\x08\x03" + b"".join(v.to_bytes(4, "big") for v in (n, 28, 28))
+        (root / f"{images}.gz").write_bytes(gzip.compress(head + pixels))
+        tags = (np.arange(n) % 10).astype(np.uint8).tobytes()
+        (root / f"{labels}.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01" + n.to_bytes(4, "big") + tags))
+
+
+@pytest.mark.parametrize("damage", ["truncated gzip", "not gzip", "short body", "wrong magic"])
+def test_corrupt_or_truncated_fashion_mnist_file_is_named(tmp_path, damage):
+    import gzip
+
+    _write_fashion(tmp_path)
+    assert load_dataset("fashion-mnist", root=str(tmp_path), size=28, download=False).images.shape == (12, 3, 28, 28)
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    data = path.read_bytes()
+    if damage == "truncated gzip":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "not gzip":
+        path.write_bytes(b"\x1f\x8b\x08\x00" + b"\xff" * 64)
+    elif damage == "short body":
+        path.write_bytes(gzip.compress(gzip.decompress(data)[:-100]))
+    else:
+        path.write_bytes(gzip.compress(b"<html>" + gzip.decompress(data)[6:]))
+    with pytest.raises(VitDSIError, match=rf"fashion-mnist file {path} is corrupt or truncated \("):
+        load_dataset("fashion-mnist", root=str(tmp_path), size=28, download=False)
+
+
+def test_truncated_fashion_mnist_label_header_is_named(tmp_path):
+    from vitdsi.data.sources import fashion_mnist
+
+    _write_fashion(tmp_path)
+    assert fashion_mnist.count(tmp_path) == 12
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:12])
+    with pytest.raises(VitDSIError, match=rf"{path} is corrupt or truncated"):
+        fashion_mnist.count(tmp_path)
+
+
 def test_unknown_dataset_and_parameter_and_limit_errors():
     with pytest.raises(VitDSIError, match="known datasets: digits, fashion-mnist, imagefolder, coco, coco-mosaic"):
         load_dataset("mnist")
@@ -332,3 +377,33 @@ def test_sources_do_not_import_the_registry():
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert not imported & {"vitdsi.data", "vitdsi.data.registry"}, path.name
+
+
+def test_imagefolder_decompression_bomb_is_a_named_error(tmp_path, monkeypatch):
+    """PIL refuses to open an image with more than 2 x MAX_IMAGE_PIXELS pixels; the load and the
+    cheap probe of `bench run --check` stop with an error naming the file, not a traceback."""
+    from vitdsi.data.prep import load_image_file
+    from vitdsi.data.sources.imagefolder import probe
+
+    _write_tree(tmp_path)
+    bomb = tmp_path / "dog" / "bomb.png"
+    Image.fromarray(np.zeros((200, 200, 3), np.uint8)).save(bomb)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 40x42 images pass, 200x200 is over twice it
+    with pytest.raises(VitDSIError, match=rf"image {bomb} is too large to decode: .*MAX_IMAGE_PIXELS"):
+        load_dataset("imagefolder", root=str(tmp_path), size=16)
+    with pytest.raises(VitDSIError, match=rf"image {bomb} is too large"):
+        load_image_file(bomb, 16)  # a `bench search` query image
+    with pytest.raises(VitDSIError, match=rf"image {bomb} is too large"):
+        probe(str(tmp_path))
+
+
+def test_imagefolder_warns_about_an_empty_class_folder(tmp_path, caplog):
+    import logging
+
+    _write_tree(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no images here")
+    with caplog.at_level(logging.WARNING):
+        ds = load_dataset("imagefolder", root=str(tmp_path), size=16)
+    assert ds.class_names == ("cat", "dog", "empty") and len(ds) == 12
+    assert "1 class folder(s) with no usable image" in caplog.text and "empty" in caplog.text

@@ -11,7 +11,7 @@ import torch
 from vitdsi.data import ImageSet
 from vitdsi.errors import VitDSIError
 from vitdsi.models import VitDSI, VitDSIConfig, VitEncoder, VitEncoderConfig
-from vitdsi.retrievers import create, load_retriever, save_retriever
+from vitdsi.retrievers import create, get, load_retriever, save_retriever
 from vitdsi.retrievers.base import Supervision
 
 TINY = dict(patch_size=8, dim=32, ff_dim=64, depth=1, heads=2, dropout=0.0, lr=2e-3, batch_size=32, device="cpu")
@@ -211,8 +211,10 @@ def test_bad_parameters_are_clear_errors(name, tiny_split):
         create(name, **{**TINY, "heads": 3})
     with pytest.raises(VitDSIError, match="pos_encoding"):
         create(name, **{**TINY, "pos_encoding": "rotary"})
+    with pytest.raises(VitDSIError, match=rf"{name}: parameter 'epochs' must be in 0\.\.100,000,000, got -1"):
+        create(name, **{**TINY, "epochs": -1})  # bounds of integer parameters (vitdsi.limits)
     with pytest.raises(VitDSIError, match="epochs >= 0"):
-        create(name, **{**TINY, "epochs": -1})
+        get(name)(**{**TINY, "epochs": -1})  # built directly: the retriever's own check
 
 
 def test_dual_encoder_parameter_errors():

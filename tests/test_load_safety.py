@@ -76,3 +76,16 @@ def test_state_of_every_retriever_loads_with_weights_only(tiny_split, tmp_path):
         save_retriever(r, tmp_path / name)
         torch.load(tmp_path / name / "state.pt", weights_only=True)
         assert json.loads((tmp_path / name / "retriever.json").read_text())["retriever"] == name
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("image_size", 10**6, "image_size 1,000,000 out of bounds"),
+    ("corpus_size", 2**70, "out of bounds"),
+    ("build_params", {"center": True, "batch_size": -5}, "parameter 'batch_size' must be in 1..100,000,000"),
+])
+def test_out_of_bounds_saved_config_is_a_named_error(saved, key, value, message):
+    config = json.loads((saved / "retriever.json").read_text())
+    config[key] = value
+    (saved / "retriever.json").write_text(json.dumps(config))
+    with pytest.raises(VitDSIError, match=rf"retriever\.json: .*{message}"):
+        load_retriever(saved, device="cpu")

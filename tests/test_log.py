@@ -31,3 +31,51 @@ def test_progress_lines_are_rate_limited_and_silenced(monkeypatch, capsys):
         task = bar.add_task("decoding", total=10)
         bar.advance(task)
     assert "progress:" not in capsys.readouterr().err
+
+
+def test_ctrl_c_sets_a_flag_that_a_progress_step_acts_on():
+    import os
+    import signal
+
+    import pytest
+
+    from vitdsi import interrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    with interrupt.deferred_interrupts():
+        os.kill(os.getpid(), signal.SIGINT)  # no exception here: the handler only sets the flag
+        assert interrupt.requested()
+        with pytest.raises(KeyboardInterrupt), progress() as bar:
+            task = bar.add_task("dsi index", total=3)
+            bar.advance(task)
+        assert not interrupt.requested()  # delivered once; the cleanup may pass safe points
+        interrupt.check()
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(KeyboardInterrupt):  # a second signal before a safe point: at once
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before and not interrupt.requested()
+
+
+def test_ctrl_c_inside_a_garbage_collection_callback_is_not_lost():
+    """A KeyboardInterrupt raised in a gc callback is printed and dropped by Python; the flag
+    outlives the callback and stops the work at the next safe point."""
+    import gc
+    import os
+    import signal
+
+    import pytest
+
+    from vitdsi import interrupt
+
+    def callback(phase, info):
+        if phase == "start":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with interrupt.deferred_interrupts():
+        gc.callbacks.append(callback)
+        try:
+            gc.collect()
+        finally:
+            gc.callbacks.remove(callback)
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.check()

@@ -232,6 +232,25 @@ def _wait_running(store, study_name: str, number: int, proc: subprocess.Popen, t
     raise AssertionError(f"trial {number} did not start")
 
 
+def test_ctrl_c_at_the_start_of_a_run_stops_it(store, tmp_path):
+    """Ctrl-C as soon as the worker starts (imports, data checks and study setup, when garbage
+    collection runs often) is acted on at the next safe point: exit 130, no traceback."""
+    study = tmp_path / "early.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "early", "retriever": "test-sleepy-knn", "scale": "smoke", "plugins": [str(SLEEPY)],
+        "fixed": {"sleep": 0.5, "epochs": 4}, "space": {"center": [True, False]}, "dataset": {"n_total": 120},
+    }))
+    proc = _bench(store, study)
+    for line in proc.stdout:
+        if line.startswith("study early-smoke"):
+            proc.send_signal(signal.SIGINT)
+            break
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, output
+    assert "interrupted" in output and "Traceback" not in output
+    assert all(t.state != TrialState.COMPLETE for t in trials_of(store, "early-smoke"))
+
+
 def test_ctrl_c_and_killed_worker_then_resume(store, tmp_path):
     study = tmp_path / "sleepy.yaml"
     study.write_text(yaml.safe_dump({
@@ -251,14 +270,16 @@ def test_ctrl_c_and_killed_worker_then_resume(store, tmp_path):
     assert t1.state == TrialState.WAITING and t0.state == TrialState.FAIL and "interrupted" in t0.user_attrs["error"]
     assert client.get_run(t0.user_attrs["mlflow_run_id"]).info.status == "KILLED"
 
-    # 2. SIGKILL during the next trial, after one trial completed
+    # 2. SIGKILL during the next trial, after one trial completed: the retry of point 0 (trial 2)
+    # runs first; point 1, queued before it as trial 1, is queued again behind it as trial 3
     proc = _bench(store, study)
-    _wait_running(store, "sleepy-smoke", 2, proc)
+    _wait_running(store, "sleepy-smoke", 3, proc)
     proc.kill()
     proc.communicate(timeout=60)
     trials = trials_of(store, "sleepy-smoke")
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(done) == 1 and trials[2].state == TrialState.RUNNING
+    assert len(done) == 1 and done[0].number == 2 and done[0].user_attrs["retry_of"] == 0
+    assert trials[1].user_attrs["requeued"] and trials[3].state == TrialState.RUNNING
     kept_run = done[0].user_attrs["mlflow_run_id"]
     kept_metrics = client.get_run(kept_run).data.metrics
 
@@ -269,17 +290,55 @@ def test_ctrl_c_and_killed_worker_then_resume(store, tmp_path):
     trials = trials_of(store, "sleepy-smoke")
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert sorted(t.params["center"] for t in complete) == [False, True]
-    assert trials[2].state == TrialState.FAIL
-    assert any(t.system_attrs.get("failed_trial") == 2 for t in complete)  # the re-queued copy
-    assert client.get_run(trials[2].user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    assert trials[3].state == TrialState.FAIL
+    assert any(t.system_attrs.get("failed_trial") == 3 for t in complete)  # the re-queued copy
+    assert client.get_run(trials[3].user_attrs["mlflow_run_id"]).info.status == "KILLED"
     assert client.get_run(kept_run).data.metrics == kept_metrics
-    parents = {client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["mlflow.parentRunId"] for t in trials}
+    parents = {client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["mlflow.parentRunId"]
+               for t in trials if "mlflow_run_id" in t.user_attrs}
     assert len(parents) == 1
     finished = [r for r in nested_runs(client, parents.pop()) if r.info.status == "FINISHED"]
     assert len(finished) == 2
     for r in finished:  # per-epoch training curves
         history = client.get_metric_history(r.info.run_id, "train/index/loss")
         assert [round(m.value, 6) for m in history] == [1.0, 0.5, round(1 / 3, 6)]
+
+
+def test_a_diverged_trial_fails_with_its_reason_and_the_study_goes_on(store):
+    study = resolve({"name": "diverge", "retriever": "classifier", "scale": "smoke", "fixed": {"epochs": 2},
+                     "space": {"lr": [1e30, 2e-3]}, "dataset": {"n_total": 120}})
+    out = run(study, options(store))
+    assert out.counts == {"FAIL": 1, "COMPLETE": 1} and out.failed == [0]
+    bad, good = trials_of(store, "diverge-smoke")
+    assert bad.params["lr"] == 1e30 and good.state == TrialState.COMPLETE
+    assert bad.user_attrs["error"].startswith("TrainingDivergedError: classify: training loss became nan at epoch 1")
+    assert "lower lr (now 1e+30)" in bad.user_attrs["error"]
+
+
+@pytest.mark.parametrize("where", ["before_trial", "sample_independent"])
+def test_sampler_errors_count_toward_the_consecutive_failure_stop(store, monkeypatch, where):
+    """A sampler that raises (in `ask`, or when a value is drawn) fails the trial; the worker stops
+    after MAX_CONSECUTIVE_FAILURES of them instead of failing trials forever, and leaves none RUNNING."""
+    from bench.study import worker
+    from bench.study.samplers import PerTrialSeeded
+
+    class Broken(optuna.samplers.RandomSampler):
+        def before_trial(self, study, trial):
+            if where == "before_trial":
+                raise ValueError("low is nan")
+
+        def sample_independent(self, *args):
+            raise ValueError("low is nan")
+
+    monkeypatch.setattr(worker, "MAX_CONSECUTIVE_FAILURES", 3)
+    monkeypatch.setattr(worker, "make_sampler", lambda study: PerTrialSeeded(lambda s: Broken(seed=s), 0))
+    study = knn_study(f"broken-{where}".replace("_", "-"), n_trials=10,
+                      space={"batch_size": {"type": "int", "low": 8, "high": 512}})
+    out = run(study, options(store))
+    assert out.counts == {"FAIL": 3} and out.failed == [0, 1, 2] and not out.done
+    trials = trials_of(store, study.default_study_name)
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3
+    assert all(t.user_attrs["error"] == "sampler: ValueError: low is nan" for t in trials)
 
 
 def test_study_file_changed_under_the_same_name_is_refused(store):
@@ -307,9 +366,9 @@ def test_tracking_and_storage_defaults(tmp_path, monkeypatch):
     assert redact("postgresql://u:secret@host/db") == "postgresql://u:***@host/db"
 
 
-def test_resume_retries_the_interrupted_point(store):
+def test_resume_retries_the_interrupted_point_first(store):
     """A grid is a queue of enqueued trials; a point interrupted in another session (recorded FAIL)
-    is queued again by the next run and run once, like every other point."""
+    is queued again by the next run and run once, before the points that never ran."""
     study = knn_study("retry-first", space={"dataset.n_total": [100, 120, 140, 160]})
     first = run(study, options(store, n_trials=1))
     assert first.counts == {"COMPLETE": 1} and first.queued == 3
@@ -323,6 +382,9 @@ def test_resume_retries_the_interrupted_point(store):
     assert sorted(t.params["dataset.n_total"] for t in complete) == [100, 120, 140, 160]
     (retried,) = [t for t in complete if t.user_attrs.get("retry_of") == interrupted.number]
     assert retried.params["dataset.n_total"] == 120
+    this_run = sorted((t for t in complete if t.number > interrupted.number), key=lambda t: t.datetime_start)
+    assert [t.params["dataset.n_total"] for t in this_run] == [120, 140, 160]
+    assert out.counts == {"COMPLETE": 4, "FAIL": 1}  # the points queued again behind the retry are not counted
     tags = MlflowClient(store.tracking).get_run(retried.user_attrs["mlflow_run_id"]).data.tags
     assert tags["optuna.retry_of"] == str(interrupted.number)
 
@@ -349,7 +411,7 @@ def test_worker_waits_for_a_point_another_worker_holds(store, monkeypatch):
     assert out.done and out.counts == {"COMPLETE": 2}, out.counts
 
 
-def test_search_after_the_data_moved(store, tmp_path):
+def test_search_after_the_data_moved(store, tmp_path, monkeypatch):
     """`bench search` on a run whose imagefolder root moved: a clear error, then --set dataset.root."""
     from PIL import Image
 
@@ -377,6 +439,16 @@ def test_search_after_the_data_moved(store, tmp_path):
     trial_mod._DATASETS.clear()
     res = runner.invoke(app, [*common, "--set", f"dataset.root={moved}"], env={"COLUMNS": "400"})
     assert res.exit_code == 0, res.output
+    # a query image PIL refuses as a decompression bomb: one error line naming it
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((200, 200, 3), np.uint8)).save(big)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # the 16 px corpus passes, 200 px is over twice it
+    trial_mod._DATASETS.clear()
+    res = runner.invoke(app, ["search", "--run", run_id, str(big), "--out", str(tmp_path / "g.png"), "--tracking-uri",
+                              store.tracking, "--set", f"dataset.root={moved}"], env={"COLUMNS": "400"})
+    assert res.exit_code == 2 and f"image {big} is too large to decode" in res.output.replace("\n", ""), res.output
+    assert "Traceback" not in res.output
+    monkeypatch.undo()
     # other data at that root (a file renamed) are refused, not silently used
     (moved / "a" / "3.png").rename(moved / "a" / "3b.png")
     trial_mod._DATASETS.clear()

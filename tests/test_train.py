@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vitdsi.divergence import TrainingDivergedError
 from vitdsi.errors import VitDSIError
 from vitdsi.ids import make_ids
 from vitdsi.models import VitDSI, VitDSIConfig
@@ -163,3 +164,30 @@ def test_ia_is_measured_on_a_fixed_sample_when_asked(small):
     assert sampled.greedy_ia1() == pytest.approx(right[rows].mean().item())
     with pytest.raises(VitDSIError, match="ia_sample must be >= 0"):
         TrainConfig(ia_sample=-1)
+
+
+def test_a_non_finite_loss_stops_dsi_training_naming_epoch_step_and_lr(small):
+    corpus, _ = small
+    trainer = make_trainer(corpus, lr=float("inf"), index_epochs=3, target_ia=1.1)
+    with pytest.raises(TrainingDivergedError, match=r"dsi index: training loss became nan at epoch 1 \(step 2\): lower lr \(now inf\)"):
+        trainer.fit()
+
+
+def test_a_non_finite_loss_stops_the_shared_epoch_loop():
+    from vitdsi.training.loop import LoopConfig, train_epochs
+
+    model = torch.nn.Linear(4, 2)
+    x, y = torch.randn(8, 4), torch.tensor([0, 1] * 4)
+
+    def step(batch):
+        xb, yb = batch
+        return torch.nn.functional.cross_entropy(model(xb), yb), len(xb), 0
+
+    batches = lambda: [(x[:4], y[:4]), (x[4:], y[4:])]  # noqa: E731
+    with pytest.raises(TrainingDivergedError, match=r"classify: training loss became nan at epoch 1 \(step 2\)"):
+        train_epochs(model, LoopConfig(epochs=2, lr=float("inf")), "classify", batches, step, steps_per_epoch=2,
+                     device=torch.device("cpu"))
+    model = torch.nn.Linear(4, 2)
+    history = train_epochs(model, LoopConfig(epochs=2, lr=1e-2), "classify", batches, step, steps_per_epoch=2,
+                           device=torch.device("cpu"))
+    assert len(history) == 2

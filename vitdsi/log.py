@@ -26,6 +26,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from vitdsi import interrupt
+
 console = Console(stderr=True)
 
 _configured = False
@@ -84,10 +86,12 @@ class _Progress(Progress):
     def update(self, task_id, *args, **kwargs) -> None:
         super().update(task_id, *args, **kwargs)
         self._maybe_line(task_id)
+        interrupt.check()  # a progress step is a safe point to stop at
 
     def advance(self, task_id, advance: float = 1) -> None:
         super().advance(task_id, advance)
         self._maybe_line(task_id)
+        interrupt.check()
 
     def _maybe_line(self, task_id) -> None:
         if self._every is None or task_id not in self._started:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import signal
-
 import typer
 from rich.markup import escape
 
 from bench.commands.common import find_study, friendly_errors
+from vitdsi.interrupt import deferred_interrupts
 from vitdsi.log import console
 
 
@@ -32,7 +31,8 @@ def command(
     from bench.config import load_study
 
     path = find_study(study_file)
-    with friendly_errors():
+    # from here Ctrl-C / SIGTERM set a flag, acted on between trials and epochs (vitdsi.interrupt)
+    with deferred_interrupts(), friendly_errors():
         study = load_study(path, scale=scale, overrides=overrides or [])
         if check:
             from bench.config import check_data
@@ -51,19 +51,15 @@ def command(
 
         options = RunOptions(storage=storage, tracking_uri=tracking_uri, study_name=study_name, n_trials=n_trials,
                              device=device, heartbeat=heartbeat, wait_for_others=wait, threads=threads, reuse=reuse)
-        previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-        # a worker started in the background by a non-interactive shell (`bench run ... &` in a
-        # script) inherits SIGINT ignored; Ctrl-C / `kill -INT` must still stop it cleanly
-        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             outcome = run(study, options)
             Tracker(outcome.tracking_uri).set_overrides(outcome.parent_run_id, overrides or [])
         except StudyMismatchError as e:
             console.print(f"[red]error:[/] {escape(str(e))}")
             raise typer.Exit(2) from None
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            signal.signal(signal.SIGINT, previous_int)
+        except KeyboardInterrupt:  # while the data were checked, before the study was opened
+            console.print("[yellow]interrupted[/] before the first trial; nothing was recorded")
+            raise typer.Exit(130) from None
     if outcome.trials:
         console.print(trials_table(outcome))
     console.print(describe(outcome), markup=False, highlight=False)
@@ -73,8 +69,3 @@ def command(
         console.print(f"[yellow]{outcome.complete}/{outcome.target} trials complete[/]; "
                       f"failed this run: {outcome.failed or 'none'}. Fix the cause and run again to retry them.")
         raise typer.Exit(1)
-
-
-def _sigterm_as_interrupt(signum, frame) -> None:
-    """A scheduler's SIGTERM (preemption) stops the study like Ctrl-C: the trial is recorded."""
-    raise KeyboardInterrupt

@@ -11,6 +11,7 @@ from bench.config.errors import StudyConfigError, suggest
 from bench.config.resolved import DataConfig, Study
 from bench.config.schema import RESERVED_PARAMS, Categorical, FloatRange, IntRange, StudyFile, route
 from vitdsi.errors import VitDSIError
+from vitdsi.limits import check_param
 
 
 def check_name(cls, where: str, name: str, field_path: str, source: str, method: str | None = None) -> None:
@@ -56,6 +57,11 @@ def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
         if ok is not None and not ok(value):
             problems.append(f"field `{where}`: parameter '{key}' of retriever '{study.methods[method].retriever}' "
                             f"takes {type(default).__name__} values (default {default!r}), got {value!r}")
+            return
+        try:
+            check_param(study.methods[method].retriever, key, value)
+        except VitDSIError as e:
+            problems.append(f"field `{where}`: {e}")
 
     paths: dict[tuple[str, str], str] = {}  # (method, parameter) -> where the study file sets it
     for mname, m in study.methods.items():

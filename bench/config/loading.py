@@ -7,6 +7,7 @@ import copy
 import hashlib
 import importlib
 import importlib.util
+import math
 import re
 import sys
 from pathlib import Path
@@ -19,9 +20,59 @@ from bench.config.resolution import build_study, deep_merge, scale_overlay
 from bench.config.resolved import Study
 from bench.config.schema import validate_file
 
+MAX_YAML_NODES = 100_000  # a study file has hundreds; aliases may not expand a file beyond this
+
+
+class YamlRefused(yaml.YAMLError):
+    """A YAML text that parses but is refused: a duplicate key, aliases that expand too far."""
+
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads `1e-3` as a string; read it as the float everyone means."""
+    """A SafeLoader that refuses duplicate keys and alias bombs, and reads `1e-3` as the float
+    everyone means (YAML 1.1 reads it as a string)."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        _expanded_size(node, {}, set())
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # keys merged in with `<<` may be overridden; keys written twice may not
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader's own error names it
+                if first is not None:
+                    raise YamlRefused(f"duplicate key '{key}' (line {first} and line {line}); "
+                                      "a key may appear once in a mapping")
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node, sizes: dict[int, int], open_: set[int]) -> int:
+    """Nodes in the document once every alias is replaced by what it names (each shared node is
+    sized once, so an alias bomb is measured without being expanded)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_:
+        raise YamlRefused("an alias refers to the node that contains it (a recursive structure)")
+    open_.add(id(node))
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, sizes, open_) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, sizes, open_) + _expanded_size(v, sizes, open_) for k, v in node.value)
+    open_.discard(id(node))
+    if size > MAX_YAML_NODES:
+        raise YamlRefused(f"its aliases expand to more than {MAX_YAML_NODES:,} values (an alias bomb?)")
+    sizes[id(node)] = size
+    return size
 
 
 _Loader.add_implicit_resolver(
@@ -48,6 +99,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise StudyConfigError(f"{path}: a binary file (it holds NUL bytes); a study file is YAML")
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except YamlRefused as e:
+        raise StudyConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise StudyConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
@@ -78,6 +131,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "<
                 break
         try:
             value = yaml.load(raw, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+        except YamlRefused as e:
+            raise StudyConfigError(f"{source}: --set {item!r}: {e}") from None
         except yaml.YAMLError as e:
             raise StudyConfigError(f"{source}: --set {item!r}: the value is not valid YAML: {e}") from None
         node = out
@@ -102,6 +157,7 @@ def resolve(data: dict[str, Any], *, scale: str | None = None, source: str = "<s
     early = [o for o in overrides if o.partition("=")[0].strip().split(".")[0] in ("scales", "scale")]
     late = [o for o in overrides if o not in early]
     data = apply_overrides(data, early, source=source)
+    reject_non_finite(data, source)
     base = validate_file(data, source)
     scale = scale or base.scale
     if scale not in SCALES:
@@ -112,10 +168,24 @@ def resolve(data: dict[str, Any], *, scale: str | None = None, source: str = "<s
     if scale in base.scales or late:
         merged = deep_merge({k: v for k, v in data.items() if k != "scales"}, overlay)
         merged = apply_overrides(merged, late, source=source)
+        reject_non_finite(merged, source + " (with --set applied)" if late else source)
         where = [f"`scales.{scale}`"] * (scale in base.scales) + ["--set"] * bool(late)
         study_file = validate_file(merged, f"{source} (with {' and '.join(where)} applied)")
     import_plugins(study_file.plugins, Path(source).parent if source != "<study>" else Path.cwd(), source)
     return build_study(study_file, scale, source)
+
+
+def reject_non_finite(data: Any, source: str, path: str = "") -> None:
+    """A `StudyConfigError` naming the first field that holds NaN or an infinity (`.nan`, `.inf`):
+    no setting means them, and a trial would run with them to a meaningless result."""
+    if isinstance(data, float) and not math.isfinite(data):
+        raise StudyConfigError(f"{source}: field `{path or '(top level)'}`: {data} is not a finite number")
+    if isinstance(data, dict):
+        for key, value in data.items():
+            reject_non_finite(value, source, f"{path}.{key}" if path else str(key))
+    elif isinstance(data, list | tuple):
+        for i, value in enumerate(data):
+            reject_non_finite(value, source, f"{path}.{i}" if path else str(i))
 
 
 def import_plugins(plugins: list[str], base_dir: Path, source: str) -> None:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serial
 from bench.config.errors import StudyConfigError, field_errors
 from bench.config.latency import grown_params
 from bench.config.schema import Distribution, grid_points, route
+from vitdsi.limits import MAX_IMAGE_SIDE, MAX_IMAGES
 
 _R = TypeVar("_R", bound="Resolved")
 
@@ -29,9 +30,9 @@ class DataConfig(Resolved):
     """A dataset and split with every value filled in."""
 
     name: str  # dataset registry name
-    size: int  # image side in pixels
+    size: Annotated[int, Field(ge=1, le=MAX_IMAGE_SIDE)]  # image side in pixels
     # strict: a searched n_total or split_ratio of the wrong type is an error, not rounded or cast
-    n_total: Annotated[int, Field(strict=True)]  # images drawn for the split
+    n_total: Annotated[int, Field(strict=True, ge=2, le=MAX_IMAGES)]  # images drawn for the split
     split_ratio: Annotated[float, Field(strict=True)]  # indexed fraction
     query_fractions: tuple[float, float, float]  # train / val / test share of the queries
     seed: int  # seeds the image draw and the split

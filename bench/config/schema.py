@@ -14,9 +14,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bench.config.errors import StudyConfigError, field_errors
+from vitdsi.limits import MAX_IMAGE_SIDE, MAX_IMAGES, MAX_SEED
 
 Scalar = bool | int | float | str | None
 RESERVED_PARAMS = ("seed", "device")  # set by the harness (repeats, --device), never by a study
+MAX_REPEATS = 100  # seeds per trial
 DEFAULT_STUDY_METRICS = ["P@10", "MAP@10", "R@100", "nDCG@10", "MRR", "FPR@10", "IA@1", "IA@5"]
 
 
@@ -119,12 +121,12 @@ class DatasetConfig(_Model):
 
     name: str | None = None  # dataset registry name (`bench list datasets`)
     root: str | None = None  # where the files are, for file-based sources
-    size: int | None = Field(None, ge=1)  # square image side in pixels
-    n_total: int | None = Field(None, ge=2)  # images drawn for the split (indexed + queries)
+    size: int | None = Field(None, ge=1, le=MAX_IMAGE_SIDE)  # square image side in pixels
+    n_total: int | None = Field(None, ge=2, le=MAX_IMAGES)  # images drawn for the split (indexed + queries)
     split_ratio: float | None = Field(None, gt=0, le=1)  # fraction of n_total that is indexed
     query_fractions: tuple[float, float, float] | None = None  # train / val / test share of the queries
-    seed: int = 0  # seeds the draw of images and the split (all trials share one split)
-    limit: int | None = Field(None, ge=1)  # keep at most this many source images (stratified)
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # seeds the draw of images and the split (all trials share one split)
+    limit: int | None = Field(None, ge=1, le=MAX_IMAGES)  # keep at most this many source images (stratified)
     options: dict[str, Any] = Field(default_factory=dict)  # other loader parameters (e.g. fit: pad)
     protocol: Literal["class", "instance", "unseen-classes", "graded", "text"] = "class"  # what a query is (vitdsi.data.protocols)
     instance: InstanceConfig | None = None  # options of the instance protocol
@@ -137,7 +139,7 @@ class SamplerConfig(_Model):
     """The Optuna sampler."""
 
     type: Literal["grid", "tpe", "random"] | None = None  # default: grid when every dimension is a list of choices
-    seed: int = 0  # seeds the sampler (per trial number, so parallel workers differ)
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # seeds the sampler (per trial number, so parallel workers differ)
     n_startup_trials: int | None = Field(None, ge=0)  # TPE: random trials before modelling
 
 
@@ -247,8 +249,8 @@ class StudyFile(_Model):
     n_trials: int | None = Field(None, ge=1)  # finished trials wanted; default: the whole grid, or 20
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)  # what it optimises
     metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_STUDY_METRICS), min_length=1)  # logged per trial
-    repeats: int = Field(1, ge=1)  # seeds per trial; metrics are the mean over seeds with a 95% CI
-    seed: int = 0  # first retriever seed; repeat r uses seed + r
+    repeats: int = Field(1, ge=1, le=MAX_REPEATS)  # seeds per trial; metrics are the mean over seeds with a 95% CI
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # first retriever seed; repeat r uses seed + r
     # torch / FAISS / OpenCV threads per worker; None = the libraries' default (every core). With
     # several workers on one machine, give each cores / workers: two 2-thread workers on 2 cores
     # trained DSIs 5-15x slower than two 1-thread ones
@@ -268,6 +270,9 @@ class StudyFile(_Model):
 
     @model_validator(mode="after")
     def _one_retriever_source(self) -> StudyFile:
+        if self.seed + self.repeats - 1 > MAX_SEED:
+            raise ValueError(f"`seed` + `repeats` - 1 = {self.seed + self.repeats - 1} exceeds the largest seed "
+                             f"{MAX_SEED} (repeat r uses seed + r)")
         if (self.retriever is None) == (self.methods is None):
             raise ValueError("give either `retriever` (one retriever) or `methods` (several named ones), not both or neither")
         if self.methods is not None and not self.methods:

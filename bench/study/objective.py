@@ -15,6 +15,7 @@ from bench.config import Categorical, FloatRange, IntRange, Study
 from bench.curves import EpochLogger
 from bench.reuse import REUSED_TAG, find_source, reuse
 from bench.tracking import Tracker, worker_id
+from vitdsi import interrupt
 from vitdsi.log import console
 
 
@@ -53,7 +54,12 @@ class Objective:
             if reason:
                 trial.set_user_attr("skipped", reason)
                 raise optuna.TrialPruned(reason)
-        sampled = self.suggest(trial)
+        try:
+            sampled = self.suggest(trial)
+        except Exception as e:
+            self.sampler_failed(trial.number, e)
+            trial.set_user_attr("error", f"sampler: {type(e).__name__}: {e}")
+            raise
         cfg = self.study.trial_config(sampled)
         source = find_source(self.tracker, cfg) if self.options.reuse else None
         tags = {"optuna.retry_of": str(trial.user_attrs["retry_of"])} if "retry_of" in trial.user_attrs else {}
@@ -96,6 +102,14 @@ class Objective:
                       f"test {s['mean']:.4f} ± {fmt(s['ci95'])} (chance {s['chance']:.4f}) in {time.perf_counter() - t0:.1f} s")
         return value
 
+    def sampler_failed(self, number: int | None, e: Exception) -> None:
+        """Count a trial the sampler could not draw as failed (it stops the worker like any failure)."""
+        self.failures += 1
+        if number is not None:
+            self.outcome.failed.append(number)
+        console.print(f"[red]trial {number if number is not None else '?'} failed[/]: the sampler raised "
+                      f"{escape(f'{type(e).__name__}: {e}')}")
+
     def value(self, summary: dict[str, Any], val_summary: dict[str, Any]) -> float:
         """The objective: the validation queries' mean, so model choice never reads test (IA@K,
         which queries the indexed images themselves, reads them)."""
@@ -111,8 +125,13 @@ class Objective:
         from bench.trial import run_trial
 
         curves = EpochLogger(self.tracker, run_id, seeds=cfg.repeats > 1, first_seed=cfg.seed)
+
+        def on_epoch(repeat: int, entry) -> None:
+            curves(repeat, entry)
+            interrupt.check()  # between epochs: Ctrl-C stops the trial here
+
         try:
-            result = run_trial(cfg, device=self.options.device, on_epoch=curves)
+            result = run_trial(cfg, device=self.options.device, on_epoch=on_epoch)
         finally:
             curves.flush()
         summary = {k: v.to_dict() for k, v in result.summary.items()}

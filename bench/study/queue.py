@@ -2,7 +2,8 @@
 
 `study.ask()` pops a WAITING trial before it makes a new one, so workers that claim under the
 `ClaimLock` each take a different point. Points without a COMPLETE, RUNNING or WAITING trial
-(new, failed or interrupted) are queued when a worker starts, behind the points still waiting.
+(new, failed or interrupted) are queued when a worker starts; a retried point is run before any
+point that has never run (`retries_first`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from typing import Any
 from optuna.trial import TrialState
 
 POINT_ATTR = "grid_id"  # user attr of a queued trial: the index of its grid point
+MOVED_ATTR = "requeued"  # user attr of a queued trial whose point was queued again behind the retries
 ALIVE = (TrialState.RUNNING, TrialState.WAITING)
+
+
+def trial_id(ostudy, storage, number: int) -> int:
+    """The storage's id of trial `number` of `ostudy`, through the storage's public API."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(ostudy.study_name), number)
 
 
 def point_key(params: dict[str, Any]) -> str:
@@ -46,6 +53,25 @@ class GridQueue:
             attrs = {POINT_ATTR: g, **({"retry_of": failed[g]} if g in failed else {})}
             ostudy.enqueue_trial(self.points[g], user_attrs=attrs)
         return len(free)
+
+    def retries_first(self, ostudy, storage, trials) -> int:
+        """Make the queued retries (failed, interrupted or stale points) run before the points
+        never run. Optuna pops WAITING trials by number, so every never-run point queued before
+        the last retry is queued again behind it and its old trial closed (PRUNED, marked
+        `MOVED_ATTR`, left out of the counts). Call it under the claim lock."""
+        waiting = sorted((t for t in trials if t.state == TrialState.WAITING), key=lambda t: t.number)
+        retries = [t.number for t in waiting if "retry_of" in t.user_attrs]
+        if not retries:
+            return 0
+        moved = [t for t in waiting if "retry_of" not in t.user_attrs and t.number < retries[-1]
+                 and self.point_of(t) is not None]
+        for t in moved:
+            tid = trial_id(ostudy, storage, t.number)
+            storage.set_trial_user_attr(tid, MOVED_ATTR, True)
+            storage.set_trial_user_attr(tid, "skipped", "queued again behind the retried points")
+            storage.set_trial_state_values(tid, TrialState.PRUNED)
+            ostudy.enqueue_trial(self.points[self.point_of(t)], user_attrs={POINT_ATTR: self.point_of(t)})
+        return len(moved)
 
     def duplicate(self, trial, trials) -> str | None:
         """Why `trial` must not run: no point (a new trial made when the queue ran dry), or its

@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 from rich.markup import escape
 
 from bench.study.objective import fmt
+from bench.study.queue import MOVED_ATTR
 
 
 @dataclass
@@ -41,8 +42,8 @@ class RunOutcome:
 
     def read(self, trials, direction: str) -> None:
         """Fill counts, queued, trials and best from a list of the study's FrozenTrials."""
-        started = [t for t in trials if t.state != TrialState.WAITING]
-        self.queued = len(trials) - len(started)
+        self.queued = sum(t.state == TrialState.WAITING for t in trials)
+        started = [t for t in trials if t.state != TrialState.WAITING and not t.user_attrs.get(MOVED_ATTR)]
         self.counts = count_states(started)
         self.trials = [
             {"number": t.number, "state": t.state.name, "params": t.params, "metrics": t.user_attrs.get("metrics", {}),
@@ -59,10 +60,10 @@ class RunOutcome:
 
 
 def count_states(trials) -> dict[str, int]:
-    """Trials by state name; WAITING ones (queued points) are left out."""
+    """Trials by state name; queued points (WAITING, or queued again behind retries) are left out."""
     out: dict[str, int] = {}
     for t in trials:
-        if t.state != TrialState.WAITING:
+        if t.state != TrialState.WAITING and not t.user_attrs.get(MOVED_ATTR):
             out[t.state.name] = out.get(t.state.name, 0) + 1
     return out
 

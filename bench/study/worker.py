@@ -16,12 +16,13 @@ from rich.markup import escape
 
 from bench.config import Study, check_data
 from bench.study.objective import Objective
-from bench.study.queue import GridQueue
+from bench.study.queue import GridQueue, trial_id
 from bench.study.samplers import make_sampler
 from bench.study.storage import ClaimLock, make_storage
 from bench.study.summary import RunOutcome, count_states
 from bench.tracking import Tracker, default_storage, redact
 from bench.trial import forget_built, prepare
+from vitdsi import interrupt
 from vitdsi.data import DATASETS
 from vitdsi.errors import DatasetNotFoundError, VitDSIError
 from vitdsi.log import console, get_logger, progress
@@ -97,6 +98,7 @@ def _run(study: Study, options: RunOptions) -> RunOutcome:
         with claim:
             optuna.storages.fail_stale_trials(ostudy)
             grid.enqueue_free(ostudy, ostudy.get_trials(deepcopy=False))
+            grid.retries_first(ostudy, storage, ostudy.get_trials(deepcopy=False))
     tracker.set_status(parent_id, "RUNNING")
 
     console.print(f"[bold]study[/] {study_name}: {study.sampler} over {', '.join(study.space) or 'one configuration'}, "
@@ -113,12 +115,15 @@ def _run(study: Study, options: RunOptions) -> RunOutcome:
             task = bar.add_task(f"trials of {study_name}", total=target)
             consecutive_failures = 0
             while True:
+                interrupt.check()  # between trials
                 # every decision below reads one snapshot, taken under the claim lock, which is held
                 # until `optimize` has popped (or made) this worker's trial
                 claim.acquire()
                 try:
                     optuna.storages.fail_stale_trials(ostudy)
                     trials = ostudy.get_trials(deepcopy=False)
+                    if grid is not None and grid.retries_first(ostudy, storage, trials):  # a stale trial's retry
+                        trials = ostudy.get_trials(deepcopy=False)
                     done = grid.done(trials) if grid else sum(t.state == TrialState.COMPLETE for t in trials)
                     bar.update(task, completed=min(done, target))
                     running = [t for t in trials if t.state == TrialState.RUNNING]
@@ -130,7 +135,11 @@ def _run(study: Study, options: RunOptions) -> RunOutcome:
                         has_work = consecutive_failures < MAX_CONSECUTIVE_FAILURES
                     if has_work and done + len(running) < target:
                         before = objective.failures
-                        ostudy.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+                        try:
+                            ostudy.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+                        except Exception as e:  # raised by the sampler in `ask`, before the objective ran
+                            number = _fail_unclaimed(ostudy, storage, trials, f"sampler: {type(e).__name__}: {e}")
+                            objective.sampler_failed(number, e)
                         consecutive_failures = consecutive_failures + 1 if objective.failures > before else 0
                         continue
                 finally:
@@ -154,6 +163,21 @@ def _run(study: Study, options: RunOptions) -> RunOutcome:
         except Exception as e:  # never hide the interrupt or the real error behind a logging one
             log.warning(f"could not update the study's MLflow run: {e}")
     return outcome
+
+
+def _fail_unclaimed(ostudy, storage, before, error: str) -> int | None:
+    """Mark FAIL the trial that `ask` popped or made before its sampler raised: under the claim
+    lock it is the one RUNNING trial that was not RUNNING in `before`. Left RUNNING, with no
+    heartbeat ever sent, it would never go stale and other workers would wait on it."""
+    was_running = {t.number for t in before if t.state == TrialState.RUNNING}
+    number = None
+    for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number not in was_running:
+            tid = trial_id(ostudy, storage, t.number)
+            storage.set_trial_user_attr(tid, "error", error)
+            storage.set_trial_state_values(tid, TrialState.FAIL)
+            number = t.number
+    return number
 
 
 def _open(study: Study, study_name: str, storage, storage_url: str, tracker: Tracker, options: RunOptions):

@@ -100,5 +100,13 @@ def load_image_file(path, size: int) -> torch.Tensor:
             return prepare_pil(im, size)
     except FileNotFoundError:
         raise VitDSIError(f"image file not found: {path}") from None
+    except Image.DecompressionBombError as e:
+        raise too_large(path, e) from None
     except OSError as e:
         raise VitDSIError(f"cannot read image {path}: {e}") from None
+
+
+def too_large(path, e: Image.DecompressionBombError) -> VitDSIError:
+    """The error for an image PIL refuses to open as a likely decompression bomb."""
+    return VitDSIError(f"image {path} is too large to decode: {e.args[0] if e.args else e} "
+                       "(PIL.Image.MAX_IMAGE_PIXELS); shrink or remove it")

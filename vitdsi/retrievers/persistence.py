@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from vitdsi.errors import VitDSIError
+from vitdsi.limits import MAX_IMAGE_SIDE, MAX_IMAGES
 from vitdsi.retrievers.base import Retriever
 from vitdsi.retrievers.registry import create
 
@@ -61,7 +62,13 @@ def load_retriever(path: str | Path, *, device: str | None = None) -> Retriever:
         ) from None
     if device is not None:
         params["device"] = device
-    retriever = create(name, **params)
+    if not (0 <= corpus_size <= MAX_IMAGES and 1 <= image_size <= MAX_IMAGE_SIDE):
+        raise VitDSIError(f"{cfg_file}: corpus_size {corpus_size:,} or image_size {image_size:,} out of bounds "
+                          f"(0..{MAX_IMAGES:,} images of 1..{MAX_IMAGE_SIDE} px); save the index again")
+    try:
+        retriever = create(name, **params)
+    except VitDSIError as e:
+        raise VitDSIError(f"{cfg_file}: {e}") from None
     retriever.query_args.update(query_args)
     retriever.corpus_size = corpus_size
     retriever.image_size = image_size

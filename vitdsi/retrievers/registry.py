@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vitdsi.errors import VitDSIError
+from vitdsi.limits import check_param
 from vitdsi.retrievers.base import Retriever
 from vitdsi.retrievers.params import retriever_params
 
@@ -53,5 +54,7 @@ def create(name: str, **params: Any) -> Retriever:
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise VitDSIError(f"retriever '{name}': unknown parameter(s) {unknown}; allowed: {sorted(allowed)}")
+    for key, value in params.items():
+        check_param(name, key, value)
     return cls(**params)
 

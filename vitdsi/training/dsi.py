@@ -11,6 +11,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from vitdsi.divergence import check_loss
 from vitdsi.errors import VitDSIError
 from vitdsi.log import get_logger, progress
 from vitdsi.models.vit_dsi import PAD, VitDSI, id_inputs_targets
@@ -194,9 +195,11 @@ class DSITrainer:
                     with torch.no_grad():
                         exact = self._exact(logits, codes)
                         fc = from_corpus.float()
-                        sums += torch.stack([
+                        batch = torch.stack([
                             (loss * fc).sum(), fc.sum(), (loss * (1 - fc)).sum(), (1 - fc).sum(), (exact.float() * fc).sum()
                         ]).double().cpu()
+                    check_loss((batch[0] + batch[2]).item(), phase=f"dsi {phase}", epoch=epoch, step=step, lr=cfg.lr)
+                    sums += batch
                 seconds = time.perf_counter() - t0
                 n_idx, n_q = sums[1].item(), sums[3].item()
                 train_exact = sums[4].item() / n_idx if n_idx else None

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from vitdsi.divergence import check_loss
 from vitdsi.log import get_logger, progress
 from vitdsi.training.config import OptimConfig
 from vitdsi.training.optim import autocast, grad_scaler, lr_factor, make_optimizer, optimizer_step
@@ -63,6 +64,7 @@ def train_epochs(
                 optimizer_step(loss, opt, scaler, model, cfg.grad_clip)
                 sched.step()
                 n_step += 1
+                check_loss(loss.item(), phase=phase, epoch=epoch, step=n_step, lr=cfg.lr)
                 sums += torch.tensor([loss.item() * n, n, float(right)], dtype=torch.float64)
             seconds = time.perf_counter() - t0
             n = max(1.0, sums[1].item())

@@ -10,6 +10,8 @@ source id "train/i" / "test/i" is stable.
 from __future__ import annotations
 
 import gzip
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ import torch
 
 from vitdsi.data.imageset import ImageSet
 from vitdsi.data.prep import prepare_batch
-from vitdsi.errors import DatasetNotFoundError
+from vitdsi.errors import DatasetNotFoundError, VitDSIError
 from vitdsi.log import get_logger
 
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -30,12 +32,30 @@ FILES = {
 log = get_logger(__name__)
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def _read(path: Path, n: int = -1) -> bytes:
+    """The bytes of an idx file (the first `n`), gunzipped when it ends in .gz."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            return f.read(n)
+    except (OSError, EOFError, zlib.error) as e:
+        raise _corrupt(path, f"{type(e).__name__}: {e}") from None
+
+
+def _corrupt(path: Path, why: str) -> VitDSIError:
+    return VitDSIError(f"fashion-mnist file {path} is corrupt or truncated ({why}); delete it and put the file "
+                       "from https://github.com/zalandoresearch/fashion-mnist in its place")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    raw = _read(path)
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08" or raw[3] not in (1, 3) or len(raw) < 4 + 4 * raw[3]:
+        raise _corrupt(path, "not an idx file of unsigned bytes")
     ndim = raw[3]
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = 4 + 4 * ndim + math.prod(shape)
+    if len(raw) != expected:
+        raise _corrupt(path, f"{len(raw):,} bytes where its header promises {expected:,}")
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -100,9 +120,9 @@ def count(folder: Path) -> int:
     total = 0
     for _, lab_stem in FILES.values():
         path = _find(folder, lab_stem)
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
-            head = f.read(8)
+        head = _read(path, 8)
+        if len(head) < 8:
+            raise _corrupt(path, f"{len(head)} bytes, shorter than an idx header")
         total += int.from_bytes(head[4:8], "big")
     return total
 
@@ -113,6 +133,9 @@ def load_fashion_mnist(*, root: str | None = None, size: int = 32, fit: str = "r
     for part, (img_stem, lab_stem) in FILES.items():
         imgs = _read_idx(_find(folder, img_stem))
         labs = _read_idx(_find(folder, lab_stem))
+        if imgs.ndim != 3 or labs.ndim != 1 or len(imgs) != len(labs):
+            raise VitDSIError(f"fashion-mnist files {_find(folder, img_stem)} and {_find(folder, lab_stem)} do not match "
+                              f"({imgs.shape[0]} images of shape {imgs.shape[1:]}, {labs.shape} labels); one is corrupt")
         images.append(imgs)
         labels.append(labs)
         ids.append(np.char.add(f"{part}/", np.arange(len(labs)).astype(str)))

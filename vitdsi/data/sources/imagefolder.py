@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from vitdsi.data.imageset import ImageSet
-from vitdsi.data.prep import ASPECT_RANGE, is_square_enough
+from vitdsi.data.prep import ASPECT_RANGE, is_square_enough, too_large
 from vitdsi.data.sampling import stratified_sample
 from vitdsi.data.sources.files import IMAGE_SUFFIXES, decode_files_skipping
 from vitdsi.errors import DatasetNotFoundError, VitDSIError
@@ -57,6 +57,8 @@ def probe(root: str | None, classes: list[str] | int | None = None) -> tuple[int
         try:
             with Image.open(f) as im:  # header only
                 sides.append(min(im.size))
+        except Image.DecompressionBombError as e:
+            raise too_large(f, e) from None
         except OSError:
             continue
     return len(files), (int(np.median(sides)) if sides else None), str(base)
@@ -83,6 +85,8 @@ def load_imagefolder(
             try:
                 with Image.open(f) as im:  # reads the header only
                     w, h = im.size
+            except Image.DecompressionBombError as e:
+                raise too_large(f, e) from None
             except OSError:  # corrupt header: skipped and counted, like a truncated body below
                 unreadable += 1
                 continue
@@ -109,6 +113,10 @@ def load_imagefolder(
         unreadable += len(bad)
         if not paths:
             raise DatasetNotFoundError(f"imagefolder: none of the images under {base} could be decoded")
+    empty = [d.name for label, d in enumerate(class_dirs) if not (labels_arr == label).any()]
+    if empty:
+        log.warning("imagefolder %s: %d class folder(s) with no usable image, kept as classes no image has: %s",
+                    base, len(empty), ", ".join(empty[:10]) + (", ..." if len(empty) > 10 else ""))
     if unreadable:
         log.warning("imagefolder %s: skipped %d unreadable image file(s) (corrupt or truncated)%s",
                     base, unreadable, f", e.g. {failed[0][1]}" if failed else "")
