@@ -37,6 +37,15 @@ def _is_union(annotation: str) -> bool:
     return len([t for t in annotation.split("|") if t.strip() not in ("", "None")]) > 1
 
 
+def _bound_error(retriever: str, key: str, value: Any) -> str | None:
+    """The bound `value` breaks as a build parameter of `retriever` (vitdsi.limits), if any."""
+    try:
+        check_param(retriever, key, value)
+    except VitDSIError as e:
+        return str(e)
+    return None
+
+
 def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
     """Types against the retriever's defaults, then a dry construction of each distinct
     configuration (so a bad choice such as `mode: finetuned` fails now, not in trial 7)."""
@@ -44,6 +53,7 @@ def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
 
     infos = {name: {p.name: p for p in retriever_params(known[m.retriever])} for name, m in study.methods.items()}
     problems: list[str] = []  # every bad value, each naming its field; raised together
+    beyond: dict[str, str] = {}  # field -> the bound (vitdsi.limits) its value breaks
 
     def check_type(method: str, key: str, value: Any, where: str) -> None:
         info = infos[method].get(key)
@@ -57,11 +67,8 @@ def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
         if ok is not None and not ok(value):
             problems.append(f"field `{where}`: parameter '{key}' of retriever '{study.methods[method].retriever}' "
                             f"takes {type(default).__name__} values (default {default!r}), got {value!r}")
-            return
-        try:
-            check_param(study.methods[method].retriever, key, value)
-        except VitDSIError as e:
-            problems.append(f"field `{where}`: {e}")
+        elif (broken := _bound_error(study.methods[method].retriever, key, value)) is not None:
+            beyond[where] = f"field `{where}`: {broken}"  # unless a rejection by the retriever names the field
 
     paths: dict[tuple[str, str], str] = {}  # (method, parameter) -> where the study file sets it
     for mname, m in study.methods.items():
@@ -117,6 +124,7 @@ def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
             except VitDSIError as e:
                 raise StudyConfigError(f"{source}: {shown} with images of {trial.dataset.size} px "
                                        f"(dataset.size): {e}") from None
+    problems += [line for where, line in beyond.items() if not any(f"field `{where}`" in p for p in problems)]
     _raise_all(problems, source)
 
 

@@ -101,11 +101,7 @@ def _run(study: Study, options: RunOptions) -> RunOutcome:
             grid.retries_first(ostudy, storage, ostudy.get_trials(deepcopy=False))
     tracker.set_status(parent_id, "RUNNING")
 
-    console.print(f"[bold]study[/] {study_name}: {study.sampler} over {', '.join(study.space) or 'one configuration'}, "
-                  f"{target} trials, objective {study.metric} ({study.direction}), scale {study.scale}, "
-                  f"{torch.get_num_threads()} torch thread(s)")
-    for note in notes:
-        console.print(("[yellow]" if note.startswith("warning") else "") + escape(note) + ("[/]" if note.startswith("warning") else ""))
+    _announce(study, study_name, target, notes)
     outcome = RunOutcome(study_name, redact(storage_url), tracker.uri, study.experiment, experiment_id,
                          parent_id, {}, target, None, 0, metric=study.metric)
     objective = Objective(study, ostudy, tracker, experiment_id=experiment_id, parent_id=parent_id,
@@ -155,14 +151,28 @@ def _run(study: Study, options: RunOptions) -> RunOutcome:
         outcome.interrupted = True
         console.print("[yellow]interrupted[/]: the running trial is recorded as failed; run the same command again to resume")
     finally:
-        forget_built()
-        outcome.read(ostudy.get_trials(deepcopy=False), study.direction)
-        try:
-            tracker.log_study_summary(parent_id, study.metric, outcome.best, outcome.counts)
-            tracker.set_status(parent_id, "KILLED" if outcome.interrupted else "FINISHED")
-        except Exception as e:  # never hide the interrupt or the real error behind a logging one
-            log.warning(f"could not update the study's MLflow run: {e}")
+        _close(study, ostudy, tracker, parent_id, outcome)
     return outcome
+
+
+def _close(study: Study, ostudy, tracker: Tracker, parent_id: str, outcome: RunOutcome) -> None:
+    """Read the outcome and record it on the study's MLflow run, whatever ended the run."""
+    forget_built()
+    outcome.read(ostudy.get_trials(deepcopy=False), study.direction)
+    try:
+        tracker.log_study_summary(parent_id, study.metric, outcome.best, outcome.counts)
+        tracker.set_status(parent_id, "KILLED" if outcome.interrupted else "FINISHED")
+    except Exception as e:  # never hide the interrupt or the real error behind a logging one
+        log.warning(f"could not update the study's MLflow run: {e}")
+
+
+def _announce(study: Study, study_name: str, target: int, notes: list[str]) -> None:
+    """The run's header line and the data check's notes (warnings in yellow)."""
+    console.print(f"[bold]study[/] {study_name}: {study.sampler} over {', '.join(study.space) or 'one configuration'}, "
+                  f"{target} trials, objective {study.metric} ({study.direction}), scale {study.scale}, "
+                  f"{torch.get_num_threads()} torch thread(s)")
+    for note in notes:
+        console.print(("[yellow]" if note.startswith("warning") else "") + escape(note) + ("[/]" if note.startswith("warning") else ""))
 
 
 def _fail_unclaimed(ostudy, storage, before, error: str) -> int | None:
