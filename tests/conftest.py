@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("VITDSI_PROGRESS", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the suite runs without network; nothing comes from the hub
+# frozen-encoder features go to a cache of this session's own, not the user's
+os.environ.setdefault("VITDSI_CACHE_DIR", tempfile.mkdtemp(prefix="vitdsi-feature-cache-"))
 
 
 @pytest.fixture(scope="session")

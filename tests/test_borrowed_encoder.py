@@ -100,7 +100,8 @@ def test_cache_changes_speed_not_training(tiny_split, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["classifier", "dual-encoder"])
-def test_baselines_train_on_cached_features(name, tiny_split, monkeypatch):
+def test_baselines_train_on_cached_features(name, tiny_split, monkeypatch, tmp_path):
+    monkeypatch.setenv("VITDSI_CACHE_DIR", str(tmp_path))  # an empty feature cache
     calls = []
     real = BorrowedEncoder.precompute
     monkeypatch.setattr(BorrowedEncoder, "precompute", lambda self, x: calls.append(len(x)) or real(self, x))
@@ -111,10 +112,36 @@ def test_baselines_train_on_cached_features(name, tiny_split, monkeypatch):
     assert sum(calls) == n + len(tiny_split.corpus)
 
 
+def test_frozen_features_come_from_the_disk_cache_the_second_time(tiny_split, monkeypatch, tmp_path):
+    """A second trainer on the same images reads the cached features (no encoder call) and
+    gets the same ones; other images, or the cache turned off, compute again."""
+    monkeypatch.setenv("VITDSI_CACHE_DIR", str(tmp_path))
+    calls = []
+    real = BorrowedEncoder.precompute
+    monkeypatch.setattr(BorrowedEncoder, "precompute", lambda self, x: calls.append(len(x)) or real(self, x))
+    cfg = VitDSIConfig(image_size=32, **{k: v for k, v in BORROWED.items() if k != "device"}, id_length=2,
+                       atomic=True, n_ids=len(tiny_split.corpus))
+    codes = torch.arange(len(tiny_split.corpus))[:, None]
+
+    def features(images) -> torch.Tensor:
+        return DSITrainer(VitDSI(cfg), images, codes[: len(images)], TrainConfig(mode="zero-shot")).corpus
+
+    first = features(tiny_split.corpus.images)
+    assert sum(calls) == len(tiny_split.corpus)
+    again = features(tiny_split.corpus.images)
+    assert sum(calls) == len(tiny_split.corpus)  # read from disk
+    torch.testing.assert_close(again, first)
+    features(tiny_split.corpus.images[:-1])  # other images: another entry
+    assert sum(calls) == 2 * len(tiny_split.corpus) - 1
+    monkeypatch.setenv("VITDSI_FEATURE_CACHE", "0")
+    features(tiny_split.corpus.images)
+    assert sum(calls) == 3 * len(tiny_split.corpus) - 1
+
+
 def test_bad_encoder_options_are_clear_errors(tiny_split):
     with pytest.raises(VitDSIError, match="encoder must be 'vit', 'efficientnet-lite0' or 'torchvision:NAME'"):
         create("dsi-vit", encoder="resnet18")
-    with pytest.raises(VitDSIError, match="classifier: freeze_encoder must be true"):
+    with pytest.raises(VitDSIError, match="classifier: parameter 'freeze_encoder' must be in 0\.\."):
         create("classifier", encoder="efficientnet-lite0", freeze_encoder=-1)
     with pytest.raises(VitDSIError, match="encoder_size must be 0"):
         create("dual-encoder", encoder="efficientnet-lite0", encoder_size=8)

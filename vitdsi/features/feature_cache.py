@@ -13,7 +13,7 @@ folder, streamed batch by batch into the memory map (never the whole input in me
 renamed into place (`vitdsi.cache_folder`), under a file lock, so two workers asking for
 the same entry compute it once. An entry that fails its checks on load (truncated, edited,
 half-deleted) is rebuilt with a warning. `ROOT` is `VITDSI_CACHE_DIR`, else
-~/.cache/vitdsi/features.
+~/.cache/vitdsi/features; VITDSI_FEATURE_CACHE=0 turns the cache off (`default_cache`).
 """
 
 from __future__ import annotations
@@ -43,6 +43,11 @@ _HASH_CHUNK = 1 << 24  # bytes hashed at a time
 
 def default_root() -> Path:
     return Path(os.environ.get("VITDSI_CACHE_DIR") or Path.home() / ".cache" / "vitdsi" / "features")
+
+
+def default_cache() -> FeatureCache | None:
+    """The cache trainers use: at `default_root()`, or None when VITDSI_FEATURE_CACHE=0 turns it off."""
+    return None if os.environ.get("VITDSI_FEATURE_CACHE", "1") == "0" else FeatureCache(default_root())
 
 
 def fingerprint_array(a: np.ndarray) -> str:

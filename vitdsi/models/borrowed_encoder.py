@@ -15,6 +15,8 @@ P tokens (cells of the feature map), D model width.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -55,11 +57,25 @@ class BorrowedEncoder(nn.Module):
         self.register_buffer("pos", sinusoid_2d(grid, cfg.dim), persistent=False)  # [P, D]
         self.embed_drop = Dropout(cfg.dropout)
         self.n_blocks, self.n_trained = len(spec.blocks), n_trained
+        self.encoder_name = cfg.encoder
 
     @property
     def cacheable(self) -> bool:
         """True when part of the network is fixed, so its output per image can be computed once."""
         return len(self.frozen) > 0
+
+    def cache_spec(self) -> tuple[str, str]:
+        """(encoder, preprocessing) as a feature cache keys the fixed part's output: the encoder's
+        name, how many blocks are fixed and a hash of their weights; the input size and
+        normalisation (vitdsi.features.feature_cache)."""
+        h = hashlib.blake2b(digest_size=8)
+        for name, tensor in sorted(self.frozen.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        encoder = f"{self.encoder_name} fixed blocks[:{len(self.frozen)}] of {self.n_blocks}, weights {h.hexdigest()}"
+        preprocessing = (f"[-1, 1] -> [0, 1], bilinear antialiased resize to {self.input_size} px, "
+                         f"mean {self.mean.flatten().tolist()}, std {self.std.flatten().tolist()}")
+        return encoder, preprocessing
 
     def pretrained_state(self) -> dict[str, torch.Tensor]:
         """The borrowed weights (and batch-norm statistics), which initialisation must not overwrite."""
