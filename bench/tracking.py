@@ -21,6 +21,7 @@ import yaml
 
 from bench import provenance
 from bench.config import Study, TrialConfig
+from vitdsi.data.protocols import get_protocol
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
@@ -356,10 +357,8 @@ def _dataset_params(data) -> dict[str, Any]:
         out["limit"] = data.limit
     out.update({f"options.{k}": v for k, v in data.options.items()})
     out["protocol"] = data.protocol
-    out.update({f"instance.{k}": v for k, v in data.instance.items()})
-    out.update({f"unseen.{k}": v for k, v in data.unseen.items()})
-    out.update({f"graded.{k}": v for k, v in data.graded.items()})
-    out.update({f"text.{k}": v for k, v in data.text.items()})
+    block = get_protocol(data.protocol).block
+    out.update({f"{block}.{k}": v for k, v in data.protocol_args.get(block or "", {}).items()})
     return out
 
 

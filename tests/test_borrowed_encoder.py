@@ -141,7 +141,7 @@ def test_frozen_features_come_from_the_disk_cache_the_second_time(tiny_split, mo
 def test_bad_encoder_options_are_clear_errors(tiny_split):
     with pytest.raises(VitDSIError, match="encoder must be 'vit', 'efficientnet-lite0' or 'torchvision:NAME'"):
         create("dsi-vit", encoder="resnet18")
-    with pytest.raises(VitDSIError, match="classifier: parameter 'freeze_encoder' must be in 0\.\."):
+    with pytest.raises(VitDSIError, match=r"classifier: parameter 'freeze_encoder' must be in 0\.\."):
         create("classifier", encoder="efficientnet-lite0", freeze_encoder=-1)
     with pytest.raises(VitDSIError, match="encoder_size must be 0"):
         create("dual-encoder", encoder="efficientnet-lite0", encoder_size=8)

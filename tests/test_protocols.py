@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 import torch
@@ -64,7 +66,7 @@ def test_study_under_the_instance_protocol():
                      "dataset": {"n_total": 128, "split_ratio": 0.5, "protocol": "instance",
                                  "instance": {"strength": "light"}}})
     cfg = study.trial_config({})
-    assert cfg.dataset.protocol == "instance" and cfg.dataset.instance["strength"] == "light"
+    assert cfg.dataset.protocol == "instance" and cfg.dataset.protocol_options().strength == "light"
     _, sets = prepare(cfg.dataset)
     n = len(sets.corpus)
     result = run_trial(cfg, device="cpu")
@@ -82,6 +84,49 @@ def test_instance_options_need_the_instance_protocol():
     with pytest.raises(StudyConfigError, match="strength"):
         resolve({"name": "x", "retriever": "pixels-knn", "scale": "smoke",
                  "dataset": {"protocol": "instance", "instance": {"strength": "huge"}}})
+
+
+@dataclass(frozen=True)
+class HalfOptions:
+    keep: float = 0.5  # share of the test queries kept
+
+    def __post_init__(self) -> None:
+        if not 0 < self.keep <= 1:
+            raise VitDSIError(f"half protocol: keep must be in (0, 1], got {self.keep}")
+
+
+def _half_sets(sets, seed, options: HalfOptions, captions):
+    from vitdsi.data import SplitSets
+
+    kept = np.arange(int(len(sets.test) * options.keep))
+    return SplitSets(sets.corpus, sets.train, sets.val, sets.test.subset(kept))
+
+
+def test_a_new_protocol_is_one_registry_entry(request):
+    """A toy protocol registered in vitdsi.data.protocols alone is known to the study schema
+    (its options block checked, typos named), resolution, trials and the report's set-up."""
+    from vitdsi.data.protocols import PROTOCOLS, Protocol, register_protocol
+
+    register_protocol(Protocol("half", apply=_half_sets, options=HalfOptions, block="half",
+                               describe=lambda o: f"half: class relevance on {o.keep:.0%} of the test queries"))
+    request.addfinalizer(lambda: PROTOCOLS.pop("half"))
+    base = {"name": "half", "retriever": "pixels-knn", "scale": "smoke",
+            "dataset": {"n_total": 128, "split_ratio": 0.5, "protocol": "half", "half": {"keep": 0.25}}}
+    cfg = resolve(base).trial_config({})
+    assert cfg.dataset.protocol_options() == HalfOptions(keep=0.25)
+    full = resolve({**base, "dataset": {**base["dataset"], "protocol": "class", "half": None}}).trial_config({})
+    assert len(prepare(cfg.dataset)[1].test) == len(prepare(full.dataset)[1].test) // 4
+    from bench.report.results import protocol_description
+
+    assert protocol_description(cfg.dataset.model_dump()) == "half: class relevance on 25% of the test queries"
+    with pytest.raises(StudyConfigError, match=r"field `dataset.half`.*keep must be in \(0, 1\]"):
+        resolve({**base, "dataset": {**base["dataset"], "half": {"keep": 2.0}}})
+    with pytest.raises(StudyConfigError, match=r"field `dataset.half.kep`: unknown field"):
+        resolve({**base, "dataset": {**base["dataset"], "half": {"kep": 0.5}}})
+    with pytest.raises(StudyConfigError, match=r"field `dataset.hlaf`: unknown field 'hlaf' \(did you mean 'half'\?\)"):
+        resolve({**base, "dataset": {**base["dataset"], "hlaf": {"keep": 0.5}}})
+    with pytest.raises(StudyConfigError, match=r"unknown protocol 'hal' \(did you mean 'half'\?\)"):
+        resolve({**base, "dataset": {**base["dataset"], "protocol": "hal"}})
 
 
 def test_instance_report_splits_views_by_train_views(tmp_path):
@@ -103,7 +148,7 @@ def test_instance_report_splits_views_by_train_views(tmp_path):
     part = text.split("## Seen and unseen in training", 1)[1].split("\n## ", 1)[0]
     row = next(line for line in part.splitlines() if line.startswith("| knn |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    seen, unseen = (float(c.partition(" ± ")[0]) for c in cells[2:4])
+    seen, unseen = (float(c.split()[0]) for c in cells[2:4])  # "mean ± ci" or, clipped, "mean [low, high]"
     # 75% of the 64 indexed images had train views: the two groups average back to the stored test R@1
     client = MlflowClient(uri)
     stored = next(r for r in client.search_runs([client.get_experiment_by_name("inst_report").experiment_id],
@@ -152,7 +197,7 @@ def test_unseen_classes_study_runs_and_reports_both_groups(tmp_path):
     # the classifier never saw an unseen class's label: it ranks those images last, so it finds
     # (almost) nothing for unseen-class queries, while it does for seen ones
     row = next(line for line in part.splitlines() if line.startswith("| classifier |"))
-    seen, unseen = (float(c.strip().partition(" ± ")[0]) for c in row.strip("|").split("|")[2:4])
+    seen, unseen = (float(c.split()[0]) for c in row.strip("|").split("|")[2:4])
     assert unseen < seen
     with pytest.raises(StudyConfigError, match="dataset.unseen.*protocol: unseen-classes"):
         resolve({"name": "x", "retriever": "pixels-knn", "scale": "smoke", "dataset": {"unseen": {"share": 0.3}}})

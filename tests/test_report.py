@@ -87,18 +87,24 @@ def test_report_tables_images_and_numbers(study_store):
     checked = 0
     for row in rows:
         stored = runs[row[0]].data.metrics
-        assert float(row[val_col].partition(" ± ")[0]) == pytest.approx(stored["val_MAP_at_10"], abs=5e-5)
+        assert float(row[val_col].split()[0]) == pytest.approx(stored["val_MAP_at_10"], abs=5e-5)
         for col, cell in zip(header, row):
             name = col.split(" (chance")[0]
             if name not in ("P@10", "MAP@10", "R@100", "nDCG@10", "MRR", "FPR@10", "IA@1", "IA@5"):
                 continue
-            mean, _, rest = cell.partition(" ± ")
-            ci, _, mark = rest.partition(" ")  # a result not clear of chance ends in "≈ chance"
+            # "mean ± ci", or "mean [low, high]" where the interval is clipped to [0, 1]; a result not
+            # clear of chance ends in "≈ chance"
+            m = re.fullmatch(r"([0-9.]+)(?: ± ([0-9.]+)| \[([0-9.]+), ([0-9.]+)\])?( ≈ chance)?", cell)
+            assert m, cell
             key = metric_key(name)
-            assert float(mean) == pytest.approx(stored[key], abs=5e-5), (name, cell)
-            if ci:
-                assert float(ci) == pytest.approx(stored[f"{key}_ci95"], abs=5e-5)
-                assert mark in ("", "≈ chance")
+            mean, ci = float(m.group(1)), stored.get(f"{key}_ci95")
+            assert mean == pytest.approx(stored[key], abs=5e-5), (name, cell)
+            if m.group(2):
+                assert float(m.group(2)) == pytest.approx(ci, abs=5e-5)
+                assert 0 <= mean - ci and mean + ci <= 1 + 5e-5
+            elif m.group(3):
+                assert float(m.group(3)) == pytest.approx(max(0.0, mean - ci), abs=5e-5)
+                assert float(m.group(4)) == pytest.approx(min(1.0, mean + ci), abs=5e-5)
             if "(chance" in col:
                 chance = col.split("(chance ")[1].rstrip(")").split(";")[0]
                 assert float(chance) == pytest.approx(stored[f"{key}_chance"], abs=5e-5)
@@ -112,7 +118,7 @@ def test_report_tables_images_and_numbers(study_store):
 
     # paired comparisons: one split, each of the 3 other trials against the chosen one; the
     # seed-level difference (mean of per-seed means) equals the difference of the stored test means
-    maps = {row[0]: float(row[header.index(next(h for h in header if h.split(" (chance")[0] == "MAP@10"))].partition(" ± ")[0])
+    maps = {row[0]: float(row[header.index(next(h for h in header if h.split(" (chance")[0] == "MAP@10"))].split()[0])
             for row in rows}
     paired = text.split("## Paired comparisons", 1)[1].split("## ", 1)[0]
     assert "The seed is the unit of inference" in paired and "all 3 comparisons of this report" in paired

@@ -208,17 +208,18 @@ def test_study_checks_match_retrievers_to_the_protocol(tmp_path):
     assert study.trial_config({}).dataset.protocol_options().untrained_share == 0.2
 
 
-def test_fingerprints_of_other_protocols_do_not_change(tmp_path):
-    """DataConfig gained a `text` block; it is left out of records where empty, so trials made
-    before it keep their fingerprints (bench run --reuse finds them)."""
+def test_protocol_options_enter_the_record_only_where_given(tmp_path):
+    """A trial's record (what its fingerprint hashes) carries the options block of its protocol
+    when the study gives one, with defaults filled in, and round-trips through the record."""
     from bench.config import resolve
 
     cfg = resolve({"name": "x", "scale": "smoke", "retriever": "pixels-knn"}).trial_config({})
-    assert "text" not in cfg.model_dump(mode="json")["dataset"]  # what the fingerprint hashes
+    assert cfg.model_dump(mode="json")["dataset"]["protocol_args"] == {}
     text = resolve({**_text_study(tmp_path), "dataset": {**_text_study(tmp_path)["dataset"],
                                                          "text": {"untrained_share": 0.2}}}).trial_config({})
-    assert text.model_dump(mode="json")["dataset"]["text"] == {"untrained_share": 0.2, "gain": "shared"}
+    assert text.model_dump(mode="json")["dataset"]["protocol_args"] == {"text": {"untrained_share": 0.2, "gain": "shared"}}
     assert type(text).model_validate(text.model_dump(mode="json")) == text
+    assert text.fingerprint() != resolve(_text_study(tmp_path)).trial_config({}).fingerprint()
 
 
 def test_bench_search_with_captions(tmp_path):

@@ -32,7 +32,8 @@ def field_errors(error: ValidationError, root: type[BaseModel] | None = None, pr
         loc = orig = tuple(e["loc"])
         if len(loc) >= 3 and loc[0] == "space" and loc[2] in ("categorical", "int", "float", "log"):
             loc = loc[:2] + loc[3:]  # the union's tag, not a field the user wrote
-        path = prefix + ".".join(str(p) for p in loc) or "(top level)"
+        joined = ".".join(str(p) for p in loc)
+        path = (prefix + joined if joined else prefix.rstrip(".")) or "(top level)"
         if e["type"] == "extra_forbidden":
             allowed = _fields_at(root, orig[:-1]) if root is not None else []
             msg = f"unknown field '{loc[-1]}'"
@@ -40,6 +41,8 @@ def field_errors(error: ValidationError, root: type[BaseModel] | None = None, pr
                 msg += f"{suggest(loc[-1], allowed)}; allowed: {', '.join(allowed)}"
         elif e["type"] == "missing":
             msg = "required field is missing"
+        elif e["type"] == "value_error":  # a check of ours: its message names the value already
+            msg = e["msg"].removeprefix("Value error, ")
         else:
             msg = e["msg"]
             if "input" in e and e["type"] not in ("model_type", "dict_type"):

@@ -22,6 +22,7 @@ from bench.config.schema import (
     enumerable,
     route,
 )
+from vitdsi.data.protocols import PROTOCOLS
 from vitdsi.errors import VitDSIError
 
 MAX_GRID = 10_000
@@ -212,10 +213,14 @@ def _resolve_dataset(sf: StudyFile, scale, source: str) -> DataConfig:
             raise StudyConfigError(f"{source}: field `dataset.options.{key}`: dataset '{name}' has no parameter '{key}'{suggest(key, opts)}; allowed: {', '.join(opts) or 'none'}")
     if d.root is not None and "root" not in allowed:
         raise StudyConfigError(f"{source}: field `dataset.root`: dataset '{name}' is not read from files; remove `root`")
-    for block, protocol in (("instance", "instance"), ("unseen", "unseen-classes"), ("graded", "graded"), ("text", "text")):
-        if getattr(d, block) is not None and d.protocol != protocol:
-            raise StudyConfigError(f"{source}: field `dataset.{block}`: options of the {protocol} protocol, but "
-                                   f"`dataset.protocol` is '{d.protocol}'; set `protocol: {protocol}` or remove them")
+    try:
+        blocks = d.protocol_blocks()
+    except StudyConfigError as e:
+        raise StudyConfigError(f"{source}: {e}") from None
+    for protocol in PROTOCOLS.values():
+        if protocol.block in blocks and d.protocol != protocol.name:
+            raise StudyConfigError(f"{source}: field `dataset.{protocol.block}`: options of the {protocol.name} protocol, "
+                                   f"but `dataset.protocol` is '{d.protocol}'; set `protocol: {protocol.name}` or remove them")
     if d.protocol == "text" and ("captions" not in allowed or options.get("captions") in (0, False)):
         raise StudyConfigError(f"{source}: field `dataset.protocol`: the text protocol asks captions of the indexed "
                                f"images, and dataset '{name}' has none{' (options.captions is off)' if 'captions' in allowed else ''}; "
@@ -234,8 +239,5 @@ def _resolve_dataset(sf: StudyFile, scale, source: str) -> DataConfig:
         limit=d.limit,
         options=options,
         protocol=d.protocol,
-        instance=d.instance.model_dump() if d.instance is not None else {},
-        unseen=d.unseen.model_dump() if d.unseen is not None else {},
-        graded=d.graded.model_dump() if d.graded is not None else {},
-        text=d.text.model_dump() if d.text is not None else {},
+        protocol_args=blocks,
     )

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serial
 from bench.config.errors import StudyConfigError, field_errors
 from bench.config.latency import grown_params
 from bench.config.schema import Distribution, grid_points, route
+from vitdsi.data.protocols import get_protocol
 from vitdsi.limits import MAX_IMAGE_SIDE, MAX_IMAGES
 
 _R = TypeVar("_R", bound="Resolved")
@@ -39,31 +40,15 @@ class DataConfig(Resolved):
     root: str | None = None  # where the files are
     limit: int | None = None  # cap on source images
     options: dict[str, Any] = Field(default_factory=dict)  # other loader parameters
-    protocol: str = "class"  # what a query is: 'class', 'instance', 'unseen-classes', 'graded' or 'text' (vitdsi.data.protocols)
-    instance: dict[str, Any] = Field(default_factory=dict)  # InstanceOptions fields (instance protocol)
-    unseen: dict[str, Any] = Field(default_factory=dict)  # UnseenOptions fields (unseen-classes protocol)
-    graded: dict[str, Any] = Field(default_factory=dict)  # GradedOptions fields (graded protocol)
-    text: dict[str, Any] = Field(default_factory=dict)  # TextOptions fields (text protocol)
-
-    @model_serializer(mode="wrap")
-    def _record(self, handler) -> dict[str, Any]:
-        # left out when empty, so the records and fingerprints of trials made before the text
-        # protocol existed do not change
-        d = handler(self)
-        if not d.get("text"):
-            d.pop("text", None)
-        return d
+    protocol: str = "class"  # what a query is: a name in vitdsi.data.protocols.PROTOCOLS
+    # protocol options as the study file gives them, by block ({"instance": {...}}, defaults filled
+    # in); a protocol searched in `space` whose block the file does not give takes its defaults
+    protocol_args: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def protocol_options(self):
-        """The vitdsi.data.protocols options of this config's protocol (None for `class`)."""
-        from vitdsi.data.protocols import GradedOptions, InstanceOptions, TextOptions, UnseenOptions
-
-        options = {"instance": (InstanceOptions, self.instance), "unseen-classes": (UnseenOptions, self.unseen),
-                   "graded": (GradedOptions, self.graded), "text": (TextOptions, self.text)}
-        if self.protocol not in options:
-            return None
-        cls, fields = options[self.protocol]
-        return cls(**fields)
+        """The vitdsi.data.protocols options of this config's protocol (None for one without options)."""
+        protocol = get_protocol(self.protocol)
+        return protocol.make_options(self.protocol_args.get(protocol.block or "", {}))
 
     def load_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `vitdsi.data.load_dataset(self.name, **kw)`."""

@@ -7,13 +7,26 @@ parameters; `method` (space only) picks one of the file's `methods`.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
-from typing import Annotated, Any, Literal
+import typing
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from bench.config.errors import StudyConfigError, field_errors
+from bench.config.errors import StudyConfigError, field_errors, suggest
+from vitdsi.data.protocols import PROTOCOLS, Protocol
+from vitdsi.errors import VitDSIError
 from vitdsi.limits import MAX_IMAGE_SIDE, MAX_IMAGES, MAX_SEED
 
 Scalar = bool | int | float | str | None
@@ -88,36 +101,36 @@ class FloatRange(_Model):
 Distribution = Annotated[Categorical | IntRange | FloatRange, Field(discriminator="type")]
 
 
-class InstanceConfig(_Model):
-    """The instance protocol: queries are new views of indexed images (vitdsi.data.protocols)."""
+class _ProtocolBlock(_Model):
+    """A protocol's options as a study file writes them under `dataset:`; checked by the
+    protocol's own options dataclass (vitdsi.data.protocols)."""
 
-    strength: Literal["light", "medium", "strong"] = "medium"  # view strength preset
-    train_views: int = Field(2, ge=0)  # train views of each corpus image that has any
-    untrained_share: float = Field(0.5, ge=0, le=1)  # share of corpus images with no train view
-    hflip: bool | None = None  # mirror views half the time; None = unless the dataset forbids it
+    options_class: ClassVar[type]
 
-
-class UnseenConfig(_Model):
-    """The unseen-classes protocol: some classes are indexed but never trained on (vitdsi.data.protocols)."""
-
-    share: float = Field(0.3, gt=0, lt=1)  # share of the classes held out from every label and training pair
-
-
-class GradedConfig(_Model):
-    """The graded protocol: multi-label data with graded gains (vitdsi.data.protocols)."""
-
-    gain: Literal["shared", "jaccard"] = "shared"  # shared categories with the query, or their Jaccard index
+    @model_validator(mode="after")
+    def _check(self) -> _ProtocolBlock:
+        try:
+            self.options_class(**self.model_dump())
+        except VitDSIError as e:
+            raise ValueError(str(e)) from None
+        return self
 
 
-class TextConfig(_Model):
-    """The text protocol: queries are captions of indexed images (vitdsi.data.text_protocol)."""
-
-    untrained_share: float = Field(0.5, ge=0, lt=1)  # share of indexed images whose captions never reach training
-    gain: Literal["shared", "jaccard"] = "shared"  # nDCG gain: shared categories with the caption's own image, or Jaccard
+@functools.cache
+def block_model(protocol: Protocol) -> type[_ProtocolBlock]:
+    """The pydantic model of a protocol's options block, built from its options dataclass."""
+    hints = typing.get_type_hints(protocol.options)
+    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(protocol.options)}
+    model = create_model(f"{protocol.options.__name__}Block", __base__=_ProtocolBlock, **fields)
+    model.options_class = protocol.options
+    return model
 
 
 class DatasetConfig(_Model):
-    """Dataset and split; an unset field takes the scale preset's value."""
+    """Dataset and split; an unset field takes the scale preset's value. The options of a
+    protocol go in a block named by the protocol registry (`instance:`, `unseen:`, ...)."""
+
+    model_config = ConfigDict(extra="allow")  # the protocol blocks, checked by `protocol_blocks`
 
     name: str | None = None  # dataset registry name (`bench list datasets`)
     root: str | None = None  # where the files are, for file-based sources
@@ -128,11 +141,32 @@ class DatasetConfig(_Model):
     seed: int = Field(0, ge=0, le=MAX_SEED)  # seeds the draw of images and the split (all trials share one split)
     limit: int | None = Field(None, ge=1, le=MAX_IMAGES)  # keep at most this many source images (stratified)
     options: dict[str, Any] = Field(default_factory=dict)  # other loader parameters (e.g. fit: pad)
-    protocol: Literal["class", "instance", "unseen-classes", "graded", "text"] = "class"  # what a query is (vitdsi.data.protocols)
-    instance: InstanceConfig | None = None  # options of the instance protocol
-    unseen: UnseenConfig | None = None  # options of the unseen-classes protocol
-    graded: GradedConfig | None = None  # options of the graded protocol
-    text: TextConfig | None = None  # options of the text protocol
+    protocol: str = "class"  # what a query is: a name in vitdsi.data.protocols.PROTOCOLS
+
+    @field_validator("protocol")
+    @classmethod
+    def _known_protocol(cls, v: str) -> str:
+        if v not in PROTOCOLS:
+            raise ValueError(f"unknown protocol '{v}'{suggest(v, PROTOCOLS)}; known: {', '.join(PROTOCOLS)}")
+        return v
+
+    def protocol_blocks(self) -> dict[str, dict[str, Any]]:
+        """The protocol option blocks the file gives, checked and with defaults filled in, by block
+        name; a key that is neither a field nor a registered protocol's block is an error."""
+        blocks = {p.block: p for p in PROTOCOLS.values() if p.block}
+        out = {}
+        for key, value in (self.model_extra or {}).items():
+            if value is None and key in blocks:  # `instance: null`, as if not written
+                continue
+            if key not in blocks:
+                allowed = [*DatasetConfig.model_fields, *blocks]
+                raise StudyConfigError(f"field `dataset.{key}`: unknown field '{key}'{suggest(key, allowed)}; "
+                                       f"allowed: {', '.join(allowed)}")
+            try:
+                out[key] = block_model(blocks[key]).model_validate(value or {}).model_dump()
+            except ValidationError as e:
+                raise StudyConfigError("; ".join(field_errors(e, prefix=f"dataset.{key}."))) from None
+        return out
 
 
 class SamplerConfig(_Model):

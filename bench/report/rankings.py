@@ -13,6 +13,7 @@ import numpy as np
 
 from bench.report.data import StudyRecord, TrialRecord
 from bench.report.markdown import fmt_ci, label, md_table
+from vitdsi.data.protocols import get_protocol
 from vitdsi.log import get_logger
 
 log = get_logger("bench.report")
@@ -89,17 +90,14 @@ def test_ranking(t: TrialRecord, record: StudyRecord, out: Path, cache: dict) ->
 
 
 def seen_in_training_section(record: StudyRecord, out: Path, cache: dict) -> str | None:
-    """Instance protocol: each chosen method's test metrics on views of indexed images that had
-    train views and on views of images that had none (generalisation to unseen images); the
-    unseen-classes protocol by seen / unseen class, the text protocol by whether the caption's
-    own image carried training captions."""
+    """Each chosen method's test metrics on the test queries training saw something of and on
+    the others, as the protocol splits them (vitdsi.data.protocols: views of images with and
+    without train views, seen and unseen classes, captions of captioned and uncaptioned images)."""
     from vitdsi.metrics import mean_ci, per_query
 
-    protocol = record.resolved.get("dataset", {}).get("protocol")
-    if protocol not in ("instance", "unseen-classes", "text"):
+    split = get_protocol(record.resolved.get("dataset", {}).get("protocol") or "class").seen
+    if split is None:
         return None
-    sides = {"instance": ("(had train views)", "(no train view)"), "unseen-classes": ("(seen classes)", "(unseen classes)"),
-             "text": ("(image captioned in training)", "(image not)")}[protocol]
     names = [m for m in record.metric_names() if not m.startswith("IA@")]
     rows = []
     for t in best_per_method(record):
@@ -111,12 +109,7 @@ def seen_in_training_section(record: StudyRecord, out: Path, cache: dict) -> str
             pooled = {True: [], False: []}
             for sr in seeds:
                 values = per_query(sr.ids, sr.relevance, [m])[m]
-                if protocol == "instance":
-                    had_train = np.isin(sr.sets.test.view_of, sr.sets.train.view_of)
-                elif protocol == "text":  # did the caption's own image carry training captions?
-                    had_train = np.isin(sr.sets.text["test"].image, sr.sets.text["train"].image)
-                else:
-                    had_train = ~np.isin(sr.sets.test.labels.numpy(), sr.sets.corpus.meta["unseen_classes"])
+                had_train = split.mask(sr.sets)
                 pooled[True].append(values[had_train])
                 pooled[False].append(values[~had_train])
             for flag in (True, False):
@@ -125,12 +118,7 @@ def seen_in_training_section(record: StudyRecord, out: Path, cache: dict) -> str
         rows.append(row)
     if not rows:
         return None
-    header = ["method", "learns from"] + [f"{m} {side}" for m in names for side in sides]
-    what = {"instance": "Test views split by whether their source image had train views.",
-            "unseen-classes": "Test queries split by whether their class was seen in training (unseen classes are "
-                              "indexed, but no label or training pair of theirs reached any method).",
-            "text": "Test captions split by whether the image they describe carried training captions (the rest of "
-                    "the indexed images are known by their pixels alone: a caption-only method cannot find them)."}[protocol]
-    return (what + " A method that only learnt its training pairs or labels does well on the first column and not "
-            "the second; a label-free method cannot tell them apart. Means over the pooled test queries of all seeds "
-            "± the 95% CI over those queries.\n\n" + md_table(header, rows))
+    header = ["method", "learns from"] + [f"{m} {side}" for m in names for side in split.labels]
+    return (split.what + " A method that only learnt its training pairs or labels does well on the first column "
+            "and not the second; a label-free method cannot tell them apart. Means over the pooled test queries of "
+            "all seeds ± the 95% CI over those queries.\n\n" + md_table(header, rows))

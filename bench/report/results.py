@@ -15,6 +15,7 @@ from bench.paper import METHOD_NOTE, paper_row
 from bench.report.data import StudyRecord
 from bench.report.markdown import CHANCE_MARK, fmt, fmt_ci, label, md_table, near_chance
 from bench.report.methods import overrides_text
+from vitdsi.data.protocols import get_protocol
 
 
 def header_section(record: StudyRecord) -> str:
@@ -58,27 +59,10 @@ def _dataset_row(ds: dict, latency: dict | None, field) -> str:
 
 
 def protocol_description(ds: dict) -> str:
-    """The evaluation protocol in words (vitdsi.data.protocols)."""
-    if ds.get("protocol") == "graded":
-        gain = {"gain": "shared", **(ds.get("graded") or {})}["gain"]
-        return ("graded: multi-label, relevant = a shared category; nDCG gains = "
-                + ("the number of shared categories" if gain == "shared" else "the Jaccard index of the category sets"))
-    if ds.get("protocol") == "unseen-classes":
-        share = {"share": 0.3, **(ds.get("unseen") or {})}["share"]
-        return (f"unseen-classes: {share:.0%} of the classes (seeded) are indexed but their labels and train queries "
-                "never reach training; relevance = same class; test reported for seen and unseen classes")
-    if ds.get("protocol") == "text":
-        opts = {"untrained_share": 0.5, "gain": "shared", **(ds.get("text") or {})}
-        return (f"text: queries are captions of indexed images in phrasings no training caption uses; R@K and MRR: "
-                "relevant = the caption's own image; the other metrics: images sharing a category with it (nDCG "
-                f"gains: {'shared categories' if opts['gain'] == 'shared' else 'Jaccard index'}); a "
-                f"{opts['untrained_share']:.0%} share of the indexed images carries no training caption")
-    if ds.get("protocol", "class") != "instance":
-        return "class: queries are other images, relevant = same class (or a shared category)"
-    opts = {"strength": "medium", "train_views": 2, "untrained_share": 0.5, **(ds.get("instance") or {})}
-    return (f"instance: queries are new views ({opts['strength']}) of indexed images, each relevant to its source "
-            f"only; {opts['train_views']} train view(s) of each image except a {opts['untrained_share']:.0%} share "
-            "that has none; validation and test views from their own seeds")
+    """The evaluation protocol in words (vitdsi.data.protocols), from a resolved `dataset` block."""
+    protocol = get_protocol(ds.get("protocol") or "class")
+    given = (ds.get("protocol_args") or {}).get(protocol.block or "", ds.get(protocol.block or "") or {})
+    return protocol.describe(protocol.make_options(given))
 
 
 HEADLINE_METRIC = {"instance": "R@1", "graded": "nDCG@10", "text": "R@1"}  # per protocol; others: the objective

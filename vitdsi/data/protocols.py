@@ -30,11 +30,19 @@ The class split is drawn first (`vitdsi.data.split`), so the indexed database is
 under both protocols for a given seed; under `instance` the class split's query images
 are not used. Views keep their source's labels (what label-using methods may learn from)
 and record `view_of`, which `Relevance.between` and the training-pair samplers read.
+
+Each protocol is declared once, in `PROTOCOLS` (`register_protocol`): its name, the function
+that makes its sets, its options dataclass (defaults and checks) and the key of those options
+in a study file, a one-line description, and how a report splits its test queries by what
+training saw. The study schema and the report read this registry; a new protocol is one
+`register_protocol` call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +54,6 @@ from vitdsi.data.text_protocol import TextOptions, text_sets
 from vitdsi.data.views import PRESETS, make_views, view_seed
 from vitdsi.errors import VitDSIError
 
-PROTOCOLS = ("class", "instance", "unseen-classes", "graded", "text")
 NO_FLIP_DATASETS = ("digits",)  # data whose meaning a mirror image changes
 
 
@@ -87,25 +94,63 @@ class GradedOptions:
 ProtocolOptions = InstanceOptions | UnseenOptions | GradedOptions | TextOptions
 
 
+@dataclass(frozen=True)
+class SeenSplit:
+    """How a report splits a protocol's test queries by what training saw of them."""
+
+    labels: tuple[str, str]  # column suffixes: (training saw it, training did not)
+    mask: Callable[[SplitSets], np.ndarray]  # the sets -> bool [test queries]: True where training saw it
+    what: str  # one sentence saying how the test queries are split
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One evaluation protocol, declared once (see the module doc)."""
+
+    name: str  # as `dataset.protocol` names it
+    apply: Callable[[SplitSets, int, Any, Captions | None], SplitSets]  # (class split, seed, options, captions) -> sets
+    describe: Callable[[Any], str]  # its options -> one line for a report's set-up
+    options: type | None = None  # dataclass of its options (defaults; checks in __post_init__); None: none
+    block: str | None = None  # the key of those options under `dataset:` in a study file
+    seen: SeenSplit | None = None  # how a report splits the test queries; None: not split
+
+    def make_options(self, values: dict[str, Any] | None = None):
+        """Its options from a study file's block (defaults for what is not given); None without options."""
+        return self.options(**(values or {})) if self.options is not None else None
+
+
+PROTOCOLS: dict[str, Protocol] = {}
+
+
+def register_protocol(protocol: Protocol) -> Protocol:
+    if protocol.name in PROTOCOLS:
+        raise VitDSIError(f"protocol '{protocol.name}' is registered twice")
+    if (protocol.block is None) != (protocol.options is None):
+        raise VitDSIError(f"protocol '{protocol.name}': options and their study-file block go together")
+    PROTOCOLS[protocol.name] = protocol
+    return protocol
+
+
+def get_protocol(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise VitDSIError(f"unknown protocol '{name}'; known: {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
 def apply_protocol(sets: SplitSets, protocol: str, seed: int, options: ProtocolOptions | None = None,
                    indexed_captions: Captions | None = None) -> SplitSets:
     """The sets of `protocol` over a class split (`class`: unchanged). The text protocol also needs
     `indexed_captions`, every caption of the indexed images (`Split.indexed_captions`)."""
-    if protocol not in PROTOCOLS:
-        raise VitDSIError(f"unknown protocol '{protocol}'; known: {', '.join(PROTOCOLS)}")
-    if protocol == "class":
-        return sets
-    if protocol == "text":
-        return text_sets(sets.corpus, indexed_captions, seed, options or TextOptions())
-    if protocol == "graded":
-        if not sets.corpus.multilabel:
-            raise VitDSIError(f"the graded protocol needs multi-label data (coco, coco-mosaic); '{sets.corpus.name}' "
-                              "has one class per image: use `protocol: class`")
-        gain = (options or GradedOptions()).gain
-        return SplitSets(sets.corpus, sets.train, sets.val, sets.test, grading=gain)
-    if protocol == "unseen-classes":
-        return unseen_class_sets(sets, seed, options or UnseenOptions())
-    return instance_sets(sets.corpus, seed, options or InstanceOptions())
+    p = get_protocol(protocol)
+    return p.apply(sets, seed, options if options is not None else p.make_options(), indexed_captions)
+
+
+def graded_sets(sets: SplitSets, options: GradedOptions) -> SplitSets:
+    """The class split with graded gains (multi-label data only)."""
+    if not sets.corpus.multilabel:
+        raise VitDSIError(f"the graded protocol needs multi-label data (coco, coco-mosaic); '{sets.corpus.name}' "
+                          "has one class per image: use `protocol: class`")
+    return SplitSets(sets.corpus, sets.train, sets.val, sets.test, grading=options.gain)
 
 
 def unseen_classes(n_classes: int, share: float, seed: int) -> np.ndarray:
@@ -179,3 +224,50 @@ def _concat(parts: list[ImageSet]) -> ImageSet:
         meta=dict(first.meta),
         view_of=np.concatenate([p.view_of for p in parts]),
     )
+
+
+def _describe_instance(o: InstanceOptions) -> str:
+    return (f"instance: queries are new views ({o.strength}) of indexed images, each relevant to its source only; "
+            f"{o.train_views} train view(s) of each image except a {o.untrained_share:.0%} share that has none; "
+            "validation and test views from their own seeds")
+
+
+def _describe_text(o: TextOptions) -> str:
+    return ("text: queries are captions of indexed images in phrasings no training caption uses; R@K and MRR: "
+            "relevant = the caption's own image; the other metrics: images sharing a category with it (nDCG gains: "
+            f"{'shared categories' if o.gain == 'shared' else 'Jaccard index'}); a {o.untrained_share:.0%} share of "
+            "the indexed images carries no training caption")
+
+
+register_protocol(Protocol(
+    "class", apply=lambda sets, seed, options, captions: sets,
+    describe=lambda o: "class: queries are other images, relevant = same class (or a shared category)"))
+register_protocol(Protocol(
+    "instance", apply=lambda sets, seed, options, captions: instance_sets(sets.corpus, seed, options),
+    describe=_describe_instance, options=InstanceOptions, block="instance",
+    seen=SeenSplit(("(had train views)", "(no train view)"),
+                   lambda sets: np.isin(sets.test.view_of, sets.train.view_of),
+                   "Test views split by whether their source image had train views.")))
+register_protocol(Protocol(
+    "unseen-classes", apply=lambda sets, seed, options, captions: unseen_class_sets(sets, seed, options),
+    describe=lambda o: (f"unseen-classes: {o.share:.0%} of the classes (seeded) are indexed but their labels and "
+                        "train queries never reach training; relevance = same class; test reported for seen and "
+                        "unseen classes"),
+    options=UnseenOptions, block="unseen",
+    seen=SeenSplit(("(seen classes)", "(unseen classes)"),
+                   lambda sets: ~np.isin(sets.test.labels.numpy(), sets.corpus.meta["unseen_classes"]),
+                   "Test queries split by whether their class was seen in training (unseen classes are indexed, "
+                   "but no label or training pair of theirs reached any method).")))
+register_protocol(Protocol(
+    "graded", apply=lambda sets, seed, options, captions: graded_sets(sets, options),
+    describe=lambda o: ("graded: multi-label, relevant = a shared category; nDCG gains = "
+                        + ("the number of shared categories" if o.gain == "shared"
+                           else "the Jaccard index of the category sets")),
+    options=GradedOptions, block="graded"))
+register_protocol(Protocol(
+    "text", apply=lambda sets, seed, options, captions: text_sets(sets.corpus, captions, seed, options),
+    describe=_describe_text, options=TextOptions, block="text",
+    seen=SeenSplit(("(image captioned in training)", "(image not)"),
+                   lambda sets: np.isin(sets.text["test"].image, sets.text["train"].image),
+                   "Test captions split by whether the image they describe carried training captions (the rest "
+                   "of the indexed images are known by their pixels alone: a caption-only method cannot find them).")))
