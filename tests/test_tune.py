@@ -172,7 +172,7 @@ def tuning_error():
 
 
 def test_headline_at_smoke_tunes_its_dsi_and_dual_encoder(tmp_path):
-    """`bench run studies/headline.yaml --scale smoke` (about 40 s on one thread): 2 tuning trials
+    """`bench run studies/headline.yaml --scale smoke` (under a minute on one thread): 2 tuning trials
     each for the multitask DSI and the dual encoder, then every method on 3 seeds."""
     from bench.cli import app
     from bench.report import write_report

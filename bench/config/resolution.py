@@ -22,7 +22,7 @@ from bench.config.schema import (
     enumerable,
     route,
 )
-from bench.config.tune import check_tune, resolve_tune
+from bench.config.tune import resolve_tune
 from vitdsi.errors import VitDSIError
 
 MAX_GRID = 10_000
@@ -177,7 +177,6 @@ def build_study(sf: StudyFile, scale_name: str, source: str) -> Study:
     if sf.latency is not None and sf.continual is not None:
         raise fail("continual", "a study is a latency study or a continual-indexing study, not both")
     check_latency(sf, raw_methods, known, metrics, source)
-    check_tune(sf, methods, known, source)
     study = Study(
         name=sf.name, description=sf.description.strip(), scale=scale_name, file=source,
         methods=methods, dataset=dataset, space=sf.space, sampler=sampler,
@@ -187,9 +186,8 @@ def build_study(sf: StudyFile, scale_name: str, source: str) -> Study:
         plugins=sf.plugins,
         latency=sf.latency.model_dump() if sf.latency is not None else None,
         continual=sf.continual.model_dump() if sf.continual is not None else None,
-        threads=sf.threads,
+        threads=sf.threads, tune=resolve_tune(sf, methods, known, scale.tune_trials, source),
         report=sf.report.model_dump(),
-        tune=resolve_tune(sf.tune, scale.tune_trials),
     )
     check_values(study, sf, known, source)
     return study

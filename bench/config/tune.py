@@ -85,10 +85,14 @@ def _value_problems(cls, params: dict[str, Any], key: str, dist, where: str) -> 
     return out
 
 
-def resolve_tune(tune: TuneConfig | None, scale_cap: int | None) -> TuneConfig | None:
-    """The block at a scale: a preset that caps tuning (`ScalePreset.tune_trials`, smoke) lowers
-    `trials_per_method`; `n_startup_trials` unset becomes half the budget (at least 1, at most
-    Optuna's default 10), so a small budget is not spent on random draws alone."""
+def resolve_tune(sf: StudyFile, methods: dict[str, Method], known: dict[str, type], scale_cap: int | None,
+                 source: str) -> TuneConfig | None:
+    """The file's block, checked (`check_tune`), at a scale: a preset that caps tuning
+    (`ScalePreset.tune_trials`, smoke) lowers `trials_per_method`; `n_startup_trials` unset becomes
+    half the budget (at least 1, at most Optuna's default 10), so a small budget is not spent on
+    random draws alone."""
+    check_tune(sf, methods, known, source)
+    tune = sf.tune
     if tune is None:
         return None
     budget = min(tune.trials_per_method, scale_cap) if scale_cap else tune.trials_per_method
