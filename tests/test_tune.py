@@ -193,3 +193,13 @@ def test_headline_at_smoke_tunes_its_dsi_and_dual_encoder(tmp_path):
     assert section.count("| yes |") == 2 and "Not tuned (run with their own parameters): dsi-clustered-fine-tuned" in section
     results = text.split("## Results", 1)[1].split("\n## ", 1)[0]
     assert results.count("\n| ") == 1 + 8  # the 8 methods' trials only
+
+
+def test_check_names_the_tuning_budget():
+    from bench.cli import app
+
+    result = CliRunner().invoke(app, ["run", str(ROOT / "studies" / "headline.yaml"), "--scale", "smoke", "--check"])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "8 trials, grid sampler, after 2 tuning trials for each of dsi-clustered-multitask, dual-encoder" in output
+    assert "trials_per_method: 2" in output and "n_startup_trials: 1" in output
