@@ -23,6 +23,7 @@ class ScalePreset:
     description: str  # one line for `bench list` and reports
     # per-retriever build parameters; a retriever not named here uses its own defaults
     retriever_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tune_trials: int | None = None  # at most this many tuning trials per method (a study's `tune:`); None = as the study says
 
     def params_for(self, retriever: str) -> dict[str, Any]:
         """Build parameters this scale sets for `retriever` (before a study's own)."""
@@ -41,6 +42,7 @@ SCALES: dict[str, ScalePreset] = {
         n_total=256,
         split_ratio=0.25,
         description="digits at 32 px, 256 images, tiny models: tests, CI and make demo",
+        tune_trials=2,
         retriever_params={
             # ~30 s a trial on one CPU core: enough epochs for 64 indexed digits to be memorised
             "dsi-vit": {

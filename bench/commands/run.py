@@ -44,7 +44,9 @@ def command(
             for line in split_summary(study):
                 console.print(line, markup=False, highlight=False)
             n = len(study.grid()) if study.sampler == "grid" else study.n_trials
-            console.print(f"[green]ok[/]: {path} at scale {study.scale}: {n} trials, {study.sampler} sampler")
+            tuning = (f", after {study.tune.trials_per_method} tuning trials for each of {', '.join(study.tune.methods)}"
+                      if study.tune is not None else "")
+            console.print(f"[green]ok[/]: {path} at scale {study.scale}: {n} trials, {study.sampler} sampler{tuning}")
             return
         from bench.study import RunOptions, StudyMismatchError, describe, run, trials_table
         from bench.tracking import Tracker

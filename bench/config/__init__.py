@@ -18,10 +18,11 @@ from bench.config.schema import (
     LatencyConfig,
     MethodConfig,
     StudyFile,
+    TuneConfig,
 )
 
 __all__ = [
     "DEFAULT_STUDY_METRICS", "RESERVED_PARAMS", "Categorical", "ContinualConfig", "DataConfig", "DatasetConfig",
     "Distribution", "FloatRange", "IntRange", "LatencyConfig", "Method", "MethodConfig", "Study", "StudyConfigError",
-    "StudyFile", "TrialConfig", "apply_overrides", "check_data", "load_study", "read_yaml", "resolve",
+    "StudyFile", "TrialConfig", "TuneConfig", "apply_overrides", "check_data", "load_study", "read_yaml", "resolve",
 ]

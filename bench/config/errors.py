@@ -30,8 +30,9 @@ def field_errors(error: ValidationError, root: type[BaseModel] | None = None, pr
     lines = []
     for e in error.errors():
         loc = orig = tuple(e["loc"])
-        if len(loc) >= 3 and loc[0] == "space" and loc[2] in ("categorical", "int", "float", "log"):
-            loc = loc[:2] + loc[3:]  # the union's tag, not a field the user wrote
+        tag_at = 2 if loc[:1] == ("space",) else 4 if loc[:2] == ("tune", "methods") else None
+        if tag_at is not None and len(loc) > tag_at and loc[tag_at] in ("categorical", "int", "float", "log"):
+            loc = loc[:tag_at] + loc[tag_at + 1 :]  # the union's tag, not a field the user wrote
         joined = ".".join(str(p) for p in loc)
         path = (prefix + joined if joined else prefix.rstrip(".")) or "(top level)"
         if e["type"] == "extra_forbidden":

@@ -22,6 +22,7 @@ from bench.config.schema import (
     enumerable,
     route,
 )
+from bench.config.tune import resolve_tune
 from vitdsi.data.protocols import PROTOCOLS
 from vitdsi.errors import VitDSIError
 
@@ -186,7 +187,7 @@ def build_study(sf: StudyFile, scale_name: str, source: str) -> Study:
         plugins=sf.plugins,
         latency=sf.latency.model_dump() if sf.latency is not None else None,
         continual=sf.continual.model_dump() if sf.continual is not None else None,
-        threads=sf.threads,
+        threads=sf.threads, tune=resolve_tune(sf, methods, known, scale.tune_trials, source),
         report=sf.report.model_dump(),
     )
     check_values(study, sf, known, source)

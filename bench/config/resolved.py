@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serial
 
 from bench.config.errors import StudyConfigError, field_errors
 from bench.config.latency import grown_params
-from bench.config.schema import Distribution, grid_points, route
+from bench.config.schema import Distribution, TuneConfig, grid_points, route
 from vitdsi.data.protocols import get_protocol
 from vitdsi.limits import MAX_IMAGE_SIDE, MAX_IMAGES
 
@@ -135,6 +135,7 @@ class Study(Resolved):
     continual: dict[str, Any] | None = None  # ContinualConfig fields, for continual-indexing studies
     threads: int | None = None  # torch / FAISS / OpenCV threads per worker (None: libraries' default)
     report: dict[str, Any] = Field(default_factory=dict)  # ReportConfig fields: extra report sections
+    tune: TuneConfig | None = None  # the tune block at this scale (bench.config.tune); None = nothing tuned
 
     @model_serializer(mode="wrap")
     def _record(self, handler) -> dict[str, Any]:

@@ -258,6 +258,32 @@ class ReportConfig(_Model):
     bootstrap_samples: int = Field(10_000, ge=1_000, le=1_000_000)  # bootstrap replicates per comparison
 
 
+def _categorical_shorthand(space: Any) -> Any:
+    """A YAML list in a mapping of distributions is shorthand for `{type: categorical, choices: [...]}`."""
+    if isinstance(space, dict):
+        return {k: {"type": "categorical", "choices": v} if isinstance(v, list) else v for k, v in space.items()}
+    return space
+
+
+class TuneConfig(_Model):
+    """Tuning before the comparison (bench.study.tuning): each method named in `methods` first gets
+    `trials_per_method` trials over its own knobs, one seed each, scored on the validation queries;
+    its best recipe is then merged into its parameters for the study's trials on every seed."""
+
+    trials_per_method: int = Field(ge=1)  # finished tuning trials per method: the same budget for each
+    sampler: Literal["tpe", "random"] = "tpe"  # how knobs are drawn
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # seeds the sampler (per trial number)
+    n_startup_trials: int | None = Field(None, ge=0)  # TPE: random trials first; None = half the budget, at most 10
+    methods: dict[str, dict[str, Distribution]] = Field(min_length=1)  # method -> build parameter -> range
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _shorthand(cls, methods: Any) -> Any:
+        if isinstance(methods, dict):
+            return {m: _categorical_shorthand(knobs) for m, knobs in methods.items()}
+        return methods
+
+
 class MethodConfig(_Model):
     """One named method of a multi-method study."""
 
@@ -292,15 +318,14 @@ class StudyFile(_Model):
     mlflow: MLflowConfig = Field(default_factory=MLflowConfig)  # where runs are logged
     latency: LatencyConfig | None = None  # makes this a latency study (see LatencyConfig)
     continual: ContinualConfig | None = None  # makes this a continual-indexing study (see ContinualConfig)
+    tune: TuneConfig | None = None  # tune each named method alike before the comparison (see TuneConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)  # extra report sections (see ReportConfig)
     scales: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-scale overrides of the fields above
 
     @field_validator("space", mode="before")
     @classmethod
     def _shorthand(cls, space: Any) -> Any:
-        if isinstance(space, dict):
-            return {k: {"type": "categorical", "choices": v} if isinstance(v, list) else v for k, v in space.items()}
-        return space
+        return _categorical_shorthand(space)
 
     @model_validator(mode="after")
     def _one_retriever_source(self) -> StudyFile:

@@ -29,6 +29,7 @@ from bench.report.results import (
     results_section,
     table1_section,
 )
+from bench.report.tuning import tuning_section
 
 __all__ = ["write_report"]
 
@@ -69,6 +70,7 @@ def write_report(study: str, *, tracking_uri: str | None = None, scale: str | No
         results, later = scored_sections[:1], scored_sections[1:]
     for heading, section in (
         ("## Latency against database size", lambda: latency_section(record, fig_dir, rel)),
+        ("## Tuning", lambda: tuning_section(record)),
         *results,
         ("## Failed trials", lambda: failed_section(record)),
         ("## Table 1 beside the paper", lambda: table1_section(record)),

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from bench.study.tuning import PHASE_TAG
 from bench.tracking import PARENT_TAG, VAL_PREFIX, metric_key, metric_name, resolve_tracking_uri
 from vitdsi.errors import VitDSIError
 from vitdsi.metrics import parse_metric
@@ -89,6 +90,7 @@ class StudyRecord:
     runs: pd.DataFrame = field(default_factory=pd.DataFrame)  # finished trial runs, one row each, by trial number
     trials: list[TrialRecord] = field(default_factory=list)  # the same runs, one TrialRecord each
     failed: list[FailedRecord] = field(default_factory=list)  # trial runs that FAILED or were KILLED
+    tuning: pd.DataFrame = field(default_factory=pd.DataFrame)  # tuning trial runs (`tune:`), kept out of the above
 
     @property
     def objective(self) -> str:
@@ -169,6 +171,11 @@ class StudyRecord:
         resolved = {**self.resolved, "dataset": {**self.resolved.get("dataset", {}), "protocol": protocol}}
         return replace(self, resolved=resolved, runs=self.runs[keep], trials=[t for t, k in zip(self.trials, keep) if k],
                        failed=[f for f in self.failed if (f.sampled.get("dataset.protocol") or protocol) == protocol])
+
+    def tuning_trials(self) -> list[TrialRecord]:
+        """The finished tuning trials (a study's `tune:` block), newest attempt first."""
+        finished = self.tuning[self.tuning["status"] == "FINISHED"] if len(self.tuning) else self.tuning
+        return [_trial_record(row) for _, row in finished.iterrows()]
 
     def best(self) -> TrialRecord | None:
         """The trial model choice picks: best objective on the validation queries."""
@@ -287,6 +294,8 @@ def load_study_record(study: str, tracking_uri: str | None = None, scale: str | 
     record = StudyRecord(study, parent.info.run_id, parent.info.experiment_id, uri,
                          dict(parent.data.params), dict(parent.data.tags), resolved)
     runs = runs_frame(client, [parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+    tuning = runs.get(f"tags.{PHASE_TAG}", pd.Series("", index=runs.index)) == "tune"
+    record.tuning, runs = runs[tuning], runs[~tuning]  # a tuning trial is never a result of the study
     # for a trial number run more than once (retried after a crash), the newest finished attempt
     finished = runs[runs["status"] == "FINISHED"].drop_duplicates("number").sort_values("number", kind="stable")
     record.runs = finished.set_index("number", drop=False).rename_axis(None)

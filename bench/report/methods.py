@@ -34,13 +34,15 @@ def methods_section(record: StudyRecord) -> str:
         query = dict(method.get("query", {}))
         defaults, query_defaults = _defaults(retriever)
         # a searched parameter is this method's when its retriever has it (or is unknown here)
-        searched = {k: _range(v) for k, v in space.items() if k != "method" and not k.startswith(("dataset.", "query."))
+        searched = {k: range_text(v) for k, v in space.items() if k != "method" and not k.startswith(("dataset.", "query."))
                     and (not defaults or k in defaults or k in params)}
-        searched_query = {k[len("query."):]: _range(v) for k, v in space.items() if k.startswith("query.")
+        searched_query = {k[len("query."):]: range_text(v) for k, v in space.items() if k.startswith("query.")
                           and (not query_defaults or k[len("query."):] in query_defaults or k[len("query."):] in query)}
-        rows = [f"{k}={_value(v)}" for k, v in params.items() if k not in searched]
+        tuned = {k: range_text(v) for k, v in ((record.resolved.get("tune") or {}).get("methods") or {}).get(name, {}).items()}
+        rows = [f"{k}={_value(v)}" for k, v in params.items() if k not in searched and k not in tuned]
         rows += [f"{k}={v} (searched)" for k, v in searched.items()]
-        rest = [f"{k}={_value(v)}" for k, v in defaults.items() if k not in params and k not in searched]
+        rows += [f"{k}={v} (tuned, see Tuning)" for k, v in tuned.items()]
+        rest = [f"{k}={_value(v)}" for k, v in defaults.items() if k not in params and k not in searched and k not in tuned]
         query_rows = [f"{k}={_value(v)}" for k, v in {**query_defaults, **query}.items() if k not in searched_query]
         query_rows += [f"{k}={v} (searched)" for k, v in searched_query.items()]
         lines = [f"- **{name}**: retriever `{retriever}`",
@@ -64,7 +66,7 @@ def _defaults(retriever: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return {p.name: p.default for p in retriever_params(cls) if p.name not in RESERVED}, dict(cls.query_defaults)
 
 
-def _range(spec: dict[str, Any]) -> str:
+def range_text(spec: dict[str, Any]) -> str:
     """A searched dimension in words: its choices, or its bounds."""
     if spec.get("type") == "categorical":
         return " | ".join(_value(c) for c in spec.get("choices", []))

@@ -29,8 +29,9 @@ class Objective:
     re-raised; Ctrl-C marks the MLflow run KILLED and stops the worker."""
 
     def __init__(self, study: Study, ostudy, tracker: Tracker, *, experiment_id: str, parent_id: str,
-                 study_name: str, options, outcome, grid=None, claim=None) -> None:
+                 study_name: str, options, outcome, grid=None, claim=None, tags: dict[str, str] | None = None) -> None:
         self.study, self.ostudy, self.tracker = study, ostudy, tracker
+        self.tags = dict(tags or {})  # on every trial run of this objective (e.g. the tuning phase)
         self.experiment_id, self.parent_id, self.study_name = experiment_id, parent_id, study_name
         self.options, self.outcome, self.grid, self.claim = options, outcome, grid, claim
         self.failures = 0
@@ -62,7 +63,9 @@ class Objective:
             raise
         cfg = self.study.trial_config(sampled)
         source = find_source(self.tracker, cfg) if self.options.reuse else None
-        tags = {"optuna.retry_of": str(trial.user_attrs["retry_of"])} if "retry_of" in trial.user_attrs else {}
+        tags = dict(self.tags)
+        if "retry_of" in trial.user_attrs:
+            tags["optuna.retry_of"] = str(trial.user_attrs["retry_of"])
         if source is not None:
             tags[REUSED_TAG] = source.data.tags.get(REUSED_TAG, source.info.run_id)
         run_id = self.tracker.start_trial(experiment_id=self.experiment_id, parent_run_id=self.parent_id,

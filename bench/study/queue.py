@@ -88,3 +88,18 @@ class GridQueue:
             if t.state in ALIVE and t.number < trial.number:
                 return f"grid point {gid} is held by trial {t.number}"
         return None
+
+
+def fail_unclaimed(ostudy, storage, before, error: str) -> int | None:
+    """Mark FAIL the trial that `ask` popped or made before its sampler raised: under the claim
+    lock it is the one RUNNING trial that was not RUNNING in `before`. Left RUNNING, with no
+    heartbeat ever sent, it would never go stale and other workers would wait on it."""
+    was_running = {t.number for t in before if t.state == TrialState.RUNNING}
+    number = None
+    for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number not in was_running:
+            tid = trial_id(ostudy, storage, t.number)
+            storage.set_trial_user_attr(tid, "error", error)
+            storage.set_trial_state_values(tid, TrialState.FAIL)
+            number = t.number
+    return number

@@ -16,10 +16,11 @@ from rich.markup import escape
 
 from bench.config import Study, check_data
 from bench.study.objective import Objective
-from bench.study.queue import GridQueue, trial_id
+from bench.study.queue import GridQueue, fail_unclaimed
 from bench.study.samplers import make_sampler
 from bench.study.storage import ClaimLock, make_storage
 from bench.study.summary import RunOutcome, count_states
+from bench.study.tuning import tune_methods
 from bench.tracking import Tracker, default_storage, redact
 from bench.trial import forget_built, prepare
 from vitdsi import interrupt
@@ -107,6 +108,9 @@ def _run(study: Study, options: RunOptions) -> RunOutcome:
     objective = Objective(study, ostudy, tracker, experiment_id=experiment_id, parent_id=parent_id,
                           study_name=study_name, options=options, outcome=outcome, grid=grid, claim=claim)
     try:
+        objective.study = tune_methods(study, study_name=study_name, storage=storage, storage_url=storage_url,
+                                       tracker=tracker, options=options, experiment_id=experiment_id,
+                                       parent_id=parent_id, max_failures=MAX_CONSECUTIVE_FAILURES)
         with progress(transient=False) as bar:
             task = bar.add_task(f"trials of {study_name}", total=target)
             consecutive_failures = 0
@@ -134,7 +138,7 @@ def _run(study: Study, options: RunOptions) -> RunOutcome:
                         try:
                             ostudy.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
                         except Exception as e:  # raised by the sampler in `ask`, before the objective ran
-                            number = _fail_unclaimed(ostudy, storage, trials, f"sampler: {type(e).__name__}: {e}")
+                            number = fail_unclaimed(ostudy, storage, trials, f"sampler: {type(e).__name__}: {e}")
                             objective.sampler_failed(number, e)
                         consecutive_failures = consecutive_failures + 1 if objective.failures > before else 0
                         continue
@@ -173,21 +177,6 @@ def _announce(study: Study, study_name: str, target: int, notes: list[str]) -> N
                   f"{torch.get_num_threads()} torch thread(s)")
     for note in notes:
         console.print(("[yellow]" if note.startswith("warning") else "") + escape(note) + ("[/]" if note.startswith("warning") else ""))
-
-
-def _fail_unclaimed(ostudy, storage, before, error: str) -> int | None:
-    """Mark FAIL the trial that `ask` popped or made before its sampler raised: under the claim
-    lock it is the one RUNNING trial that was not RUNNING in `before`. Left RUNNING, with no
-    heartbeat ever sent, it would never go stale and other workers would wait on it."""
-    was_running = {t.number for t in before if t.state == TrialState.RUNNING}
-    number = None
-    for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.number not in was_running:
-            tid = trial_id(ostudy, storage, t.number)
-            storage.set_trial_user_attr(tid, "error", error)
-            storage.set_trial_state_values(tid, TrialState.FAIL)
-            number = t.number
-    return number
 
 
 def _open(study: Study, study_name: str, storage, storage_url: str, tracker: Tracker, options: RunOptions):
