@@ -30,8 +30,8 @@ class ViewSpec:
     crop: float  # smallest side a zoom-in crop keeps, a fraction of the image side (1 = no crop)
 
 
-# light is the former `augment: true` of dsi-vit and classifier, medium the former view pairs of
-# dual-encoder (the same draws in the same order, so their random streams are unchanged)
+# each strength at least as strong as the one before in every part, so views drift further from the
+# image from none to strong
 VIEWS: dict[str, ViewSpec] = {
     "none": ViewSpec(shift=0.0, flip=False, jitter=0.0, crop=1.0),
     "light": ViewSpec(shift=1 / 16, flip=True, jitter=0.0, crop=1.0),
