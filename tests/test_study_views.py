@@ -74,7 +74,7 @@ def test_setup_declares_the_view_family_and_strength():
     # strengths that differ are declared as such, per method
     text = views_text(_record(resolve(_study())))
     assert "not one strength (no augmentation parity)" in text
-    assert "dsi none" in text and "dual-encoder medium" in text and "dsi-own light" in text and "K=" not in text
+    assert "dsi none" in text and "dual-encoder none" in text and "dsi-own light" in text and "K=" not in text
     only_bovw = _record(resolve(_study(methods={"bovw": {"retriever": "bovw"}})))
     assert views_text(only_bovw) == "no method trains with the view family"
     assert "| training views | no method trains with the view family |" in header_section(only_bovw)

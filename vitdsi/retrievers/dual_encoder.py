@@ -33,7 +33,7 @@ from vitdsi.models.vit_encoder import VitEncoderConfig
 from vitdsi.models.vit_heads import VitDualEncoder
 from vitdsi.ranking import Ranking
 from vitdsi.retrievers.base import Supervision
-from vitdsi.retrievers.params import fields_of, with_defaults
+from vitdsi.retrievers.params import fields_of
 from vitdsi.retrievers.registry import register
 from vitdsi.retrievers.vit_baseline import VitBaseline, gather_rows
 from vitdsi.training.optim import autocast
@@ -48,8 +48,7 @@ class DualEncoder(VitBaseline):
 
     supervision: ClassVar[Supervision] = Supervision(query_pairs=True, pretrained=True)  # at most
     query_defaults: ClassVar[dict[str, Any]] = dict(QUERY_DEFAULTS)
-    # + the FAISS index's; view pairs need views, so they default to medium (the others' default is none)
-    config_params = (*with_defaults(VitBaseline.config_params, views="medium"), *fields_of(FaissConfig, *FAISS_PARAMS))
+    config_params = (*VitBaseline.config_params, *fields_of(FaissConfig, *FAISS_PARAMS))  # + the FAISS index's
 
     def __init__(
         self,
