@@ -138,3 +138,20 @@ def test_baselines_train_on_views_of_the_shared_family(small):
             r = create(name, views=strength)
             got = r._train_input(x, torch.Generator().manual_seed(5))
             assert torch.equal(got, _views(to_input(x), strength, 5)), (name, strength)
+
+
+def test_an_index_saved_with_the_former_augment_parameter_loads(small, tmp_path):
+    import json
+
+    from vitdsi.retrievers.persistence import load_retriever, save_retriever
+
+    corpus, _ = small
+    r = create("dsi-vit", patch_size=8, dim=32, ff_dim=64, depth=1, heads=2, index_epochs=1, device="cpu")
+    r.index(corpus)
+    save_retriever(r, tmp_path)
+    config = json.loads((tmp_path / "retriever.json").read_text())
+    del config["build_params"]["views"], config["build_params"]["index_views"]
+    config["build_params"]["augment"] = True
+    (tmp_path / "retriever.json").write_text(json.dumps(config))
+    loaded = load_retriever(tmp_path)
+    assert torch.equal(loaded.search(corpus.images, 3).ids, r.search(corpus.images, 3).ids)
