@@ -48,7 +48,7 @@ SCALES: dict[str, ScalePreset] = {
             "dsi-vit": {
                 "patch_size": 8, "dim": 64, "ff_dim": 128, "depth": 2, "decoder_depth": 1, "heads": 4,
                 "dropout": 0.0, "id_scheme": "clustered", "mode": "multitask", "index_epochs": 100,
-                "retrieval_epochs": 60, "lr": 1e-3, "batch_size": 16, "augment": False,
+                "retrieval_epochs": 60, "lr": 1e-3, "batch_size": 16, "views": "none",
             },
             "classifier": _TINY_VIT,
             "dual-encoder": {**_TINY_VIT, "embed_dim": 16},
@@ -58,7 +58,7 @@ SCALES: dict[str, ScalePreset] = {
             "dsi-text": {
                 "patch_size": 8, "dim": 64, "ff_dim": 128, "depth": 2, "decoder_depth": 1, "heads": 4,
                 "dropout": 0.0, "id_scheme": "atomic", "mode": "multitask", "index_epochs": 40,
-                "retrieval_epochs": 40, "lr": 1e-3, "batch_size": 16, "augment": False,
+                "retrieval_epochs": 40, "lr": 1e-3, "batch_size": 16, "views": "none",
             },
             "text-dual-encoder": {**_TINY_VIT, "epochs": 10, "embed_dim": 32},
         },
@@ -79,7 +79,7 @@ SCALES: dict[str, ScalePreset] = {
             "dsi-vit": {
                 "patch_size": 4, "dim": 128, "ff_dim": 256, "depth": 4, "decoder_depth": 1, "heads": 4,
                 "dropout": 0.1, "pos_encoding": "sinusoidal", "id_scheme": "clustered", "mode": "multitask",
-                "index_epochs": 60, "retrieval_epochs": 100, "lr": 5e-4, "batch_size": 16, "augment": True,
+                "index_epochs": 60, "retrieval_epochs": 100, "lr": 5e-4, "batch_size": 16, "views": "light",
                 "target_ia": 0.99,
             },
         },

@@ -27,7 +27,7 @@ from vitdsi.metrics import indexing_accuracy
 from vitdsi.retrievers import create
 
 console = Console()
-RECIPE = dict(patch_size=4, dim=128, ff_dim=256, depth=4, heads=4, dropout=0.0, augment=False, lr=1e-3,
+RECIPE = dict(patch_size=4, dim=128, ff_dim=256, depth=4, heads=4, dropout=0.0, views="none", lr=1e-3,
               batch_size=64, id_scheme="atomic", mode="zero-shot", target_ia=0.99, eval_every=5, ia_sample=512)
 # a frozen pretrained encoder read once per image (the `pretrained` study's frozen atomic DSI, without dropout)
 FROZEN = dict(RECIPE, encoder="efficientnet-lite0", encoder_size=96, freeze_encoder=True, depth=1, batch_size=256,

@@ -216,7 +216,7 @@ def test_shipped_study_set_is_complete():
         assert {"classifier", "dual-encoder", "dsi-vit", "bovw"} <= set(retrievers), name
         dsi = next(m for m in study.methods.values() if m.retriever == "dsi-vit" and m.params.get("mode") != "zero-shot")
         for baseline in ("classifier", "dual-encoder"):
-            for field in ("patch_size", "dim", "ff_dim", "depth", "heads", "dropout", "lr", "batch_size", "augment"):
+            for field in ("patch_size", "dim", "ff_dim", "depth", "heads", "dropout", "lr", "batch_size", "views"):
                 assert retrievers[baseline].params.get(field) == dsi.params.get(field), (name, baseline, field)
 
 

@@ -1,5 +1,5 @@
 """Resolution of a validated study file at a scale into a `Study`: parameters from general to
-specific (retriever defaults < scale preset < `fixed` < a method's `params`; sampled values
+specific (retriever defaults < scale preset < `fixed` < the `views` block < a method's `params`; sampled values
 come last, in `Study.trial_config`), dataset defaults, metrics, the sampler and the budget."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from bench.config.schema import (
     route,
 )
 from bench.config.tune import resolve_tune
+from bench.config.views import study_views
 from vitdsi.data.protocols import PROTOCOLS
 from vitdsi.errors import VitDSIError
 
@@ -125,13 +126,13 @@ def build_study(sf: StudyFile, scale_name: str, source: str) -> Study:
             raise fail(f"report.compare_with[{i}]", f"'{ref}' is no method of this study{suggest(ref, sorted(names))}; "
                        f"methods: {', '.join(raw_methods)}")
 
-    # methods resolved: scale preset < fixed < method params
+    # methods resolved: scale preset < fixed < the `views` block < method params
     fixed_params = {k: v for k, v in sf.fixed.items() if route(k)[0] == "param"}
     fixed_query = {route(k)[1]: v for k, v in sf.fixed.items() if route(k)[0] == "query"}
     methods: dict[str, Method] = {}
     for mname, mc in raw_methods.items():
         params = {k: v for k, v in scale.params_for(mc.retriever).items() if k not in RESERVED_PARAMS}
-        params.update(fixed_params)
+        params.update(fixed_params | study_views(sf, known[mc.retriever], source))
         params.update(mc.params)
         methods[mname] = Method(name=mname, retriever=mc.retriever, params=params, query={**sf.query, **fixed_query, **mc.query})
 

@@ -28,6 +28,7 @@ from bench.config.errors import StudyConfigError, field_errors, suggest
 from vitdsi.data.protocols import PROTOCOLS, Protocol
 from vitdsi.errors import VitDSIError
 from vitdsi.limits import MAX_IMAGE_SIDE, MAX_IMAGES, MAX_SEED
+from vitdsi.training.train_views import VIEW_STRENGTHS
 
 Scalar = bool | int | float | str | None
 RESERVED_PARAMS = ("seed", "device")  # set by the harness (repeats, --device), never by a study
@@ -284,6 +285,22 @@ class TuneConfig(_Model):
         return methods
 
 
+class ViewsConfig(_Model):
+    """The training views of the whole study (vitdsi.training.train_views), declared once so every
+    method trains at augmentation parity: sets the build parameter `views` of every method whose
+    retriever has one and `index_views` of the DSIs, unless the method's `params` set them
+    (bench.config.views)."""
+
+    strength: Literal[VIEW_STRENGTHS]  # the view family's strength, for every method
+    index_views: int = Field(0, ge=0)  # DSIs: pseudo-query views of each indexed image per indexing epoch
+
+    @model_validator(mode="after")
+    def _check(self) -> ViewsConfig:
+        if self.index_views and self.strength == "none":
+            raise ValueError(f"index_views {self.index_views} needs views to draw: set `strength` to light, medium or strong")
+        return self
+
+
 class MethodConfig(_Model):
     """One named method of a multi-method study."""
 
@@ -304,6 +321,7 @@ class StudyFile(_Model):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)  # the data and the split
     fixed: dict[str, Any] = Field(default_factory=dict)  # parameters every trial uses
     query: dict[str, Any] = Field(default_factory=dict)  # query arguments every trial uses
+    views: ViewsConfig | None = None  # training views of every method, at parity (see ViewsConfig)
     space: dict[str, Distribution] = Field(default_factory=dict)  # what Optuna searches
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)  # how it searches
     n_trials: int | None = Field(None, ge=1)  # finished trials wanted; default: the whole grid, or 20

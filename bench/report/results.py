@@ -15,6 +15,7 @@ from bench.paper import METHOD_NOTE, paper_row
 from bench.report.data import StudyRecord
 from bench.report.markdown import CHANCE_MARK, fmt, fmt_ci, label, md_table, near_chance
 from bench.report.methods import overrides_text
+from bench.report.views import views_text
 from vitdsi.data.protocols import get_protocol
 
 
@@ -41,6 +42,7 @@ def header_section(record: StudyRecord) -> str:
         ["objective", f"{record.objective} ({record.direction}), sampler {record.params.get('sampler')}, "
                       f"repeats {record.params.get('repeats')} seed(s) per trial"],
         ["trials", f"{len(record.trials)} finished"],
+        ["training views", views_text(record)],
         ["overrides", overrides_text(record)],
     ]
     return md_table(["", ""], rows)

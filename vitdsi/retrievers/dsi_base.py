@@ -43,8 +43,8 @@ class DSIRetriever(Retriever):
     config_params = (  # the model's and the trainer's fields, named and defaulted there
         *fields_of(VitDSIConfig, *ENCODER_PARAMS, "decoder_depth"),
         *fields_of(TrainConfig, "mode", "index_epochs", "retrieval_epochs", "lr", "batch_size", "weight_decay",
-                   "warmup_frac", "min_lr_frac", "grad_clip", "label_smoothing", "augment", "target_ia", "eval_every",
-                   "ia_sample", "precision"),
+                   "warmup_frac", "min_lr_frac", "grad_clip", "label_smoothing", "views", "index_views", "target_ia",
+                   "eval_every", "ia_sample", "precision"),
     )
 
     def __init__(self, *, id_scheme: str = "random", id_length: int = 0, id_features: str = "pixels",

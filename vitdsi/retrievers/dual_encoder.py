@@ -36,14 +36,10 @@ from vitdsi.retrievers.base import Supervision
 from vitdsi.retrievers.params import fields_of
 from vitdsi.retrievers.registry import register
 from vitdsi.retrievers.vit_baseline import VitBaseline, gather_rows
-from vitdsi.training.augment import random_flip, random_jitter, random_shift, to_input
 from vitdsi.training.optim import autocast
 from vitdsi.training.sampler import RelevantSampler
 
 log = get_logger(__name__)
-
-VIEW_SHIFT = 8  # view pairs: shift by up to image size / VIEW_SHIFT pixels
-VIEW_JITTER = 0.3  # view pairs: brightness / contrast jitter strength (vitdsi.training.augment.random_jitter)
 
 
 @register("dual-encoder")
@@ -78,11 +74,6 @@ class DualEncoder(VitBaseline):
         return Supervision(query_pairs=self.use_queries, pretrained=self.encoder != "vit")
 
     # ---- training ---------------------------------------------------------------------
-    def _view(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """An augmented view of each model-input image (shift, flip, brightness / contrast)."""
-        x = random_flip(random_shift(x, gen, max(1, x.shape[-1] // VIEW_SHIFT)), gen)
-        return random_jitter(x, gen, VIEW_JITTER)
-
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
         enc_cfg = self._encoder_config(corpus.image_size)
         n = len(corpus)
@@ -105,9 +96,9 @@ class DualEncoder(VitBaseline):
         parts = self._training_rows(parts)
         n_batches = max(1, math.ceil((n + n_q) / self.batch_size))
 
-        def batches() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-            """(anchor rows of [corpus; queries], positive corpus positions, is-view-pair) per batch;
-            both streams are split into the same number of batches, so every batch mixes them."""
+        def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+            """(anchor rows of [corpus; queries], positive corpus positions) per batch; both streams
+            (view pairs, query pairs) are split into the same number of batches, so every batch mixes them."""
             views = torch.randperm(n, generator=gen)
             if sampler is not None:
                 q = torch.randperm(n_q, generator=gen)
@@ -117,23 +108,17 @@ class DualEncoder(VitBaseline):
             out = []
             for vb, qb, pb in zip(torch.tensor_split(views, n_batches), torch.tensor_split(q, n_batches),
                                   torch.tensor_split(q_pos, n_batches)):
-                is_view = torch.cat([torch.ones(len(vb), dtype=torch.bool), torch.zeros(len(qb), dtype=torch.bool)])
-                out.append((torch.cat([vb, qb + n]), torch.cat([vb, pb]), is_view))
+                out.append((torch.cat([vb, qb + n]), torch.cat([vb, pb])))
             return out
 
         def step(batch):
-            anchor, positive, is_view = (t.to(self.device) for t in batch)
+            anchor, positive = (t.to(self.device) for t in batch)
             b = len(anchor)
-            if self._precomputed:
-                # a frozen encoder's cached features admit no pixel augmentation: a view pair is two
-                # dropout passes over the same features (SimCSE, Gao et al. 2021)
-                xa, xp = gather_rows(parts, anchor), parts[0][positive]
-            else:
-                xa = self._train_input(gather_rows(parts, anchor), gen)  # [B, 3, H, W]
-                xp = to_input(images[positive])
-                xp[is_view] = self._view(xp[is_view], gen)  # view pairs: an augmented copy of the anchor image
-                if self.augment:
-                    xp[~is_view] = self._train_input(images[positive[~is_view]], gen)
+            # both sides are fresh views at `views` strength, so a view pair is two views of one image;
+            # with views 'none' (or a frozen encoder's cached features) it is two dropout passes over
+            # the same input (SimCSE, Gao et al. 2021)
+            xa = self._train_input(gather_rows(parts, anchor), gen)  # [B, 3, H, W]
+            xp = self._train_input(parts[0][positive], gen)
             z = model(torch.cat([xa, xp]), self._precomputed).float()  # [2B, E], unit norm
             loss, right = symmetric_info_nce(z[:b], z[b:], positive, self.temperature)
             return loss, b, right

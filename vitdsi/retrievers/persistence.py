@@ -62,6 +62,7 @@ def load_retriever(path: str | Path, *, device: str | None = None) -> Retriever:
         ) from None
     if device is not None:
         params["device"] = device
+    params.pop("augment", None)  # saved before `views` replaced it: a training setting, not needed to search
     if not (0 <= corpus_size <= MAX_IMAGES and 1 <= image_size <= MAX_IMAGE_SIDE):
         raise VitDSIError(f"{cfg_file}: corpus_size {corpus_size:,} or image_size {image_size:,} out of bounds "
                           f"(0..{MAX_IMAGES:,} images of 1..{MAX_IMAGE_SIDE} px); save the index again")

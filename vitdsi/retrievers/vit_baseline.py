@@ -1,7 +1,7 @@
 """What the retrievers that train the ViT-DSI's encoder with another head share.
 
 `VitModelRetriever`: encoder and training build parameters as the DSI's (fields of
-`VitEncoderConfig`, `LoopConfig`, `TrainConfig`), the training images, augmentation, the epoch
+`VitEncoderConfig`, `LoopConfig`, `TrainConfig`), the training images, their views, the epoch
 loop and batched inference (`text-dual-encoder` builds on it). `VitBaseline` adds `use_queries`:
 the label-matched baselines of the ViT-DSI (`classifier`, `dual-encoder`). Neither is registered.
 """
@@ -17,10 +17,11 @@ from vitdsi.errors import VitDSIError
 from vitdsi.models.vit_encoder import VitEncoderConfig, check_borrowed_fields
 from vitdsi.retrievers.base import Retriever
 from vitdsi.retrievers.params import fields_of
-from vitdsi.training.augment import random_flip, random_shift, to_input
+from vitdsi.training.augment import to_input
 from vitdsi.training.cached_features import precompute_features, trains_on_cached_features
 from vitdsi.training.config import PRECISIONS, TrainConfig
 from vitdsi.training.loop import LoopConfig, train_epochs
+from vitdsi.training.train_views import apply_views, check_views
 
 SEARCH_BATCH = 256  # images encoded together at index and query time
 # the encoder fields every ViT retriever takes as build parameters (image_size comes from the data)
@@ -35,7 +36,7 @@ class VitModelRetriever(Retriever):
     config_params = (
         *fields_of(VitEncoderConfig, *ENCODER_PARAMS),
         *fields_of(LoopConfig, "epochs", "lr", "weight_decay", "warmup_frac", "min_lr_frac", "grad_clip", "precision"),
-        *fields_of(TrainConfig, "batch_size", "augment"),
+        *fields_of(TrainConfig, "batch_size", "views"),
     )
 
     def __init__(self, *, seed: int = 0, device: str | None = None, **params: Any) -> None:
@@ -49,6 +50,10 @@ class VitModelRetriever(Retriever):
             )
         if self.precision not in PRECISIONS:
             raise VitDSIError(f"{name}: precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+        try:
+            check_views(self.views)
+        except VitDSIError as e:
+            raise VitDSIError(f"{name}: {e}") from None
         self.history: list[dict[str, Any]] = []  # per-epoch training log (dicts), as in dsi-vit
         self._model: torch.nn.Module | None = None
         self._precomputed = False  # training reads a borrowed encoder's fixed-part output, not images
@@ -74,20 +79,17 @@ class VitModelRetriever(Retriever):
 
     def _training_rows(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
         """The training images as every epoch reads them: uint8 images or, for a borrowed encoder
-        with a fixed part and no augmentation, that part's output computed once (as dsi-vit); the
+        with a fixed part and `views` none, that part's output computed once (as dsi-vit); the
         model is then called with `precomputed=True`."""
-        self._precomputed = trains_on_cached_features(self._model.encoder, self.augment)
+        self._precomputed = trains_on_cached_features(self._model.encoder, self.views != "none")
         return precompute_features(self._model.encoder, parts) if self._precomputed else parts
 
     def _train_input(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Training rows (`_training_rows`) -> model input; images are randomly shifted (up to
-        size/16 px) and mirrored when `augment` is on (as dsi-vit's augmentation)."""
+        """Training rows (`_training_rows`) -> model input: a fresh view of each image at `views`
+        strength (`vitdsi.training.train_views`, the family dsi-vit indexes with)."""
         if self._precomputed:
             return images
-        x = to_input(images)
-        if self.augment and len(x):
-            x = random_flip(random_shift(x, gen, max(1, x.shape[-1] // 16)), gen)
-        return x
+        return apply_views(to_input(images), gen, self.views)
 
     # ---- inference --------------------------------------------------------------------
     def _batched(self, images: torch.Tensor) -> Iterator[torch.Tensor]:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from vitdsi.errors import VitDSIError
+from vitdsi.training.train_views import check_views
 
 MODES = ("zero-shot", "fine-tuned", "multitask")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -40,7 +41,11 @@ class TrainConfig(OptimConfig):
     retrieval_epochs: int = 30  # epochs of the retrieval (fine-tuned) or mixed (multitask) phase
     batch_size: int = 32  # examples per step (the paper's); small batches = more steps, faster memorisation
     label_smoothing: float = 0.0  # cross-entropy smoothing (0 while memorising)
-    augment: bool = False  # random shifts (up to size/16 px) and left-right flips of training images
+    # training views of every training image (vitdsi.training.train_views): 'none', 'light', 'medium', 'strong'
+    views: str = "none"
+    # pseudo-query views: each indexing epoch presents every indexed image K more times, each a fresh
+    # view at `views` strength labelled with its id (N * (1 + K) indexing examples an epoch)
+    index_views: int = 0
     target_ia: float = 0.99  # indexing stops once greedy IA@1 on the corpus reaches this
     eval_every: int = 10  # also measure IA@1 every this many indexing epochs
     seed: int = 0  # order, targets and augmentation
@@ -58,6 +63,7 @@ class TrainConfig(OptimConfig):
             raise VitDSIError("batch_size must be >= 1 and lr > 0")
         if self.index_epochs < 0 or self.retrieval_epochs < 0:
             raise VitDSIError("index_epochs and retrieval_epochs must be >= 0")
+        check_views(self.views, self.index_views)
 
 
 @dataclass

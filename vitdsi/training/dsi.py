@@ -15,11 +15,12 @@ from vitdsi.divergence import check_loss
 from vitdsi.errors import VitDSIError
 from vitdsi.log import get_logger, progress
 from vitdsi.models.vit_dsi import PAD, VitDSI, id_inputs_targets
-from vitdsi.training.augment import random_flip, random_shift, to_input
+from vitdsi.training.augment import to_input
 from vitdsi.training.cached_features import precompute_features, trains_on_cached_features
 from vitdsi.training.config import Callback, EpochLog, TrainConfig
 from vitdsi.training.optim import autocast, grad_scaler, lr_factor, make_optimizer, optimizer_step
 from vitdsi.training.sampler import RelevantSampler
+from vitdsi.training.train_views import apply_views
 
 log = get_logger(__name__)
 
@@ -45,14 +46,13 @@ class DSITrainer:
         self.targets = targets.to(self.device)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.history: list[EpochLog] = []
-        self.max_shift = max(1, corpus_images.shape[-1] // 16) if cfg.augment else 0
         self.queries = self.sampler = None
         if cfg.mode != "zero-shot":
             self._set_queries(query_images, query_labels, corpus_labels)
         # a borrowed encoder's fixed part gives every image the same output in every epoch: without
-        # augmentation it runs once per image, and training reads its output (`self.corpus` and
-        # `self.queries` then hold features, not uint8 images)
-        self.precomputed = trains_on_cached_features(model.encoder, cfg.augment)
+        # views it runs once per image, and training reads its output (`self.corpus` and
+        # `self.queries` then hold features, not uint8 images); with views it runs on each batch
+        self.precomputed = trains_on_cached_features(model.encoder, cfg.views != "none")
         if self.precomputed:
             self._precompute()
         self.scaler = grad_scaler(self.device)
@@ -138,7 +138,9 @@ class DSITrainer:
         """One epoch of (images index, source flag, target ids) batches; source 0 = corpus, 1 = query."""
         bs = self.cfg.batch_size
         n = len(self.corpus)
-        idx_perm = torch.randperm(n, generator=self.gen) if phase != "retrieval" else torch.empty(0, dtype=torch.int64)
+        # each indexed image 1 + index_views times; every presentation is drawn as a fresh view in _gather
+        idx_perm = torch.randperm(n * (1 + self.cfg.index_views), generator=self.gen) % n if phase != "retrieval" \
+            else torch.empty(0, dtype=torch.int64)
         if phase != "index":
             q_perm = torch.randperm(len(self.queries), generator=self.gen)
             q_target = self.sampler.sample(q_perm, self.gen)  # one relevant image per query, afresh each epoch
@@ -165,9 +167,7 @@ class DSITrainer:
             images = torch.empty((len(index), *self.corpus.shape[1:]), dtype=self.corpus.dtype, device=self.device)
             images[from_corpus] = self.corpus[index[from_corpus]]
             images[~from_corpus] = self.queries[index[~from_corpus]]
-        x = self._input(images)
-        if self.max_shift:
-            x = random_flip(random_shift(x, self.gen, self.max_shift), self.gen)
+        x = apply_views(self._input(images), self.gen, self.cfg.views)
         return x, self.targets[target_pos], from_corpus
 
     def _phase(self, phase: str, epochs: int) -> bool:
@@ -229,6 +229,6 @@ class DSITrainer:
         return False
 
     def _steps_per_epoch(self, phase: str) -> int:
-        n_idx = len(self.corpus) if phase != "retrieval" else 0
+        n_idx = len(self.corpus) * (1 + self.cfg.index_views) if phase != "retrieval" else 0
         n_q = len(self.queries) if phase != "index" else 0
         return max(1, math.ceil((n_idx + n_q) / self.cfg.batch_size))

@@ -18,12 +18,12 @@ import torch
 
 from vitdsi.errors import VitDSIError
 from vitdsi.models.text_models import VitTextDSI
-from vitdsi.training.augment import random_flip, random_shift
 from vitdsi.training.cached_features import precompute_features
 from vitdsi.training.config import TrainConfig
 from vitdsi.training.dsi import DSITrainer
 from vitdsi.training.optim import autocast
 from vitdsi.training.sampler import RelevantSampler
+from vitdsi.training.train_views import apply_views
 
 STATES_BATCH = 256  # captions encoded together when their token states are cached
 
@@ -100,9 +100,7 @@ class TextDSITrainer(DSITrainer):
     def _gather(self, index: torch.Tensor, src: torch.Tensor, target_pos: torch.Tensor):
         index, src, target_pos = index.to(self.device), src.to(self.device), target_pos.to(self.device)
         from_corpus = src == 0
-        x = self._input(self.corpus[index[from_corpus]])
-        if self.max_shift and len(x):
-            x = random_flip(random_shift(x, self.gen, self.max_shift), self.gen)
+        x = apply_views(self._input(self.corpus[index[from_corpus]]), self.gen, self.cfg.views)
         text = self.queries.rows(index[~from_corpus]) if self.queries is not None else None
         return MixedBatch(x, text, from_corpus), self.targets[target_pos], from_corpus
 
