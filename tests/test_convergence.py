@@ -7,8 +7,8 @@ import re
 
 import pytest
 import torch
-
 from conftest import run_study_dict, smoke_retriever
+
 from vitdsi.errors import VitDSIError
 from vitdsi.training.flops import FlopMeter
 from vitdsi.training.monitor import MonitorConfig, TrainingMonitor, ValidationSet
