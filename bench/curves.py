@@ -1,5 +1,6 @@
 """Per-epoch training curves of a trial run, written to MLflow as metric histories
-(`train/<phase>/<field>`, or `train/seed<N>/<phase>/<field>` with several seeds)."""
+(`train/<phase>/<field>`, or `train/seed<N>/<phase>/<field>` with several seeds), and each seed's
+validation checkpoints against training compute (`curve/seed<N>/...`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.tracking import Tracker
+from bench.tracking import Tracker, metric_key
 
 
 class EpochLogger:
@@ -47,3 +48,30 @@ def epoch_metrics(entry: dict[str, Any], prefix: str = "train/") -> dict[str, fl
     return {f"{base}{k}": float(v) for k, v in entry.items()
             if k not in ("phase", "epoch", "step") and isinstance(v, int | float) and not isinstance(v, bool)
             and np.isfinite(v)}
+
+
+def checkpoint_metrics(result) -> list[tuple[int, dict[str, float]]]:
+    """Each seed's validation checkpoints (`vitdsi.training.monitor`) as (step, metrics): the
+    learning curve `curve/seed<N>/val_<metric>` against `curve/seed<N>/flops`, `.../examples`,
+    `.../epoch` and `.../seconds`, one MLflow step per checkpoint."""
+    out = []
+    for i, rep in enumerate(result.repeats):
+        record = rep.training or {}
+        if not record.get("checkpoints") or not record.get("metric"):
+            continue
+        prefix = f"curve/seed{result.config.seed + i}/"
+        for step, c in enumerate(record["checkpoints"]):
+            values = {f"{prefix}val_{metric_key(record['metric'])}": c["value"], f"{prefix}flops": c["flops"],
+                      f"{prefix}examples": c["examples"], f"{prefix}epoch": c["epoch"], f"{prefix}seconds": c["seconds"]}
+            out.append((step, {k: float(v) for k, v in values.items() if np.isfinite(v)}))
+    return out
+
+
+def log_checkpoints(tracker: Tracker, run_id: str, result) -> None:
+    """Write `checkpoint_metrics(result)` to the trial run."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, v, now, step) for step, values in checkpoint_metrics(result) for k, v in values.items()]
+    for s in range(0, len(items), 1000):
+        tracker.client.log_batch(run_id, metrics=items[s : s + 1000])

@@ -1,6 +1,7 @@
 """Report figures with matplotlib (Agg, no network): latency vs N on log-log axes with
 fitted slopes, quality against latency with its Pareto front, Precision@K curves, training
-curves, and a query -> top-k image grid (image queries, or captions printed above each row).
+curves, validation quality against training FLOPs, and a query -> top-k image grid (image
+queries, or captions printed above each row).
 
 Each function takes plain arrays and writes one PNG; the report module decides what to plot.
 """
@@ -127,6 +128,28 @@ def training_curves(histories: Mapping[str, Mapping[str, Sequence[tuple[int, flo
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.05 + 0.03 * (len(handles) > 4), 1, 1))  # room for the legend
     return _save(fig, path, layout=False)
+
+
+def quality_flops_plot(series: Mapping[str, Sequence[Sequence[tuple[float, float]]]], path: Path, title: str,
+                       ylabel: str) -> Path:
+    """series: label -> one [(training FLOPs, validation quality), ...] curve per seed; one colour
+    per label, every seed a thin line, FLOPs on a log axis."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, seeds) in enumerate(series.items()):
+        colour = colours[i % len(colours)]
+        for j, curve in enumerate(seeds):
+            points = [(f, v) for f, v in curve if f > 0]
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, "o-", color=colour, lw=1, ms=3, alpha=0.8, label=label if j == 0 else None)
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs (counted on real steps)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
 
 
 def retrieval_grid(queries: np.ndarray, results: np.ndarray, relevant: np.ndarray, path: Path, title: str,

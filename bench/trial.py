@@ -17,6 +17,7 @@ import torch
 
 from bench.config import DataConfig, TrialConfig
 from bench.config.latency import scored_k
+from bench.convergence import training_summary, validation_set
 from bench.latency_trial import latency_record
 from vitdsi.data import ImageSet, Split, SplitSets, load_dataset, make_split
 from vitdsi.data.protocols import apply_protocol
@@ -109,6 +110,7 @@ class RepeatResult:
     index_seconds: float  # wall time of retriever.index (continual: of the index and every add)
     query_ms: float  # mean wall time per test query (batched search)
     continual: list[dict[str, float]] = field(default_factory=list)  # per step (bench.continual), continual studies
+    training: dict[str, Any] | None = None  # the retriever's training record (vitdsi.training.monitor), if it trains
 
 
 @dataclass
@@ -171,7 +173,7 @@ def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHoo
             metrics.update(indexing_accuracy(indexing.ids, len(corpus), ks=ia_ks))
         metrics = {m: metrics[m] for m in cfg.metrics}
         repeats.append(RepeatResult(seed, split, metrics, val_metrics, values, test, val, indexing, history,
-                                    index_seconds, query_ms, steps))
+                                    index_seconds, query_ms, steps, getattr(retriever, "training_record", None)))
         if kept is None:
             kept = retriever
             if cfg.latency is not None:
@@ -183,7 +185,7 @@ def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHoo
         timings={"n_indexed": float(repeats[0].split.idb.size),
                  "index_seconds": float(np.mean([x.index_seconds for x in repeats])),
                  "query_ms": float(np.mean([x.query_ms for x in repeats])), **search_settings(kept, k_test),
-                 **latency},
+                 **training_summary([x.training for x in repeats], [x.index_seconds for x in repeats]), **latency},
     )
 
 
@@ -227,7 +229,7 @@ def _build(cfg: TrialConfig, r: int, sets: SplitSets, device: str | None, on_epo
     else:
         # text retrievers learn from the captions the corpus carries (the text protocol's train part)
         train = sets.train if retriever.query_kind == "image" else None
-        retriever.index(sets.corpus, train_queries=train, on_epoch=hook)
+        retriever.index(sets.corpus, train_queries=train, on_epoch=hook, validation=validation_set(cfg, sets))
     index_seconds = time.perf_counter() - t0
     history = [_as_dict(e) for e in getattr(retriever, "history", None) or []]
     if on_epoch is not None and not retriever.reports_epochs:

@@ -91,12 +91,15 @@ class TrialConfig(Resolved):
     sampled: dict[str, Any]  # the values Optuna chose for this trial
     latency: dict[str, Any] | None = None  # LatencyConfig fields, for latency studies
     continual: dict[str, Any] | None = None  # ContinualConfig fields, for continual-indexing studies
+    objective: str | None = None  # the study's objective: the validation metric training stops on
 
     def fingerprint(self) -> str:
         """What a trial builds: retriever, build parameters, the dataset with its options,
-        protocol and split, the seeds (first seed, repeats) and continual steps. Not the query
-        arguments, metrics, names or device: trials with one fingerprint build the same index."""
-        return digest(self.model_dump(mode="json", include={"retriever", "params", "dataset", "seed", "repeats", "continual"}))
+        protocol and split, the seeds (first seed, repeats), continual steps and the objective
+        (early stopping reads it). Not the query arguments, other metrics, names or device:
+        trials with one fingerprint build the same index."""
+        return digest(self.model_dump(mode="json", include={"retriever", "params", "dataset", "seed", "repeats",
+                                                            "continual", "objective"}))
 
     def result_fingerprint(self) -> str:
         """The fingerprint with the query arguments and latency settings: trials with one result
@@ -200,7 +203,7 @@ class Study(Resolved):
             study=self.name, scale=self.scale, method=method_name, retriever=method.retriever,
             params=params, query=query, dataset=data,
             metrics=self.metrics, repeats=self.repeats, seed=self.seed, sampled=sampled,
-            latency=latency, continual=self.continual,
+            latency=latency, continual=self.continual, objective=self.metric,
         )
 
     def fingerprint(self) -> str:

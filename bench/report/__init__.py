@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.report.compute import compute_section
 from bench.report.continual import continual_section
 from bench.report.data import load_study_record
 from bench.report.figures import curves_section, precision_and_grid_section
@@ -96,6 +97,7 @@ def _scored_sections(record, fig_dir: Path, rel: str, rankings: dict, level: str
     return [
         (f"{level} Results", lambda: results_section(record) + "\n\n" + best_section(record)),
         (f"{level} Paired comparisons", lambda: paired_section(family(), record, protocol)),
+        (f"{level} Training compute", lambda: compute_section(record, fig_dir, rel)),
         (f"{level} Seen and unseen in training", lambda: seen_in_training_section(record, fig_dir, rankings)),
         (f"{level} Precision@K and example queries", lambda: precision_and_grid_section(record, fig_dir, rel, rankings)),
     ]

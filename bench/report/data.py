@@ -199,7 +199,7 @@ def _trial_metrics(raw: dict[str, float]) -> tuple[dict[str, MetricRecord], dict
     metrics, val, extra = {}, {}, {}
     suffixes = ("_ci95", "_qci95", "_chance", "_n", "_per_seed")
     for key, value in raw.items():
-        if key.startswith("train/") or key.endswith(suffixes):
+        if key.startswith(("train/", "curve/")) or key.endswith(suffixes):
             continue
         is_val = key.startswith(VAL_PREFIX) and _is_metric_base(key[len(VAL_PREFIX):])
         if is_val or _is_metric_base(key):

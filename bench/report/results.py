@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from bench.paper import METHOD_NOTE, paper_row
+from bench.report.compute import convergence_cell
 from bench.report.data import StudyRecord
 from bench.report.markdown import CHANCE_MARK, fmt, fmt_ci, label, md_table, near_chance
 from bench.report.methods import overrides_text
@@ -134,6 +135,7 @@ def results_section(record: StudyRecord) -> str:
         cols[_metric_header(m, shared_chance[m])] = cells
     if seeds > 1:
         cols[f"{objective} ± CI over queries"] = _ci_cells(tables[objective]["mean"], tables[objective]["ci95_queries"])
+    cols["training"] = [convergence_cell(t) for t in record.trials]
     cols["index s"] = record.column("metrics.index_seconds").map(lambda v: fmt(v, 1))
     cols["ms / query"] = record.column("metrics.query_ms").map(lambda v: fmt(v, 2))
     table = pd.DataFrame(cols, index=record.runs.index)
@@ -147,6 +149,8 @@ def results_section(record: StudyRecord) -> str:
             + (f"Model choice (Optuna's objective, the chosen trial) reads only the {objective} of the validation "
                "queries; test queries are never used to choose. " if has_val else
                "These runs logged no validation metrics, so model choice read test numbers. ")
+            + "*Training* says whether every seed's training converged (a validation plateau before the epoch cap "
+              "and, for a DSI, IA@1 at its target) and names what failed otherwise. "
             + "*Learns from* says what reached training besides the corpus pixels: with class-identity relevance a "
               "method that learns from labels is rewarded for classifying, so compare it with a label-matched "
               "baseline (`classifier`, `dual-encoder`), not only with label-free ones.")

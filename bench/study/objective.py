@@ -12,7 +12,7 @@ import optuna
 from rich.markup import escape
 
 from bench.config import Categorical, FloatRange, IntRange, Study
-from bench.curves import EpochLogger
+from bench.curves import EpochLogger, log_checkpoints
 from bench.reuse import REUSED_TAG, find_source, reuse
 from bench.tracking import Tracker, worker_id
 from vitdsi import interrupt
@@ -140,5 +140,6 @@ class Objective:
         summary = {k: v.to_dict() for k, v in result.summary.items()}
         val_summary = {k: v.to_dict() for k, v in result.val_summary.items()}
         value = self.value(summary, val_summary)  # raises before the run is logged FINISHED
+        log_checkpoints(self.tracker, run_id, result)
         self.tracker.finish_trial(run_id, result, log_index=self.study.log_index)
         return summary, val_summary, value

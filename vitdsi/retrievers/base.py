@@ -23,6 +23,7 @@ from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
 from vitdsi.ranking import Ranking
 from vitdsi.retrievers.params import coerce, retriever_params, type_name
+from vitdsi.training.monitor import ValidationSet
 
 EpochCallback = Callable[[Any], "bool | None"]  # called with each epoch's log; True stops training
 Queries = torch.Tensor | Sequence[str]  # uint8 images [n, 3, H, W], or captions (a list of str)
@@ -86,6 +87,10 @@ class Retriever(ABC):
         self.corpus_size: int | None = None
         self.image_size: int | None = None
         self.on_epoch: EpochCallback | None = None  # the hook of the index / add call under way
+        self.validation: ValidationSet | None = None  # the validation queries of the index call under way
+        # what the last index call's training cost and whether it converged (TrainingMonitor.record);
+        # None for retrievers that do not train
+        self.training_record: dict[str, Any] | None = None
         declared = {f.name: f for f in self.config_params}
         unknown = sorted(set(params) - set(declared))
         if unknown:
@@ -132,10 +137,12 @@ class Retriever(ABC):
 
     # ---- public interface -----------------------------------------------------------
     def index(self, corpus: ImageSet, *, train_queries: ImageSet | None = None,
-              on_epoch: EpochCallback | None = None) -> None:
+              on_epoch: EpochCallback | None = None, validation: ValidationSet | None = None) -> None:
         """Index `corpus`; `train_queries` (queries labelled against the same classes) are
         used by retrievers that learn from queries, such as a fine-tuned DSI. `on_epoch` is
-        called after every training epoch by retrievers that `reports_epochs`."""
+        called after every training epoch by retrievers that `reports_epochs`. Retrievers that
+        train score their checkpoints on the `validation` queries (never test queries) and stop
+        on a plateau (`vitdsi.training.monitor`); the others ignore them."""
         if len(corpus) == 0:
             raise VitDSIError(f"{self.name}: cannot index an empty corpus; give at least one image")
         if self.query_kind == "text" and train_queries is not None:
@@ -150,11 +157,11 @@ class Retriever(ABC):
         seed_everything(self.seed)
         self.corpus_size = len(corpus)
         self.image_size = corpus.image_size
-        self.on_epoch = on_epoch
+        self.on_epoch, self.validation, self.training_record = on_epoch, validation, None
         try:
             self._index(corpus, train_queries)
         finally:
-            self.on_epoch = None
+            self.on_epoch, self.validation = None, None
 
     def add(self, images: ImageSet, *, train_queries: ImageSet | None = None,
             on_epoch: EpochCallback | None = None) -> None:

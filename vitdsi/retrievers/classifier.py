@@ -116,12 +116,18 @@ class Classifier(VitBaseline):
                 right = (logits.argmax(1) == y).sum()
             return loss, len(idx), right
 
-        steps = -(-len(train_idx) // self.batch_size)
-        self._train("classify", batches, step, steps)
+        def rank(queries: torch.Tensor, k: int) -> torch.Tensor:  # validation checkpoints: the real search
+            self._build_index(corpus.images, corpus_hot)
+            return self._search(queries, k).ids
 
-        # the index: normalised pooled embeddings and the label groups of the corpus
-        self._corpus_emb = self.predict(corpus.images)[1].to(self.device)
-        groups, group_of = torch.unique(corpus_hot.to(torch.uint8), dim=0, return_inverse=True)
+        steps = -(-len(train_idx) // self.batch_size)
+        self._train("classify", batches, step, steps, rank)
+        self._build_index(corpus.images, corpus_hot)
+
+    def _build_index(self, images: torch.Tensor, hot: torch.Tensor) -> None:
+        """The index: normalised pooled embeddings of the corpus `images` and the groups of their label sets."""
+        self._corpus_emb = self.predict(images)[1].to(self.device)
+        groups, group_of = torch.unique(hot.to(torch.uint8), dim=0, return_inverse=True)
         self._groups, self._group_of = groups.float().to(self.device), group_of.long().to(self.device)
 
     def _add(self, images: ImageSet, train_queries: ImageSet | None) -> None:

@@ -26,6 +26,7 @@ from vitdsi.retrievers.registry import register
 from vitdsi.training.augment import to_input
 from vitdsi.training.config import TrainConfig
 from vitdsi.training.dsi import DSITrainer
+from vitdsi.training.monitor import TrainingMonitor
 
 ADD_STRATEGIES = ("new-only", "replay", "full")
 
@@ -70,13 +71,16 @@ class DSIViT(DSIRetriever):
     # ---- indexing ----------------------------------------------------------------------
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
         self._start_index(corpus)
+        monitor = self._monitor()
         self.history += self._fit(corpus, torch.arange(len(corpus)), self._ids.codes, train_queries, self.mode,
-                                  self.index_epochs)
+                                  self.index_epochs, monitor=monitor)
+        self.training_record = monitor.record()
         self._seen = (corpus, train_queries)
         self._finish()
 
     def _fit(self, corpus: ImageSet, positions: torch.Tensor, codes: torch.Tensor, train_queries: ImageSet | None,
-             mode: str, index_epochs: int, seed: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+             mode: str, index_epochs: int, seed: int | None = None, offset: int = 0,
+             monitor: TrainingMonitor | None = None) -> list[dict[str, Any]]:
         """Train on the images of `corpus` at `positions` with target ids `codes` and, unless `mode`
         is zero-shot, on `train_queries` paired with relevant images among them. `offset`: the
         index position of corpus image 0 (what a view's source position is counted from)."""
@@ -93,6 +97,7 @@ class DSIViT(DSIRetriever):
             self.config(TrainConfig, mode=mode, index_epochs=index_epochs, seed=self.seed if seed is None else seed),
             query_images=train_queries.images if use_queries else None,
             query_labels=query_keys, corpus_labels=corpus_keys[positions.to(corpus_keys.device)], callback=self.on_epoch,
+            monitor=monitor,
         )
         return [e.to_dict() for e in trainer.fit()]
 

@@ -29,6 +29,8 @@ from vitdsi.retrievers.vit_baseline import ENCODER_PARAMS, check_encoder_params,
 from vitdsi.training.augment import to_input
 from vitdsi.training.config import TrainConfig
 from vitdsi.training.dsi import DSITrainer
+from vitdsi.training.flops import FlopMeter
+from vitdsi.training.monitor import MonitorConfig, TrainingMonitor
 from vitdsi.training.optim import autocast
 
 SEARCH_BATCH = 256  # queries decoded together
@@ -45,6 +47,7 @@ class DSIRetriever(Retriever):
         *fields_of(TrainConfig, "mode", "index_epochs", "retrieval_epochs", "lr", "batch_size", "weight_decay",
                    "warmup_frac", "min_lr_frac", "grad_clip", "label_smoothing", "views", "index_views", "target_ia",
                    "eval_every", "ia_sample", "precision"),
+        *fields_of(MonitorConfig, "patience", "val_every", "min_delta"),
     )
 
     def __init__(self, *, id_scheme: str = "random", id_length: int = 0, id_features: str = "pixels",
@@ -63,12 +66,14 @@ class DSIRetriever(Retriever):
             raise VitDSIError(f"{self.name}: decoder_depth must be >= 1 or None (= depth), got {self.decoder_depth}")
         try:
             self.config(TrainConfig)  # the trainer's own checks (mode, lr, batch_size, epochs)
+            self.config(MonitorConfig)
         except VitDSIError as e:
             raise VitDSIError(f"{self.name}: {e}") from None
         self.history: list[dict[str, Any]] = []  # per-epoch training log (EpochLog dicts)
         self._model: VitDSI | None = None
         self._ids = None
         self._trie = None
+        self._meter = FlopMeter()  # the training FLOPs of the index call under way
 
     def _image_supervision(self) -> Supervision:
         """What the ids and the image encoder bring: clustered ids number the corpus class by class;
@@ -96,6 +101,7 @@ class DSIRetriever(Retriever):
         self.check_image_size(corpus.image_size)
         n = len(corpus)
         features, encoder_state, self.history = None, None, []
+        self._meter, self._trie = FlopMeter(), None
         if self.id_scheme in ("semantic", "rq") and self.id_features == "own":
             features, encoder_state = self._own_encoder_features(corpus)
         elif self.id_scheme in ("semantic", "rq"):
@@ -110,8 +116,19 @@ class DSIRetriever(Retriever):
         """Indexing only (zero-shot): `self._model` learns to write `codes` for uint8 `images`."""
         trainer = DSITrainer(self._model, images.to(self.device), codes,
                              self.config(TrainConfig, mode="zero-shot", index_epochs=epochs, seed=self.seed),
-                             callback=self.on_epoch)
+                             callback=self.on_epoch, monitor=TrainingMonitor.passive(self._meter))
         return [e.to_dict() for e in trainer.fit()]
+
+    def _monitor(self) -> TrainingMonitor:
+        """The monitor of the index call's training: its validation queries, scored by this DSI's
+        own constrained search, and the FLOPs counted so far (an own-ids phase included)."""
+        return TrainingMonitor(self.config(MonitorConfig), self.validation, self._validation_rank, self._model,
+                               self._meter)
+
+    def _validation_rank(self, queries: Any, k: int) -> torch.Tensor:
+        if self._trie is None and not self._ids.atomic:
+            self._trie = IdTrie.build(self._ids.codes).to(self.device)
+        return self._search(queries, k).ids
 
     def _own_encoder_features(self, corpus: ImageSet) -> tuple[torch.Tensor, dict | None]:
         """float32 [N, D] features of the corpus from the DSI's own encoder, and the encoder state the

@@ -68,13 +68,15 @@ class DSIText(DSIRetriever):
                               "carry, but the corpus has none; use a captioned dataset (coco, coco-mosaic) under the "
                               "text protocol, or mode='zero-shot'")
         self._start_index(corpus)
+        monitor = self._monitor()
         trainer = TextDSITrainer(
             self._model, corpus.images.to(self.device), self._ids.codes, self.config(TrainConfig, seed=self.seed),
             captions=None if captions is None else captions.texts.tolist(),
             caption_image=None if captions is None else torch.as_tensor(captions.image, dtype=torch.int64),
-            callback=self.on_epoch,
+            callback=self.on_epoch, monitor=monitor,
         )
         self.history += [e.to_dict() for e in trainer.fit()]
+        self.training_record = monitor.record()
         self._finish()
 
     # ---- search ------------------------------------------------------------------------

@@ -123,7 +123,11 @@ class DualEncoder(VitBaseline):
             loss, right = symmetric_info_nce(z[:b], z[b:], positive, self.temperature)
             return loss, b, right
 
-        self._train("contrastive", batches, step, n_batches)
+        def rank(queries: torch.Tensor, k: int) -> torch.Tensor:  # validation checkpoints: the real search
+            self._build_index(self.embed(corpus.images))
+            return self._search(queries, k).ids
+
+        self._train("contrastive", batches, step, n_batches, rank)
         self._build_index(self.embed(corpus.images))
 
     def _build_index(self, x: np.ndarray) -> None:

@@ -107,7 +107,11 @@ class TextDualEncoder(VitModelRetriever):
             loss, right = symmetric_info_nce(zt, zi, positive, self.temperature)
             return loss, b, right
 
-        self._train("contrastive", batches, step, n_batches)
+        def rank(queries: list[str], k: int) -> torch.Tensor:  # validation checkpoints: the real search
+            self._build_index(self.embed_images(corpus.images))
+            return self._search(queries, k).ids
+
+        self._train("contrastive", batches, step, n_batches, rank)
         self._build_index(self.embed_images(corpus.images))
 
     def _caption_rows(self, texts: list[str]) -> tuple[tuple[torch.Tensor, ...], bool]:

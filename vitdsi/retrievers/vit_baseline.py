@@ -20,7 +20,9 @@ from vitdsi.retrievers.params import fields_of
 from vitdsi.training.augment import to_input
 from vitdsi.training.cached_features import precompute_features, trains_on_cached_features
 from vitdsi.training.config import PRECISIONS, TrainConfig
+from vitdsi.training.flops import FlopMeter
 from vitdsi.training.loop import LoopConfig, train_epochs
+from vitdsi.training.monitor import MonitorConfig, RankFn, TrainingMonitor
 from vitdsi.training.train_views import apply_views, check_views
 
 SEARCH_BATCH = 256  # images encoded together at index and query time
@@ -37,6 +39,7 @@ class VitModelRetriever(Retriever):
         *fields_of(VitEncoderConfig, *ENCODER_PARAMS),
         *fields_of(LoopConfig, "epochs", "lr", "weight_decay", "warmup_frac", "min_lr_frac", "grad_clip", "precision"),
         *fields_of(TrainConfig, "batch_size", "views"),
+        *fields_of(MonitorConfig, "patience", "val_every", "min_delta"),
     )
 
     def __init__(self, *, seed: int = 0, device: str | None = None, **params: Any) -> None:
@@ -52,11 +55,13 @@ class VitModelRetriever(Retriever):
             raise VitDSIError(f"{name}: precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         try:
             check_views(self.views)
+            self.config(MonitorConfig)
         except VitDSIError as e:
             raise VitDSIError(f"{name}: {e}") from None
         self.history: list[dict[str, Any]] = []  # per-epoch training log (dicts), as in dsi-vit
         self._model: torch.nn.Module | None = None
         self._precomputed = False  # training reads a borrowed encoder's fixed-part output, not images
+        self._feature_meter: FlopMeter | None = None  # FLOPs of that output, computed once before training
 
     def check_image_size(self, image_size: int) -> None:
         """The patches must tile the image (called by `index` and by study checks before any trial);
@@ -70,19 +75,29 @@ class VitModelRetriever(Retriever):
         return self.config(VitEncoderConfig, image_size=image_size)
 
     # ---- training ---------------------------------------------------------------------
-    def _train(self, phase: str, batches: Callable[[], list[Any]], step, steps_per_epoch: int) -> None:
-        """Run the epoch loop on `self._model`; fills `self.history`."""
+    def _train(self, phase: str, batches: Callable[[], list[Any]], step, steps_per_epoch: int,
+               rank: RankFn | None = None) -> None:
+        """Run the epoch loop on `self._model`; fills `self.history` and `self.training_record`.
+        `rank(queries, k)` ranks the corpus with the model as it is (the validation checkpoints);
+        without it, or without validation queries, training runs to its epoch cap."""
+        meter, self._feature_meter = self._feature_meter or FlopMeter(), None
+        monitor = TrainingMonitor(self.config(MonitorConfig), self.validation, rank, self._model, meter)
         self.history = train_epochs(
             self._model, self.config(LoopConfig), phase, batches, step, steps_per_epoch=steps_per_epoch, device=self.device,
-            callback=self.on_epoch,
+            callback=self.on_epoch, monitor=monitor,
         )
+        self.training_record = monitor.record()
 
     def _training_rows(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
         """The training images as every epoch reads them: uint8 images or, for a borrowed encoder
         with a fixed part and `views` none, that part's output computed once (as dsi-vit); the
         model is then called with `precomputed=True`."""
         self._precomputed = trains_on_cached_features(self._model.encoder, self.views != "none")
-        return precompute_features(self._model.encoder, parts) if self._precomputed else parts
+        if not self._precomputed:
+            return parts
+        self._feature_meter = FlopMeter()
+        with self._feature_meter.once():  # the fixed part's forward pass over every image, once
+            return precompute_features(self._model.encoder, parts)
 
     def _train_input(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Training rows (`_training_rows`) -> model input: a fresh view of each image at `views`

@@ -18,6 +18,7 @@ from vitdsi.models.vit_dsi import PAD, VitDSI, id_inputs_targets
 from vitdsi.training.augment import to_input
 from vitdsi.training.cached_features import precompute_features, trains_on_cached_features
 from vitdsi.training.config import Callback, EpochLog, TrainConfig
+from vitdsi.training.monitor import TrainingMonitor
 from vitdsi.training.optim import autocast, grad_scaler, lr_factor, make_optimizer, optimizer_step
 from vitdsi.training.sampler import RelevantSampler
 from vitdsi.training.train_views import apply_views
@@ -39,8 +40,10 @@ class DSITrainer:
         query_labels: torch.Tensor | None = None,  # int64 [Q] classes or bool [Q, C] categories of the queries
         corpus_labels: torch.Tensor | None = None,  # the same for the corpus: relevance = shared class / category
         callback: Callback | None = None,
+        monitor: TrainingMonitor | None = None,  # FLOPs, validation checkpoints, the plateau rule
     ) -> None:
         self.model, self.cfg, self.callback = model, cfg, callback
+        self.monitor = monitor or TrainingMonitor.passive()
         self.device = corpus_images.device
         self.corpus = corpus_images
         self.targets = targets.to(self.device)
@@ -54,7 +57,8 @@ class DSITrainer:
         # `self.queries` then hold features, not uint8 images); with views it runs on each batch
         self.precomputed = trains_on_cached_features(model.encoder, cfg.views != "none")
         if self.precomputed:
-            self._precompute()
+            with self.monitor.meter.once():  # a frozen encoder's forward pass over every image, once
+                self._precompute()
         self.scaler = grad_scaler(self.device)
 
     # ---- public ----
@@ -171,8 +175,17 @@ class DSITrainer:
         return x, self.targets[target_pos], from_corpus
 
     def _phase(self, phase: str, epochs: int) -> bool:
-        """Run one phase; True if the callback asked to stop everything."""
-        cfg, model = self.cfg, self.model
+        """Run one phase; True if the callback asked to stop everything. Indexing stops at the
+        IA@1 target; the phase that decides retrieval (indexing itself in zero-shot mode, where
+        the target rules) may stop on the monitor's validation plateau."""
+        self.monitor.start_phase(phase, epochs, patience=phase != "index")
+        try:
+            return self._epochs(phase, epochs)
+        finally:
+            self.monitor.end_phase()
+
+    def _epochs(self, phase: str, epochs: int) -> bool:
+        cfg, model, monitor = self.cfg, self.model, self.monitor
         steps_per_epoch = self._steps_per_epoch(phase)
         total = max(1, epochs * steps_per_epoch)
         warmup = max(1, int(cfg.warmup_frac * total))
@@ -186,10 +199,11 @@ class DSITrainer:
                 t0 = time.perf_counter()
                 sums = torch.zeros(5, dtype=torch.float64)  # loss idx, n idx, loss query, n query, exact idx
                 for index, src, target_pos in self._batches(phase):
-                    x, codes, from_corpus = self._gather(index, src, target_pos)
-                    logits, loss = self._forward(x, codes)
-                    opt.zero_grad(set_to_none=True)
-                    optimizer_step(loss.mean(), opt, self.scaler, model, cfg.grad_clip)
+                    with monitor.meter.step((phase, len(index)), len(index)):
+                        x, codes, from_corpus = self._gather(index, src, target_pos)
+                        logits, loss = self._forward(x, codes)
+                        opt.zero_grad(set_to_none=True)
+                        optimizer_step(loss.mean(), opt, self.scaler, model, cfg.grad_clip)
                     sched.step()
                     step += 1
                     with torch.no_grad():
@@ -220,11 +234,17 @@ class DSITrainer:
                 self.history.append(entry)
                 bar.update(task, advance=1, description=f"dsi {phase} loss {entry.loss:.3f}"
                            + (f" IA@1 {ia1:.3f}" if ia1 is not None else ""))
+                if ia1 is not None and phase == "index":
+                    monitor.index_target(ia1, cfg.target_ia)
+                plateau = monitor.end_epoch()
                 if self.callback is not None and self.callback(entry):
                     log.info("dsi %s: stopped by callback after epoch %d", phase, epoch)
                     return True
                 if ia1 is not None and ia1 >= cfg.target_ia:
                     log.info("dsi %s: IA@1 %.3f >= target %.3f after %d epochs", phase, ia1, cfg.target_ia, epoch)
+                    return False
+                if plateau:
+                    log.info("dsi %s: validation plateau after %d epochs", phase, epoch)
                     return False
         return False
 

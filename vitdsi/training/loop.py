@@ -2,7 +2,9 @@
 
 The caller supplies `batches()` (one epoch, from its seeded generator) and `step(batch)`
 (mean loss, examples, examples right); optimiser, schedule, clipping and autocast are the
-DSI trainer's (`vitdsi.training.optim`). Each epoch's log dict goes to `callback`, which may stop it.
+DSI trainer's (`vitdsi.training.optim`). Each epoch's log dict goes to `callback`, which may stop it;
+the `monitor` (`vitdsi.training.monitor`) counts the steps' FLOPs, scores validation checkpoints and
+may end the phase on a plateau, restoring its best weights.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from vitdsi.divergence import check_loss
 from vitdsi.log import get_logger, progress
 from vitdsi.training.config import OptimConfig
+from vitdsi.training.monitor import TrainingMonitor
 from vitdsi.training.optim import autocast, grad_scaler, lr_factor, make_optimizer, optimizer_step
 
 log = get_logger(__name__)
@@ -40,9 +43,12 @@ def train_epochs(
     steps_per_epoch: int,  # len(batches()), known ahead for the lr schedule
     device: torch.device,
     callback: Callable[[dict[str, Any]], bool | None] | None = None,
+    monitor: TrainingMonitor | None = None,
 ) -> list[dict[str, Any]]:
-    """Train `model` for `cfg.epochs` epochs; returns the per-epoch logs."""
+    """Train `model` for at most `cfg.epochs` epochs; returns the per-epoch logs."""
     history: list[dict[str, Any]] = []
+    monitor = monitor or TrainingMonitor.passive()
+    monitor.start_phase(phase, cfg.epochs, patience=True)
     if cfg.epochs < 1:
         return history
     total = max(1, cfg.epochs * steps_per_epoch)
@@ -58,10 +64,12 @@ def train_epochs(
             t0 = time.perf_counter()
             sums = torch.zeros(3, dtype=torch.float64)  # loss * n, n, right
             for batch in batches():
-                with autocast(device, cfg.precision):
-                    loss, n, right = step(batch)
-                opt.zero_grad(set_to_none=True)
-                optimizer_step(loss, opt, scaler, model, cfg.grad_clip)
+                size = batch_size(batch)
+                with monitor.meter.step((phase, size), size):
+                    with autocast(device, cfg.precision):
+                        loss, n, right = step(batch)
+                    opt.zero_grad(set_to_none=True)
+                    optimizer_step(loss, opt, scaler, model, cfg.grad_clip)
                 sched.step()
                 n_step += 1
                 check_loss(loss.item(), phase=phase, epoch=epoch, step=n_step, lr=cfg.lr)
@@ -75,8 +83,18 @@ def train_epochs(
             }
             history.append(entry)
             bar.update(task, advance=1, description=f"{phase} loss {entry['loss']:.3f}")
+            plateau = monitor.end_epoch()
             if callback is not None and callback(entry):
                 log.info("%s: stopped by callback after epoch %d", phase, epoch)
                 break
+            if plateau:
+                log.info("%s: validation plateau after epoch %d", phase, epoch)
+                break
+    monitor.end_phase()
     model.eval()
     return history
+
+
+def batch_size(batch: Any) -> int:
+    """Examples in a batch as `batches()` gives it: a tensor of rows, or a tuple whose first tensor is."""
+    return len(batch[0]) if isinstance(batch, tuple | list) else len(batch)

@@ -68,10 +68,11 @@ class TextDSITrainer(DSITrainer):
         captions: Sequence[str] | None = None,  # the retrieval examples (mode fine-tuned / multitask)
         caption_image: torch.Tensor | None = None,  # int64 [Q]: the corpus position each caption describes
         callback=None,
+        monitor=None,
     ) -> None:
         corpus_keys = torch.arange(len(corpus_images))  # a caption's only target is its own image's id
         super().__init__(model, corpus_images, targets, cfg, query_images=captions, query_labels=caption_image,
-                         corpus_labels=corpus_keys, callback=callback)
+                         corpus_labels=corpus_keys, callback=callback, monitor=monitor)
 
     def _set_queries(self, captions, caption_image, corpus_keys) -> None:
         if captions is None or caption_image is None or len(captions) == 0:

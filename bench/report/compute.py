@@ -1,0 +1,101 @@
+"""Training compute in a report: whether each trial converged, validation quality against
+training FLOPs (the learning curves of the chosen trials), and quality at equal compute.
+
+Everything comes from what the trial logged (`bench.convergence`, `bench.curves`): `converged`,
+`plateau_reached`, `target_ia_reached`, `ia1_reached`, `epochs_used`, `epoch_cap`, `train_flops`
+and, per seed, the checkpoints `curve/seed<N>/val_<metric>` against `curve/seed<N>/flops`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from bench import plots
+from bench.report.data import StudyRecord, TrialRecord, metric_history
+from bench.report.markdown import fmt, fmt_ci, label, md_table
+from bench.report.rankings import best_per_method
+from bench.tracking import metric_name
+
+BUDGET_FACTORS = (1, 4, 16)  # the equal-compute budgets, as multiples of the smallest final FLOPs
+
+
+def convergence_cell(t: TrialRecord) -> str:
+    """The trial's training in words, for its row of the results table: 'converged in E of C
+    epochs', 'did not converge (...)' naming what failed, or 'no training'."""
+    x = t.extra
+    if "converged" not in x:
+        return "no training" if "train_flops" not in x else "not judged (no validation queries)"
+    epochs = f"{x.get('epochs_used', float('nan')):.0f} of {x.get('epoch_cap', float('nan')):.0f} epochs"
+    if x["converged"] >= 1.0:
+        return f"converged in {epochs}"
+    why = []
+    if x.get("target_ia_reached", 1.0) < 1.0:
+        why.append(f"IA@1 {fmt(x.get('ia1_reached'), 2)} < target {t.params.get('target_ia', '?')}")
+    if x.get("plateau_reached", 1.0) < 1.0:
+        why.append(f"no validation plateau in {epochs}")
+    return f"**did not converge** ({'; '.join(why) or epochs})"
+
+
+def seed_curves(t: TrialRecord, tracking_uri: str) -> tuple[str | None, list[list[tuple[float, float]]]]:
+    """The validation metric's key and each seed's checkpoints as (training FLOPs, value)."""
+    history = metric_history(t.run_id, tracking_uri, prefix="curve/")
+    seeds = sorted({k.split("/")[0] for k in history})
+    metric, curves = None, []
+    for seed in seeds:
+        val = next((k for k in history if k.startswith(f"{seed}/val_")), None)
+        if val is None or f"{seed}/flops" not in history:
+            continue
+        metric = metric_name(val.split("/val_", 1)[1])
+        flops = dict(history[f"{seed}/flops"])
+        curves.append([(flops[step], v) for step, v in history[val] if step in flops])
+    return metric, curves
+
+
+def value_at(curves: list[list[tuple[float, float]]], budget: float) -> float | None:
+    """Mean over seeds of each seed's last checkpoint at or below `budget` FLOPs; None when a
+    seed's first checkpoint is already above it (not reached)."""
+    values = []
+    for curve in curves:
+        below = [v for f, v in curve if f <= budget]
+        if not below:
+            return None
+        values.append(below[-1])
+    return float(np.mean(values)) if values else None
+
+
+def compute_section(record: StudyRecord, out: Path, rel: str) -> str | None:
+    trained = {}
+    for t in best_per_method(record):
+        metric, curves = seed_curves(t, record.tracking_uri)
+        if curves:
+            trained[label(t, record)] = (t, metric, curves)
+    if not trained:
+        return None
+    metric = next(iter(trained.values()))[1]
+    series = {name: curves for name, (_, _, curves) in trained.items()}
+    fig = plots.quality_flops_plot(series, out / "quality_vs_flops.png",
+                                   f"{record.name}: validation quality against training FLOPs", f"validation {metric}")
+    base = min(t.extra.get("train_flops", curves[0][-1][0]) for t, _, curves in trained.values())
+    budgets = [f * base for f in BUDGET_FACTORS]
+    objective = record.objective
+    rows = []
+    for name, (t, _, curves) in trained.items():
+        at = [value_at(curves, b) for b in budgets]
+        final = t.metrics.get(objective)
+        rows.append([name, *("not reached" if v is None else fmt(v) for v in at),
+                     "n/a" if final is None else fmt_ci(final.mean, final.ci95),
+                     f"{t.extra.get('train_flops', float('nan')):.3g}", convergence_cell(t)])
+    headers = ["method", *(f"val {metric} at {f}x ({b:.3g} FLOPs)" for f, b in zip(BUDGET_FACTORS, budgets)),
+               f"at convergence: test {objective}", "training FLOPs", "training"]
+    return ("Validation quality against training FLOPs of the chosen trial of each trained method, every seed a "
+            "line (checkpoints at epochs 1, 2, 4, 8, ... and every `val_every` epochs of the phase that stops on a "
+            "plateau). FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode` on the first real training "
+            "step of each phase and batch size (forward and backward) and charged per example for the others; a "
+            "frozen encoder's features count once.\n\n"
+            f"![quality against FLOPs]({rel}/{fig.name})\n\n"
+            "**Quality at equal compute.** Each method's validation metric at the smallest final training FLOPs of "
+            f"any method shown and {', '.join(f'{f}x' for f in BUDGET_FACTORS[1:])} that: its last checkpoint at or "
+            "below the budget (mean over seeds), *not reached* when its first checkpoint already costs more; beside "
+            "it the test metric and FLOPs where its training stopped.\n\n" + md_table(headers, rows))

@@ -1,0 +1,157 @@
+"""Convergence and compute accounting: FLOPs counted on real steps, validation checkpoints, the
+plateau rule with the best weights restored, and what a study logs and reports of them."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from conftest import run_study_dict, smoke_retriever
+
+from vitdsi.errors import VitDSIError
+from vitdsi.training.flops import FlopMeter
+from vitdsi.training.monitor import MonitorConfig, TrainingMonitor, ValidationSet
+
+
+def _mlp_step(model, batch: int, d_in: int) -> None:
+    x = torch.randn(batch, d_in, requires_grad=True)
+    model(x).sum().backward()
+
+
+def test_flops_of_a_two_layer_mlp_equal_the_analytic_count():
+    d_in, hidden, d_out = 12, 20, 7
+    model = torch.nn.Sequential(torch.nn.Linear(d_in, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, d_out))
+    forward = lambda b: 2 * b * (d_in * hidden + hidden * d_out)  # noqa: E731  (2 * B * in * out per Linear)
+    meter = FlopMeter()
+    with meter.step(("train", 8), 8):
+        _mlp_step(model, 8, d_in)
+    assert meter.flops == forward(8) * 3  # backward = 2 x forward (input and weight gradients)
+    with meter.step(("train", 8), 8):  # the same key: charged by example, not counted again
+        _mlp_step(model, 8, d_in)
+    with meter.step(("train", 5), 5):  # a smaller last batch is a key of its own, measured
+        _mlp_step(model, 5, d_in)
+    assert meter.flops == 3 * (2 * forward(8) + forward(5))
+    assert meter.examples == 21
+    with meter.once():  # work done once (a frozen encoder's features): forward only, counted whole
+        with torch.no_grad():
+            model(torch.randn(4, d_in))
+    assert meter.flops == 3 * (2 * forward(8) + forward(5)) + forward(4)
+
+
+class _Scripted:
+    """A validation set whose scores follow a script (stands in for ranking real queries)."""
+
+    metric = "MAP@10"
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = iter(values)
+
+    def score(self, rank) -> float:
+        return next(self.values)
+
+
+def test_monitor_stops_on_a_plateau_and_restores_the_best_weights():
+    model = torch.nn.Linear(2, 1)
+    script = [0.1, 0.5, 0.4, 0.45, 0.5]  # best at the 2nd evaluation, then 3 without improvement
+    monitor = TrainingMonitor(MonitorConfig(patience=3, val_every=1), _Scripted(script), lambda q, k: None, model)
+    monitor.start_phase("classify", 50, patience=True)
+    stopped_at, best_weight = None, None
+    for epoch in range(1, 51):
+        with torch.no_grad():
+            model.weight.fill_(float(epoch))
+        if epoch == 2:
+            best_weight = model.weight.clone()
+        if monitor.end_epoch():
+            stopped_at = epoch
+            break
+    monitor.end_phase()
+    assert stopped_at == 5  # equal to the best is no improvement
+    assert torch.equal(model.weight, best_weight)
+    record = monitor.record()
+    assert record["converged"] is True and record["epochs_used"] == 5 and record["epoch_cap"] == 50
+    assert [c["value"] for c in record["checkpoints"]] == script
+
+
+def test_monitor_checkpoints_are_geometric_outside_the_patience_phase():
+    model = torch.nn.Linear(2, 1)
+    monitor = TrainingMonitor(MonitorConfig(), _Scripted([0.0] * 20), lambda q, k: None, model)
+    monitor.start_phase("index", 10, patience=False)
+    for _ in range(10):
+        assert not monitor.end_epoch()
+    monitor.end_phase()
+    monitor.index_target(0.43, 0.99)
+    assert [c.epoch for c in monitor.checkpoints] == [1, 2, 4, 8, 10]  # and the phase's last epoch
+    record = monitor.record()
+    assert record["converged"] is False and record["ia1_reached"] == 0.43
+
+
+def test_monitor_settings_are_checked_with_the_retriever_named():
+    with pytest.raises(VitDSIError, match="classifier: need patience >= 0, val_every >= 1"):
+        smoke_retriever("classifier", val_every=0)
+    with pytest.raises(VitDSIError, match="validation metric must be a ranked"):
+        ValidationSet(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), None, "IA@1")
+
+
+def test_classifier_stops_before_its_cap_on_a_validation_plateau(tiny_split):
+    val = ValidationSet(tiny_split.queries("val"), tiny_split.relevance("val"), "MAP@10")
+    r = smoke_retriever("classifier", epochs=40, patience=2, val_every=1)
+    r.index(tiny_split.corpus, train_queries=tiny_split.train, validation=val)
+    record = r.training_record
+    assert record["converged"] is True and record["epochs_used"] < 40 == record["epoch_cap"]
+    assert len(r.history) == record["epochs_used"]
+    flops = [c["flops"] for c in record["checkpoints"]]
+    assert flops == sorted(flops) and flops[0] > 0 and record["train_flops"] == flops[-1]
+    # without validation queries training runs to its cap, and convergence is not judged
+    r.index(tiny_split.corpus, train_queries=tiny_split.train)
+    assert r.training_record["epochs_used"] == 40 and r.training_record["converged"] is None
+
+
+def test_dsi_short_of_its_ia_target_did_not_converge(tiny_split):
+    val = ValidationSet(tiny_split.queries("val"), tiny_split.relevance("val"), "MAP@10")
+    r = smoke_retriever("dsi-vit", mode="zero-shot", index_epochs=2)
+    r.index(tiny_split.corpus, validation=val)
+    record = r.training_record
+    assert record["converged"] is False and record["ia1_reached"] < 0.99
+    assert record["conditions"] == {"target_ia": False} and record["train_examples"] == 2 * len(tiny_split.corpus)
+
+
+COMPUTE_STUDY = {
+    "name": "compute_check",
+    "scale": "smoke",
+    "methods": {"clf": {"retriever": "classifier", "params": {"epochs": 30, "patience": 2, "val_every": 1}},
+                "dual": {"retriever": "dual-encoder", "params": {"epochs": 1}},  # one epoch: no plateau
+                "knn": {"retriever": "pixels-knn"}},
+    "space": {"method": ["clf", "dual", "knn"]},
+    "objective": {"metric": "MAP@10"},
+    "mlflow": {"log_index": False},
+}
+
+
+def test_study_logs_convergence_and_compute_and_reports_them(tmp_path):
+    from mlflow import MlflowClient
+
+    from bench.report import write_report
+
+    outcome, uri = run_study_dict(tmp_path, COMPUTE_STUDY)
+    assert outcome.complete == 3
+    client = MlflowClient(uri)
+    runs = {r.data.tags["method"]: r for r in client.search_runs(client.get_experiment_by_name("compute_check").experiment_id)
+            if r.data.tags.get("vitdsi.kind") == "trial"}
+    clf, dual, knn = (runs[m].data.metrics for m in ("clf", "dual", "knn"))
+    assert clf["converged"] == 1.0 and clf["epochs_used"] < 30 and clf["train_flops"] > 0
+    assert dual["converged"] == 0.0 and dual["epochs_used"] == 1 and dual["train_examples"] > 0
+    assert "converged" not in knn and "train_flops" not in knn and knn["train_seconds"] >= 0
+    curve = client.get_metric_history(runs["clf"].info.run_id, "curve/seed0/val_MAP_at_10")
+    flops = client.get_metric_history(runs["clf"].info.run_id, "curve/seed0/flops")
+    assert len(curve) == len(flops) == clf["epochs_used"]  # val_every 1: a checkpoint each epoch
+    text = write_report("compute_check", tracking_uri=uri, out_dir=tmp_path / "r").read_text()
+    assert "![quality against FLOPs](compute_check/quality_vs_flops.png)" in text
+    assert (tmp_path / "r" / "compute_check" / "quality_vs_flops.png").exists()
+    assert "**Quality at equal compute.**" in text and "at convergence: test MAP@10" in text
+    assert "| val MAP@10 at 1x (" in text  # the smallest final training FLOPs of the methods shown
+    results = text.split("## Results", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[2].strip().split()[0]: line for line in results.splitlines() if re.match(r"\| \d", line)}
+    assert "**did not converge** (no validation plateau in 1 of 1 epochs)" in rows["dual"]
+    assert f"converged in {clf['epochs_used']:.0f} of 30 epochs" in rows["clf"]
+    assert "no training" in rows["knn"]
