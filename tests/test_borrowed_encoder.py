@@ -107,18 +107,19 @@ def test_baselines_train_on_cached_features(name, tiny_split, monkeypatch, tmp_p
     monkeypatch.setattr(BorrowedEncoder, "precompute", lambda self, x: calls.append(len(x)) or real(self, x))
     r = create(name, **{**BORROWED, "dropout": 0.1}, epochs=3)
     r.index(tiny_split.corpus, train_queries=tiny_split.train)
-    # once per training image (corpus + train queries), not once per epoch; then once at indexing
+    # once per training image (corpus + train queries), not once per epoch, and one image of each
+    # set whose FLOPs are counted; then once at indexing
     n = len(tiny_split.corpus) + len(tiny_split.train)
-    assert sum(calls) == n + len(tiny_split.corpus)
+    assert sum(calls) == n + 2 + len(tiny_split.corpus)
 
 
 def test_frozen_features_come_from_the_disk_cache_the_second_time(tiny_split, monkeypatch, tmp_path):
     """A second trainer on the same images reads the cached features (no encoder call) and
     gets the same ones; other images, or the cache turned off, compute again."""
     monkeypatch.setenv("VITDSI_CACHE_DIR", str(tmp_path))
-    calls = []
+    calls = []  # images encoded per call (a call on one image counts the FLOPs per image: left out)
     real = BorrowedEncoder.precompute
-    monkeypatch.setattr(BorrowedEncoder, "precompute", lambda self, x: calls.append(len(x)) or real(self, x))
+    monkeypatch.setattr(BorrowedEncoder, "precompute", lambda self, x: len(x) > 1 and calls.append(len(x)) or real(self, x))
     cfg = VitDSIConfig(image_size=32, **{k: v for k, v in BORROWED.items() if k != "device"}, id_length=2,
                        atomic=True, n_ids=len(tiny_split.corpus))
     codes = torch.arange(len(tiny_split.corpus))[:, None]
@@ -136,6 +137,26 @@ def test_frozen_features_come_from_the_disk_cache_the_second_time(tiny_split, mo
     monkeypatch.setenv("VITDSI_FEATURE_CACHE", "0")
     features(tiny_split.corpus.images)
     assert sum(calls) == 3 * len(tiny_split.corpus) - 1
+
+
+def test_frozen_feature_flops_do_not_depend_on_the_cache(tiny_split, monkeypatch, tmp_path):
+    """A trial's training FLOPs charge the frozen encoder's pass over every image once, the same
+    whether its features were computed or read from the cache."""
+    from vitdsi.training.cached_features import precompute_features
+    from vitdsi.training.flops import FlopMeter
+
+    monkeypatch.setenv("VITDSI_CACHE_DIR", str(tmp_path))
+    cfg = VitDSIConfig(image_size=32, **{k: v for k, v in BORROWED.items() if k != "device"}, id_length=2,
+                       atomic=True, n_ids=len(tiny_split.corpus))
+    encoder = VitDSI(cfg).encoder
+    images = tiny_split.corpus.images
+    computed, cached = FlopMeter(), FlopMeter()
+    precompute_features(encoder, [images], meter=computed)
+    precompute_features(encoder, [images], meter=cached)  # a cache hit
+    one = FlopMeter()
+    with one.once():
+        encoder.precompute(images[:1].float() / 127.5 - 1)
+    assert computed.flops == cached.flops == pytest.approx(one.flops * len(images)) and one.flops > 0
 
 
 def test_bad_encoder_options_are_clear_errors(tiny_split):

@@ -96,8 +96,8 @@ class VitModelRetriever(Retriever):
         if not self._precomputed:
             return parts
         self._feature_meter = FlopMeter()
-        with self._feature_meter.once():  # the fixed part's forward pass over every image, once
-            return precompute_features(self._model.encoder, parts)
+        # charged once: the fixed part's forward pass over every image
+        return precompute_features(self._model.encoder, parts, meter=self._feature_meter)
 
     def _train_input(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Training rows (`_training_rows`) -> model input: a fresh view of each image at `views`

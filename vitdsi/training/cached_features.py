@@ -11,10 +11,12 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from vitdsi.features.feature_cache import CacheKey, FeatureCache, default_cache, fingerprint_array
 from vitdsi.log import get_logger
 from vitdsi.training.augment import to_input
+from vitdsi.training.flops import FlopMeter
 from vitdsi.training.optim import autocast
 
 log = get_logger(__name__)
@@ -27,16 +29,20 @@ def trains_on_cached_features(encoder, augment: bool) -> bool:
 
 
 def precompute_features(encoder, image_sets: list[torch.Tensor | None], batch: int = 256,
-                        cache: FeatureCache | None = None) -> list[torch.Tensor | None]:
+                        cache: FeatureCache | None = None, meter: FlopMeter | None = None) -> list[torch.Tensor | None]:
     """uint8 images (each set on the training device, or None) -> the output of a borrowed encoder's
     fixed part for each image (`BorrowedEncoder.precompute`), computed once, batch by batch, or
-    read from `cache` (default: `default_cache()`, None when caching is off)."""
+    read from `cache` (default: `default_cache()`, None when caching is off). `meter` is charged
+    what computing them costs, whether or not the cache held them, so a trial's training FLOPs
+    do not depend on what ran before it: the FLOPs of one image, counted, times the images."""
     t0 = time.perf_counter()
     device = next((s.device for s in image_sets if s is not None), torch.device("cpu"))
     cache = cache if cache is not None else default_cache()
     spec = encoder.cache_spec() if cache is not None and hasattr(encoder, "cache_spec") else None
     out = []
     for images in image_sets:
+        if images is not None and len(images) and meter is not None:
+            meter.add(_flops_per_image(encoder, images[:1], device) * len(images))
         if images is None:
             out.append(None)
         elif spec is None:
@@ -53,6 +59,12 @@ def precompute_features(encoder, image_sets: list[torch.Tensor | None], batch: i
              "from the feature cache or computed into it" if spec else "computed once", time.perf_counter() - t0, mb,
              device)
     return out
+
+
+def _flops_per_image(encoder, image: torch.Tensor, device: torch.device) -> float:
+    with FlopCounterMode(display=False) as counter, autocast(device):
+        encoder.precompute(to_input(image))
+    return float(counter.get_total_flops())
 
 
 def _encode_numpy(encoder, images: torch.Tensor, batch: int, device: torch.device) -> Iterator[np.ndarray]:

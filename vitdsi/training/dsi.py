@@ -57,8 +57,7 @@ class DSITrainer:
         # `self.queries` then hold features, not uint8 images); with views it runs on each batch
         self.precomputed = trains_on_cached_features(model.encoder, cfg.views != "none")
         if self.precomputed:
-            with self.monitor.meter.once():  # a frozen encoder's forward pass over every image, once
-                self._precompute()
+            self._precompute()
         self.scaler = grad_scaler(self.device)
 
     # ---- public ----
@@ -106,7 +105,9 @@ class DSITrainer:
 
     def _precompute(self) -> None:
         """Replace the training images by the borrowed encoder's fixed-part output (computed once)."""
-        self.corpus, self.queries = precompute_features(self.model.encoder, [self.corpus, self.queries])
+        # charged to the meter once: the frozen encoder's forward pass over every image
+        self.corpus, self.queries = precompute_features(self.model.encoder, [self.corpus, self.queries],
+                                                        meter=self.monitor.meter)
 
     def _memory(self, x) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Model input of a batch -> the memory the id decoder reads [B, P, D] and its padding mask (None)."""

@@ -40,6 +40,11 @@ class FlopMeter:
         self.flops += self._per_example[key] * examples
         self.examples += examples
 
+    def add(self, flops: float) -> None:
+        """Charge work counted elsewhere (a frozen encoder's features, read from the feature cache
+        or computed, are charged what computing them costs: `precompute_features`)."""
+        self.flops += flops
+
     @contextmanager
     def once(self) -> Iterator[None]:
         """Count everything inside in full (work done once, e.g. a frozen encoder's features)."""

@@ -96,7 +96,7 @@ class TextDSITrainer(DSITrainer):
         self.queries = TextRows(states, mask.to(self.device), True)
 
     def _precompute(self) -> None:
-        self.corpus = precompute_features(self.model.encoder, [self.corpus])[0]
+        self.corpus = precompute_features(self.model.encoder, [self.corpus], meter=self.monitor.meter)[0]
 
     def _gather(self, index: torch.Tensor, src: torch.Tensor, target_pos: torch.Tensor):
         index, src, target_pos = index.to(self.device), src.to(self.device), target_pos.to(self.device)
