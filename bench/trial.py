@@ -191,17 +191,9 @@ def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHoo
 
 def search_settings(retriever: Retriever, k: int) -> dict[str, float]:
     """How a trial searched, logged beside its numbers: `search_k` (results per query, the k every
-    metric is scored at and latency timed at), for a DSI with beam search `search_beam` (the
-    hypotheses kept per step: max(beam_size, k)) and for a DSI `id_length` (tokens per id, L)."""
-    out = {"search_k": float(k)}
-    effective_beam = getattr(retriever, "effective_beam", None)
-    beam = effective_beam(min(k, retriever.corpus_size)) if effective_beam is not None else None
-    if beam is not None:
-        out["search_beam"] = float(beam)
-    id_map = getattr(retriever, "id_map", None)
-    if id_map is not None:
-        out["id_length"] = float(id_map.length)
-    return out
+    metric is scored at and latency timed at) and the retriever's `search_info` for the k it is
+    asked (at most the corpus size), e.g. a DSI's `search_beam` and `id_length`."""
+    return {"search_k": float(k), **retriever.search_info(min(k, retriever.corpus_size))}
 
 
 def _build(cfg: TrialConfig, r: int, sets: SplitSets, device: str | None, on_epoch: EpochHook | None,

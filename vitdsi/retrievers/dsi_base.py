@@ -219,6 +219,17 @@ class DSIRetriever(Retriever):
             return None
         return max(int(self.query_args["beam_size"]), int(k))
 
+    def search_info(self, k: int) -> dict[str, float]:
+        """`search_beam` (the hypotheses kept per step, `effective_beam`; not for atomic ids) and,
+        once indexed, `id_length` (tokens per id, L)."""
+        out = {}
+        beam = self.effective_beam(k)
+        if beam is not None:
+            out["search_beam"] = float(beam)
+        if self._ids is not None:
+            out["id_length"] = float(self._ids.length)
+        return out
+
     @property
     def id_map(self):
         """The IdMap of the indexed corpus (None before indexing)."""

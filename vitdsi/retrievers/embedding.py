@@ -35,6 +35,7 @@ class Embedding(Retriever):
     query_defaults: ClassVar[dict[str, Any]] = dict(faiss_index.QUERY_DEFAULTS)
     supervision: ClassVar[Supervision] = Supervision(pretrained=True)
     config_params = fields_of(faiss_index.FaissConfig, *FAISS_PARAMS)  # the FAISS index's settings
+    smoke_params: ClassVar[dict[str, Any]] = {"backbone": "pixels", "index_type": "flat"}  # no pretrained weights to load
 
     def __init__(
         self,

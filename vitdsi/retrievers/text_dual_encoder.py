@@ -41,7 +41,7 @@ from vitdsi.ranking import Ranking
 from vitdsi.retrievers.base import Supervision
 from vitdsi.retrievers.params import fields_of
 from vitdsi.retrievers.registry import register
-from vitdsi.retrievers.vit_baseline import SEARCH_BATCH, VitModelRetriever
+from vitdsi.retrievers.vit_baseline import SEARCH_BATCH, TINY_VIT, VitModelRetriever
 from vitdsi.training.optim import autocast
 
 
@@ -54,6 +54,7 @@ class TextDualEncoder(VitModelRetriever):
     query_defaults: ClassVar[dict[str, Any]] = dict(QUERY_DEFAULTS)
     config_params = (*VitModelRetriever.config_params, *fields_of(TextEncoderConfig, *TEXT_ENCODER_PARAMS),
                      *fields_of(FaissConfig, *FAISS_PARAMS))
+    smoke_params: ClassVar[dict[str, Any]] = {**TINY_VIT, "epochs": 10, "embed_dim": 32}
 
     def __init__(self, *, embed_dim: int = 64, temperature: float = 0.05, **params: Any) -> None:
         super().__init__(**params)

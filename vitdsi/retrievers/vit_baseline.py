@@ -26,6 +26,9 @@ from vitdsi.training.monitor import MonitorConfig, RankFn, TrainingMonitor
 from vitdsi.training.train_views import apply_views, check_views
 
 SEARCH_BATCH = 256  # images encoded together at index and query time
+# the smoke settings of the ViT retrievers other than the DSI: a tiny encoder of the DSI's family, a few epochs
+TINY_VIT = {"patch_size": 8, "dim": 32, "ff_dim": 64, "depth": 1, "heads": 2, "dropout": 0.0, "epochs": 3,
+            "lr": 2e-3, "batch_size": 32}
 # the encoder fields every ViT retriever takes as build parameters (image_size comes from the data)
 ENCODER_PARAMS = ("patch_size", "dim", "ff_dim", "depth", "heads", "dropout", "pos_encoding", "encoder",
                   "freeze_encoder", "encoder_size")
