@@ -1,17 +1,20 @@
-"""What a retriever declares about itself for the harness: its smoke settings (`smoke_params`, read
-by the smoke scale preset) and how its searches run (`search_info`, logged by every trial)."""
+"""What a retriever declares about itself: its smoke settings (`smoke_params`, read by the smoke
+scale preset), how its searches run (`search_info`, logged by every trial), its build parameters
+as typed attributes, and the one patch-size rule of the ViT retrievers."""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import pytest
 from conftest import smoke_retriever
 
 import bench.scales
 from bench.scales import SCALES
 from bench.trial import search_settings
-from vitdsi.retrievers import create
+from vitdsi.retrievers import create, registered
 from vitdsi.retrievers.base import Retriever
+from vitdsi.retrievers.params import type_name
 
 
 class _Declared(Retriever):
@@ -68,3 +71,32 @@ def test_a_dsi_reports_its_effective_beam_and_id_length(tiny_split):
     atomic = smoke_retriever("dsi-vit", id_scheme="atomic", index_epochs=1, retrieval_epochs=0, mode="zero-shot")
     atomic.index(tiny_split.corpus)
     assert "search_beam" not in atomic.search_info(5)
+
+
+def _declared(cls: type) -> dict[str, str]:
+    """Attribute annotations of `cls` and its bases (as text: the modules postpone annotations)."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        out.update({k: type_name(v) for k, v in vars(klass).get("__annotations__", {}).items()})
+    return out
+
+
+def test_every_build_parameter_is_a_declared_attribute_of_its_type():
+    missing = [f"{name}.{f.name}: {type_name(f.type)} (declared {_declared(cls).get(f.name)})"
+               for name, cls in registered().items() for f in cls.config_params
+               if _declared(cls).get(f.name) != type_name(f.type)]
+    assert not missing, "declare each config_param on the class with the config's type: " + ", ".join(missing)
+    dsi = create("dsi-vit", patch_size=4, views="light")
+    assert (dsi.patch_size, dsi.views) == (4, "light")  # set by Retriever.__init__, as declared
+
+
+def test_the_patch_size_rule_reads_the_same_from_a_config_and_a_retriever():
+    from vitdsi.errors import VitDSIError
+    from vitdsi.models.vit_encoder import VitEncoderConfig
+
+    with pytest.raises(VitDSIError, match="^patch_size 5 does not divide the image size 32; choose a divisor"):
+        VitEncoderConfig(image_size=32, patch_size=5)
+    for name in ("dsi-vit", "classifier", "dual-encoder"):
+        with pytest.raises(VitDSIError, match=f"^{name}: patch_size 5 does not divide the image size 32; choose"):
+            create(name, patch_size=5).check_image_size(32)
+    create("dsi-vit", patch_size=5, encoder="efficientnet-lite0").check_image_size(32)  # a borrowed encoder resizes

@@ -76,7 +76,9 @@ class Retriever(ABC):
     reports_epochs: ClassVar[bool] = False
 
     # build parameters that are fields of the config dataclasses the retriever builds (its model's,
-    # its trainer's; see `fields_of`): name, type and default are written once, there
+    # its trainer's; see `fields_of`): name, type and default are written once, there. `__init__`
+    # sets each as an attribute, which the class declares with the same type for type checkers
+    # (`name: int`; shared groups in EncoderRetriever, FaissParams, TextEncoderParams)
     config_params: ClassVar[tuple[Field, ...]] = ()
     # build parameters of the harness's smoke scale (tiny models: tests, CI, a demo), declared beside
     # the retriever so that a new one brings its own; {} keeps the defaults

@@ -38,6 +38,7 @@ class Classifier(VitBaseline):
     query_defaults: ClassVar[dict[str, Any]] = {}
     config_params = (*VitBaseline.config_params, *fields_of(TrainConfig, "label_smoothing"))
     smoke_params: ClassVar[dict[str, Any]] = TINY_VIT
+    label_smoothing: float  # a config_param, declared for type checkers (Retriever.__init__ sets it)
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

@@ -21,6 +21,7 @@ from vitdsi.errors import VitDSIError
 from vitdsi.models.text_encoder import (
     TEXT_ENCODER_PARAMS,
     TextEncoderConfig,
+    TextEncoderParams,
     load_saved_state,
     saved_state,
 )
@@ -36,7 +37,7 @@ from vitdsi.training.text_dsi import TextDSITrainer
 
 
 @register("dsi-text")
-class DSIText(DSIRetriever):
+class DSIText(DSIRetriever, TextEncoderParams):
     """Seq2seq DSI that writes the ids of the images a caption describes; indexes images, learns captions."""
 
     query_kind = "text"

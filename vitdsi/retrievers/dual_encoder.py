@@ -20,6 +20,7 @@ from vitdsi.features.faiss_index import (
     FAISS_PARAMS,
     QUERY_DEFAULTS,
     FaissConfig,
+    FaissParams,
     add_vectors,
     build_index,
     check_index_type,
@@ -43,7 +44,7 @@ log = get_logger(__name__)
 
 
 @register("dual-encoder")
-class DualEncoder(VitBaseline):
+class DualEncoder(VitBaseline, FaissParams):
     """ViT tower trained with in-batch InfoNCE; cosine search through FAISS."""
 
     supervision: ClassVar[Supervision] = Supervision(query_pairs=True, pretrained=True)  # at most

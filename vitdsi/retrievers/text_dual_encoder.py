@@ -22,6 +22,7 @@ from vitdsi.features.faiss_index import (
     FAISS_PARAMS,
     QUERY_DEFAULTS,
     FaissConfig,
+    FaissParams,
     build_index,
     check_index_type,
     deserialize_index,
@@ -32,6 +33,7 @@ from vitdsi.losses import symmetric_info_nce
 from vitdsi.models.text_encoder import (
     TEXT_ENCODER_PARAMS,
     TextEncoderConfig,
+    TextEncoderParams,
     load_saved_state,
     saved_state,
 )
@@ -46,7 +48,7 @@ from vitdsi.training.optim import autocast
 
 
 @register("text-dual-encoder")
-class TextDualEncoder(VitModelRetriever):
+class TextDualEncoder(VitModelRetriever, TextEncoderParams, FaissParams):
     """Image tower + text tower trained with in-batch InfoNCE on caption-image pairs; cosine search through FAISS."""
 
     query_kind: ClassVar[str] = "text"
