@@ -65,6 +65,11 @@ class StudyKind:
         return {}
 
     # ---- the report ----------------------------------------------------------------------
+    def dataset_text(self, settings: Settings, where: str, n_total: str, dataset: dict[str, Any]) -> str | None:
+        """The report's Set-up line on the data (`where`: the dataset and image size; `n_total` as
+        printed), when the kind splits its data its own way; None: the ordinary line."""
+        return None
+
     def report_section(self, record: StudyRecord, fig_dir: Path, rel: str) -> str | None:
         """The kind's section of the report (figures under `fig_dir`, linked as `rel`/...)."""
         return None

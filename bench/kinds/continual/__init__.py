@@ -6,11 +6,16 @@ runs instead of the ordinary one and `report` the report's section."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.kinds.continual.config import ContinualConfig, check_steps
 from bench.kinds.continual.indexing import index_continually
 from bench.kinds.kind import Settings, StudyKind
+
+if TYPE_CHECKING:
+    from bench.report.data import StudyRecord
+    from vitdsi.data import SplitSets
+    from vitdsi.retrievers.base import Retriever
 
 
 class Continual(StudyKind):
@@ -26,10 +31,10 @@ class Continual(StudyKind):
     def check_split(self, settings: Settings, sizes: dict[str, int], source: str, shown: Any) -> None:
         check_steps(settings, sizes, source, shown)
 
-    def index(self, retriever, sets, settings: Settings, metrics: list[str], k: int) -> list[dict[str, float]]:
+    def index(self, retriever: Retriever, sets: SplitSets, settings: Settings, metrics: list[str], k: int) -> list[dict[str, float]]:
         return index_continually(retriever, sets, settings, metrics, k)
 
-    def report_section(self, record, fig_dir: Path, rel: str) -> str | None:
+    def report_section(self, record: StudyRecord, fig_dir: Path, rel: str) -> str | None:
         # imported here: the report stack reaches the study file schema, which reads this registry
         from bench.kinds.continual.report import continual_section
 
