@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.latency import fit_loglog  # noqa: E402
+from bench.kinds.latency.measure import fit_loglog  # noqa: E402
 
 
 def _save(fig, path: Path, *, layout: bool = True) -> Path:

@@ -10,12 +10,14 @@ import tempfile
 from typing import Any
 
 from bench.config import TrialConfig
+from bench.kinds import KINDS
 from bench.tracking import VAL_PREFIX, Tracker, metric_key
 
 REUSED_TAG = "reused_from"  # on a reused run: the run that measured its numbers
 _COPIED_TAGS = ("device", "supervision", "supervision.uses_labels", "split.fingerprint")
 _SUMMARY_FIELDS = (("ci95", "_ci95"), ("chance", "_chance"), ("n_queries", "_n"), ("ci95_queries", "_qci95"))
-_COPIED_ARTIFACTS = ("split.json", "rankings.npz", "continual.json")  # the index stays in the source run
+# the index stays in the source run; a study kind that indexes in steps logs them as `<key>.json`
+_COPIED_ARTIFACTS = ("split.json", "rankings.npz", *(f"{kind.key}.json" for kind in KINDS.values() if kind.indexes))
 
 
 def find_source(tracker: Tracker, cfg: TrialConfig):

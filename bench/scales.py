@@ -2,7 +2,8 @@
 
 `smoke` (digits, tiny models: tests, CI, `make demo`), `small` (Fashion-MNIST on a CPU) and
 `paper` (the paper's model at 160 px, on a GPU). A study picks a scale; its own fixed and
-searched parameters override the preset's. The smoke settings of every retriever live here.
+searched parameters override the preset's. The smoke settings of every retriever live beside it
+(`Retriever.smoke_params`); the other presets name their retrievers' settings here.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vitdsi.errors import VitDSIError
+from vitdsi.retrievers.registry import registered
 
 
 @dataclass(frozen=True)
@@ -24,15 +26,17 @@ class ScalePreset:
     # per-retriever build parameters; a retriever not named here uses its own defaults
     retriever_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     tune_trials: int | None = None  # at most this many tuning trials per method (a study's `tune:`); None = as the study says
+    # True: each retriever's own `smoke_params` instead of `retriever_params` (the smoke settings live
+    # beside each retriever, so a new one, a plugin's included, brings its own)
+    own_params: bool = False
 
     def params_for(self, retriever: str) -> dict[str, Any]:
         """Build parameters this scale sets for `retriever` (before a study's own)."""
+        if self.own_params:
+            cls = registered().get(retriever)
+            return dict(cls.smoke_params) if cls is not None else {}
         return dict(self.retriever_params.get(retriever, {}))
 
-
-# the label-matched baselines at smoke scale: a tiny encoder of the DSI's family, a few epochs
-_TINY_VIT = {"patch_size": 8, "dim": 32, "ff_dim": 64, "depth": 1, "heads": 2, "dropout": 0.0, "epochs": 3,
-             "lr": 2e-3, "batch_size": 32}
 
 SCALES: dict[str, ScalePreset] = {
     "smoke": ScalePreset(
@@ -43,25 +47,7 @@ SCALES: dict[str, ScalePreset] = {
         split_ratio=0.25,
         description="digits at 32 px, 256 images, tiny models: tests, CI and make demo",
         tune_trials=2,
-        retriever_params={
-            # ~30 s a trial on one CPU core: enough epochs for 64 indexed digits to be memorised
-            "dsi-vit": {
-                "patch_size": 8, "dim": 64, "ff_dim": 128, "depth": 2, "decoder_depth": 1, "heads": 4,
-                "dropout": 0.0, "id_scheme": "clustered", "mode": "multitask", "index_epochs": 100,
-                "retrieval_epochs": 60, "lr": 1e-3, "batch_size": 16, "views": "none",
-            },
-            "classifier": _TINY_VIT,
-            "dual-encoder": {**_TINY_VIT, "embed_dim": 16},
-            "bovw": {"vocab_size": 16, "detector": "dense", "upscale": 2, "step": 8, "size": 8, "kmeans_iters": 5},
-            "embedding": {"backbone": "pixels", "index_type": "flat"},  # no pretrained weights to load
-            # text queries (the text protocol on coco-mosaic): frozen MiniLM, a tiny image encoder
-            "dsi-text": {
-                "patch_size": 8, "dim": 64, "ff_dim": 128, "depth": 2, "decoder_depth": 1, "heads": 4,
-                "dropout": 0.0, "id_scheme": "atomic", "mode": "multitask", "index_epochs": 40,
-                "retrieval_epochs": 40, "lr": 1e-3, "batch_size": 16, "views": "none",
-            },
-            "text-dual-encoder": {**_TINY_VIT, "epochs": 10, "embed_dim": 32},
-        },
+        own_params=True,
     ),
     "small": ScalePreset(
         name="small",

@@ -21,6 +21,7 @@ import yaml
 
 from bench import provenance
 from bench.config import Study, TrialConfig
+from bench.kinds import kind_of
 from vitdsi.data.protocols import get_protocol
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -244,12 +245,14 @@ class Tracker:
                 per_seed = {f"{metric_key(n)}_per_seed": v.mean for n, v in rep.metrics.items()}
                 per_seed.update({f"{VAL_PREFIX}{metric_key(n)}_per_seed": v.mean for n, v in rep.val_metrics.items()})
                 self._log_metrics(run_id, per_seed, step=i)
-        if result.repeats[0].continual:  # continual indexing: each step's mean over seeds, and every seed's records
-            for step, records in enumerate(zip(*(rep.continual for rep in result.repeats))):
+        study_kind = kind_of(result.config)
+        if result.repeats[0].steps and study_kind is not None:  # a kind that indexes in steps (continual):
+            key = study_kind[0].key  # each step's mean over seeds, and every seed's records
+            for step, records in enumerate(zip(*(rep.steps for rep in result.repeats))):
                 keys = set.intersection(*(set(r) for r in records)) - {"step"}
-                self._log_metrics(run_id, {f"continual/{metric_key(k)}": float(np.mean([r[k] for r in records]))
+                self._log_metrics(run_id, {f"{key}/{metric_key(k)}": float(np.mean([r[k] for r in records]))
                                            for k in sorted(keys)}, step=step)
-            self._log_text(run_id, json.dumps([rep.continual for rep in result.repeats], indent=1), "continual.json")
+            self._log_text(run_id, json.dumps([rep.steps for rep in result.repeats], indent=1), f"{key}.json")
         self.client.set_tag(run_id, "device", result.device)
         if result.index_reused:
             self.client.set_tag(run_id, "index.reused", "true")  # built by an earlier trial of this worker

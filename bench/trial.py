@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from bench.config import DataConfig, TrialConfig
-from bench.config.latency import scored_k
+from bench.config.scoring import scored_k
 from bench.convergence import training_summary, validation_set
-from bench.latency_trial import latency_record
+from bench.kinds import kind_of
 from vitdsi.data import ImageSet, Split, SplitSets, load_dataset, make_split
 from vitdsi.data.protocols import apply_protocol
 from vitdsi.metrics import (
@@ -107,9 +107,9 @@ class RepeatResult:
     val: Ranking  # validation queries x max cutoff, -1 padded
     indexing: Ranking | None  # IDB images queried with themselves (None without IA metrics)
     history: list[dict[str, Any]]  # per-epoch training log, when the retriever keeps one
-    index_seconds: float  # wall time of retriever.index (continual: of the index and every add)
+    index_seconds: float  # wall time of retriever.index (a kind that indexes in steps: of every step)
     query_ms: float  # mean wall time per test query (batched search)
-    continual: list[dict[str, float]] = field(default_factory=list)  # per step (bench.continual), continual studies
+    steps: list[dict[str, float]] = field(default_factory=list)  # per step, for a study kind that indexes in steps
     training: dict[str, Any] | None = None  # the retriever's training record (vitdsi.training.monitor), if it trains
 
 
@@ -150,7 +150,8 @@ def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHoo
     ranked = [m for m in cfg.metrics if not parse_metric(m).is_indexing]
     ia_ks = sorted({parse_metric(m).k for m in cfg.metrics if parse_metric(m).is_indexing})
     k_test = scored_k(cfg.metrics)  # MRR without a cutoff looks at the returned list: it returns 100
-    repeats, kept, latency = [], None, {}
+    repeats, kept, measured = [], None, {}
+    study_kind = kind_of(cfg)
     for r in range(cfg.repeats):
         seed = cfg.seed + r
         split, sets = prepare(repeat_data(cfg.dataset, r))
@@ -176,8 +177,8 @@ def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHoo
                                     index_seconds, query_ms, steps, getattr(retriever, "training_record", None)))
         if kept is None:
             kept = retriever
-            if cfg.latency is not None:
-                latency = latency_record(retriever, sets, cfg.latency, index_seconds, k_test, history)
+            if study_kind is not None:
+                measured = study_kind[0].measure(retriever, sets, study_kind[1], index_seconds, k_test, history)
     return TrialResult(
         config=cfg, split=repeats[0].split, repeats=repeats, summary=summarise(repeats, cfg.metrics, "test"),
         val_summary=summarise(repeats, [m for m in ranked if repeats[0].val_metrics], "val"),
@@ -185,33 +186,28 @@ def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHoo
         timings={"n_indexed": float(repeats[0].split.idb.size),
                  "index_seconds": float(np.mean([x.index_seconds for x in repeats])),
                  "query_ms": float(np.mean([x.query_ms for x in repeats])), **search_settings(kept, k_test),
-                 **training_summary([x.training for x in repeats], [x.index_seconds for x in repeats]), **latency},
+                 **training_summary([x.training for x in repeats], [x.index_seconds for x in repeats]), **measured},
     )
 
 
 def search_settings(retriever: Retriever, k: int) -> dict[str, float]:
     """How a trial searched, logged beside its numbers: `search_k` (results per query, the k every
-    metric is scored at and latency timed at), for a DSI with beam search `search_beam` (the
-    hypotheses kept per step: max(beam_size, k)) and for a DSI `id_length` (tokens per id, L)."""
-    out = {"search_k": float(k)}
-    effective_beam = getattr(retriever, "effective_beam", None)
-    beam = effective_beam(min(k, retriever.corpus_size)) if effective_beam is not None else None
-    if beam is not None:
-        out["search_beam"] = float(beam)
-    id_map = getattr(retriever, "id_map", None)
-    if id_map is not None:
-        out["id_length"] = float(id_map.length)
-    return out
+    metric is scored at and latency timed at) and the retriever's `search_info` for the k it is
+    asked (at most the corpus size), e.g. a DSI's `search_beam` and `id_length`."""
+    return {"search_k": float(k), **retriever.search_info(min(k, retriever.corpus_size))}
 
 
 def _build(cfg: TrialConfig, r: int, sets: SplitSets, device: str | None, on_epoch: EpochHook | None,
            ranked: list[str], k_test: int) -> tuple[Retriever, float, list[dict[str, Any]], list[dict[str, float]], bool]:
     """Repeat `r`'s index with the trial's query arguments set: (retriever, build seconds,
-    training history, continual steps, whether it was reused). The indexes of the last build
-    fingerprint stay in memory, so trials that differ only in query arguments build once
-    (put query arguments last in a grid's `space` so that such points run one after another)."""
+    training history, the steps of a study kind that indexes in steps, whether it was reused). The
+    indexes of the last build fingerprint stay in memory, so trials that differ only in query
+    arguments build once (put query arguments last in a grid's `space` so that such points run one
+    after another); an index built in steps is not kept."""
     key = (cfg.fingerprint(), r, device)
-    if cfg.continual is None and key in _BUILT:
+    study_kind = kind_of(cfg)
+    stepwise = study_kind if study_kind is not None and study_kind[0].indexes else None
+    if stepwise is None and key in _BUILT:
         retriever, index_seconds, history = _BUILT[key]
         retriever.set_query_arguments(**{**retriever.query_defaults, **cfg.query})
         for entry in history if on_epoch is not None else []:  # the curves of the build, in this run too
@@ -222,10 +218,8 @@ def _build(cfg: TrialConfig, r: int, sets: SplitSets, device: str | None, on_epo
     hook = (lambda entry: on_epoch(r, _as_dict(entry))) if on_epoch and retriever.reports_epochs else None
     steps: list[dict[str, float]] = []
     t0 = time.perf_counter()
-    if cfg.continual is not None:
-        from bench.continual import index_continually
-
-        steps = index_continually(retriever, sets, cfg.continual, ranked, k_test)
+    if stepwise is not None:
+        steps = stepwise[0].index(retriever, sets, stepwise[1], ranked, k_test)
     else:
         # text retrievers learn from the captions the corpus carries (the text protocol's train part)
         train = sets.train if retriever.query_kind == "image" else None
@@ -235,7 +229,7 @@ def _build(cfg: TrialConfig, r: int, sets: SplitSets, device: str | None, on_epo
     if on_epoch is not None and not retriever.reports_epochs:
         for entry in history:
             on_epoch(r, entry)
-    if cfg.continual is None:
+    if stepwise is None:
         for old in [k for k in _BUILT if k[0] != key[0]]:  # one build (all its repeats) at a time
             del _BUILT[old]
         _BUILT[key] = (retriever, index_seconds, history)

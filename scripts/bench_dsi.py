@@ -18,7 +18,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from bench.latency import measure_search
+from bench.kinds.latency.measure import measure_search
 from vitdsi.data import load_dataset
 from vitdsi.retrievers import create
 
@@ -81,7 +81,7 @@ def throughput(args) -> None:
 
 # ---- latency ----------------------------------------------------------------------------
 def latency(args, params: dict) -> None:
-    """Per-query search latency (bench.latency.measure_search) of the paper model and the small
+    """Per-query search latency (bench.kinds.latency.measure.measure_search) of the paper model and the small
     preset's, random and atomic ids, at batch 1 and 256; how latency grows with the database
     size is the `latency_scaling` study."""
     corpus = load_dataset("fashion-mnist", size=32, limit=args.latency_corpus, seed=0)

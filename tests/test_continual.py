@@ -207,7 +207,7 @@ CONTINUAL_STUDY = {
 
 
 def test_step_bounds_cover_the_corpus():
-    from bench.continual import step_bounds
+    from bench.kinds.continual.indexing import step_bounds
 
     assert step_bounds(60, 0.5, 5) == [30, 36, 42, 48, 54, 60]
     assert step_bounds(7, 0.5, 3) == [4, 5, 6, 7]
@@ -258,7 +258,7 @@ def test_continual_config_errors_name_the_field(tmp_path):
 
 
 def test_replay_goal_needs_both_ia_parts_and_a_measured_cost():
-    from bench.report.continual import replay_goal
+    from bench.kinds.continual.report import replay_goal
 
     nan = float("nan")
     assert replay_goal(0.96, 0.99, 0.10) == "met"

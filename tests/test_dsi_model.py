@@ -63,7 +63,7 @@ def test_shapes_and_atomic_variant():
 
 
 def test_config_errors():
-    with pytest.raises(VitDSIError, match="patch_size 5 does not divide image_size 32"):
+    with pytest.raises(VitDSIError, match="patch_size 5 does not divide the image size 32"):
         VitDSIConfig(image_size=32, patch_size=5)
     with pytest.raises(VitDSIError, match="heads 3 must divide dim 128"):
         VitDSIConfig(heads=3)

@@ -68,7 +68,7 @@ def test_hnsw_and_ivf_recall(digits_corpus, digits32):
 def test_ivfpq_compresses_and_keeps_recall(digits_corpus, digits32):
     """IVF-PQ (product-quantised lists): far fewer bytes than the flat index, recall that grows
     with nprobe, and a clear error when the corpus is too small to train its codebooks."""
-    from bench.latency import index_bytes
+    from bench.kinds.latency.measure import index_bytes
 
     queries = digits32.images[600:700]
     exact = create("embedding", backbone="pixels", device="cpu")

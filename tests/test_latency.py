@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.latency import crossover, fit_loglog, index_bytes, measure_search
+from bench.kinds.latency.measure import crossover, fit_loglog, index_bytes, measure_search
 from vitdsi.retrievers import create
 
 
@@ -39,7 +39,7 @@ def test_measure_search_on_a_real_index(tiny_split):
 
 
 def test_pareto_front_keeps_the_undominated_points():
-    from bench.latency import pareto_front
+    from bench.kinds.latency.measure import pareto_front
 
     ms = [1.0, 2.0, 2.0, 4.0, 0.5, 3.0, np.nan]
     quality = [0.5, 0.7, 0.6, 0.9, 0.1, 0.7, 1.0]
@@ -50,7 +50,7 @@ def test_pareto_front_keeps_the_undominated_points():
 
 
 def test_add_is_timed_on_a_copy_and_skipped_without_add_support(tiny_split):
-    from bench.latency_trial import add_ms_per_image
+    from bench.kinds.latency.trial import add_ms_per_image
     from vitdsi.retrievers.base import Retriever
 
     r = create("pixels-knn", device="cpu")
@@ -77,7 +77,7 @@ def test_add_is_timed_on_a_copy_and_skipped_without_add_support(tiny_split):
 
 
 def test_indexing_summary_reads_where_the_indexing_phase_stopped():
-    from bench.latency_trial import indexing_summary
+    from bench.kinds.latency.trial import indexing_summary
 
     history = [{"phase": "own-ids", "epoch": 1, "ia1": 0.2},
                *({"phase": "index", "epoch": e, "ia1": 0.5 if e == 10 else None} for e in range(1, 11)),
@@ -90,7 +90,8 @@ def test_indexing_summary_reads_where_the_indexing_phase_stopped():
 
 
 def test_grow_rule_and_scored_k():
-    from bench.config.latency import grown_params, scored_k
+    from bench.config.scoring import scored_k
+    from bench.kinds.latency.config import grown_params
 
     grow = {"methods": ["dsi"], "at": {4096: {"dim": 192}, "16384": {"dim": 256, "depth": 6}}}  # a logged key is a str
     assert grown_params(grow, "dsi", 4095) == {}

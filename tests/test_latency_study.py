@@ -31,7 +31,7 @@ def test_latency_scaling_runs_at_smoke_and_records_quality_beside_latency(tmp_pa
     from mlflow import MlflowClient
 
     from bench.config import load_study
-    from bench.latency import pareto_front
+    from bench.kinds.latency.measure import pareto_front
     from bench.report import write_report
     from bench.study import RunOptions, run
 

@@ -7,30 +7,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bench.config.errors import StudyConfigError, suggest
+from bench.config.errors import StudyConfigError
+from bench.config.names import route
 from bench.config.resolved import DataConfig, Study
-from bench.config.schema import RESERVED_PARAMS, Categorical, FloatRange, IntRange, StudyFile, route
+from bench.config.schema import Categorical, FloatRange, IntRange, StudyFile
+from bench.kinds import kind_of
 from vitdsi.errors import VitDSIError
 from vitdsi.limits import check_param
-
-
-def check_name(cls, where: str, name: str, field_path: str, source: str, method: str | None = None) -> None:
-    """A build parameter (`where` 'param') or query argument ('query') that retriever `cls`
-    has; other places are not checked here."""
-    from vitdsi.retrievers.params import retriever_params
-
-    if where == "param":
-        allowed = [p.name for p in retriever_params(cls) if p.name not in RESERVED_PARAMS]
-        kind = "parameter"
-    elif where == "query":
-        allowed = sorted(cls.query_defaults)
-        kind = "query argument"
-    else:
-        return
-    if name not in allowed:
-        who = f"retriever '{cls.name}'" + (f" (method '{method}')" if method else "")
-        raise StudyConfigError(f"{source}: field `{field_path}`: {who} has no {kind} '{name}'{suggest(name, allowed)}; "
-                               f"allowed: {', '.join(allowed) or 'none'}")
 
 
 def _is_union(annotation: str) -> bool:
@@ -159,9 +142,9 @@ def _check_query_kind(study: Study, trial, cls, source: str, shown: Any) -> None
             f"{trial.dataset.protocol}` asks {'captions' if kind == 'text' else 'images'}; use {', '.join(fit)}"
             + (" or another protocol" if kind == "text" else " or `protocol: text`")
         )
-    if kind == "text" and study.continual is not None:
-        raise StudyConfigError(f"{source}: field `continual`: continual indexing adds images with their image "
-                               "queries; the text protocol has none (text retrievers do not add); remove one of them")
+    study_kind = kind_of(study)
+    if kind == "text" and study_kind is not None and study_kind[0].text_refusal:
+        raise StudyConfigError(f"{source}: field `{study_kind[0].key}`: {study_kind[0].text_refusal}")
     ia = [m for m in study.metrics if m.startswith("IA@")]
     if kind == "text" and ia:
         raise StudyConfigError(f"{source}: field `metrics`: {', '.join(ia)} query the indexed images with themselves, "
@@ -177,15 +160,11 @@ def _check_split(study: Study, data: DataConfig, source: str, shown: Any) -> Non
         sizes = split_sizes(data.n_total, data.split_ratio, data.query_fractions)
     except VitDSIError as e:
         raise StudyConfigError(f"{source}: {shown}: {e}") from None
-    if study.continual is not None:
-        first = int(round(study.continual["initial"] * sizes["idb"]))
-        if first < 1 or sizes["idb"] - first < study.continual["steps"]:
-            raise StudyConfigError(
-                f"{source}: {shown}: continual indexing of {sizes['idb']} indexed images needs at least one in the "
-                f"first index ({first}) and one per add step ({sizes['idb'] - first} left for "
-                f"{study.continual['steps']} steps); change continual.initial / continual.steps or dataset.n_total"
-            )
-    if study.latency is None and sizes["val"] == 0 and not study.metric.startswith("IA@"):
+    study_kind = kind_of(study)
+    if study_kind is not None:
+        study_kind[0].check_split(study_kind[1], sizes, source, shown)
+    needs_validation = study_kind is None or study_kind[0].needs_validation
+    if needs_validation and sizes["val"] == 0 and not study.metric.startswith("IA@"):
         raise StudyConfigError(
             f"{source}: {shown}: the split has no validation queries (query_fractions "
             f"{list(data.query_fractions)}), but the objective {study.metric} is read on them; give val a share"

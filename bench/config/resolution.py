@@ -10,20 +10,14 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from bench.config.checks import check_name, check_values
+from bench.config.checks import check_values
 from bench.config.errors import StudyConfigError, field_errors, suggest
-from bench.config.latency import check_latency
+from bench.config.names import RESERVED_PARAMS, check_name, route
 from bench.config.resolved import DataConfig, Method, Study
-from bench.config.schema import (
-    RESERVED_PARAMS,
-    Categorical,
-    MethodConfig,
-    StudyFile,
-    enumerable,
-    route,
-)
+from bench.config.schema import Categorical, MethodConfig, StudyFile, enumerable
 from bench.config.tune import resolve_tune
 from bench.config.views import study_views
+from bench.kinds import KINDS
 from vitdsi.data.protocols import PROTOCOLS
 from vitdsi.errors import VitDSIError
 
@@ -176,18 +170,18 @@ def build_study(sf: StudyFile, scale_name: str, source: str) -> Study:
             raise fail("space", f"the {sampler} sampler needs a search space; with nothing to search use `sampler: {{type: grid}}`")
         n_trials = sf.n_trials or 20
 
-    if sf.latency is not None and sf.continual is not None:
-        raise fail("continual", "a study is a latency study or a continual-indexing study, not both")
-    check_latency(sf, raw_methods, known, metrics, source)
+    given = [kind for kind in KINDS.values() if getattr(sf, kind.key) is not None]
+    if len(given) > 1:
+        raise fail(given[1].key, f"a study is a {given[0].name} or a {given[1].name}, not both")
+    for kind in given:
+        kind.check(sf, raw_methods, known, metrics, source)
     study = Study(
         name=sf.name, description=sf.description.strip(), scale=scale_name, file=source,
         methods=methods, dataset=dataset, space=sf.space, sampler=sampler,
         sampler_seed=sf.sampler.seed, n_startup_trials=sf.sampler.n_startup_trials, n_trials=n_trials,
         metric=objective.name, direction=direction, metrics=metrics, repeats=sf.repeats,
         seed=sf.seed, experiment=sf.mlflow.experiment or sf.name, log_index=sf.mlflow.log_index,
-        plugins=sf.plugins,
-        latency=sf.latency.model_dump() if sf.latency is not None else None,
-        continual=sf.continual.model_dump() if sf.continual is not None else None,
+        plugins=sf.plugins, **{kind.key: getattr(sf, kind.key).model_dump() for kind in given},
         threads=sf.threads, tune=resolve_tune(sf, methods, known, scale.tune_trials, source),
         report=sf.report.model_dump(),
     )

@@ -8,11 +8,12 @@ import hashlib
 import json
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_serializer
 
 from bench.config.errors import StudyConfigError, field_errors
-from bench.config.latency import grown_params
-from bench.config.schema import Distribution, TuneConfig, grid_points, route
+from bench.config.names import route
+from bench.config.schema import Distribution, TuneConfig, grid_points
+from bench.kinds import KINDS, kind_of
 from vitdsi.data.protocols import get_protocol
 from vitdsi.limits import MAX_IMAGE_SIDE, MAX_IMAGES
 
@@ -75,8 +76,8 @@ class Method(Resolved):
     query: dict[str, Any]  # query arguments
 
 
-class TrialConfig(Resolved):
-    """Everything one trial needs, fully resolved (logged as the trial's config.yaml)."""
+class _TrialHead(Resolved):
+    """The fields of a trial before the study kinds' settings."""
 
     study: str  # study file name
     scale: str  # scale preset
@@ -89,22 +90,36 @@ class TrialConfig(Resolved):
     repeats: int  # seeds to run
     seed: int  # first seed
     sampled: dict[str, Any]  # the values Optuna chose for this trial
-    latency: dict[str, Any] | None = None  # LatencyConfig fields, for latency studies
-    continual: dict[str, Any] | None = None  # ContinualConfig fields, for continual-indexing studies
+
+
+def _kind_settings(base: type[Resolved]) -> type[Resolved]:
+    """`base` with a field per study kind (bench.kinds), named by its block: the block's fields
+    for a study of that kind (as the kind makes them for a trial), else None."""
+    return create_model(f"{base.__name__}Kinds", __base__=base,
+                        **{kind.key: (dict[str, Any] | None, None) for kind in KINDS.values()})
+
+
+class TrialConfig(_kind_settings(_TrialHead)):
+    """Everything one trial needs, fully resolved (logged as the trial's config.yaml)."""
+
     objective: str | None = None  # the study's objective: the validation metric training stops on
 
     def fingerprint(self) -> str:
         """What a trial builds: retriever, build parameters, the dataset with its options,
-        protocol and split, the seeds (first seed, repeats), continual steps and the objective
-        (early stopping reads it). Not the query arguments, other metrics, names or device:
-        trials with one fingerprint build the same index."""
+        protocol and split, the seeds (first seed, repeats), the settings of a study kind that
+        change what is built (continual steps) and the objective (early stopping reads it). Not
+        the query arguments, other metrics, names or device: trials with one fingerprint build
+        the same index."""
+        builds = {kind.key for kind in KINDS.values() if kind.builds}
         return digest(self.model_dump(mode="json", include={"retriever", "params", "dataset", "seed", "repeats",
-                                                            "continual", "objective"}))
+                                                            *builds, "objective"}))
 
     def result_fingerprint(self) -> str:
-        """The fingerprint with the query arguments and latency settings: trials with one result
-        fingerprint measure the same numbers (`bench run --reuse` copies them)."""
-        return digest({"build": self.fingerprint(), **self.model_dump(mode="json", include={"query", "latency"})})
+        """The fingerprint with the query arguments and the settings of a study kind that change
+        only what is measured (latency): trials with one result fingerprint measure the same
+        numbers (`bench run --reuse` copies them)."""
+        measures = {kind.key for kind in KINDS.values() if not kind.builds}
+        return digest({"build": self.fingerprint(), **self.model_dump(mode="json", include={"query", *measures})})
 
 
 def digest(d: dict[str, Any]) -> str:
@@ -112,8 +127,8 @@ def digest(d: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-class Study(Resolved):
-    """A validated study at one scale: what `bench run` executes."""
+class _StudyHead(Resolved):
+    """The fields of a study before the study kinds' settings."""
 
     name: str  # study name
     description: str  # what the study asks
@@ -134,16 +149,19 @@ class Study(Resolved):
     experiment: str  # MLflow experiment
     log_index: bool  # store each trial's index as an artifact
     plugins: tuple[str, ...] = Field(exclude=True)  # imported while loading (not part of the record)
-    latency: dict[str, Any] | None = None  # LatencyConfig fields, for latency studies
-    continual: dict[str, Any] | None = None  # ContinualConfig fields, for continual-indexing studies
+
+
+class Study(_kind_settings(_StudyHead)):
+    """A validated study at one scale: what `bench run` executes."""
+
     threads: int | None = None  # torch / FAISS / OpenCV threads per worker (None: libraries' default)
     report: dict[str, Any] = Field(default_factory=dict)  # ReportConfig fields: extra report sections
     tune: TuneConfig | None = None  # the tune block at this scale (bench.config.tune); None = nothing tuned
 
     @model_serializer(mode="wrap")
     def _record(self, handler) -> dict[str, Any]:
-        # Dumped in the study file's layout (sampler / objective / mlflow blocks; latency,
-        # continual and threads only when set; report always). The fingerprint hashes this dump
+        # Dumped in the study file's layout (sampler / objective / mlflow blocks; a study kind's
+        # settings and threads only when set; report always). The fingerprint hashes this dump
         # (less report) and stored studies resume only with an equal one, so the layout must not change.
         d = handler(self)
         out = {k: d.pop(k) for k in ("name", "description", "scale", "methods", "dataset", "space")}
@@ -188,22 +206,16 @@ class Study(Resolved):
         except ValidationError as e:
             lines = field_errors(e, prefix="dataset.")
             raise StudyConfigError(f"{self.file or self.name}: {sampled}: {'; '.join(lines)}") from None
-        latency = self.latency
-        if latency is not None:
-            # n_total is the indexed N; more source images, never indexed, are the train queries,
-            # the images `add` is timed with (the validation part) and the timed (test) queries
-            n = data.n_total
-            parts = (latency.get("train_queries", 0), latency.get("add_images", 0), latency["n_queries"])
-            held = sum(parts)
-            data = data.replace(n_total=n + held, split_ratio=n / (n + held),
-                                query_fractions=tuple(p / held for p in parts))
-            params.update(grown_params(latency.get("grow"), method_name, n))
-            latency = {k: v for k, v in latency.items() if k != "grow"}  # its effect is in `params`
+        kinds: dict[str, Any] = {}
+        study_kind = kind_of(self)
+        if study_kind is not None:
+            kind, settings = study_kind
+            data, params, kinds[kind.key] = kind.trial_settings(settings, method_name, data, params)
         return TrialConfig(
             study=self.name, scale=self.scale, method=method_name, retriever=method.retriever,
             params=params, query=query, dataset=data,
             metrics=self.metrics, repeats=self.repeats, seed=self.seed, sampled=sampled,
-            latency=latency, continual=self.continual, objective=self.metric,
+            objective=self.metric, **kinds,
         )
 
     def fingerprint(self) -> str:

@@ -1,8 +1,9 @@
 """The study file as written: pydantic models of the YAML, checked field by field.
 
-Keys of `fixed` and `space` address three places (`route`): `dataset.<field>`,
+Keys of `fixed` and `space` address three places (`bench.config.names.route`): `dataset.<field>`,
 `query.<arg>` (query-time arguments) and, without a prefix, the retriever's build
-parameters; `method` (space only) picks one of the file's `methods`.
+parameters; `method` (space only) picks one of the file's `methods`. The blocks of the study
+kinds (`latency:`, `continual:`) are their packages' models (`bench.kinds`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     ValidationError,
@@ -24,20 +24,17 @@ from pydantic import (
     model_validator,
 )
 
+from bench.config.block import Block as _Model
 from bench.config.errors import StudyConfigError, field_errors, suggest
+from bench.kinds import KINDS
 from vitdsi.data.protocols import PROTOCOLS, Protocol
 from vitdsi.errors import VitDSIError
 from vitdsi.limits import MAX_IMAGE_SIDE, MAX_IMAGES, MAX_SEED
 from vitdsi.training.train_views import VIEW_STRENGTHS
 
 Scalar = bool | int | float | str | None
-RESERVED_PARAMS = ("seed", "device")  # set by the harness (repeats, --device), never by a study
 MAX_REPEATS = 100  # seeds per trial
 DEFAULT_STUDY_METRICS = ["P@10", "MAP@10", "R@100", "nDCG@10", "MRR", "FPR@10", "IA@1", "IA@5"]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class Categorical(_Model):
@@ -192,57 +189,6 @@ class MLflowConfig(_Model):
     log_index: bool = True  # store the trained index of each trial as an artifact (for `bench search`)
 
 
-class GrowConfig(_Model):
-    """Model size that grows with the database size N (latency studies): from each threshold N up,
-    its build parameters override those of every method named in `methods`; thresholds apply in
-    ascending order, so the largest one reached wins (bench.config.grow)."""
-
-    methods: list[str] = Field(min_length=1)  # methods (names in `methods`) that grow, e.g. the DSIs and a matched baseline
-    at: dict[int, dict[str, Any]] = Field(min_length=1)  # threshold N -> build parameters from that N up
-
-    @model_validator(mode="after")
-    def _check(self) -> GrowConfig:
-        for threshold, params in self.at.items():
-            if threshold < 1:
-                raise ValueError(f"threshold {threshold}: a threshold is a number of indexed images, at least 1")
-            if not params:
-                raise ValueError(f"threshold {threshold}: give the build parameters that change from N = {threshold} up")
-        return self
-
-
-class LatencyConfig(_Model):
-    """Latency studies (bench/latency.py): `dataset.n_total` is then the number of indexed
-    images N, and more images of the source, never indexed, are the queries (`n_queries`), the
-    train queries (`train_queries`) and the images `add` is timed with (`add_images`)."""
-
-    n_queries: int = Field(256, ge=1)  # held-out query images (timed, and scored for accuracy)
-    # results per query while timing; None = the k quality is scored at (the largest cutoff of
-    # `metrics`, 100 with MRR). Any other value is an error: quality and time use one k
-    k: int | None = Field(None, ge=1)
-    batch_size: int = Field(256, ge=2)  # the batched measurement (batch 1 is always measured)
-    calls: int = Field(30, ge=1)  # timed calls at batch 1 (after warm-up)
-    batch_calls: int = Field(5, ge=1)  # timed calls at `batch_size`
-    warmup: int = Field(3, ge=0)  # untimed calls first
-    threads: int = Field(1, ge=1)  # torch / FAISS / OpenCV threads, the same for every method (1: per-query cost without thread-pool effects)
-    # held-out train queries (the same count at every N) for methods that learn from queries (a
-    # fine-tuned DSI, the dual encoder); 0 = none, every method indexes the corpus alone
-    train_queries: int = Field(0, ge=0)
-    # held-out images added with `Retriever.add` to a copy of the index after the timed searches
-    # (per-image add time; the split's validation part); 0 = add time not measured
-    add_images: int = Field(0, ge=0)
-    grow: GrowConfig | None = None  # model size by N (see GrowConfig); None = the same at every N
-
-
-class ContinualConfig(_Model):
-    """Continual-indexing studies (DSI++): each trial indexes the first `initial` share of the
-    indexed images, then adds the rest in `steps` equal batches with `Retriever.add`, and logs
-    IA@1 of the original images and of every added batch, the ranked metrics and the wall time
-    after each step."""
-
-    initial: float = Field(0.5, gt=0, lt=1)  # share of the indexed images in the first index
-    steps: int = Field(5, ge=1)  # add steps that bring in the rest, in equal batches
-
-
 class ReportConfig(_Model):
     """What `bench report` adds to this study's report beyond the sections every study gets."""
 
@@ -309,8 +255,8 @@ class MethodConfig(_Model):
     query: dict[str, Any] = Field(default_factory=dict)  # query arguments of this method
 
 
-class StudyFile(_Model):
-    """The YAML as written (bench.config.resolution turns it into a `Study`)."""
+class _StudyFileHead(_Model):
+    """The fields of a study file before the study kinds' blocks."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # study name; also the default experiment
     description: str = ""  # what the study asks (shown by `bench list` and in reports)
@@ -334,8 +280,16 @@ class StudyFile(_Model):
     # trained DSIs 5-15x slower than two 1-thread ones
     threads: int | None = Field(None, ge=1)
     mlflow: MLflowConfig = Field(default_factory=MLflowConfig)  # where runs are logged
-    latency: LatencyConfig | None = None  # makes this a latency study (see LatencyConfig)
-    continual: ContinualConfig | None = None  # makes this a continual-indexing study (see ContinualConfig)
+
+
+# each study kind's block (bench.kinds), e.g. `latency:`; setting one makes the study of that kind
+_StudyFileKinds = create_model("_StudyFileKinds", __base__=_StudyFileHead,
+                               **{kind.key: (kind.config | None, None) for kind in KINDS.values()})
+
+
+class StudyFile(_StudyFileKinds):
+    """The YAML as written (bench.config.resolution turns it into a `Study`)."""
+
     tune: TuneConfig | None = None  # tune each named method alike before the comparison (see TuneConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)  # extra report sections (see ReportConfig)
     scales: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-scale overrides of the fields above
@@ -364,17 +318,6 @@ def validate_file(data: dict[str, Any], source: str) -> StudyFile:
     except ValidationError as e:
         lines = field_errors(e, StudyFile)
         raise StudyConfigError(f"{source}: invalid study file\n" + "\n".join("  " + line for line in lines)) from None
-
-
-def route(key: str) -> tuple[str, str]:
-    """'dataset.n_total' -> ('dataset', 'n_total'); 'query.beam' -> ('query', 'beam');
-    'method' -> ('method', 'method'); 'depth' -> ('param', 'depth')."""
-    if key == "method":
-        return "method", key
-    for prefix in ("dataset", "query"):
-        if key.startswith(prefix + "."):
-            return prefix, key[len(prefix) + 1 :]
-    return "param", key
 
 
 def enumerable(d: Any) -> bool:

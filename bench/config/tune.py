@@ -7,17 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.config.checks import check_name
 from bench.config.errors import StudyConfigError, suggest
+from bench.config.names import RESERVED_PARAMS, check_name, route
 from bench.config.resolved import Method, Study, digest
-from bench.config.schema import (
-    RESERVED_PARAMS,
-    Categorical,
-    FloatRange,
-    StudyFile,
-    TuneConfig,
-    route,
-)
+from bench.config.schema import Categorical, FloatRange, StudyFile, TuneConfig
 from vitdsi.limits import check_param
 
 OPTUNA_STARTUP_CAP = 10  # Optuna's own default number of random trials before TPE models

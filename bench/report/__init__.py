@@ -12,11 +12,10 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.kinds import kind_of
 from bench.report.compute import compute_section
-from bench.report.continual import continual_section
 from bench.report.data import load_study_record
 from bench.report.figures import curves_section, precision_and_grid_section
-from bench.report.latency import latency_section
 from bench.report.methods import methods_section
 from bench.report.paired import paired_family, paired_section
 from bench.report.rankings import seen_in_training_section
@@ -69,14 +68,17 @@ def write_report(study: str, *, tracking_uri: str | None = None, scale: str | No
         family = functools.cache(lambda: paired_family([(protocol, record, fig_dir)], rankings))
         scored_sections = _scored_sections(record, fig_dir, rel, rankings, "##", family, protocol) if scored else []
         results, later = scored_sections[:1], scored_sections[1:]
+    kind = kind_of(record.resolved)
+    kind_section = [(f"## {kind[0].report_heading}", lambda: kind[0].report_section(record, fig_dir, rel))] if kind else []
+    first, after_importances = (kind_section, []) if kind and kind[0].report_first else ([], kind_section)
     for heading, section in (
-        ("## Latency against database size", lambda: latency_section(record, fig_dir, rel)),
+        *first,
         ("## Tuning", lambda: tuning_section(record)),
         *results,
         ("## Failed trials", lambda: failed_section(record)),
         ("## Table 1 beside the paper", lambda: table1_section(record)),
         ("## Parameter importances", lambda: importance_section(record)),
-        ("## Continual indexing", lambda: continual_section(record, fig_dir, rel)),
+        *after_importances,
         ("## Training curves", lambda: curves_section(record, fig_dir, rel)),
         *later,
     ):

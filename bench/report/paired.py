@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.kinds import kind_of
 from bench.report.data import StudyRecord, TrialRecord
 from bench.report.markdown import fmt, fmt_p, label, md_table, sort_value
 from bench.report.rankings import LABEL_MATCHED, SeedRanking, seed_rankings
@@ -114,8 +115,9 @@ def paired_family(parts: list[tuple[str, StudyRecord, Path]], cache: dict) -> Pa
         return None
     record = parts[0][1]
     metric = record.objective
-    if record.resolved.get("latency") or metric.startswith("IA"):
-        return None  # latency trials are not trained to be accurate; IA is not a per-query metric
+    kind = kind_of(record.resolved)
+    if (kind is not None and not kind[0].paired) or metric.startswith("IA"):
+        return None  # e.g. latency trials are not trained to be accurate; IA is not a per-query metric
     options = record.resolved.get("report", {})
     margin, test = options.get("equivalence_margin"), options.get("paired_test", "bootstrap")
     seed_test = SEED_TESTS[test]

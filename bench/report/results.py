@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.kinds import kind_of
 from bench.paper import METHOD_NOTE, paper_row
 from bench.report.compute import convergence_cell
 from bench.report.data import StudyRecord
@@ -38,7 +39,7 @@ def header_section(record: StudyRecord) -> str:
         ["device", device],
         ["packages", versions or "?"],
         ["scale", record.scale],
-        ["dataset", _dataset_row(ds, record.resolved.get("latency"), _ds)],
+        ["dataset", _dataset_row(ds, kind_of(record.resolved), _ds)],
         ["protocol", "per trial (see the results)" if "protocol" in searched else protocol_description(ds)],
         ["objective", f"{record.objective} ({record.direction}), sampler {record.params.get('sampler')}, "
                       f"repeats {record.params.get('repeats')} seed(s) per trial"],
@@ -49,14 +50,12 @@ def header_section(record: StudyRecord) -> str:
     return md_table(["", ""], rows)
 
 
-def _dataset_row(ds: dict, latency: dict | None, field) -> str:
-    """The Set-up's dataset line. A latency study indexes N images and holds out others, never
-    indexed (the trial config's split ratio and query fractions only encode those counts)."""
+def _dataset_row(ds: dict, kind: tuple | None, field) -> str:
+    """The Set-up's dataset line, as the study's kind describes its data if it does."""
     where = f"{ds.get('name')} at {ds.get('size')} px"
-    if latency:
-        return (f"{where}; N = {field('n_total')} indexed images per trial, and images of the source never indexed: "
-                f"{latency.get('train_queries', 0)} train queries, {latency.get('add_images', 0)} images `add` is "
-                f"timed with, {latency.get('n_queries')} timed and scored queries; split seed {ds.get('seed')}")
+    described = kind[0].dataset_text(kind[1], where, field("n_total"), ds) if kind is not None else None
+    if described is not None:
+        return described
     return (f"{where}, n_total {field('n_total')}, split_ratio {field('split_ratio')}, "
             f"queries train/val/test {ds.get('query_fractions')}, split seed {ds.get('seed')}")
 

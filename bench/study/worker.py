@@ -21,6 +21,7 @@ from bench.study.samplers import make_sampler
 from bench.study.storage import ClaimLock, make_storage
 from bench.study.summary import RunOutcome, count_states
 from bench.study.tuning import tune_methods
+from bench.threads import fixed_threads
 from bench.tracking import Tracker, default_storage, redact
 from bench.trial import forget_built, prepare
 from vitdsi import interrupt
@@ -54,8 +55,6 @@ class StudyMismatchError(RuntimeError):
 def run(study: Study, options: RunOptions | None = None) -> RunOutcome:
     """Work on `study` until `n_trials` trials are COMPLETE, nothing is left for this worker, or
     Ctrl-C. Threads are pinned for the run when the options or the study file ask for it."""
-    from bench.latency import fixed_threads
-
     options = options or RunOptions()
     threads = options.threads or study.threads
     if threads is None:

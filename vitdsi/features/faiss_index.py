@@ -49,6 +49,17 @@ class FaissConfig:
 FAISS_PARAMS = tuple(FaissConfig.__dataclass_fields__)  # the build parameters a FAISS-backed retriever takes
 
 
+class FaissParams:
+    """FAISS_PARAMS as attributes of a retriever that takes them (a base class for type checkers)."""
+
+    index_type: str
+    hnsw_m: int
+    ef_construction: int
+    nlist: int
+    pq_m: int
+    pq_bits: int
+
+
 def check_index_type(index_type: str, owner: str, allowed: tuple[str, ...] = INDEX_TYPES) -> None:
     """A clear error naming the retriever (`owner`) for an unknown index type."""
     if index_type not in allowed:

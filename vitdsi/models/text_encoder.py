@@ -76,6 +76,20 @@ class TextEncoderConfig:
 TEXT_ENCODER_PARAMS = tuple(TextEncoderConfig.__dataclass_fields__)  # build parameters of the text retrievers
 
 
+class TextEncoderParams:
+    """TEXT_ENCODER_PARAMS as attributes of a retriever that takes them (a base class for type checkers)."""
+
+    text_encoder: str
+    text_freeze: bool | int
+    text_max_length: int
+    text_cache_dir: str | None
+    text_dim: int
+    text_depth: int
+    text_heads: int
+    text_ff_dim: int
+    text_dropout: float
+
+
 class TextEncoder(nn.Module):
     """Texts -> token states [B, L, D] and sentence embeddings [B, D]. Subclasses give `dim`,
     `tokenize` (texts -> input_ids and attention_mask, int64 [B, L] on the CPU) and `tokens`."""

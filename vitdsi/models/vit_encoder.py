@@ -59,11 +59,8 @@ ENCODER_FIELDS = tuple(VitEncoderConfig.__dataclass_fields__)  # the fields any 
 def check_encoder_fields(cfg) -> None:
     """Validate the encoder fields of any config carrying them (VitEncoderConfig, VitDSIConfig)."""
     check_borrowed_fields(cfg.encoder, cfg.freeze_encoder, cfg.encoder_size)
-    if cfg.encoder == "vit" and (cfg.patch_size < 1 or cfg.image_size % cfg.patch_size):
-        raise VitDSIError(
-            f"patch_size {cfg.patch_size} does not divide image_size {cfg.image_size}; pick a divisor of "
-            f"{cfg.image_size} (e.g. {', '.join(str(p) for p in _divisors(cfg.image_size))})"
-        )
+    if cfg.encoder == "vit":
+        check_patch_size(cfg.patch_size, cfg.image_size)
     if cfg.dim % cfg.heads:
         raise VitDSIError(f"heads {cfg.heads} must divide dim {cfg.dim}")
     if cfg.pos_encoding not in ("sinusoidal", "learned"):
@@ -94,8 +91,15 @@ def check_borrowed_fields(encoder: str, freeze_encoder, encoder_size: int) -> No
         raise VitDSIError(f"encoder_size must be 0 (the encoder's own) or at least 32 px, got {encoder_size}")
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(2, n + 1) if n % d == 0][:6]
+def check_patch_size(patch_size: int, image_size: int) -> None:
+    """The rule of ViT patches (every ViT config and retriever checks it here): square patches of
+    `patch_size` tile an image of `image_size` pixels."""
+    if patch_size < 1:
+        raise VitDSIError(f"patch_size must be >= 1, got {patch_size}")
+    if image_size % patch_size:
+        divisors = [d for d in range(1, image_size + 1) if image_size % d == 0]
+        raise VitDSIError(f"patch_size {patch_size} does not divide the image size {image_size}; "
+                          f"choose a divisor of {image_size} ({', '.join(map(str, divisors))}) or change dataset.size")
 
 
 def init_weights(m: nn.Module) -> None:

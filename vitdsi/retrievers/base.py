@@ -76,8 +76,13 @@ class Retriever(ABC):
     reports_epochs: ClassVar[bool] = False
 
     # build parameters that are fields of the config dataclasses the retriever builds (its model's,
-    # its trainer's; see `fields_of`): name, type and default are written once, there
+    # its trainer's; see `fields_of`): name, type and default are written once, there. `__init__`
+    # sets each as an attribute, which the class declares with the same type for type checkers
+    # (`name: int`; shared groups in EncoderRetriever, FaissParams, TextEncoderParams)
     config_params: ClassVar[tuple[Field, ...]] = ()
+    # build parameters of the harness's smoke scale (tiny models: tests, CI, a demo), declared beside
+    # the retriever so that a new one brings its own; {} keeps the defaults
+    smoke_params: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, *, seed: int = 0, device: str | None = None, **params: Any) -> None:
         """`params`: values of `config_params` (the others keep the config's default)."""
@@ -134,6 +139,11 @@ class Retriever(ABC):
         """Raise a VitDSIError when this retriever cannot index images of `image_size` pixels
         (e.g. a ViT patch that does not divide it); called by `index` and by study checks
         before any trial runs."""
+
+    def search_info(self, k: int) -> dict[str, float]:
+        """How a search for `k` results runs, for the harness to log beside the numbers (a DSI: its
+        effective beam and id length); {} for a retriever with nothing to add."""
+        return {}
 
     # ---- public interface -----------------------------------------------------------
     def index(self, corpus: ImageSet, *, train_queries: ImageSet | None = None,

@@ -41,6 +41,8 @@ def _array(v: Any) -> np.ndarray:
 class BoVW(Retriever):
     """SIFT bag of visual words; cosine similarity by brute force or an inverted file."""
 
+    smoke_params: ClassVar[dict[str, Any]] = {"vocab_size": 16, "detector": "dense", "upscale": 2, "step": 8,
+                                              "size": 8, "kmeans_iters": 5}
     query_defaults: ClassVar[dict[str, Any]] = {
         "search": "brute",  # "brute" (dense matrix product) or "inverted" (inverted file); same rankings
         "batch_size": 512,  # queries scored at a time

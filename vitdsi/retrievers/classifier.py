@@ -21,7 +21,7 @@ from vitdsi.ranking import Ranking, topk_ties_to_lower
 from vitdsi.retrievers.base import Supervision
 from vitdsi.retrievers.params import fields_of
 from vitdsi.retrievers.registry import register
-from vitdsi.retrievers.vit_baseline import SEARCH_BATCH, VitBaseline, gather_rows
+from vitdsi.retrievers.vit_baseline import SEARCH_BATCH, TINY_VIT, VitBaseline, gather_rows
 from vitdsi.training.config import TrainConfig
 from vitdsi.training.optim import autocast
 
@@ -37,6 +37,8 @@ class Classifier(VitBaseline):
     supervision: ClassVar[Supervision] = Supervision(corpus_labels=True, query_pairs=True, pretrained=True)  # at most
     query_defaults: ClassVar[dict[str, Any]] = {}
     config_params = (*VitBaseline.config_params, *fields_of(TrainConfig, "label_smoothing"))
+    smoke_params: ClassVar[dict[str, Any]] = TINY_VIT
+    label_smoothing: float  # a config_param, declared for type checkers (Retriever.__init__ sets it)
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

@@ -8,7 +8,7 @@ Mehta et al. 2022): docs/design.md, "Id schemes" and "The DSI model and its trai
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -34,6 +34,13 @@ ADD_STRATEGIES = ("new-only", "replay", "full")
 @register("dsi-vit")
 class DSIViT(DSIRetriever):
     """Seq2seq ViT that generates the ids of relevant corpus images (or an atomic softmax head)."""
+
+    # ~30 s a trial on one CPU core: enough epochs for 64 indexed digits to be memorised
+    smoke_params: ClassVar[dict[str, Any]] = {
+        "patch_size": 8, "dim": 64, "ff_dim": 128, "depth": 2, "decoder_depth": 1, "heads": 4,
+        "dropout": 0.0, "id_scheme": "clustered", "mode": "multitask", "index_epochs": 100,
+        "retrieval_epochs": 60, "lr": 1e-3, "batch_size": 16, "views": "none",
+    }
 
     def __init__(
         self,

@@ -23,9 +23,9 @@ from vitdsi.models.borrowed_encoder import BorrowedEncoder
 from vitdsi.models.decoding import IdTrie, atomic_topk_memory, beam_search_memory
 from vitdsi.models.vit_dsi import VitDSI, VitDSIConfig
 from vitdsi.ranking import Ranking
-from vitdsi.retrievers.base import Retriever, Supervision
+from vitdsi.retrievers.base import Supervision
+from vitdsi.retrievers.encoder_base import ENCODER_PARAMS, EncoderRetriever, check_encoder_params
 from vitdsi.retrievers.params import fields_of
-from vitdsi.retrievers.vit_baseline import ENCODER_PARAMS, check_encoder_params, check_patch_size
 from vitdsi.training.augment import to_input
 from vitdsi.training.config import TrainConfig
 from vitdsi.training.dsi import DSITrainer
@@ -36,7 +36,7 @@ from vitdsi.training.optim import autocast
 SEARCH_BATCH = 256  # queries decoded together
 
 
-class DSIRetriever(Retriever):
+class DSIRetriever(EncoderRetriever):
     """A VitDSI-family model that writes the ids of corpus images (abstract)."""
 
     supervision = Supervision(corpus_labels=True, query_pairs=True, pretrained=True)  # at most; see supervision_used
@@ -49,6 +49,27 @@ class DSIRetriever(Retriever):
                    "eval_every", "ia_sample", "precision"),
         *fields_of(MonitorConfig, "patience", "val_every", "min_delta"),
     )
+    # config_params beyond the encoder's, declared for type checkers (Retriever.__init__ sets them)
+    decoder_depth: int | None
+    mode: str
+    index_epochs: int
+    retrieval_epochs: int
+    lr: float
+    batch_size: int
+    weight_decay: float
+    warmup_frac: float
+    min_lr_frac: float
+    grad_clip: float
+    label_smoothing: float
+    views: str
+    index_views: int
+    target_ia: float
+    eval_every: int
+    ia_sample: int
+    precision: str
+    patience: int
+    val_every: int
+    min_delta: float
 
     def __init__(self, *, id_scheme: str = "random", id_length: int = 0, id_features: str = "pixels",
                  **params: Any) -> None:
@@ -91,10 +112,6 @@ class DSIRetriever(Retriever):
     def _new_model(self, cfg: VitDSIConfig) -> VitDSI:
         """The model of this retriever for `cfg` (a subclass's adds what else it reads)."""
         return VitDSI(cfg)
-
-    def check_image_size(self, image_size: int) -> None:
-        if self.encoder == "vit":  # a borrowed encoder resizes images to its own input size
-            check_patch_size(self.name, self.patch_size, image_size)
 
     def _start_index(self, corpus: ImageSet) -> None:
         """The ids of `corpus` and a fresh model for them (`history` restarts)."""
@@ -218,6 +235,17 @@ class DSIRetriever(Retriever):
         if self.id_scheme == "atomic":
             return None
         return max(int(self.query_args["beam_size"]), int(k))
+
+    def search_info(self, k: int) -> dict[str, float]:
+        """`search_beam` (the hypotheses kept per step, `effective_beam`; not for atomic ids) and,
+        once indexed, `id_length` (tokens per id, L)."""
+        out = {}
+        beam = self.effective_beam(k)
+        if beam is not None:
+            out["search_beam"] = float(beam)
+        if self._ids is not None:
+            out["id_length"] = float(self._ids.length)
+        return out
 
     @property
     def id_map(self):

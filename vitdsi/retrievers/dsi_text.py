@@ -12,7 +12,7 @@ docs/design.md, "Text queries".
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -21,6 +21,7 @@ from vitdsi.errors import VitDSIError
 from vitdsi.models.text_encoder import (
     TEXT_ENCODER_PARAMS,
     TextEncoderConfig,
+    TextEncoderParams,
     load_saved_state,
     saved_state,
 )
@@ -36,13 +37,19 @@ from vitdsi.training.text_dsi import TextDSITrainer
 
 
 @register("dsi-text")
-class DSIText(DSIRetriever):
+class DSIText(DSIRetriever, TextEncoderParams):
     """Seq2seq DSI that writes the ids of the images a caption describes; indexes images, learns captions."""
 
     query_kind = "text"
     supervision = Supervision(corpus_labels=True, captions=True, pretrained=True)  # at most; see supervision_used
     config_params = (*with_defaults(DSIRetriever.config_params, mode="multitask"),
                      *fields_of(TextEncoderConfig, *TEXT_ENCODER_PARAMS))
+    # the text protocol on coco-mosaic: frozen MiniLM, a tiny image encoder
+    smoke_params: ClassVar[dict[str, Any]] = {
+        "patch_size": 8, "dim": 64, "ff_dim": 128, "depth": 2, "decoder_depth": 1, "heads": 4,
+        "dropout": 0.0, "id_scheme": "atomic", "mode": "multitask", "index_epochs": 40,
+        "retrieval_epochs": 40, "lr": 1e-3, "batch_size": 16, "views": "none",
+    }
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

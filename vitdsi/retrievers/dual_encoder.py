@@ -20,6 +20,7 @@ from vitdsi.features.faiss_index import (
     FAISS_PARAMS,
     QUERY_DEFAULTS,
     FaissConfig,
+    FaissParams,
     add_vectors,
     build_index,
     check_index_type,
@@ -35,7 +36,7 @@ from vitdsi.ranking import Ranking
 from vitdsi.retrievers.base import Supervision
 from vitdsi.retrievers.params import fields_of
 from vitdsi.retrievers.registry import register
-from vitdsi.retrievers.vit_baseline import VitBaseline, gather_rows
+from vitdsi.retrievers.vit_baseline import TINY_VIT, VitBaseline, gather_rows
 from vitdsi.training.optim import autocast
 from vitdsi.training.sampler import RelevantSampler
 
@@ -43,12 +44,13 @@ log = get_logger(__name__)
 
 
 @register("dual-encoder")
-class DualEncoder(VitBaseline):
+class DualEncoder(VitBaseline, FaissParams):
     """ViT tower trained with in-batch InfoNCE; cosine search through FAISS."""
 
     supervision: ClassVar[Supervision] = Supervision(query_pairs=True, pretrained=True)  # at most
     query_defaults: ClassVar[dict[str, Any]] = dict(QUERY_DEFAULTS)
     config_params = (*VitBaseline.config_params, *fields_of(FaissConfig, *FAISS_PARAMS))  # + the FAISS index's
+    smoke_params: ClassVar[dict[str, Any]] = {**TINY_VIT, "embed_dim": 16}
 
     def __init__(
         self,

@@ -16,7 +16,7 @@ from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
 from vitdsi.features import faiss_index
 from vitdsi.features.backbones import Backbone, load_backbone
-from vitdsi.features.faiss_index import FAISS_PARAMS
+from vitdsi.features.faiss_index import FAISS_PARAMS, FaissParams
 from vitdsi.log import get_logger, progress
 from vitdsi.ranking import Ranking
 from vitdsi.retrievers.base import Retriever, Supervision
@@ -29,12 +29,13 @@ INDEX_TYPES = faiss_index.INDEX_TYPES
 
 
 @register("embedding")
-class Embedding(Retriever):
+class Embedding(Retriever, FaissParams):
     """Backbone features, cosine similarity through a FAISS index."""
 
     query_defaults: ClassVar[dict[str, Any]] = dict(faiss_index.QUERY_DEFAULTS)
     supervision: ClassVar[Supervision] = Supervision(pretrained=True)
     config_params = fields_of(faiss_index.FaissConfig, *FAISS_PARAMS)  # the FAISS index's settings
+    smoke_params: ClassVar[dict[str, Any]] = {"backbone": "pixels", "index_type": "flat"}  # no pretrained weights to load
 
     def __init__(
         self,

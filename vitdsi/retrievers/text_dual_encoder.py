@@ -22,6 +22,7 @@ from vitdsi.features.faiss_index import (
     FAISS_PARAMS,
     QUERY_DEFAULTS,
     FaissConfig,
+    FaissParams,
     build_index,
     check_index_type,
     deserialize_index,
@@ -32,6 +33,7 @@ from vitdsi.losses import symmetric_info_nce
 from vitdsi.models.text_encoder import (
     TEXT_ENCODER_PARAMS,
     TextEncoderConfig,
+    TextEncoderParams,
     load_saved_state,
     saved_state,
 )
@@ -41,12 +43,12 @@ from vitdsi.ranking import Ranking
 from vitdsi.retrievers.base import Supervision
 from vitdsi.retrievers.params import fields_of
 from vitdsi.retrievers.registry import register
-from vitdsi.retrievers.vit_baseline import SEARCH_BATCH, VitModelRetriever
+from vitdsi.retrievers.vit_baseline import SEARCH_BATCH, TINY_VIT, VitModelRetriever
 from vitdsi.training.optim import autocast
 
 
 @register("text-dual-encoder")
-class TextDualEncoder(VitModelRetriever):
+class TextDualEncoder(VitModelRetriever, TextEncoderParams, FaissParams):
     """Image tower + text tower trained with in-batch InfoNCE on caption-image pairs; cosine search through FAISS."""
 
     query_kind: ClassVar[str] = "text"
@@ -54,6 +56,7 @@ class TextDualEncoder(VitModelRetriever):
     query_defaults: ClassVar[dict[str, Any]] = dict(QUERY_DEFAULTS)
     config_params = (*VitModelRetriever.config_params, *fields_of(TextEncoderConfig, *TEXT_ENCODER_PARAMS),
                      *fields_of(FaissConfig, *FAISS_PARAMS))
+    smoke_params: ClassVar[dict[str, Any]] = {**TINY_VIT, "epochs": 10, "embed_dim": 32}
 
     def __init__(self, *, embed_dim: int = 64, temperature: float = 0.05, **params: Any) -> None:
         super().__init__(**params)

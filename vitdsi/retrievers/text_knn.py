@@ -32,6 +32,8 @@ class TextEmbeddingKNN(Retriever):
     query_kind: ClassVar[str] = "text"
     supervision: ClassVar[Supervision] = Supervision(captions=True, pretrained=True)
     config_params = fields_of(TextEncoderConfig, "text_max_length", "text_cache_dir")
+    text_max_length: int  # config_params, declared for type checkers (Retriever.__init__ sets them)
+    text_cache_dir: str | None
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

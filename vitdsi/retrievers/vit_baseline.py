@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from vitdsi.errors import VitDSIError
-from vitdsi.models.vit_encoder import VitEncoderConfig, check_borrowed_fields
-from vitdsi.retrievers.base import Retriever
+from vitdsi.models.vit_encoder import VitEncoderConfig
+from vitdsi.retrievers.encoder_base import ENCODER_PARAMS, EncoderRetriever, check_encoder_params
 from vitdsi.retrievers.params import fields_of
 from vitdsi.training.augment import to_input
 from vitdsi.training.cached_features import precompute_features, trains_on_cached_features
@@ -26,12 +26,12 @@ from vitdsi.training.monitor import MonitorConfig, RankFn, TrainingMonitor
 from vitdsi.training.train_views import apply_views, check_views
 
 SEARCH_BATCH = 256  # images encoded together at index and query time
-# the encoder fields every ViT retriever takes as build parameters (image_size comes from the data)
-ENCODER_PARAMS = ("patch_size", "dim", "ff_dim", "depth", "heads", "dropout", "pos_encoding", "encoder",
-                  "freeze_encoder", "encoder_size")
+# the smoke settings of the ViT retrievers other than the DSI: a tiny encoder of the DSI's family, a few epochs
+TINY_VIT = {"patch_size": 8, "dim": 32, "ff_dim": 64, "depth": 1, "heads": 2, "dropout": 0.0, "epochs": 3,
+            "lr": 2e-3, "batch_size": 32}
 
 
-class VitModelRetriever(Retriever):
+class VitModelRetriever(EncoderRetriever):
     """A ViT encoder with a retrieval head other than the DSI's id decoder (abstract)."""
 
     reports_epochs = True
@@ -41,6 +41,19 @@ class VitModelRetriever(Retriever):
         *fields_of(TrainConfig, "batch_size", "views"),
         *fields_of(MonitorConfig, "patience", "val_every", "min_delta"),
     )
+    # config_params beyond the encoder's, declared for type checkers (Retriever.__init__ sets them)
+    epochs: int
+    lr: float
+    weight_decay: float
+    warmup_frac: float
+    min_lr_frac: float
+    grad_clip: float
+    precision: str
+    batch_size: int
+    views: str
+    patience: int
+    val_every: int
+    min_delta: float
 
     def __init__(self, *, seed: int = 0, device: str | None = None, **params: Any) -> None:
         super().__init__(seed=seed, device=device, **params)
@@ -62,12 +75,6 @@ class VitModelRetriever(Retriever):
         self._model: torch.nn.Module | None = None
         self._precomputed = False  # training reads a borrowed encoder's fixed-part output, not images
         self._feature_meter: FlopMeter | None = None  # FLOPs of that output, computed once before training
-
-    def check_image_size(self, image_size: int) -> None:
-        """The patches must tile the image (called by `index` and by study checks before any trial);
-        a borrowed encoder resizes images to its own input size."""
-        if self.encoder == "vit":
-            check_patch_size(self.name, self.patch_size, image_size)
 
     def _encoder_config(self, image_size: int) -> VitEncoderConfig:
         """The VitEncoderConfig for `image_size` px images."""
@@ -139,33 +146,3 @@ def gather_rows(parts: list[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
         out[mask] = part[index[mask] - start]
         start += len(part)
     return out
-
-
-def check_patch_size(owner: str, patch_size: int, image_size: int) -> None:
-    """A clear error when square patches of `patch_size` do not tile `image_size` (every ViT retriever)."""
-    if image_size % patch_size:
-        divisors = [d for d in range(1, image_size + 1) if image_size % d == 0]
-        raise VitDSIError(
-            f"{owner}: patch_size {patch_size} does not divide the image size {image_size}; "
-            f"choose a divisor of {image_size} ({', '.join(map(str, divisors))}) or change dataset.size"
-        )
-
-
-def check_encoder_params(owner: str, r: Any) -> None:
-    """Clear errors for encoder build parameters no image size could fix (every ViT retriever)."""
-    try:
-        check_borrowed_fields(r.encoder, r.freeze_encoder, r.encoder_size)
-    except VitDSIError as e:
-        raise VitDSIError(f"{owner}: {e}") from None
-    if r.patch_size < 1:
-        raise VitDSIError(f"{owner}: patch_size must be >= 1, got {r.patch_size}")
-    if r.heads < 1 or r.dim % r.heads:
-        raise VitDSIError(f"{owner}: heads ({r.heads}) must divide dim ({r.dim})")
-    if r.pos_encoding not in ("sinusoidal", "learned"):
-        raise VitDSIError(f"{owner}: pos_encoding must be 'sinusoidal' or 'learned', got '{r.pos_encoding}'")
-    if r.pos_encoding == "sinusoidal" and r.dim % 4:
-        raise VitDSIError(f"{owner}: 2-D sinusoidal positions need dim divisible by 4, got dim={r.dim}")
-    if r.depth < 1 or r.ff_dim < 1:
-        raise VitDSIError(f"{owner}: depth and ff_dim must be >= 1, got depth={r.depth}, ff_dim={r.ff_dim}")
-    if not 0.0 <= r.dropout < 1.0:
-        raise VitDSIError(f"{owner}: dropout must be in [0, 1), got {r.dropout}")

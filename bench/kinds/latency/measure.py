@@ -1,7 +1,7 @@
 """Query latency against database size: the paper's O(1)-vs-O(N) claim, measured.
 
 For one indexed retriever, `measure_search` times `search` per query at a given batch
-size: warm-up calls first, a fixed thread count, `time.perf_counter` around each call,
+size: warm-up calls first, a fixed thread count (`bench.threads`), `time.perf_counter` around each call,
 `torch.cuda.synchronize` on a GPU, and p50 / p95 over repeated calls. `index_bytes`
 measures the saved index. `fit_loglog` fits log(latency) = a + b log(N): b near 0 is
 O(1), near 1 is O(N) (or against a DSI's id length L). `crossover` finds the N where one
@@ -11,16 +11,16 @@ latency and quality.
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.threads import fixed_threads
 from vitdsi.retrievers.base import Retriever
 from vitdsi.retrievers.persistence import save_retriever
 
@@ -36,35 +36,6 @@ class SearchTiming:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-@contextlib.contextmanager
-def fixed_threads(n: int) -> Iterator[None]:
-    """Pin torch, FAISS and OpenCV to `n` threads for the duration (restored after)."""
-    old_torch = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        import faiss
-
-        old_faiss = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(n)
-    except ImportError:  # pragma: no cover - faiss is a dependency
-        faiss, old_faiss = None, None
-    try:
-        import cv2
-
-        old_cv = cv2.getNumThreads()
-        cv2.setNumThreads(n)
-    except ImportError:  # pragma: no cover
-        cv2, old_cv = None, None
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old_torch)
-        if faiss is not None:
-            faiss.omp_set_num_threads(old_faiss)
-        if cv2 is not None:
-            cv2.setNumThreads(old_cv)
 
 
 def synchronize(device: torch.device) -> None:

@@ -1,4 +1,4 @@
-"""What a latency trial logs besides its quality numbers (docs/design.md, "Latency").
+"""What a latency trial measures besides its quality numbers (docs/design.md, "Latency").
 
 Search latency at batch 1 and at a batch size, at the k quality was scored at (and so with the
 same beam); build time and saved-index bytes; the per-image cost of `Retriever.add`, timed on
@@ -13,7 +13,7 @@ import copy
 import time
 from typing import Any
 
-from bench.latency import index_bytes, measure_search, synchronize
+from bench.kinds.latency.measure import index_bytes, measure_search, synchronize
 from vitdsi.data import ImageSet, SplitSets
 from vitdsi.errors import VitDSIError
 from vitdsi.retrievers.base import Retriever

@@ -1,7 +1,7 @@
-"""The latency section of a report (latency studies, bench/latency.py): p50 latency against
+"""The latency section of a report (latency studies, `bench.kinds.latency.measure`): p50 latency against
 database size per method with fitted log-log slopes and the crossover N from which each DSI
 answers faster than each baseline; each DSI's latency against its id length L; whether each
-DSI reached its IA@1 target and the quality-latency Pareto front per N (latency_quality.py);
+DSI reached its IA@1 target and the quality-latency Pareto front per N (report_quality.py);
 and every measurement beside the quality, k and beam it was measured with."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from pathlib import Path
 import pandas as pd
 
 from bench import plots
+from bench.kinds.latency.measure import crossover, fit_loglog
+from bench.kinds.latency.report_quality import pareto_section, target_section
 from bench.report.data import StudyRecord
-from bench.report.latency_quality import pareto_section, target_section
 from bench.report.markdown import fmt, fmt_int, md_table
 from bench.tracking import metric_key
 
@@ -56,8 +57,6 @@ def latency_section(record: StudyRecord, out: Path, rel: str) -> str | None:
 
 def _scaling(name: str, runs: pd.DataFrame, key: str, title: str, out: Path, rel: str) -> list[str]:
     """The log-log plot against N, its fits per method and the crossovers of each DSI with each baseline."""
-    from bench.latency import crossover, fit_loglog
-
     series = {method: (g["N"].tolist(), g[key].tolist()) for method, g in runs[runs[key].notna()].groupby("method", sort=True)}
     fig = plots.latency_plot(series, out / f"latency_{key}.png", f"{name}: p50 search latency per query, {title}")
     parts = [f"![latency {title}]({rel}/{fig.name})"]
@@ -96,8 +95,6 @@ def _scaling(name: str, runs: pd.DataFrame, key: str, title: str, out: Path, rel
 def _id_length(runs: pd.DataFrame, timings) -> str | None:
     """Each DSI's id length L at every N and log-log fits of its p50 latency against L: decoding
     takes one step per id token, so a DSI's latency follows L, which grows as log N."""
-    from bench.latency import fit_loglog
-
     dsi = runs[runs["dsi"] & runs["id_length"].notna()]
     if dsi.empty:
         return None

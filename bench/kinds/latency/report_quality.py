@@ -2,7 +2,7 @@
 target at each database size N within its training budget, and per N the quality-latency
 Pareto front (p50 latency at batch 1 and at the batch size against MAP@10, IA@1 and R@1, as
 logged) with a plain statement of the N at which any DSI is on it. Reads the frame of
-`bench.report.latency.latency_frame`."""
+`bench.kinds.latency.report.latency_frame`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from bench import plots
+from bench.kinds.latency.measure import pareto_front
 from bench.report.markdown import fmt, fmt_int, md_table
 
 
@@ -67,8 +68,6 @@ def _status(final: float, indexing: float, target: float) -> str:
 def pareto_section(name: str, runs: pd.DataFrame, timings, quality: list[str], out: Path, rel: str) -> str | None:
     """Per N a figure of quality against p50 latency (one panel per timing x quality metric) with its
     Pareto front, a table of the methods on each front, and the N at which any DSI is on one."""
-    from bench.latency import pareto_front
-
     if not quality:
         return None
     views = [(key, title, m) for key, title in timings for m in quality]
