@@ -11,19 +11,64 @@ from vitdsi.log import console
 
 
 def command(
-    study_file: str = typer.Argument(..., help="Study YAML (e.g. studies/patch_size.yaml) or a study name (patch_size)."),
-    scale: str = typer.Option(None, "--scale", help="Scale preset: smoke, small or paper (default: the file's `scale`)."),
-    n_trials: int = typer.Option(None, "--n-trials", min=1, help="COMPLETE trials wanted in the study, counting those of earlier runs (default: the file's n_trials, or the whole grid)."),
-    storage: str = typer.Option(None, "--storage", help="Optuna storage URL, e.g. postgresql://user:pw@host/db (default: sqlite optuna.db beside the MLflow store)."),
-    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
+    study_file: str = typer.Argument(
+        ..., help="Study YAML (e.g. studies/patch_size.yaml) or a study name (patch_size)."
+    ),
+    scale: str = typer.Option(
+        None, "--scale", help="Scale preset: smoke, small or paper (default: the file's `scale`)."
+    ),
+    n_trials: int = typer.Option(
+        None,
+        "--n-trials",
+        min=1,
+        help="COMPLETE trials wanted in the study, counting those of earlier runs (default: the file's n_trials, or the whole grid).",
+    ),
+    storage: str = typer.Option(
+        None,
+        "--storage",
+        help="Optuna storage URL, e.g. postgresql://user:pw@host/db (default: sqlite optuna.db beside the MLflow store).",
+    ),
+    tracking_uri: str = typer.Option(
+        None,
+        "--tracking-uri",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).",
+    ),
     study_name: str = typer.Option(None, "--study-name", help="Optuna study name (default: <name>-<scale>)."),
-    device: str = typer.Option(None, "--device", help="torch device for the retrievers, e.g. cpu or cuda:0 (default: CUDA when present)."),
-    heartbeat: int = typer.Option(10, "--heartbeat", min=1, help="Seconds between trial heartbeats; a trial silent for 3 beats is re-queued."),
-    threads: int = typer.Option(None, "--threads", min=1, help="torch / FAISS / OpenCV threads of this worker (default: the file's `threads`, else every core); with several workers on one machine give each cores / workers."),
-    wait: bool = typer.Option(True, "--wait/--no-wait", help="When only other workers' trials remain, wait for them (and take over dead ones)."),
-    reuse: bool = typer.Option(False, "--reuse", help="A trial whose configuration (dataset, split, build parameters, seed, query arguments) already finished in this tracking store copies that run's metrics, tagged reused_from, instead of training again."),
-    overrides: list[str] = typer.Option(None, "--set", help="Override a field of the file, e.g. --set dataset.root=/data/imagenet --set repeats=3 (repeatable)."),
-    check: bool = typer.Option(False, "--check", help="Validate the study file, print the resolved study and exit."),
+    device: str = typer.Option(
+        None,
+        "--device",
+        help="torch device for the retrievers, e.g. cpu or cuda:0 (default: CUDA when present).",
+    ),
+    heartbeat: int = typer.Option(
+        10,
+        "--heartbeat",
+        min=1,
+        help="Seconds between trial heartbeats; a trial silent for 3 beats is re-queued.",
+    ),
+    threads: int = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="torch / FAISS / OpenCV threads of this worker (default: the file's `threads`, else every core); with several workers on one machine give each cores / workers.",
+    ),
+    wait: bool = typer.Option(
+        True,
+        "--wait/--no-wait",
+        help="When only other workers' trials remain, wait for them (and take over dead ones).",
+    ),
+    reuse: bool = typer.Option(
+        False,
+        "--reuse",
+        help="A trial whose configuration (dataset, split, build parameters, seed, query arguments) already finished in this tracking store copies that run's metrics, tagged reused_from, instead of training again.",
+    ),
+    overrides: list[str] = typer.Option(
+        None,
+        "--set",
+        help="Override a field of the file, e.g. --set dataset.root=/data/imagenet --set repeats=3 (repeatable).",
+    ),
+    check: bool = typer.Option(
+        False, "--check", help="Validate the study file, print the resolved study and exit."
+    ),
 ) -> None:
     """Run or resume an Optuna study from a YAML file; safe to start in several processes at once."""
     import yaml
@@ -38,21 +83,37 @@ def command(
             from bench.config import check_data
             from bench.config.checks import split_summary
 
-            console.print(yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False), markup=False, soft_wrap=True)
+            console.print(
+                yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False), markup=False, soft_wrap=True
+            )
             for note in check_data(study, str(path)):
                 console.print(note, markup=False, style="yellow" if note.startswith("warning") else None)
             for line in split_summary(study):
                 console.print(line, markup=False, highlight=False)
             n = len(study.grid()) if study.sampler == "grid" else study.n_trials
-            tuning = (f", after {study.tune.trials_per_method} tuning trials for each of {', '.join(study.tune.methods)}"
-                      if study.tune is not None else "")
-            console.print(f"[green]ok[/]: {path} at scale {study.scale}: {n} trials, {study.sampler} sampler{tuning}")
+            tuning = (
+                f", after {study.tune.trials_per_method} tuning trials for each of {', '.join(study.tune.methods)}"
+                if study.tune is not None
+                else ""
+            )
+            console.print(
+                f"[green]ok[/]: {path} at scale {study.scale}: {n} trials, {study.sampler} sampler{tuning}"
+            )
             return
         from bench.study import RunOptions, StudyMismatchError, describe, run, trials_table
         from bench.tracking import Tracker
 
-        options = RunOptions(storage=storage, tracking_uri=tracking_uri, study_name=study_name, n_trials=n_trials,
-                             device=device, heartbeat=heartbeat, wait_for_others=wait, threads=threads, reuse=reuse)
+        options = RunOptions(
+            storage=storage,
+            tracking_uri=tracking_uri,
+            study_name=study_name,
+            n_trials=n_trials,
+            device=device,
+            heartbeat=heartbeat,
+            wait_for_others=wait,
+            threads=threads,
+            reuse=reuse,
+        )
         try:
             outcome = run(study, options)
             Tracker(outcome.tracking_uri).set_overrides(outcome.parent_run_id, overrides or [])
@@ -68,6 +129,8 @@ def command(
     if outcome.interrupted:
         raise typer.Exit(130)
     if not outcome.done:
-        console.print(f"[yellow]{outcome.complete}/{outcome.target} trials complete[/]; "
-                      f"failed this run: {outcome.failed or 'none'}. Fix the cause and run again to retry them.")
+        console.print(
+            f"[yellow]{outcome.complete}/{outcome.target} trials complete[/]; "
+            f"failed this run: {outcome.failed or 'none'}. Fix the cause and run again to retry them."
+        )
         raise typer.Exit(1)

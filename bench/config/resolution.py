@@ -22,7 +22,9 @@ from vitdsi.data.protocols import PROTOCOLS
 from vitdsi.errors import VitDSIError
 
 MAX_GRID = 10_000
-_PER_SCALE = sorted(set(StudyFile.model_fields) - {"name", "scale", "scales"})  # what `scales.<scale>` may set
+_PER_SCALE = sorted(
+    set(StudyFile.model_fields) - {"name", "scale", "scales"}
+)  # what `scales.<scale>` may set
 
 
 def scale_overlay(sf: StudyFile, scale: str, source: str) -> dict[str, Any]:
@@ -32,11 +34,15 @@ def scale_overlay(sf: StudyFile, scale: str, source: str) -> dict[str, Any]:
 
     for name, overlay in sf.scales.items():
         if name not in SCALES:
-            raise StudyConfigError(f"{source}: field `scales.{name}`: unknown scale '{name}'; allowed: {', '.join(SCALES)}")
+            raise StudyConfigError(
+                f"{source}: field `scales.{name}`: unknown scale '{name}'; allowed: {', '.join(SCALES)}"
+            )
         bad = sorted(set(overlay) - set(_PER_SCALE))
         if bad:
-            raise StudyConfigError(f"{source}: field `scales.{name}`: unknown field(s) {bad}{suggest(bad[0], _PER_SCALE)}; "
-                                   f"allowed: {', '.join(_PER_SCALE)}")
+            raise StudyConfigError(
+                f"{source}: field `scales.{name}`: unknown field(s) {bad}{suggest(bad[0], _PER_SCALE)}; "
+                f"allowed: {', '.join(_PER_SCALE)}"
+            )
     return sf.scales.get(scale, {})
 
 
@@ -75,7 +81,10 @@ def build_study(sf: StudyFile, scale_name: str, source: str) -> Study:
         where_retriever = {m: f"methods.{m}.retriever" for m in sf.methods}
     for mname, mc in raw_methods.items():
         if mc.retriever not in known:
-            raise fail(where_retriever[mname], f"unknown retriever '{mc.retriever}'{suggest(mc.retriever, known)}; registered retrievers: {', '.join(known)}")
+            raise fail(
+                where_retriever[mname],
+                f"unknown retriever '{mc.retriever}'{suggest(mc.retriever, known)}; registered retrievers: {', '.join(known)}",
+            )
 
     # fixed / space keys: dataset.*, query.*, method, or build parameters
     for section, keys in (("fixed", sf.fixed), ("space", sf.space)):
@@ -83,18 +92,34 @@ def build_study(sf: StudyFile, scale_name: str, source: str) -> Study:
             where, name = route(key)
             if where == "method":
                 if section == "fixed":
-                    raise fail(f"fixed.{key}", "a method is chosen in `space` (or by having one method), not fixed")
+                    raise fail(
+                        f"fixed.{key}", "a method is chosen in `space` (or by having one method), not fixed"
+                    )
                 if len(raw_methods) < 2 and sf.methods is None:
                     raise fail(f"space.{key}", "`method` needs a `methods` block naming at least two methods")
             elif where == "dataset":
                 allowed = [f for f in DataConfig.model_fields if f != "options"]
                 if name not in allowed:
-                    raise fail(f"{section}.{key}", f"unknown dataset field '{name}'{suggest(name, allowed)}; allowed: {', '.join('dataset.' + a for a in allowed)}")
+                    raise fail(
+                        f"{section}.{key}",
+                        f"unknown dataset field '{name}'{suggest(name, allowed)}; allowed: {', '.join('dataset.' + a for a in allowed)}",
+                    )
             elif where == "param" and name in RESERVED_PARAMS:
-                hint = "set the top-level `seed` (repeat r uses seed + r)" if name == "seed" else "use `bench run --device`"
+                hint = (
+                    "set the top-level `seed` (repeat r uses seed + r)"
+                    if name == "seed"
+                    else "use `bench run --device`"
+                )
                 raise fail(f"{section}.{key}", f"'{name}' is set by the harness; {hint}")
             for mname, mc in raw_methods.items():
-                check_name(known[mc.retriever], where, name, f"{section}.{key}", source, method=mname if sf.methods else None)
+                check_name(
+                    known[mc.retriever],
+                    where,
+                    name,
+                    f"{section}.{key}",
+                    source,
+                    method=mname if sf.methods else None,
+                )
     for mname, mc in raw_methods.items():
         for key in mc.params:
             if key in RESERVED_PARAMS:
@@ -104,21 +129,36 @@ def build_study(sf: StudyFile, scale_name: str, source: str) -> Study:
             check_name(known[mc.retriever], "query", key, f"methods.{mname}.query.{key}", source)
     for key in sf.query:
         for mname, mc in raw_methods.items():
-            check_name(known[mc.retriever], "query", key, f"query.{key}", source, method=mname if sf.methods else None)
+            check_name(
+                known[mc.retriever],
+                "query",
+                key,
+                f"query.{key}",
+                source,
+                method=mname if sf.methods else None,
+            )
     if "method" in sf.space:
         dist = sf.space["method"]
         if not isinstance(dist, Categorical):
             raise fail("space.method", "a method is a categorical choice, e.g. `method: [a, b]`")
         bad = [c for c in dist.choices if c not in raw_methods]
         if bad:
-            raise fail("space.method", f"unknown method(s) {bad}; methods in this file: {', '.join(raw_methods)}")
+            raise fail(
+                "space.method", f"unknown method(s) {bad}; methods in this file: {', '.join(raw_methods)}"
+            )
     elif sf.methods is not None and len(sf.methods) > 1:
-        raise fail("space", f"this study names {len(sf.methods)} methods; add `method: [{', '.join(sf.methods)}]` to `space` to compare them")
+        raise fail(
+            "space",
+            f"this study names {len(sf.methods)} methods; add `method: [{', '.join(sf.methods)}]` to `space` to compare them",
+        )
     names = set(raw_methods) | {mc.retriever for mc in raw_methods.values()}
     for i, ref in enumerate(sf.report.compare_with):
         if ref not in names:
-            raise fail(f"report.compare_with[{i}]", f"'{ref}' is no method of this study{suggest(ref, sorted(names))}; "
-                       f"methods: {', '.join(raw_methods)}")
+            raise fail(
+                f"report.compare_with[{i}]",
+                f"'{ref}' is no method of this study{suggest(ref, sorted(names))}; "
+                f"methods: {', '.join(raw_methods)}",
+            )
 
     # methods resolved: scale preset < fixed < the `views` block < method params
     fixed_params = {k: v for k, v in sf.fixed.items() if route(k)[0] == "param"}
@@ -128,7 +168,9 @@ def build_study(sf: StudyFile, scale_name: str, source: str) -> Study:
         params = {k: v for k, v in scale.params_for(mc.retriever).items() if k not in RESERVED_PARAMS}
         params.update(fixed_params | study_views(sf, known[mc.retriever], source))
         params.update(mc.params)
-        methods[mname] = Method(name=mname, retriever=mc.retriever, params=params, query={**sf.query, **fixed_query, **mc.query})
+        methods[mname] = Method(
+            name=mname, retriever=mc.retriever, params=params, query={**sf.query, **fixed_query, **mc.query}
+        )
 
     dataset = _resolve_dataset(sf, scale, source)
     fixed_data = {route(k)[1]: v for k, v in sf.fixed.items() if route(k)[0] == "dataset"}
@@ -155,19 +197,30 @@ def build_study(sf: StudyFile, scale_name: str, source: str) -> Study:
 
     # sampler and budget
     # lists of values are an ablation (grid); ranges are a search (TPE) unless the file says grid
-    sampler = sf.sampler.type or ("grid" if all(isinstance(d, Categorical) for d in sf.space.values()) else "tpe")
+    sampler = sf.sampler.type or (
+        "grid" if all(isinstance(d, Categorical) for d in sf.space.values()) else "tpe"
+    )
     if sampler == "grid":
         for key, d in sf.space.items():
             if not enumerable(d):
-                raise fail(f"space.{key}", "the grid sampler needs categorical choices, an int range or a stepped float range; "
-                           "give `choices`, add a `step`, or use `sampler: {type: tpe}`")
+                raise fail(
+                    f"space.{key}",
+                    "the grid sampler needs categorical choices, an int range or a stepped float range; "
+                    "give `choices`, add a `step`, or use `sampler: {type: tpe}`",
+                )
         n_points = int(np.prod([len(d.values()) for d in sf.space.values()])) if sf.space else 1
         if n_points > MAX_GRID:
-            raise fail("space", f"the grid has {n_points} points (more than {MAX_GRID}); use `sampler: {{type: tpe}}`")
+            raise fail(
+                "space",
+                f"the grid has {n_points} points (more than {MAX_GRID}); use `sampler: {{type: tpe}}`",
+            )
         n_trials = min(sf.n_trials or n_points, n_points)
     else:
         if not sf.space:
-            raise fail("space", f"the {sampler} sampler needs a search space; with nothing to search use `sampler: {{type: grid}}`")
+            raise fail(
+                "space",
+                f"the {sampler} sampler needs a search space; with nothing to search use `sampler: {{type: grid}}`",
+            )
         n_trials = sf.n_trials or 20
 
     given = [kind for kind in KINDS.values() if getattr(sf, kind.key) is not None]
@@ -176,13 +229,28 @@ def build_study(sf: StudyFile, scale_name: str, source: str) -> Study:
     for kind in given:
         kind.check(sf, raw_methods, known, metrics, source)
     study = Study(
-        name=sf.name, description=sf.description.strip(), scale=scale_name, file=source,
-        methods=methods, dataset=dataset, space=sf.space, sampler=sampler,
-        sampler_seed=sf.sampler.seed, n_startup_trials=sf.sampler.n_startup_trials, n_trials=n_trials,
-        metric=objective.name, direction=direction, metrics=metrics, repeats=sf.repeats,
-        seed=sf.seed, experiment=sf.mlflow.experiment or sf.name, log_index=sf.mlflow.log_index,
-        plugins=sf.plugins, **{kind.key: getattr(sf, kind.key).model_dump() for kind in given},
-        threads=sf.threads, tune=resolve_tune(sf, methods, known, scale.tune_trials, source),
+        name=sf.name,
+        description=sf.description.strip(),
+        scale=scale_name,
+        file=source,
+        methods=methods,
+        dataset=dataset,
+        space=sf.space,
+        sampler=sampler,
+        sampler_seed=sf.sampler.seed,
+        n_startup_trials=sf.sampler.n_startup_trials,
+        n_trials=n_trials,
+        metric=objective.name,
+        direction=direction,
+        metrics=metrics,
+        repeats=sf.repeats,
+        seed=sf.seed,
+        experiment=sf.mlflow.experiment or sf.name,
+        log_index=sf.mlflow.log_index,
+        plugins=sf.plugins,
+        **{kind.key: getattr(sf, kind.key).model_dump() for kind in given},
+        threads=sf.threads,
+        tune=resolve_tune(sf, methods, known, scale.tune_trials, source),
         report=sf.report.model_dump(),
     )
     check_values(study, sf, known, source)
@@ -195,7 +263,9 @@ def _resolve_dataset(sf: StudyFile, scale, source: str) -> DataConfig:
     d = sf.dataset
     name = d.name or scale.dataset
     if name not in DATASETS:
-        raise StudyConfigError(f"{source}: field `dataset.name`: unknown dataset '{name}'{suggest(name, DATASETS)}; known datasets: {', '.join(DATASETS)}")
+        raise StudyConfigError(
+            f"{source}: field `dataset.name`: unknown dataset '{name}'{suggest(name, DATASETS)}; known datasets: {', '.join(DATASETS)}"
+        )
     allowed = DATASETS[name].params()
     preset = dict(scale.dataset_params) if name == scale.dataset else {}
     options = {k: v for k, v in preset.items() if k not in ("size", "root")}
@@ -206,24 +276,34 @@ def _resolve_dataset(sf: StudyFile, scale, source: str) -> DataConfig:
             raise StudyConfigError(f"{source}: field `dataset.options.{key}`: set `dataset.{key}` instead")
         if key not in allowed:
             opts = sorted(set(allowed) - first_class)
-            raise StudyConfigError(f"{source}: field `dataset.options.{key}`: dataset '{name}' has no parameter '{key}'{suggest(key, opts)}; allowed: {', '.join(opts) or 'none'}")
+            raise StudyConfigError(
+                f"{source}: field `dataset.options.{key}`: dataset '{name}' has no parameter '{key}'{suggest(key, opts)}; allowed: {', '.join(opts) or 'none'}"
+            )
     if d.root is not None and "root" not in allowed:
-        raise StudyConfigError(f"{source}: field `dataset.root`: dataset '{name}' is not read from files; remove `root`")
+        raise StudyConfigError(
+            f"{source}: field `dataset.root`: dataset '{name}' is not read from files; remove `root`"
+        )
     try:
         blocks = d.protocol_blocks()
     except StudyConfigError as e:
         raise StudyConfigError(f"{source}: {e}") from None
     for protocol in PROTOCOLS.values():
         if protocol.block in blocks and d.protocol != protocol.name:
-            raise StudyConfigError(f"{source}: field `dataset.{protocol.block}`: options of the {protocol.name} protocol, "
-                                   f"but `dataset.protocol` is '{d.protocol}'; set `protocol: {protocol.name}` or remove them")
+            raise StudyConfigError(
+                f"{source}: field `dataset.{protocol.block}`: options of the {protocol.name} protocol, "
+                f"but `dataset.protocol` is '{d.protocol}'; set `protocol: {protocol.name}` or remove them"
+            )
     if d.protocol == "text" and ("captions" not in allowed or options.get("captions") in (0, False)):
-        raise StudyConfigError(f"{source}: field `dataset.protocol`: the text protocol asks captions of the indexed "
-                               f"images, and dataset '{name}' has none{' (options.captions is off)' if 'captions' in allowed else ''}; "
-                               "use coco (with a captions file) or coco-mosaic")
+        raise StudyConfigError(
+            f"{source}: field `dataset.protocol`: the text protocol asks captions of the indexed "
+            f"images, and dataset '{name}' has none{' (options.captions is off)' if 'captions' in allowed else ''}; "
+            "use coco (with a captions file) or coco-mosaic"
+        )
     fractions = d.query_fractions or (0.8, 0.1, 0.1)
     if abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
-        raise StudyConfigError(f"{source}: field `dataset.query_fractions`: three non-negative numbers summing to 1 (train, val, test), got {list(fractions)}")
+        raise StudyConfigError(
+            f"{source}: field `dataset.query_fractions`: three non-negative numbers summing to 1 (train, val, test), got {list(fractions)}"
+        )
     return DataConfig(
         name=name,
         size=d.size or preset.get("size") or allowed.get("size") or 32,

@@ -67,8 +67,13 @@ def _torchvision_blocks(spec: str) -> FeatureBlocks:
     if isinstance(getattr(model, "features", None), nn.Sequential):
         blocks = list(model.features)
     elif all(hasattr(model, a) for a in ("conv1", "bn1", "relu", "maxpool", "layer4")):  # ResNet / ResNeXt
-        blocks = [nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool),
-                  model.layer1, model.layer2, model.layer3, model.layer4]
+        blocks = [
+            nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool),
+            model.layer1,
+            model.layer2,
+            model.layer3,
+            model.layer4,
+        ]
     elif hasattr(model, "stem") and isinstance(getattr(model, "trunk_output", None), nn.Sequential):  # RegNet
         blocks = [model.stem, *model.trunk_output]
     else:
@@ -84,7 +89,7 @@ def load_feature_blocks(encoder: str) -> FeatureBlocks:
     if encoder == "efficientnet-lite0":
         return _efficientnet_lite0_blocks()
     if encoder.startswith("torchvision:") and encoder != "torchvision:":
-        return _torchvision_blocks(encoder[len("torchvision:"):])
+        return _torchvision_blocks(encoder[len("torchvision:") :])
     raise VitDSIError(
         f"unknown encoder '{encoder}'; use 'vit' (trained from scratch), 'efficientnet-lite0' or 'torchvision:NAME'"
     )

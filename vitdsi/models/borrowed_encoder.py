@@ -73,13 +73,17 @@ class BorrowedEncoder(nn.Module):
             h.update(name.encode())
             h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         encoder = f"{self.encoder_name} fixed blocks[:{len(self.frozen)}] of {self.n_blocks}, weights {h.hexdigest()}"
-        preprocessing = (f"[-1, 1] -> [0, 1], bilinear antialiased resize to {self.input_size} px, "
-                         f"mean {self.mean.flatten().tolist()}, std {self.std.flatten().tolist()}")
+        preprocessing = (
+            f"[-1, 1] -> [0, 1], bilinear antialiased resize to {self.input_size} px, "
+            f"mean {self.mean.flatten().tolist()}, std {self.std.flatten().tolist()}"
+        )
         return encoder, preprocessing
 
     def pretrained_state(self) -> dict[str, torch.Tensor]:
         """The borrowed weights (and batch-norm statistics), which initialisation must not overwrite."""
-        return {k: v.detach().clone() for k, v in self.state_dict().items() if k.startswith(("frozen.", "tuned."))}
+        return {
+            k: v.detach().clone() for k, v in self.state_dict().items() if k.startswith(("frozen.", "tuned."))
+        }
 
     def train(self, mode: bool = True) -> BorrowedEncoder:
         super().train(mode)
@@ -90,8 +94,13 @@ class BorrowedEncoder(nn.Module):
         """Model input in [-1, 1] (`vitdsi.training.augment.to_input`) -> the CNN's input: resized, normalised."""
         x = (images.float() + 1.0) * 0.5
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
-                              antialias=True)
+            x = F.interpolate(
+                x,
+                size=(self.input_size, self.input_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
         return (x - self.mean) / self.std
 
     def precompute(self, images: torch.Tensor) -> torch.Tensor:

@@ -64,8 +64,10 @@ def load_retriever(path: str | Path, *, device: str | None = None) -> Retriever:
         params["device"] = device
     params.pop("augment", None)  # saved before `views` replaced it: a training setting, not needed to search
     if not (0 <= corpus_size <= MAX_IMAGES and 1 <= image_size <= MAX_IMAGE_SIDE):
-        raise VitDSIError(f"{cfg_file}: corpus_size {corpus_size:,} or image_size {image_size:,} out of bounds "
-                          f"(0..{MAX_IMAGES:,} images of 1..{MAX_IMAGE_SIDE} px); save the index again")
+        raise VitDSIError(
+            f"{cfg_file}: corpus_size {corpus_size:,} or image_size {image_size:,} out of bounds "
+            f"(0..{MAX_IMAGES:,} images of 1..{MAX_IMAGE_SIDE} px); save the index again"
+        )
     try:
         retriever = create(name, **params)
     except VitDSIError as e:
@@ -117,5 +119,7 @@ def load_state_file(file: Path, *, map_location: Any = "cpu") -> dict[str, Any]:
             "it is truncated or corrupt; save the index again"
         ) from None
     if not isinstance(state, dict):
-        raise VitDSIError(f"{file}: expected a dict of tensors, found {type(state).__name__}; save the index again")
+        raise VitDSIError(
+            f"{file}: expected a dict of tensors, found {type(state).__name__}; save the index again"
+        )
     return state
