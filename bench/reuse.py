@@ -33,7 +33,8 @@ def find_source(tracker: Tracker, cfg: TrialConfig):
         experiments,
         order_by=["attributes.start_time ASC"],
         max_results=200,
-        filter_string=f"tags.`trial.result_fingerprint` = '{cfg.result_fingerprint()}' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.`trial.result_fingerprint` = '{cfg.result_fingerprint()}' and attributes.status "
+        "= 'FINISHED'",
     )
     wanted = [metric_key(m) for m in cfg.metrics]
     return next(

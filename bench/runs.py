@@ -134,8 +134,9 @@ def open_trial_run(
         ) from None
     if run.data.tags.get("vitdsi.kind") != "trial":
         raise VitDSIError(
-            f"run {run_id} is not a trial run of `bench run` (it is a {run.data.tags.get('vitdsi.kind', 'foreign')} run); "
-            "pick a nested trial run, e.g. the study's best.run_id tag"
+            f"run {run_id} is not a trial run of `bench run` (it is a "
+            f"{run.data.tags.get('vitdsi.kind', 'foreign')} run); pick a nested trial run, e.g. the study's "
+            "best.run_id tag"
         )
     folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix=f"bench-run-{run_id[:8]}-"))
     names = ["config.yaml", "split.json", "rankings.npz"] + (["index"] if with_index else [])

@@ -93,7 +93,8 @@ SCALES: dict[str, ScalePreset] = {
         description="an ImageNet-style image folder at 160 px with the paper's model: GPU reproduction",
         retriever_params={
             # the paper's section 3.2.1: 16 px patches, dim 128, ff 256, depth 6, 4 heads, dropout 0.1,
-            # lr 5e-4, batch 32, indexing to >= 0.98 training accuracy (700-1000 epochs), 75 fine-tuning epochs
+            # lr 5e-4, batch 32, indexing to >= 0.98 training accuracy (700-1000 epochs), 75 fine-tuning
+            # epochs
             "dsi-vit": {
                 "patch_size": 16,
                 "dim": 128,

@@ -100,7 +100,8 @@ def bench_quantisation(n_images: int, n_same: int, n_original: int) -> None:
 def bench_index(n: int) -> None:
     corpus = fashion(n)
     table = Table(
-        title=f"BoVW end-to-end index time, {n:,} Fashion-MNIST images at 32 px ({default_workers()} SIFT threads)"
+        title=f"BoVW end-to-end index time, {n:,} Fashion-MNIST images at 32 px ({default_workers()} SIFT "
+        "threads)"
     )
     for col in (
         "configuration",
@@ -145,7 +146,8 @@ def bench_extract(n: int) -> None:
     images = fashion(n).images
     device = default_device()
     table = Table(
-        title=f"embedding feature extraction, {n} images at 32 px, device {device}, {torch.get_num_threads()} torch threads"
+        title=f"embedding feature extraction, {n} images at 32 px, device {device}, "
+        f"{torch.get_num_threads()} torch threads"
     )
     for col in ("backbone", "input", "dim", "batch", "images/s"):
         table.add_column(col)

@@ -43,7 +43,8 @@ RECIPE = dict(
     eval_every=5,
     ia_sample=512,
 )
-# a frozen pretrained encoder read once per image (the `pretrained` study's frozen atomic DSI, without dropout)
+# a frozen pretrained encoder read once per image (the `pretrained` study's frozen atomic DSI, without
+# dropout)
 FROZEN = dict(
     RECIPE,
     encoder="efficientnet-lite0",

@@ -339,7 +339,8 @@ def test_split_stores_source_ids_and_refuses_changed_data(digits32, tmp_path):
     )
     with pytest.raises(
         VitDSIError,
-        match=rf"data changed.*image {split.test[0]} of 'digits' was 'digits/{split.test[0]}' and is now 'digits/renamed'",
+        match=rf"data changed.*image {split.test[0]} of 'digits' was 'digits/{split.test[0]}' and is now "
+        r"'digits/renamed'",
     ):
         again.apply(changed)
     # positions the split did not choose (e.g. another seed's repeat) are checked by the digest

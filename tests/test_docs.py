@@ -65,8 +65,8 @@ def test_demo_pins_one_thread_and_the_patch_size_study_says_what_the_demo_runs()
     sizes = split_sizes(d.n_total, d.split_ratio, d.query_fractions)
     patches = [str(p) for p in study.space["patch_size"].choices]
     assert (
-        f"on {d.size} px images (smoke, small) the same ratios are {', '.join(patches[:-1])} and {patches[-1]} px"
-        in text
+        f"on {d.size} px images (smoke, small) the same ratios are {', '.join(patches[:-1])} and "
+        f"{patches[-1]} px" in text
     )
     assert (
         f"{d.n_total} {d.name} at {d.size} px, {sizes['idb']} indexed and {sizes['test']} test queries"

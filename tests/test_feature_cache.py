@@ -106,7 +106,8 @@ def test_two_workers_build_one_entry_once(tmp_path):
             for i in range(4):
                 time.sleep(0.3)
                 yield np.full((5, 3), i, dtype=np.float32)
-        out = FeatureCache({str(tmp_path / "cache")!r}).get(CacheKey(images="x", encoder="slow"), batches, n=20)
+        cache = FeatureCache({str(tmp_path / "cache")!r})
+        out = cache.get(CacheKey(images="x", encoder="slow"), batches, n=20)
         print(float(out.sum()))
     """)
     root = Path(__file__).resolve().parents[1]

@@ -275,7 +275,8 @@ def test_caption_query_metrics_equal_ir_measures_with_their_own_qrels():
             if n_shared[q] == 0:  # an own image without categories shares none: undefined, left out
                 assert np.isnan(ours[f"MAP@{cut}"][q]) and np.isnan(ours[f"nDCG@{cut}"][q])
                 continue
-            # trec_eval's AP@K divides by R; ours by min(K, R) (see vitdsi.metrics); graded qrels count as relevant
+            # trec_eval's AP@K divides by R; ours by min(K, R) (see vitdsi.metrics); graded qrels count as
+            # relevant
             ap = theirs.get((f"AP@{cut}", q), 0.0) * n_shared[q] / min(cut, n_shared[q])
             assert ours[f"MAP@{cut}"][q] == pytest.approx(ap, abs=1e-9)
             assert ours[f"nDCG@{cut}"][q] == pytest.approx(theirs.get((f"nDCG@{cut}", q), 0.0), abs=1e-9)

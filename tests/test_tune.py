@@ -63,12 +63,14 @@ def trial_runs(folder: Path, parent_id: str):
         (
             {"methods": {"knn": {"centre": [True]}}},
             {},
-            "field `tune.methods.knn.centre`: retriever 'pixels-knn' (method 'knn') has no parameter 'centre' (did you mean 'center'?)",
+            "field `tune.methods.knn.centre`: retriever 'pixels-knn' (method 'knn') has no parameter "
+            "'centre' (did you mean 'center'?)",
         ),
         (
             {"methods": {"knnn": {"center": [True]}}},
             {},
-            "field `tune.methods.knnn`: unknown method 'knnn' (did you mean 'knn'?); methods in this file: knn, bovw",
+            "field `tune.methods.knnn`: unknown method 'knnn' (did you mean 'knn'?); methods in this file: "
+            "knn, bovw",
         ),
         (
             {"methods": {"bovw": {"vocab_size": [8]}}},
@@ -96,7 +98,8 @@ def trial_runs(folder: Path, parent_id: str):
         (
             {"methods": {"bovw": {"vocab_size": {"type": "float", "low": 4, "high": 32}}}},
             {},
-            "field `tune.methods.bovw.vocab_size`: parameter 'vocab_size' of retriever 'bovw' takes int values",
+            "field `tune.methods.bovw.vocab_size`: parameter 'vocab_size' of retriever 'bovw' takes int "
+            "values",
         ),
         (
             {"methods": {"knn": {"batch_size": {"type": "int", "low": 0, "high": 8}}}},

@@ -212,8 +212,8 @@ def extend_ids(ids: IdMap, m: int, *, labels: np.ndarray | None = None, seed: in
     used[ids.values.numpy()] = True
     if (~used).sum() < m:
         raise VitDSIError(
-            f"the {ids.length}-digit id space holds {capacity} images: {ids.n} are indexed, {m} more do not fit; "
-            f"index with id_length >= {id_length(ids.n + m)} to leave room for add()"
+            f"the {ids.length}-digit id space holds {capacity} images: {ids.n} are indexed, {m} more do not "
+            f"fit; index with id_length >= {id_length(ids.n + m)} to leave room for add()"
         )
     if ids.scheme == "random":
         numbers = rng.permutation(np.flatnonzero(~used)[:m])

@@ -321,7 +321,8 @@ def chance_levels(
             out[m.name] = float("nan")
             continue
         if m.family.name == "nDCG" and rm.graded:
-            # a uniformly random ranking puts an expected mean_gain at every rank: E[DCG@k] = mean_gain * sum(disc)
+            # a uniformly random ranking puts an expected mean_gain at every rank: E[DCG@k] = mean_gain *
+            # sum(disc)
             idcg = (rm.ideal_gains(k) * _discounts(k)).sum(1)
             per_query_chance = rm.mean_gains() * _discounts(k).sum() / np.where(idcg > 0, idcg, 1.0)
             out[m.name] = float(per_query_chance[defined].mean())

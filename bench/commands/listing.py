@@ -60,7 +60,7 @@ def _say(text: str, indent: int = 0, hanging: int = 2) -> None:
 
 def _summary(cls) -> str:
     doc = (cls.__doc__ or "").strip()
-    return doc.split("\n\n")[0].replace("\n", " ") if doc else ""
+    return " ".join(doc.split("\n\n")[0].split()) if doc else ""
 
 
 def _retrievers() -> None:
@@ -76,11 +76,12 @@ def _retrievers() -> None:
             _say(f"query arguments: {', '.join(cls.query_defaults)}", indent=2)
         console.print()
     _say(
-        "`bench list retrievers NAME` gives each parameter's type, default and allowed values. Queries: image "
-        "retrievers answer query images; text retrievers answer captions (`protocol: text`, `bench search --text`). "
-        "Learns from: what may reach training besides the corpus pixels (corpus labels, train-query pairs derived "
-        "from labels, the indexed images' captions, pretrained weights); some retrievers use less depending on their "
-        "parameters (e.g. a zero-shot dsi-vit with random ids is label-free), and each trial records what it used.",
+        "`bench list retrievers NAME` gives each parameter's type, default and allowed values. Queries: "
+        "image retrievers answer query images; text retrievers answer captions (`protocol: text`, `bench "
+        "search --text`). Learns from: what may reach training besides the corpus pixels (corpus labels, "
+        "train-query pairs derived from labels, the indexed images' captions, pretrained weights); some "
+        "retrievers use less depending on their parameters (e.g. a zero-shot dsi-vit with random ids is "
+        "label-free), and each trial records what it used.",
         hanging=0,
     )
 

@@ -11,7 +11,8 @@ from vitdsi.log import console
 def command(
     study: str = typer.Argument(
         ...,
-        help="Study name as in its YAML `name` (e.g. patch_size), or its study file (studies/patch_size.yaml) as for `bench run`.",
+        help="Study name as in its YAML `name` (e.g. patch_size), or its study file "
+        "(studies/patch_size.yaml) as for `bench run`.",
     ),
     scale: str = typer.Option(
         None, "--scale", help="Report the run at this scale (default: the newest run of the study)."
@@ -25,15 +26,18 @@ def command(
     optuna_study: str = typer.Option(
         None,
         "--study-name",
-        help="The Optuna / MLflow study name the run was given with `bench run --study-name` (default: the newest run of the study, whatever its name).",
+        help="The Optuna / MLflow study name the run was given with `bench run --study-name` (default: the "
+        "newest run of the study, whatever its name).",
     ),
     compare_with: list[str] = typer.Option(
         None,
         "--compare-with",
-        help="A method (study-file or retriever name) every other trial is also compared with, paired and Holm-corrected; repeat for several (default: the study file's report.compare_with).",
+        help="A method (study-file or retriever name) every other trial is also compared with, paired and "
+        "Holm-corrected; repeat for several (default: the study file's report.compare_with).",
     ),
 ) -> None:
-    """Render a markdown report (tables, importances, Table 1, latency, curves, query grid); retrains nothing."""
+    """Render a markdown report (tables, importances, Table 1, latency, curves, query grid); retrains
+    nothing."""
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -21,12 +21,14 @@ def command(
         None,
         "--n-trials",
         min=1,
-        help="COMPLETE trials wanted in the study, counting those of earlier runs (default: the file's n_trials, or the whole grid).",
+        help="COMPLETE trials wanted in the study, counting those of earlier runs (default: the file's "
+        "n_trials, or the whole grid).",
     ),
     storage: str = typer.Option(
         None,
         "--storage",
-        help="Optuna storage URL, e.g. postgresql://user:pw@host/db (default: sqlite optuna.db beside the MLflow store).",
+        help="Optuna storage URL, e.g. postgresql://user:pw@host/db (default: sqlite optuna.db beside the "
+        "MLflow store).",
     ),
     tracking_uri: str = typer.Option(
         None,
@@ -49,7 +51,8 @@ def command(
         None,
         "--threads",
         min=1,
-        help="torch / FAISS / OpenCV threads of this worker (default: the file's `threads`, else every core); with several workers on one machine give each cores / workers.",
+        help="torch / FAISS / OpenCV threads of this worker (default: the file's `threads`, else every "
+        "core); with several workers on one machine give each cores / workers.",
     ),
     wait: bool = typer.Option(
         True,
@@ -59,12 +62,15 @@ def command(
     reuse: bool = typer.Option(
         False,
         "--reuse",
-        help="A trial whose configuration (dataset, split, build parameters, seed, query arguments) already finished in this tracking store copies that run's metrics, tagged reused_from, instead of training again.",
+        help="A trial whose configuration (dataset, split, build parameters, seed, query arguments) already "
+        "finished in this tracking store copies that run's metrics, tagged reused_from, instead of training "
+        "again.",
     ),
     overrides: list[str] = typer.Option(
         None,
         "--set",
-        help="Override a field of the file, e.g. --set dataset.root=/data/imagenet --set repeats=3 (repeatable).",
+        help="Override a field of the file, e.g. --set dataset.root=/data/imagenet --set repeats=3 "
+        "(repeatable).",
     ),
     check: bool = typer.Option(
         False, "--check", help="Validate the study file, print the resolved study and exit."
@@ -92,7 +98,8 @@ def command(
                 console.print(line, markup=False, highlight=False)
             n = len(study.grid()) if study.sampler == "grid" else study.n_trials
             tuning = (
-                f", after {study.tune.trials_per_method} tuning trials for each of {', '.join(study.tune.methods)}"
+                f", after {study.tune.trials_per_method} tuning trials for each of "
+                f"{', '.join(study.tune.methods)}"
                 if study.tune is not None
                 else ""
             )

@@ -1,4 +1,5 @@
-"""`bench search --run RUN_ID IMAGE... | --text CAPTION`: query a trained index with your own images or captions.
+"""`bench search --run RUN_ID IMAGE... | --text CAPTION`: query a trained index with your own images
+or captions.
 
 RUN_ID is a whole MLflow run id or a prefix of exactly one (the 8 characters `bench run` prints).
 
@@ -31,7 +32,8 @@ def command(
     run_id: str = typer.Option(
         ...,
         "--run",
-        help="MLflow run id of a finished trial, or its first characters (the 8 `bench run` prints), e.g. the study's best.run_id tag.",
+        help="MLflow run id of a finished trial, or its first characters (the 8 `bench run` prints), e.g. "
+        "the study's best.run_id tag.",
     ),
     k: int = typer.Option(5, "--k", min=1, help="Results per query."),
     out: Path = typer.Option(Path("grid.png"), "--out", help="Where to write the result grid PNG."),
@@ -93,7 +95,8 @@ def command(
         return class_names[lab] if 0 <= lab < len(class_names) else "?"
 
     table = Table(
-        title=f"top-{k} from run {run_id[:8]} ({trial.config.retriever}, {trial.config.dataset.name}, {len(corpus)} indexed)"
+        title=f"top-{k} from run {run_id[:8]} ({trial.config.retriever}, {trial.config.dataset.name}, "
+        f"{len(corpus)} indexed)"
     )
     for col in ("query", "rank", "corpus image", "class", "score"):
         table.add_column(col)
@@ -130,7 +133,8 @@ def _root_override(overrides: list[str]) -> str | None:
         key, sep, value = item.partition("=")
         if not sep or key.strip() != "dataset.root" or not value.strip():
             raise VitDSIError(
-                f"--set {item!r}: bench search takes only --set dataset.root=PATH (where the run's data are now)"
+                f"--set {item!r}: bench search takes only --set dataset.root=PATH (where the run's data are "
+                "now)"
             )
         root = value.strip()
     return root

@@ -27,7 +27,8 @@ def command(
         120.0,
         "--wait",
         min=1,
-        help="Seconds to wait for the server to answer before giving up (it can take a minute on a busy machine).",
+        help="Seconds to wait for the server to answer before giving up (it can take a minute on a busy "
+        "machine).",
     ),
 ) -> None:
     """Start `mlflow ui` on the tracking store the studies write to."""
@@ -41,7 +42,8 @@ def command(
     path = sqlite_path(uri)
     if path is not None and not path.exists():
         console.print(
-            f"[yellow]no MLflow store at {path} yet[/]; run a study first (bench run studies/patch_size.yaml --scale smoke)"
+            f"[yellow]no MLflow store at {path} yet[/]; run a study first (bench run studies/patch_size.yaml "
+            "--scale smoke)"
         )
         raise typer.Exit(1)
     with friendly_errors():

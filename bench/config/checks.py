@@ -152,8 +152,9 @@ def _check_query_kind(study: Study, trial, cls, source: str, shown: Any) -> None
 
         fit = [n for n, c in registered().items() if c.query_kind == kind]
         raise StudyConfigError(
-            f"{source}: {shown}: retriever '{cls.name}' answers {cls.query_kind} queries but `dataset.protocol: "
-            f"{trial.dataset.protocol}` asks {'captions' if kind == 'text' else 'images'}; use {', '.join(fit)}"
+            f"{source}: {shown}: retriever '{cls.name}' answers {cls.query_kind} queries but "
+            f"`dataset.protocol: {trial.dataset.protocol}` asks "
+            f"{'captions' if kind == 'text' else 'images'}; use {', '.join(fit)}"
             + (" or another protocol" if kind == "text" else " or `protocol: text`")
         )
     study_kind = kind_of(study)
@@ -183,7 +184,8 @@ def _check_split(study: Study, data: DataConfig, source: str, shown: Any) -> Non
     if needs_validation and sizes["val"] == 0 and not study.metric.startswith("IA@"):
         raise StudyConfigError(
             f"{source}: {shown}: the split has no validation queries (query_fractions "
-            f"{list(data.query_fractions)}), but the objective {study.metric} is read on them; give val a share"
+            f"{list(data.query_fractions)}), but the objective {study.metric} is read on them; give val a "
+            "share"
         )
 
 
@@ -237,7 +239,8 @@ def check_data(study: Study, source: str | None = None) -> list[str]:
                 probes[probe_key] = probe_dataset(d.name, **probe_kw)
             except DatasetNotFoundError as e:
                 hint = (
-                    "; give its location with `dataset: {root: PATH}` in the study or `bench run --set dataset.root=PATH`"
+                    "; give its location with `dataset: {root: PATH}` in the study or `bench run --set "
+                    "dataset.root=PATH`"
                     if "root" in DATASETS[d.name].params()
                     else ""
                 )
@@ -258,8 +261,10 @@ def check_data(study: Study, source: str | None = None) -> list[str]:
             available = d.limit if available is None else min(available, d.limit)
         if available is not None and d.n_total > available:
             raise StudyConfigError(
-                f"{source}: field `dataset.n_total`: {d.n_total} images asked but dataset '{d.name}' {where}{available}"
-                f"{' (dataset.limit)' if d.limit is not None and available == d.limit else ''}; use n_total <= {available}"
+                f"{source}: field `dataset.n_total`: {d.n_total} images asked but dataset '{d.name}' "
+                f"{where}{available}"
+                f"{' (dataset.limit)' if d.limit is not None and available == d.limit else ''}; "
+                f"use n_total <= {available}"
             )
         line = f"images: {d.name} at {d.size} px"
         if probe.native_size:
@@ -268,9 +273,9 @@ def check_data(study: Study, source: str | None = None) -> list[str]:
             notes.append(line)
         if probe.file_source and probe.native_size and d.size > 2 * probe.native_size:
             warn = (
-                f"warning: dataset '{d.name}' images are about {probe.native_size} px but dataset.size is {d.size}: "
-                f"every image is upscaled {d.size / probe.native_size:.1f}x (set dataset.size, e.g. "
-                f"--set dataset.size={probe.native_size})"
+                f"warning: dataset '{d.name}' images are about {probe.native_size} px but dataset.size is "
+                f"{d.size}: every image is upscaled {d.size / probe.native_size:.1f}x (set dataset.size, "
+                f"e.g. --set dataset.size={probe.native_size})"
             )
             if warn not in notes:
                 notes.append(warn)

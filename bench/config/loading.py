@@ -111,7 +111,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise StudyConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise StudyConfigError(
-            f"{path}: a study file is a mapping of fields (name, retriever, space, ...), got {type(data).__name__}"
+            f"{path}: a study file is a mapping of fields (name, retriever, space, ...), got "
+            f"{type(data).__name__}"
         )
     return data
 

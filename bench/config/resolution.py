@@ -1,6 +1,7 @@
 """Resolution of a validated study file at a scale into a `Study`: parameters from general to
-specific (retriever defaults < scale preset < `fixed` < the `views` block < a method's `params`; sampled values
-come last, in `Study.trial_config`), dataset defaults, metrics, the sampler and the budget."""
+specific (retriever defaults < scale preset < `fixed` < the `views` block < a method's `params`;
+sampled values come last, in `Study.trial_config`), dataset defaults, metrics, the sampler and the
+budget."""
 
 from __future__ import annotations
 
@@ -83,7 +84,8 @@ def build_study(sf: StudyFile, scale_name: str, source: str) -> Study:
         if mc.retriever not in known:
             raise fail(
                 where_retriever[mname],
-                f"unknown retriever '{mc.retriever}'{suggest(mc.retriever, known)}; registered retrievers: {', '.join(known)}",
+                f"unknown retriever '{mc.retriever}'{suggest(mc.retriever, known)}; registered retrievers: "
+                f"{', '.join(known)}",
             )
 
     # fixed / space keys: dataset.*, query.*, method, or build parameters
@@ -102,7 +104,8 @@ def build_study(sf: StudyFile, scale_name: str, source: str) -> Study:
                 if name not in allowed:
                     raise fail(
                         f"{section}.{key}",
-                        f"unknown dataset field '{name}'{suggest(name, allowed)}; allowed: {', '.join('dataset.' + a for a in allowed)}",
+                        f"unknown dataset field '{name}'{suggest(name, allowed)}; allowed: "
+                        f"{', '.join('dataset.' + a for a in allowed)}",
                     )
             elif where == "param" and name in RESERVED_PARAMS:
                 hint = (
@@ -149,7 +152,8 @@ def build_study(sf: StudyFile, scale_name: str, source: str) -> Study:
     elif sf.methods is not None and len(sf.methods) > 1:
         raise fail(
             "space",
-            f"this study names {len(sf.methods)} methods; add `method: [{', '.join(sf.methods)}]` to `space` to compare them",
+            f"this study names {len(sf.methods)} methods; add `method: [{', '.join(sf.methods)}]` to `space` "
+            "to compare them",
         )
     names = set(raw_methods) | {mc.retriever for mc in raw_methods.values()}
     for i, ref in enumerate(sf.report.compare_with):
@@ -219,7 +223,8 @@ def build_study(sf: StudyFile, scale_name: str, source: str) -> Study:
         if not sf.space:
             raise fail(
                 "space",
-                f"the {sampler} sampler needs a search space; with nothing to search use `sampler: {{type: grid}}`",
+                f"the {sampler} sampler needs a search space; with nothing to search use `sampler: {{type: "
+                f"grid}}`",
             )
         n_trials = sf.n_trials or 20
 
@@ -264,7 +269,8 @@ def _resolve_dataset(sf: StudyFile, scale, source: str) -> DataConfig:
     name = d.name or scale.dataset
     if name not in DATASETS:
         raise StudyConfigError(
-            f"{source}: field `dataset.name`: unknown dataset '{name}'{suggest(name, DATASETS)}; known datasets: {', '.join(DATASETS)}"
+            f"{source}: field `dataset.name`: unknown dataset '{name}'{suggest(name, DATASETS)}; known "
+            f"datasets: {', '.join(DATASETS)}"
         )
     allowed = DATASETS[name].params()
     preset = dict(scale.dataset_params) if name == scale.dataset else {}
@@ -277,7 +283,8 @@ def _resolve_dataset(sf: StudyFile, scale, source: str) -> DataConfig:
         if key not in allowed:
             opts = sorted(set(allowed) - first_class)
             raise StudyConfigError(
-                f"{source}: field `dataset.options.{key}`: dataset '{name}' has no parameter '{key}'{suggest(key, opts)}; allowed: {', '.join(opts) or 'none'}"
+                f"{source}: field `dataset.options.{key}`: dataset '{name}' has no parameter "
+                f"'{key}'{suggest(key, opts)}; allowed: {', '.join(opts) or 'none'}"
             )
     if d.root is not None and "root" not in allowed:
         raise StudyConfigError(
@@ -295,14 +302,15 @@ def _resolve_dataset(sf: StudyFile, scale, source: str) -> DataConfig:
             )
     if d.protocol == "text" and ("captions" not in allowed or options.get("captions") in (0, False)):
         raise StudyConfigError(
-            f"{source}: field `dataset.protocol`: the text protocol asks captions of the indexed "
-            f"images, and dataset '{name}' has none{' (options.captions is off)' if 'captions' in allowed else ''}; "
-            "use coco (with a captions file) or coco-mosaic"
+            f"{source}: field `dataset.protocol`: the text protocol asks captions of the indexed images, and "
+            f"dataset '{name}' has none{' (options.captions is off)' if 'captions' in allowed else ''}; use "
+            "coco (with a captions file) or coco-mosaic"
         )
     fractions = d.query_fractions or (0.8, 0.1, 0.1)
     if abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
         raise StudyConfigError(
-            f"{source}: field `dataset.query_fractions`: three non-negative numbers summing to 1 (train, val, test), got {list(fractions)}"
+            f"{source}: field `dataset.query_fractions`: three non-negative numbers summing to 1 (train, "
+            f"val, test), got {list(fractions)}"
         )
     return DataConfig(
         name=name,

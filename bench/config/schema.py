@@ -258,7 +258,8 @@ class ViewsConfig(_Model):
     def _check(self) -> ViewsConfig:
         if self.index_views and self.strength == "none":
             raise ValueError(
-                f"index_views {self.index_views} needs views to draw: set `strength` to light, medium or strong"
+                f"index_views {self.index_views} needs views to draw: set `strength` to light, medium or "
+                "strong"
             )
         return self
 
@@ -333,7 +334,8 @@ class StudyFile(_StudyFileKinds):
             )
         if (self.retriever is None) == (self.methods is None):
             raise ValueError(
-                "give either `retriever` (one retriever) or `methods` (several named ones), not both or neither"
+                "give either `retriever` (one retriever) or `methods` (several named ones), not both or "
+                "neither"
             )
         if self.methods is not None and not self.methods:
             raise ValueError("`methods` is empty; name at least one method")

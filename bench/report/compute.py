@@ -106,13 +106,13 @@ def compute_section(record: StudyRecord, out: Path, rel: str) -> str | None:
     ]
     return (
         "Validation quality against training FLOPs of the chosen trial of each trained method, every seed a "
-        "line (checkpoints at epochs 1, 2, 4, 8, ... and every `val_every` epochs of the phase that stops on a "
-        "plateau). FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode` on the first real training "
-        "step of each phase and batch size (forward and backward) and charged per example for the others; a "
-        "frozen encoder's features count once.\n\n"
-        f"![quality against FLOPs]({rel}/{fig.name})\n\n"
-        "**Quality at equal compute.** Each method's validation metric at the smallest final training FLOPs of "
-        f"any method shown and {', '.join(f'{f}x' for f in BUDGET_FACTORS[1:])} that: its last checkpoint at or "
-        "below the budget (mean over seeds), *not reached* when its first checkpoint already costs more; beside "
+        "line (checkpoints at epochs 1, 2, 4, 8, ... and every `val_every` epochs of the phase that stops "
+        "on a plateau). FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode` on the first real "
+        "training step of each phase and batch size (forward and backward) and charged per example for the "
+        "others; a frozen encoder's features count once.\n\n![quality against "
+        f"FLOPs]({rel}/{fig.name})\n\n**Quality at equal compute.** Each method's validation metric at the "
+        "smallest final training FLOPs of any method shown and "
+        f"{', '.join(f'{f}x' for f in BUDGET_FACTORS[1:])} that: its last checkpoint at or below the budget "
+        "(mean over seeds), *not reached* when its first checkpoint already costs more; beside "
         "it the test metric and FLOPs where its training stopped.\n\n" + md_table(headers, rows)
     )

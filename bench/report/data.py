@@ -161,7 +161,8 @@ class StudyRecord:
         return self.runs[name] if name in self.runs else pd.Series(default, index=self.runs.index)
 
     def shared_chance(self, metric: str) -> float | None:
-        """The metric's chance level when every trial that logged it has the same one (one split), else None."""
+        """The metric's chance level when every trial that logged it has the same one (one split), else
+        None."""
         chance = self.metric_table(metric)["chance"].dropna().round(12).unique()
         return float(chance[0]) if len(chance) == 1 else None
 

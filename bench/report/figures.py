@@ -50,8 +50,9 @@ def curves_section(record: StudyRecord, out: Path, rel: str) -> str | None:
     )
     return (
         "Per-epoch training logs of the chosen trial of each trained method (the first seed when there are "
-        "several; x: epochs over all phases). Training is seeded and deterministic, so trials that share their "
-        f"indexing settings draw the same indexing curve and hide each other.\n\n![training curves]({rel}/{fig.name})"
+        "several; x: epochs over all phases). Training is seeded and deterministic, so trials that share "
+        "their indexing settings draw the same indexing curve and hide each other.\n\n![training "
+        f"curves]({rel}/{fig.name})"
     )
 
 
@@ -91,10 +92,10 @@ def _caption_grid(ids: np.ndarray, sets, relevance, out: Path, rel: str, t, name
         result_labels=[_class_names(sets.corpus, row) for row in top],
     )
     return (
-        f"Caption → top-{k} for the chosen trial (#{t.number}, {name}): each test caption (phrased as no training "
-        "caption is) above its row, then the image it describes (blue) and the results with their categories; "
-        "green frames share a category with the caption's own image, '(own)' marks the image itself:\n\n"
-        f"![query grid]({rel}/{fig.name})"
+        f"Caption → top-{k} for the chosen trial (#{t.number}, {name}): each test caption (phrased as no "
+        "training caption is) above its row, then the image it describes (blue) and the results with their "
+        "categories; green frames share a category with the caption's own image, '(own)' marks the image "
+        f"itself:\n\n![query grid]({rel}/{fig.name})"
     )
 
 

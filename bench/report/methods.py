@@ -72,7 +72,8 @@ def methods_section(record: StudyRecord) -> str:
         lines.append(f"  - query arguments: {', '.join(query_rows) or 'none'}")
         blocks.append("\n".join(lines))
     return (
-        "Methods as resolved at this scale (scale preset < `fixed` < `views` < the method's `params` < `--set`); "
+        "Methods as resolved at this scale (scale preset < `fixed` < `views` < the method's `params` < "
+        "`--set`); "
         "defaults are those of the retriever in the code that wrote this report.\n\n" + "\n".join(blocks)
     )
 

@@ -219,29 +219,31 @@ def paired_section(family: PairedFamily | None, record: StudyRecord, protocol: s
         else "a paired Student t over the per-seed mean differences"
     )
     text = (
-        "Each trial against the chosen trial of its split (best "
-        f"{metric} on the validation queries); each trial that learns from labels also against the chosen trial of "
-        "each label-matched baseline (`classifier`, `dual-encoder`) present"
+        f"Each trial against the chosen trial of its split (best {metric} on the validation queries); each "
+        "trial that learns from labels also against the chosen trial of each label-matched baseline "
+        "(`classifier`, `dual-encoder`) present"
         + (
-            f"; every trial also against the chosen trial of {', '.join(f'`{n}`' for n in record.compare_with)} "
-            "(the study's `report.compare_with`)"
+            "; every trial also against the chosen trial of "
+            f"{', '.join(f'`{n}`' for n in record.compare_with)} (the study's `report.compare_with`)"
             if record.compare_with
             else ""
         )
-        + f". **The seed is the unit of inference:** Δ is the mean over seeds of the per-seed mean difference in test "
-        f"{metric} (trial − reference, every seed one training run on one split), tested by {how}. Holm runs over all "
-        f"{n_all} comparisons of this report"
+        + ". **The seed is the unit of inference:** Δ is the mean over seeds of the per-seed mean "
+        f"difference in test {metric} (trial − reference, every seed one training run on one split), tested "
+        f"by {how}. Holm runs over all {n_all} comparisons of this report"
         + (f" (all {n_protocols} protocols)" if n_protocols > 1 else "")
         + f", family-wise error {ALPHA:.0%}. "
         + (
-            f"A tie is claimed only when two one-sided tests show |Δ| < {margin:g} (equivalence p, Holm over the same "
-            f"{n_all} comparisons); "
+            f"A tie is claimed only when two one-sided tests show |Δ| < {margin:g} (equivalence p, Holm over "
+            f"the same {n_all} comparisons); "
             if margin is not None
-            else "The study states no equivalence margin (`report: {equivalence_margin: ...}`), so no tie is claimed; "
+            else "The study states no equivalence margin (`report: {equivalence_margin: ...}`), so no tie is "
+            "claimed; "
         )
         + 'otherwise the verdict is "undecided". '
         + f"Fewer than {MIN_SEEDS_FOR_FINDING} seeds make a verdict exploratory, not a finding. "
-        "The last columns treat every (seed, query) pair as independent (paired t interval, Wilcoxon signed-rank "
-        "p, not Holm-corrected): they describe these trained models on these queries, not the methods."
+        "The last columns treat every (seed, query) pair as independent (paired t interval, Wilcoxon "
+        "signed-rank p, not Holm-corrected): they describe these trained models on these queries, not the "
+        "methods."
     )
     return text + "\n\n" + md_table(header, rows)

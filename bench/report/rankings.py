@@ -125,6 +125,7 @@ def seen_in_training_section(record: StudyRecord, out: Path, cache: dict) -> str
     header = ["method", "learns from"] + [f"{m} {side}" for m in names for side in split.labels]
     return (
         split.what + " A method that only learnt its training pairs or labels does well on the first column "
-        "and not the second; a label-free method cannot tell them apart. Means over the pooled test queries of "
+        "and not the second; a label-free method cannot tell them apart. Means over the pooled test queries "
+        "of "
         "all seeds ± the 95% CI over those queries.\n\n" + md_table(header, rows)
     )

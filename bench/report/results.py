@@ -38,7 +38,8 @@ def header_section(record: StudyRecord) -> str:
         ["report written", dt.datetime.now().strftime("%Y-%m-%d %H:%M")],
         [
             "study run",
-            f"`{record.run_id}` (experiment {record.experiment_id}), Optuna study `{tags.get('optuna.study_name', '?')}`",
+            f"`{record.run_id}` (experiment {record.experiment_id}), Optuna study "
+            f"`{tags.get('optuna.study_name', '?')}`",
         ],
         [
             "git",
@@ -129,9 +130,9 @@ def across_protocols_section(record: StudyRecord) -> str:
     ]
     return (
         "The headline metric of each protocol per method (test, mean over seeds ± the 95% CI across seeds): "
-        "R@1 under `instance`, where each query has one relevant image, the objective otherwise. Each protocol "
-        "has its own relevance and chance, so compare within a column; the per-protocol sections below have "
-        "every metric, paired tests and the label-matched baselines beside each DSI.\n\n"
+        "R@1 under `instance`, where each query has one relevant image, the objective otherwise. Each "
+        "protocol has its own relevance and chance, so compare within a column; the per-protocol sections "
+        "below have every metric, paired tests and the label-matched baselines beside each DSI.\n\n"
         + md_table(["method", "learns from", *columns], body)
     )
 
@@ -182,9 +183,9 @@ def results_section(record: StudyRecord) -> str:
     cols["ms / query"] = record.column("metrics.query_ms").map(lambda v: fmt(v, 2))
     table = pd.DataFrame(cols, index=record.runs.index)
     note = (
-        "Metric columns are test numbers: the mean over all test queries (IA@K: over all indexed images) ± the "
-        "half-width of its 95% Student-t confidence interval; with several seeds (each with its own split and "
-        "training seed), the mean over seeds ± the CI across seeds"
+        "Metric columns are test numbers: the mean over all test queries (IA@K: over all indexed images) ± "
+        "the half-width of its 95% Student-t confidence interval; with several seeds (each with its own "
+        "split and training seed), the mean over seeds ± the CI across seeds"
         + (
             f", and the last {objective} column gives the CI over the pooled queries of all seeds"
             if seeds > 1
@@ -194,15 +195,15 @@ def results_section(record: StudyRecord) -> str:
         f"*{CHANCE_MARK}* marks a result whose 95% CI reaches it (for higher-is-better metrics: mean − CI ≤ "
         "chance), which is not clear of chance. "
         + (
-            f"Model choice (Optuna's objective, the chosen trial) reads only the {objective} of the validation "
-            "queries; test queries are never used to choose. "
+            f"Model choice (Optuna's objective, the chosen trial) reads only the {objective} of the "
+            "validation queries; test queries are never used to choose. "
             if has_val
             else "These runs logged no validation metrics, so model choice read test numbers. "
         )
-        + "*Training* says whether every seed's training converged (a validation plateau before the epoch cap "
-        "and, for a DSI, IA@1 at its target) and names what failed otherwise. "
-        + "*Learns from* says what reached training besides the corpus pixels: with class-identity relevance a "
-        "method that learns from labels is rewarded for classifying, so compare it with a label-matched "
+        + "*Training* says whether every seed's training converged (a validation plateau before the epoch "
+        "cap and, for a DSI, IA@1 at its target) and names what failed otherwise. "
+        + "*Learns from* says what reached training besides the corpus pixels: with class-identity relevance "
+        "a method that learns from labels is rewarded for classifying, so compare it with a label-matched "
         "baseline (`classifier`, `dual-encoder`), not only with label-free ones."
     )
     warnings = []

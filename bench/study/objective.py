@@ -25,8 +25,9 @@ def fmt(x: float | None) -> str:
 
 class Objective:
     """Called by `study.optimize` with the trial it popped or made: run it (or, with `--reuse`,
-    copy a finished run of the same configuration), log it, return the objective. A failure is recorded (Optuna user attr `error`, MLflow tag and error.txt) and
-    re-raised; Ctrl-C marks the MLflow run KILLED and stops the worker."""
+    copy a finished run of the same configuration), log it, return the objective. A failure is recorded
+    (Optuna user attr `error`, MLflow tag and error.txt) and re-raised; Ctrl-C marks the MLflow run
+    KILLED and stops the worker."""
 
     def __init__(
         self,
@@ -121,8 +122,9 @@ class Objective:
         trial.set_user_attr("seconds", time.perf_counter() - t0)
         s = summary[self.study.metric]
         console.print(
-            f"trial {trial.number} {label} {self.study.metric} validation {value:.4f} (objective), "
-            f"test {s['mean']:.4f} ± {fmt(s['ci95'])} (chance {s['chance']:.4f}) in {time.perf_counter() - t0:.1f} s"
+            f"trial {trial.number} {label} {self.study.metric} validation {value:.4f} (objective), test "
+            f"{s['mean']:.4f} ± {fmt(s['ci95'])} (chance {s['chance']:.4f}) in "
+            f"{time.perf_counter() - t0:.1f} s"
         )
         return value
 

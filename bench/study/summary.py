@@ -122,7 +122,8 @@ def describe(outcome: RunOutcome) -> str:
     ]
     if outcome.best:
         lines.append(
-            f"  best        trial {outcome.best['number']}: {outcome.best['value']:.4f} {outcome.best['params']}"
+            f"  best        trial {outcome.best['number']}: {outcome.best['value']:.4f} "
+            f"{outcome.best['params']}"
         )
     lines += [
         f"MLflow        {outcome.tracking_uri}",

@@ -39,7 +39,8 @@ RECIPES_TAG = "tune.recipes"  # on the study's parent run: the chosen recipe of 
 
 
 class TuningError(VitDSIError):
-    """A method's tuning cannot give a recipe (too many failures, or a stored tuning of another configuration)."""
+    """A method's tuning cannot give a recipe (too many failures, or a stored tuning of another
+    configuration)."""
 
 
 def tune_methods(

@@ -72,7 +72,8 @@ def _check_data(study: Study) -> list[str]:
     except VitDSIError as e:
         # the "where is it" hint only when the data are missing, not for e.g. too few images
         hint = (
-            "; give its location with `dataset: {root: PATH}` in the study or `bench run --set dataset.root=PATH`"
+            "; give its location with `dataset: {root: PATH}` in the study or `bench run --set "
+            "dataset.root=PATH`"
             if isinstance(e, DatasetNotFoundError) and "root" in DATASETS[study.dataset.name].params()
             else ""
         )
@@ -194,7 +195,8 @@ def _run(study: Study, options: RunOptions) -> RunOutcome:
     except KeyboardInterrupt:
         outcome.interrupted = True
         console.print(
-            "[yellow]interrupted[/]: the running trial is recorded as failed; run the same command again to resume"
+            "[yellow]interrupted[/]: the running trial is recorded as failed; run the same command again to "
+            "resume"
         )
     finally:
         _close(study, ostudy, tracker, parent_id, outcome)
@@ -251,7 +253,8 @@ def _open(study: Study, study_name: str, storage, storage_url: str, tracker: Tra
     attrs = _wait_for_attrs(ostudy, "fingerprint")
     if "fingerprint" not in attrs:
         log.warning(
-            f"study '{study_name}' was left half-created (no fingerprint after {ATTR_WAIT_S:.0f} s); adopting it"
+            f"study '{study_name}' was left half-created (no fingerprint after {ATTR_WAIT_S:.0f} s); "
+            "adopting it"
         )
         return (
             ostudy,

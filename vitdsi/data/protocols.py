@@ -255,18 +255,18 @@ def _concat(parts: list[ImageSet]) -> ImageSet:
 
 def _describe_instance(o: InstanceOptions) -> str:
     return (
-        f"instance: queries are new views ({o.strength}) of indexed images, each relevant to its source only; "
-        f"{o.train_views} train view(s) of each image except a {o.untrained_share:.0%} share that has none; "
-        "validation and test views from their own seeds"
+        f"instance: queries are new views ({o.strength}) of indexed images, each relevant to its source "
+        f"only; {o.train_views} train view(s) of each image except a {o.untrained_share:.0%} share that has "
+        "none; validation and test views from their own seeds"
     )
 
 
 def _describe_text(o: TextOptions) -> str:
     return (
         "text: queries are captions of indexed images in phrasings no training caption uses; R@K and MRR: "
-        "relevant = the caption's own image; the other metrics: images sharing a category with it (nDCG gains: "
-        f"{'shared categories' if o.gain == 'shared' else 'Jaccard index'}); a {o.untrained_share:.0%} share of "
-        "the indexed images carries no training caption"
+        "relevant = the caption's own image; the other metrics: images sharing a category with it (nDCG "
+        f"gains: {'shared categories' if o.gain == 'shared' else 'Jaccard index'}); a "
+        f"{o.untrained_share:.0%} share of the indexed images carries no training caption"
     )
 
 

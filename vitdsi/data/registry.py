@@ -125,7 +125,8 @@ def load_dataset(name: str, **params: Any) -> ImageSet:
     if limit is not None:
         if limit > len(images):
             raise VitDSIError(
-                f"dataset '{name}' has {len(images)} images but limit={limit} was asked; use at most {len(images)}"
+                f"dataset '{name}' has {len(images)} images but limit={limit} was asked; use at most "
+                f"{len(images)}"
             )
         images = images.subset(np.sort(stratified_sample(images.primary_labels(), limit, seed)))
     return images

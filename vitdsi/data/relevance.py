@@ -45,7 +45,8 @@ class Relevance:
             raise VitDSIError(f"graded relevance ('{self.grading}') needs multi-label (multi-hot) data")
         if self.multilabel and self.query_labels.shape[1] != self.corpus_labels.shape[1]:
             raise VitDSIError(
-                f"queries have {self.query_labels.shape[1]} categories but the corpus has {self.corpus_labels.shape[1]}"
+                f"queries have {self.query_labels.shape[1]} categories but the corpus has "
+                f"{self.corpus_labels.shape[1]}"
             )
 
     @staticmethod

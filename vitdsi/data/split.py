@@ -35,7 +35,8 @@ class SplitSets:
     test: ImageSet  # test queries (every reported number)
     grading: str = "binary"  # gains of graded metrics (Relevance.grading; the graded protocol)
     # the text protocol (vitdsi.data.text_protocol): caption queries of 'train', 'val' and 'test', each
-    # describing the corpus image at its `image` position; the image parts are then empty. None = image queries
+    # describing the corpus image at its `image` position; the image parts are then empty. None = image
+    # queries
     text: dict[str, Captions] | None = None
 
     @property
@@ -81,7 +82,8 @@ class Split:
         if expected is not None and expected != len(dataset):
             raise VitDSIError(
                 f"this split was made for a source of {expected} images but the dataset has {len(dataset)}; "
-                "the data changed since (files added or removed?), or load the same dataset with the same parameters"
+                "the data changed since (files added or removed?), or load the same dataset with the same "
+                "parameters"
             )
         self._verify_ids(dataset)
         parts = {"corpus": self.idb, "train": self.train, "val": self.val, "test": self.test}
@@ -112,8 +114,9 @@ class Split:
                 else ""
             )
             raise VitDSIError(
-                f"the data changed since this split was made: image {p} of '{dataset.name}' was '{was}' and is now "
-                f"'{now}'{more}; point the dataset at the data the split was made from (e.g. the same root)"
+                f"the data changed since this split was made: image {p} of '{dataset.name}' was '{was}' and "
+                f"is now '{now}'{more}; point the dataset at the data the split was made from (e.g. the same "
+                "root)"
             )
         digest = self.params.get("source_ids_sha1")
         if not known.all() and digest and digest != source_ids_digest(current):
@@ -202,14 +205,15 @@ def split_sizes(
                 None,
             )
             hint = (
-                f"raise n_total so that there are at least {need} queries (now {n_queries} = n_total {n_total} "
-                f"- {n_idb} indexed), or lower split_ratio"
+                f"raise n_total so that there are at least {need} queries (now {n_queries} = n_total "
+                f"{n_total} - {n_idb} indexed), or lower split_ratio"
                 if need
                 else "give the test queries a share in query_fractions (every reported number is on test)"
             )
             raise VitDSIError(
                 f"the split has an empty {part} set: n_total={n_total}, split_ratio={split_ratio} and "
-                f"query_fractions={list(query_fractions)} give {n_queries} queries and 0 {part} queries; {hint}"
+                f"query_fractions={list(query_fractions)} give {n_queries} queries and 0 {part} queries; "
+                f"{hint}"
             )
     return {"idb": n_idb, **counts}
 
@@ -227,7 +231,8 @@ def make_split(
     n_total = n_source if n_total is None else int(n_total)
     if n_total > n_source:
         raise VitDSIError(
-            f"asked for {n_total} images (n_total) but the source has only {n_source}; use n_total <= {n_source}"
+            f"asked for {n_total} images (n_total) but the source has only {n_source}; use n_total <= "
+            f"{n_source}"
         )
     n_idb = split_sizes(n_total, split_ratio, tuple(query_fractions))["idb"]
     chosen = stratified_sample(labels, n_total, seed, what="images (n_total)")

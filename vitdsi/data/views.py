@@ -46,7 +46,8 @@ class ViewStrength:
         lo, hi = self.crop_area
         if not 0 < lo <= hi <= 1:
             raise VitDSIError(
-                f"view strength '{self.name}': crop_area must satisfy 0 < low <= high <= 1, got {self.crop_area}"
+                f"view strength '{self.name}': crop_area must satisfy 0 < low <= high <= 1, got "
+                f"{self.crop_area}"
             )
         if self.jpeg_quality is not None and not 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100:
             raise VitDSIError(

@@ -138,7 +138,8 @@ def torchvision_net(spec: str) -> tuple[nn.Module, int, tuple, tuple]:
         weights = enum[weights_name] if weights_name else enum.DEFAULT
     except KeyError:
         raise VitDSIError(
-            f"torchvision model '{name}' has no weights '{weights_name}'; known: {', '.join(w.name for w in enum)}"
+            f"torchvision model '{name}' has no weights '{weights_name}'; known: "
+            f"{', '.join(w.name for w in enum)}"
         ) from None
     file = torchvision_weights_file(weights)
     if not file.exists():

@@ -1,6 +1,7 @@
 """FAISS inner-product indexes over L2-normalised vectors, shared by the dense retrievers
 (`embedding`, `dual-encoder`): build, search with deterministic tie order, and
-append to (continual indexing), (de)serialise as a uint8 tensor so a saved index loads with `torch.load(weights_only=True)`.
+append to (continual indexing), (de)serialise as a uint8 tensor so a saved index loads with
+`torch.load(weights_only=True)`.
 
     flat  exact inner product over all N vectors (IndexFlatIP)
     hnsw  HNSW graph (IndexHNSWFlat, inner product); build: hnsw_m, ef_construction;
@@ -44,7 +45,8 @@ class FaissConfig:
     hnsw_m: int = 32  # hnsw: graph neighbours per node
     ef_construction: int = 40  # hnsw: candidate list size while building
     nlist: int = 0  # ivf / ivfpq: inverted lists; 0 = min(4 sqrt(N), N / 39)
-    pq_m: int = 0  # ivfpq: sub-quantisers (code bytes per vector at 8 bits); 0 = the divisor of the width nearest width / 8
+    # ivfpq: sub-quantisers (code bytes per vector at 8 bits); 0 = the divisor of the width nearest width / 8
+    pq_m: int = 0
     pq_bits: int = (
         8  # ivfpq: bits per sub-quantiser code (the corpus needs at least 2^pq_bits images to train)
     )

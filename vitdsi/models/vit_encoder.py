@@ -86,8 +86,8 @@ def check_borrowed_fields(encoder: str, freeze_encoder, encoder_size: int) -> No
         not isinstance(freeze_encoder, bool) and freeze_encoder < 0
     ):
         raise VitDSIError(
-            f"freeze_encoder must be true (frozen), false (all trained) or a number >= 0 of trained last blocks, "
-            f"got {freeze_encoder!r}"
+            "freeze_encoder must be true (frozen), false (all trained) or a number >= 0 of trained last "
+            f"blocks, got {freeze_encoder!r}"
         )
     if encoder_size < 0 or 0 < encoder_size < 32:
         raise VitDSIError(f"encoder_size must be 0 (the encoder's own) or at least 32 px, got {encoder_size}")

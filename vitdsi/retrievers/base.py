@@ -209,8 +209,8 @@ class Retriever(ABC):
         for what, s in (("added images", images), ("train queries", train_queries)):
             if s is not None and s.image_size != self.image_size:
                 raise VitDSIError(
-                    f"{self.name}: {what} are {s.image_size}px but the index was built on {self.image_size}px; "
-                    "prepare them at the corpus size"
+                    f"{self.name}: {what} are {s.image_size}px but the index was built on "
+                    f"{self.image_size}px; prepare them at the corpus size"
                 )
         seed_everything(self.seed + self.corpus_size)  # each add step draws its own randomness
         self.on_epoch = on_epoch
@@ -225,7 +225,8 @@ class Retriever(ABC):
         `query_kind` is 'image', captions (a list of str) for 'text' ones."""
         if self.corpus_size is None:
             raise VitDSIError(
-                f"{self.name}: search() called before index(); index a corpus or load_retriever() a saved index"
+                f"{self.name}: search() called before index(); index a corpus or load_retriever() a saved "
+                "index"
             )
         kind = query_kind_of(queries, self.name)
         if kind != self.query_kind:
@@ -238,7 +239,8 @@ class Retriever(ABC):
             raise VitDSIError(f"{self.name}: k must be a positive integer, got {k!r}")
         if k > self.corpus_size:
             raise VitDSIError(
-                f"{self.name}: k={k} is larger than the corpus ({self.corpus_size} images); use k <= {self.corpus_size}"
+                f"{self.name}: k={k} is larger than the corpus ({self.corpus_size} images); use k <= "
+                f"{self.corpus_size}"
             )
         n = len(queries)
         if n == 0:
@@ -260,14 +262,15 @@ class Retriever(ABC):
             raise VitDSIError(f"{self.name}: query images must be uint8 (0-255), got {images.dtype}")
         if images.shape[2] != self.image_size or images.shape[3] != self.image_size:
             raise VitDSIError(
-                f"{self.name}: query images are {images.shape[2]}x{images.shape[3]} but the index was built on "
-                f"{self.image_size}x{self.image_size}; prepare queries at the corpus size"
+                f"{self.name}: query images are {images.shape[2]}x{images.shape[3]} but the index was built "
+                f"on {self.image_size}x{self.image_size}; prepare queries at the corpus size"
             )
         return images
 
     @property
     def supports_add(self) -> bool:
-        """Whether `add` appends to a built index (False: it raises, the whole corpus must be indexed again)."""
+        """Whether `add` appends to a built index (False: it raises, the whole corpus must be indexed
+        again)."""
         return type(self)._add is not Retriever._add
 
     def supervision_used(self) -> Supervision:
@@ -280,7 +283,8 @@ class Retriever(ABC):
         unknown = sorted(set(kwargs) - set(self.query_defaults))
         if unknown:
             raise VitDSIError(
-                f"{self.name}: unknown query argument(s) {unknown}; known: {sorted(self.query_defaults) or 'none'}"
+                f"{self.name}: unknown query argument(s) {unknown}; known: "
+                f"{sorted(self.query_defaults) or 'none'}"
             )
         self.query_args.update(kwargs)
 

@@ -139,7 +139,8 @@ class Classifier(VitBaseline):
         self._build_index(corpus.images, corpus_hot)
 
     def _build_index(self, images: torch.Tensor, hot: torch.Tensor) -> None:
-        """The index: normalised pooled embeddings of the corpus `images` and the groups of their label sets."""
+        """The index: normalised pooled embeddings of the corpus `images` and the groups of their label
+        sets."""
         self._corpus_emb = self.predict(images)[1].to(self.device)
         groups, group_of = torch.unique(hot.to(torch.uint8), dim=0, return_inverse=True)
         self._groups, self._group_of = groups.float().to(self.device), group_of.long().to(self.device)
@@ -155,8 +156,9 @@ class Classifier(VitBaseline):
             or (images.multilabel and width != n_classes)
         ):
             raise VitDSIError(
-                f"classifier: the added images' labels ({'multi-label' if images.multilabel else 'single-label'}, "
-                f"{width} classes) do not fit the trained head ({n_classes} classes); index the corpus again"
+                "classifier: the added images' labels "
+                f"({'multi-label' if images.multilabel else 'single-label'}, {width} classes) do not fit the "
+                f"trained head ({n_classes} classes); index the corpus again"
             )
         hot = torch.cat([self._groups[self._group_of].bool().cpu(), self._multi_hot(labels, n_classes)])
         self._corpus_emb = torch.cat([self._corpus_emb, self.predict(images.images)[1].to(self.device)])

@@ -153,8 +153,9 @@ class DSIViT(DSIRetriever):
         n_old, m = self.corpus_size, len(images)
         if self._seen is None and self.add_strategy != "new-only":
             raise VitDSIError(
-                f"dsi-vit: add_strategy '{self.add_strategy}' trains on the images indexed before, which an index "
-                "loaded from disk does not hold; use add_strategy='new-only' or index the whole corpus again"
+                f"dsi-vit: add_strategy '{self.add_strategy}' trains on the images indexed before, which an "
+                "index loaded from disk does not hold; use add_strategy='new-only' or index the whole "
+                "corpus again"
             )
         self._ids = extend_ids(self._ids, m, labels=images.primary_labels(), seed=self.seed + n_old)
         if self._ids.atomic:

@@ -72,7 +72,8 @@ class DualEncoder(VitBaseline, FaissParams):
             raise VitDSIError(f"dual-encoder: temperature must be > 0, got {temperature}")
         if self.hnsw_m < 2 or self.ef_construction < 1:
             raise VitDSIError(
-                f"dual-encoder: need hnsw_m >= 2 and ef_construction >= 1, got {self.hnsw_m}, {self.ef_construction}"
+                f"dual-encoder: need hnsw_m >= 2 and ef_construction >= 1, got {self.hnsw_m}, "
+                f"{self.ef_construction}"
             )
         self._faiss = None  # the FAISS index over the corpus embeddings
 

@@ -1,4 +1,5 @@
-"""`text-dual-encoder`: caption queries against image embeddings, a CLIP-style dual encoder (Radford et al. 2021).
+"""`text-dual-encoder`: caption queries against image embeddings, a CLIP-style dual encoder
+(Radford et al. 2021).
 
 The baseline beside `dsi-text` (seed 002) with the same two encoders: the image tower is the
 DSI's encoder (the ViT or a borrowed CNN), the text tower a pretrained MiniLM (or a small text
@@ -49,7 +50,8 @@ from vitdsi.training.optim import autocast
 
 @register("text-dual-encoder")
 class TextDualEncoder(VitModelRetriever, TextEncoderParams, FaissParams):
-    """Image tower + text tower trained with in-batch InfoNCE on caption-image pairs; cosine search through FAISS."""
+    """Image tower + text tower trained with in-batch InfoNCE on caption-image pairs; cosine search through
+    FAISS."""
 
     query_kind: ClassVar[str] = "text"
     supervision: ClassVar[Supervision] = Supervision(captions=True, pretrained=True)  # at most

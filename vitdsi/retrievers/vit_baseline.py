@@ -26,7 +26,8 @@ from vitdsi.training.monitor import MonitorConfig, RankFn, TrainingMonitor
 from vitdsi.training.train_views import apply_views, check_views
 
 SEARCH_BATCH = 256  # images encoded together at index and query time
-# the smoke settings of the ViT retrievers other than the DSI: a tiny encoder of the DSI's family, a few epochs
+# the smoke settings of the ViT retrievers other than the DSI: a tiny encoder of the DSI's family, a few
+# epochs
 TINY_VIT = {
     "patch_size": 8,
     "dim": 32,
@@ -153,7 +154,8 @@ class VitModelRetriever(EncoderRetriever):
 
 
 class VitBaseline(VitModelRetriever):
-    """A label-matched baseline: learns from the corpus and, with `use_queries`, the train queries (abstract)."""
+    """A label-matched baseline: learns from the corpus and, with `use_queries`, the train queries
+    (abstract)."""
 
     def __init__(
         self, *, use_queries: bool = True, seed: int = 0, device: str | None = None, **params: Any

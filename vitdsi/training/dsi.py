@@ -95,7 +95,8 @@ class DSITrainer:
 
     # ---- internals ----
     def _set_queries(self, query_images, query_labels, corpus_labels) -> None:
-        """`self.sampler` (a relevant corpus image per query) and `self.queries` (the queries that have one)."""
+        """`self.sampler` (a relevant corpus image per query) and `self.queries` (the queries that have
+        one)."""
         if query_images is None or query_labels is None or corpus_labels is None or len(query_images) == 0:
             raise VitDSIError(
                 f"mode '{self.cfg.mode}' learns from train queries but none were given; pass "

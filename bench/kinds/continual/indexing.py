@@ -65,7 +65,8 @@ def _ranked(retriever: Retriever, sets: SplitSets, n: int, metrics: list[str], k
 def index_continually(
     retriever: Retriever, sets: SplitSets, opts: dict[str, Any], metrics: list[str], k: int
 ) -> list[dict[str, float]]:
-    """Index `sets.corpus` step by step (opts: the `continual:` block, ContinualConfig); one record per step."""
+    """Index `sets.corpus` step by step (opts: the `continual:` block, ContinualConfig); one record per
+    step."""
     corpus = sets.corpus
     bounds = step_bounds(len(corpus), opts["initial"], opts["steps"])
     records, lo = [], 0

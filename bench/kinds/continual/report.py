@@ -147,8 +147,9 @@ def continual_section(record: StudyRecord, out: Path, rel: str) -> str | None:
     return "\n\n".join(
         [
             "Each trial indexes the first share of the indexed images, then adds the rest in batches "
-            "(`Retriever.add`); every number is the mean over seeds after that step. IA@1 queries indexed images "
-            f"with themselves; {record.objective} is on the test queries that have a relevant image indexed by then.",
+            "(`Retriever.add`); every number is the mean over seeds after that step. IA@1 queries indexed "
+            f"images with themselves; {record.objective} is on the test queries that have a relevant image "
+            "indexed by then.",
             table,
             f"![forgetting curves]({rel}/{fig.name})",
             *lines,

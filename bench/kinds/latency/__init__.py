@@ -62,8 +62,9 @@ class Latency(StudyKind):
         # ratio and query fractions only encode those counts)
         return (
             f"{where}; N = {n_total} indexed images per trial, and images of the source never indexed: "
-            f"{settings.get('train_queries', 0)} train queries, {settings.get('add_images', 0)} images `add` is "
-            f"timed with, {settings.get('n_queries')} timed and scored queries; split seed {dataset.get('seed')}"
+            f"{settings.get('train_queries', 0)} train queries, {settings.get('add_images', 0)} images `add` "
+            f"is timed with, {settings.get('n_queries')} timed and scored queries; split seed "
+            f"{dataset.get('seed')}"
         )
 
     def report_section(self, record: StudyRecord, fig_dir: Path, rel: str) -> str | None:

@@ -57,9 +57,9 @@ class LatencyConfig(Block):
     calls: int = Field(30, ge=1)  # timed calls at batch 1 (after warm-up)
     batch_calls: int = Field(5, ge=1)  # timed calls at `batch_size`
     warmup: int = Field(3, ge=0)  # untimed calls first
-    threads: int = Field(
-        1, ge=1
-    )  # torch / FAISS / OpenCV threads, the same for every method (1: per-query cost without thread-pool effects)
+    # torch / FAISS / OpenCV threads, the same for every method (1: per-query cost without thread-pool
+    # effects)
+    threads: int = Field(1, ge=1)
     # held-out train queries (the same count at every N) for methods that learn from queries (a
     # fine-tuned DSI, the dual encoder); 0 = none, every method indexes the corpus alone
     train_queries: int = Field(0, ge=0)
@@ -92,9 +92,10 @@ def check_latency(
     k = scored_k(metrics)
     if latency.k is not None and latency.k != k:
         raise StudyConfigError(
-            f"{source}: field `latency.k`: searches would be timed at k={latency.k} but quality is scored at k={k} "
-            f"(the largest cutoff of `metrics`{f', {MRR_DEPTH} with MRR' if 'MRR' in metrics else ''}); quality and "
-            "latency use one k: remove `latency.k` (it defaults to the scored k) or change the metrics"
+            f"{source}: field `latency.k`: searches would be timed at k={latency.k} but quality is scored at "
+            f"k={k} (the largest cutoff of "
+            f"`metrics`{f', {MRR_DEPTH} with MRR' if 'MRR' in metrics else ''}); quality and latency use one "
+            "k: remove `latency.k` (it defaults to the scored k) or change the metrics"
         )
     grow = latency.grow
     if grow is None:

@@ -127,8 +127,8 @@ def _scaling(name: str, runs: pd.DataFrame, key: str, title: str, out: Path, rel
             cross.append([d, base, text])
     if cross:
         parts.append(
-            f"Crossover ({title}): the database size from which the DSI answers faster than each baseline.\n\n"
-            + md_table(["DSI", "baseline", "crossover"], cross)
+            f"Crossover ({title}): the database size from which the DSI answers faster than each "
+            "baseline.\n\n" + md_table(["DSI", "baseline", "crossover"], cross)
         )
     return parts
 
@@ -197,9 +197,9 @@ def _measurements(runs: pd.DataFrame, batch: int) -> str:
     ]
     return (
         "All measurements (ms per query; p50 / p95 over repeated timed calls after warm-up, fixed threads). "
-        "Quality (test queries; IA@1: the indexed images) was scored with the k and beam given, the same "
-        "the searches were timed with; L is a DSI's id length; beam is the hypotheses a DSI keeps per "
-        "decoding step (n/a where nothing is beam-searched: atomic ids are ranked by one softmax over the N ids); "
-        "add ms/image is `Retriever.add` of held-out images on a copy of the index, n/a where a retriever "
+        "Quality (test queries; IA@1: the indexed images) was scored with the k and beam given, the same the "
+        "searches were timed with; L is a DSI's id length; beam is the hypotheses a DSI keeps per decoding "
+        "step (n/a where nothing is beam-searched: atomic ids are ranked by one softmax over the N ids); add "
+        "ms/image is `Retriever.add` of held-out images on a copy of the index, n/a where a retriever "
         "cannot add:\n\n" + md_table(header, rows)
     )

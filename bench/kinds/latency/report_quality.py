@@ -42,7 +42,8 @@ def target_section(runs: pd.DataFrame) -> str | None:
                     model,
                     fmt_int(r["id_length"]),
                     fmt(r["target_ia"], 2),
-                    f"{fmt(r['index_ia1'], 3)} after {fmt_int(r['index_epochs_run'])} / {fmt_int(r['index_epochs'])}",
+                    f"{fmt(r['index_ia1'], 3)} after {fmt_int(r['index_epochs_run'])} / "
+                    f"{fmt_int(r['index_epochs'])}",
                     fmt(r["IA@1"], 3),
                     fmt(r["MAP@10"], 4),
                     status,
@@ -76,9 +77,9 @@ def target_section(runs: pd.DataFrame) -> str | None:
     return (
         "**Trained to target.** Each DSI indexes until its IA@1 stop test reaches `target_ia` or its epoch "
         "budget (`index_epochs`) ends, then trains its retrieval phase. *Indexing IA@1* is the stop test's "
-        "last reading (greedy, on `ia_sample` images when set); *IA@1* is the trial's, on every indexed image "
-        "after all training, and decides whether the target was reached (*lost in retrieval training*: the "
-        "indexing phase reached it, the retrieval phase that followed brought IA@1 below it).\n\n"
+        "last reading (greedy, on `ia_sample` images when set); *IA@1* is the trial's, on every indexed "
+        "image after all training, and decides whether the target was reached (*lost in retrieval training*: "
+        "the indexing phase reached it, the retrieval phase that followed brought IA@1 below it).\n\n"
         + md_table(header, rows)
         + "\n\n"
         + "\n".join(lines)
@@ -134,11 +135,14 @@ def pareto_section(
     anywhere = sorted({n for ns in on_front.values() for n in ns})
     if anywhere:
         summary = (
-            f"**A DSI is on the quality-latency Pareto front at N = {_ns(anywhere)}** (in at least one of the "
-            f"views below; measured N: {span}); at no other measured N."
+            f"**A DSI is on the quality-latency Pareto front at N = {_ns(anywhere)}** (in at least one of "
+            f"the views below; measured N: {span}); at no other measured N."
         )
     else:
-        summary = f"**No DSI is on the quality-latency Pareto front at any measured N ({span})**, in any view below."
+        summary = (
+            f"**No DSI is on the quality-latency Pareto front at any measured N ({span})**, "
+            "in any view below."
+        )
     lines = [
         f"- p50 latency at {title} against {m}: "
         + (f"a DSI is on the front at N = {_ns(ns)}" if ns else "no DSI is on the front at any measured N")

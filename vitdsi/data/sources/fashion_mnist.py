@@ -115,10 +115,11 @@ def locate(root: str | Path | None = None, download: bool = True) -> Path:
         if _has_all(folder) or (download and _try_download(folder)):
             return folder
         raise DatasetNotFoundError(
-            f"Fashion-MNIST not found in the given root {folder}: it lacks the train/t10k idx files (.gz or raw)"
+            f"Fashion-MNIST not found in the given root {folder}: it lacks the train/t10k idx files (.gz or "
+            "raw)"
             + ("; a torchvision download into it failed (no network?)" if download else "")
-            + ". Put the four files from https://github.com/zalandoresearch/fashion-mnist there, or leave root "
-            f"unset to use {DEBIAN_ROOT} (`apt-get install dataset-fashion-mnist`)."
+            + ". Put the four files from https://github.com/zalandoresearch/fashion-mnist there, or leave "
+            f"root unset to use {DEBIAN_ROOT} (`apt-get install dataset-fashion-mnist`)."
         )
     if _has_all(DEBIAN_ROOT):
         return DEBIAN_ROOT

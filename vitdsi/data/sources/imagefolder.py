@@ -137,7 +137,8 @@ def load_imagefolder(
             f", e.g. {failed[0][1]}" if failed else "",
         )
     log.info(
-        "imagefolder %s: %d images in %d classes (%d skipped: %d non-square, %d unreadable, corrupt or truncated)",
+        "imagefolder %s: %d images in %d classes (%d skipped: %d non-square, %d unreadable, corrupt or "
+        "truncated)",
         base,
         len(paths),
         len(class_dirs),
