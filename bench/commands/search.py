@@ -86,6 +86,15 @@ def command(
                 console.print("the index holds grey images: the queries were converted to grey")
         k = min(k, retriever.corpus_size)
         ranking = retriever.search(queries, k)
+    titles = _print_table(trial, run_id, corpus, ranking, names, k)
+    title = f"{trial.config.method} on {trial.config.dataset.name} (run {run_id[:8]})"
+    query_images = None if texts else queries
+    written = write_grid(query_images, names, corpus.images, ranking.ids.numpy(), titles, out, title=title)
+    console.print(f"wrote {written}")
+
+
+def _print_table(trial, run_id: str, corpus, ranking, names: list[str], k: int) -> list[list[str]]:
+    """Print the top-k table; the grid's caption of each result, per query."""
     ids, scores = ranking.ids.numpy(), ranking.scores.numpy()
     labels = corpus.primary_labels()
     class_names = corpus.class_names
@@ -118,10 +127,7 @@ def command(
             row.append(f"{cls(pos)} {scores[q, j]:.2f}")
         titles.append(row)
     console.print(table)
-    title = f"{trial.config.method} on {trial.config.dataset.name} (run {run_id[:8]})"
-    query_images = None if texts else queries
-    written = write_grid(query_images, names, corpus.images, ids, titles, out, title=title)
-    console.print(f"wrote {written}")
+    return titles
 
 
 def _root_override(overrides: list[str]) -> str | None:
