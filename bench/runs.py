@@ -34,7 +34,7 @@ class TrialRun:
     folder: Path  # where the artifacts were downloaded
 
     def rankings(self) -> dict[str, np.ndarray]:
-        """The arrays of rankings.npz (see bench.tracking.rankings_arrays)."""
+        """The arrays of rankings.npz (see bench.rankings_file.rankings_arrays)."""
         with np.load(self.folder / "rankings.npz") as data:
             return {k: data[k] for k in data.files}
 

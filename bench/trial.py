@@ -122,9 +122,8 @@ class RepeatResult:
     history: list[dict[str, Any]]  # per-epoch training log, when the retriever keeps one
     index_seconds: float  # wall time of retriever.index (a kind that indexes in steps: of every step)
     query_ms: float  # mean wall time per test query (batched search)
-    steps: list[dict[str, float]] = field(
-        default_factory=list
-    )  # per step, for a study kind that indexes in steps
+    # per step, for a study kind that indexes in steps
+    steps: list[dict[str, float]] = field(default_factory=list)
     training: dict[str, Any] | None = (
         None  # the retriever's training record (vitdsi.training.monitor), if it trains
     )

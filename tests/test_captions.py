@@ -96,9 +96,8 @@ def test_held_out_templates_never_appear_in_training_captions(captioned_mosaic):
     held_out = {p: [max(literal_parts(t), key=len) for _, t in TEMPLATES[p]] for p in ("val", "test")}
     assert all(len(m) >= 6 for ms in held_out.values() for m in ms)
     training_text = np.concatenate([sets.corpus.captions.texts, sets.train.captions.texts])
-    assert len(training_text) == 2 * (
-        len(sets.corpus) + len(sets.train)
-    )  # their 2 training-phrased captions each
+    # their 2 training-phrased captions each
+    assert len(training_text) == 2 * (len(sets.corpus) + len(sets.train))
     for marker in held_out["val"] + held_out["test"]:
         assert not any(marker in t for t in training_text), marker
     for part in ("val", "test"):
@@ -110,9 +109,8 @@ def test_held_out_templates_never_appear_in_training_captions(captioned_mosaic):
     for part in PARTS:
         used = {template_of[i] for i in getattr(sets, part).captions.ids.tolist()}
         assert used and used <= set(ids[PART_PHRASING[part]]), part
-    assert {template_of[i] for i in sets.test.captions.ids.tolist()} == set(
-        ids["test"]
-    )  # every test template used
+    # every test template used
+    assert {template_of[i] for i in sets.test.captions.ids.tolist()} == set(ids["test"])
 
 
 def test_a_caption_goes_to_the_part_of_its_image(captioned_mosaic):

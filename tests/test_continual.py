@@ -16,9 +16,8 @@ from vitdsi.errors import VitDSIError
 from vitdsi.ids import extend_ids, make_ids
 from vitdsi.retrievers import load_retriever, registered, save_retriever
 
-NAMES = sorted(
-    n for n, cls in registered().items() if cls.query_kind == "image"
-)  # text retrievers do not add
+# text retrievers do not add
+NAMES = sorted(n for n, cls in registered().items() if cls.query_kind == "image")
 # retrievers whose index of the old images does not change when images are added (no retraining)
 FIXED_FEATURES = ("bovw", "classifier", "dual-encoder", "embedding", "pixels-knn")
 N_OLD = 40

@@ -138,9 +138,8 @@ def test_multilabel_classifier_ranks_by_summed_category_probability(tiny_split, 
     group_score = (probs.double() @ corpus.labels.double().T).gather(1, ranking.ids)  # in ranked order
     cos = (emb @ corpus_emb.T).gather(1, ranking.ids)
     assert (group_score.diff(dim=1) <= 1e-6).all(), "summed category probability must not increase"
-    same = (
-        corpus.labels[ranking.ids[:, 1:]].eq(corpus.labels[ranking.ids[:, :-1]]).all(-1)
-    )  # same category set
+    # same category set
+    same = corpus.labels[ranking.ids[:, 1:]].eq(corpus.labels[ranking.ids[:, :-1]]).all(-1)
     assert (cos.diff(dim=1)[same] <= 1e-6).all(), "cosine breaks ties within a category set"
     assert (ranking.scores.diff(dim=1) <= 0).all() and torch.isfinite(ranking.scores).all()
     save_retriever(r, tmp_path / "multi")
@@ -182,9 +181,8 @@ def test_dual_encoder_training_beats_the_untrained_tower(dual, tiny_split, held_
 def test_dual_encoder_on_epoch_hook_stops_training(tiny_split):
     r = create("dual-encoder", **TINY, epochs=10, embed_dim=16)
     seen = []
-    r.index(
-        tiny_split.corpus, on_epoch=lambda entry: seen.append(entry) or entry["epoch"] >= 2
-    )  # view pairs only
+    # view pairs only
+    r.index(tiny_split.corpus, on_epoch=lambda entry: seen.append(entry) or entry["epoch"] >= 2)
     assert [e["epoch"] for e in r.history] == [1, 2] and seen == r.history
     assert r.history[0]["phase"] == "contrastive"
 

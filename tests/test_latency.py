@@ -138,9 +138,8 @@ def test_latency_split_holds_train_add_and_timed_queries_and_grows_the_model():
         }
     dsi = {n: study.trial_config({"dataset.n_total": n, "method": "dsi"}) for n in (64, 256)}
     knn = study.trial_config({"dataset.n_total": 256, "method": "knn"})
-    assert (
-        dsi[64].params["dim"] == 64 and dsi[256].params["dim"] == 96
-    )  # the smoke preset's, then the grow rule's
+    # the smoke preset's, then the grow rule's
+    assert dsi[64].params["dim"] == 64 and dsi[256].params["dim"] == 96
     assert "dim" not in knn.params
     assert "grow" not in dsi[256].latency  # its effect is in the params (and so in the fingerprint)
     assert dsi[64].fingerprint() != dsi[256].fingerprint()

@@ -54,14 +54,12 @@ def test_latency_scaling_runs_at_smoke_and_records_quality_beside_latency(tmp_pa
         assert 0 < m["latency_b1_p50_ms"] <= m["latency_b1_p95_ms"] and m["index_bytes"] > 0
         assert m["add_ms_per_image"] > 0 and m["add_images"] == 16  # every method here can add
         if method == "dsi-clustered":
-            assert m["search_beam"] == 10 and m["id_length"] == (
-                2 if n == 64 else 3
-            )  # clustered ids: ceil(log10 N)
+            # clustered ids: ceil(log10 N)
+            assert m["search_beam"] == 10 and m["id_length"] == (2 if n == 64 else 3)
             assert p["mode"] == "multitask" and float(p["target_ia"]) == 0.95
             assert 1 <= m["index_epochs_run"] <= int(p["index_epochs"]) and 0 <= m["index_ia1"] <= 1
-            assert (
-                data.tags["supervision"] == "corpus labels + query pairs"
-            )  # multitask: trained on the train queries too
+            # multitask: trained on the train queries too
+            assert data.tags["supervision"] == "corpus labels + query pairs"
         else:
             assert "search_beam" not in m and "id_length" not in m and "index_ia1" not in m
         if method != "embedding-pixels-flat":  # the grow rule: dim 96 from N = 256 up, for both

@@ -155,9 +155,8 @@ def test_report_tables_images_and_numbers(study_store):
         mean, low, high = (float(x) for x in re.findall(r"[+-][0-9.]+", delta))
         assert mean == pytest.approx(maps[t] - maps[b], abs=2e-4) and low <= mean <= high
         assert 0.0 <= float(p_value) <= float(p_holm) <= 1.0 and int(n) > 0 and seeds == "3"
-        assert float(pooled.partition(" ± ")[0]) == pytest.approx(
-            mean, abs=1e-4
-        )  # same queries in every seed
+        # same queries in every seed
+        assert float(pooled.partition(" ± ")[0]) == pytest.approx(mean, abs=1e-4)
         assert 0.0 <= float(wilcoxon) <= 1.0
         if float(p_holm) < 0.05:
             assert verdict.startswith("trial better" if mean > 0 else "reference better")
@@ -222,9 +221,8 @@ def test_latency_study_report(tmp_path):
     )
     assert "split_ratio" not in setup
     lines = text.splitlines()
-    start = next(
-        i for i, line in enumerate(lines) if line.startswith("| method | N | L | k | beam |")
-    )  # all measurements
+    # all measurements
+    start = next(i for i, line in enumerate(lines) if line.startswith("| method | N | L | k | beam |"))
     header = [c.strip() for c in lines[start].strip("|").split("|")]
     measured = [[c.strip() for c in line.strip("|").split("|")] for line in lines[start + 2 : start + 8]]
     assert len(measured) == 6 and all(len(cells) == len(header) for cells in measured)
@@ -298,9 +296,8 @@ def test_near_chance_rule():
     assert not near_chance(0.40, 0.05, 0.26)
     assert near_chance(0.10, 0.05, 0.14, higher_is_better=False)  # FPR: upper end reaches chance
     assert not near_chance(0.05, 0.02, 0.14, higher_is_better=False)
-    assert not near_chance(0.26, float("nan"), 0.26) and not near_chance(
-        0.26, 0.1, None
-    )  # nothing to compare
+    # nothing to compare
+    assert not near_chance(0.26, float("nan"), 0.26) and not near_chance(0.26, 0.1, None)
 
 
 SETUP_STUDY = {

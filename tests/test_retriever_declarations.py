@@ -108,6 +108,5 @@ def test_the_patch_size_rule_reads_the_same_from_a_config_and_a_retriever():
             VitDSIError, match=f"^{name}: patch_size 5 does not divide the image size 32; choose"
         ):
             create(name, patch_size=5).check_image_size(32)
-    create("dsi-vit", patch_size=5, encoder="efficientnet-lite0").check_image_size(
-        32
-    )  # a borrowed encoder resizes
+    # a borrowed encoder resizes
+    create("dsi-vit", patch_size=5, encoder="efficientnet-lite0").check_image_size(32)

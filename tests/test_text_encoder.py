@@ -29,9 +29,8 @@ SBERT_SIMILARITIES = torch.tensor([[1.0, 0.6660, 0.1046], [0.6660, 1.0, 0.1411],
 
 
 def test_minilm_extracts_once_from_the_package_without_printing(text_cache, capfd, monkeypatch):
-    monkeypatch.delitem(
-        sys.modules, "all_minilm_l6_v2", raising=False
-    )  # import it afresh: it prints on import
+    # import it afresh: it prints on import
+    monkeypatch.delitem(sys.modules, "all_minilm_l6_v2", raising=False)
     folder = minilm_folder(text_cache)
     assert capfd.readouterr().out == ""
     assert all((folder / f).is_file() for f in MINILM_FILES) and folder.parent == Path(text_cache)
@@ -111,9 +110,8 @@ def test_scratch_encoder_is_explicit_deterministic_and_ignores_padding():
     again = make_text_encoder(cfg)
     assert torch.equal(enc.encode(CAPTIONS), again.encode(CAPTIONS))
     alone = torch.cat([enc.encode([t]) for t in CAPTIONS])
-    assert torch.allclose(
-        enc.encode(CAPTIONS), alone, atol=1e-5
-    )  # padding of the longest text changes nothing
+    # padding of the longest text changes nothing
+    assert torch.allclose(enc.encode(CAPTIONS), alone, atol=1e-5)
     enc.train()
     b = enc.tokenize(CAPTIONS)
     enc(b["input_ids"], b["attention_mask"]).sum().backward()

@@ -150,9 +150,8 @@ def test_pseudo_query_views_are_seeded(small):
 def test_baselines_train_on_views_of_the_shared_family(small):
     corpus, _ = small
     x = corpus.images[:16]
-    assert {create(name).views for name in ("dsi-vit", "classifier", "dual-encoder")} == {
-        "none"
-    }  # parity by default
+    # parity by default
+    assert {create(name).views for name in ("dsi-vit", "classifier", "dual-encoder")} == {"none"}
     for name in ("classifier", "dual-encoder"):
         for strength in VIEW_STRENGTHS:
             r = create(name, views=strength)

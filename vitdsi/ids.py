@@ -160,9 +160,8 @@ def make_ids(
         order = np.lexsort((rng.permutation(n), key))
         numbers = np.empty(n, dtype=np.int64)
         numbers[order] = np.arange(n)
-        return IdMap(
-            scheme, torch.from_numpy(digits_of(numbers, length)), torch.from_numpy(np.maximum(labels, -1))
-        )
+        codes = torch.from_numpy(digits_of(numbers, length))
+        return IdMap(scheme, codes, torch.from_numpy(np.maximum(labels, -1)))
     else:
         if features is None:
             raise VitDSIError(f"id scheme '{scheme}' needs a feature vector per corpus image")
@@ -200,9 +199,8 @@ def extend_ids(ids: IdMap, m: int, *, labels: np.ndarray | None = None, seed: in
         raise VitDSIError("extend_ids: nothing to add")
     rng = np.random.default_rng(seed)
     if ids.atomic:
-        return IdMap(
-            ids.scheme, torch.cat([ids.codes, torch.arange(ids.n, ids.n + m, dtype=torch.int64)[:, None]])
-        )
+        appended = torch.arange(ids.n, ids.n + m, dtype=torch.int64)[:, None]
+        return IdMap(ids.scheme, torch.cat([ids.codes, appended]))
     if ids.scheme not in ("random", "clustered"):
         raise VitDSIError(
             f"adding images to '{ids.scheme}' ids is not supported; use random, clustered or atomic ids"
@@ -223,9 +221,8 @@ def extend_ids(ids: IdMap, m: int, *, labels: np.ndarray | None = None, seed: in
         labels = np.maximum(np.asarray(labels, dtype=np.int64), -1)
         numbers = _clustered_slots(ids, used, labels, rng)
         classes = torch.cat([ids.classes, torch.from_numpy(labels)])
-        return IdMap(
-            ids.scheme, torch.cat([ids.codes, torch.from_numpy(digits_of(numbers, ids.length))]), classes
-        )
+        appended = torch.from_numpy(digits_of(numbers, ids.length))
+        return IdMap(ids.scheme, torch.cat([ids.codes, appended]), classes)
     return IdMap(ids.scheme, torch.cat([ids.codes, torch.from_numpy(digits_of(numbers, ids.length))]))
 
 

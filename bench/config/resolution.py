@@ -23,9 +23,8 @@ from vitdsi.data.protocols import PROTOCOLS
 from vitdsi.errors import VitDSIError
 
 MAX_GRID = 10_000
-_PER_SCALE = sorted(
-    set(StudyFile.model_fields) - {"name", "scale", "scales"}
-)  # what `scales.<scale>` may set
+# what `scales.<scale>` may set
+_PER_SCALE = sorted(set(StudyFile.model_fields) - {"name", "scale", "scales"})
 
 
 def scale_overlay(sf: StudyFile, scale: str, source: str) -> dict[str, Any]:

@@ -136,9 +136,8 @@ class DatasetConfig(_Model):
     n_total: int | None = Field(None, ge=2, le=MAX_IMAGES)  # images drawn for the split (indexed + queries)
     split_ratio: float | None = Field(None, gt=0, le=1)  # fraction of n_total that is indexed
     query_fractions: tuple[float, float, float] | None = None  # train / val / test share of the queries
-    seed: int = Field(
-        0, ge=0, le=MAX_SEED
-    )  # seeds the draw of images and the split (all trials share one split)
+    # seeds the draw of images and the split (all trials share one split)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     limit: int | None = Field(None, ge=1, le=MAX_IMAGES)  # keep at most this many source images (stratified)
     options: dict[str, Any] = Field(default_factory=dict)  # other loader parameters (e.g. fit: pad)
     protocol: str = "class"  # what a query is: a name in vitdsi.data.protocols.PROTOCOLS
@@ -177,9 +176,8 @@ class SamplerConfig(_Model):
     type: Literal["grid", "tpe", "random"] | None = (
         None  # default: grid when every dimension is a list of choices
     )
-    seed: int = Field(
-        0, ge=0, le=MAX_SEED
-    )  # seeds the sampler (per trial number, so parallel workers differ)
+    # seeds the sampler (per trial number, so parallel workers differ)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     n_startup_trials: int | None = Field(None, ge=0)  # TPE: random trials before modelling
 
 
@@ -232,9 +230,8 @@ class TuneConfig(_Model):
     trials_per_method: int = Field(ge=1)  # finished tuning trials per method: the same budget for each
     sampler: Literal["tpe", "random"] = "tpe"  # how knobs are drawn
     seed: int = Field(0, ge=0, le=MAX_SEED)  # seeds the sampler (per trial number)
-    n_startup_trials: int | None = Field(
-        None, ge=0
-    )  # TPE: random trials first; None = half the budget, at most 10
+    # TPE: random trials first; None = half the budget, at most 10
+    n_startup_trials: int | None = Field(None, ge=0)
     methods: dict[str, dict[str, Distribution]] = Field(min_length=1)  # method -> build parameter -> range
 
     @field_validator("methods", mode="before")
@@ -278,9 +275,8 @@ class _StudyFileHead(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # study name; also the default experiment
     description: str = ""  # what the study asks (shown by `bench list` and in reports)
     scale: str = "small"  # default scale preset; `bench run --scale` overrides it
-    plugins: list[str] = Field(
-        default_factory=list
-    )  # modules or .py files (relative to the study) that register retrievers
+    # modules or .py files (relative to the study) that register retrievers
+    plugins: list[str] = Field(default_factory=list)
     retriever: str | None = None  # one retriever ...
     methods: dict[str, MethodConfig] | None = None  # ... or several named (retriever, params) methods
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)  # the data and the split
@@ -291,12 +287,10 @@ class _StudyFileHead(_Model):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)  # how it searches
     n_trials: int | None = Field(None, ge=1)  # finished trials wanted; default: the whole grid, or 20
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)  # what it optimises
-    metrics: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_STUDY_METRICS), min_length=1
-    )  # logged per trial
-    repeats: int = Field(
-        1, ge=1, le=MAX_REPEATS
-    )  # seeds per trial; metrics are the mean over seeds with a 95% CI
+    # logged per trial
+    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_STUDY_METRICS), min_length=1)
+    # seeds per trial; metrics are the mean over seeds with a 95% CI
+    repeats: int = Field(1, ge=1, le=MAX_REPEATS)
     seed: int = Field(0, ge=0, le=MAX_SEED)  # first retriever seed; repeat r uses seed + r
     # torch / FAISS / OpenCV threads per worker; None = the libraries' default (every core). With
     # several workers on one machine, give each cores / workers: two 2-thread workers on 2 cores

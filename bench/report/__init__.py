@@ -16,6 +16,7 @@ from bench.kinds import kind_of
 from bench.report.compute import compute_section
 from bench.report.data import load_study_record
 from bench.report.figures import curves_section, precision_and_grid_section
+from bench.report.importances import importance_section
 from bench.report.methods import methods_section
 from bench.report.paired import paired_family, paired_section
 from bench.report.rankings import seen_in_training_section
@@ -24,7 +25,6 @@ from bench.report.results import (
     best_section,
     failed_section,
     header_section,
-    importance_section,
     protocol_description,
     results_section,
     table1_section,
@@ -67,9 +67,8 @@ def write_report(
     protocols = record.protocols() if scored else []
     if len(protocols) > 1:  # relevance and chance differ by protocol: one block of scored sections each
         parts = [(p, record.for_protocol(p), fig_dir / p) for p in protocols]
-        family = functools.cache(
-            lambda: paired_family(parts, rankings)
-        )  # Holm over every protocol's comparisons
+        # Holm over every protocol's comparisons
+        family = functools.cache(lambda: paired_family(parts, rankings))
         results = [("## Across protocols", lambda: across_protocols_section(record))]
         for p, sub, sub_dir in parts:
             sub_dir.mkdir(exist_ok=True)
@@ -106,10 +105,8 @@ def write_report(
         body = section()  # in this order: the ranking sections share `rankings`
         if body:
             sections += [heading, body]
-    for downloaded in [
-        fig_dir / ".artifacts",
-        *fig_dir.glob("*/.artifacts"),
-    ]:  # artifacts, not part of the report
+    # artifacts, not part of the report
+    for downloaded in [fig_dir / ".artifacts", *fig_dir.glob("*/.artifacts")]:
         shutil.rmtree(downloaded, ignore_errors=True)
     md = "\n\n".join(s for s in sections if s) + "\n"
     path = out_dir / f"{study}.md"

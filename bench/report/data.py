@@ -87,14 +87,12 @@ class StudyRecord:
     params: dict[str, str]
     tags: dict[str, str]
     resolved: dict[str, Any]  # study_resolved.yaml
-    runs: pd.DataFrame = field(
-        default_factory=pd.DataFrame
-    )  # finished trial runs, one row each, by trial number
+    # finished trial runs, one row each, by trial number
+    runs: pd.DataFrame = field(default_factory=pd.DataFrame)
     trials: list[TrialRecord] = field(default_factory=list)  # the same runs, one TrialRecord each
     failed: list[FailedRecord] = field(default_factory=list)  # trial runs that FAILED or were KILLED
-    tuning: pd.DataFrame = field(
-        default_factory=pd.DataFrame
-    )  # tuning trial runs (`tune:`), kept out of the above
+    # tuning trial runs (`tune:`), kept out of the above
+    tuning: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def objective(self) -> str:

@@ -27,9 +27,8 @@ class RunOutcome:
     best: dict[str, Any] | None  # number, value, params, run_id
     ran: int  # trials this worker ran
     metric: str = "MAP@10"  # the objective
-    trials: list[dict[str, Any]] = field(
-        default_factory=list
-    )  # every trial: number, state, params, metrics, error
+    # every trial: number, state, params, metrics, error
+    trials: list[dict[str, Any]] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)  # trial numbers that failed in this session
     interrupted: bool = False
     queued: int = 0  # grid points waiting in the queue

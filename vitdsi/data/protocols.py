@@ -114,9 +114,8 @@ class Protocol:
     """One evaluation protocol, declared once (see the module doc)."""
 
     name: str  # as `dataset.protocol` names it
-    apply: Callable[
-        [SplitSets, int, Any, Captions | None], SplitSets
-    ]  # (class split, seed, options, captions) -> sets
+    # (class split, seed, options, captions) -> sets
+    apply: Callable[[SplitSets, int, Any, Captions | None], SplitSets]
     describe: Callable[[Any], str]  # its options -> one line for a report's set-up
     options: type | None = None  # dataclass of its options (defaults; checks in __post_init__); None: none
     block: str | None = None  # the key of those options under `dataset:` in a study file

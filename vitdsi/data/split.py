@@ -64,9 +64,8 @@ class Split:
     train: np.ndarray  # int64 positions of train queries
     val: np.ndarray  # int64 positions of validation queries
     test: np.ndarray  # int64 positions of test queries
-    params: dict = field(
-        default_factory=dict
-    )  # n_total, split_ratio, query_fractions, seed, source fingerprint
+    # n_total, split_ratio, query_fractions, seed, source fingerprint
+    params: dict = field(default_factory=dict)
 
     def sizes(self) -> dict[str, int]:
         return {"idb": len(self.idb), "train": len(self.train), "val": len(self.val), "test": len(self.test)}

@@ -34,9 +34,8 @@ GROUP_GAP = 4.0  # score distance between consecutive groups; > 2, the range of 
 class Classifier(VitBaseline):
     """ViT encoder + class head; ranks corpus images by predicted class, then by cosine."""
 
-    supervision: ClassVar[Supervision] = Supervision(
-        corpus_labels=True, query_pairs=True, pretrained=True
-    )  # at most
+    # at most
+    supervision: ClassVar[Supervision] = Supervision(corpus_labels=True, query_pairs=True, pretrained=True)
     query_defaults: ClassVar[dict[str, Any]] = {}
     config_params = (*VitBaseline.config_params, *fields_of(TrainConfig, "label_smoothing"))
     smoke_params: ClassVar[dict[str, Any]] = TINY_VIT
@@ -194,9 +193,8 @@ class Classifier(VitBaseline):
                 1, order, torch.arange(n_groups, device=order.device).expand_as(order)
             )
             cos = q @ self._corpus_emb.T  # [B, N]
-            key = (
-                cos.double() - GROUP_GAP * rank[:, self._group_of].double()
-            )  # lexicographic: group, then cosine
+            # lexicographic: group, then cosine
+            key = cos.double() - GROUP_GAP * rank[:, self._group_of].double()
             pos, val = topk_ties_to_lower(key, k)
             ids.append(pos)
             scores.append(val.float())

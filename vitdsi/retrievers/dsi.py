@@ -69,9 +69,8 @@ class DSIViT(DSIRetriever):
         # retrieval task's replay; 0 = the old images only, and an add step without new train
         # queries then trains the indexing task alone)
         self.replay_queries = float(replay_queries)
-        self.add_epochs = int(
-            add_epochs
-        )  # epoch budget of an add step (stops at target_ia); 0 = index_epochs
+        # epoch budget of an add step (stops at target_ia); 0 = index_epochs
+        self.add_epochs = int(add_epochs)
         if self.add_strategy not in ADD_STRATEGIES:
             raise VitDSIError(
                 f"dsi-vit: add_strategy must be one of {', '.join(ADD_STRATEGIES)}, got '{add_strategy}'"

@@ -39,9 +39,8 @@ SEARCH_BATCH = 256  # queries decoded together
 class DSIRetriever(EncoderRetriever):
     """A VitDSI-family model that writes the ids of corpus images (abstract)."""
 
-    supervision = Supervision(
-        corpus_labels=True, query_pairs=True, pretrained=True
-    )  # at most; see supervision_used
+    # at most; see supervision_used
+    supervision = Supervision(corpus_labels=True, query_pairs=True, pretrained=True)
     reports_epochs = True
     query_defaults = {"beam_size": 10}  # hypotheses kept per decoding step (at least k are kept)
     config_params = (  # the model's and the trainer's fields, named and defaulted there

@@ -41,9 +41,8 @@ class DSIText(DSIRetriever, TextEncoderParams):
     """Seq2seq DSI that writes the ids of the images a caption describes; indexes images, learns captions."""
 
     query_kind = "text"
-    supervision = Supervision(
-        corpus_labels=True, captions=True, pretrained=True
-    )  # at most; see supervision_used
+    # at most; see supervision_used
+    supervision = Supervision(corpus_labels=True, captions=True, pretrained=True)
     config_params = (
         *with_defaults(DSIRetriever.config_params, mode="multitask"),
         *fields_of(TextEncoderConfig, *TEXT_ENCODER_PARAMS),
@@ -114,9 +113,8 @@ class DSIText(DSIRetriever, TextEncoderParams):
     def _search(self, texts: list[str], k: int) -> Ranking:
         batch = self._model.text.encoder.tokenize(texts)
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        order = torch.argsort(
-            mask.sum(1), descending=True, stable=True
-        )  # batches of similar length: little padding
+        # batches of similar length: little padding
+        order = torch.argsort(mask.sum(1), descending=True, stable=True)
 
         def encode(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             width = int(mask[rows].sum(1).max())

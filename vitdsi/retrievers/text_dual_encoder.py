@@ -101,9 +101,8 @@ class TextDualEncoder(VitModelRetriever, TextEncoderParams, FaissParams):
         n_batches = max(1, math.ceil(m / self.batch_size))
 
         def batches() -> list[torch.Tensor]:
-            return list(
-                torch.tensor_split(torch.randperm(m, generator=gen), n_batches)
-            )  # caption rows per batch
+            # caption rows per batch
+            return list(torch.tensor_split(torch.randperm(m, generator=gen), n_batches))
 
         def step(rows: torch.Tensor):
             positive = own[rows].to(self.device)  # each caption's own image

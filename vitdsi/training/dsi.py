@@ -162,9 +162,8 @@ class DSITrainer:
         )
         if phase != "index":
             q_perm = torch.randperm(len(self.queries), generator=self.gen)
-            q_target = self.sampler.sample(
-                q_perm, self.gen
-            )  # one relevant image per query, afresh each epoch
+            # one relevant image per query, afresh each epoch
+            q_target = self.sampler.sample(q_perm, self.gen)
         else:
             q_perm = q_target = torch.empty(0, dtype=torch.int64)
         total = len(idx_perm) + len(q_perm)

@@ -25,9 +25,8 @@ class GrowConfig(Block):
     its build parameters override those of every method named in `methods`; thresholds apply in
     ascending order, so the largest one reached wins (`grown_params`)."""
 
-    methods: list[str] = Field(
-        min_length=1
-    )  # methods (names in `methods`) that grow, e.g. the DSIs and a matched baseline
+    # methods (names in `methods`) that grow, e.g. the DSIs and a matched baseline
+    methods: list[str] = Field(min_length=1)
     at: dict[int, dict[str, Any]] = Field(min_length=1)  # threshold N -> build parameters from that N up
 
     @model_validator(mode="after")

@@ -129,6 +129,19 @@ def load_imagefolder(
             len(empty),
             ", ".join(empty[:10]) + (", ..." if len(empty) > 10 else ""),
         )
+    _log_skipped(base, len(paths), len(class_dirs), non_square, unreadable, failed)
+    return ImageSet(
+        images=images,
+        labels=torch.from_numpy(labels_arr),
+        source_ids=np.array([str(p.relative_to(base)) for p in paths]),
+        class_names=tuple(d.name for d in class_dirs),
+        name="imagefolder",
+        meta={"root": str(base), "size": size, "skipped": non_square + unreadable, "unreadable": unreadable},
+    )
+
+
+def _log_skipped(base: Path, n_images: int, n_classes: int, non_square: int, unreadable: int, failed) -> None:
+    """Log the images kept and those skipped (non-square, unreadable)."""
     if unreadable:
         log.warning(
             "imagefolder %s: skipped %d unreadable image file(s) (corrupt or truncated)%s",
@@ -140,17 +153,9 @@ def load_imagefolder(
         "imagefolder %s: %d images in %d classes (%d skipped: %d non-square, %d unreadable, corrupt or "
         "truncated)",
         base,
-        len(paths),
-        len(class_dirs),
+        n_images,
+        n_classes,
         non_square + unreadable,
         non_square,
         unreadable,
-    )
-    return ImageSet(
-        images=images,
-        labels=torch.from_numpy(labels_arr),
-        source_ids=np.array([str(p.relative_to(base)) for p in paths]),
-        class_names=tuple(d.name for d in class_dirs),
-        name="imagefolder",
-        meta={"root": str(base), "size": size, "skipped": non_square + unreadable, "unreadable": unreadable},
     )
