@@ -57,9 +57,8 @@ def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
                 f"takes {type(default).__name__} values (default {default!r}), got {value!r}"
             )
         elif (broken := _bound_error(study.methods[method].retriever, key, value)) is not None:
-            beyond[where] = (
-                f"field `{where}`: {broken}"  # unless a rejection by the retriever names the field
-            )
+            # unless a rejection by the retriever names the field
+            beyond[where] = f"field `{where}`: {broken}"
 
     paths: dict[tuple[str, str], str] = {}  # (method, parameter) -> where the study file sets it
     for mname, m in study.methods.items():
@@ -82,6 +81,14 @@ def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
                 check_type(mname, name, v, f"space.{key}")
     _raise_all(problems, source)
 
+    _check_points(study, known, _points(study), paths, problems, source)
+    problems += [line for where, line in beyond.items() if not any(f"field `{where}`" in p for p in problems)]
+    _raise_all(problems, source)
+
+
+def _points(study: Study) -> list[dict[str, Any]]:
+    """The points whose configurations are checked: the grid, else the fixed parameters, each
+    categorical choice alone and the ends of searched dataset ranges."""
     if study.sampler == "grid":
         points = study.grid()
     else:
@@ -92,6 +99,14 @@ def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
         for k, d in study.space.items():
             if route(k)[0] == "dataset" and isinstance(d, IntRange | FloatRange):
                 points += [{k: d.low}, {k: d.high}]
+    return points
+
+
+def _check_points(
+    study: Study, known: dict, points: list[dict[str, Any]], paths: dict, problems: list[str], source: str
+) -> None:
+    """Check the split and query kind of each point, construct each distinct configuration on the
+    CPU (its rejections added to `problems`) and check its image size."""
     seen: dict[str, Any] = {}
     checked: set[str] = set()
     for point in points:
@@ -121,8 +136,6 @@ def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
                 raise StudyConfigError(
                     f"{source}: {shown} with images of {trial.dataset.size} px (dataset.size): {e}"
                 ) from None
-    problems += [line for where, line in beyond.items() if not any(f"field `{where}`" in p for p in problems)]
-    _raise_all(problems, source)
 
 
 def _rejected(cls, params: dict[str, Any], where: dict[str, str]) -> list[str]:

@@ -211,6 +211,13 @@ def paired_section(family: PairedFamily | None, record: StudyRecord, protocol: s
     if margin is not None:
         header.append(f"equivalence p (±{margin:g}, Holm)")
     header += ["verdict", "seeds", "Δ pooled queries ± CI (secondary)", "Wilcoxon p (secondary)", "pairs"]
+    text = _paired_text(family, record)
+    return text + "\n\n" + md_table(header, rows)
+
+
+def _paired_text(family: PairedFamily, record: StudyRecord) -> str:
+    """How the comparisons of `paired_section` were made and tested."""
+    metric, margin = family.metric, family.margin
     n_all, n_protocols = len(family.comparisons), len({c.protocol for c in family.comparisons})
     how = (
         "a two-level bootstrap (seeds drawn with replacement, then the test queries within each drawn seed; "
@@ -246,4 +253,4 @@ def paired_section(family: PairedFamily | None, record: StudyRecord, protocol: s
         "signed-rank p, not Holm-corrected): they describe these trained models on these queries, not the "
         "methods."
     )
-    return text + "\n\n" + md_table(header, rows)
+    return text

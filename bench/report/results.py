@@ -206,6 +206,13 @@ def results_section(record: StudyRecord) -> str:
         "a method that learns from labels is rewarded for classifying, so compare it with a label-matched "
         "baseline (`classifier`, `dual-encoder`), not only with label-free ones."
     )
+    warnings = _results_warnings(record, names, tables, shared_chance)
+    return "\n\n".join([md_table(list(table.columns), table.values.tolist()), note, *warnings])
+
+
+def _results_warnings(record: StudyRecord, names: list[str], tables: dict, shared_chance: dict) -> list[str]:
+    """The warnings under the results table: few test queries, metrics at chance 1, IA@K after
+    fine-tuning."""
     warnings = []
     few = sorted(
         {int(n) for m in names if not m.startswith("IA@") for n in tables[m]["n"].dropna() if n < 30}
@@ -228,7 +235,7 @@ def results_section(record: StudyRecord) -> str:
             "an indexed image to its own id and IA@1 falls towards the share of its class (catastrophic "
             "forgetting of the index). The multitask mode keeps indexing examples in every batch to avoid it."
         )
-    return "\n\n".join([md_table(list(table.columns), table.values.tolist()), note, *warnings])
+    return warnings
 
 
 def _ci_cells(mean: pd.Series, ci: pd.Series) -> pd.Series:

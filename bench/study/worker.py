@@ -143,55 +143,7 @@ def _run(study: Study, options: RunOptions) -> RunOutcome:
             parent_id=parent_id,
             max_failures=MAX_CONSECUTIVE_FAILURES,
         )
-        with progress(transient=False) as bar:
-            task = bar.add_task(f"trials of {study_name}", total=target)
-            consecutive_failures = 0
-            while True:
-                interrupt.check()  # between trials
-                # every decision below reads one snapshot, taken under the claim lock, which is held
-                # until `optimize` has popped (or made) this worker's trial
-                claim.acquire()
-                try:
-                    optuna.storages.fail_stale_trials(ostudy)
-                    trials = ostudy.get_trials(deepcopy=False)
-                    if grid is not None and grid.retries_first(
-                        ostudy, storage, trials
-                    ):  # a stale trial's retry
-                        trials = ostudy.get_trials(deepcopy=False)
-                    done = grid.done(trials) if grid else sum(t.state == TrialState.COMPLETE for t in trials)
-                    bar.update(task, completed=min(done, target))
-                    running = [t for t in trials if t.state == TrialState.RUNNING]
-                    if done >= target:
-                        break
-                    if grid is not None:
-                        has_work = any(t.state == TrialState.WAITING for t in trials)
-                    else:
-                        has_work = consecutive_failures < MAX_CONSECUTIVE_FAILURES
-                    if has_work and done + len(running) < target:
-                        before = objective.failures
-                        try:
-                            ostudy.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
-                        except Exception as e:  # raised by the sampler in `ask`, before the objective ran
-                            number = fail_unclaimed(
-                                ostudy, storage, trials, f"sampler: {type(e).__name__}: {e}"
-                            )
-                            objective.sampler_failed(number, e)
-                        consecutive_failures = consecutive_failures + 1 if objective.failures > before else 0
-                        continue
-                finally:
-                    claim.release()
-                if running and options.wait_for_others:
-                    bar.update(
-                        task,
-                        description=f"trials of {study_name} (waiting for {len(running)} in other workers)",
-                    )
-                    time.sleep(min(options.heartbeat, 5))
-                    continue
-                if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
-                    log.error(
-                        f"{consecutive_failures} trials failed in a row; stopping (see the errors above)"
-                    )
-                break
+        _trial_loop(ostudy, storage, objective, study_name, target, grid, claim, options)
     except KeyboardInterrupt:
         outcome.interrupted = True
         console.print(
@@ -201,6 +153,57 @@ def _run(study: Study, options: RunOptions) -> RunOutcome:
     finally:
         _close(study, ostudy, tracker, parent_id, outcome)
     return outcome
+
+
+def _trial_loop(
+    ostudy, storage, objective: Objective, study_name: str, target: int, grid, claim, options: RunOptions
+) -> None:
+    """Run trials until `target` are done, nothing is left for this worker or too many failed in a row,
+    waiting for other workers' running trials (`options.wait_for_others`)."""
+    with progress(transient=False) as bar:
+        task = bar.add_task(f"trials of {study_name}", total=target)
+        consecutive_failures = 0
+        while True:
+            interrupt.check()  # between trials
+            # every decision below reads one snapshot, taken under the claim lock, which is held
+            # until `optimize` has popped (or made) this worker's trial
+            claim.acquire()
+            try:
+                optuna.storages.fail_stale_trials(ostudy)
+                trials = ostudy.get_trials(deepcopy=False)
+                # a stale trial's retry
+                if grid is not None and grid.retries_first(ostudy, storage, trials):
+                    trials = ostudy.get_trials(deepcopy=False)
+                done = grid.done(trials) if grid else sum(t.state == TrialState.COMPLETE for t in trials)
+                bar.update(task, completed=min(done, target))
+                running = [t for t in trials if t.state == TrialState.RUNNING]
+                if done >= target:
+                    break
+                if grid is not None:
+                    has_work = any(t.state == TrialState.WAITING for t in trials)
+                else:
+                    has_work = consecutive_failures < MAX_CONSECUTIVE_FAILURES
+                if has_work and done + len(running) < target:
+                    before = objective.failures
+                    try:
+                        ostudy.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+                    except Exception as e:  # raised by the sampler in `ask`, before the objective ran
+                        number = fail_unclaimed(ostudy, storage, trials, f"sampler: {type(e).__name__}: {e}")
+                        objective.sampler_failed(number, e)
+                    consecutive_failures = consecutive_failures + 1 if objective.failures > before else 0
+                    continue
+            finally:
+                claim.release()
+            if running and options.wait_for_others:
+                bar.update(
+                    task,
+                    description=f"trials of {study_name} (waiting for {len(running)} in other workers)",
+                )
+                time.sleep(min(options.heartbeat, 5))
+                continue
+            if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+                log.error(f"{consecutive_failures} trials failed in a row; stopping (see the errors above)")
+            break
 
 
 def _close(study: Study, ostudy, tracker: Tracker, parent_id: str, outcome: RunOutcome) -> None:

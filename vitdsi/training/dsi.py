@@ -226,21 +226,7 @@ class DSITrainer:
                     sched.step()
                     step += 1
                     with torch.no_grad():
-                        exact = self._exact(logits, codes)
-                        fc = from_corpus.float()
-                        batch = (
-                            torch.stack(
-                                [
-                                    (loss * fc).sum(),
-                                    fc.sum(),
-                                    (loss * (1 - fc)).sum(),
-                                    (1 - fc).sum(),
-                                    (exact.float() * fc).sum(),
-                                ]
-                            )
-                            .double()
-                            .cpu()
-                        )
+                        batch = self._batch_sums(loss, self._exact(logits, codes), from_corpus)
                     check_loss(
                         (batch[0] + batch[2]).item(), phase=f"dsi {phase}", epoch=epoch, step=step, lr=cfg.lr
                     )
@@ -291,6 +277,24 @@ class DSITrainer:
                     log.info("dsi %s: validation plateau after %d epochs", phase, epoch)
                     return False
         return False
+
+    @staticmethod
+    def _batch_sums(loss: torch.Tensor, exact: torch.Tensor, from_corpus: torch.Tensor) -> torch.Tensor:
+        """One batch's [loss idx, n idx, loss query, n query, exact idx], float64 on the CPU."""
+        fc = from_corpus.float()
+        return (
+            torch.stack(
+                [
+                    (loss * fc).sum(),
+                    fc.sum(),
+                    (loss * (1 - fc)).sum(),
+                    (1 - fc).sum(),
+                    (exact.float() * fc).sum(),
+                ]
+            )
+            .double()
+            .cpu()
+        )
 
     def _steps_per_epoch(self, phase: str) -> int:
         n_idx = len(self.corpus) * (1 + self.cfg.index_views) if phase != "retrieval" else 0

@@ -107,6 +107,23 @@ def continual_section(record: StudyRecord, out: Path, rel: str) -> str | None:
         xlabel="step (0 = first index)",
     )
 
+    lines = _cost_lines(trials, data)
+    return "\n\n".join(
+        [
+            "Each trial indexes the first share of the indexed images, then adds the rest in batches "
+            "(`Retriever.add`); every number is the mean over seeds after that step. IA@1 queries indexed "
+            f"images with themselves; {record.objective} is on the test queries that have a relevant image "
+            "indexed by then.",
+            table,
+            f"![forgetting curves]({rel}/{fig.name})",
+            *lines,
+        ]
+    )
+
+
+def _cost_lines(trials: dict, data: dict) -> list[str]:
+    """The cost of adding an image per DSI method against the baselines, and the goal verdict of each
+    replay DSI."""
     cost = {m: _add_cost(s) for m, s in data.items()}
     dsis = [m for m, t in trials.items() if m in data and t.retriever == "dsi-vit"]
     others = [m for m in data if m not in dsis]
@@ -144,14 +161,4 @@ def continual_section(record: StudyRecord, out: Path, rel: str) -> str | None:
             f"{GOAL_COST:.0%} of full retraining's cost): **{verdict}**; lowest IA@1 after an "
             f"add step {_fmt(low_old)} (original images) and {_fmt(low_new)} (added images), {cost_text}."
         )
-    return "\n\n".join(
-        [
-            "Each trial indexes the first share of the indexed images, then adds the rest in batches "
-            "(`Retriever.add`); every number is the mean over seeds after that step. IA@1 queries indexed "
-            f"images with themselves; {record.objective} is on the test queries that have a relevant image "
-            "indexed by then.",
-            table,
-            f"![forgetting curves]({rel}/{fig.name})",
-            *lines,
-        ]
-    )
+    return lines
