@@ -20,7 +20,12 @@ from vitdsi.data import SplitSets
 from vitdsi.metrics import parse_metric
 from vitdsi.training.monitor import ValidationSet
 
-_MEANS = ("train_flops", "train_examples", "epochs_used", "epoch_cap")  # record fields logged as the mean over seeds
+_MEANS = (
+    "train_flops",
+    "train_examples",
+    "epochs_used",
+    "epoch_cap",
+)  # record fields logged as the mean over seeds
 
 
 def validation_metric(cfg: TrialConfig) -> str | None:

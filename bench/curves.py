@@ -16,7 +16,9 @@ class EpochLogger:
     """Per-epoch training metrics of one trial run, buffered and written every `flush_s`
     seconds (a commit per epoch would slow short epochs down); call `flush()` at the end."""
 
-    def __init__(self, tracker: Tracker, run_id: str, *, seeds: bool = False, first_seed: int = 0, flush_s: float = 5.0) -> None:
+    def __init__(
+        self, tracker: Tracker, run_id: str, *, seeds: bool = False, first_seed: int = 0, flush_s: float = 5.0
+    ) -> None:
         self.tracker, self.run_id = tracker, run_id
         self.seeds, self.first_seed, self.flush_s = seeds, first_seed, flush_s
         self.step = 0  # epochs so far, over every phase and seed: the MLflow step
@@ -45,9 +47,14 @@ def epoch_metrics(entry: dict[str, Any], prefix: str = "train/") -> dict[str, fl
     """An epoch log -> {train/<phase>/<field>: value} for every finite numeric field."""
     phase = entry.get("phase")
     base = f"{prefix}{phase}/" if phase else prefix
-    return {f"{base}{k}": float(v) for k, v in entry.items()
-            if k not in ("phase", "epoch", "step") and isinstance(v, int | float) and not isinstance(v, bool)
-            and np.isfinite(v)}
+    return {
+        f"{base}{k}": float(v)
+        for k, v in entry.items()
+        if k not in ("phase", "epoch", "step")
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and np.isfinite(v)
+    }
 
 
 def checkpoint_metrics(result) -> list[tuple[int, dict[str, float]]]:
@@ -61,8 +68,13 @@ def checkpoint_metrics(result) -> list[tuple[int, dict[str, float]]]:
             continue
         prefix = f"curve/seed{result.config.seed + i}/"
         for step, c in enumerate(record["checkpoints"]):
-            values = {f"{prefix}val_{metric_key(record['metric'])}": c["value"], f"{prefix}flops": c["flops"],
-                      f"{prefix}examples": c["examples"], f"{prefix}epoch": c["epoch"], f"{prefix}seconds": c["seconds"]}
+            values = {
+                f"{prefix}val_{metric_key(record['metric'])}": c["value"],
+                f"{prefix}flops": c["flops"],
+                f"{prefix}examples": c["examples"],
+                f"{prefix}epoch": c["epoch"],
+                f"{prefix}seconds": c["seconds"],
+            }
             out.append((step, {k: float(v) for k, v in values.items() if np.isfinite(v)}))
     return out
 
@@ -72,6 +84,8 @@ def log_checkpoints(tracker: Tracker, run_id: str, result) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [Metric(k, v, now, step) for step, values in checkpoint_metrics(result) for k, v in values.items()]
+    items = [
+        Metric(k, v, now, step) for step, values in checkpoint_metrics(result) for k, v in values.items()
+    ]
     for s in range(0, len(items), 1000):
         tracker.client.log_batch(run_id, metrics=items[s : s + 1000])

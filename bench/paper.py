@@ -39,8 +39,9 @@ for _size, _c, _rnd in (
 
 METHOD_NOTE = (
     "Paper columns are copied from Table 1 of the ViT-DSI paper (ImageNet at 160 px, 10 classes, DB size = "
-    "all images, 25% indexed). The paper's column named \"MAP@10\" is printed here beside our P@10: its code "
-    "(`compute_mean_average_precision_at_k` in the original repository's `src/scripts/evaluation.py`) computes "
+    'all images, 25% indexed). The paper\'s column named "MAP@10" is printed here beside our P@10: its code '
+    "(`compute_mean_average_precision_at_k` in the original repository's `src/scripts/evaluation.py`) "
+    "computes "
     "Precision@10, |top-10 ∩ relevant| / 10, and the paper averages it, like Recall@100, over N = 10 query "
     "images. Our P@10, MAP@10 (AP@10 divided by min(10, R)) and R@100 are means over every test query, each "
     "with a 95% CI and the chance level of the same split; the paper had no label-matched baseline, so its "
@@ -48,7 +49,9 @@ METHOD_NOTE = (
 )
 
 
-def paper_row(method: str, mode: str | None, id_scheme: str | None, db_size: int) -> dict[str, float | None] | None:
+def paper_row(
+    method: str, mode: str | None, id_scheme: str | None, db_size: int
+) -> dict[str, float | None] | None:
     """The paper's numbers for one configuration, or None when the paper did not run it."""
     if method != "dsi-vit":
         mode, id_scheme = None, None

@@ -31,7 +31,9 @@ def _save(fig, path: Path, *, layout: bool = True) -> Path:
     return path
 
 
-def latency_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: Path, title: str) -> Path:
+def latency_plot(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: Path, title: str
+) -> Path:
     """series: label -> (N values, per-query latency in ms); one line per label with its fitted slope."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, (ns, ms) in series.items():
@@ -53,8 +55,13 @@ def latency_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], 
     return _save(fig, path)
 
 
-def pareto_plot(panels: Sequence[tuple[str, str, Mapping[str, tuple[float, float]], set[str]]], n_cols: int,
-                highlight: set[str], path: Path, title: str) -> Path:
+def pareto_plot(
+    panels: Sequence[tuple[str, str, Mapping[str, tuple[float, float]], set[str]]],
+    n_cols: int,
+    highlight: set[str],
+    path: Path,
+    title: str,
+) -> Path:
     """panels: (x label, y label, label -> (latency, quality), labels on the Pareto front), laid out
     n_cols a row; latency on a log axis, one colour per label in every panel, `highlight`ed labels
     (the DSIs) as stars, and the front as a step line from the fastest front point."""
@@ -65,8 +72,15 @@ def pareto_plot(panels: Sequence[tuple[str, str, Mapping[str, tuple[float, float
     for ax, (xlabel, ylabel, points, front) in zip(axes.flat, panels):
         for label, (x, y) in points.items():
             if np.isfinite(x) and np.isfinite(y):
-                ax.scatter(x, y, color=colours[label], marker="*" if label in highlight else "o",
-                           s=90 if label in highlight else 36, edgecolors="black" if label in front else "none", zorder=3)
+                ax.scatter(
+                    x,
+                    y,
+                    color=colours[label],
+                    marker="*" if label in highlight else "o",
+                    s=90 if label in highlight else 36,
+                    edgecolors="black" if label in front else "none",
+                    zorder=3,
+                )
         on = sorted((points[label] for label in front), key=lambda p: p[0])
         if on:
             ax.step([p[0] for p in on], [p[1] for p in on], where="post", color="black", alpha=0.5, lw=1)
@@ -75,17 +89,23 @@ def pareto_plot(panels: Sequence[tuple[str, str, Mapping[str, tuple[float, float
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
-    handles = [plt.Line2D([], [], color=colours[label], marker="*" if label in highlight else "o", linestyle="",
-                          label=label) for label in labels]
+    handles = [
+        plt.Line2D(
+            [], [], color=colours[label], marker="*" if label in highlight else "o", linestyle="", label=label
+        )
+        for label in labels
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(handles) - 1) // 4), 1, 1))  # room for the legend
     return _save(fig, path, layout=False)
 
 
-def precision_curve(curves: Mapping[str, np.ndarray], chance: Mapping[str, np.ndarray] | None, path: Path, title: str) -> Path:
+def precision_curve(
+    curves: Mapping[str, np.ndarray], chance: Mapping[str, np.ndarray] | None, path: Path, title: str
+) -> Path:
     """curves: label -> mean P@K for K = 1..len; dotted chance lines when given."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, values in curves.items():
@@ -102,8 +122,12 @@ def precision_curve(curves: Mapping[str, np.ndarray], chance: Mapping[str, np.nd
     return _save(fig, path)
 
 
-def training_curves(histories: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]], path: Path, title: str,
-                    xlabel: str = "epoch") -> Path:
+def training_curves(
+    histories: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]],
+    path: Path,
+    title: str,
+    xlabel: str = "epoch",
+) -> Path:
     """histories: run label -> metric name -> [(epoch, value)]; one panel per metric name,
     at most three panels a row, and one colour per run across every panel."""
     names = list(dict.fromkeys(m for h in histories.values() for m in h))  # first-seen order
@@ -121,7 +145,7 @@ def training_curves(histories: Mapping[str, Mapping[str, Sequence[tuple[int, flo
         ax.set_title(name, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.grid(True, alpha=0.3)
-    for ax in axes.flat[len(names):]:
+    for ax in axes.flat[len(names) :]:
         ax.set_visible(False)
     handles = [plt.Line2D([], [], color=c, label=label) for label, c in colours.items()]
     fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
@@ -130,8 +154,9 @@ def training_curves(histories: Mapping[str, Mapping[str, Sequence[tuple[int, flo
     return _save(fig, path, layout=False)
 
 
-def quality_flops_plot(series: Mapping[str, Sequence[Sequence[tuple[float, float]]]], path: Path, title: str,
-                       ylabel: str) -> Path:
+def quality_flops_plot(
+    series: Mapping[str, Sequence[Sequence[tuple[float, float]]]], path: Path, title: str, ylabel: str
+) -> Path:
     """series: label -> one [(training FLOPs, validation quality), ...] curve per seed; one colour
     per label, every seed a thin line, FLOPs on a log axis."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -152,8 +177,15 @@ def quality_flops_plot(series: Mapping[str, Sequence[Sequence[tuple[float, float
     return _save(fig, path)
 
 
-def retrieval_grid(queries: np.ndarray, results: np.ndarray, relevant: np.ndarray, path: Path, title: str,
-                   query_labels: list[str] | None = None, result_labels: list[list[str]] | None = None) -> Path:
+def retrieval_grid(
+    queries: np.ndarray,
+    results: np.ndarray,
+    relevant: np.ndarray,
+    path: Path,
+    title: str,
+    query_labels: list[str] | None = None,
+    result_labels: list[list[str]] | None = None,
+) -> Path:
     """queries uint8 [Q, 3, H, W]; results uint8 [Q, k, 3, H, W] (zeros where missing);
     relevant bool [Q, k]; optional class names of the queries [Q] and results [Q][k], printed
     under each image. Relevant results get a green frame, others red."""
@@ -182,8 +214,16 @@ def retrieval_grid(queries: np.ndarray, results: np.ndarray, relevant: np.ndarra
     return _save(fig, path)
 
 
-def caption_grid(captions: list[str], own: np.ndarray, results: np.ndarray, relevant: np.ndarray, is_own: np.ndarray,
-                 path: Path, title: str, result_labels: list[list[str]] | None = None) -> Path:
+def caption_grid(
+    captions: list[str],
+    own: np.ndarray,
+    results: np.ndarray,
+    relevant: np.ndarray,
+    is_own: np.ndarray,
+    path: Path,
+    title: str,
+    result_labels: list[list[str]] | None = None,
+) -> Path:
     """Caption queries: each row prints its caption above, then the caption's own image (blue frame)
     and its top-k results. own uint8 [Q, 3, H, W]; results uint8 [Q, k, 3, H, W] (zeros where
     missing); relevant / is_own bool [Q, k]: green frames for relevant results, red for others,
@@ -206,11 +246,15 @@ def caption_grid(captions: list[str], own: np.ndarray, results: np.ndarray, rele
             for side in ax.spines.values():
                 side.set_edgecolor("#1a9850" if relevant[q, j] else "#d73027")
                 side.set_linewidth(3)
-            text = (result_labels[q][j] if result_labels is not None else f"#{j + 1}") + (" (own)" if is_own[q, j] else "")
+            text = (result_labels[q][j] if result_labels is not None else f"#{j + 1}") + (
+                " (own)" if is_own[q, j] else ""
+            )
             ax.set_xlabel(text, fontsize=6)
         for ax in axes[q]:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle(title + "  (blue: the caption's own image; green: relevant)", fontsize=9)
-    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.5 / (1.75 * n_q + 0.3), bottom=0.04, hspace=0.55, wspace=0.08)
+    fig.subplots_adjust(
+        left=0.02, right=0.98, top=1 - 0.5 / (1.75 * n_q + 0.3), bottom=0.04, hspace=0.55, wspace=0.08
+    )
     return _save(fig, path, layout=False)

@@ -11,8 +11,16 @@ from pathlib import Path
 
 # distributions whose versions change the numbers
 PACKAGES = (
-    "vitdsi-bench", "torch", "torchvision", "numpy", "scipy", "scikit-learn",
-    "opencv-contrib-python-headless", "faiss-cpu", "optuna", "mlflow",
+    "vitdsi-bench",
+    "torch",
+    "torchvision",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "opencv-contrib-python-headless",
+    "faiss-cpu",
+    "optuna",
+    "mlflow",
 )
 
 
@@ -22,9 +30,17 @@ def git_info() -> dict[str, str]:
     (comma-separated, cut to an MLflow tag's length)} of the checkout holding the code."""
     root = Path(__file__).resolve().parents[1]
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                capture_output=True, text=True, timeout=10, check=True).stdout
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
         changed = ",".join(line[3:] for line in status.splitlines() if line.strip())
         return {"sha": sha, "dirty": str(bool(status.strip())).lower(), "changed": changed[:4000]}
     except (OSError, subprocess.SubprocessError):
@@ -49,7 +65,11 @@ def device_info(device: str | None = None) -> dict[str, str]:
     from vitdsi.retrievers.base import default_device
 
     dev = torch.device(device) if device else default_device()
-    info = {"device": str(dev), "torch_threads": str(torch.get_num_threads()), "platform": platform.platform()}
+    info = {
+        "device": str(dev),
+        "torch_threads": str(torch.get_num_threads()),
+        "platform": platform.platform(),
+    }
     if dev.type == "cuda":
         info["name"] = torch.cuda.get_device_name(dev)
     else:

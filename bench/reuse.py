@@ -17,7 +17,11 @@ REUSED_TAG = "reused_from"  # on a reused run: the run that measured its numbers
 _COPIED_TAGS = ("device", "supervision", "supervision.uses_labels", "split.fingerprint")
 _SUMMARY_FIELDS = (("ci95", "_ci95"), ("chance", "_chance"), ("n_queries", "_n"), ("ci95_queries", "_qci95"))
 # the index stays in the source run; a study kind that indexes in steps logs them as `<key>.json`
-_COPIED_ARTIFACTS = ("split.json", "rankings.npz", *(f"{kind.key}.json" for kind in KINDS.values() if kind.indexes))
+_COPIED_ARTIFACTS = (
+    "split.json",
+    "rankings.npz",
+    *(f"{kind.key}.json" for kind in KINDS.values() if kind.indexes),
+)
 
 
 def find_source(tracker: Tracker, cfg: TrialConfig):
@@ -26,12 +30,21 @@ def find_source(tracker: Tracker, cfg: TrialConfig):
     client = tracker.client
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(
-        experiments, order_by=["attributes.start_time ASC"], max_results=200,
-        filter_string=f"tags.`trial.result_fingerprint` = '{cfg.result_fingerprint()}' and attributes.status = 'FINISHED'",
+        experiments,
+        order_by=["attributes.start_time ASC"],
+        max_results=200,
+        filter_string=f"tags.`trial.result_fingerprint` = '{cfg.result_fingerprint()}' and attributes.status "
+        "= 'FINISHED'",
     )
     wanted = [metric_key(m) for m in cfg.metrics]
-    return next((r for r in runs if r.data.tags.get("vitdsi.kind") == "trial" and all(k in r.data.metrics for k in wanted)),
-                None)
+    return next(
+        (
+            r
+            for r in runs
+            if r.data.tags.get("vitdsi.kind") == "trial" and all(k in r.data.metrics for k in wanted)
+        ),
+        None,
+    )
 
 
 def copy_result(tracker: Tracker, source, run_id: str) -> None:
@@ -52,8 +65,12 @@ def copy_result(tracker: Tracker, source, run_id: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in _COPIED_ARTIFACTS:
             if name in present:
-                client.log_artifact(run_id, download_artifacts(run_id=src, artifact_path=name, dst_path=tmp,
-                                                               tracking_uri=tracker.uri))
+                client.log_artifact(
+                    run_id,
+                    download_artifacts(
+                        run_id=src, artifact_path=name, dst_path=tmp, tracking_uri=tracker.uri
+                    ),
+                )
     client.set_terminated(run_id, status="FINISHED")
 
 
@@ -63,8 +80,11 @@ def summaries(metrics: dict[str, float], names, *, val: bool, n_seeds: int) -> d
     for name in names:
         key = (VAL_PREFIX if val else "") + metric_key(name)
         if key in metrics:
-            out[name] = {"mean": metrics[key], "n_seeds": n_seeds,
-                         **{field: metrics.get(key + suffix, math.nan) for field, suffix in _SUMMARY_FIELDS}}
+            out[name] = {
+                "mean": metrics[key],
+                "n_seeds": n_seeds,
+                **{field: metrics.get(key + suffix, math.nan) for field, suffix in _SUMMARY_FIELDS},
+            }
     return out
 
 
@@ -72,5 +92,7 @@ def reuse(tracker: Tracker, source, run_id: str, cfg: TrialConfig) -> tuple[dict
     """Copy `source` into `run_id`; the test and validation summaries of the copied metrics."""
     copy_result(tracker, source, run_id)
     metrics = source.data.metrics
-    return (summaries(metrics, cfg.metrics, val=False, n_seeds=cfg.repeats),
-            summaries(metrics, cfg.metrics, val=True, n_seeds=cfg.repeats))
+    return (
+        summaries(metrics, cfg.metrics, val=False, n_seeds=cfg.repeats),
+        summaries(metrics, cfg.metrics, val=True, n_seeds=cfg.repeats),
+    )

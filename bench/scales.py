@@ -25,7 +25,9 @@ class ScalePreset:
     description: str  # one line for `bench list` and reports
     # per-retriever build parameters; a retriever not named here uses its own defaults
     retriever_params: dict[str, dict[str, Any]] = field(default_factory=dict)
-    tune_trials: int | None = None  # at most this many tuning trials per method (a study's `tune:`); None = as the study says
+    tune_trials: int | None = (
+        None  # at most this many tuning trials per method (a study's `tune:`); None = as the study says
+    )
     # True: each retriever's own `smoke_params` instead of `retriever_params` (the smoke settings live
     # beside each retriever, so a new one, a plugin's included, brings its own)
     own_params: bool = False
@@ -63,9 +65,21 @@ SCALES: dict[str, ScalePreset] = {
             # sets its own recipe, and any study's model choice reads validation queries. Small batches,
             # one decoder layer, lr 5e-4 (1e-3 stalls random ids), augmentation + dropout for retrieval
             "dsi-vit": {
-                "patch_size": 4, "dim": 128, "ff_dim": 256, "depth": 4, "decoder_depth": 1, "heads": 4,
-                "dropout": 0.1, "pos_encoding": "sinusoidal", "id_scheme": "clustered", "mode": "multitask",
-                "index_epochs": 60, "retrieval_epochs": 100, "lr": 5e-4, "batch_size": 16, "views": "light",
+                "patch_size": 4,
+                "dim": 128,
+                "ff_dim": 256,
+                "depth": 4,
+                "decoder_depth": 1,
+                "heads": 4,
+                "dropout": 0.1,
+                "pos_encoding": "sinusoidal",
+                "id_scheme": "clustered",
+                "mode": "multitask",
+                "index_epochs": 60,
+                "retrieval_epochs": 100,
+                "lr": 5e-4,
+                "batch_size": 16,
+                "views": "light",
                 "target_ia": 0.99,
             },
         },
@@ -79,11 +93,23 @@ SCALES: dict[str, ScalePreset] = {
         description="an ImageNet-style image folder at 160 px with the paper's model: GPU reproduction",
         retriever_params={
             # the paper's section 3.2.1: 16 px patches, dim 128, ff 256, depth 6, 4 heads, dropout 0.1,
-            # lr 5e-4, batch 32, indexing to >= 0.98 training accuracy (700-1000 epochs), 75 fine-tuning epochs
+            # lr 5e-4, batch 32, indexing to >= 0.98 training accuracy (700-1000 epochs), 75 fine-tuning
+            # epochs
             "dsi-vit": {
-                "patch_size": 16, "dim": 128, "ff_dim": 256, "depth": 6, "heads": 4, "dropout": 0.1,
-                "pos_encoding": "sinusoidal", "id_scheme": "clustered", "mode": "fine-tuned", "index_epochs": 1000,
-                "retrieval_epochs": 75, "lr": 5e-4, "batch_size": 32, "target_ia": 0.98,
+                "patch_size": 16,
+                "dim": 128,
+                "ff_dim": 256,
+                "depth": 6,
+                "heads": 4,
+                "dropout": 0.1,
+                "pos_encoding": "sinusoidal",
+                "id_scheme": "clustered",
+                "mode": "fine-tuned",
+                "index_epochs": 1000,
+                "retrieval_epochs": 75,
+                "lr": 5e-4,
+                "batch_size": 32,
+                "target_ia": 0.98,
             },
         },
     ),

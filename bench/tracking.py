@@ -22,6 +22,7 @@ import yaml
 from bench import provenance
 from bench.config import Study, TrialConfig
 from bench.kinds import kind_of
+from bench.rankings_file import rankings_arrays
 from vitdsi.data.protocols import get_protocol
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -56,7 +57,7 @@ def sqlite_path(uri: str) -> Path | None:
     """The file of a sqlite:/// URI (None for anything else)."""
     if not uri.startswith("sqlite:///"):
         return None
-    return Path(uri[len("sqlite:///"):])
+    return Path(uri[len("sqlite:///") :])
 
 
 def local_store_dir(tracking_uri: str) -> Path | None:
@@ -146,8 +147,16 @@ class Tracker:
         except MlflowException:
             return False
 
-    def start_parent(self, study: Study, *, study_name: str, storage: str, experiment_id: str,
-                     study_file: str | None, device: str | None) -> str:
+    def start_parent(
+        self,
+        study: Study,
+        *,
+        study_name: str,
+        storage: str,
+        experiment_id: str,
+        study_file: str | None,
+        device: str | None,
+    ) -> str:
         tags = {
             "mlflow.runName": study_name,
             "vitdsi.kind": "study",
@@ -166,14 +175,22 @@ class Tracker:
         run = self.client.create_run(experiment_id, tags=tags)
         run_id = run.info.run_id
         params = {
-            "scale": study.scale, "sampler": study.sampler, "sampler_seed": study.sampler_seed,
-            "n_trials": study.n_trials, "objective": study.metric, "direction": study.direction,
-            "repeats": study.repeats, "seed": study.seed, "methods": ",".join(study.methods),
+            "scale": study.scale,
+            "sampler": study.sampler,
+            "sampler_seed": study.sampler_seed,
+            "n_trials": study.n_trials,
+            "objective": study.metric,
+            "direction": study.direction,
+            "repeats": study.repeats,
+            "seed": study.seed,
+            "methods": ",".join(study.methods),
             "space": ",".join(study.space) or "-",
             **{f"dataset.{k}": v for k, v in _dataset_params(study.dataset).items()},
         }
         self._log_params(run_id, params)
-        self._log_text(run_id, yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False), "study_resolved.yaml")
+        self._log_text(
+            run_id, yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False), "study_resolved.yaml"
+        )
         if study_file and Path(study_file).exists():
             self.client.log_artifact(run_id, study_file)
         return run_id
@@ -190,7 +207,9 @@ class Tracker:
         else:
             self.client.set_terminated(run_id, status=status)
 
-    def log_study_summary(self, run_id: str, metric: str, best: dict[str, Any] | None, counts: dict[str, int]) -> None:
+    def log_study_summary(
+        self, run_id: str, metric: str, best: dict[str, Any] | None, counts: dict[str, int]
+    ) -> None:
         metrics = {f"n_{state.lower()}": float(n) for state, n in counts.items()}
         if best is not None:
             metrics[f"best_{metric_key(metric)}"] = float(best["value"])
@@ -201,8 +220,17 @@ class Tracker:
         self._log_metrics(run_id, metrics)
 
     # trial runs
-    def start_trial(self, *, experiment_id: str, parent_run_id: str, study_name: str, number: int,
-                    cfg: TrialConfig, device: str | None, extra_tags: dict[str, str] | None = None) -> str:
+    def start_trial(
+        self,
+        *,
+        experiment_id: str,
+        parent_run_id: str,
+        study_name: str,
+        number: int,
+        cfg: TrialConfig,
+        device: str | None,
+        extra_tags: dict[str, str] | None = None,
+    ) -> str:
         sampled = ", ".join(f"{k}={v}" for k, v in cfg.sampled.items())
         tags = {
             PARENT_TAG: parent_run_id,
@@ -243,15 +271,20 @@ class Tracker:
         if len(result.repeats) > 1:  # each seed's value as a step of `<metric>_per_seed`
             for i, rep in enumerate(result.repeats):
                 per_seed = {f"{metric_key(n)}_per_seed": v.mean for n, v in rep.metrics.items()}
-                per_seed.update({f"{VAL_PREFIX}{metric_key(n)}_per_seed": v.mean for n, v in rep.val_metrics.items()})
+                per_seed.update(
+                    {f"{VAL_PREFIX}{metric_key(n)}_per_seed": v.mean for n, v in rep.val_metrics.items()}
+                )
                 self._log_metrics(run_id, per_seed, step=i)
         study_kind = kind_of(result.config)
         if result.repeats[0].steps and study_kind is not None:  # a kind that indexes in steps (continual):
             key = study_kind[0].key  # each step's mean over seeds, and every seed's records
             for step, records in enumerate(zip(*(rep.steps for rep in result.repeats))):
                 keys = set.intersection(*(set(r) for r in records)) - {"step"}
-                self._log_metrics(run_id, {f"{key}/{metric_key(k)}": float(np.mean([r[k] for r in records]))
-                                           for k in sorted(keys)}, step=step)
+                self._log_metrics(
+                    run_id,
+                    {f"{key}/{metric_key(k)}": float(np.mean([r[k] for r in records])) for k in sorted(keys)},
+                    step=step,
+                )
             self._log_text(run_id, json.dumps([rep.steps for rep in result.repeats], indent=1), f"{key}.json")
         self.client.set_tag(run_id, "device", result.device)
         if result.index_reused:
@@ -276,7 +309,9 @@ class Tracker:
     def fail_trial(self, run_id: str, error: str, *, status: str = "FAILED") -> None:
         """Record why a trial stopped (error text as tag and artifact); status FAILED or KILLED."""
         try:
-            self.client.set_tag(run_id, "error", error.strip().splitlines()[-1][:4000] if error.strip() else status)
+            self.client.set_tag(
+                run_id, "error", error.strip().splitlines()[-1][:4000] if error.strip() else status
+            )
             self._log_text(run_id, error, "error.txt")
         finally:
             self.client.set_terminated(run_id, status=status)
@@ -288,7 +323,12 @@ class Tracker:
         if git["changed"]:
             tags["git.changed"] = git["changed"]  # which files made the tree dirty
         tags.update({f"version.{k}": v for k, v in provenance.package_versions().items()})
-        tags.update({f"device.{k}" if k != "device" else "device": v for k, v in provenance.device_info(device).items()})
+        tags.update(
+            {
+                f"device.{k}" if k != "device" else "device": v
+                for k, v in provenance.device_info(device).items()
+            }
+        )
         return tags
 
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
@@ -302,7 +342,9 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and np.isfinite(v)]
+        items = [
+            Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and np.isfinite(v)
+        ]
         for s in range(0, len(items), _MAX_BATCH):
             self.client.log_batch(run_id, metrics=items[s : s + _MAX_BATCH])
 
@@ -320,40 +362,28 @@ def worker_id() -> str:
 
 def trial_params(cfg: TrialConfig) -> dict[str, Any]:
     """Every parameter of a trial, flat: build parameters by name, `query.*`, `dataset.*`."""
-    out: dict[str, Any] = {"method": cfg.method, "retriever": cfg.retriever, "scale": cfg.scale,
-                           "repeats": cfg.repeats, "seed": cfg.seed}
+    out: dict[str, Any] = {
+        "method": cfg.method,
+        "retriever": cfg.retriever,
+        "scale": cfg.scale,
+        "repeats": cfg.repeats,
+        "seed": cfg.seed,
+    }
     out.update(cfg.params)
     out.update({f"query.{k}": v for k, v in cfg.query.items()})
     out.update({f"dataset.{k}": v for k, v in _dataset_params(cfg.dataset).items()})
     return out
 
 
-def rankings_arrays(result) -> dict[str, np.ndarray]:
-    """What rankings.npz holds: the first seed's split positions (`idb`, `test`), and per
-    seed r its split (`idb_r`, `train_r`, `val_r`, `test_r`: positions in the source; the
-    split seed moves with the repeat), the test and validation rankings (`test_ids_r`,
-    `test_scores_r`, `val_ids_r`: rows follow test_r / val_r) and the indexing ranking
-    (`ia_ids_r`, `ia_scores_r`: rows follow idb_r); ids are positions in that seed's IDB. Under the
-    text protocol the test / validation rows follow that seed's caption queries (`SplitSets.text`)."""
-    arrays: dict[str, np.ndarray] = {
-        "idb": result.split.idb, "test": result.split.test,
-        "seeds": np.array([r.seed for r in result.repeats], dtype=np.int64),
-    }
-    for i, rep in enumerate(result.repeats):
-        for part in ("idb", "train", "val", "test"):
-            arrays[f"{part}_{i}"] = getattr(rep.split, part)
-        arrays[f"test_ids_{i}"] = rep.test.ids.numpy()
-        arrays[f"test_scores_{i}"] = rep.test.scores.numpy()
-        arrays[f"val_ids_{i}"] = rep.val.ids.numpy()
-        if rep.indexing is not None:
-            arrays[f"ia_ids_{i}"] = rep.indexing.ids.numpy()
-            arrays[f"ia_scores_{i}"] = rep.indexing.scores.numpy()
-    return arrays
-
-
 def _dataset_params(data) -> dict[str, Any]:
-    out = {"name": data.name, "size": data.size, "n_total": data.n_total, "split_ratio": data.split_ratio,
-           "query_fractions": data.query_fractions, "seed": data.seed}
+    out = {
+        "name": data.name,
+        "size": data.size,
+        "n_total": data.n_total,
+        "split_ratio": data.split_ratio,
+        "query_fractions": data.query_fractions,
+        "seed": data.seed,
+    }
     if data.root is not None:
         out["root"] = data.root
     if data.limit is not None:

@@ -35,7 +35,9 @@ from vitdsi.retrievers.registry import create
 _DATASETS: OrderedDict[str, ImageSet] = OrderedDict()  # load kwargs -> dataset, last few used
 _SPLITS: OrderedDict[str, tuple[Split, SplitSets]] = OrderedDict()
 _MAX_DATASETS, _MAX_SPLITS = 2, 8
-_BUILT: dict[tuple[str, int, str | None], tuple[Retriever, float, list[dict[str, Any]]]] = {}  # built indexes, see _build
+_BUILT: dict[
+    tuple[str, int, str | None], tuple[Retriever, float, list[dict[str, Any]]]
+] = {}  # built indexes, see _build
 
 
 def _key(*parts: Any) -> str:
@@ -60,8 +62,13 @@ def prepare(data: DataConfig) -> tuple[Split, SplitSets]:
         images = dataset(data)
         split = make_split(images, **data.split_kwargs())
         # record where the positions point, so the split artifact alone finds its images
-        split = Split(split.idb, split.train, split.val, split.test,
-                      params={**split.params, "dataset": data.name, "load": data.load_kwargs()})
+        split = Split(
+            split.idb,
+            split.train,
+            split.val,
+            split.test,
+            params={**split.params, "dataset": data.name, "load": data.load_kwargs()},
+        )
         _SPLITS[key] = (split, split_sets(data, split, images))
         while len(_SPLITS) > _MAX_SPLITS:
             _SPLITS.popitem(last=False)
@@ -92,8 +99,14 @@ class Summary:
     ci95_queries: float = float("nan")  # across the queries of all seeds pooled (the query-sample noise)
 
     def to_dict(self) -> dict[str, float]:
-        return {"mean": self.mean, "ci95": self.ci95, "chance": self.chance, "n_queries": self.n_queries,
-                "n_seeds": self.n_seeds, "ci95_queries": self.ci95_queries}
+        return {
+            "mean": self.mean,
+            "ci95": self.ci95,
+            "chance": self.chance,
+            "n_queries": self.n_queries,
+            "n_seeds": self.n_seeds,
+            "ci95_queries": self.ci95_queries,
+        }
 
 
 @dataclass
@@ -109,8 +122,11 @@ class RepeatResult:
     history: list[dict[str, Any]]  # per-epoch training log, when the retriever keeps one
     index_seconds: float  # wall time of retriever.index (a kind that indexes in steps: of every step)
     query_ms: float  # mean wall time per test query (batched search)
-    steps: list[dict[str, float]] = field(default_factory=list)  # per step, for a study kind that indexes in steps
-    training: dict[str, Any] | None = None  # the retriever's training record (vitdsi.training.monitor), if it trains
+    # per step, for a study kind that indexes in steps
+    steps: list[dict[str, float]] = field(default_factory=list)
+    training: dict[str, Any] | None = (
+        None  # the retriever's training record (vitdsi.training.monitor), if it trains
+    )
 
 
 @dataclass
@@ -122,7 +138,9 @@ class TrialResult:
     val_summary: dict[str, Summary]  # validation queries: what model choice reads
     retriever: Retriever  # the first seed's trained index (saved as an artifact)
     device: str
-    index_reused: bool = False  # the indexes were built by an earlier trial of this process (query arguments differ)
+    index_reused: bool = (
+        False  # the indexes were built by an earlier trial of this process (query arguments differ)
+    )
     timings: dict[str, float] = field(default_factory=dict)
 
     def value(self, metric: str) -> float:
@@ -144,7 +162,9 @@ def repeat_data(data: DataConfig, repeat: int) -> DataConfig:
     return data if repeat == 0 else data.replace(seed=data.seed + repeat)
 
 
-def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHook | None = None) -> TrialResult:
+def run_trial(
+    cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHook | None = None
+) -> TrialResult:
     """Run every seed of one trial and summarise it. Only the indexed images and the train
     queries reach the retriever's `index`; validation and test queries are only searched."""
     ranked = [m for m in cfg.metrics if not parse_metric(m).is_indexing]
@@ -156,7 +176,9 @@ def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHoo
         seed = cfg.seed + r
         split, sets = prepare(repeat_data(cfg.dataset, r))
         corpus = sets.corpus
-        retriever, index_seconds, history, steps, reused = _build(cfg, r, sets, device, on_epoch, ranked, k_test)
+        retriever, index_seconds, history, steps, reused = _build(
+            cfg, r, sets, device, on_epoch, ranked, k_test
+        )
 
         t0 = time.perf_counter()
         test = _search_padded(retriever, sets.queries("test"), k_test)
@@ -173,20 +195,46 @@ def run_trial(cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHoo
             indexing = _search_padded(retriever, corpus.images, max(ia_ks))
             metrics.update(indexing_accuracy(indexing.ids, len(corpus), ks=ia_ks))
         metrics = {m: metrics[m] for m in cfg.metrics}
-        repeats.append(RepeatResult(seed, split, metrics, val_metrics, values, test, val, indexing, history,
-                                    index_seconds, query_ms, steps, getattr(retriever, "training_record", None)))
+        repeats.append(
+            RepeatResult(
+                seed,
+                split,
+                metrics,
+                val_metrics,
+                values,
+                test,
+                val,
+                indexing,
+                history,
+                index_seconds,
+                query_ms,
+                steps,
+                getattr(retriever, "training_record", None),
+            )
+        )
         if kept is None:
             kept = retriever
             if study_kind is not None:
-                measured = study_kind[0].measure(retriever, sets, study_kind[1], index_seconds, k_test, history)
+                measured = study_kind[0].measure(
+                    retriever, sets, study_kind[1], index_seconds, k_test, history
+                )
     return TrialResult(
-        config=cfg, split=repeats[0].split, repeats=repeats, summary=summarise(repeats, cfg.metrics, "test"),
+        config=cfg,
+        split=repeats[0].split,
+        repeats=repeats,
+        summary=summarise(repeats, cfg.metrics, "test"),
         val_summary=summarise(repeats, [m for m in ranked if repeats[0].val_metrics], "val"),
-        retriever=kept, device=str(kept.device), index_reused=reused,
-        timings={"n_indexed": float(repeats[0].split.idb.size),
-                 "index_seconds": float(np.mean([x.index_seconds for x in repeats])),
-                 "query_ms": float(np.mean([x.query_ms for x in repeats])), **search_settings(kept, k_test),
-                 **training_summary([x.training for x in repeats], [x.index_seconds for x in repeats]), **measured},
+        retriever=kept,
+        device=str(kept.device),
+        index_reused=reused,
+        timings={
+            "n_indexed": float(repeats[0].split.idb.size),
+            "index_seconds": float(np.mean([x.index_seconds for x in repeats])),
+            "query_ms": float(np.mean([x.query_ms for x in repeats])),
+            **search_settings(kept, k_test),
+            **training_summary([x.training for x in repeats], [x.index_seconds for x in repeats]),
+            **measured,
+        },
     )
 
 
@@ -197,8 +245,15 @@ def search_settings(retriever: Retriever, k: int) -> dict[str, float]:
     return {"search_k": float(k), **retriever.search_info(min(k, retriever.corpus_size))}
 
 
-def _build(cfg: TrialConfig, r: int, sets: SplitSets, device: str | None, on_epoch: EpochHook | None,
-           ranked: list[str], k_test: int) -> tuple[Retriever, float, list[dict[str, Any]], list[dict[str, float]], bool]:
+def _build(
+    cfg: TrialConfig,
+    r: int,
+    sets: SplitSets,
+    device: str | None,
+    on_epoch: EpochHook | None,
+    ranked: list[str],
+    k_test: int,
+) -> tuple[Retriever, float, list[dict[str, Any]], list[dict[str, float]], bool]:
     """Repeat `r`'s index with the trial's query arguments set: (retriever, build seconds,
     training history, the steps of a study kind that indexes in steps, whether it was reused). The
     indexes of the last build fingerprint stay in memory, so trials that differ only in query
@@ -254,7 +309,9 @@ def summarise(repeats: list[RepeatResult], metrics, which: str = "test") -> dict
             out[m] = Summary(v.mean, v.ci95, v.chance, v.n, 1, q_ci)
         else:
             mean, ci, _ = mean_ci(np.array([v.mean for v in values]))
-            out[m] = Summary(mean, ci, float(np.nanmean([v.chance for v in values])), values[0].n, len(values), q_ci)
+            out[m] = Summary(
+                mean, ci, float(np.nanmean([v.chance for v in values])), values[0].n, len(values), q_ci
+            )
     return out
 
 

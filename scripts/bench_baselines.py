@@ -42,7 +42,9 @@ def original_quantiser(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     scipy euclidean distance, keeping the first smallest."""
     from scipy.spatial import distance
 
-    return np.array([min(range(len(centroids)), key=lambda i: distance.euclidean(d, centroids[i])) for d in x])
+    return np.array(
+        [min(range(len(centroids)), key=lambda i: distance.euclidean(d, centroids[i])) for d in x]
+    )
 
 
 def best_of(repeats: int, fn, *args) -> tuple[float, object]:
@@ -58,9 +60,17 @@ def best_of(repeats: int, fn, *args) -> tuple[float, object]:
 def bench_quantisation(n_images: int, n_same: int, n_original: int) -> None:
     images = fashion(n_images).images
     table = Table(title="BoVW quantisation throughput, descriptors/s (same descriptors for every method)")
-    for col in ("descriptors", "K", f"original loops ({n_original:,})", f"per-descriptor numpy loop ({n_same:,})",
-                f"vectorised ({n_same:,})", "speed-up vs original", "vs numpy loop", "same words",
-                f"vectorised, all of {n_images:,} images"):
+    for col in (
+        "descriptors",
+        "K",
+        f"original loops ({n_original:,})",
+        f"per-descriptor numpy loop ({n_same:,})",
+        f"vectorised ({n_same:,})",
+        "speed-up vs original",
+        "vs numpy loop",
+        "same words",
+        f"vectorised, all of {n_images:,} images",
+    ):
         table.add_column(col)
     for detector in ("dense", "sparse"):
         desc, _ = extract_descriptors(images, SiftConfig(detector=detector))
@@ -74,8 +84,14 @@ def bench_quantisation(n_images: int, n_same: int, n_original: int) -> None:
             r_orig, r_loop, r_vec = n_original / t_orig, len(same) / t_loop, len(same) / t_vec
             agree = min((vec[:n_original] == orig).mean(), (vec == loop).mean())
             table.add_row(
-                f"{detector} SIFT ({len(desc):,})", str(k), f"{r_orig:,.0f}", f"{r_loop:,.0f}", f"{r_vec:,.0f}",
-                f"{r_vec / r_orig:,.0f}x", f"{r_vec / r_loop:,.0f}x", f"{agree:.4%}",
+                f"{detector} SIFT ({len(desc):,})",
+                str(k),
+                f"{r_orig:,.0f}",
+                f"{r_loop:,.0f}",
+                f"{r_vec:,.0f}",
+                f"{r_vec / r_orig:,.0f}x",
+                f"{r_vec / r_loop:,.0f}x",
+                f"{agree:.4%}",
                 f"{t_all:.2f} s ({len(desc) / t_all:,.0f}/s)",
             )
     console.print(table)
@@ -83,11 +99,24 @@ def bench_quantisation(n_images: int, n_same: int, n_original: int) -> None:
 
 def bench_index(n: int) -> None:
     corpus = fashion(n)
-    table = Table(title=f"BoVW end-to-end index time, {n:,} Fashion-MNIST images at 32 px ({default_workers()} SIFT threads)")
-    for col in ("configuration", "index s", "images/s", "descriptors", "no keypoints", "search 100 queries, brute / inverted"):
+    table = Table(
+        title=f"BoVW end-to-end index time, {n:,} Fashion-MNIST images at 32 px ({default_workers()} SIFT "
+        "threads)"
+    )
+    for col in (
+        "configuration",
+        "index s",
+        "images/s",
+        "descriptors",
+        "no keypoints",
+        "search 100 queries, brute / inverted",
+    ):
         table.add_column(col)
-    for params in ({"detector": "dense", "vocab_size": 200}, {"detector": "sparse", "vocab_size": 200},
-                   {"detector": "dense", "vocab_size": 1000}):
+    for params in (
+        {"detector": "dense", "vocab_size": 200},
+        {"detector": "sparse", "vocab_size": 200},
+        {"detector": "dense", "vocab_size": 1000},
+    ):
         r = create("bovw", **params)
         t = time.perf_counter()
         r.index(corpus)
@@ -100,8 +129,11 @@ def bench_index(n: int) -> None:
             r.search(queries, 100)
             times.append(time.perf_counter() - t)
         table.add_row(
-            ", ".join(f"{k}={v}" for k, v in params.items()), f"{elapsed:.1f}", f"{n / elapsed:,.0f}",
-            f"{r.index_stats['descriptors']:,}", str(r.index_stats["no_keypoints"]),
+            ", ".join(f"{k}={v}" for k, v in params.items()),
+            f"{elapsed:.1f}",
+            f"{n / elapsed:,.0f}",
+            f"{r.index_stats['descriptors']:,}",
+            str(r.index_stats["no_keypoints"]),
             f"{times[0]:.2f} s / {times[1]:.2f} s",
         )
     console.print(table)
@@ -113,7 +145,10 @@ def bench_extract(n: int) -> None:
 
     images = fashion(n).images
     device = default_device()
-    table = Table(title=f"embedding feature extraction, {n} images at 32 px, device {device}, {torch.get_num_threads()} torch threads")
+    table = Table(
+        title=f"embedding feature extraction, {n} images at 32 px, device {device}, "
+        f"{torch.get_num_threads()} torch threads"
+    )
     for col in ("backbone", "input", "dim", "batch", "images/s"):
         table.add_column(col)
     for name, batch in (("pixels", 1024), ("efficientnet-lite0", 64)):
@@ -136,8 +171,12 @@ def main() -> None:
     ap.add_argument("--parts", default="quant,index,extract", help="comma-separated parts to run")
     ap.add_argument("--n-index", type=int, default=10_000, help="images for the end-to-end BoVW index time")
     ap.add_argument("--n-quant-images", type=int, default=1000, help="images whose descriptors are quantised")
-    ap.add_argument("--n-same", type=int, default=20_000, help="descriptors timed with the numpy loop and vectorised")
-    ap.add_argument("--n-original", type=int, default=1_000, help="descriptors timed with the original double loop")
+    ap.add_argument(
+        "--n-same", type=int, default=20_000, help="descriptors timed with the numpy loop and vectorised"
+    )
+    ap.add_argument(
+        "--n-original", type=int, default=1_000, help="descriptors timed with the original double loop"
+    )
     ap.add_argument("--n-extract", type=int, default=512, help="images for the extraction throughput")
     args = ap.parse_args()
     parts = set(args.parts.split(","))

@@ -59,8 +59,10 @@ def throughput(args) -> None:
     from vitdsi.training.config import TrainConfig
     from vitdsi.training.dsi import DSITrainer
 
-    table = Table(title=f"dsi-vit training throughput, paper model {PAPER}, batch {args.batch}, "
-                        f"{torch.get_num_threads()} threads, device {args.device}")
+    table = Table(
+        title=f"dsi-vit training throughput, paper model {PAPER}, batch {args.batch}, "
+        f"{torch.get_num_threads()} threads, device {args.device}"
+    )
     for col in ("image", "patch", "patches", "params", "images/s (epoch 2)", "s/epoch"):
         table.add_column(col)
     for size, patch in ((32, 4), (160, 16)):
@@ -69,13 +71,25 @@ def throughput(args) -> None:
         images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen).to(args.device)
         ids = make_ids("random", n, seed=0)
         torch.manual_seed(0)
-        model = VitDSI(VitDSIConfig(image_size=size, patch_size=patch, id_length=ids.length, **PAPER)).to(args.device)
-        history = DSITrainer(model, images, ids.codes,
-                             TrainConfig(index_epochs=2, batch_size=args.batch, target_ia=2.0, eval_every=10**9)).fit()
+        model = VitDSI(VitDSIConfig(image_size=size, patch_size=patch, id_length=ids.length, **PAPER)).to(
+            args.device
+        )
+        history = DSITrainer(
+            model,
+            images,
+            ids.codes,
+            TrainConfig(index_epochs=2, batch_size=args.batch, target_ia=2.0, eval_every=10**9),
+        ).fit()
         last = history[-1]
         dump(args, {"part": "throughput", "size": size, "patch": patch, "images_per_s": last.images_per_s})
-        table.add_row(f"{size} px", str(patch), str((size // patch) ** 2), f"{model.n_params():,}",
-                      f"{last.images_per_s:.0f}", f"{last.seconds:.1f}")
+        table.add_row(
+            f"{size} px",
+            str(patch),
+            str((size // patch) ** 2),
+            f"{model.n_params():,}",
+            f"{last.images_per_s:.0f}",
+            f"{last.seconds:.1f}",
+        )
     console.print(table)
 
 
@@ -87,21 +101,39 @@ def latency(args, params: dict) -> None:
     corpus = load_dataset("fashion-mnist", size=32, limit=args.latency_corpus, seed=0)
     queries = load_dataset("fashion-mnist", size=32, limit=256, seed=1).images
     threads = torch.get_num_threads()
-    table = Table(title=f"dsi-vit search latency per query, beam 10, k 10, corpus {args.latency_corpus}, "
-                        f"{threads} threads, device {args.device}")
+    table = Table(
+        title=f"dsi-vit search latency per query, beam 10, k 10, corpus {args.latency_corpus}, "
+        f"{threads} threads, device {args.device}"
+    )
     for col in ("model", "id scheme", "batch", "p50 ms/query", "p95 ms/query", "calls"):
         table.add_column(col)
     for label, model_params in (("paper (dim 128, depth 6)", PAPER), ("small preset", {})):
         for scheme in ("random", "atomic"):
-            p = {**params, **model_params, "patch_size": 4, "id_scheme": scheme, "index_epochs": 1,
-                 "mode": "zero-shot", "device": args.device}
+            p = {
+                **params,
+                **model_params,
+                "patch_size": 4,
+                "id_scheme": scheme,
+                "index_epochs": 1,
+                "mode": "zero-shot",
+                "device": args.device,
+            }
             r = create("dsi-vit", **p)
             r.index(corpus)  # one epoch: latency does not depend on how well it is trained
             r.set_query_arguments(beam_size=10)
             for batch, calls in ((1, 50), (256, 5)):
                 t = measure_search(r, queries, k=10, batch_size=batch, calls=calls, warmup=2, threads=threads)
-                dump(args, {"part": "latency", "model": label, "scheme": scheme, "batch": batch,
-                            "p50_ms": t.p50_ms, "p95_ms": t.p95_ms})
+                dump(
+                    args,
+                    {
+                        "part": "latency",
+                        "model": label,
+                        "scheme": scheme,
+                        "batch": batch,
+                        "p50_ms": t.p50_ms,
+                        "p95_ms": t.p95_ms,
+                    },
+                )
                 table.add_row(label, scheme, str(batch), f"{t.p50_ms:.2f}", f"{t.p95_ms:.2f}", str(calls))
     console.print(table)
 

@@ -25,8 +25,19 @@ from vitdsi.data import load_dataset
 from vitdsi.retrievers import create
 
 console = Console()
-DECODER = dict(dim=128, ff_dim=256, depth=4, decoder_depth=1, heads=4, dropout=0.0, batch_size=16,
-               id_scheme="clustered", mode="zero-shot", target_ia=1.01, eval_every=10_000)
+DECODER = dict(
+    dim=128,
+    ff_dim=256,
+    depth=4,
+    decoder_depth=1,
+    heads=4,
+    dropout=0.0,
+    batch_size=16,
+    id_scheme="clustered",
+    mode="zero-shot",
+    target_ia=1.01,
+    eval_every=10_000,
+)
 
 
 def variants(size: int) -> list[tuple[str, dict]]:
@@ -43,13 +54,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=512, help="indexed images (default 512)")
     ap.add_argument("--epochs", type=int, default=4, help="indexing epochs per variant (default 4)")
-    ap.add_argument("--encoder-size", type=int, default=96, help="borrowed encoder input px (0 = its own 224)")
+    ap.add_argument(
+        "--encoder-size", type=int, default=96, help="borrowed encoder input px (0 = its own 224)"
+    )
     ap.add_argument("--skip-full", action="store_true", help="leave out the fully fine-tuned CNN (slowest)")
     args = ap.parse_args()
     data = load_dataset("fashion-mnist", size=32)
     corpus = data.subset(torch.arange(args.n))
-    console.print(f"{args.n} Fashion-MNIST images at 32 px, {args.epochs} indexing epochs, "
-                  f"{torch.get_num_threads()} torch thread(s), device cpu")
+    console.print(
+        f"{args.n} Fashion-MNIST images at 32 px, {args.epochs} indexing epochs, "
+        f"{torch.get_num_threads()} torch thread(s), device cpu"
+    )
     table = Table("encoder", "s / epoch", "one-off s", "images / s", "x scratch")
     base = None
     for name, params in variants(args.encoder_size):
@@ -63,7 +78,9 @@ def main() -> None:
         per_epoch = statistics.median(epoch_s[1:] or epoch_s)
         one_off = total - sum(epoch_s)  # features computed once, ids, evaluation
         base = base or per_epoch
-        table.add_row(name, f"{per_epoch:.2f}", f"{one_off:.1f}", f"{args.n / per_epoch:.0f}", f"{base / per_epoch:.2f}")
+        table.add_row(
+            name, f"{per_epoch:.2f}", f"{one_off:.1f}", f"{args.n / per_epoch:.0f}", f"{base / per_epoch:.2f}"
+        )
         console.print(f"  done: {name} ({total:.0f} s)")
     console.print(table)
 

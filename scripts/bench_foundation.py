@@ -36,14 +36,23 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     console = Console()
-    table = Table(title=f"foundation benchmark (torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    table = Table(
+        title=f"foundation benchmark (torch {torch.__version__}, {torch.get_num_threads()} threads)"
+    )
     for col in ("what", "best s", "median s", "target", "detail"):
         table.add_column(col)
 
     for fit, size in (("resize", 32), ("pad", 32), ("resize", 28)):
-        best, med, ds = timed(lambda fit=fit, size=size: load_dataset("fashion-mnist", size=size, fit=fit), args.repeats)
-        table.add_row(f"load fashion-mnist ({fit} to {size}px)", f"{best:.2f}", f"{med:.2f}", "< 5 s",
-                      f"{tuple(ds.images.shape)} {ds.images.dtype}")
+        best, med, ds = timed(
+            lambda fit=fit, size=size: load_dataset("fashion-mnist", size=size, fit=fit), args.repeats
+        )
+        table.add_row(
+            f"load fashion-mnist ({fit} to {size}px)",
+            f"{best:.2f}",
+            f"{med:.2f}",
+            "< 5 s",
+            f"{tuple(ds.images.shape)} {ds.images.dtype}",
+        )
 
     rng = np.random.default_rng(0)
     n_q, n_c, k = 10_000, 70_000, 100
@@ -52,15 +61,27 @@ def main() -> None:
     # a fresh Relevance each call, so its cached relevant counts are part of the time
     single = (rng.integers(0, 10, n_q), rng.integers(0, 10, n_c))
     best, med, _ = timed(lambda: evaluate(ids, Relevance(*single), names), args.repeats)
-    table.add_row(f"{len(names)} metrics, 10k queries, k=100, single-label", f"{best:.3f}", f"{med:.3f}", "< 1 s",
-                  ", ".join(names))
+    table.add_row(
+        f"{len(names)} metrics, 10k queries, k=100, single-label",
+        f"{best:.3f}",
+        f"{med:.3f}",
+        "< 1 s",
+        ", ".join(names),
+    )
     multi = (rng.random((n_q, 80)) < 0.05, rng.random((n_c, 80)) < 0.05)
     best, med, _ = timed(lambda: evaluate(ids, Relevance(*multi), names), args.repeats)
-    table.add_row(f"{len(names)} metrics, 10k queries, k=100, multi-label (80 cats)", f"{best:.3f}", f"{med:.3f}",
-                  "< 1 s", "relevance via shared categories")
+    table.add_row(
+        f"{len(names)} metrics, 10k queries, k=100, multi-label (80 cats)",
+        f"{best:.3f}",
+        f"{med:.3f}",
+        "< 1 s",
+        "relevance via shared categories",
+    )
     own = np.argsort(rng.random((n_q, n_q)), axis=1)[:, :k]
     best, med, _ = timed(lambda: indexing_accuracy(own, n_q, ks=(1, 5)), args.repeats)
-    table.add_row("IA@1, IA@5, 10k indexed images", f"{best:.3f}", f"{med:.3f}", "", ", ".join(INDEXING_METRICS))
+    table.add_row(
+        "IA@1, IA@5, 10k indexed images", f"{best:.3f}", f"{med:.3f}", "", ", ".join(INDEXING_METRICS)
+    )
     console.print(table)
 
 

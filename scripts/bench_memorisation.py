@@ -27,11 +27,34 @@ from vitdsi.metrics import indexing_accuracy
 from vitdsi.retrievers import create
 
 console = Console()
-RECIPE = dict(patch_size=4, dim=128, ff_dim=256, depth=4, heads=4, dropout=0.0, views="none", lr=1e-3,
-              batch_size=64, id_scheme="atomic", mode="zero-shot", target_ia=0.99, eval_every=5, ia_sample=512)
-# a frozen pretrained encoder read once per image (the `pretrained` study's frozen atomic DSI, without dropout)
-FROZEN = dict(RECIPE, encoder="efficientnet-lite0", encoder_size=96, freeze_encoder=True, depth=1, batch_size=256,
-              eval_every=2, ia_sample=2048)
+RECIPE = dict(
+    patch_size=4,
+    dim=128,
+    ff_dim=256,
+    depth=4,
+    heads=4,
+    dropout=0.0,
+    views="none",
+    lr=1e-3,
+    batch_size=64,
+    id_scheme="atomic",
+    mode="zero-shot",
+    target_ia=0.99,
+    eval_every=5,
+    ia_sample=512,
+)
+# a frozen pretrained encoder read once per image (the `pretrained` study's frozen atomic DSI, without
+# dropout)
+FROZEN = dict(
+    RECIPE,
+    encoder="efficientnet-lite0",
+    encoder_size=96,
+    freeze_encoder=True,
+    depth=1,
+    batch_size=256,
+    eval_every=2,
+    ia_sample=2048,
+)
 
 
 def main() -> None:
@@ -40,7 +63,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--budget", type=float, default=600.0, help="seconds before giving up (default 600)")
     ap.add_argument("--epochs", type=int, default=300, help="epoch budget")
-    ap.add_argument("--frozen", action="store_true", help="a frozen EfficientNet-Lite0 encoder (features cached)")
+    ap.add_argument(
+        "--frozen", action="store_true", help="a frozen EfficientNet-Lite0 encoder (features cached)"
+    )
     ap.add_argument("--target", type=float, default=None, help="IA@1 target (default: the recipe's, 0.99)")
     ap.add_argument("--param", nargs="*", default=[], help="dsi-vit overrides, name=json-value")
     args = ap.parse_args()
@@ -63,17 +88,21 @@ def main() -> None:
 
     def on_epoch(e) -> bool:
         if e.ia1 is not None:
-            console.print(f"  epoch {e.epoch}: loss {e.loss:.3f}, IA@1 (sample) {e.ia1:.3f}, "
-                          f"{time.perf_counter() - t0:.0f} s")
+            console.print(
+                f"  epoch {e.epoch}: loss {e.loss:.3f}, IA@1 (sample) {e.ia1:.3f}, "
+                f"{time.perf_counter() - t0:.0f} s"
+            )
         return time.perf_counter() - t0 > args.budget
 
     r.index(corpus, on_epoch=on_epoch)
     seconds = time.perf_counter() - t0
     ia = indexing_accuracy(r.search(corpus.images, 1).ids, len(corpus), ks=[1])["IA@1"].mean
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB -> GB (Linux)
-    console.print(f"[bold]IA@1 {ia:.4f} on all {args.n} images after {len(r.history)} epochs, {seconds:.0f} s "
-                  f"({'within' if seconds <= args.budget else 'over'} the {args.budget:.0f} s budget), "
-                  f"peak RSS {rss:.2f} GB[/]")
+    console.print(
+        f"[bold]IA@1 {ia:.4f} on all {args.n} images after {len(r.history)} epochs, {seconds:.0f} s "
+        f"({'within' if seconds <= args.budget else 'over'} the {args.budget:.0f} s budget), "
+        f"peak RSS {rss:.2f} GB[/]"
+    )
 
 
 if __name__ == "__main__":

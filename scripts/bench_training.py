@@ -42,14 +42,25 @@ PAPER = dict(dim=128, ff_dim=256, depth=6, heads=4, dropout=0.1)  # paper sizes 
 class NaiveTransformerDSI(nn.Module):
     """The reference: torch.nn.Transformer with the DSI's sizes."""
 
-    def __init__(self, image_size: int, patch: int, dim: int, ff_dim: int, depth: int, heads: int, dropout: float,
-                 id_length: int) -> None:
+    def __init__(
+        self,
+        image_size: int,
+        patch: int,
+        dim: int,
+        ff_dim: int,
+        depth: int,
+        heads: int,
+        dropout: float,
+        id_length: int,
+    ) -> None:
         super().__init__()
         self.patch = nn.Conv2d(3, dim, patch, patch)
         self.pos = nn.Parameter(torch.randn((image_size // patch) ** 2, dim) * 0.02)
         self.tok = nn.Embedding(N_IN, dim)
         self.tok_pos = nn.Parameter(torch.randn(id_length + 1, dim) * 0.02)
-        self.transformer = nn.Transformer(dim, heads, depth, depth, ff_dim, dropout, batch_first=True, norm_first=True)
+        self.transformer = nn.Transformer(
+            dim, heads, depth, depth, ff_dim, dropout, batch_first=True, norm_first=True
+        )
         self.head = nn.Linear(dim, N_OUT)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -59,8 +70,15 @@ class NaiveTransformerDSI(nn.Module):
         return self.head(self.transformer(src, tgt, tgt_mask=mask, tgt_is_causal=True))
 
 
-def reference_images_per_s(images: torch.Tensor, codes: torch.Tensor, size: int, patch: int, batch: int,
-                           epochs: int, bf16: bool = False) -> float:
+def reference_images_per_s(
+    images: torch.Tensor,
+    codes: torch.Tensor,
+    size: int,
+    patch: int,
+    batch: int,
+    epochs: int,
+    bf16: bool = False,
+) -> float:
     torch.manual_seed(0)
     model = NaiveTransformerDSI(size, patch, id_length=codes.shape[1], **PAPER)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98))
@@ -83,11 +101,20 @@ def reference_images_per_s(images: torch.Tensor, codes: torch.Tensor, size: int,
     return statistics.median(rates[1:] or rates)
 
 
-def project_images_per_s(images: torch.Tensor, codes: torch.Tensor, size: int, patch: int, batch: int,
-                         epochs: int, precision: str = "auto") -> float:
+def project_images_per_s(
+    images: torch.Tensor,
+    codes: torch.Tensor,
+    size: int,
+    patch: int,
+    batch: int,
+    epochs: int,
+    precision: str = "auto",
+) -> float:
     torch.manual_seed(0)
     model = VitDSI(VitDSIConfig(image_size=size, patch_size=patch, id_length=codes.shape[1], **PAPER))
-    cfg = TrainConfig(index_epochs=epochs, batch_size=batch, target_ia=2.0, eval_every=10**9, precision=precision)
+    cfg = TrainConfig(
+        index_epochs=epochs, batch_size=batch, target_ia=2.0, eval_every=10**9, precision=precision
+    )
     history = DSITrainer(model, images, codes, cfg).fit()
     return statistics.median([h.images_per_s for h in history][1:] or [history[0].images_per_s])
 
@@ -98,15 +125,28 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="epochs per measurement (the first is not counted)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating measurements of each side")
     ap.add_argument("--batch", type=int, default=32, help="batch size of both (the paper's 32)")
-    ap.add_argument("--dropout", type=float, default=0.1, help="dropout of both (paper 0.1; memorisation recipe 0)")
+    ap.add_argument(
+        "--dropout", type=float, default=0.1, help="dropout of both (paper 0.1; memorisation recipe 0)"
+    )
     args = ap.parse_args()
     PAPER["dropout"] = args.dropout
     bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()  # native bf16 on this CPU (AMX / AVX512-BF16)
-    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), cpu; paper sizes {PAPER}, "
-                  f"batch {args.batch}, {args.images} images, {args.rounds} alternating rounds")
-    table = Table("image", "patch", "reference fp32 images/s", "dsi-vit fp32 images/s", "ratio",
-                  *(["reference bf16 images/s", "dsi-vit bf16 images/s", "ratio to ref. fp32", "ratio to ref. bf16"]
-                    if bf16 else []))
+    console.print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), cpu; paper sizes {PAPER}, "
+        f"batch {args.batch}, {args.images} images, {args.rounds} alternating rounds"
+    )
+    table = Table(
+        "image",
+        "patch",
+        "reference fp32 images/s",
+        "dsi-vit fp32 images/s",
+        "ratio",
+        *(
+            ["reference bf16 images/s", "dsi-vit bf16 images/s", "ratio to ref. fp32", "ratio to ref. bf16"]
+            if bf16
+            else []
+        ),
+    )
     for size, patch in ((32, 4), (160, 16)):
         gen = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (args.images, 3, size, size), dtype=torch.uint8, generator=gen)
@@ -116,7 +156,9 @@ def main() -> None:
             ref.append(reference_images_per_s(images, codes, size, patch, args.batch, args.epochs))
             ours.append(project_images_per_s(images, codes, size, patch, args.batch, args.epochs))
             if bf16:
-                ref_half.append(reference_images_per_s(images, codes, size, patch, args.batch, args.epochs, bf16=True))
+                ref_half.append(
+                    reference_images_per_s(images, codes, size, patch, args.batch, args.epochs, bf16=True)
+                )
                 half.append(project_images_per_s(images, codes, size, patch, args.batch, args.epochs, "bf16"))
         r, o = statistics.median(ref), statistics.median(ours)
         row = [f"{size} px", str(patch), f"{r:.0f}", f"{o:.0f}", f"{o / r:.2f}x"]
@@ -124,9 +166,14 @@ def main() -> None:
             rh, h = statistics.median(ref_half), statistics.median(half)
             row += [f"{rh:.0f}", f"{h:.0f}", f"{h / r:.2f}x", f"{h / rh:.2f}x"]
         table.add_row(*row)
-        console.print(f"  {size} px: reference {[round(x) for x in ref]}, dsi-vit {[round(x) for x in ours]}"
-                      + (f", reference bf16 {[round(x) for x in ref_half]}, dsi-vit bf16 {[round(x) for x in half]}"
-                         if bf16 else ""))
+        console.print(
+            f"  {size} px: reference {[round(x) for x in ref]}, dsi-vit {[round(x) for x in ours]}"
+            + (
+                f", reference bf16 {[round(x) for x in ref_half]}, dsi-vit bf16 {[round(x) for x in half]}"
+                if bf16
+                else ""
+            )
+        )
     console.print(table)
 
 

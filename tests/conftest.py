@@ -36,8 +36,9 @@ def captioned_mosaic(tmp_path_factory):
     digits mosaics on a 3x3 grid, 2 captions per image and phrasing."""
     from vitdsi.data.sources.mosaic import generate_coco_mosaic
 
-    return generate_coco_mosaic(tmp_path_factory.mktemp("mosaic"), n_images=90, grid=3, tile_size=8,
-                                captions=2, seed=3)
+    return generate_coco_mosaic(
+        tmp_path_factory.mktemp("mosaic"), n_images=90, grid=3, tile_size=8, captions=2, seed=3
+    )
 
 
 @pytest.fixture(scope="session")
@@ -88,4 +89,6 @@ def run_study_dict(folder, study: dict):
     path = folder / f"{study['name']}.yaml"
     path.write_text(yaml.safe_dump(study))
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    return run(load_study(path), RunOptions(tracking_uri=uri, storage=f"sqlite:///{folder / 'optuna.db'}")), uri
+    return run(
+        load_study(path), RunOptions(tracking_uri=uri, storage=f"sqlite:///{folder / 'optuna.db'}")
+    ), uri

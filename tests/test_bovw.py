@@ -77,7 +77,9 @@ def test_vectorised_quantiser_equals_the_per_descriptor_loop():
     x = rng.integers(0, 8, (3000, 128)).astype(np.float32)
     c = rng.integers(0, 8, (37, 128)).astype(np.float32)
     c[5] = c[4]  # a duplicated centroid: every tie must go to 4, as in the loop
-    np.testing.assert_array_equal(nearest_centroid(x, c, block_elements=37 * 100), nearest_centroid_loop(x, c))
+    np.testing.assert_array_equal(
+        nearest_centroid(x, c, block_elements=37 * 100), nearest_centroid_loop(x, c)
+    )
     # real-valued: the vectorised answer is a nearest centroid up to float32 rounding
     xf = rng.normal(size=(2000, 128)).astype(np.float32)
     cf = rng.normal(size=(64, 128)).astype(np.float32)

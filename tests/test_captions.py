@@ -46,8 +46,13 @@ def test_mosaic_writes_a_real_coco_caption_file_that_the_coco_loader_reads(capti
     for pos in (0, 17, 89):
         want = sorted((a["id"], a["caption"], a["phrasing"]) for a in by_image[int(ds.source_ids[pos])])
         rows = np.flatnonzero(ds.captions.image == pos)
-        got = sorted(zip(ds.captions.ids[rows].tolist(), ds.captions.texts[rows].tolist(),
-                         ds.captions.phrasing[rows].tolist()))
+        got = sorted(
+            zip(
+                ds.captions.ids[rows].tolist(),
+                ds.captions.texts[rows].tolist(),
+                ds.captions.phrasing[rows].tolist(),
+            )
+        )
         assert got == want
     # deterministic under the seed
     again = generate_coco_mosaic(tmp_path / "again", n_images=90, grid=3, tile_size=8, captions=2, seed=3)
@@ -62,16 +67,23 @@ def test_captions_describe_the_tiles(captioned_mosaic):
     cats = {}
     for a in inst["annotations"]:
         cats.setdefault(a["image_id"], []).append(str(a["category_id"] - 1))
-    counting = {k for k, (kind, _) in enumerate(t for p in ("train", "val", "test") for t in TEMPLATES[p])
-                if kind == "count"}
+    counting = {
+        k
+        for k, (kind, _) in enumerate(t for p in ("train", "val", "test") for t in TEMPLATES[p])
+        if kind == "count"
+    }
     checked = 0
     for a in _caption_json(captioned_mosaic)["annotations"]:
         if a["template"] not in counting:
             continue
         for name, n in zip(*np.unique(cats[a["image_id"]], return_counts=True)):
             form = 0 if n == 1 else 1
-            phrases = [(("an " if s[0] in "aeiou8" and not s.startswith("one") else "a ") + s) if n == 1
-                       else f"{NUMBERS[n]} {s}" for s in (f[form] for f in NOUNS[name])]
+            phrases = [
+                (("an " if s[0] in "aeiou8" and not s.startswith("one") else "a ") + s)
+                if n == 1
+                else f"{NUMBERS[n]} {s}"
+                for s in (f[form] for f in NOUNS[name])
+            ]
             assert any(p in a["caption"] for p in phrases), (a["caption"], name, n)
         checked += 1
     assert checked > 100
@@ -84,7 +96,8 @@ def test_held_out_templates_never_appear_in_training_captions(captioned_mosaic):
     held_out = {p: [max(literal_parts(t), key=len) for _, t in TEMPLATES[p]] for p in ("val", "test")}
     assert all(len(m) >= 6 for ms in held_out.values() for m in ms)
     training_text = np.concatenate([sets.corpus.captions.texts, sets.train.captions.texts])
-    assert len(training_text) == 2 * (len(sets.corpus) + len(sets.train))  # their 2 training-phrased captions each
+    # their 2 training-phrased captions each
+    assert len(training_text) == 2 * (len(sets.corpus) + len(sets.train))
     for marker in held_out["val"] + held_out["test"]:
         assert not any(marker in t for t in training_text), marker
     for part in ("val", "test"):
@@ -96,7 +109,8 @@ def test_held_out_templates_never_appear_in_training_captions(captioned_mosaic):
     for part in PARTS:
         used = {template_of[i] for i in getattr(sets, part).captions.ids.tolist()}
         assert used and used <= set(ids[PART_PHRASING[part]]), part
-    assert {template_of[i] for i in sets.test.captions.ids.tolist()} == set(ids["test"])  # every test template used
+    # every test template used
+    assert {template_of[i] for i in sets.test.captions.ids.tolist()} == set(ids["test"])
 
 
 def test_a_caption_goes_to_the_part_of_its_image(captioned_mosaic):
@@ -126,7 +140,9 @@ def test_untagged_captions_follow_their_image_into_any_part(captioned_mosaic, tm
     (ann / "captions_val2017.json").write_text(json.dumps(doc))
     decoy = {"images": [], "annotations": [{"id": 1, "image_id": 1, "caption": "from another file"}]}
     (ann / "captions_train2017.json").write_text(json.dumps(decoy))
-    kw = dict(annotations=str(ann / "instances_val2017.json"), images=str(captioned_mosaic / "images"), size=24)
+    kw = dict(
+        annotations=str(ann / "instances_val2017.json"), images=str(captioned_mosaic / "images"), size=24
+    )
     ds = load_dataset("coco", **kw)
     assert len(ds.captions) == 540 and "from another file" not in ds.captions.texts
     assert set(ds.captions.phrasing.tolist()) == {""}
@@ -154,15 +170,24 @@ def test_mosaic_cache_key_changed_so_old_caches_without_captions_are_not_reused(
     """A folder cached before captions existed (same parameters, the old key) is never read."""
     from vitdsi.data.sources.mosaic import generate_coco_mosaic
 
-    old_params = {"base": "digits", "base_root": None, "n_images": 12, "grid": 2, "tile_size": 8,
-                  "p_empty": 0.25, "seed": 0}
+    old_params = {
+        "base": "digits",
+        "base_root": None,
+        "n_images": 12,
+        "grid": 2,
+        "tile_size": 8,
+        "p_empty": 0.25,
+        "seed": 0,
+    }
     old_key = hashlib.sha1(json.dumps(old_params, sort_keys=True).encode()).hexdigest()[:10]
     old = generate_coco_mosaic(tmp_path / old_key, captions=0, **old_params)
     (old / "mosaic.json").write_text(json.dumps(old_params))
     ds = load_dataset("coco-mosaic", root=str(tmp_path), n_images=12, tile_size=8)
     assert ds.captions is not None and len(ds.captions) == 12 * 3 * 3
     assert old_key not in ds.meta["annotations"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([old_key, ds.meta["annotations"].split("/")[-3]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [old_key, ds.meta["annotations"].split("/")[-3]]
+    )
     no_caps = load_dataset("coco-mosaic", root=str(tmp_path), n_images=12, tile_size=8, captions=0)
     assert no_caps.captions is None and torch.equal(no_caps.images, ds.images)  # same mosaics, own folder
     assert len(list(tmp_path.iterdir())) == 3
@@ -181,8 +206,13 @@ def test_subset_and_concat_keep_each_image_its_captions():
     from vitdsi.data import ImageSet
 
     def images(n, caps):
-        return ImageSet(torch.zeros(n, 3, 4, 4, dtype=torch.uint8), torch.zeros(n, dtype=torch.int64),
-                        np.array([str(i) for i in range(n)]), ("a",), captions=caps)
+        return ImageSet(
+            torch.zeros(n, 3, 4, 4, dtype=torch.uint8),
+            torch.zeros(n, dtype=torch.int64),
+            np.array([str(i) for i in range(n)]),
+            ("a",),
+            captions=caps,
+        )
 
     a, b = images(4, caps), images(2, Captions.build(["x", "y"], [1, 1], [7, 8]))
     both = a.concat(b)

@@ -46,12 +46,28 @@ def _write(tmp_path, **data):
 
 def test_check_prints_the_values_set_on_the_command_line(tmp_path):
     path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "p", "retriever": "dsi-vit", "scale": "small", "space": {"patch_size": [8, 16, 32]},
-        "scales": {"smoke": {"fixed": {"index_epochs": 60}, "space": {"patch_size": [4, 8, 16]}}},
-    }))
-    code, out = bench("run", str(path), "--scale", "smoke", "--set", "space.patch_size=[16]",
-                      "--set", "fixed.index_epochs=5", "--check")
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "p",
+                "retriever": "dsi-vit",
+                "scale": "small",
+                "space": {"patch_size": [8, 16, 32]},
+                "scales": {"smoke": {"fixed": {"index_epochs": 60}, "space": {"patch_size": [4, 8, 16]}}},
+            }
+        )
+    )
+    code, out = bench(
+        "run",
+        str(path),
+        "--scale",
+        "smoke",
+        "--set",
+        "space.patch_size=[16]",
+        "--set",
+        "fixed.index_epochs=5",
+        "--check",
+    )
     assert code == 0, out
     assert "index_epochs: 5" in out and "index_epochs: 60" not in out
     assert "1 trials" in out
@@ -91,11 +107,14 @@ def test_check_fails_when_n_total_exceeds_the_images(tmp_path):
     assert code == 2 and "at most 12" in one_error(out), out
 
 
-@pytest.mark.parametrize("space, expect", [
-    ({"dataset.split_ratio": [0.25, 1.0]}, "no query images"),
-    ({"dataset.split_ratio": [0.25, 1.5]}, "split_ratio must be in (0, 1]"),
-    ({"dataset.n_total": [256, 3]}, "empty test set"),
-])
+@pytest.mark.parametrize(
+    "space, expect",
+    [
+        ({"dataset.split_ratio": [0.25, 1.0]}, "no query images"),
+        ({"dataset.split_ratio": [0.25, 1.5]}, "split_ratio must be in (0, 1]"),
+        ({"dataset.n_total": [256, 3]}, "empty test set"),
+    ],
+)
 def test_check_validates_every_grid_point_of_the_split(tmp_path, space, expect):
     code, out = bench("run", str(_write(tmp_path, space=space)), "--check")
     assert code == 2, out
@@ -105,7 +124,11 @@ def test_check_validates_every_grid_point_of_the_split(tmp_path, space, expect):
 
 def test_check_rejects_a_patch_size_that_does_not_divide_the_images(tmp_path):
     path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump({"name": "p", "retriever": "dsi-vit", "scale": "smoke", "space": {"patch_size": [4, 5]}}))
+    path.write_text(
+        yaml.safe_dump(
+            {"name": "p", "retriever": "dsi-vit", "scale": "smoke", "space": {"patch_size": [4, 5]}}
+        )
+    )
     code, out = bench("run", str(path), "--check")
     assert code == 2, out
     line = one_error(out)
@@ -125,12 +148,20 @@ def test_check_and_run_header_print_the_image_size_and_warn_on_upscaling(tmp_pat
 
 def test_location_hint_only_when_the_data_are_missing(tmp_path):
     """Too few usable images (non-square ones are dropped on load) is not a location problem."""
-    folder = _folder(tmp_path / "imgs", n_per_class=6, odd={f"a/{i}" for i in range(5)} | {f"b/{i}" for i in range(5)})
+    folder = _folder(
+        tmp_path / "imgs", n_per_class=6, odd={f"a/{i}" for i in range(5)} | {f"b/{i}" for i in range(5)}
+    )
     path = _write(tmp_path, dataset={"name": "imagefolder", "root": str(folder), "size": 28, "n_total": 10})
     store = tmp_path / "store"
     store.mkdir()
-    code, out = bench("run", str(path), "--tracking-uri", f"sqlite:///{store}/mlflow.db",
-                      "--storage", f"sqlite:///{store}/optuna.db")
+    code, out = bench(
+        "run",
+        str(path),
+        "--tracking-uri",
+        f"sqlite:///{store}/mlflow.db",
+        "--storage",
+        f"sqlite:///{store}/optuna.db",
+    )
     assert code == 2, out
     line = one_error(out)
     assert "asked for 10" in line and "give its location" not in line
@@ -172,12 +203,16 @@ def test_search_takes_a_run_id_prefix(tmp_path):
     shared = next(i[0] for i in ids if sum(j[0] == i[0] for j in ids) > 1)
     with pytest.raises(VitDSIError, match="matches several runs") as e:
         resolve_run_id(client, shared, uri)
-    assert sorted(i for i in ids if i.startswith(shared)) == sorted(str(e.value).split("(")[1].split(")")[0].split(", "))
+    assert sorted(i for i in ids if i.startswith(shared)) == sorted(
+        str(e.value).split("(")[1].split(")")[0].split(", ")
+    )
     image = tmp_path / "q.png"
     image.write_bytes(b"")
     code, out = bench("search", "--run", one[:8], str(image), "--tracking-uri", uri)
     assert code == 2 and f"run {one} is not a trial run" in one_error(out), out
-    unknown = next(f"{c}{'0' * 7}" for c in "0123456789abcdef" if not any(i.startswith(f"{c}{'0' * 7}") for i in ids))
+    unknown = next(
+        f"{c}{'0' * 7}" for c in "0123456789abcdef" if not any(i.startswith(f"{c}{'0' * 7}") for i in ids)
+    )
     code, out = bench("search", "--run", unknown, str(image), "--tracking-uri", uri)
     assert code == 2 and f"no MLflow run in {uri} has an id starting with '{unknown}'" in one_error(out), out
     code, out = bench("search", "--run", "best.run_id", str(image), "--tracking-uri", uri)
@@ -187,15 +222,21 @@ def test_search_takes_a_run_id_prefix(tmp_path):
 def test_check_prints_the_queries_of_each_split(tmp_path):
     from vitdsi.data.split import split_sizes
 
-    path = _write(tmp_path, dataset={"n_total": 200, "split_ratio": 0.5}, repeats=3,
-                  space={"dataset.n_total": [200, 120]})
+    path = _write(
+        tmp_path,
+        dataset={"n_total": 200, "split_ratio": 0.5},
+        repeats=3,
+        space={"dataset.n_total": [200, 120]},
+    )
     code, out = bench("run", str(path), "--check")
     assert code == 0, out
     assert "split: 200 images, 100 indexed; per seed 80 train / 10 validation / 10 test queries" in out
     for n in (200, 120):
         sizes = split_sizes(n, 0.5, (0.8, 0.1, 0.1))
-        assert (f"split: {n} images, {sizes['idb']} indexed; per seed {sizes['train']} train / {sizes['val']} "
-                f"validation / {sizes['test']} test queries; 3 seed(s) per trial, each its own split") in out, out
+        assert (
+            f"split: {n} images, {sizes['idb']} indexed; per seed {sizes['train']} train / {sizes['val']} "
+            f"validation / {sizes['test']} test queries; 3 seed(s) per trial, each its own split"
+        ) in out, out
 
 
 def _free_port() -> int:
@@ -207,9 +248,11 @@ def _free_port() -> int:
 
 
 # listens after a second, answers one connection, then exits
-LATE_SERVER = ("import socket, sys, time; time.sleep(1); s = socket.socket(); "
-               "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', int(sys.argv[1]))); "
-               "s.listen(); s.accept()[0].close(); s.close()")
+LATE_SERVER = (
+    "import socket, sys, time; time.sleep(1); s = socket.socket(); "
+    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', int(sys.argv[1]))); "
+    "s.listen(); s.accept()[0].close(); s.close()"
+)
 
 
 def test_ui_waits_for_the_server_to_answer(tmp_path, monkeypatch):
@@ -233,11 +276,15 @@ def test_ui_waits_for_the_server_to_answer(tmp_path, monkeypatch):
         ui.start_server([sys.executable, "-c", "raise SystemExit(3)"], "127.0.0.1", port, wait=20)
 
     (tmp_path / "mlflow.db").write_bytes(b"")
-    monkeypatch.setattr(ui, "server_command", lambda uri, host, p: [sys.executable, "-c", LATE_SERVER, str(p)])
+    monkeypatch.setattr(
+        ui, "server_command", lambda uri, host, p: [sys.executable, "-c", LATE_SERVER, str(p)]
+    )
     code, out = bench("ui", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--port", str(port))
     assert code == 0 and f"MLflow UI on http://127.0.0.1:{port}" in out, out
     monkeypatch.setattr(ui, "server_command", lambda uri, host, p: silent)
-    code, out = bench("ui", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--port", str(port), "--wait", "1")
+    code, out = bench(
+        "ui", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--port", str(port), "--wait", "1"
+    )
     assert code == 2 and "MLflow UI on" not in out and "did not answer" in one_error(out), out
 
 
@@ -279,8 +326,10 @@ def test_listed_allowed_values_are_what_the_retrievers_accept():
 
 def test_check_names_both_lines_of_a_duplicate_key(tmp_path):
     path = tmp_path / "dup.yaml"
-    path.write_text("name: dup\nretriever: pixels-knn\nscale: smoke\nfixed: {center: true}\nspace:\n"
-                    "  batch_size: [64]\nfixed:\n  center: false\n")
+    path.write_text(
+        "name: dup\nretriever: pixels-knn\nscale: smoke\nfixed: {center: true}\nspace:\n"
+        "  batch_size: [64]\nfixed:\n  center: false\n"
+    )
     code, out = bench("run", str(path), "--check")
     assert code == 2, out
     line = one_error(out)
@@ -308,11 +357,14 @@ def test_an_alias_bomb_is_refused_at_once(tmp_path):
     assert "aliases expand to more than" in one_error(out)
 
 
-@pytest.mark.parametrize(("text", "field"), [
-    ("fixed: {lr: .inf}", "fixed.lr"),
-    ("space:\n  lr: {type: float, low: .nan, high: 0.1}", "space.lr.low"),
-    ("space:\n  weight_decay: [0.1, -.inf]", "space.weight_decay.1"),
-])
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("fixed: {lr: .inf}", "fixed.lr"),
+        ("space:\n  lr: {type: float, low: .nan, high: 0.1}", "space.lr.low"),
+        ("space:\n  weight_decay: [0.1, -.inf]", "space.weight_decay.1"),
+    ],
+)
 def test_check_refuses_nan_and_infinite_floats_naming_the_field(tmp_path, text, field):
     path = tmp_path / "nan.yaml"
     path.write_text(f"name: nan\nretriever: dsi-vit\nscale: smoke\n{text}\n")
@@ -324,17 +376,24 @@ def test_check_refuses_nan_and_infinite_floats_naming_the_field(tmp_path, text, 
     assert code == 2 and "field `fixed.lr`" in one_error(out)
 
 
-@pytest.mark.parametrize(("setting", "field", "message"), [
-    ("dataset.n_total=100000000000000000000000", "dataset.n_total", "less than or equal to 100000000"),
-    ("dataset.size=100000", "dataset.size", "less than or equal to 4096"),
-    ("space.dataset.size=[32, 100000]", "dataset.size", "less than or equal to 4096"),
-    (f"seed={2**66}", "seed", "less than or equal to 4294967295"),
-    ("dataset.seed=-1", "dataset.seed", "greater than or equal to 0"),
-    ("repeats=1000000", "repeats", "less than or equal to 100"),
-    ("fixed.dim=-64", "fixed.dim", "parameter 'dim' must be in 1..16,384, got -64"),
-    ("space.ff_dim=[64, 1000000]", "space.ff_dim", "parameter 'ff_dim' must be in 1..16,384, got 1,000,000"),
-    ("fixed.index_epochs=10000000000", "fixed.index_epochs", "must be in 0..100,000,000"),
-])
+@pytest.mark.parametrize(
+    ("setting", "field", "message"),
+    [
+        ("dataset.n_total=100000000000000000000000", "dataset.n_total", "less than or equal to 100000000"),
+        ("dataset.size=100000", "dataset.size", "less than or equal to 4096"),
+        ("space.dataset.size=[32, 100000]", "dataset.size", "less than or equal to 4096"),
+        (f"seed={2**66}", "seed", "less than or equal to 4294967295"),
+        ("dataset.seed=-1", "dataset.seed", "greater than or equal to 0"),
+        ("repeats=1000000", "repeats", "less than or equal to 100"),
+        ("fixed.dim=-64", "fixed.dim", "parameter 'dim' must be in 1..16,384, got -64"),
+        (
+            "space.ff_dim=[64, 1000000]",
+            "space.ff_dim",
+            "parameter 'ff_dim' must be in 1..16,384, got 1,000,000",
+        ),
+        ("fixed.index_epochs=10000000000", "fixed.index_epochs", "must be in 0..100,000,000"),
+    ],
+)
 def test_check_bounds_sizes_seeds_and_build_parameters(tmp_path, setting, field, message):
     path = tmp_path / "b.yaml"
     path.write_text(yaml.safe_dump({"name": "b", "retriever": "dsi-vit", "scale": "smoke"}))
@@ -344,7 +403,11 @@ def test_check_bounds_sizes_seeds_and_build_parameters(tmp_path, setting, field,
 
 
 def test_check_refuses_seeds_that_repeats_push_past_the_largest(tmp_path):
-    code, out = bench("run", str(_write(tmp_path)), "--check", "--set", f"seed={2**32 - 2}", "--set", "repeats=3")
+    code, out = bench(
+        "run", str(_write(tmp_path)), "--check", "--set", f"seed={2**32 - 2}", "--set", "repeats=3"
+    )
     assert code == 2 and "exceeds the largest seed 4294967295" in " ".join(out.split()), out
-    code, out = bench("run", str(_write(tmp_path)), "--check", "--set", f"seed={2**32 - 3}", "--set", "repeats=3")
+    code, out = bench(
+        "run", str(_write(tmp_path)), "--check", "--set", f"seed={2**32 - 3}", "--set", "repeats=3"
+    )
     assert code == 0, out

@@ -16,9 +16,7 @@ MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
 
 # bench/ today: "path" (a module) or "path::qualified.name" (a function) -> its lines now
-ALLOWED: dict[str, int] = {
-    "bench/config/resolution.py::build_study": 134,
-}
+ALLOWED: dict[str, int] = {}
 
 
 def sizes(package: str) -> dict[str, int]:
@@ -52,20 +50,26 @@ def function_lines(tree: ast.AST, prefix: str = ""):
 
 
 def test_measure_counts_decorators_and_nested_functions():
-    tree = ast.parse("class A:\n    @staticmethod\n    def f():\n        def g():\n            pass\n        return 1\n")
+    tree = ast.parse(
+        "class A:\n    @staticmethod\n    def f():\n        def g():\n            pass\n        return 1\n"
+    )
     assert dict(function_lines(tree)) == {"A.f": 5, "A.f.g": 2}
 
 
 def test_vitdsi_modules_and_functions_are_small():
     over = sizes("vitdsi")
-    assert not over, (f"over {MAX_MODULE_LINES} lines a module or {MAX_FUNCTION_LINES} a function; split them: "
-                      + ", ".join(f"{k} ({v})" for k, v in sorted(over.items())))
+    assert not over, (
+        f"over {MAX_MODULE_LINES} lines a module or {MAX_FUNCTION_LINES} a function; split them: "
+        + ", ".join(f"{k} ({v})" for k, v in sorted(over.items()))
+    )
 
 
 def test_bench_large_modules_and_functions_only_shrink():
     over = sizes("bench")
     new = {k: v for k, v in over.items() if k not in ALLOWED}
-    assert not new, "over the limits and not in ALLOWED; split them: " + ", ".join(f"{k} ({v})" for k, v in new.items())
+    assert not new, "over the limits and not in ALLOWED; split them: " + ", ".join(
+        f"{k} ({v})" for k, v in new.items()
+    )
     grown = {k: (ALLOWED[k], v) for k, v in over.items() if k in ALLOWED and v > ALLOWED[k]}
     assert not grown, f"grew past their allowed size (allowed, now): {grown}"
     fixed = sorted(set(ALLOWED) - set(over))

@@ -38,14 +38,22 @@ def test_minimal_study_resolves_with_defaults():
 def test_continuous_space_defaults_to_tpe_and_log_shorthand():
     s = resolve(knn(space={"batch_size": {"type": "int", "low": 8, "high": 512, "log": True}}, n_trials=4))
     assert s.sampler == "tpe" and s.n_trials == 4
-    s = resolve({"name": "t", "retriever": "dsi-vit", "scale": "smoke", "space": {"lr": {"type": "log", "low": 1e-4, "high": 1e-2}}})
+    s = resolve(
+        {
+            "name": "t",
+            "retriever": "dsi-vit",
+            "scale": "smoke",
+            "space": {"lr": {"type": "log", "low": 1e-4, "high": 1e-2}},
+        }
+    )
     assert s.space["lr"].log and s.sampler == "tpe"
 
 
 def test_precedence_scale_fixed_method_sampled():
     preset = SCALES["smoke"].params_for("dsi-vit")
     data = {
-        "name": "t", "scale": "smoke",
+        "name": "t",
+        "scale": "smoke",
         "methods": {"a": {"retriever": "dsi-vit", "params": {"depth": 3}}, "b": {"retriever": "dsi-vit"}},
         "fixed": {"dim": 48, "depth": 2, "dataset.n_total": 200},
         "space": {"method": ["a", "b"], "heads": [2, 4], "dataset.split_ratio": [0.5]},
@@ -61,23 +69,38 @@ def test_precedence_scale_fixed_method_sampled():
 
 
 def test_scale_overlay_is_merged_and_null_deletes():
-    data = knn(scale="small", space={"center": [True, False]}, fixed={"batch_size": 64},
-               scales={"smoke": {"space": {"center": [True]}, "fixed": {"batch_size": None}}})
+    data = knn(
+        scale="small",
+        space={"center": [True, False]},
+        fixed={"batch_size": 64},
+        scales={"smoke": {"space": {"center": [True]}, "fixed": {"batch_size": None}}},
+    )
     assert len(resolve(data).grid()) == 2  # small: the base
     smoke = resolve(data, scale="smoke")
     assert smoke.grid() == [{"center": True}] and "batch_size" not in smoke.methods["pixels-knn"].params
 
 
 def test_dataset_fields_and_query_args_route_to_their_place():
-    s = resolve({"name": "t", "retriever": "dsi-vit", "scale": "smoke",
-                 "space": {"dataset.n_total": [128, 256], "query.beam_size": [5, 20]}})
+    s = resolve(
+        {
+            "name": "t",
+            "retriever": "dsi-vit",
+            "scale": "smoke",
+            "space": {"dataset.n_total": [128, 256], "query.beam_size": [5, 20]},
+        }
+    )
     t = s.trial_config({"dataset.n_total": 128, "query.beam_size": 20})
     assert t.dataset.n_total == 128 and t.query == {"beam_size": 20} and "beam_size" not in t.params
 
 
 def test_unknown_field_names_file_field_and_allowed():
     msg = error(knn(datset={"name": "digits"}))
-    assert "studies/x.yaml" in msg and "`datset`" in msg and "did you mean 'dataset'" in msg and "allowed:" in msg
+    assert (
+        "studies/x.yaml" in msg
+        and "`datset`" in msg
+        and "did you mean 'dataset'" in msg
+        and "allowed:" in msg
+    )
     msg = error(knn(sampler={"type": "gird"}))
     assert "sampler.type" in msg and "'grid'" in msg and "'tpe'" in msg and "gird" in msg
     msg = error(knn(space={"batch_size": {"type": "int", "low": 1, "hgh": 3}}))
@@ -104,19 +127,34 @@ def test_unknown_parameter_lists_allowed():
 
 
 def test_bad_choice_rejected_before_any_work():
-    msg = error({"name": "t", "retriever": "dsi-vit", "scale": "smoke", "space": {"id_scheme": ["random", "clusterd"]}})
+    msg = error(
+        {
+            "name": "t",
+            "retriever": "dsi-vit",
+            "scale": "smoke",
+            "space": {"id_scheme": ["random", "clusterd"]},
+        }
+    )
     assert "clusterd" in msg and "clustered" in msg
 
 
 def test_retriever_validation_names_every_bad_value_by_its_field():
-    study = {"name": "t", "scale": "smoke", "fixed": {"dropout": 2.0},
-             "methods": {"dsi": {"retriever": "dsi-vit", "params": {"retrieval_epochs": -1, "id_scheme": "foo"}}},
-             "space": {"mode": ["zero-shot", "finetuned"]}}
+    study = {
+        "name": "t",
+        "scale": "smoke",
+        "fixed": {"dropout": 2.0},
+        "methods": {"dsi": {"retriever": "dsi-vit", "params": {"retrieval_epochs": -1, "id_scheme": "foo"}}},
+        "space": {"mode": ["zero-shot", "finetuned"]},
+    }
     msg = error(study)
     assert msg.startswith("studies/x.yaml: ") and "\n" not in msg
     fields = re.findall(r"field `([^`]+)`", msg)
-    assert sorted(fields) == ["fixed.dropout", "methods.dsi.params.id_scheme", "methods.dsi.params.retrieval_epochs",
-                              "space.mode"]
+    assert sorted(fields) == [
+        "fixed.dropout",
+        "methods.dsi.params.id_scheme",
+        "methods.dsi.params.retrieval_epochs",
+        "space.mode",
+    ]
     assert "got 'foo'" in msg and "got 2.0" in msg and "'finetuned'" in msg
     msg = error(knn(fixed={"batch_size": "big"}, space={"center": ["yes", True]}))
     assert "field `fixed.batch_size`" in msg and "field `space.center`" in msg  # type errors together too
@@ -132,13 +170,21 @@ def test_dataset_errors():
 
 
 def test_sampler_metric_scale_and_method_errors():
-    assert "grid sampler" in error(knn(sampler={"type": "grid"}, space={"batch_size": {"type": "float", "low": 1, "high": 2}}))
+    assert "grid sampler" in error(
+        knn(sampler={"type": "grid"}, space={"batch_size": {"type": "float", "low": 1, "high": 2}})
+    )
     assert "MAP@10" in error(knn(metrics=["MAP"]))
     assert "objective.metric" in error(knn(objective={"metric": "mAP@10"}))
     msg = error(knn(scale="huge"))
     assert "huge" in msg and "smoke" in msg
     assert "scales.tiny" in error(knn(scales={"tiny": {}}))
-    assert "method" in error({"name": "t", "scale": "smoke", "methods": {"a": {"retriever": "random"}, "b": {"retriever": "pixels-knn"}}})
+    assert "method" in error(
+        {
+            "name": "t",
+            "scale": "smoke",
+            "methods": {"a": {"retriever": "random"}, "b": {"retriever": "pixels-knn"}},
+        }
+    )
     assert "both" in error(knn(methods={"a": {"retriever": "random"}}))
 
 
@@ -158,7 +204,12 @@ def test_yaml_floats_and_overrides(tmp_path):
 
 
 def test_report_block_flags_the_paper_table_and_rejects_typos():
-    defaults = {"compare_with": [], "equivalence_margin": None, "paired_test": "bootstrap", "bootstrap_samples": 10_000}
+    defaults = {
+        "compare_with": [],
+        "equivalence_margin": None,
+        "paired_test": "bootstrap",
+        "bootstrap_samples": 10_000,
+    }
     assert resolve(knn(report={"paper_table": True})).report == {"paper_table": True, **defaults}
     assert resolve(knn()).report == {"paper_table": False, **defaults}
     margin = resolve(knn(report={"equivalence_margin": 0.02, "paired_test": "seed-t"})).report
@@ -171,7 +222,9 @@ def test_report_block_flags_the_paper_table_and_rejects_typos():
 
 
 def test_fingerprint_ignores_budget_but_not_space():
-    a = resolve(knn(space={"center": [True, False]}, n_trials=1, description="x", report={"paper_table": True}))
+    a = resolve(
+        knn(space={"center": [True, False]}, n_trials=1, description="x", report={"paper_table": True})
+    )
     b = resolve(knn(space={"center": [True, False]}, n_trials=2))
     c = resolve(knn(space={"center": [True]}))
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
@@ -180,7 +233,9 @@ def test_fingerprint_ignores_budget_but_not_space():
 def test_plugins_register_retrievers_from_files(tmp_path):
     plugin = Path(__file__).parent / "plugins" / "sleepy.py"
     study = tmp_path / "s.yaml"
-    study.write_text(f"name: t\nretriever: test-sleepy-knn\nscale: smoke\nplugins: [{plugin}]\nspace: {{sleep: [0.0]}}\n")
+    study.write_text(
+        f"name: t\nretriever: test-sleepy-knn\nscale: smoke\nplugins: [{plugin}]\nspace: {{sleep: [0.0]}}\n"
+    )
     s = load_study(study)
     assert s.methods["test-sleepy-knn"].retriever == "test-sleepy-knn"
     assert "cannot import" in error(knn(plugins=["no_such_module_xyz"]))
@@ -195,18 +250,33 @@ def test_shipped_studies_are_valid_at_every_scale(path):
             assert get(method.retriever)
     smoke = load_study(path, scale="smoke")
     # smoke runs offline and fast: digits, or mosaics generated from digits
-    offline = smoke.dataset.name == "digits" or (smoke.dataset.name == "coco-mosaic" and smoke.dataset.options.get("base") == "digits")
+    offline = smoke.dataset.name == "digits" or (
+        smoke.dataset.name == "coco-mosaic" and smoke.dataset.options.get("base") == "digits"
+    )
     assert offline and smoke.n_trials <= 12
 
 
 def test_shipped_study_set_is_complete():
     names = {p.stem for p in STUDIES}
-    assert {"patch_size", "depth", "dropout", "split_ratio", "bovw_k", "zero_shot_vs_finetuned",
-            "id_scheme", "table1", "latency_scaling"} <= names
+    assert {
+        "patch_size",
+        "depth",
+        "dropout",
+        "split_ratio",
+        "bovw_k",
+        "zero_shot_vs_finetuned",
+        "id_scheme",
+        "table1",
+        "latency_scaling",
+    } <= names
     table1 = load_study(STUDIES[[p.stem for p in STUDIES].index("table1")])
     assert table1.space["dataset.n_total"].choices == [512, 1024, 2048]
     kinds = {(m.retriever, m.params.get("id_scheme"), m.params.get("mode")) for m in table1.methods.values()}
-    assert {("bovw", None, None), ("dsi-vit", "random", "zero-shot"), ("dsi-vit", "clustered", "fine-tuned")} <= kinds
+    assert {
+        ("bovw", None, None),
+        ("dsi-vit", "random", "zero-shot"),
+        ("dsi-vit", "clustered", "fine-tuned"),
+    } <= kinds
     # the studies whose numbers are quoted as findings run 3 seeds and put every label-using DSI beside the
     # label-matched baselines, built on the same encoder fields as the DSI
     for name in ("table1", "headline"):
@@ -214,20 +284,53 @@ def test_shipped_study_set_is_complete():
         assert study.repeats == 3, name
         retrievers = {m.retriever: m for m in study.methods.values()}
         assert {"classifier", "dual-encoder", "dsi-vit", "bovw"} <= set(retrievers), name
-        dsi = next(m for m in study.methods.values() if m.retriever == "dsi-vit" and m.params.get("mode") != "zero-shot")
+        dsi = next(
+            m
+            for m in study.methods.values()
+            if m.retriever == "dsi-vit" and m.params.get("mode") != "zero-shot"
+        )
         for baseline in ("classifier", "dual-encoder"):
-            for field in ("patch_size", "dim", "ff_dim", "depth", "heads", "dropout", "lr", "batch_size", "views"):
-                assert retrievers[baseline].params.get(field) == dsi.params.get(field), (name, baseline, field)
+            for field in (
+                "patch_size",
+                "dim",
+                "ff_dim",
+                "depth",
+                "heads",
+                "dropout",
+                "lr",
+                "batch_size",
+                "views",
+            ):
+                assert retrievers[baseline].params.get(field) == dsi.params.get(field), (
+                    name,
+                    baseline,
+                    field,
+                )
 
 
 def test_set_wins_over_the_scales_block(tmp_path):
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "t", "retriever": "dsi-vit", "scale": "small", "fixed": {"index_epochs": 300},
-        "space": {"patch_size": [8, 16, 32]},
-        "scales": {"smoke": {"fixed": {"index_epochs": 60}, "space": {"patch_size": [4, 8, 16]}, "repeats": 2}},
-    }))
-    s = load_study(path, scale="smoke", overrides=["space.patch_size=[16]", "fixed.index_epochs=5", "repeats=1"])
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "t",
+                "retriever": "dsi-vit",
+                "scale": "small",
+                "fixed": {"index_epochs": 300},
+                "space": {"patch_size": [8, 16, 32]},
+                "scales": {
+                    "smoke": {
+                        "fixed": {"index_epochs": 60},
+                        "space": {"patch_size": [4, 8, 16]},
+                        "repeats": 2,
+                    }
+                },
+            }
+        )
+    )
+    s = load_study(
+        path, scale="smoke", overrides=["space.patch_size=[16]", "fixed.index_epochs=5", "repeats=1"]
+    )
     assert s.grid() == [{"patch_size": 16}] and s.n_trials == 1
     assert s.methods["dsi-vit"].params["index_epochs"] == 5 and s.repeats == 1
     # without --set the scales block still applies, and an override of the block itself works
@@ -240,9 +343,16 @@ def test_set_wins_over_the_scales_block(tmp_path):
 
 
 def test_report_compare_with_names_methods_of_the_study():
-    two = {"name": "t", "scale": "smoke", "space": {"method": ["knn", "rand"]},
-           "methods": {"knn": {"retriever": "pixels-knn"}, "rand": {"retriever": "random"}}}
-    assert resolve({**two, "report": {"compare_with": ["rand", "pixels-knn"]}}).report["compare_with"] == ["rand", "pixels-knn"]
+    two = {
+        "name": "t",
+        "scale": "smoke",
+        "space": {"method": ["knn", "rand"]},
+        "methods": {"knn": {"retriever": "pixels-knn"}, "rand": {"retriever": "random"}},
+    }
+    assert resolve({**two, "report": {"compare_with": ["rand", "pixels-knn"]}}).report["compare_with"] == [
+        "rand",
+        "pixels-knn",
+    ]
     msg = error({**two, "report": {"compare_with": ["knn", "rnad"]}})
     assert "field `report.compare_with[1]`" in msg and "'rnad'" in msg and "did you mean 'rand'" in msg
     # a study's report does not enter its fingerprint: adding references to a running study is safe

@@ -16,7 +16,8 @@ from vitdsi.errors import VitDSIError
 from vitdsi.ids import extend_ids, make_ids
 from vitdsi.retrievers import load_retriever, registered, save_retriever
 
-NAMES = sorted(n for n, cls in registered().items() if cls.query_kind == "image")  # text retrievers do not add
+# text retrievers do not add
+NAMES = sorted(n for n, cls in registered().items() if cls.query_kind == "image")
 # retrievers whose index of the old images does not change when images are added (no retraining)
 FIXED_FEATURES = ("bovw", "classifier", "dual-encoder", "embedding", "pixels-knn")
 N_OLD = 40
@@ -122,7 +123,7 @@ def test_clustered_ids_give_added_images_a_block_of_their_class():
     ids = make_ids("clustered", len(labels), labels=labels, length=2)
     grown = extend_ids(ids, 6, labels=np.array([1, 1, 0, 0, 0, 2]))
     assert torch.equal(grown.codes[: len(labels)], ids.codes)
-    new = grown.values[len(labels):].numpy()
+    new = grown.values[len(labels) :].numpy()
     assert set(new[:2] // 10) == {1}  # class 1 owns block 1 (ids 12-16), which has room
     assert set(new[2:5] // 10) == {2}  # class 0's blocks are full: a fresh block
     assert new[5] // 10 == 3  # a new class: a block of its own
@@ -165,11 +166,26 @@ def test_dsi_strategies_forget_and_full_matches_training_from_scratch(parts):
     old ones, `replay` forgets fewer, and `full` reaches what indexing the union from
     scratch reaches (same seed)."""
     old, new, split = parts
-    params = dict(id_scheme="atomic", mode="zero-shot", index_epochs=150, target_ia=1.0, lr=3e-3, batch_size=16,
-                  dim=32, ff_dim=64, depth=1, heads=2, patch_size=8, dropout=0.0, seed=0)
+    params = dict(
+        id_scheme="atomic",
+        mode="zero-shot",
+        index_epochs=150,
+        target_ia=1.0,
+        lr=3e-3,
+        batch_size=16,
+        dim=32,
+        ff_dim=64,
+        depth=1,
+        heads=2,
+        patch_size=8,
+        dropout=0.0,
+        seed=0,
+    )
 
     def ia(r, images, first):
-        return (r.search(images, 1).ids[:, 0] == torch.arange(first, first + len(images))).float().mean().item()
+        return (
+            (r.search(images, 1).ids[:, 0] == torch.arange(first, first + len(images))).float().mean().item()
+        )
 
     result = {}
     for strategy in ("new-only", "replay", "full"):
@@ -222,8 +238,9 @@ def test_continual_study_logs_every_step_and_reports_it(tmp_path):
     outcome, uri = run_study_dict(tmp_path, CONTINUAL_STUDY)
     assert outcome.complete == 3
     client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("continual_check").experiment_id],
-                              "tags.`vitdsi.kind` = 'trial'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("continual_check").experiment_id], "tags.`vitdsi.kind` = 'trial'"
+    )
     for r in runs:
         steps = {m.step: m.value for m in client.get_metric_history(r.info.run_id, "continual/n_indexed")}
         assert steps == {0: 30.0, 1: 45.0, 2: 60.0}  # 60 indexed: half first, then two batches
@@ -231,7 +248,9 @@ def test_continual_study_logs_every_step_and_reports_it(tmp_path):
         assert sorted(ia) == [0, 1, 2] and all(0 <= v <= 1 for v in ia.values())
         if r.data.tags["method"] == "knn":  # exact vectors: nothing is ever forgotten
             assert set(ia.values()) == {1.0} and r.data.metrics["continual/ia_added"] == 1.0
-        seeds = json.loads(Path(client.download_artifacts(r.info.run_id, "continual.json", str(tmp_path))).read_text())
+        seeds = json.loads(
+            Path(client.download_artifacts(r.info.run_id, "continual.json", str(tmp_path))).read_text()
+        )
         assert len(seeds) == 2 and [s["step"] for s in seeds[0]] == [0, 1, 2]
     text = write_report("continual_check", tracking_uri=uri, out_dir=tmp_path / "reports").read_text()
     assert "## Continual indexing" in text and "| `knn` | 0 | 30 | 1.000 |" in text
@@ -272,8 +291,21 @@ def test_replay_queries_bring_the_retrieval_task_into_an_add_step(parts):
     """Under label relevance every train query comes with the first index, so an add step has no
     queries of its own: it trains the indexing task alone unless `replay_queries` replays old ones."""
     old, new, split = parts
-    params = dict(id_scheme="atomic", mode="multitask", index_epochs=2, retrieval_epochs=1, dim=16, ff_dim=32,
-                  depth=1, heads=2, patch_size=8, dropout=0.0, seed=0, add_strategy="replay", replay_share=0.5)
+    params = dict(
+        id_scheme="atomic",
+        mode="multitask",
+        index_epochs=2,
+        retrieval_epochs=1,
+        dim=16,
+        ff_dim=32,
+        depth=1,
+        heads=2,
+        patch_size=8,
+        dropout=0.0,
+        seed=0,
+        add_strategy="replay",
+        replay_share=0.5,
+    )
     phases = {}
     for share in (0.0, 0.5):
         r = build("dsi-vit", replay_queries=share, **params)

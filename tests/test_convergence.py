@@ -21,7 +21,9 @@ def _mlp_step(model, batch: int, d_in: int) -> None:
 
 def test_flops_of_a_two_layer_mlp_equal_the_analytic_count():
     d_in, hidden, d_out = 12, 20, 7
-    model = torch.nn.Sequential(torch.nn.Linear(d_in, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, d_out))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(d_in, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, d_out)
+    )
     forward = lambda b: 2 * b * (d_in * hidden + hidden * d_out)  # noqa: E731  (2 * B * in * out per Linear)
     meter = FlopMeter()
     with meter.step(("train", 8), 8):
@@ -54,7 +56,9 @@ class _Scripted:
 def test_monitor_stops_on_a_plateau_and_restores_the_best_weights():
     model = torch.nn.Linear(2, 1)
     script = [0.1, 0.5, 0.4, 0.45, 0.5]  # best at the 2nd evaluation, then 3 without improvement
-    monitor = TrainingMonitor(MonitorConfig(patience=3, val_every=1), _Scripted(script), lambda q, k: None, model)
+    monitor = TrainingMonitor(
+        MonitorConfig(patience=3, val_every=1), _Scripted(script), lambda q, k: None, model
+    )
     monitor.start_phase("classify", 50, patience=True)
     stopped_at, best_weight = None, None
     for epoch in range(1, 51):
@@ -113,15 +117,19 @@ def test_dsi_short_of_its_ia_target_did_not_converge(tiny_split):
     r.index(tiny_split.corpus, validation=val)
     record = r.training_record
     assert record["converged"] is False and record["ia1_reached"] < 0.99
-    assert record["conditions"] == {"target_ia": False} and record["train_examples"] == 2 * len(tiny_split.corpus)
+    assert record["conditions"] == {"target_ia": False} and record["train_examples"] == 2 * len(
+        tiny_split.corpus
+    )
 
 
 COMPUTE_STUDY = {
     "name": "compute_check",
     "scale": "smoke",
-    "methods": {"clf": {"retriever": "classifier", "params": {"epochs": 30, "patience": 2, "val_every": 1}},
-                "dual": {"retriever": "dual-encoder", "params": {"epochs": 1}},  # one epoch: no plateau
-                "knn": {"retriever": "pixels-knn"}},
+    "methods": {
+        "clf": {"retriever": "classifier", "params": {"epochs": 30, "patience": 2, "val_every": 1}},
+        "dual": {"retriever": "dual-encoder", "params": {"epochs": 1}},  # one epoch: no plateau
+        "knn": {"retriever": "pixels-knn"},
+    },
     "space": {"method": ["clf", "dual", "knn"]},
     "objective": {"metric": "MAP@10"},
     "mlflow": {"log_index": False},
@@ -136,8 +144,11 @@ def test_study_logs_convergence_and_compute_and_reports_them(tmp_path):
     outcome, uri = run_study_dict(tmp_path, COMPUTE_STUDY)
     assert outcome.complete == 3
     client = MlflowClient(uri)
-    runs = {r.data.tags["method"]: r for r in client.search_runs(client.get_experiment_by_name("compute_check").experiment_id)
-            if r.data.tags.get("vitdsi.kind") == "trial"}
+    runs = {
+        r.data.tags["method"]: r
+        for r in client.search_runs(client.get_experiment_by_name("compute_check").experiment_id)
+        if r.data.tags.get("vitdsi.kind") == "trial"
+    }
     clf, dual, knn = (runs[m].data.metrics for m in ("clf", "dual", "knn"))
     assert clf["converged"] == 1.0 and clf["epochs_used"] < 30 and clf["train_flops"] > 0
     assert dual["converged"] == 0.0 and dual["epochs_used"] == 1 and dual["train_examples"] > 0
@@ -151,7 +162,11 @@ def test_study_logs_convergence_and_compute_and_reports_them(tmp_path):
     assert "**Quality at equal compute.**" in text and "at convergence: test MAP@10" in text
     assert "| val MAP@10 at 1x (" in text  # the smallest final training FLOPs of the methods shown
     results = text.split("## Results", 1)[1].split("\n## ", 1)[0]
-    rows = {line.split("|")[2].strip().split()[0]: line for line in results.splitlines() if re.match(r"\| \d", line)}
+    rows = {
+        line.split("|")[2].strip().split()[0]: line
+        for line in results.splitlines()
+        if re.match(r"\| \d", line)
+    }
     assert "**did not converge** (no validation plateau in 1 of 1 epochs)" in rows["dual"]
     assert f"converged in {clf['epochs_used']:.0f} of 30 epochs" in rows["clf"]
     assert "no training" in rows["knn"]

@@ -44,7 +44,9 @@ def test_fashion_mnist_missing_root_names_where_it_looked(tmp_path, monkeypatch)
     with pytest.raises(DatasetNotFoundError) as err:
         load_dataset("fashion-mnist", root=str(tmp_path / "empty"), download=False)
     msg = str(err.value)
-    assert str(tmp_path / "empty") in msg and "nowhere" in msg and "apt-get install dataset-fashion-mnist" in msg
+    assert (
+        str(tmp_path / "empty") in msg and "nowhere" in msg and "apt-get install dataset-fashion-mnist" in msg
+    )
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     with pytest.raises(DatasetNotFoundError) as err:
         load_dataset("fashion-mnist", download=False)
@@ -70,8 +72,10 @@ def _write_fashion(root: Path, n: int = 6) -> None:
     import gzip
 
     rng = np.random.default_rng(0)
-    for images, labels in (("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-                           ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")):
+    for images, labels in (
+        ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+        ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+    ):
         pixels = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8).tobytes()
         head = b"\x00\x00\x08\x03" + b"".join(v.to_bytes(4, "big") for v in (n, 28, 28))
         (root / f"{images}.gz").write_bytes(gzip.compress(head + pixels))
@@ -84,7 +88,12 @@ def test_corrupt_or_truncated_fashion_mnist_file_is_named(tmp_path, damage):
     import gzip
 
     _write_fashion(tmp_path)
-    assert load_dataset("fashion-mnist", root=str(tmp_path), size=28, download=False).images.shape == (12, 3, 28, 28)
+    assert load_dataset("fashion-mnist", root=str(tmp_path), size=28, download=False).images.shape == (
+        12,
+        3,
+        28,
+        28,
+    )
     path = tmp_path / "t10k-images-idx3-ubyte.gz"
     data = path.read_bytes()
     if damage == "truncated gzip":
@@ -111,7 +120,9 @@ def test_truncated_fashion_mnist_label_header_is_named(tmp_path):
 
 
 def test_unknown_dataset_and_parameter_and_limit_errors():
-    with pytest.raises(VitDSIError, match="known datasets: digits, fashion-mnist, imagefolder, coco, coco-mosaic"):
+    with pytest.raises(
+        VitDSIError, match="known datasets: digits, fashion-mnist, imagefolder, coco, coco-mosaic"
+    ):
         load_dataset("mnist")
     with pytest.raises(VitDSIError, match=r"unknown parameter\(s\) \['sise'\]"):
         load_dataset("digits", sise=32)
@@ -146,7 +157,10 @@ def test_imagefolder_square_filter_crop_resize(tmp_path):
     assert ds.class_names == ("cat", "dog")
     assert ds.meta["skipped"] == 2
     assert ds.images[ds.labels == 0].float().mean() < 60 < ds.images[ds.labels == 1].float().mean()
-    assert load_dataset("imagefolder", root=str(tmp_path), size=16, limit=4, seed=0).labels.tolist().count(0) == 2
+    assert (
+        load_dataset("imagefolder", root=str(tmp_path), size=16, limit=4, seed=0).labels.tolist().count(0)
+        == 2
+    )
 
 
 def test_imagefolder_missing_root(tmp_path):
@@ -164,7 +178,9 @@ def test_coco_mosaic_is_real_coco_and_deterministic(tmp_path):
     ja = json.loads((a / "annotations" / "instances.json").read_text())
     jb = json.loads((b / "annotations" / "instances.json").read_text())
     assert ja == jb
-    assert (a / "images" / "mosaic_000000.png").read_bytes() == (b / "images" / "mosaic_000000.png").read_bytes()
+    assert (a / "images" / "mosaic_000000.png").read_bytes() == (
+        b / "images" / "mosaic_000000.png"
+    ).read_bytes()
     ds = load_dataset("coco", root=str(a), size=16)
     assert ds.multilabel and ds.labels.shape == (30, 10) and ds.labels.dtype == torch.bool
     assert ds.labels.any(1).all()
@@ -195,7 +211,11 @@ def test_multilabel_relevance_any_shared_category():
     dense = rel.to_sparse().toarray()
     assert dense.tolist() == [[True, False, False, True], [True, True, False, True], [False] * 4]
     assert rel.n_relevant().tolist() == [2, 3, 0]
-    assert rel.gather(np.array([[0, 1], [2, -1], [0, 3]])).tolist() == [[True, False], [False, False], [False, False]]
+    assert rel.gather(np.array([[0, 1], [2, -1], [0, 3]])).tolist() == [
+        [True, False],
+        [False, False],
+        [False, False],
+    ]
 
 
 def test_single_label_relevance_matches_dense():
@@ -260,7 +280,9 @@ def test_16bit_grey_image_is_scaled_not_clipped(tmp_path, suffix):
     out = load_image_file(path, 16)
     assert out.dtype == torch.uint8 and out.shape == (3, 16, 16)
     assert abs(int(out[0, 2, 2]) - 128) <= 1  # mid grey stays mid grey (was 255)
-    assert (out[:, 8:, 8:].float() / 255 - torch.from_numpy(ramp[8:, 8:] / 65535.0).float()).abs().max() < 0.01
+    assert (
+        out[:, 8:, 8:].float() / 255 - torch.from_numpy(ramp[8:, 8:] / 65535.0).float()
+    ).abs().max() < 0.01
     assert int(out[0, 15, 15]) == 255
 
 
@@ -291,7 +313,9 @@ def test_imagefolder_skips_corrupt_and_truncated_files_alike(tmp_path, caplog):
     _write_tree(tmp_path)
     (tmp_path / "cat" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(buf, format="PNG")
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+        buf, format="PNG"
+    )
     (tmp_path / "dog" / "truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     with caplog.at_level(logging.WARNING):
         ds = load_dataset("imagefolder", root=str(tmp_path), size=16)
@@ -310,15 +334,23 @@ def test_split_stores_source_ids_and_refuses_changed_data(digits32, tmp_path):
     # the same number of images, but one of the split's images is another file now
     ids = digits32.source_ids.astype(object)
     ids[split.test[0]] = "digits/renamed"
-    changed = type(digits32)(digits32.images, digits32.labels, ids, digits32.class_names, digits32.name, digits32.meta)
-    with pytest.raises(VitDSIError, match=rf"data changed.*image {split.test[0]} of 'digits' was 'digits/{split.test[0]}' and is now 'digits/renamed'"):
+    changed = type(digits32)(
+        digits32.images, digits32.labels, ids, digits32.class_names, digits32.name, digits32.meta
+    )
+    with pytest.raises(
+        VitDSIError,
+        match=rf"data changed.*image {split.test[0]} of 'digits' was 'digits/{split.test[0]}' and is now "
+        r"'digits/renamed'",
+    ):
         again.apply(changed)
     # positions the split did not choose (e.g. another seed's repeat) are checked by the digest
     others = np.setdiff1d(np.arange(len(digits32)), chosen)[:10]
     other = Split(others[:2], others[2:4], others[4:6], others[6:], params=again.params)
     ids = digits32.source_ids.astype(object)
     ids[others[0]] = "digits/moved"
-    moved = type(digits32)(digits32.images, digits32.labels, ids, digits32.class_names, digits32.name, digits32.meta)
+    moved = type(digits32)(
+        digits32.images, digits32.labels, ids, digits32.class_names, digits32.name, digits32.meta
+    )
     with pytest.raises(VitDSIError, match="source ids of 'digits' differ"):
         other.apply(moved)
     assert len(other.apply(digits32).test) == 4

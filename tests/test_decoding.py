@@ -12,8 +12,19 @@ from vitdsi.models import IdTrie, VitDSI, VitDSIConfig, atomic_topk, beam_search
 
 def model_for(ids, seed: int = 0, **kw) -> VitDSI:
     torch.manual_seed(seed)
-    cfg = VitDSIConfig(image_size=16, patch_size=4, dim=32, ff_dim=64, depth=2, heads=2, dropout=0.0,
-                       id_length=ids.length, atomic=ids.atomic, n_ids=ids.n, **kw)
+    cfg = VitDSIConfig(
+        image_size=16,
+        patch_size=4,
+        dim=32,
+        ff_dim=64,
+        depth=2,
+        heads=2,
+        dropout=0.0,
+        id_length=ids.length,
+        atomic=ids.atomic,
+        n_ids=ids.n,
+        **kw,
+    )
     model = VitDSI(cfg).eval()
     # larger random weights than the training init, so rankings depend on the image
     with torch.no_grad():
@@ -64,8 +75,12 @@ def test_narrow_beam_returns_distinct_valid_ids_with_true_scores(beam, k):
 
 def test_sparse_id_set_only_returns_members():
     # 12 ids scattered in a 3-digit space: most prefixes are invalid
-    codes = torch.tensor([[int(c) for c in s] for s in
-                          ["007", "070", "099", "100", "355", "356", "512", "513", "801", "802", "990", "999"]])
+    codes = torch.tensor(
+        [
+            [int(c) for c in s]
+            for s in ["007", "070", "099", "100", "355", "356", "512", "513", "801", "802", "990", "999"]
+        ]
+    )
     from vitdsi.ids import IdMap
 
     ids = IdMap("semantic", codes)

@@ -27,21 +27,47 @@ POSTGRES_URL = os.environ.get("VITDSI_TEST_POSTGRES_URL")
 SLEEPY = Path(__file__).resolve().parent / "plugins" / "sleepy.py"
 
 
-@pytest.mark.skipif(not POSTGRES_URL, reason="set VITDSI_TEST_POSTGRES_URL (eval \"$(bash scripts/ci_postgres.sh)\") to run against PostgreSQL")
+@pytest.mark.skipif(
+    not POSTGRES_URL,
+    reason='set VITDSI_TEST_POSTGRES_URL (eval "$(bash scripts/ci_postgres.sh)") to run against PostgreSQL',
+)
 def test_two_workers_share_one_study_on_postgres(tmp_path):
     name = f"dist-{uuid.uuid4().hex[:8]}"
     study = tmp_path / "dist.yaml"
-    study.write_text(yaml.safe_dump({
-        "name": name, "retriever": "test-sleepy-knn", "scale": "smoke", "plugins": [str(SLEEPY)],
-        "fixed": {"sleep": 0.4, "epochs": 2}, "dataset": {"n_total": 120},
-        "space": {"center": [True, False], "batch_size": [64, 128, 256, 512]},
-    }))
+    study.write_text(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "retriever": "test-sleepy-knn",
+                "scale": "smoke",
+                "plugins": [str(SLEEPY)],
+                "fixed": {"sleep": 0.4, "epochs": 2},
+                "dataset": {"n_total": 120},
+                "space": {"center": [True, False], "batch_size": [64, 128, 256, 512]},
+            }
+        )
+    )
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
-    cmd = [sys.executable, "-m", "bench", "run", str(study), "--storage", POSTGRES_URL, "--tracking-uri", tracking,
-           "--heartbeat", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench",
+        "run",
+        str(study),
+        "--storage",
+        POSTGRES_URL,
+        "--tracking-uri",
+        tracking,
+        "--heartbeat",
+        "2",
+    ]
     env = {**os.environ, "VITDSI_PROGRESS": "0"}
-    workers = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for _ in range(2)]
+    workers = [
+        subprocess.Popen(
+            cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
     outputs = [w.communicate(timeout=300)[0] for w in workers]
     for w, out in zip(workers, outputs, strict=True):
         assert w.returncode == 0, out
@@ -49,7 +75,9 @@ def test_two_workers_share_one_study_on_postgres(tmp_path):
     storage = make_storage(POSTGRES_URL, heartbeat=2)
     try:
         trials = optuna.load_study(study_name=f"{name}-smoke", storage=storage).get_trials(deepcopy=False)
-        assert len(trials) == 8 and all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]
+        assert len(trials) == 8 and all(t.state == TrialState.COMPLETE for t in trials), [
+            t.state for t in trials
+        ]
         points = Counter((t.params["center"], t.params["batch_size"]) for t in trials)
         assert len(points) == 8 and set(points.values()) == {1}  # every grid point exactly once
         assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers took trials

@@ -16,9 +16,19 @@ def tracked(*suffixes: str) -> list[Path]:
 
 def test_design_notes_exist_and_cover_the_design():
     text = (ROOT / "docs" / "design.md").read_text()
-    for section in ("Architecture", "retriever interface", "Data sources and splits", "Id schemes",
-                    "DSI model", "Metrics and chance levels", "Optuna and MLflow", "Latency", "Reports",
-                    "Scale presets", "Fair comparison"):
+    for section in (
+        "Architecture",
+        "retriever interface",
+        "Data sources and splits",
+        "Id schemes",
+        "DSI model",
+        "Metrics and chance levels",
+        "Optuna and MLflow",
+        "Latency",
+        "Reports",
+        "Scale presets",
+        "Fair comparison",
+    ):
         assert re.search(rf"^## .*{section}", text, re.M | re.I), section
 
 
@@ -54,11 +64,20 @@ def test_demo_pins_one_thread_and_the_patch_size_study_says_what_the_demo_runs()
     d, params = study.dataset, study.methods["dsi-vit"].params
     sizes = split_sizes(d.n_total, d.split_ratio, d.query_fractions)
     patches = [str(p) for p in study.space["patch_size"].choices]
-    assert f"on {d.size} px images (smoke, small) the same ratios are {', '.join(patches[:-1])} and {patches[-1]} px" in text
-    assert f"{d.n_total} {d.name} at {d.size} px, {sizes['idb']} indexed and {sizes['test']} test queries" in text
+    assert (
+        f"on {d.size} px images (smoke, small) the same ratios are {', '.join(patches[:-1])} and "
+        f"{patches[-1]} px" in text
+    )
+    assert (
+        f"{d.n_total} {d.name} at {d.size} px, {sizes['idb']} indexed and {sizes['test']} test queries"
+        in text
+    )
     assert study.repeats == 1 and "one seed" in text
     assert f"a ViT encoder of {params['depth']} blocks and width {params['dim']}" in text
-    assert f"at most {params['index_epochs']} indexing and {params['retrieval_epochs']} fine-tuning epochs" in text
+    assert (
+        f"at most {params['index_epochs']} indexing and {params['retrieval_epochs']} fine-tuning epochs"
+        in text
+    )
     assert params["mode"] == "fine-tuned" and params["id_scheme"] == "clustered" and "Clustered ids" in text
     assert study.metric == "MAP@10" and "best validation MAP@10" in text
 

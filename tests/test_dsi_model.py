@@ -10,13 +10,25 @@ from vitdsi.models import VitDSI, VitDSIConfig
 from vitdsi.models.vit_dsi import BOS, N_OUT, sinusoid_2d
 from vitdsi.retrievers import create
 
-TINY = dict(patch_size=8, dim=32, ff_dim=64, depth=1, heads=2, dropout=0.0, lr=2e-3, batch_size=16, device="cpu")
+TINY = dict(
+    patch_size=8, dim=32, ff_dim=64, depth=1, heads=2, dropout=0.0, lr=2e-3, batch_size=16, device="cpu"
+)
 
 
 def tiny_model(pos_encoding: str, **kw) -> VitDSI:
     torch.manual_seed(0)
-    cfg = VitDSIConfig(image_size=16, patch_size=4, dim=32, ff_dim=64, depth=2, heads=2, dropout=0.0,
-                       pos_encoding=pos_encoding, id_length=3, **kw)
+    cfg = VitDSIConfig(
+        image_size=16,
+        patch_size=4,
+        dim=32,
+        ff_dim=64,
+        depth=2,
+        heads=2,
+        dropout=0.0,
+        pos_encoding=pos_encoding,
+        id_length=3,
+        **kw,
+    )
     return VitDSI(cfg).eval()
 
 
@@ -96,7 +108,11 @@ def test_save_load_answers_without_the_training_data(scheme, mode, tiny_split, t
 
     r = create("dsi-vit", **TINY, id_scheme=scheme, mode=mode, index_epochs=2, retrieval_epochs=1)
     r.index(tiny_split.corpus, train_queries=tiny_split.train)
-    assert [h["phase"] for h in r.history] == ["index", "index", "retrieval" if mode == "fine-tuned" else "multitask"]
+    assert [h["phase"] for h in r.history] == [
+        "index",
+        "index",
+        "retrieval" if mode == "fine-tuned" else "multitask",
+    ]
     queries = tiny_split.test.images
     before = r.search(queries, 10)
     save_retriever(r, tmp_path / "idx")
@@ -143,7 +159,9 @@ def test_ids_from_the_dsis_own_encoder(encoder, tiny_split):
     assert len(set(a.id_map.strings())) == n
     assert a.supervision_used().pretrained == (encoder != "vit")
     if encoder == "vit":
-        assert [e["phase"] for e in a.history][:2] == ["own-ids", "own-ids"] and a.history[2]["phase"] == "index"
+        assert [e["phase"] for e in a.history][:2] == ["own-ids", "own-ids"] and a.history[2][
+            "phase"
+        ] == "index"
     shuffled = tiny_split.corpus.labels[torch.randperm(n, generator=torch.Generator().manual_seed(1))]
     b = create("dsi-vit", **params)
     b.index(dataclasses.replace(tiny_split.corpus, labels=shuffled))

@@ -85,7 +85,9 @@ def test_ivfpq_compresses_and_keeps_recall(digits_corpus, digits32):
     # 64 bytes of codes per image against 3072 floats (at 600 images the codebooks still weigh most)
     assert pq._faiss.code_size == 64 and index_bytes(pq) < index_bytes(exact) / 2
     with pytest.raises(VitDSIError, match="ivfpq with pq_bits=8 trains 2\\^8 = 256 centroids .* got 100"):
-        create("embedding", backbone="pixels", index_type="ivfpq").index(digits_corpus.subset(torch.arange(100)))
+        create("embedding", backbone="pixels", index_type="ivfpq").index(
+            digits_corpus.subset(torch.arange(100))
+        )
     with pytest.raises(VitDSIError, match="pq_m=7 sub-quantisers must divide the vector width 3072"):
         create("embedding", backbone="pixels", index_type="ivfpq", pq_m=7).index(digits_corpus)
 
@@ -130,7 +132,9 @@ def test_efficientnet_lite0_features(tiny_split):
     from sklearn.datasets import load_sample_images
 
     china, flower = load_sample_images().images  # a Chinese palace, a dahlia
-    photos = torch.stack([torch.from_numpy(np.ascontiguousarray(p[:, :427])).permute(2, 0, 1) for p in (china, flower)])
+    photos = torch.stack(
+        [torch.from_numpy(np.ascontiguousarray(p[:, :427])).permute(2, 0, 1) for p in (china, flower)]
+    )
     with torch.inference_mode():
         top5 = net.model.net._fc(net(photos)).topk(5).indices
     assert {698, 442, 663} & set(top5[0].tolist())  # palace, bell cote, monastery
@@ -145,7 +149,9 @@ def test_efficientnet_lite0_features(tiny_split):
 
 def test_missing_torchvision_weights_name_the_file(tmp_path, monkeypatch, tiny_split):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(VitDSIError, match=r"not available locally: expected the file .*resnet18-f37072fd\.pth"):
+    with pytest.raises(
+        VitDSIError, match=r"not available locally: expected the file .*resnet18-f37072fd\.pth"
+    ):
         load_backbone("resnet18")
     with pytest.raises(VitDSIError, match="not available locally"):
         create("embedding", backbone="resnet18", device="cpu").index(tiny_split.corpus)
@@ -174,8 +180,12 @@ def test_torchvision_model_with_local_weights(tmp_path, monkeypatch, tiny_split)
     with torch.inference_mode():
         feats = net(images)
         # the features are the input of the final linear layer, with the saved weights
-        x = torch.nn.functional.interpolate(images.float() / 255, size=(224, 224), mode="bilinear", antialias=True)
-        x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        x = torch.nn.functional.interpolate(
+            images.float() / 255, size=(224, 224), mode="bilinear", antialias=True
+        )
+        x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+            [0.229, 0.224, 0.225]
+        ).view(1, 3, 1, 1)
         expected = reference.classifier[:-1](reference.avgpool(reference.features(x)).flatten(1))
     assert feats.shape == (4, 1024)
     torch.testing.assert_close(feats, expected, atol=1e-4, rtol=1e-4)

@@ -28,12 +28,16 @@ class Encoder:
     def __call__(self):
         self.calls += 1
         for start in range(0, len(ROWS), 16):
-            yield ROWS[start:start + 16]
+            yield ROWS[start : start + 16]
 
 
 def _key(**change) -> CacheKey:
-    parts = {"images": fingerprint_array(np.zeros((40, 3, 8, 8), np.uint8)), "encoder": "toy blocks[:2] @8px",
-             "preprocessing": "imagenet mean/std", "views": ""}
+    parts = {
+        "images": fingerprint_array(np.zeros((40, 3, 8, 8), np.uint8)),
+        "encoder": "toy blocks[:2] @8px",
+        "preprocessing": "imagenet mean/std",
+        "views": "",
+    }
     return CacheKey(**{**parts, **change})
 
 
@@ -45,7 +49,9 @@ def test_hit_computes_nothing_and_reads_a_memory_map(tmp_path):
     np.testing.assert_array_equal(first, ROWS)
     np.testing.assert_array_equal(again, ROWS)
     [entry] = cache.entries()
-    assert entry.bytes >= ROWS.nbytes and entry.manifest["shape"] == [40, 6] and entry.manifest["key"]["encoder"]
+    assert (
+        entry.bytes >= ROWS.nbytes and entry.manifest["shape"] == [40, 6] and entry.manifest["key"]["encoder"]
+    )
 
 
 @pytest.mark.parametrize("part", ["images", "encoder", "preprocessing", "views"])
@@ -100,12 +106,15 @@ def test_two_workers_build_one_entry_once(tmp_path):
             for i in range(4):
                 time.sleep(0.3)
                 yield np.full((5, 3), i, dtype=np.float32)
-        out = FeatureCache({str(tmp_path / 'cache')!r}).get(CacheKey(images="x", encoder="slow"), batches, n=20)
+        cache = FeatureCache({str(tmp_path / "cache")!r})
+        out = cache.get(CacheKey(images="x", encoder="slow"), batches, n=20)
         print(float(out.sum()))
     """)
     root = Path(__file__).resolve().parents[1]
-    procs = [subprocess.Popen([sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     assert outs[0] == outs[1] == str(float(5 * 3 * (0 + 1 + 2 + 3)))

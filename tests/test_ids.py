@@ -18,7 +18,9 @@ def blobs(n_per: int, n_blobs: int = 10, dim: int = 16, seed: int = 0):
     return centers[labels] + rng.normal(size=(len(labels), dim)), labels
 
 
-@pytest.mark.parametrize("n,length", [(1, 1), (7, 1), (10, 1), (11, 2), (100, 2), (512, 3), (1000, 3), (1001, 4)])
+@pytest.mark.parametrize(
+    "n,length", [(1, 1), (7, 1), (10, 1), (11, 2), (100, 2), (512, 3), (1000, 3), (1001, 4)]
+)
 def test_id_length(n, length):
     assert id_length(n) == length
 
@@ -121,7 +123,8 @@ def test_rq_ids_are_unique_digits_with_a_disambiguation_tail(n):
 
 def test_rq_first_level_follows_the_features_not_the_labels():
     feats, labels = blobs(40)
-    ids = make_ids("rq", 400, features=feats, seed=0, labels=np.zeros(400, dtype=np.int64))  # labels are ignored
+    # labels are ignored
+    ids = make_ids("rq", 400, features=feats, seed=0, labels=np.zeros(400, dtype=np.int64))
     first = ids.codes[:, 0].numpy()
     assert all(len(set(first[labels == b])) == 1 for b in range(10)) and len(set(first)) == 10
     # the second level quantises what is left inside a blob: points of one blob spread over its digits

@@ -14,8 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("vitdsi", "bench")
 
 # vitdsi's layers, lowest first: a module may import its own layer or lower ones, never higher
-LAYERS = (("vitdsi.data", "vitdsi.ranking", "vitdsi.features"), ("vitdsi.models",), ("vitdsi.training",),
-          ("vitdsi.retrievers",))
+LAYERS = (
+    ("vitdsi.data", "vitdsi.ranking", "vitdsi.features"),
+    ("vitdsi.models",),
+    ("vitdsi.training",),
+    ("vitdsi.retrievers",),
+)
 
 # circles known today, each as its modules in order starting at the smallest name; this list
 # may only shrink
@@ -57,7 +61,9 @@ def import_graph() -> dict[str, set[str]]:
     for name, path in modules.items():
         tree = ast.parse(path.read_text(), filename=str(path))
         targets = {t for t in imported_names(tree, name, path.name == "__init__.py") if t in modules}
-        graph[name] = {t for t in targets if t != name and not (path.name == "__init__.py" and t.startswith(name + "."))}
+        graph[name] = {
+            t for t in targets if t != name and not (path.name == "__init__.py" and t.startswith(name + "."))
+        }
     return graph
 
 
@@ -130,9 +136,15 @@ def layer_of(module: str) -> int | None:
 
 def test_vitdsi_layers_import_downwards():
     """e.g. features/ (FAISS indexes) never reaches up into retrievers/ for the Ranking type."""
-    up = [f"{a} -> {b}" for a, targets in import_graph().items() for b in sorted(targets)
-          if layer_of(a) is not None and layer_of(b) is not None and layer_of(b) > layer_of(a)]
-    assert not up, "imports up the layers (data/ranking/features < models < training < retrievers): " + ", ".join(up)
+    up = [
+        f"{a} -> {b}"
+        for a, targets in import_graph().items()
+        for b in sorted(targets)
+        if layer_of(a) is not None and layer_of(b) is not None and layer_of(b) > layer_of(a)
+    ]
+    assert not up, (
+        "imports up the layers (data/ranking/features < models < training < retrievers): " + ", ".join(up)
+    )
 
 
 def test_cycle_finder_sees_a_circle_and_its_absence():

@@ -44,8 +44,11 @@ def test_a_bad_kind_block_names_its_field():
 
 
 def test_a_study_is_of_one_kind():
-    with pytest.raises(StudyConfigError, match=r"field `continual`: a study is a latency study or a "
-                                               r"continual-indexing study, not both"):
+    with pytest.raises(
+        StudyConfigError,
+        match=r"field `continual`: a study is a latency study or a "
+        r"continual-indexing study, not both",
+    ):
         resolve({**_BASE, "latency": {"n_queries": 8}, "continual": {}}, source="k.yaml")
 
 

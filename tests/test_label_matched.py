@@ -14,7 +14,9 @@ from vitdsi.models import VitDSI, VitDSIConfig, VitEncoder, VitEncoderConfig
 from vitdsi.retrievers import create, get, load_retriever, save_retriever
 from vitdsi.retrievers.base import Supervision
 
-TINY = dict(patch_size=8, dim=32, ff_dim=64, depth=1, heads=2, dropout=0.0, lr=2e-3, batch_size=32, device="cpu")
+TINY = dict(
+    patch_size=8, dim=32, ff_dim=64, depth=1, heads=2, dropout=0.0, lr=2e-3, batch_size=32, device="cpu"
+)
 LEARN = dict(TINY, lr=3e-3, batch_size=16, epochs=30)  # enough steps to learn something from 108 images
 
 
@@ -28,8 +30,11 @@ def ap_at_10(ids: torch.Tensor, relevant: torch.Tensor) -> float:
 @pytest.fixture(scope="module")
 def held_out(digits32, tiny_split):
     """200 digits outside the tiny split: queries neither indexed nor trained on."""
-    used = set(np.concatenate([s.source_ids for s in (tiny_split.corpus, tiny_split.train, tiny_split.val,
-                                                        tiny_split.test)]).tolist())
+    used = set(
+        np.concatenate(
+            [s.source_ids for s in (tiny_split.corpus, tiny_split.train, tiny_split.val, tiny_split.test)]
+        ).tolist()
+    )
     free = np.array([i for i, s in enumerate(digits32.source_ids.tolist()) if s not in used])[:200]
     return digits32.subset(free)
 
@@ -58,18 +63,23 @@ def test_encoder_shapes_and_the_dsi_uses_it():
     assert torch.allclose(enc.embed(x), enc(x).mean(1))
     dsi = VitDSI(VitDSIConfig(image_size=16, patch_size=4, dim=32, ff_dim=64, depth=2, heads=2)).eval()
     assert isinstance(dsi.encoder, VitEncoder) and dsi.cfg.encoder_config() == VitEncoderConfig(
-        image_size=16, patch_size=4, dim=32, ff_dim=64, depth=2, heads=2)
+        image_size=16, patch_size=4, dim=32, ff_dim=64, depth=2, heads=2
+    )
     assert torch.equal(dsi.encode(x), dsi.encoder(x))
 
 
 def test_dsi_state_dicts_from_before_the_encoder_module_still_load():
-    cfg = VitDSIConfig(image_size=16, patch_size=4, dim=32, ff_dim=64, depth=2, heads=2, pos_encoding="learned")
+    cfg = VitDSIConfig(
+        image_size=16, patch_size=4, dim=32, ff_dim=64, depth=2, heads=2, pos_encoding="learned"
+    )
     torch.manual_seed(0)
     model = VitDSI(cfg)
     old = {}
     for key, value in model.state_dict().items():  # the key names of the former flat layout
         key = key.replace("encoder.layers.", "encoder.", 1) if key.startswith("encoder.layers.") else key
-        old[key[len("encoder."):] if key.startswith("encoder.") and not key.split(".")[1].isdigit() else key] = value
+        old[
+            key[len("encoder.") :] if key.startswith("encoder.") and not key.split(".")[1].isdigit() else key
+        ] = value
     assert "patch_embed.weight" in old and "encoder.0.attn.qkv.weight" in old
     torch.manual_seed(1)
     again = VitDSI(cfg)
@@ -105,7 +115,8 @@ def test_classifier_learns_the_classes(classifier, held_out):
     assert accuracy > 0.2, f"accuracy {accuracy:.2f} on held-out digits (chance 0.1)"
     assert classifier.history[-1]["loss"] < classifier.history[0]["loss"]
     assert {"phase", "epoch", "step", "lr", "loss", "seconds", "images_per_s", "train_accuracy"} <= set(
-        classifier.history[0])
+        classifier.history[0]
+    )
 
 
 def multi_label(s: ImageSet) -> ImageSet:
@@ -127,7 +138,8 @@ def test_multilabel_classifier_ranks_by_summed_category_probability(tiny_split, 
     group_score = (probs.double() @ corpus.labels.double().T).gather(1, ranking.ids)  # in ranked order
     cos = (emb @ corpus_emb.T).gather(1, ranking.ids)
     assert (group_score.diff(dim=1) <= 1e-6).all(), "summed category probability must not increase"
-    same = corpus.labels[ranking.ids[:, 1:]].eq(corpus.labels[ranking.ids[:, :-1]]).all(-1)  # same category set
+    # same category set
+    same = corpus.labels[ranking.ids[:, 1:]].eq(corpus.labels[ranking.ids[:, :-1]]).all(-1)
     assert (cos.diff(dim=1)[same] <= 1e-6).all(), "cosine breaks ties within a category set"
     assert (ranking.scores.diff(dim=1) <= 0).all() and torch.isfinite(ranking.scores).all()
     save_retriever(r, tmp_path / "multi")
@@ -169,7 +181,8 @@ def test_dual_encoder_training_beats_the_untrained_tower(dual, tiny_split, held_
 def test_dual_encoder_on_epoch_hook_stops_training(tiny_split):
     r = create("dual-encoder", **TINY, epochs=10, embed_dim=16)
     seen = []
-    r.index(tiny_split.corpus, on_epoch=lambda entry: seen.append(entry) or entry["epoch"] >= 2)  # view pairs only
+    # view pairs only
+    r.index(tiny_split.corpus, on_epoch=lambda entry: seen.append(entry) or entry["epoch"] >= 2)
     assert [e["epoch"] for e in r.history] == [1, 2] and seen == r.history
     assert r.history[0]["phase"] == "contrastive"
 
@@ -195,8 +208,12 @@ def test_save_load_gives_identical_rankings_and_loads_weights_only(name, classif
 
 
 def test_supervision_follows_use_queries():
-    assert create("classifier", **TINY).supervision_used() == Supervision(corpus_labels=True, query_pairs=True)
-    assert create("classifier", **TINY, use_queries=False).supervision_used() == Supervision(corpus_labels=True)
+    assert create("classifier", **TINY).supervision_used() == Supervision(
+        corpus_labels=True, query_pairs=True
+    )
+    assert create("classifier", **TINY, use_queries=False).supervision_used() == Supervision(
+        corpus_labels=True
+    )
     assert create("dual-encoder", **TINY).supervision_used() == Supervision(query_pairs=True)
     assert not create("dual-encoder", **TINY, use_queries=False).supervision_used().uses_labels
 
@@ -218,7 +235,10 @@ def test_bad_parameters_are_clear_errors(name, tiny_split):
 
 
 def test_dual_encoder_parameter_errors():
-    with pytest.raises(VitDSIError, match=r"dual-encoder: index_type must be one of \('flat', 'hnsw', 'ivf', 'ivfpq'\), got 'lsh'"):
+    with pytest.raises(
+        VitDSIError,
+        match=r"dual-encoder: index_type must be one of \('flat', 'hnsw', 'ivf', 'ivfpq'\), got 'lsh'",
+    ):
         create("dual-encoder", **TINY, index_type="lsh")
     with pytest.raises(VitDSIError, match="temperature must be > 0"):
         create("dual-encoder", **TINY, temperature=0)

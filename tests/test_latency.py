@@ -79,11 +79,13 @@ def test_add_is_timed_on_a_copy_and_skipped_without_add_support(tiny_split):
 def test_indexing_summary_reads_where_the_indexing_phase_stopped():
     from bench.kinds.latency.trial import indexing_summary
 
-    history = [{"phase": "own-ids", "epoch": 1, "ia1": 0.2},
-               *({"phase": "index", "epoch": e, "ia1": 0.5 if e == 10 else None} for e in range(1, 11)),
-               {"phase": "index", "epoch": 11, "ia1": 0.96},
-               {"phase": "retrieval", "epoch": 1, "ia1": None},
-               {"phase": "index", "epoch": 1, "ia1": 0.4, "add_step": 64}]  # an add step, not the build
+    history = [
+        {"phase": "own-ids", "epoch": 1, "ia1": 0.2},
+        *({"phase": "index", "epoch": e, "ia1": 0.5 if e == 10 else None} for e in range(1, 11)),
+        {"phase": "index", "epoch": 11, "ia1": 0.96},
+        {"phase": "retrieval", "epoch": 1, "ia1": None},
+        {"phase": "index", "epoch": 1, "ia1": 0.4, "add_step": 64},
+    ]  # an add step, not the build
     assert indexing_summary(history) == {"index_epochs_run": 11.0, "index_ia1": 0.96}
     assert indexing_summary([{"phase": "retrieval", "epoch": 1}]) == {}
     assert indexing_summary([]) == {}
@@ -93,7 +95,10 @@ def test_grow_rule_and_scored_k():
     from bench.config.scoring import scored_k
     from bench.kinds.latency.config import grown_params
 
-    grow = {"methods": ["dsi"], "at": {4096: {"dim": 192}, "16384": {"dim": 256, "depth": 6}}}  # a logged key is a str
+    grow = {
+        "methods": ["dsi"],
+        "at": {4096: {"dim": 192}, "16384": {"dim": 256, "depth": 6}},
+    }  # a logged key is a str
     assert grown_params(grow, "dsi", 4095) == {}
     assert grown_params(grow, "dsi", 4096) == {"dim": 192}
     assert grown_params(grow, "dsi", 65536) == {"dim": 256, "depth": 6}  # the largest threshold reached wins
@@ -106,37 +111,69 @@ LATENCY_METHODS = {"dsi": {"retriever": "dsi-vit"}, "knn": {"retriever": "pixels
 
 
 def _latency_study(**latency):
-    return {"name": "lat", "scale": "smoke", "methods": LATENCY_METHODS, "metrics": ["IA@1", "MAP@10"],
-            "space": {"dataset.n_total": [64, 256], "method": ["dsi", "knn"]},
-            "latency": {"n_queries": 16, **latency}}
+    return {
+        "name": "lat",
+        "scale": "smoke",
+        "methods": LATENCY_METHODS,
+        "metrics": ["IA@1", "MAP@10"],
+        "space": {"dataset.n_total": [64, 256], "method": ["dsi", "knn"]},
+        "latency": {"n_queries": 16, **latency},
+    }
 
 
 def test_latency_split_holds_train_add_and_timed_queries_and_grows_the_model():
     from bench.config import resolve
     from vitdsi.data.split import split_sizes
 
-    study = resolve(_latency_study(train_queries=24, add_images=8, grow={"methods": ["dsi"], "at": {256: {"dim": 96}}}))
+    study = resolve(
+        _latency_study(train_queries=24, add_images=8, grow={"methods": ["dsi"], "at": {256: {"dim": 96}}})
+    )
     for n in (64, 256):
         data = study.trial_config({"dataset.n_total": n, "method": "dsi"}).dataset
-        assert split_sizes(data.n_total, data.split_ratio, data.query_fractions) == {"idb": n, "train": 24, "val": 8, "test": 16}
+        assert split_sizes(data.n_total, data.split_ratio, data.query_fractions) == {
+            "idb": n,
+            "train": 24,
+            "val": 8,
+            "test": 16,
+        }
     dsi = {n: study.trial_config({"dataset.n_total": n, "method": "dsi"}) for n in (64, 256)}
     knn = study.trial_config({"dataset.n_total": 256, "method": "knn"})
-    assert dsi[64].params["dim"] == 64 and dsi[256].params["dim"] == 96  # the smoke preset's, then the grow rule's
+    # the smoke preset's, then the grow rule's
+    assert dsi[64].params["dim"] == 64 and dsi[256].params["dim"] == 96
     assert "dim" not in knn.params
     assert "grow" not in dsi[256].latency  # its effect is in the params (and so in the fingerprint)
     assert dsi[64].fingerprint() != dsi[256].fingerprint()
 
 
-@pytest.mark.parametrize(("latency", "metrics", "match"), [
-    ({"k": 5}, None, r"`latency.k`: .*timed at k=5 but quality is scored at k=10"),
-    ({"k": 10}, ["MAP@10", "MRR"], r"scored at k=100 .*100 with MRR"),
-    ({"grow": {"methods": ["dsi", "bovw"], "at": {256: {"dim": 96}}}}, None, r"`latency.grow.methods\[1\]`: unknown method 'bovw'"),
-    ({"grow": {"methods": ["dsi", "knn"], "at": {256: {"dim": 96}}}}, None, r"`latency.grow.at.256.dim`: retriever 'pixels-knn' \(method 'knn'\) has no parameter 'dim'"),
-    ({"grow": {"methods": ["dsi"], "at": {256: {"query.beam_size": 5}}}}, None, "build parameters only"),
-    ({"grow": {"methods": ["dsi"], "at": {0: {"dim": 96}}}}, None, "threshold 0: a threshold is a number of indexed images"),
-    ({"grow": {"methods": ["dsi"], "at": {256: {}}}}, None, "threshold 256: give the build parameters"),
-    ({"grow": {"methods": ["dsi"], "at": {256: {"dim": 90}}}}, None, "heads"),  # the retriever's own check, per point
-])
+@pytest.mark.parametrize(
+    ("latency", "metrics", "match"),
+    [
+        ({"k": 5}, None, r"`latency.k`: .*timed at k=5 but quality is scored at k=10"),
+        ({"k": 10}, ["MAP@10", "MRR"], r"scored at k=100 .*100 with MRR"),
+        (
+            {"grow": {"methods": ["dsi", "bovw"], "at": {256: {"dim": 96}}}},
+            None,
+            r"`latency.grow.methods\[1\]`: unknown method 'bovw'",
+        ),
+        (
+            {"grow": {"methods": ["dsi", "knn"], "at": {256: {"dim": 96}}}},
+            None,
+            r"`latency.grow.at.256.dim`: retriever 'pixels-knn' \(method 'knn'\) has no parameter 'dim'",
+        ),
+        ({"grow": {"methods": ["dsi"], "at": {256: {"query.beam_size": 5}}}}, None, "build parameters only"),
+        (
+            {"grow": {"methods": ["dsi"], "at": {0: {"dim": 96}}}},
+            None,
+            "threshold 0: a threshold is a number of indexed images",
+        ),
+        ({"grow": {"methods": ["dsi"], "at": {256: {}}}}, None, "threshold 256: give the build parameters"),
+        (
+            {"grow": {"methods": ["dsi"], "at": {256: {"dim": 90}}}},
+            None,
+            "heads",
+        ),  # the retriever's own check, per point
+    ],
+)
 def test_latency_block_errors_name_the_field(latency, metrics, match):
     from bench.config import StudyConfigError, resolve
 
@@ -153,5 +190,7 @@ def test_grown_parameter_cannot_also_be_searched():
     study = _latency_study(grow={"methods": ["dsi"], "at": {256: {"depth": 3}}})
     study["methods"] = {"dsi": {"retriever": "dsi-vit"}, "dsi2": {"retriever": "dsi-vit"}}
     study["space"] = {"dataset.n_total": [64, 256], "method": ["dsi", "dsi2"], "depth": [1, 2]}
-    with pytest.raises(StudyConfigError, match=r"`latency.grow.at.256.depth`: 'depth' is also searched in `space`"):
+    with pytest.raises(
+        StudyConfigError, match=r"`latency.grow.at.256.depth`: 'depth' is also searched in `space`"
+    ):
         resolve(study, source="lat.yaml")

@@ -40,11 +40,13 @@ def test_latency_scaling_runs_at_smoke_and_records_quality_beside_latency(tmp_pa
     outcome = run(study, RunOptions(tracking_uri=uri, storage=f"sqlite:///{tmp_path / 'optuna.db'}"))
     assert outcome.complete == study.n_trials == 6
     client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("latency_scaling").experiment_id],
-                              "tags.`vitdsi.kind` = 'trial'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("latency_scaling").experiment_id], "tags.`vitdsi.kind` = 'trial'"
+    )
     stored = {(r.data.tags["method"], int(r.data.metrics["n_indexed"])): r.data for r in runs}
-    assert sorted(stored) == [(m, n) for m in ("dsi-clustered", "dual-encoder-ivfpq", "embedding-pixels-flat")
-                              for n in (64, 256)]
+    assert sorted(stored) == [
+        (m, n) for m in ("dsi-clustered", "dual-encoder-ivfpq", "embedding-pixels-flat") for n in (64, 256)
+    ]
     for (method, n), data in stored.items():
         m, p = data.metrics, data.params
         assert {"IA_at_1", "MAP_at_10", "P_at_10"} <= set(m) and m["MAP_at_10_n"] == 64  # the timed queries
@@ -52,10 +54,12 @@ def test_latency_scaling_runs_at_smoke_and_records_quality_beside_latency(tmp_pa
         assert 0 < m["latency_b1_p50_ms"] <= m["latency_b1_p95_ms"] and m["index_bytes"] > 0
         assert m["add_ms_per_image"] > 0 and m["add_images"] == 16  # every method here can add
         if method == "dsi-clustered":
-            assert m["search_beam"] == 10 and m["id_length"] == (2 if n == 64 else 3)  # clustered ids: ceil(log10 N)
+            # clustered ids: ceil(log10 N)
+            assert m["search_beam"] == 10 and m["id_length"] == (2 if n == 64 else 3)
             assert p["mode"] == "multitask" and float(p["target_ia"]) == 0.95
             assert 1 <= m["index_epochs_run"] <= int(p["index_epochs"]) and 0 <= m["index_ia1"] <= 1
-            assert data.tags["supervision"] == "corpus labels + query pairs"  # multitask: trained on the train queries too
+            # multitask: trained on the train queries too
+            assert data.tags["supervision"] == "corpus labels + query pairs"
         else:
             assert "search_beam" not in m and "id_length" not in m and "index_ia1" not in m
         if method != "embedding-pixels-flat":  # the grow rule: dim 96 from N = 256 up, for both
@@ -83,16 +87,25 @@ def test_latency_scaling_runs_at_smoke_and_records_quality_beside_latency(tmp_pa
 
     # the Pareto fronts per N are the undominated methods of the stored numbers
     header, rows = _table(text, "N")
-    assert header[1:] == ["front: batch 1 vs IA@1", "front: batch 1 vs MAP@10", "front: batch 64 vs IA@1",
-                          "front: batch 64 vs MAP@10"]
+    assert header[1:] == [
+        "front: batch 1 vs IA@1",
+        "front: batch 1 vs MAP@10",
+        "front: batch 64 vs IA@1",
+        "front: batch 64 vs MAP@10",
+    ]
     dsi_on_front = []
     for row in rows:
         n = int(row[0].replace(",", ""))
         methods = sorted(mt for mt, nn in stored if nn == n)
-        for cell, (key, metric) in zip(row[1:], [(k, q) for k in ("latency_b1_p50_ms", "latency_batch_p50_ms")
-                                                  for q in ("IA_at_1", "MAP_at_10")], strict=True):
-            front = pareto_front([stored[(mt, n)].metrics[key] for mt in methods],
-                                 [stored[(mt, n)].metrics[metric] for mt in methods])
+        for cell, (key, metric) in zip(
+            row[1:],
+            [(k, q) for k in ("latency_b1_p50_ms", "latency_batch_p50_ms") for q in ("IA_at_1", "MAP_at_10")],
+            strict=True,
+        ):
+            front = pareto_front(
+                [stored[(mt, n)].metrics[key] for mt in methods],
+                [stored[(mt, n)].metrics[metric] for mt in methods],
+            )
             assert cell.split(", ") == [mt for mt, f in zip(methods, front, strict=True) if f]
             if front[methods.index("dsi-clustered")]:
                 dsi_on_front.append(n)

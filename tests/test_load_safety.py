@@ -54,13 +54,18 @@ def test_empty_or_truncated_state_is_a_named_error(saved, content):
     if content == "half":
         content = state.read_bytes()[: state.stat().st_size // 2]
     state.write_bytes(content)
-    with pytest.raises(VitDSIError, match=r"state\.pt: (empty file|not a readable torch file|refused to load: not a torch file)"):
+    with pytest.raises(
+        VitDSIError,
+        match=r"state\.pt: (empty file|not a readable torch file|refused to load: not a torch file)",
+    ):
         load_retriever(saved, device="cpu")
     with pytest.raises(VitDSIError, match=str(saved)):
         load_retriever(saved, device="cpu")
 
 
-@pytest.mark.parametrize("content", ["", '{"retriever": "pixels-knn", "build_', '{"retriever": "pixels-knn"}', "[1, 2]"])
+@pytest.mark.parametrize(
+    "content", ["", '{"retriever": "pixels-knn", "build_', '{"retriever": "pixels-knn"}', "[1, 2]"]
+)
 def test_empty_or_truncated_config_is_a_named_error(saved, content):
     (saved / "retriever.json").write_text(content)
     with pytest.raises(VitDSIError, match=r"retriever\.json: not a readable saved-retriever config"):
@@ -78,11 +83,18 @@ def test_state_of_every_retriever_loads_with_weights_only(tiny_split, tmp_path):
         assert json.loads((tmp_path / name / "retriever.json").read_text())["retriever"] == name
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("image_size", 10**6, "image_size 1,000,000 out of bounds"),
-    ("corpus_size", 2**70, "out of bounds"),
-    ("build_params", {"center": True, "batch_size": -5}, "parameter 'batch_size' must be in 1..100,000,000"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("image_size", 10**6, "image_size 1,000,000 out of bounds"),
+        ("corpus_size", 2**70, "out of bounds"),
+        (
+            "build_params",
+            {"center": True, "batch_size": -5},
+            "parameter 'batch_size' must be in 1..100,000,000",
+        ),
+    ],
+)
 def test_out_of_bounds_saved_config_is_a_named_error(saved, key, value, message):
     config = json.loads((saved / "retriever.json").read_text())
     config[key] = value

@@ -178,16 +178,27 @@ def test_graded_ndcg_equals_ir_measures_with_graded_qrels():
     rng = np.random.default_rng(2024)
     compared = 0
     for _ in range(150):
-        n_corpus, n_queries, n_cat = int(rng.integers(5, 80)), int(rng.integers(3, 20)), int(rng.integers(2, 7))
-        rel = Relevance(rng.random((n_queries, n_cat)) < 0.4, rng.random((n_corpus, n_cat)) < 0.4, grading="shared")
+        n_corpus, n_queries, n_cat = (
+            int(rng.integers(5, 80)),
+            int(rng.integers(3, 20)),
+            int(rng.integers(2, 7)),
+        )
+        rel = Relevance(
+            rng.random((n_queries, n_cat)) < 0.4, rng.random((n_corpus, n_cat)) < 0.4, grading="shared"
+        )
         k = int(rng.integers(1, n_corpus + 1))
         ids = np.argsort(rng.random((n_queries, n_corpus)), axis=1)[:, :k].astype(np.int64)
         cut = int(rng.integers(1, k + 1))
         ours = per_query(ids, rel, [f"nDCG@{cut}", f"P@{cut}"])
         dense = rel.gains(np.tile(np.arange(n_corpus), (n_queries, 1)))
         qrels = [Qrel(str(q), str(d), int(dense[q, d])) for q, d in zip(*np.nonzero(dense))]
-        run = [ScoredDoc(str(q), str(d), float(k - j)) for q in range(n_queries) for j, d in enumerate(ids[q])]
-        theirs = {(str(m.measure), int(m.query_id)): m.value for m in ir_measures.iter_calc([nDCG @ cut], qrels, run)}
+        run = [
+            ScoredDoc(str(q), str(d), float(k - j)) for q in range(n_queries) for j, d in enumerate(ids[q])
+        ]
+        theirs = {
+            (str(m.measure), int(m.query_id)): m.value
+            for m in ir_measures.iter_calc([nDCG @ cut], qrels, run)
+        }
         for q in np.flatnonzero(rel.n_relevant() > 0):
             assert ours[f"nDCG@{cut}"][q] == pytest.approx(theirs.get((f"nDCG@{cut}", q), 0.0), abs=1e-9)
             compared += 1
@@ -203,7 +214,8 @@ def test_jaccard_gains_and_graded_chance():
     rel = Relevance(q, c, grading="jaccard")
     # query 0: {0,1} vs {0,1} -> 1, vs {0} -> 1/2, vs {1,2} -> 1/3, vs {} -> 0
     assert rel.gains(np.array([[0, 1, 2, 3], [2, 0, -1, 3]])) == pytest.approx(
-        np.array([[1, 0.5, 1 / 3, 0], [0.5, 0, 0, 0]]))
+        np.array([[1, 0.5, 1 / 3, 0], [0.5, 0, 0, 0]])
+    )
     assert rel.ideal_gains(2) == pytest.approx(np.array([[1, 0.5], [0.5, 0]]))
     # nDCG@2 of ranking [2, 1] for query 0: (1/3 + 0.5/log2(3)) / (1 + 0.5/log2(3))
     expected = (1 / 3 + 0.5 / np.log2(3)) / (1 + 0.5 / np.log2(3))
@@ -212,8 +224,10 @@ def test_jaccard_gains_and_graded_chance():
     rng = np.random.default_rng(3)
     rel = Relevance(rng.random((30, 5)) < 0.4, rng.random((50, 5)) < 0.4, grading="shared")
     exact = chance_levels(rel, ["nDCG@10"], k_returned=20)["nDCG@10"]
-    sims = [np.nanmean(per_query(np.argsort(rng.random((30, 50)), axis=1)[:, :20], rel, ["nDCG@10"])["nDCG@10"])
-            for _ in range(300)]
+    sims = [
+        np.nanmean(per_query(np.argsort(rng.random((30, 50)), axis=1)[:, :20], rel, ["nDCG@10"])["nDCG@10"])
+        for _ in range(300)
+    ]
     m, half, _ = mean_ci(np.array(sims))
     assert abs(m - exact) < max(4 * half, 1e-3)
     with pytest.raises(VitDSIError, match="graded relevance .* needs multi-label"):
@@ -233,8 +247,12 @@ def test_caption_query_metrics_equal_ir_measures_with_their_own_qrels():
     for _ in range(60):
         n, n_cat, m = int(rng.integers(5, 60)), int(rng.integers(2, 6)), int(rng.integers(3, 30))
         labels = torch.as_tensor(rng.random((n, n_cat)) < 0.35)
-        corpus = ImageSet(torch.zeros(n, 3, 2, 2, dtype=torch.uint8), labels, np.arange(n).astype(str),
-                          tuple("abcdef"[:n_cat]))
+        corpus = ImageSet(
+            torch.zeros(n, 3, 2, 2, dtype=torch.uint8),
+            labels,
+            np.arange(n).astype(str),
+            tuple("abcdef"[:n_cat]),
+        )
         caps = Captions.build([f"c{i}" for i in range(m)], rng.integers(0, n, m), np.arange(m))
         rel = text_relevance(caps, corpus, grading="shared")
         k = int(rng.integers(1, n + 1))
@@ -245,9 +263,11 @@ def test_caption_query_metrics_equal_ir_measures_with_their_own_qrels():
         own = [Qrel(str(q), str(d), 1) for q, d in enumerate(caps.image.tolist())]
         gains = rel.default.gains(np.tile(np.arange(n), (m, 1)))
         shared = [Qrel(str(q), str(d), int(gains[q, d])) for q, d in zip(*np.nonzero(gains))]
-        theirs = {(str(x.measure), int(x.query_id)): x.value
-                  for qrels, measures in ((own, [R @ cut, RR]), (shared, [AP @ cut, nDCG @ cut]))
-                  for x in ir_measures.iter_calc(measures, qrels, run)}
+        theirs = {
+            (str(x.measure), int(x.query_id)): x.value
+            for qrels, measures in ((own, [R @ cut, RR]), (shared, [AP @ cut, nDCG @ cut]))
+            for x in ir_measures.iter_calc(measures, qrels, run)
+        }
         n_shared = rel.default.n_relevant()
         for q in range(m):
             assert ours[f"R@{cut}"][q] == pytest.approx(theirs.get((f"R@{cut}", q), 0.0), abs=1e-9)
@@ -255,7 +275,8 @@ def test_caption_query_metrics_equal_ir_measures_with_their_own_qrels():
             if n_shared[q] == 0:  # an own image without categories shares none: undefined, left out
                 assert np.isnan(ours[f"MAP@{cut}"][q]) and np.isnan(ours[f"nDCG@{cut}"][q])
                 continue
-            # trec_eval's AP@K divides by R; ours by min(K, R) (see vitdsi.metrics); graded qrels count as relevant
+            # trec_eval's AP@K divides by R; ours by min(K, R) (see vitdsi.metrics); graded qrels count as
+            # relevant
             ap = theirs.get((f"AP@{cut}", q), 0.0) * n_shared[q] / min(cut, n_shared[q])
             assert ours[f"MAP@{cut}"][q] == pytest.approx(ap, abs=1e-9)
             assert ours[f"nDCG@{cut}"][q] == pytest.approx(theirs.get((f"nDCG@{cut}", q), 0.0), abs=1e-9)

@@ -33,9 +33,22 @@ def _free_port() -> int:
 def mlflow_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder}/server.db",
-           "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{folder}/server.db",
+        "--artifacts-destination",
+        str(folder / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     log = open(folder / "server.log", "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(cmd, cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -51,7 +64,9 @@ def mlflow_server(tmp_path_factory):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not answer: {(folder / 'server.log').read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"mlflow server did not answer: {(folder / 'server.log').read_text()[-3000:]}"
+                )
             time.sleep(0.5)
         yield url, folder
     finally:
@@ -67,8 +82,15 @@ def mlflow_server(tmp_path_factory):
 def test_study_against_mlflow_server(mlflow_server, tmp_path, digits32, monkeypatch):
     url, folder = mlflow_server
     monkeypatch.chdir(tmp_path)  # nothing may land in the working directory's default store
-    study = resolve({"name": "server", "retriever": "pixels-knn", "scale": "smoke", "space": {"center": [True, False]},
-                     "metrics": ["P@10", "MAP@10", "MRR"]})
+    study = resolve(
+        {
+            "name": "server",
+            "retriever": "pixels-knn",
+            "scale": "smoke",
+            "space": {"center": [True, False]},
+            "metrics": ["P@10", "MAP@10", "MRR"],
+        }
+    )
     out = run(study, RunOptions(storage=f"sqlite:///{tmp_path}/optuna.db", tracking_uri=url, heartbeat=2))
     assert out.done and out.counts == {"COMPLETE": 2}
     assert not (tmp_path / "mlflow.db").exists()
@@ -82,10 +104,17 @@ def test_study_against_mlflow_server(mlflow_server, tmp_path, digits32, monkeypa
     assert parent[0].data.tags["optuna.study_name"] == "server-smoke"
     for r in children:
         assert r.info.status == "FINISHED" and r.info.artifact_uri.startswith("mlflow-artifacts:")
-        assert {a.path for a in client.list_artifacts(r.info.run_id)} >= {"config.yaml", "split.json", "rankings.npz", "index"}
+        assert {a.path for a in client.list_artifacts(r.info.run_id)} >= {
+            "config.yaml",
+            "split.json",
+            "rankings.npz",
+            "index",
+        }
         stored = open_trial_run(r.info.run_id, url, folder=tmp_path / r.info.run_id)
         sets = stored.split.apply(digits32)
-        again = evaluate(stored.rankings()["test_ids_0"], Relevance.between(sets.test, sets.corpus), study.metrics)
+        again = evaluate(
+            stored.rankings()["test_ids_0"], Relevance.between(sets.test, sets.corpus), study.metrics
+        )
         for name, v in again.items():
             assert r.data.metrics[metric_key(name)] == pytest.approx(v.mean, abs=1e-12)
     # the artifacts went through the server into its artifact folder

@@ -46,8 +46,13 @@ def test_report_tables_images_and_numbers(study_store):
     root, uri = study_store
     md_path = write_report("report_check", tracking_uri=uri, out_dir=root / "reports")
     text = md_path.read_text()
-    for heading in ("## Set-up", "## Results", "## Parameter importances", "## Precision@K and example queries",
-                    "## Table 1 beside the paper"):  # the last one: `report: {paper_table: true}`
+    for heading in (
+        "## Set-up",
+        "## Results",
+        "## Parameter importances",
+        "## Precision@K and example queries",
+        "## Table 1 beside the paper",
+    ):  # the last one: `report: {paper_table: true}`
         assert heading in text
     assert "Chosen trial (best MAP@10 on the validation queries): **#" in text
 
@@ -118,14 +123,29 @@ def test_report_tables_images_and_numbers(study_store):
 
     # paired comparisons: one split, each of the 3 other trials against the chosen one; the
     # seed-level difference (mean of per-seed means) equals the difference of the stored test means
-    maps = {row[0]: float(row[header.index(next(h for h in header if h.split(" (chance")[0] == "MAP@10"))].split()[0])
-            for row in rows}
+    maps = {
+        row[0]: float(
+            row[header.index(next(h for h in header if h.split(" (chance")[0] == "MAP@10"))].split()[0]
+        )
+        for row in rows
+    }
     paired = text.split("## Paired comparisons", 1)[1].split("## ", 1)[0]
     assert "The seed is the unit of inference" in paired and "all 3 comparisons of this report" in paired
-    pheader, *prows = [[c.strip() for c in line.strip("|").split("|")] for line in paired.splitlines()
-                       if line.startswith("| ") or line.startswith("| split")]
-    assert pheader[:8] == ["split", "reference (B)", "trial (A)", "Δ MAP@10 A − B, seed-level [95% interval]", "p",
-                           "Holm p", "equivalence p (±0.02, Holm)", "verdict"]
+    pheader, *prows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in paired.splitlines()
+        if line.startswith("| ") or line.startswith("| split")
+    ]
+    assert pheader[:8] == [
+        "split",
+        "reference (B)",
+        "trial (A)",
+        "Δ MAP@10 A − B, seed-level [95% interval]",
+        "p",
+        "Holm p",
+        "equivalence p (±0.02, Holm)",
+        "verdict",
+    ]
     assert len(prows) == 3
     from vitdsi.statistics import holm
 
@@ -135,7 +155,8 @@ def test_report_tables_images_and_numbers(study_store):
         mean, low, high = (float(x) for x in re.findall(r"[+-][0-9.]+", delta))
         assert mean == pytest.approx(maps[t] - maps[b], abs=2e-4) and low <= mean <= high
         assert 0.0 <= float(p_value) <= float(p_holm) <= 1.0 and int(n) > 0 and seeds == "3"
-        assert float(pooled.partition(" ± ")[0]) == pytest.approx(mean, abs=1e-4)  # same queries in every seed
+        # same queries in every seed
+        assert float(pooled.partition(" ± ")[0]) == pytest.approx(mean, abs=1e-4)
         assert 0.0 <= float(wilcoxon) <= 1.0
         if float(p_holm) < 0.05:
             assert verdict.startswith("trial better" if mean > 0 else "reference better")
@@ -180,7 +201,9 @@ def test_latency_study_report(tmp_path):
     outcome, uri = run_study_dict(tmp_path, LATENCY_STUDY)
     assert outcome.complete == 6
     client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("latency_check").experiment_id], "tags.`vitdsi.kind` = 'trial'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("latency_check").experiment_id], "tags.`vitdsi.kind` = 'trial'"
+    )
     stored = {(r.data.tags["method"], int(r.data.metrics["n_indexed"])): r.data.metrics for r in runs}
     assert sorted(n for _, n in stored) == [32, 32, 64, 64, 128, 128]  # N is the indexed size
     for m in stored.values():
@@ -193,10 +216,13 @@ def test_latency_study_report(tmp_path):
     assert "## Table 1 beside the paper" not in text  # no `report: {paper_table: true}`
     # the Set-up names the held-out images, not the split ratio the trial config encodes them in
     setup = text.split("## Set-up", 1)[1].split("\n## ", 1)[0]
-    assert "N = per trial (see the results) indexed images" in setup and "16 timed and scored queries" in setup
+    assert (
+        "N = per trial (see the results) indexed images" in setup and "16 timed and scored queries" in setup
+    )
     assert "split_ratio" not in setup
     lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| method | N | L | k | beam |"))  # all measurements
+    # all measurements
+    start = next(i for i, line in enumerate(lines) if line.startswith("| method | N | L | k | beam |"))
     header = [c.strip() for c in lines[start].strip("|").split("|")]
     measured = [[c.strip() for c in line.strip("|").split("|")] for line in lines[start + 2 : start + 8]]
     assert len(measured) == 6 and all(len(cells) == len(header) for cells in measured)
@@ -214,9 +240,11 @@ def test_latency_study_report(tmp_path):
 COMPARE_STUDY = {
     "name": "compare_check",
     "scale": "smoke",
-    "methods": {"knn": {"retriever": "pixels-knn", "params": {"center": True}},
-                "raw": {"retriever": "pixels-knn", "params": {"center": False}},
-                "rand": {"retriever": "random"}},
+    "methods": {
+        "knn": {"retriever": "pixels-knn", "params": {"center": True}},
+        "raw": {"retriever": "pixels-knn", "params": {"center": False}},
+        "rand": {"retriever": "random"},
+    },
     "space": {"method": ["knn", "raw", "rand"]},
     "objective": {"metric": "MAP@10"},
     "report": {"compare_with": ["rand"]},
@@ -227,8 +255,11 @@ COMPARE_STUDY = {
 def _paired_rows(text: str) -> list[tuple[str, str]]:
     """(reference, trial) method names of each row of the paired-comparisons table."""
     paired = text.split("## Paired comparisons", 1)[1].split("\n## ", 1)[0]
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in paired.splitlines()
-            if line.startswith("| ") and not line.startswith("| split")]
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in paired.splitlines()
+        if line.startswith("| ") and not line.startswith("| split")
+    ]
     return [(ref.split()[1], trial.split()[1]) for _split, ref, trial, *_ in rows]
 
 
@@ -246,8 +277,13 @@ def test_report_compares_every_trial_with_the_named_methods(tmp_path):
     other = "raw" if chosen == "knn" else "knn"
     assert sorted(rows) == sorted([(chosen, other), (chosen, "rand"), ("rand", other)])
     # --compare-with replaces it; a reference that is the chosen trial adds nothing
-    assert sorted(_paired_rows(write_report("compare_check", tracking_uri=uri, out_dir=tmp_path / "b",
-                                            compare_with=[chosen]).read_text())) == sorted([(chosen, other), (chosen, "rand")])
+    assert sorted(
+        _paired_rows(
+            write_report(
+                "compare_check", tracking_uri=uri, out_dir=tmp_path / "b", compare_with=[chosen]
+            ).read_text()
+        )
+    ) == sorted([(chosen, other), (chosen, "rand")])
     with pytest.raises(VitDSIError, match="'rnad' is no method of study 'compare_check'"):
         write_report("compare_check", tracking_uri=uri, out_dir=tmp_path / "c", compare_with=["rnad"])
 
@@ -260,13 +296,17 @@ def test_near_chance_rule():
     assert not near_chance(0.40, 0.05, 0.26)
     assert near_chance(0.10, 0.05, 0.14, higher_is_better=False)  # FPR: upper end reaches chance
     assert not near_chance(0.05, 0.02, 0.14, higher_is_better=False)
-    assert not near_chance(0.26, float("nan"), 0.26) and not near_chance(0.26, 0.1, None)  # nothing to compare
+    # nothing to compare
+    assert not near_chance(0.26, float("nan"), 0.26) and not near_chance(0.26, 0.1, None)
 
 
 SETUP_STUDY = {
     "name": "setup_check",
     "scale": "smoke",
-    "methods": {"knn": {"retriever": "pixels-knn", "params": {"center": False}}, "rand": {"retriever": "random"}},
+    "methods": {
+        "knn": {"retriever": "pixels-knn", "params": {"center": False}},
+        "rand": {"retriever": "random"},
+    },
     "space": {"method": ["knn", "rand"]},
     "metrics": ["MAP@10", "R@1"],
     "objective": {"metric": "MAP@10"},
@@ -287,12 +327,26 @@ def test_report_of_a_named_run_records_methods_overrides_and_chance(tmp_path):
         res = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
         return res.exit_code, res.output
 
-    code, out = bench("run", str(path), "--tracking-uri", uri, "--storage", f"sqlite:///{tmp_path / 'optuna.db'}",
-                      "--study-name", "mine", "--set", "dataset.n_total=160")
+    code, out = bench(
+        "run",
+        str(path),
+        "--tracking-uri",
+        uri,
+        "--storage",
+        f"sqlite:///{tmp_path / 'optuna.db'}",
+        "--study-name",
+        "mine",
+        "--set",
+        "dataset.n_total=160",
+    )
     assert code == 0, out
-    code, out = bench("report", "setup_check", "--study-name", "other", "--tracking-uri", uri, "--out", str(tmp_path))
+    code, out = bench(
+        "report", "setup_check", "--study-name", "other", "--tracking-uri", uri, "--out", str(tmp_path)
+    )
     assert code == 2 and "Optuna study 'other'" in out and "its Optuna studies there: mine" in out, out
-    code, out = bench("report", "setup_check", "--study-name", "mine", "--tracking-uri", uri, "--out", str(tmp_path))
+    code, out = bench(
+        "report", "setup_check", "--study-name", "mine", "--tracking-uri", uri, "--out", str(tmp_path)
+    )
     assert code == 0, out
     text = (tmp_path / "setup_check.md").read_text()
     setup = text.split("## Set-up", 1)[1].split("\n## ", 1)[0]
@@ -318,4 +372,8 @@ def _result_header(text: str) -> list[str]:
 
 def _result_rows(text: str) -> list[list[str]]:
     results = text.split("## Results", 1)[1].split("\n\n", 2)[1]
-    return [[c.strip() for c in line.strip("|").split("|")] for line in results.splitlines()[2:] if line.startswith("|")]
+    return [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in results.splitlines()[2:]
+        if line.startswith("|")
+    ]

@@ -40,7 +40,7 @@ def findings_rows(text: str) -> list[str]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| study | finding |"))
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append(line)
@@ -94,8 +94,9 @@ def report_numbers(name: str) -> tuple[frozenset, frozenset]:
         elif not set(line) <= set("|-: "):
             for unit, cell in zip(header, cells):
                 if unit:
-                    times |= {(unit, v) for _, value in REPORT_NUMBER.findall(cell)
-                              for v in _roundings(value)}
+                    times |= {
+                        (unit, v) for _, value in REPORT_NUMBER.findall(cell) for v in _roundings(value)
+                    }
     return frozenset(numbers), frozenset(times)
 
 
@@ -153,6 +154,5 @@ def test_a_signed_difference_must_have_the_reports_sign():
 def test_a_time_must_be_a_time_in_that_unit():
     # latency_scaling prints a DSI's add cost as 83.441 to 590.555 ms per image; 0.12 is only
     # a slope there (0.124), so "0.12 s" is not supported while the ms figures are.
-    assert unsupported("a DSI costs 0.12-0.59 s per added image", ["latency_scaling"]) == [
-        "0.12 s", "0.59 s"]
+    assert unsupported("a DSI costs 0.12-0.59 s per added image", ["latency_scaling"]) == ["0.12 s", "0.59 s"]
     assert unsupported("a DSI costs 83.4-590.6 ms per added image", ["latency_scaling"]) == []

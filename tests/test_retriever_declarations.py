@@ -68,7 +68,9 @@ def test_a_dsi_reports_its_effective_beam_and_id_length(tiny_split):
     assert dsi.search_info(20) == {"search_beam": 20.0, "id_length": 2.0}  # at least k hypotheses
     # the trial asks at most the corpus size
     assert search_settings(dsi, 100) == {"search_k": 100.0, "search_beam": 60.0, "id_length": 2.0}
-    atomic = smoke_retriever("dsi-vit", id_scheme="atomic", index_epochs=1, retrieval_epochs=0, mode="zero-shot")
+    atomic = smoke_retriever(
+        "dsi-vit", id_scheme="atomic", index_epochs=1, retrieval_epochs=0, mode="zero-shot"
+    )
     atomic.index(tiny_split.corpus)
     assert "search_beam" not in atomic.search_info(5)
 
@@ -82,9 +84,12 @@ def _declared(cls: type) -> dict[str, str]:
 
 
 def test_every_build_parameter_is_a_declared_attribute_of_its_type():
-    missing = [f"{name}.{f.name}: {type_name(f.type)} (declared {_declared(cls).get(f.name)})"
-               for name, cls in registered().items() for f in cls.config_params
-               if _declared(cls).get(f.name) != type_name(f.type)]
+    missing = [
+        f"{name}.{f.name}: {type_name(f.type)} (declared {_declared(cls).get(f.name)})"
+        for name, cls in registered().items()
+        for f in cls.config_params
+        if _declared(cls).get(f.name) != type_name(f.type)
+    ]
     assert not missing, "declare each config_param on the class with the config's type: " + ", ".join(missing)
     dsi = create("dsi-vit", patch_size=4, views="light")
     assert (dsi.patch_size, dsi.views) == (4, "light")  # set by Retriever.__init__, as declared
@@ -94,9 +99,14 @@ def test_the_patch_size_rule_reads_the_same_from_a_config_and_a_retriever():
     from vitdsi.errors import VitDSIError
     from vitdsi.models.vit_encoder import VitEncoderConfig
 
-    with pytest.raises(VitDSIError, match="^patch_size 5 does not divide the image size 32; choose a divisor"):
+    with pytest.raises(
+        VitDSIError, match="^patch_size 5 does not divide the image size 32; choose a divisor"
+    ):
         VitEncoderConfig(image_size=32, patch_size=5)
     for name in ("dsi-vit", "classifier", "dual-encoder"):
-        with pytest.raises(VitDSIError, match=f"^{name}: patch_size 5 does not divide the image size 32; choose"):
+        with pytest.raises(
+            VitDSIError, match=f"^{name}: patch_size 5 does not divide the image size 32; choose"
+        ):
             create(name, patch_size=5).check_image_size(32)
-    create("dsi-vit", patch_size=5, encoder="efficientnet-lite0").check_image_size(32)  # a borrowed encoder resizes
+    # a borrowed encoder resizes
+    create("dsi-vit", patch_size=5, encoder="efficientnet-lite0").check_image_size(32)

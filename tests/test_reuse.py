@@ -13,7 +13,11 @@ from bench.study import RunOptions, run
 from vitdsi.retrievers.embedding import Embedding
 from vitdsi.retrievers.pixels_knn import PixelsKNN
 
-EMBEDDING = {"retriever": "embedding", "scale": "smoke", "fixed": {"backbone": "pixels", "index_type": "flat"}}
+EMBEDDING = {
+    "retriever": "embedding",
+    "scale": "smoke",
+    "fixed": {"backbone": "pixels", "index_type": "flat"},
+}
 
 
 def count_index_calls(monkeypatch, cls) -> list[int]:
@@ -29,8 +33,12 @@ def count_index_calls(monkeypatch, cls) -> list[int]:
 
 
 def options(tmp_path, **kw) -> RunOptions:
-    return RunOptions(storage=f"sqlite:///{tmp_path}/optuna.db", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
-                      heartbeat=2, **kw)
+    return RunOptions(
+        storage=f"sqlite:///{tmp_path}/optuna.db",
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        heartbeat=2,
+        **kw,
+    )
 
 
 def trial_runs(tmp_path, outcome) -> dict:
@@ -40,14 +48,26 @@ def trial_runs(tmp_path, outcome) -> dict:
 
 
 def test_same_configuration_same_fingerprint_and_any_build_change_a_new_one():
-    study = resolve({"name": "fp", **EMBEDDING, "space": {"center": [True, False], "query.ef_search": [16, 64]}})
+    study = resolve(
+        {"name": "fp", **EMBEDDING, "space": {"center": [True, False], "query.ef_search": [16, 64]}}
+    )
     a = study.trial_config({"center": True, "query.ef_search": 16})
-    again = resolve({"name": "other-name", "description": "words", **EMBEDDING, "n_trials": 3,
-                     "space": {"center": [True], "query.ef_search": [16]}}).trial_config({"center": True, "query.ef_search": 16})
+    again = resolve(
+        {
+            "name": "other-name",
+            "description": "words",
+            **EMBEDDING,
+            "n_trials": 3,
+            "space": {"center": [True], "query.ef_search": [16]},
+        }
+    ).trial_config({"center": True, "query.ef_search": 16})
     assert a.fingerprint() == again.fingerprint() and a.result_fingerprint() == again.result_fingerprint()
     # query arguments change the result, not the build
     other_query = study.trial_config({"center": True, "query.ef_search": 64})
-    assert other_query.fingerprint() == a.fingerprint() and other_query.result_fingerprint() != a.result_fingerprint()
+    assert (
+        other_query.fingerprint() == a.fingerprint()
+        and other_query.result_fingerprint() != a.result_fingerprint()
+    )
     changed = [
         study.trial_config({"center": False, "query.ef_search": 16}),  # a build parameter
         a.replace(params={**a.params, "batch_size": 7}),
@@ -83,11 +103,14 @@ def test_reuse_copies_a_finished_run_and_without_it_the_trial_trains(tmp_path, m
         assert copied.data.metrics == src.data.metrics and "MAP_at_10" in copied.data.metrics
         assert copied.data.tags["optuna.study_name"] == "second-smoke"
     assert second.best["value"] == pytest.approx(first.best["value"])
-    assert {t["metrics"]["MAP@10"]["mean"] for t in second.trials} == {t["metrics"]["MAP@10"]["mean"] for t in first.trials}
+    assert {t["metrics"]["MAP@10"]["mean"] for t in second.trials} == {
+        t["metrics"]["MAP@10"]["mean"] for t in first.trials
+    }
     # the copy reads back like a trial run: its split and rankings, and the source's index
     copied = trial_runs(tmp_path, second)[True]
-    stored = open_trial_run(copied.info.run_id, f"sqlite:///{tmp_path}/mlflow.db", with_index=True,
-                            folder=tmp_path / "copied")
+    stored = open_trial_run(
+        copied.info.run_id, f"sqlite:///{tmp_path}/mlflow.db", with_index=True, folder=tmp_path / "copied"
+    )
     assert stored.rankings()["test_ids_0"].shape[0] == len(stored.split.test)
     assert stored.load_index(device="cpu").corpus_size == len(stored.split.idb)
 
@@ -98,7 +121,9 @@ def test_reuse_copies_a_finished_run_and_without_it_the_trial_trains(tmp_path, m
 
 def test_points_that_differ_only_in_query_arguments_share_one_built_index(tmp_path, monkeypatch):
     calls = count_index_calls(monkeypatch, Embedding)
-    study = resolve({"name": "query-args", **EMBEDDING, "space": {"center": [True, False], "query.ef_search": [16, 64]}})
+    study = resolve(
+        {"name": "query-args", **EMBEDDING, "space": {"center": [True, False], "query.ef_search": [16, 64]}}
+    )
     out = run(study, options(tmp_path))
     assert out.done and out.ran == 4 and len(calls) == 2  # one build per value of center
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")

@@ -11,7 +11,9 @@ from vitdsi.retrievers import create
 
 
 def test_random_retriever_matches_analytic_chance(digits32):
-    sets = make_split(digits32, n_total=1200, split_ratio=0.25, query_fractions=(0.0, 0.0, 1.0), seed=0).apply(digits32)
+    sets = make_split(
+        digits32, n_total=1200, split_ratio=0.25, query_fractions=(0.0, 0.0, 1.0), seed=0
+    ).apply(digits32)
     r = create("random", seed=3, device="cpu")
     r.index(sets.corpus)
     ranking = r.search(sets.test.images, 100)

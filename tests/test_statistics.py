@@ -30,8 +30,13 @@ def _exact_distribution(per_seed):
     s = len(per_seed)
     outcomes: dict[float, float] = {}
     for picks in itertools.product(range(s), repeat=s):
-        within = [[(float(np.mean(r)), 1 / len(per_seed[p]) ** len(per_seed[p]))
-                   for r in itertools.product(per_seed[p], repeat=len(per_seed[p]))] for p in picks]
+        within = [
+            [
+                (float(np.mean(r)), 1 / len(per_seed[p]) ** len(per_seed[p]))
+                for r in itertools.product(per_seed[p], repeat=len(per_seed[p]))
+            ]
+            for p in picks
+        ]
         for combo in itertools.product(*within):
             value = round(sum(m for m, _ in combo) / s, 12)
             prob = math.prod(w for _, w in combo) / s**s
@@ -54,7 +59,9 @@ def test_bootstrap_matches_brute_force_enumeration():
     # Monte Carlo error of a mean is sd / sqrt(B); of a proportion sqrt(p(1-p)/B): allow 5 of each
     assert dist.mean() == pytest.approx(exact_mean, abs=5 * exact_sd / math.sqrt(b))
     assert dist.std() == pytest.approx(exact_sd, rel=0.01)
-    assert np.mean(dist <= 0) == pytest.approx(exact_below0, abs=5 * math.sqrt(exact_below0 * (1 - exact_below0) / b))
+    assert np.mean(dist <= 0) == pytest.approx(
+        exact_below0, abs=5 * math.sqrt(exact_below0 * (1 - exact_below0) / b)
+    )
     assert np.quantile(dist, 0.10) == pytest.approx(exact_q10, abs=0.02)
     # the estimate gives each seed equal weight, not each query
     hb = hierarchical_bootstrap(SEEDS, n_boot=2000)

@@ -34,7 +34,9 @@ SLEEPY = Path(__file__).resolve().parent / "plugins" / "sleepy.py"
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench-store")
-    return SimpleNamespace(dir=folder, tracking=f"sqlite:///{folder}/mlflow.db", storage=f"sqlite:///{folder}/optuna.db")
+    return SimpleNamespace(
+        dir=folder, tracking=f"sqlite:///{folder}/mlflow.db", storage=f"sqlite:///{folder}/optuna.db"
+    )
 
 
 def options(store, **kw) -> RunOptions:
@@ -69,13 +71,19 @@ def test_two_trial_study_logs_metrics_equal_to_recomputed_ones(store, digits32):
     for t in trials:
         r = runs[t.user_attrs["mlflow_run_id"]]
         assert r.info.status == "FINISHED"
-        assert r.data.params["center"] == str(t.params["center"]) and r.data.params["dataset.n_total"] == "256"
+        assert (
+            r.data.params["center"] == str(t.params["center"]) and r.data.params["dataset.n_total"] == "256"
+        )
         assert r.data.tags["git.sha"] and r.data.tags["version.torch"] and r.data.tags["device"] == "cpu"
         assert r.data.tags["dataset"] == "digits" and r.data.tags["optuna.trial_number"] == str(t.number)
-        stored = open_trial_run(r.info.run_id, store.tracking, with_index=True, folder=store.dir / r.info.run_id)
+        stored = open_trial_run(
+            r.info.run_id, store.tracking, with_index=True, folder=store.dir / r.info.run_id
+        )
         arrays = stored.rankings()
         sets = stored.split.apply(digits32)
-        assert np.array_equal(arrays["test"], stored.split.test) and np.array_equal(arrays["idb"], stored.split.idb)
+        assert np.array_equal(arrays["test"], stored.split.test) and np.array_equal(
+            arrays["idb"], stored.split.idb
+        )
         again = evaluate(arrays["test_ids_0"], Relevance.between(sets.test, sets.corpus), ranked)
         again.update(indexing_accuracy(arrays["ia_ids_0"], len(sets.corpus), ks=(1, 5)))
         assert set(again) == set(study.metrics)
@@ -88,7 +96,11 @@ def test_two_trial_study_logs_metrics_equal_to_recomputed_ones(store, digits32):
         # the Optuna objective is the validation metric, recomputed here from the stored validation
         # ranking; it is not the test metric
         val = evaluate(arrays["val_ids_0"], Relevance.between(sets.val, sets.corpus), ["MAP@10"])["MAP@10"]
-        assert t.value == pytest.approx(val.mean, abs=1e-12) == pytest.approx(r.data.metrics["val_MAP_at_10"], abs=1e-12)
+        assert (
+            t.value
+            == pytest.approx(val.mean, abs=1e-12)
+            == pytest.approx(r.data.metrics["val_MAP_at_10"], abs=1e-12)
+        )
         assert np.array_equal(arrays["val_0"], stored.split.val) and len(sets.val) > 0
         # the stored index answers like the trial did
         index = stored.load_index(device="cpu")
@@ -96,8 +108,17 @@ def test_two_trial_study_logs_metrics_equal_to_recomputed_ones(store, digits32):
 
 
 def test_repeats_report_mean_and_ci_over_seeds(store, digits32):
-    study = resolve({"name": "repeats", "retriever": "random", "scale": "smoke", "repeats": 3, "seed": 5,
-                     "metrics": ["P@10", "MAP@10"], "mlflow": {"log_index": False}})
+    study = resolve(
+        {
+            "name": "repeats",
+            "retriever": "random",
+            "scale": "smoke",
+            "repeats": 3,
+            "seed": 5,
+            "metrics": ["P@10", "MAP@10"],
+            "mlflow": {"log_index": False},
+        }
+    )
     out = run(study, options(store))
     assert out.counts == {"COMPLETE": 1}
     (trial,) = trials_of(store, "repeats-smoke")
@@ -108,10 +129,14 @@ def test_repeats_report_mean_and_ci_over_seeds(store, digits32):
     arrays = stored.rankings()
     assert list(arrays["seeds"]) == [5, 6, 7]
     # the split seed moves with the training seed: each repeat has its own test queries
-    assert not np.array_equal(arrays["test_0"], arrays["test_1"]) and np.array_equal(arrays["test_0"], stored.split.test)
+    assert not np.array_equal(arrays["test_0"], arrays["test_1"]) and np.array_equal(
+        arrays["test_0"], stored.split.test
+    )
     per_seed, pooled = [], {"P@10": [], "MAP@10": []}
     for i in range(3):
-        split = Split(*(arrays[f"{part}_{i}"] for part in ("idb", "train", "val", "test")), params=stored.split.params)
+        split = Split(
+            *(arrays[f"{part}_{i}"] for part in ("idb", "train", "val", "test")), params=stored.split.params
+        )
         sets = split.apply(digits32)
         relevance = Relevance.between(sets.test, sets.corpus)
         per_seed.append(evaluate(arrays[f"test_ids_{i}"], relevance, ["P@10", "MAP@10"]))
@@ -124,7 +149,9 @@ def test_repeats_report_mean_and_ci_over_seeds(store, digits32):
         assert r.data.metrics[metric_key(name)] == pytest.approx(mean, abs=1e-12)
         assert r.data.metrics[f"{metric_key(name)}_ci95"] == pytest.approx(ci, abs=1e-12)
         # beside the CI across seeds, the CI over every seed's queries pooled
-        assert r.data.metrics[f"{metric_key(name)}_qci95"] == pytest.approx(mean_ci(np.concatenate(pooled[name]))[1], abs=1e-12)
+        assert r.data.metrics[f"{metric_key(name)}_qci95"] == pytest.approx(
+            mean_ci(np.concatenate(pooled[name]))[1], abs=1e-12
+        )
         history = client.get_metric_history(r.info.run_id, f"{metric_key(name)}_per_seed")
         assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(list(means))
         assert trial.user_attrs["metrics"][name]["n_seeds"] == 3
@@ -145,8 +172,16 @@ def test_rerun_resumes_and_skips_finished_grid_points(store):
 
 def test_failed_trial_is_recorded_and_the_study_goes_on(store):
     sleepy = Path(__file__).resolve().parent / "plugins" / "sleepy.py"
-    study = resolve({"name": "failing", "retriever": "test-sleepy-knn", "scale": "smoke", "plugins": [str(sleepy)],
-                     "fixed": {"sleep": 0.0, "epochs": 1}, "space": {"fail": [False, True], "center": [True, False]}})
+    study = resolve(
+        {
+            "name": "failing",
+            "retriever": "test-sleepy-knn",
+            "scale": "smoke",
+            "plugins": [str(sleepy)],
+            "fixed": {"sleep": 0.0, "epochs": 1},
+            "space": {"fail": [False, True], "center": [True, False]},
+        }
+    )
     out = run(study, options(store))
     assert not out.done and out.counts == {"COMPLETE": 2, "FAIL": 2}
     failed = [t for t in trials_of(store, "failing-smoke") if t.state == TrialState.FAIL]
@@ -170,7 +205,9 @@ def test_samplers_are_seeded_per_trial(store):
     space = {"batch_size": {"type": "int", "low": 8, "high": 512, "log": True}, "center": [True, False]}
     params = []
     for name, seed in (("tpe-a", 0), ("tpe-b", 0), ("tpe-c", 1)):
-        out = run(knn_study(name, space=space, n_trials=3, sampler={"type": "tpe", "seed": seed}), options(store))
+        out = run(
+            knn_study(name, space=space, n_trials=3, sampler={"type": "tpe", "seed": seed}), options(store)
+        )
         assert out.counts == {"COMPLETE": 3}
         params.append([t.params for t in trials_of(store, f"{name}-smoke")])
     assert params[0] == params[1] != params[2]
@@ -179,12 +216,18 @@ def test_samplers_are_seeded_per_trial(store):
 def test_cli_run_list_search_and_help(store, tmp_path):
     runner = CliRunner()
     study = tmp_path / "cli.yaml"
-    study.write_text(yaml.safe_dump({"name": "cli", "retriever": "pixels-knn", "scale": "smoke", "space": {"center": [True, False]}}))
+    study.write_text(
+        yaml.safe_dump(
+            {"name": "cli", "retriever": "pixels-knn", "scale": "smoke", "space": {"center": [True, False]}}
+        )
+    )
     common = ["--storage", store.storage, "--tracking-uri", store.tracking]
     res = runner.invoke(app, ["run", str(study), "--n-trials", "1", *common])
     assert res.exit_code == 0, res.output
     assert "Optuna study" in res.output and "best run" in res.output
-    run_id = [t for t in trials_of(store, "cli-smoke") if t.state == TrialState.COMPLETE][0].user_attrs["mlflow_run_id"]
+    run_id = [t for t in trials_of(store, "cli-smoke") if t.state == TrialState.COMPLETE][0].user_attrs[
+        "mlflow_run_id"
+    ]
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\nretriever: pixels-knn\nfixd: {}\n")
@@ -196,11 +239,29 @@ def test_cli_run_list_search_and_help(store, tmp_path):
 
     Image.fromarray((np.arange(40 * 30 * 3) % 255).astype(np.uint8).reshape(40, 30, 3)).save(image)
     grid = tmp_path / "grid.png"
-    res = runner.invoke(app, ["search", "--run", run_id, str(image), "--k", "3", "--out", str(grid), "--tracking-uri", store.tracking])
+    res = runner.invoke(
+        app,
+        [
+            "search",
+            "--run",
+            run_id,
+            str(image),
+            "--k",
+            "3",
+            "--out",
+            str(grid),
+            "--tracking-uri",
+            store.tracking,
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert grid.stat().st_size > 1000 and "digits/" in res.output
 
-    for args, expect in ((["list", "retrievers"], "pixels-knn"), (["list", "datasets"], "fashion-mnist"), (["list", "studies"], "table1")):
+    for args, expect in (
+        (["list", "retrievers"], "pixels-knn"),
+        (["list", "datasets"], "fashion-mnist"),
+        (["list", "studies"], "table1"),
+    ):
         res = runner.invoke(app, args, env={"COLUMNS": "200"})
         assert res.exit_code == 0 and expect in res.output, res.output
     for cmd in ([], ["run"], ["list"], ["ui"], ["search"]):
@@ -211,9 +272,22 @@ def test_cli_run_list_search_and_help(store, tmp_path):
 # ---- interrupting a worker -----------------------------------------------------------------
 def _bench(store, study: Path, **kw) -> subprocess.Popen:
     env = {**os.environ, "VITDSI_PROGRESS": "0", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "bench", "run", str(study), "--storage", store.storage,
-           "--tracking-uri", store.tracking, "--heartbeat", "1"]
-    return subprocess.Popen(cmd, cwd=store.dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench",
+        "run",
+        str(study),
+        "--storage",
+        store.storage,
+        "--tracking-uri",
+        store.tracking,
+        "--heartbeat",
+        "1",
+    ]
+    return subprocess.Popen(
+        cmd, cwd=store.dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw
+    )
 
 
 def _wait_running(store, study_name: str, number: int, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -225,7 +299,10 @@ def _wait_running(store, study_name: str, number: int, proc: subprocess.Popen, t
             trials = trials_of(store, study_name)
         except KeyError:  # study not created yet
             trials = []
-        if any(t.number == number and t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs for t in trials):
+        if any(
+            t.number == number and t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs
+            for t in trials
+        ):
             time.sleep(0.4)  # into the first fake epoch
             return
         time.sleep(0.1)
@@ -236,10 +313,19 @@ def test_ctrl_c_at_the_start_of_a_run_stops_it(store, tmp_path):
     """Ctrl-C as soon as the worker starts (imports, data checks and study setup, when garbage
     collection runs often) is acted on at the next safe point: exit 130, no traceback."""
     study = tmp_path / "early.yaml"
-    study.write_text(yaml.safe_dump({
-        "name": "early", "retriever": "test-sleepy-knn", "scale": "smoke", "plugins": [str(SLEEPY)],
-        "fixed": {"sleep": 0.5, "epochs": 4}, "space": {"center": [True, False]}, "dataset": {"n_total": 120},
-    }))
+    study.write_text(
+        yaml.safe_dump(
+            {
+                "name": "early",
+                "retriever": "test-sleepy-knn",
+                "scale": "smoke",
+                "plugins": [str(SLEEPY)],
+                "fixed": {"sleep": 0.5, "epochs": 4},
+                "space": {"center": [True, False]},
+                "dataset": {"n_total": 120},
+            }
+        )
+    )
     proc = _bench(store, study)
     for line in proc.stdout:
         if line.startswith("study early-smoke"):
@@ -253,11 +339,19 @@ def test_ctrl_c_at_the_start_of_a_run_stops_it(store, tmp_path):
 
 def test_ctrl_c_and_killed_worker_then_resume(store, tmp_path):
     study = tmp_path / "sleepy.yaml"
-    study.write_text(yaml.safe_dump({
-        "name": "sleepy", "retriever": "test-sleepy-knn", "scale": "smoke", "plugins": [str(SLEEPY)],
-        "fixed": {"sleep": 0.8, "epochs": 3}, "space": {"center": [True, False], "batch_size": [512]},
-        "dataset": {"n_total": 120},
-    }))
+    study.write_text(
+        yaml.safe_dump(
+            {
+                "name": "sleepy",
+                "retriever": "test-sleepy-knn",
+                "scale": "smoke",
+                "plugins": [str(SLEEPY)],
+                "fixed": {"sleep": 0.8, "epochs": 3},
+                "space": {"center": [True, False], "batch_size": [512]},
+                "dataset": {"n_total": 120},
+            }
+        )
+    )
     client = MlflowClient(store.tracking)
 
     # 1. Ctrl-C during trial 0: recorded FAIL, its MLflow run KILLED, exit 130
@@ -267,7 +361,11 @@ def test_ctrl_c_and_killed_worker_then_resume(store, tmp_path):
     output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130, output
     t0, t1 = trials_of(store, "sleepy-smoke")  # the grid's two points, queued by the first worker
-    assert t1.state == TrialState.WAITING and t0.state == TrialState.FAIL and "interrupted" in t0.user_attrs["error"]
+    assert (
+        t1.state == TrialState.WAITING
+        and t0.state == TrialState.FAIL
+        and "interrupted" in t0.user_attrs["error"]
+    )
     assert client.get_run(t0.user_attrs["mlflow_run_id"]).info.status == "KILLED"
 
     # 2. SIGKILL during the next trial, after one trial completed: the retry of point 0 (trial 2)
@@ -294,8 +392,11 @@ def test_ctrl_c_and_killed_worker_then_resume(store, tmp_path):
     assert any(t.system_attrs.get("failed_trial") == 3 for t in complete)  # the re-queued copy
     assert client.get_run(trials[3].user_attrs["mlflow_run_id"]).info.status == "KILLED"
     assert client.get_run(kept_run).data.metrics == kept_metrics
-    parents = {client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["mlflow.parentRunId"]
-               for t in trials if "mlflow_run_id" in t.user_attrs}
+    parents = {
+        client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["mlflow.parentRunId"]
+        for t in trials
+        if "mlflow_run_id" in t.user_attrs
+    }
     assert len(parents) == 1
     finished = [r for r in nested_runs(client, parents.pop()) if r.info.status == "FINISHED"]
     assert len(finished) == 2
@@ -305,13 +406,23 @@ def test_ctrl_c_and_killed_worker_then_resume(store, tmp_path):
 
 
 def test_a_diverged_trial_fails_with_its_reason_and_the_study_goes_on(store):
-    study = resolve({"name": "diverge", "retriever": "classifier", "scale": "smoke", "fixed": {"epochs": 2},
-                     "space": {"lr": [1e30, 2e-3]}, "dataset": {"n_total": 120}})
+    study = resolve(
+        {
+            "name": "diverge",
+            "retriever": "classifier",
+            "scale": "smoke",
+            "fixed": {"epochs": 2},
+            "space": {"lr": [1e30, 2e-3]},
+            "dataset": {"n_total": 120},
+        }
+    )
     out = run(study, options(store))
     assert out.counts == {"FAIL": 1, "COMPLETE": 1} and out.failed == [0]
     bad, good = trials_of(store, "diverge-smoke")
     assert bad.params["lr"] == 1e30 and good.state == TrialState.COMPLETE
-    assert bad.user_attrs["error"].startswith("TrainingDivergedError: classify: training loss became nan at epoch 1")
+    assert bad.user_attrs["error"].startswith(
+        "TrainingDivergedError: classify: training loss became nan at epoch 1"
+    )
     assert "lower lr (now 1e+30)" in bad.user_attrs["error"]
 
 
@@ -332,8 +443,11 @@ def test_sampler_errors_count_toward_the_consecutive_failure_stop(store, monkeyp
 
     monkeypatch.setattr(worker, "MAX_CONSECUTIVE_FAILURES", 3)
     monkeypatch.setattr(worker, "make_sampler", lambda study: PerTrialSeeded(lambda s: Broken(seed=s), 0))
-    study = knn_study(f"broken-{where}".replace("_", "-"), n_trials=10,
-                      space={"batch_size": {"type": "int", "low": 8, "high": 512}})
+    study = knn_study(
+        f"broken-{where}".replace("_", "-"),
+        n_trials=10,
+        space={"batch_size": {"type": "int", "low": 8, "high": 512}},
+    )
     out = run(study, options(store))
     assert out.counts == {"FAIL": 3} and out.failed == [0, 1, 2] and not out.done
     trials = trials_of(store, study.default_study_name)
@@ -347,7 +461,6 @@ def test_study_file_changed_under_the_same_name_is_refused(store):
 
     with pytest.raises(StudyMismatchError, match="different configuration"):
         run(knn_study("changed", space={"center": [False]}), options(store))
-
 
 
 def test_tracking_and_storage_defaults(tmp_path, monkeypatch):
@@ -384,7 +497,10 @@ def test_resume_retries_the_interrupted_point_first(store):
     assert retried.params["dataset.n_total"] == 120
     this_run = sorted((t for t in complete if t.number > interrupted.number), key=lambda t: t.datetime_start)
     assert [t.params["dataset.n_total"] for t in this_run] == [120, 140, 160]
-    assert out.counts == {"COMPLETE": 4, "FAIL": 1}  # the points queued again behind the retry are not counted
+    assert out.counts == {
+        "COMPLETE": 4,
+        "FAIL": 1,
+    }  # the points queued again behind the retry are not counted
     tags = MlflowClient(store.tracking).get_run(retried.user_attrs["mlflow_run_id"]).data.tags
     assert tags["optuna.retry_of"] == str(interrupted.number)
 
@@ -432,7 +548,18 @@ def test_search_after_the_data_moved(store, tmp_path, monkeypatch):
     from bench import trial as trial_mod
 
     trial_mod._DATASETS.clear()  # each `bench search` is a new process: nothing cached
-    common = ["search", "--run", run_id, str(query), "--k", "3", "--out", str(tmp_path / "g.png"), "--tracking-uri", store.tracking]
+    common = [
+        "search",
+        "--run",
+        run_id,
+        str(query),
+        "--k",
+        "3",
+        "--out",
+        str(tmp_path / "g.png"),
+        "--tracking-uri",
+        store.tracking,
+    ]
     res = runner.invoke(app, common, env={"COLUMNS": "400"})
     assert res.exit_code == 2, res.output
     assert str(root) in res.output and "--set dataset.root=PATH" in res.output
@@ -444,9 +571,25 @@ def test_search_after_the_data_moved(store, tmp_path, monkeypatch):
     Image.fromarray(np.zeros((200, 200, 3), np.uint8)).save(big)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # the 16 px corpus passes, 200 px is over twice it
     trial_mod._DATASETS.clear()
-    res = runner.invoke(app, ["search", "--run", run_id, str(big), "--out", str(tmp_path / "g.png"), "--tracking-uri",
-                              store.tracking, "--set", f"dataset.root={moved}"], env={"COLUMNS": "400"})
-    assert res.exit_code == 2 and f"image {big} is too large to decode" in res.output.replace("\n", ""), res.output
+    res = runner.invoke(
+        app,
+        [
+            "search",
+            "--run",
+            run_id,
+            str(big),
+            "--out",
+            str(tmp_path / "g.png"),
+            "--tracking-uri",
+            store.tracking,
+            "--set",
+            f"dataset.root={moved}",
+        ],
+        env={"COLUMNS": "400"},
+    )
+    assert res.exit_code == 2 and f"image {big} is too large to decode" in res.output.replace("\n", ""), (
+        res.output
+    )
     assert "Traceback" not in res.output
     monkeypatch.undo()
     # other data at that root (a file renamed) are refused, not silently used

@@ -17,15 +17,20 @@ from vitdsi.models.text_encoder import (
     minilm_folder,
 )
 
-CAPTIONS = ["two bags and a sneaker", "a sandal to the left of a coat",
-            "an ankle boot sits at the upper right of a grid with nine tiles", "a 5"]
+CAPTIONS = [
+    "two bags and a sneaker",
+    "a sandal to the left of a coat",
+    "an ankle boot sits at the upper right of a grid with nine tiles",
+    "a 5",
+]
 # sentence-transformers' documented all-MiniLM-L6-v2 example: these three sentences' cosine similarities
 SBERT_EXAMPLE = ["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."]
 SBERT_SIMILARITIES = torch.tensor([[1.0, 0.6660, 0.1046], [0.6660, 1.0, 0.1411], [0.1046, 0.1411, 1.0]])
 
 
 def test_minilm_extracts_once_from_the_package_without_printing(text_cache, capfd, monkeypatch):
-    monkeypatch.delitem(sys.modules, "all_minilm_l6_v2", raising=False)  # import it afresh: it prints on import
+    # import it afresh: it prints on import
+    monkeypatch.delitem(sys.modules, "all_minilm_l6_v2", raising=False)
     folder = minilm_folder(text_cache)
     assert capfd.readouterr().out == ""
     assert all((folder / f).is_file() for f in MINILM_FILES) and folder.parent == Path(text_cache)
@@ -80,8 +85,11 @@ def test_fine_tuning_trains_only_the_last_layers(text_cache, minilm):
     changed = {n for n, p in enc.named_parameters() if not torch.equal(p, before[n])}
     assert changed and changed <= trained
     # untrained it gives the frozen model's embeddings
-    assert torch.allclose(make_text_encoder(TextEncoderConfig(text_cache_dir=text_cache, text_freeze=False))
-                          .encode(CAPTIONS), minilm.encode(CAPTIONS), atol=1e-6)
+    assert torch.allclose(
+        make_text_encoder(TextEncoderConfig(text_cache_dir=text_cache, text_freeze=False)).encode(CAPTIONS),
+        minilm.encode(CAPTIONS),
+        atol=1e-6,
+    )
 
 
 def test_minilm_without_its_package_is_an_error_naming_it(monkeypatch, text_cache):
@@ -102,7 +110,8 @@ def test_scratch_encoder_is_explicit_deterministic_and_ignores_padding():
     again = make_text_encoder(cfg)
     assert torch.equal(enc.encode(CAPTIONS), again.encode(CAPTIONS))
     alone = torch.cat([enc.encode([t]) for t in CAPTIONS])
-    assert torch.allclose(enc.encode(CAPTIONS), alone, atol=1e-5)  # padding of the longest text changes nothing
+    # padding of the longest text changes nothing
+    assert torch.allclose(enc.encode(CAPTIONS), alone, atol=1e-5)
     enc.train()
     b = enc.tokenize(CAPTIONS)
     enc(b["input_ids"], b["attention_mask"]).sum().backward()

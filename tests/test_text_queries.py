@@ -26,7 +26,10 @@ def _own_image_r1(retriever, captions: Captions) -> float:
 
 def test_text_queries_are_held_out_captions_of_indexed_images(captioned_mosaic, text_split):
     corpus, text = text_split.corpus, text_split.text
-    assert text_split.query_kind == "text" and len(text_split.train) == len(text_split.val) == len(text_split.test) == 0
+    assert (
+        text_split.query_kind == "text"
+        and len(text_split.train) == len(text_split.val) == len(text_split.test) == 0
+    )
     doc = json.loads((captioned_mosaic / "annotations" / "captions.json").read_text())
     by_id = {a["id"]: a for a in doc["annotations"]}
     for part in ("train", "val", "test"):
@@ -55,7 +58,8 @@ def test_untagged_captions_are_dealt_per_image_and_the_captioned_share_is_seeded
         want = sorted((["test", "val"] + ["train"] * 3)[:n]) if n >= 2 else ["test"]
         assert got == want
     assert not np.array_equal(caption_roles(caps, seed=1), roles) or not np.array_equal(
-        caption_roles(caps, seed=2), roles)
+        caption_roles(caps, seed=2), roles
+    )
     tagged = Captions.build(["a", "b"], [0, 0], [1, 2], ["val", "train"])
     assert caption_roles(tagged, seed=0).tolist() == ["val", "train"]  # tags win
     keep = captioned_images(100, 0.3, seed=4)
@@ -112,8 +116,14 @@ def test_dsi_text_caches_the_frozen_text_encoder_exactly(text_split):
     r = smoke_retriever("dsi-text")
     r._start_index(text_split.corpus)
     model, caps = r.model, text_split.corpus.captions
-    trainer = TextDSITrainer(model, text_split.corpus.images, r.id_map.codes, TrainConfig(mode="multitask"),
-                             captions=caps.texts.tolist(), caption_image=torch.as_tensor(caps.image))
+    trainer = TextDSITrainer(
+        model,
+        text_split.corpus.images,
+        r.id_map.codes,
+        TrainConfig(mode="multitask"),
+        captions=caps.texts.tolist(),
+        caption_image=torch.as_tensor(caps.image),
+    )
     assert trainer.queries.precomputed and len(trainer.queries) == len(caps)
     rows = trainer.queries.rows(torch.tensor([0, 3, 5]))
     batch = model.text.encoder.tokenize(caps.texts[[0, 3, 5]].tolist())
@@ -171,23 +181,41 @@ def test_text_metrics_of_a_trial_read_their_own_relevance(text_split):
 
 # ---- the harness -------------------------------------------------------------------------
 def _text_study(tmp_path, retriever="text-embedding-knn", **extra):
-    return {"name": "captions", "scale": "smoke", "retriever": retriever, "metrics": ["R@1", "MRR", "MAP@10"],
-            "objective": {"metric": "MRR"}, "mlflow": {"log_index": True},
-            "dataset": {"name": "coco-mosaic", "root": str(tmp_path / "data"), "size": 32, "n_total": 60,
-                        "split_ratio": 0.5, "options": {"n_images": 60, "tile_size": 16, "captions": 1},
-                        "protocol": "text"}, **extra}
+    return {
+        "name": "captions",
+        "scale": "smoke",
+        "retriever": retriever,
+        "metrics": ["R@1", "MRR", "MAP@10"],
+        "objective": {"metric": "MRR"},
+        "mlflow": {"log_index": True},
+        "dataset": {
+            "name": "coco-mosaic",
+            "root": str(tmp_path / "data"),
+            "size": 32,
+            "n_total": 60,
+            "split_ratio": 0.5,
+            "options": {"n_images": 60, "tile_size": 16, "captions": 1},
+            "protocol": "text",
+        },
+        **extra,
+    }
 
 
 def test_study_checks_match_retrievers_to_the_protocol(tmp_path):
     from bench.config import resolve
     from bench.config.errors import StudyConfigError
 
-    with pytest.raises(StudyConfigError, match="retriever 'pixels-knn' answers image queries but `dataset.protocol: "
-                                               "text` asks captions; use dsi-text, text-dual-encoder, text-embedding-knn"):
+    with pytest.raises(
+        StudyConfigError,
+        match="retriever 'pixels-knn' answers image queries but `dataset.protocol: "
+        "text` asks captions; use dsi-text, text-dual-encoder, text-embedding-knn",
+    ):
         resolve(_text_study(tmp_path, "pixels-knn"))
     plain = _text_study(tmp_path)
     plain["dataset"] = {"n_total": 60}
-    with pytest.raises(StudyConfigError, match="'text-embedding-knn' answers text queries but `dataset.protocol: class`"):
+    with pytest.raises(
+        StudyConfigError, match="'text-embedding-knn' answers text queries but `dataset.protocol: class`"
+    ):
         resolve(plain)
     with pytest.raises(StudyConfigError, match="IA@1 query the indexed images with themselves"):
         resolve({**_text_study(tmp_path), "metrics": ["R@1", "IA@1"]})
@@ -203,8 +231,12 @@ def test_study_checks_match_retrievers_to_the_protocol(tmp_path):
         resolve(off)
     with pytest.raises(StudyConfigError, match="dataset.text.*protocol: text"):
         resolve({**_text_study(tmp_path), "dataset": {"n_total": 60, "text": {"untrained_share": 0.2}}})
-    study = resolve({**_text_study(tmp_path), "dataset": {**_text_study(tmp_path)["dataset"],
-                                                          "text": {"untrained_share": 0.2}}})
+    study = resolve(
+        {
+            **_text_study(tmp_path),
+            "dataset": {**_text_study(tmp_path)["dataset"], "text": {"untrained_share": 0.2}},
+        }
+    )
     assert study.trial_config({}).dataset.protocol_options().untrained_share == 0.2
 
 
@@ -215,9 +247,15 @@ def test_protocol_options_enter_the_record_only_where_given(tmp_path):
 
     cfg = resolve({"name": "x", "scale": "smoke", "retriever": "pixels-knn"}).trial_config({})
     assert cfg.model_dump(mode="json")["dataset"]["protocol_args"] == {}
-    text = resolve({**_text_study(tmp_path), "dataset": {**_text_study(tmp_path)["dataset"],
-                                                         "text": {"untrained_share": 0.2}}}).trial_config({})
-    assert text.model_dump(mode="json")["dataset"]["protocol_args"] == {"text": {"untrained_share": 0.2, "gain": "shared"}}
+    text = resolve(
+        {
+            **_text_study(tmp_path),
+            "dataset": {**_text_study(tmp_path)["dataset"], "text": {"untrained_share": 0.2}},
+        }
+    ).trial_config({})
+    assert text.model_dump(mode="json")["dataset"]["protocol_args"] == {
+        "text": {"untrained_share": 0.2, "gain": "shared"}
+    }
     assert type(text).model_validate(text.model_dump(mode="json")) == text
     assert text.fingerprint() != resolve(_text_study(tmp_path)).trial_config({}).fingerprint()
 
@@ -234,7 +272,9 @@ def test_bench_search_with_captions(tmp_path):
     out = tmp_path / "grid.png"
     runner = CliRunner()
     args = ["search", "--run", run_id, "--k", "3", "--out", str(out), "--tracking-uri", uri]
-    res = runner.invoke(app, [*args, "--text", "a 7 left of a 1", "--text", "two fours"], env={"COLUMNS": "300"})
+    res = runner.invoke(
+        app, [*args, "--text", "a 7 left of a 1", "--text", "two fours"], env={"COLUMNS": "300"}
+    )
     assert res.exit_code == 0, res.output
     assert out.is_file() and res.output.count("\n") > 6 and "a 7 left of a 1" in res.output
     image = tmp_path / "q.png"

@@ -25,13 +25,29 @@ def small(tiny_split):
 def make_trainer(corpus, queries=None, scheme="clustered", seed=0, **kw):
     torch.manual_seed(seed)
     ids = make_ids(scheme, len(corpus), labels=corpus.primary_labels(), seed=seed)
-    cfg = VitDSIConfig(image_size=corpus.image_size, patch_size=8, dim=32, ff_dim=64, depth=1, heads=2, dropout=0.0,
-                       id_length=ids.length, atomic=ids.atomic, n_ids=ids.n)
+    cfg = VitDSIConfig(
+        image_size=corpus.image_size,
+        patch_size=8,
+        dim=32,
+        ff_dim=64,
+        depth=1,
+        heads=2,
+        dropout=0.0,
+        id_length=ids.length,
+        atomic=ids.atomic,
+        n_ids=ids.n,
+    )
     model = VitDSI(cfg)
     train_cfg = TrainConfig(**{"lr": 3e-3, "batch_size": 8, "seed": seed, **kw})
-    return DSITrainer(model, corpus.images, ids.codes, train_cfg,
-                      query_images=queries.images if queries is not None else None,
-                      query_labels=queries.labels if queries is not None else None, corpus_labels=corpus.labels)
+    return DSITrainer(
+        model,
+        corpus.images,
+        ids.codes,
+        train_cfg,
+        query_images=queries.images if queries is not None else None,
+        query_labels=queries.labels if queries is not None else None,
+        corpus_labels=corpus.labels,
+    )
 
 
 @pytest.mark.parametrize("scheme", ["clustered", "atomic"])
@@ -46,8 +62,18 @@ def test_indexing_loss_decreases_and_memorises(small, scheme):
 
 def test_training_is_deterministic_on_cpu(small):
     corpus, queries = small
-    runs = [make_trainer(corpus, queries, mode="multitask", index_epochs=2, retrieval_epochs=2, views="medium", index_views=1).fit()
-            for _ in range(2)]
+    runs = [
+        make_trainer(
+            corpus,
+            queries,
+            mode="multitask",
+            index_epochs=2,
+            retrieval_epochs=2,
+            views="medium",
+            index_views=1,
+        ).fit()
+        for _ in range(2)
+    ]
     assert [e.loss for e in runs[0]] == [e.loss for e in runs[1]]
 
 
@@ -71,6 +97,7 @@ def test_multitask_batches_mix_both_tasks_and_target_relevant_images(small):
         n_corpus += int(corpus_rows.sum())
         n_query += int((~corpus_rows).sum())
     assert n_corpus == len(corpus) and n_query == len(queries)
+
     # targets are drawn afresh each epoch
     def per_query(batches):
         out = torch.full((len(queries),), -1)
@@ -133,17 +160,24 @@ def test_relevant_sampler_draws_uniformly_among_relevant_images():
     assert set(draws[:, 2].tolist()) == {3}
     counts = torch.bincount(draws[:, 0], minlength=5)[[0, 2, 4]].float()
     assert (counts / 3000 - 1 / 3).abs().max() < 0.04
-    multi = RelevantSampler(torch.tensor([[1, 0, 0], [0, 0, 1]]).bool(), torch.tensor([[1, 1, 0], [0, 1, 0], [1, 0, 0]]).bool())
+    multi = RelevantSampler(
+        torch.tensor([[1, 0, 0], [0, 0, 1]]).bool(), torch.tensor([[1, 1, 0], [0, 1, 0], [1, 0, 0]]).bool()
+    )
     assert multi.has_relevant.tolist() == [True, False]
-    assert set(torch.stack([multi.sample(torch.tensor([0]), gen) for _ in range(200)])[:, 0].tolist()) == {0, 2}
+    assert set(torch.stack([multi.sample(torch.tensor([0]), gen) for _ in range(200)])[:, 0].tolist()) == {
+        0,
+        2,
+    }
 
 
 def test_bf16_on_the_cpu_trains_close_to_fp32(small):
     """precision='bf16' runs the forward pass under bf16 autocast on the CPU too; it learns
     like float32 (loss within a few percent after a few epochs) and 'fp32' equals 'auto' there."""
     corpus, _ = small
-    runs = {p: make_trainer(corpus, index_epochs=4, target_ia=1.1, eval_every=100, precision=p).fit()
-            for p in ("auto", "fp32", "bf16")}
+    runs = {
+        p: make_trainer(corpus, index_epochs=4, target_ia=1.1, eval_every=100, precision=p).fit()
+        for p in ("auto", "fp32", "bf16")
+    }
     assert [e.loss for e in runs["auto"]] == [e.loss for e in runs["fp32"]]
     assert runs["bf16"][-1].loss == pytest.approx(runs["fp32"][-1].loss, rel=0.05)
     assert runs["bf16"][-1].loss < runs["bf16"][0].loss
@@ -153,7 +187,9 @@ def test_bf16_on_the_cpu_trains_close_to_fp32(small):
 
 def test_ia_is_measured_on_a_fixed_sample_when_asked(small):
     corpus, _ = small
-    sampled = make_trainer(corpus, scheme="atomic", index_epochs=15, target_ia=1.1, eval_every=100, ia_sample=8)
+    sampled = make_trainer(
+        corpus, scheme="atomic", index_epochs=15, target_ia=1.1, eval_every=100, ia_sample=8
+    )
     sampled.fit()
     sampled.model.eval()
     with torch.no_grad():  # which of the 32 images the model gets right, one by one
@@ -169,7 +205,10 @@ def test_ia_is_measured_on_a_fixed_sample_when_asked(small):
 def test_a_non_finite_loss_stops_dsi_training_naming_epoch_step_and_lr(small):
     corpus, _ = small
     trainer = make_trainer(corpus, lr=float("inf"), index_epochs=3, target_ia=1.1)
-    with pytest.raises(TrainingDivergedError, match=r"dsi index: training loss became nan at epoch 1 \(step 2\): lower lr \(now inf\)"):
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"dsi index: training loss became nan at epoch 1 \(step 2\): lower lr \(now inf\)",
+    ):
         trainer.fit()
 
 
@@ -184,10 +223,26 @@ def test_a_non_finite_loss_stops_the_shared_epoch_loop():
         return torch.nn.functional.cross_entropy(model(xb), yb), len(xb), 0
 
     batches = lambda: [(x[:4], y[:4]), (x[4:], y[4:])]  # noqa: E731
-    with pytest.raises(TrainingDivergedError, match=r"classify: training loss became nan at epoch 1 \(step 2\)"):
-        train_epochs(model, LoopConfig(epochs=2, lr=float("inf")), "classify", batches, step, steps_per_epoch=2,
-                     device=torch.device("cpu"))
+    with pytest.raises(
+        TrainingDivergedError, match=r"classify: training loss became nan at epoch 1 \(step 2\)"
+    ):
+        train_epochs(
+            model,
+            LoopConfig(epochs=2, lr=float("inf")),
+            "classify",
+            batches,
+            step,
+            steps_per_epoch=2,
+            device=torch.device("cpu"),
+        )
     model = torch.nn.Linear(4, 2)
-    history = train_epochs(model, LoopConfig(epochs=2, lr=1e-2), "classify", batches, step, steps_per_epoch=2,
-                           device=torch.device("cpu"))
+    history = train_epochs(
+        model,
+        LoopConfig(epochs=2, lr=1e-2),
+        "classify",
+        batches,
+        step,
+        steps_per_epoch=2,
+        device=torch.device("cpu"),
+    )
     assert len(history) == 2

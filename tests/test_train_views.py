@@ -67,12 +67,28 @@ def test_bad_strength_and_index_views_are_clear_errors(batch):
 def _trainer(corpus, queries=None, seed=0, **kw) -> DSITrainer:
     torch.manual_seed(seed)
     ids = make_ids("clustered", len(corpus), labels=corpus.primary_labels(), seed=0)
-    cfg = VitDSIConfig(image_size=corpus.image_size, patch_size=8, dim=32, ff_dim=64, depth=1, heads=2, dropout=0.0,
-                       id_length=ids.length, atomic=ids.atomic, n_ids=ids.n)
+    cfg = VitDSIConfig(
+        image_size=corpus.image_size,
+        patch_size=8,
+        dim=32,
+        ff_dim=64,
+        depth=1,
+        heads=2,
+        dropout=0.0,
+        id_length=ids.length,
+        atomic=ids.atomic,
+        n_ids=ids.n,
+    )
     train = TrainConfig(**{"lr": 3e-3, "batch_size": 8, "seed": seed, "target_ia": 1.1, **kw})
-    return DSITrainer(VitDSI(cfg), corpus.images, ids.codes, train,
-                      query_images=queries.images if queries is not None else None,
-                      query_labels=queries.labels if queries is not None else None, corpus_labels=corpus.labels)
+    return DSITrainer(
+        VitDSI(cfg),
+        corpus.images,
+        ids.codes,
+        train,
+        query_images=queries.images if queries is not None else None,
+        query_labels=queries.labels if queries is not None else None,
+        corpus_labels=corpus.labels,
+    )
 
 
 def _seen(trainer: DSITrainer) -> list[torch.Tensor]:
@@ -124,7 +140,9 @@ def test_views_change_the_training_batches(small):
 
 def test_pseudo_query_views_are_seeded(small):
     corpus, _ = small
-    a, b, c = (_seen(_trainer(corpus, seed=s, views="medium", index_views=2, index_epochs=1)) for s in (0, 0, 1))
+    a, b, c = (
+        _seen(_trainer(corpus, seed=s, views="medium", index_views=2, index_epochs=1)) for s in (0, 0, 1)
+    )
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert not all(len(x) == len(z) and torch.equal(x, z) for x, z in zip(a, c))
 
@@ -132,7 +150,8 @@ def test_pseudo_query_views_are_seeded(small):
 def test_baselines_train_on_views_of_the_shared_family(small):
     corpus, _ = small
     x = corpus.images[:16]
-    assert {create(name).views for name in ("dsi-vit", "classifier", "dual-encoder")} == {"none"}  # parity by default
+    # parity by default
+    assert {create(name).views for name in ("dsi-vit", "classifier", "dual-encoder")} == {"none"}
     for name in ("classifier", "dual-encoder"):
         for strength in VIEW_STRENGTHS:
             r = create(name, views=strength)

@@ -19,22 +19,35 @@ from bench.tracking import VAL_PREFIX
 
 ROOT = Path(__file__).resolve().parent.parent
 SLEEPY = ROOT / "tests" / "plugins" / "sleepy.py"
-KNOBS = {"knn": {"center": [True, False]}, "bovw": {"vocab_size": {"type": "int", "low": 4, "high": 32, "log": True}}}
+KNOBS = {
+    "knn": {"center": [True, False]},
+    "bovw": {"vocab_size": {"type": "int", "low": 4, "high": 32, "log": True}},
+}
 
 
 def knn_and_bovw(name: str, tune: dict | None = None, **extra) -> dict:
-    return {"name": name, "scale": "smoke", "repeats": 2, "mlflow": {"log_index": False},
-            "methods": {"knn": {"retriever": "pixels-knn"}, "bovw": {"retriever": "bovw"}},
-            "space": {"method": ["knn", "bovw"]},
-            "tune": tune or {"trials_per_method": 2, "methods": KNOBS}, **extra}
+    return {
+        "name": name,
+        "scale": "smoke",
+        "repeats": 2,
+        "mlflow": {"log_index": False},
+        "methods": {"knn": {"retriever": "pixels-knn"}, "bovw": {"retriever": "bovw"}},
+        "space": {"method": ["knn", "bovw"]},
+        "tune": tune or {"trials_per_method": 2, "methods": KNOBS},
+        **extra,
+    }
 
 
 def options(folder: Path) -> RunOptions:
-    return RunOptions(tracking_uri=f"sqlite:///{folder}/mlflow.db", storage=f"sqlite:///{folder}/optuna.db", heartbeat=2)
+    return RunOptions(
+        tracking_uri=f"sqlite:///{folder}/mlflow.db", storage=f"sqlite:///{folder}/optuna.db", heartbeat=2
+    )
 
 
 def tuning_trials(folder: Path, study_name: str):
-    return optuna.load_study(study_name=study_name, storage=f"sqlite:///{folder}/optuna.db").get_trials(deepcopy=False)
+    return optuna.load_study(study_name=study_name, storage=f"sqlite:///{folder}/optuna.db").get_trials(
+        deepcopy=False
+    )
 
 
 def trial_runs(folder: Path, parent_id: str):
@@ -44,27 +57,63 @@ def trial_runs(folder: Path, parent_id: str):
 
 
 # ---- the block in a study file -----------------------------------------------------------
-@pytest.mark.parametrize(("tune", "extra", "expected"), [
-    ({"methods": {"knn": {"centre": [True]}}}, {},
-     "field `tune.methods.knn.centre`: retriever 'pixels-knn' (method 'knn') has no parameter 'centre' (did you mean 'center'?)"),
-    ({"methods": {"knnn": {"center": [True]}}}, {},
-     "field `tune.methods.knnn`: unknown method 'knnn' (did you mean 'knn'?); methods in this file: knn, bovw"),
-    ({"methods": {"bovw": {"vocab_size": [8]}}}, {"space": {"method": ["knn"]}},
-     "field `tune.methods.bovw`: method 'bovw' is tuned but the study never runs it"),
-    ({"methods": {"knn": {"center": [True]}}}, {"space": {"method": ["knn", "bovw"], "dataset.n_total": [128, 256]},
-                                                 "methods": {"knn": {"retriever": "pixels-knn"},
-                                                             "bovw": {"retriever": "pixels-knn"}}},
-     None),
-    ({"methods": {"knn": {"dataset.n_total": [128]}}}, {}, "field `tune.methods.knn.dataset.n_total`: tuning sets build parameters only"),
-    ({"methods": {"knn": {"seed": [1, 2]}}}, {}, "field `tune.methods.knn.seed`: 'seed' is set by the harness"),
-    ({"methods": {"bovw": {"vocab_size": {"type": "float", "low": 4, "high": 32}}}}, {},
-     "field `tune.methods.bovw.vocab_size`: parameter 'vocab_size' of retriever 'bovw' takes int values"),
-    ({"methods": {"knn": {"batch_size": {"type": "int", "low": 0, "high": 8}}}}, {},
-     "field `tune.methods.knn.batch_size`: retriever 'pixels-knn' rejects batch_size=0"),
-    ({"methods": {"knn": {"batch_size": {"type": "int", "lo": 1, "high": 8}}}}, {},
-     "field `tune.methods.knn.batch_size.lo`: unknown field 'lo' (did you mean 'low'?)"),
-    ({"methods": {"knn": {}}}, {}, "field `tune.methods.knn`: no knobs"),
-])
+@pytest.mark.parametrize(
+    ("tune", "extra", "expected"),
+    [
+        (
+            {"methods": {"knn": {"centre": [True]}}},
+            {},
+            "field `tune.methods.knn.centre`: retriever 'pixels-knn' (method 'knn') has no parameter "
+            "'centre' (did you mean 'center'?)",
+        ),
+        (
+            {"methods": {"knnn": {"center": [True]}}},
+            {},
+            "field `tune.methods.knnn`: unknown method 'knnn' (did you mean 'knn'?); methods in this file: "
+            "knn, bovw",
+        ),
+        (
+            {"methods": {"bovw": {"vocab_size": [8]}}},
+            {"space": {"method": ["knn"]}},
+            "field `tune.methods.bovw`: method 'bovw' is tuned but the study never runs it",
+        ),
+        (
+            {"methods": {"knn": {"center": [True]}}},
+            {
+                "space": {"method": ["knn", "bovw"], "dataset.n_total": [128, 256]},
+                "methods": {"knn": {"retriever": "pixels-knn"}, "bovw": {"retriever": "pixels-knn"}},
+            },
+            None,
+        ),
+        (
+            {"methods": {"knn": {"dataset.n_total": [128]}}},
+            {},
+            "field `tune.methods.knn.dataset.n_total`: tuning sets build parameters only",
+        ),
+        (
+            {"methods": {"knn": {"seed": [1, 2]}}},
+            {},
+            "field `tune.methods.knn.seed`: 'seed' is set by the harness",
+        ),
+        (
+            {"methods": {"bovw": {"vocab_size": {"type": "float", "low": 4, "high": 32}}}},
+            {},
+            "field `tune.methods.bovw.vocab_size`: parameter 'vocab_size' of retriever 'bovw' takes int "
+            "values",
+        ),
+        (
+            {"methods": {"knn": {"batch_size": {"type": "int", "low": 0, "high": 8}}}},
+            {},
+            "field `tune.methods.knn.batch_size`: retriever 'pixels-knn' rejects batch_size=0",
+        ),
+        (
+            {"methods": {"knn": {"batch_size": {"type": "int", "lo": 1, "high": 8}}}},
+            {},
+            "field `tune.methods.knn.batch_size.lo`: unknown field 'lo' (did you mean 'low'?)",
+        ),
+        ({"methods": {"knn": {}}}, {}, "field `tune.methods.knn`: no knobs"),
+    ],
+)
 def test_tune_block_errors_name_the_field(tune, extra, expected):
     study = knn_and_bovw("bad", {"trials_per_method": 2, **tune}, **extra)
     if expected is None:  # a searched dataset field beside tuned build parameters is fine
@@ -76,10 +125,15 @@ def test_tune_block_errors_name_the_field(tune, extra, expected):
 
 
 def test_a_tuned_knob_may_not_also_be_searched():
-    study = knn_and_bovw("both", {"trials_per_method": 2, "methods": {"knn": {"center": [True, False]}}},
-                         methods={"knn": {"retriever": "pixels-knn"}, "bovw": {"retriever": "pixels-knn"}},
-                         space={"method": ["knn", "bovw"], "center": [True, False]})
-    with pytest.raises(StudyConfigError, match=r"field `tune.methods.knn.center`: 'center' is also searched in `space`"):
+    study = knn_and_bovw(
+        "both",
+        {"trials_per_method": 2, "methods": {"knn": {"center": [True, False]}}},
+        methods={"knn": {"retriever": "pixels-knn"}, "bovw": {"retriever": "pixels-knn"}},
+        space={"method": ["knn", "bovw"], "center": [True, False]},
+    )
+    with pytest.raises(
+        StudyConfigError, match=r"field `tune.methods.knn.center`: 'center' is also searched in `space`"
+    ):
         resolve(study, source="s.yaml")
 
 
@@ -88,7 +142,12 @@ def test_the_smoke_preset_caps_the_budget_and_startup_is_half_of_it():
     assert smoke.tune.trials_per_method == 2 and smoke.tune.n_startup_trials == 1
     small = resolve(knn_and_bovw("cap", {"trials_per_method": 8, "methods": KNOBS}), scale="small")
     assert small.tune.trials_per_method == 8 and small.tune.n_startup_trials == 4
-    assert smoke.fingerprint() != resolve(knn_and_bovw("cap", {"trials_per_method": 2, "methods": {"knn": {"center": [True]}}})).fingerprint()
+    assert (
+        smoke.fingerprint()
+        != resolve(
+            knn_and_bovw("cap", {"trials_per_method": 2, "methods": {"knn": {"center": [True]}}})
+        ).fingerprint()
+    )
 
 
 # ---- running it --------------------------------------------------------------------------
@@ -107,7 +166,13 @@ def test_tuning_runs_the_budget_per_method_and_the_trials_run_the_best_recipe(tm
         logged = [r for r in tuning if r.data.tags["tune.method"] == method]
         assert len(logged) == 2 and {r.data.params["repeats"] for r in logged} == {"1"}
         # the objective of a tuning trial is its validation value, and the recipe is the best one
-        best = max(logged, key=lambda r: (r.data.metrics[VAL_PREFIX + "MAP_at_10"], -int(r.data.tags["optuna.trial_number"])))
+        best = max(
+            logged,
+            key=lambda r: (
+                r.data.metrics[VAL_PREFIX + "MAP_at_10"],
+                -int(r.data.tags["optuna.trial_number"]),
+            ),
+        )
         assert {t.value for t in trials} == {r.data.metrics[VAL_PREFIX + "MAP_at_10"] for r in logged}
         (knob,) = knobs
         ran = [r for r in final if r.data.tags["method"] == method]
@@ -116,9 +181,14 @@ def test_tuning_runs_the_budget_per_method_and_the_trials_run_the_best_recipe(tm
     results = text.split("## Results", 1)[1].split("\n## ", 1)[0]
     assert results.count("\n| ") == 1 + 2  # header and the two final trials; no tuning trial
     section = text.split("## Tuning", 1)[1].split("\n## ", 1)[0]
-    bovw_best = max((r for r in tuning if r.data.tags["tune.method"] == "bovw"),
-                    key=lambda r: r.data.metrics[VAL_PREFIX + "MAP_at_10"])
-    assert f"| bovw | vocab_size: 4..32 (log) | 2 / 0 | vocab_size={bovw_best.data.params['vocab_size']} |" in section
+    bovw_best = max(
+        (r for r in tuning if r.data.tags["tune.method"] == "bovw"),
+        key=lambda r: r.data.metrics[VAL_PREFIX + "MAP_at_10"],
+    )
+    assert (
+        f"| bovw | vocab_size: 4..32 (log) | 2 / 0 | vocab_size={bovw_best.data.params['vocab_size']} |"
+        in section
+    )
     assert "| knn | center: True \\| False | 2 / 0 | center=" in section and section.count("| yes |") == 2
     assert "Chosen trial (best MAP@10 on the validation queries): **#" in text
 
@@ -142,10 +212,14 @@ def test_interrupted_tuning_resumes_without_redoing_finished_trials(tmp_path, mo
     second = run(study, options(tmp_path))
     assert second.done and second.counts == {"COMPLETE": 2}
     for method in KNOBS:
-        assert [t.state for t in tuning_trials(tmp_path, f"resumed-smoke-tune-{method}")] == [TrialState.COMPLETE] * 2
+        assert [t.state for t in tuning_trials(tmp_path, f"resumed-smoke-tune-{method}")] == [
+            TrialState.COMPLETE
+        ] * 2
     again = tuning_trials(tmp_path, "resumed-smoke-tune-knn")
     assert again[0].user_attrs["mlflow_run_id"] == done.user_attrs["mlflow_run_id"]
-    tuning_runs = [r for r in trial_runs(tmp_path, second.parent_run_id) if r.data.tags.get("vitdsi.phase") == "tune"]
+    tuning_runs = [
+        r for r in trial_runs(tmp_path, second.parent_run_id) if r.data.tags.get("vitdsi.phase") == "tune"
+    ]
     assert len(tuning_runs) == 4  # the finished trial was not run again
     third = run(study, options(tmp_path))
     assert third.ran == 0 and len(tuning_trials(tmp_path, "resumed-smoke-tune-bovw")) == 2
@@ -154,13 +228,29 @@ def test_interrupted_tuning_resumes_without_redoing_finished_trials(tmp_path, mo
 def test_a_method_whose_tuning_keeps_failing_stops_the_run_with_a_clear_error(tmp_path):
     from bench.report import write_report
 
-    study = resolve({"name": "failing-tune", "scale": "smoke", "plugins": [str(SLEEPY)], "mlflow": {"log_index": False},
-                     "methods": {"sleepy": {"retriever": "test-sleepy-knn", "params": {"sleep": 0.0, "epochs": 1, "fail": True}}},
-                     "tune": {"trials_per_method": 2, "methods": {"sleepy": {"center": [True, False]}}}})
+    study = resolve(
+        {
+            "name": "failing-tune",
+            "scale": "smoke",
+            "plugins": [str(SLEEPY)],
+            "mlflow": {"log_index": False},
+            "methods": {
+                "sleepy": {
+                    "retriever": "test-sleepy-knn",
+                    "params": {"sleep": 0.0, "epochs": 1, "fail": True},
+                }
+            },
+            "tune": {"trials_per_method": 2, "methods": {"sleepy": {"center": [True, False]}}},
+        }
+    )
     with pytest.raises(tuning_error(), match=r"tuning of method 'sleepy' has 0/2 finished trials"):
         run(study, options(tmp_path))
-    assert [t.state for t in tuning_trials(tmp_path, "failing-tune-smoke-tune-sleepy")] == [TrialState.FAIL] * 5
-    text = write_report("failing-tune", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", out_dir=tmp_path / "r").read_text()
+    assert [t.state for t in tuning_trials(tmp_path, "failing-tune-smoke-tune-sleepy")] == [
+        TrialState.FAIL
+    ] * 5
+    text = write_report(
+        "failing-tune", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", out_dir=tmp_path / "r"
+    ).read_text()
     assert "| sleepy | center: True \\| False | 0 / 5 | none (no finished tuning trial) | n/a | n/a |" in text
     assert "## Failed trials" not in text  # failed tuning trials are reported in the Tuning section only
 
@@ -178,19 +268,36 @@ def test_headline_at_smoke_tunes_its_dsi_and_dual_encoder(tmp_path):
     from bench.report import write_report
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = CliRunner().invoke(app, ["run", str(ROOT / "studies" / "headline.yaml"), "--scale", "smoke",
-                                      "--tracking-uri", uri, "--storage", f"sqlite:///{tmp_path}/optuna.db",
-                                      "--set", "mlflow.log_index=false"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            str(ROOT / "studies" / "headline.yaml"),
+            "--scale",
+            "smoke",
+            "--tracking-uri",
+            uri,
+            "--storage",
+            f"sqlite:///{tmp_path}/optuna.db",
+            "--set",
+            "mlflow.log_index=false",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "tuned dsi-clustered-multitask:" in result.output and "tuned dual-encoder:" in result.output
     for method in ("dsi-clustered-multitask", "dual-encoder"):
         trials = tuning_trials(tmp_path, f"headline-smoke-tune-{method}")
         assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
-        assert all(1 <= t.params["index_epochs" if method.startswith("dsi") else "epochs"] <= 2 for t in trials)
+        assert all(
+            1 <= t.params["index_epochs" if method.startswith("dsi") else "epochs"] <= 2 for t in trials
+        )
     text = write_report("headline", tracking_uri=uri, out_dir=tmp_path / "reports").read_text()
     section = text.split("## Tuning", 1)[1].split("\n## ", 1)[0]
     assert "| dsi-clustered-multitask | lr: 0.0001..0.003 (log); index_epochs: 1..2 | 2 / 0 |" in section
-    assert section.count("| yes |") == 2 and "Not tuned (run with their own parameters): dsi-clustered-fine-tuned" in section
+    assert (
+        section.count("| yes |") == 2
+        and "Not tuned (run with their own parameters): dsi-clustered-fine-tuned" in section
+    )
     results = text.split("## Results", 1)[1].split("\n## ", 1)[0]
     assert results.count("\n| ") == 1 + 8  # the 8 methods' trials only
 
@@ -198,8 +305,13 @@ def test_headline_at_smoke_tunes_its_dsi_and_dual_encoder(tmp_path):
 def test_check_names_the_tuning_budget():
     from bench.cli import app
 
-    result = CliRunner().invoke(app, ["run", str(ROOT / "studies" / "headline.yaml"), "--scale", "smoke", "--check"])
+    result = CliRunner().invoke(
+        app, ["run", str(ROOT / "studies" / "headline.yaml"), "--scale", "smoke", "--check"]
+    )
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())
-    assert "8 trials, grid sampler, after 2 tuning trials for each of dsi-clustered-multitask, dual-encoder" in output
+    assert (
+        "8 trials, grid sampler, after 2 tuning trials for each of dsi-clustered-multitask, dual-encoder"
+        in output
+    )
     assert "trials_per_method: 2" in output and "n_startup_trials: 1" in output

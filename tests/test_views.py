@@ -48,7 +48,9 @@ def test_identity_strength_without_jpeg_returns_the_image(images):
 
 
 def test_jpeg_reencoding_changes_pixels_by_quality(images):
-    base = dict(crop_area=(1.0, 1.0), crop_ratio=(1.0, 1.0), rotation=0.0, brightness=0.0, contrast=0.0, noise=0.0)
+    base = dict(
+        crop_area=(1.0, 1.0), crop_ratio=(1.0, 1.0), rotation=0.0, brightness=0.0, contrast=0.0, noise=0.0
+    )
     high = make_views(images, ViewStrength("q95", jpeg_quality=(95, 95), **base), seed=0, hflip=False)
     low = make_views(images, ViewStrength("q10", jpeg_quality=(10, 10), **base), seed=0, hflip=False)
     assert 0 < _distance(high, images) < _distance(low, images)

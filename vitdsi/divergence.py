@@ -15,5 +15,6 @@ class TrainingDivergedError(VitDSIError):
 def check_loss(loss: float, *, phase: str, epoch: int, step: int, lr: float) -> None:
     """Raise `TrainingDivergedError` when `loss` (one step's, summed or mean) is not finite."""
     if not math.isfinite(loss):
-        raise TrainingDivergedError(f"{phase}: training loss became {loss} at epoch {epoch} (step {step}): "
-                                    f"lower lr (now {lr})")
+        raise TrainingDivergedError(
+            f"{phase}: training loss became {loss} at epoch {epoch} (step {step}): lower lr (now {lr})"
+        )

@@ -160,7 +160,8 @@ def make_ids(
         order = np.lexsort((rng.permutation(n), key))
         numbers = np.empty(n, dtype=np.int64)
         numbers[order] = np.arange(n)
-        return IdMap(scheme, torch.from_numpy(digits_of(numbers, length)), torch.from_numpy(np.maximum(labels, -1)))
+        codes = torch.from_numpy(digits_of(numbers, length))
+        return IdMap(scheme, codes, torch.from_numpy(np.maximum(labels, -1)))
     else:
         if features is None:
             raise VitDSIError(f"id scheme '{scheme}' needs a feature vector per corpus image")
@@ -176,7 +177,9 @@ def check_length(length: int, n: int) -> int:
     if length == 0:
         return id_length(n)
     if length < 1 or BRANCHING**length < n:
-        raise VitDSIError(f"id_length={length} cannot number {n} images; use 0 (automatic) or at least {id_length(n)}")
+        raise VitDSIError(
+            f"id_length={length} cannot number {n} images; use 0 (automatic) or at least {id_length(n)}"
+        )
     return length
 
 
@@ -196,16 +199,19 @@ def extend_ids(ids: IdMap, m: int, *, labels: np.ndarray | None = None, seed: in
         raise VitDSIError("extend_ids: nothing to add")
     rng = np.random.default_rng(seed)
     if ids.atomic:
-        return IdMap(ids.scheme, torch.cat([ids.codes, torch.arange(ids.n, ids.n + m, dtype=torch.int64)[:, None]]))
+        appended = torch.arange(ids.n, ids.n + m, dtype=torch.int64)[:, None]
+        return IdMap(ids.scheme, torch.cat([ids.codes, appended]))
     if ids.scheme not in ("random", "clustered"):
-        raise VitDSIError(f"adding images to '{ids.scheme}' ids is not supported; use random, clustered or atomic ids")
+        raise VitDSIError(
+            f"adding images to '{ids.scheme}' ids is not supported; use random, clustered or atomic ids"
+        )
     capacity = BRANCHING**ids.length
     used = np.zeros(capacity, dtype=bool)
     used[ids.values.numpy()] = True
     if (~used).sum() < m:
         raise VitDSIError(
-            f"the {ids.length}-digit id space holds {capacity} images: {ids.n} are indexed, {m} more do not fit; "
-            f"index with id_length >= {id_length(ids.n + m)} to leave room for add()"
+            f"the {ids.length}-digit id space holds {capacity} images: {ids.n} are indexed, {m} more do not "
+            f"fit; index with id_length >= {id_length(ids.n + m)} to leave room for add()"
         )
     if ids.scheme == "random":
         numbers = rng.permutation(np.flatnonzero(~used)[:m])
@@ -215,11 +221,14 @@ def extend_ids(ids: IdMap, m: int, *, labels: np.ndarray | None = None, seed: in
         labels = np.maximum(np.asarray(labels, dtype=np.int64), -1)
         numbers = _clustered_slots(ids, used, labels, rng)
         classes = torch.cat([ids.classes, torch.from_numpy(labels)])
-        return IdMap(ids.scheme, torch.cat([ids.codes, torch.from_numpy(digits_of(numbers, ids.length))]), classes)
+        appended = torch.from_numpy(digits_of(numbers, ids.length))
+        return IdMap(ids.scheme, torch.cat([ids.codes, appended]), classes)
     return IdMap(ids.scheme, torch.cat([ids.codes, torch.from_numpy(digits_of(numbers, ids.length))]))
 
 
-def _clustered_slots(ids: IdMap, used: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _clustered_slots(
+    ids: IdMap, used: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """Numbers for new images of class `labels` [m]: free ids in blocks of their class first,
     then fresh (empty) blocks, then any free id, class by class; `used` [capacity] is updated."""
     block = BRANCHING if ids.length > 1 else len(used)  # one block when ids have a single digit
@@ -243,8 +252,12 @@ def _clustered_slots(ids: IdMap, used: np.ndarray, labels: np.ndarray, rng: np.r
             slots = np.concatenate([slots, (opened[:, None] * block + np.arange(block)[None, :]).ravel()])
         if len(slots) < len(mine):  # no empty block left: any free id (the prefix then mixes classes)
             spare = np.setdiff1d(np.flatnonzero(~used), slots)
-            log.warning("clustered ids: no free block left for class %d; %d added images take free ids of other "
-                        "blocks (index with a larger id_length to keep one class per prefix)", c, len(mine) - len(slots))
+            log.warning(
+                "clustered ids: no free block left for class %d; %d added images take free ids of other "
+                "blocks (index with a larger id_length to keep one class per prefix)",
+                c,
+                len(mine) - len(slots),
+            )
             slots = np.concatenate([slots, spare[: len(mine) - len(slots)]])
         numbers[rng.permutation(mine)] = slots[: len(mine)]
         used[slots[: len(mine)]] = True

@@ -13,8 +13,18 @@ MAX_IMAGES = 100_000_000  # images in a dataset or an index (ImageNet-1k has 1.3
 MAX_SEED = 2**32 - 1  # numpy's seeds are 0..2**32-1
 MAX_COUNT = 100_000_000  # epochs, samples, keypoints, cells, ...: 0 often means "automatic"
 MAX_WIDTH = 16_384  # model widths, heads and depths
-WIDTHS = {"dim", "ff_dim", "heads", "depth", "decoder_depth", "embed_dim", "text_dim", "text_ff_dim",
-          "text_heads", "text_depth"}
+WIDTHS = {
+    "dim",
+    "ff_dim",
+    "heads",
+    "depth",
+    "decoder_depth",
+    "embed_dim",
+    "text_dim",
+    "text_ff_dim",
+    "text_heads",
+    "text_depth",
+}
 POSITIVE = {"dim", "ff_dim", "heads", "text_dim", "text_ff_dim", "text_heads", "batch_size", "patch_size"}
 
 

@@ -105,8 +105,12 @@ class _Progress(Progress):
             return
         elapsed = int(now - self._started[task_id])
         done = f"{int(task.completed)}/{int(task.total)}" if task.total else f"{int(task.completed)}"
-        self.console.print(f"progress: {task.description} - {done} after {elapsed // 60}:{elapsed % 60:02d}",
-                           markup=False, highlight=False, soft_wrap=True)
+        self.console.print(
+            f"progress: {task.description} - {done} after {elapsed // 60}:{elapsed % 60:02d}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def progress(transient: bool = True) -> Progress:

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 
-def symmetric_info_nce(a: torch.Tensor, b: torch.Tensor, positive: torch.Tensor,
-                       temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def symmetric_info_nce(
+    a: torch.Tensor, b: torch.Tensor, positive: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit-norm embeddings a [B, E] (anchors: queries, captions) and b [B, E] (their positive
     corpus images), `positive` [B] the corpus position of each row's image -> (mean of the two
     directions' cross-entropy, number of anchors whose own positive scores highest). Two rows

@@ -151,16 +151,44 @@ METRIC_FAMILIES: dict[str, MetricFamily] = {
     f.name: f
     for f in [
         MetricFamily("P", _precision, _chance_precision, True, True, "precision: relevant in the top K / K"),
-        MetricFamily("MAP", _average_precision, _chance_average_precision, True, True,
-                     "mean average precision: sum of P@i at relevant ranks i <= K / min(K, R)"),
-        MetricFamily("R", _recall, _chance_recall, True, True, "recall: relevant in the top K / all relevant"),
-        MetricFamily("nDCG", _ndcg, _chance_ndcg, True, True, "normalised discounted cumulative gain, binary gains"),
-        MetricFamily("MRR", _reciprocal_rank, _chance_reciprocal_rank, True, False,
-                     "mean reciprocal rank of the first relevant result"),
-        MetricFamily("FPR", _false_positive_rate, _chance_false_positive_rate, False, True,
-                     "false positive rate: non-relevant in the top K / all non-relevant"),
-        MetricFamily("IA", _recall, _chance_recall, True, True,
-                     "indexing accuracy: own id in the top K when querying with an indexed image"),
+        MetricFamily(
+            "MAP",
+            _average_precision,
+            _chance_average_precision,
+            True,
+            True,
+            "mean average precision: sum of P@i at relevant ranks i <= K / min(K, R)",
+        ),
+        MetricFamily(
+            "R", _recall, _chance_recall, True, True, "recall: relevant in the top K / all relevant"
+        ),
+        MetricFamily(
+            "nDCG", _ndcg, _chance_ndcg, True, True, "normalised discounted cumulative gain, binary gains"
+        ),
+        MetricFamily(
+            "MRR",
+            _reciprocal_rank,
+            _chance_reciprocal_rank,
+            True,
+            False,
+            "mean reciprocal rank of the first relevant result",
+        ),
+        MetricFamily(
+            "FPR",
+            _false_positive_rate,
+            _chance_false_positive_rate,
+            False,
+            True,
+            "false positive rate: non-relevant in the top K / all non-relevant",
+        ),
+        MetricFamily(
+            "IA",
+            _recall,
+            _chance_recall,
+            True,
+            True,
+            "indexing accuracy: own id in the top K when querying with an indexed image",
+        ),
     ]
 }
 
@@ -193,7 +221,7 @@ class Metric:
 
 
 def parse_metric(name: str) -> Metric:
-    """"MAP@10" -> Metric; an unknown family or a missing / stray K is a clear error."""
+    """ "MAP@10" -> Metric; an unknown family or a missing / stray K is a clear error."""
     m = _NAME.match(name.strip())
     family = METRIC_FAMILIES.get(m.group("family")) if m else None
     if family is None:
@@ -239,7 +267,9 @@ def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float,
     return float(v.mean()), float(half), n
 
 
-def per_query(ids, relevance: Relevance | SplitRelevance, names: Iterable[str] = DEFAULT_METRICS) -> dict[str, np.ndarray]:
+def per_query(
+    ids, relevance: Relevance | SplitRelevance, names: Iterable[str] = DEFAULT_METRICS
+) -> dict[str, np.ndarray]:
     """float64 [Q] per metric; NaN where a metric is undefined for a query (see module doc). A
     `SplitRelevance` gives each metric family its own relevance (the text protocol)."""
     ids = as_numpy(ids).astype(np.int64, copy=False)
@@ -273,7 +303,9 @@ def per_query(ids, relevance: Relevance | SplitRelevance, names: Iterable[str] =
     return out
 
 
-def chance_levels(relevance: Relevance | SplitRelevance, names: Iterable[str], k_returned: int) -> dict[str, float]:
+def chance_levels(
+    relevance: Relevance | SplitRelevance, names: Iterable[str], k_returned: int
+) -> dict[str, float]:
     """Expected value of each metric under a uniformly random ranking of the corpus,
     averaged over the queries where the metric is defined."""
     n = relevance.corpus_size
@@ -289,7 +321,8 @@ def chance_levels(relevance: Relevance | SplitRelevance, names: Iterable[str], k
             out[m.name] = float("nan")
             continue
         if m.family.name == "nDCG" and rm.graded:
-            # a uniformly random ranking puts an expected mean_gain at every rank: E[DCG@k] = mean_gain * sum(disc)
+            # a uniformly random ranking puts an expected mean_gain at every rank: E[DCG@k] = mean_gain *
+            # sum(disc)
             idcg = (rm.ideal_gains(k) * _discounts(k)).sum(1)
             per_query_chance = rm.mean_gains() * _discounts(k).sum() / np.where(idcg > 0, idcg, 1.0)
             out[m.name] = float(per_query_chance[defined].mean())
@@ -302,7 +335,9 @@ def chance_levels(relevance: Relevance | SplitRelevance, names: Iterable[str], k
     return out
 
 
-def evaluate(ids, relevance: Relevance | SplitRelevance, names: Iterable[str] = DEFAULT_METRICS) -> dict[str, MetricValue]:
+def evaluate(
+    ids, relevance: Relevance | SplitRelevance, names: Iterable[str] = DEFAULT_METRICS
+) -> dict[str, MetricValue]:
     """Mean, 95% CI and chance level of each named metric over all queries."""
     return evaluate_with_values(ids, relevance, names)[0]
 
@@ -327,6 +362,8 @@ def indexing_accuracy(
     """IA@K: row q of `ids` answers a query made of indexed image `positions[q]` (all indexed
     images in order when omitted); a hit when that image's own position is in the top K."""
     ids = as_numpy(ids)
-    own = np.arange(ids.shape[0], dtype=np.int64) if positions is None else as_numpy(positions).astype(np.int64)
+    own = (
+        np.arange(ids.shape[0], dtype=np.int64) if positions is None else as_numpy(positions).astype(np.int64)
+    )
     relevance = Relevance(own, np.arange(corpus_size, dtype=np.int64))
     return evaluate(ids, relevance, [f"IA@{k}" for k in ks])

@@ -17,9 +17,13 @@ class Ranking:
 
     def __post_init__(self) -> None:
         if self.ids.dtype != torch.int64 or self.scores.dtype != torch.float32:
-            raise TypeError(f"Ranking needs int64 ids and float32 scores, got {self.ids.dtype}, {self.scores.dtype}")
+            raise TypeError(
+                f"Ranking needs int64 ids and float32 scores, got {self.ids.dtype}, {self.scores.dtype}"
+            )
         if self.ids.shape != self.scores.shape or self.ids.ndim != 2:
-            raise ValueError(f"Ranking ids {tuple(self.ids.shape)} and scores {tuple(self.scores.shape)} must be equal 2-d")
+            raise ValueError(
+                f"Ranking ids {tuple(self.ids.shape)} and scores {tuple(self.scores.shape)} must be equal 2-d"
+            )
 
     @property
     def k(self) -> int:

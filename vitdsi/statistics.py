@@ -59,13 +59,15 @@ def _clean(per_seed: Sequence) -> list[np.ndarray]:
     return out
 
 
-def _within_seed_means(values: np.ndarray, n_boot: int, rng: np.random.Generator, chunk: int = 1024) -> np.ndarray:
+def _within_seed_means(
+    values: np.ndarray, n_boot: int, rng: np.random.Generator, chunk: int = 1024
+) -> np.ndarray:
     """`n_boot` means of `values` resampled with replacement (in chunks, to bound memory)."""
     q = values.size
     out = np.empty(n_boot)
     for start in range(0, n_boot, chunk):
         n = min(chunk, n_boot - start)
-        out[start:start + n] = values[rng.integers(q, size=(n, q))].mean(axis=1)
+        out[start : start + n] = values[rng.integers(q, size=(n, q))].mean(axis=1)
     return out
 
 
@@ -97,8 +99,14 @@ def _two_sided_p(dist: np.ndarray, null: float = 0.0) -> float:
     return float(min(1.0, 2 * min(low, high)))
 
 
-def hierarchical_bootstrap(per_seed: Sequence, *, margin: float | None = None, n_boot: int = 10_000,
-                           seed: int = 0, confidence: float = 0.95) -> SeedLevelDifference:
+def hierarchical_bootstrap(
+    per_seed: Sequence,
+    *,
+    margin: float | None = None,
+    n_boot: int = 10_000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> SeedLevelDifference:
     """Seed-level comparison from per-seed arrays of per-query differences a − b.
 
     The estimate gives every seed equal weight (mean of per-seed means). With one seed there is
@@ -107,18 +115,31 @@ def hierarchical_bootstrap(per_seed: Sequence, *, margin: float | None = None, n
     n_q = int(sum(v.size for v in d))
     mean = float(np.mean([v.mean() for v in d])) if d else float("nan")
     if len(d) < 2:
-        return SeedLevelDifference(mean, float("nan"), float("nan"), float("nan"), float("nan"), len(d), n_q,
-                                   "hierarchical bootstrap")
+        return SeedLevelDifference(
+            mean,
+            float("nan"),
+            float("nan"),
+            float("nan"),
+            float("nan"),
+            len(d),
+            n_q,
+            "hierarchical bootstrap",
+        )
     dist = bootstrap_distribution(d, n_boot, seed)
     tail = (1 - confidence) / 2
     low, high = np.quantile(dist, [tail, 1 - tail])
     p_eq = float("nan")
     if margin is not None:
         b = dist.size
-        p_eq = float(max((np.count_nonzero(dist <= -margin) + 1) / (b + 1),
-                         (np.count_nonzero(dist >= margin) + 1) / (b + 1)))
-    return SeedLevelDifference(mean, float(low), float(high), _two_sided_p(dist), p_eq, len(d), n_q,
-                               "hierarchical bootstrap")
+        p_eq = float(
+            max(
+                (np.count_nonzero(dist <= -margin) + 1) / (b + 1),
+                (np.count_nonzero(dist >= margin) + 1) / (b + 1),
+            )
+        )
+    return SeedLevelDifference(
+        mean, float(low), float(high), _two_sided_p(dist), p_eq, len(d), n_q, "hierarchical bootstrap"
+    )
 
 
 def tost_t(mean: float, se: float, df: int, margin: float) -> float:
@@ -135,8 +156,13 @@ def tost_t(mean: float, se: float, df: int, margin: float) -> float:
     return float(max(p_lower, p_upper))
 
 
-def seed_paired_t(per_seed: Sequence, *, margin: float | None = None, confidence: float = 0.95,
-                  bounds: tuple[float, float] = (-1.0, 1.0)) -> SeedLevelDifference:
+def seed_paired_t(
+    per_seed: Sequence,
+    *,
+    margin: float | None = None,
+    confidence: float = 0.95,
+    bounds: tuple[float, float] = (-1.0, 1.0),
+) -> SeedLevelDifference:
     """Paired Student t over the per-seed mean differences (queries averaged within a seed); the
     interval is clipped to `bounds`, the range a difference of two [0, 1] metrics can take."""
     d = _clean(per_seed)
@@ -144,8 +170,9 @@ def seed_paired_t(per_seed: Sequence, *, margin: float | None = None, confidence
     n_q = int(sum(v.size for v in d))
     mean, half, n = mean_ci(means, confidence)
     if n < 2:
-        return SeedLevelDifference(mean, float("nan"), float("nan"), float("nan"), float("nan"), n, n_q,
-                                   "paired t over seeds")
+        return SeedLevelDifference(
+            mean, float("nan"), float("nan"), float("nan"), float("nan"), n, n_q, "paired t over seeds"
+        )
     se = float(means.std(ddof=1) / np.sqrt(n))
     if se == 0:
         p = 1.0 if mean == 0 else 0.0
@@ -177,7 +204,9 @@ def paired_difference(a, b, confidence: float = 0.95) -> PairedDifference:
     differences is much smaller than that of either system's own values."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
-        raise VitDSIError(f"paired values must be two 1-d arrays over the same queries, got {a.shape} and {b.shape}")
+        raise VitDSIError(
+            f"paired values must be two 1-d arrays over the same queries, got {a.shape} and {b.shape}"
+        )
     d = (a - b)[~(np.isnan(a) | np.isnan(b))]
     mean, half, n = mean_ci(d, confidence)
     p = 1.0 if n == 0 or not np.any(d != 0) else float(stats.wilcoxon(d).pvalue)
@@ -204,8 +233,9 @@ def holm(p_values) -> np.ndarray:
     return out
 
 
-def verdict(mean: float, p_difference: float, p_equivalence: float, margin: float | None,
-            alpha: float = ALPHA) -> str:
+def verdict(
+    mean: float, p_difference: float, p_equivalence: float, margin: float | None, alpha: float = ALPHA
+) -> str:
     """The words for one comparison of A (trial) against B (reference), from Holm-adjusted p's.
 
     A difference shown at level alpha names the better side; otherwise a tie is claimed only

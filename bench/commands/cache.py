@@ -18,9 +18,13 @@ def _size(n: int) -> str:
 
 def command(
     action: str = typer.Argument("list", help="list (default) or remove"),
-    entry: str = typer.Argument(None, help="remove: the digest (or a unique prefix) of one entry; omit with --all"),
+    entry: str = typer.Argument(
+        None, help="remove: the digest (or a unique prefix) of one entry; omit with --all"
+    ),
     remove_all: bool = typer.Option(False, "--all", help="remove: every entry"),
-    root: str = typer.Option(None, "--dir", help="Cache folder (default: VITDSI_CACHE_DIR, else ~/.cache/vitdsi/features)."),
+    root: str = typer.Option(
+        None, "--dir", help="Cache folder (default: VITDSI_CACHE_DIR, else ~/.cache/vitdsi/features)."
+    ),
 ) -> None:
     """List the cached encoder outputs with their sizes, or remove entries."""
     from vitdsi.features.feature_cache import FeatureCache
@@ -36,13 +40,19 @@ def command(
             for e in entries:
                 key = e.manifest.get("key", {})
                 shape = "x".join(str(s) for s in e.manifest.get("shape", [])) or "?"
-                console.print(f"  {e.digest[:12]}  {_size(e.bytes):>9}  {shape:>16}  {key.get('encoder', '?')}"
-                              + (f"  views: {key['views']}" if key.get("views") else "")
-                              + f"  ({e.manifest.get('created', '?')})", highlight=False, soft_wrap=True)
+                console.print(
+                    f"  {e.digest[:12]}  {_size(e.bytes):>9}  {shape:>16}  {key.get('encoder', '?')}"
+                    + (f"  views: {key['views']}" if key.get("views") else "")
+                    + f"  ({e.manifest.get('created', '?')})",
+                    highlight=False,
+                    soft_wrap=True,
+                )
         elif action == "remove":
             if bool(entry) == remove_all:
                 raise typer.BadParameter("bench cache remove takes one entry's digest prefix, or --all")
             gone = cache.remove(None if remove_all else entry)
-            console.print(f"removed {len(gone)} entries ({_size(sum(e.bytes for e in gone))}) from {cache.root}")
+            console.print(
+                f"removed {len(gone)} entries ({_size(sum(e.bytes for e in gone))}) from {cache.root}"
+            )
         else:
             raise typer.BadParameter(f"unknown action '{action}': use list or remove")

@@ -33,7 +33,9 @@ def find_study(name_or_path: str) -> Path:
             if candidate.exists():
                 return candidate
     known = sorted({p.stem for d in studies_dirs() for p in d.glob("*.yaml")})
-    raise typer.BadParameter(f"no study file '{name_or_path}'" + (f"; known studies: {', '.join(known)}" if known else ""))
+    raise typer.BadParameter(
+        f"no study file '{name_or_path}'" + (f"; known studies: {', '.join(known)}" if known else "")
+    )
 
 
 @contextlib.contextmanager

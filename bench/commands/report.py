@@ -9,14 +9,35 @@ from vitdsi.log import console
 
 
 def command(
-    study: str = typer.Argument(..., help="Study name as in its YAML `name` (e.g. patch_size), or its study file (studies/patch_size.yaml) as for `bench run`."),
-    scale: str = typer.Option(None, "--scale", help="Report the run at this scale (default: the newest run of the study)."),
-    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
+    study: str = typer.Argument(
+        ...,
+        help="Study name as in its YAML `name` (e.g. patch_size), or its study file "
+        "(studies/patch_size.yaml) as for `bench run`.",
+    ),
+    scale: str = typer.Option(
+        None, "--scale", help="Report the run at this scale (default: the newest run of the study)."
+    ),
+    tracking_uri: str = typer.Option(
+        None,
+        "--tracking-uri",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).",
+    ),
     out: str = typer.Option("reports", "--out", help="Folder for STUDY.md and STUDY/*.png."),
-    optuna_study: str = typer.Option(None, "--study-name", help="The Optuna / MLflow study name the run was given with `bench run --study-name` (default: the newest run of the study, whatever its name)."),
-    compare_with: list[str] = typer.Option(None, "--compare-with", help="A method (study-file or retriever name) every other trial is also compared with, paired and Holm-corrected; repeat for several (default: the study file's report.compare_with)."),
+    optuna_study: str = typer.Option(
+        None,
+        "--study-name",
+        help="The Optuna / MLflow study name the run was given with `bench run --study-name` (default: the "
+        "newest run of the study, whatever its name).",
+    ),
+    compare_with: list[str] = typer.Option(
+        None,
+        "--compare-with",
+        help="A method (study-file or retriever name) every other trial is also compared with, paired and "
+        "Holm-corrected; repeat for several (default: the study file's report.compare_with).",
+    ),
 ) -> None:
-    """Render a markdown report (tables, importances, Table 1, latency, curves, query grid); retrains nothing."""
+    """Render a markdown report (tables, importances, Table 1, latency, curves, query grid); retrains
+    nothing."""
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -25,8 +46,14 @@ def command(
 
         study = study_name(study)
 
-        path = write_report(study, tracking_uri=tracking_uri, scale=scale, out_dir=out, compare_with=compare_with or None,
-                            study_name=optuna_study)
+        path = write_report(
+            study,
+            tracking_uri=tracking_uri,
+            scale=scale,
+            out_dir=out,
+            compare_with=compare_with or None,
+            study_name=optuna_study,
+        )
     console.print(f"[green]wrote[/] {path} (figures in {path.with_suffix('')}/)")
 
 
@@ -50,5 +77,7 @@ def study_name(arg: str) -> str:
         raise StudyConfigError(f"{path}: is a directory; give a study file or a study name")
     name = read_yaml(path).get("name")
     if not isinstance(name, str) or not name:
-        raise StudyConfigError(f"{path}: field `name`: a study file names its study (e.g. `name: patch_size`)")
+        raise StudyConfigError(
+            f"{path}: field `name`: a study file names its study (e.g. `name: patch_size`)"
+        )
     return name

@@ -1,4 +1,5 @@
-"""`bench search --run RUN_ID IMAGE... | --text CAPTION`: query a trained index with your own images or captions.
+"""`bench search --run RUN_ID IMAGE... | --text CAPTION`: query a trained index with your own images
+or captions.
 
 RUN_ID is a whole MLflow run id or a prefix of exactly one (the 8 characters `bench run` prints).
 
@@ -22,14 +23,29 @@ from vitdsi.log import console
 
 
 def command(
-    images: list[Path] = typer.Argument(None, help="Query image files (any size; centre-cropped and resized)."),
-    texts: list[str] = typer.Option(None, "--text", help="A caption to query a text retriever with (repeat for several)."),
-    run_id: str = typer.Option(..., "--run", help="MLflow run id of a finished trial, or its first characters (the 8 `bench run` prints), e.g. the study's best.run_id tag."),
+    images: list[Path] = typer.Argument(
+        None, help="Query image files (any size; centre-cropped and resized)."
+    ),
+    texts: list[str] = typer.Option(
+        None, "--text", help="A caption to query a text retriever with (repeat for several)."
+    ),
+    run_id: str = typer.Option(
+        ...,
+        "--run",
+        help="MLflow run id of a finished trial, or its first characters (the 8 `bench run` prints), e.g. "
+        "the study's best.run_id tag.",
+    ),
     k: int = typer.Option(5, "--k", min=1, help="Results per query."),
     out: Path = typer.Option(Path("grid.png"), "--out", help="Where to write the result grid PNG."),
-    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
+    tracking_uri: str = typer.Option(
+        None, "--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."
+    ),
     device: str = typer.Option(None, "--device", help="torch device (default: CUDA when present)."),
-    overrides: list[str] = typer.Option(None, "--set", help="Where the run's data are now, when they moved: --set dataset.root=/data/imagenet."),
+    overrides: list[str] = typer.Option(
+        None,
+        "--set",
+        help="Where the run's data are now, when they moved: --set dataset.root=/data/imagenet.",
+    ),
 ) -> None:
     """Answer top-k queries for image files or captions with a trial's trained index; write a grid PNG."""
     import torch
@@ -47,8 +63,10 @@ def command(
         kind = "text" if texts else "image"
         if retriever.query_kind != kind:
             other = "--text CAPTION" if retriever.query_kind == "text" else "image files"
-            raise VitDSIError(f"run {run_id[:8]} holds a {trial.config.retriever} index, which answers "
-                              f"{retriever.query_kind} queries; give it {other}")
+            raise VitDSIError(
+                f"run {run_id[:8]} holds a {trial.config.retriever} index, which answers "
+                f"{retriever.query_kind} queries; give it {other}"
+            )
         corpus = trial.corpus(root=_root_override(overrides or []))
         if texts:
             queries, names = list(texts), list(texts)
@@ -57,10 +75,26 @@ def command(
             names = [p.name for p in images]
             if _grayscale(corpus.images) and not _grayscale(queries):
                 # a grey corpus (digits, Fashion-MNIST): compare like with like
-                queries = queries.float().mean(1, keepdim=True).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+                queries = (
+                    queries.float()
+                    .mean(1, keepdim=True)
+                    .round()
+                    .to(torch.uint8)
+                    .expand(-1, 3, -1, -1)
+                    .contiguous()
+                )
                 console.print("the index holds grey images: the queries were converted to grey")
         k = min(k, retriever.corpus_size)
         ranking = retriever.search(queries, k)
+    titles = _print_table(trial, run_id, corpus, ranking, names, k)
+    title = f"{trial.config.method} on {trial.config.dataset.name} (run {run_id[:8]})"
+    query_images = None if texts else queries
+    written = write_grid(query_images, names, corpus.images, ranking.ids.numpy(), titles, out, title=title)
+    console.print(f"wrote {written}")
+
+
+def _print_table(trial, run_id: str, corpus, ranking, names: list[str], k: int) -> list[list[str]]:
+    """Print the top-k table; the grid's caption of each result, per query."""
     ids, scores = ranking.ids.numpy(), ranking.scores.numpy()
     labels = corpus.primary_labels()
     class_names = corpus.class_names
@@ -69,7 +103,10 @@ def command(
         lab = int(labels[pos])
         return class_names[lab] if 0 <= lab < len(class_names) else "?"
 
-    table = Table(title=f"top-{k} from run {run_id[:8]} ({trial.config.retriever}, {trial.config.dataset.name}, {len(corpus)} indexed)")
+    table = Table(
+        title=f"top-{k} from run {run_id[:8]} ({trial.config.retriever}, {trial.config.dataset.name}, "
+        f"{len(corpus)} indexed)"
+    )
     for col in ("query", "rank", "corpus image", "class", "score"):
         table.add_column(col)
     titles = []
@@ -80,14 +117,17 @@ def command(
             if pos < 0:
                 row.append("")
                 continue
-            table.add_row(name if j == 0 else "", str(j + 1), str(corpus.source_ids[pos]), cls(pos), f"{scores[q, j]:.3f}")
+            table.add_row(
+                name if j == 0 else "",
+                str(j + 1),
+                str(corpus.source_ids[pos]),
+                cls(pos),
+                f"{scores[q, j]:.3f}",
+            )
             row.append(f"{cls(pos)} {scores[q, j]:.2f}")
         titles.append(row)
     console.print(table)
-    title = f"{trial.config.method} on {trial.config.dataset.name} (run {run_id[:8]})"
-    query_images = None if texts else queries
-    written = write_grid(query_images, names, corpus.images, ids, titles, out, title=title)
-    console.print(f"wrote {written}")
+    return titles
 
 
 def _root_override(overrides: list[str]) -> str | None:
@@ -98,7 +138,10 @@ def _root_override(overrides: list[str]) -> str | None:
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or key.strip() != "dataset.root" or not value.strip():
-            raise VitDSIError(f"--set {item!r}: bench search takes only --set dataset.root=PATH (where the run's data are now)")
+            raise VitDSIError(
+                f"--set {item!r}: bench search takes only --set dataset.root=PATH (where the run's data are "
+                "now)"
+            )
         root = value.strip()
     return root
 
@@ -119,8 +162,12 @@ def write_grid(queries, query_titles, corpus_images, ids, titles, out: Path, tit
 
     n_q, k = ids.shape
     lead = 0 if queries is None else 1  # a column for the query image
-    fig, axes = plt.subplots(n_q, k + lead, figsize=(1.6 * (k + lead), (2.1 if queries is None else 1.8) * n_q + 0.4),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        n_q,
+        k + lead,
+        figsize=(1.6 * (k + lead), (2.1 if queries is None else 1.8) * n_q + 0.4),
+        squeeze=False,
+    )
     for q in range(n_q):
         row = ([(queries[q], query_titles[q])] if queries is not None else []) + [
             (corpus_images[int(ids[q, j])] if ids[q, j] >= 0 else None, titles[q][j]) for j in range(k)

@@ -18,10 +18,18 @@ from vitdsi.log import console
 
 
 def command(
-    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
+    tracking_uri: str = typer.Option(
+        None, "--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."
+    ),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
     port: int = typer.Option(5000, "--port", help="Port to listen on."),
-    wait: float = typer.Option(120.0, "--wait", min=1, help="Seconds to wait for the server to answer before giving up (it can take a minute on a busy machine)."),
+    wait: float = typer.Option(
+        120.0,
+        "--wait",
+        min=1,
+        help="Seconds to wait for the server to answer before giving up (it can take a minute on a busy "
+        "machine).",
+    ),
 ) -> None:
     """Start `mlflow ui` on the tracking store the studies write to."""
     from bench.commands.common import friendly_errors
@@ -33,7 +41,10 @@ def command(
         return
     path = sqlite_path(uri)
     if path is not None and not path.exists():
-        console.print(f"[yellow]no MLflow store at {path} yet[/]; run a study first (bench run studies/patch_size.yaml --scale smoke)")
+        console.print(
+            f"[yellow]no MLflow store at {path} yet[/]; run a study first (bench run studies/patch_size.yaml "
+            "--scale smoke)"
+        )
         raise typer.Exit(1)
     with friendly_errors():
         server = start_server(server_command(uri, host, port), host, port, wait)
@@ -47,7 +58,18 @@ def command(
 
 
 def server_command(uri: str, host: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
 
 
 def start_server(args: list[str], host: str, port: int, wait: float) -> subprocess.Popen:
@@ -59,13 +81,17 @@ def start_server(args: list[str], host: str, port: int, wait: float) -> subproce
     deadline = time.monotonic() + wait
     while not answers(host, port):
         if server.poll() is not None:
-            raise VitDSIError(f"the MLflow UI exited (code {server.returncode}) before answering on {host}:{port}; "
-                              "its output is above")
+            raise VitDSIError(
+                f"the MLflow UI exited (code {server.returncode}) before answering on {host}:{port}; "
+                "its output is above"
+            )
         if time.monotonic() > deadline:
             server.terminate()
             server.wait()
-            raise VitDSIError(f"the MLflow UI did not answer on {host}:{port} within {wait:g} s; stopped it "
-                              "(give it longer with --wait)")
+            raise VitDSIError(
+                f"the MLflow UI did not answer on {host}:{port} within {wait:g} s; stopped it "
+                "(give it longer with --wait)"
+            )
         time.sleep(0.2)
     return server
 

@@ -34,7 +34,9 @@ def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
     configuration (so a bad choice such as `mode: finetuned` fails now, not in trial 7)."""
     from vitdsi.retrievers.params import retriever_params
 
-    infos = {name: {p.name: p for p in retriever_params(known[m.retriever])} for name, m in study.methods.items()}
+    infos = {
+        name: {p.name: p for p in retriever_params(known[m.retriever])} for name, m in study.methods.items()
+    }
     problems: list[str] = []  # every bad value, each naming its field; raised together
     beyond: dict[str, str] = {}  # field -> the bound (vitdsi.limits) its value breaks
 
@@ -43,15 +45,20 @@ def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
         default = info.default if info is not None else None
         if default is None or value is None or _is_union(info.annotation):
             return  # a union such as 'bool | int' is checked by the retriever's dry construction
-        ok = {bool: lambda v: isinstance(v, bool),
-              int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-              float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-              str: lambda v: isinstance(v, str)}.get(type(default))
+        ok = {
+            bool: lambda v: isinstance(v, bool),
+            int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+            float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+            str: lambda v: isinstance(v, str),
+        }.get(type(default))
         if ok is not None and not ok(value):
-            problems.append(f"field `{where}`: parameter '{key}' of retriever '{study.methods[method].retriever}' "
-                            f"takes {type(default).__name__} values (default {default!r}), got {value!r}")
+            problems.append(
+                f"field `{where}`: parameter '{key}' of retriever '{study.methods[method].retriever}' "
+                f"takes {type(default).__name__} values (default {default!r}), got {value!r}"
+            )
         elif (broken := _bound_error(study.methods[method].retriever, key, value)) is not None:
-            beyond[where] = f"field `{where}`: {broken}"  # unless a rejection by the retriever names the field
+            # unless a rejection by the retriever names the field
+            beyond[where] = f"field `{where}`: {broken}"
 
     paths: dict[tuple[str, str], str] = {}  # (method, parameter) -> where the study file sets it
     for mname, m in study.methods.items():
@@ -74,14 +81,32 @@ def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
                 check_type(mname, name, v, f"space.{key}")
     _raise_all(problems, source)
 
+    _check_points(study, known, _points(study), paths, problems, source)
+    problems += [line for where, line in beyond.items() if not any(f"field `{where}`" in p for p in problems)]
+    _raise_all(problems, source)
+
+
+def _points(study: Study) -> list[dict[str, Any]]:
+    """The points whose configurations are checked: the grid, else the fixed parameters, each
+    categorical choice alone and the ends of searched dataset ranges."""
     if study.sampler == "grid":
         points = study.grid()
     else:
-        points = [{}] + [{k: c} for k, d in study.space.items() if isinstance(d, Categorical) for c in d.choices]
+        points = [{}] + [
+            {k: c} for k, d in study.space.items() if isinstance(d, Categorical) for c in d.choices
+        ]
     if study.sampler != "grid":  # the ends of searched dataset ranges too
         for k, d in study.space.items():
             if route(k)[0] == "dataset" and isinstance(d, IntRange | FloatRange):
                 points += [{k: d.low}, {k: d.high}]
+    return points
+
+
+def _check_points(
+    study: Study, known: dict, points: list[dict[str, Any]], paths: dict, problems: list[str], source: str
+) -> None:
+    """Check the split and query kind of each point, construct each distinct configuration on the
+    CPU (its rejections added to `problems`) and check its image size."""
     seen: dict[str, Any] = {}
     checked: set[str] = set()
     for point in points:
@@ -94,9 +119,12 @@ def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
             try:
                 seen[key] = known[trial.retriever](**trial.params, device="cpu")
             except Exception as e:  # the retriever's own validation, whatever its type
-                where = {k: f"space.{k}" if k in point else paths.get((trial.method, k), k) for k in trial.params}
+                where = {
+                    k: f"space.{k}" if k in point else paths.get((trial.method, k), k) for k in trial.params
+                }
                 for line in _rejected(known[trial.retriever], trial.params, where) or [
-                        f"retriever '{trial.retriever}' rejects {shown}: {e}"]:
+                    f"retriever '{trial.retriever}' rejects {shown}: {e}"
+                ]:
                     if line not in problems:
                         problems.append(line)
         size_key = json.dumps([key, trial.dataset.size])
@@ -105,10 +133,9 @@ def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
             try:
                 seen[key].check_image_size(trial.dataset.size)
             except VitDSIError as e:
-                raise StudyConfigError(f"{source}: {shown} with images of {trial.dataset.size} px "
-                                       f"(dataset.size): {e}") from None
-    problems += [line for where, line in beyond.items() if not any(f"field `{where}`" in p for p in problems)]
-    _raise_all(problems, source)
+                raise StudyConfigError(
+                    f"{source}: {shown} with images of {trial.dataset.size} px (dataset.size): {e}"
+                ) from None
 
 
 def _rejected(cls, params: dict[str, Any], where: dict[str, str]) -> list[str]:
@@ -138,8 +165,9 @@ def _check_query_kind(study: Study, trial, cls, source: str, shown: Any) -> None
 
         fit = [n for n, c in registered().items() if c.query_kind == kind]
         raise StudyConfigError(
-            f"{source}: {shown}: retriever '{cls.name}' answers {cls.query_kind} queries but `dataset.protocol: "
-            f"{trial.dataset.protocol}` asks {'captions' if kind == 'text' else 'images'}; use {', '.join(fit)}"
+            f"{source}: {shown}: retriever '{cls.name}' answers {cls.query_kind} queries but "
+            f"`dataset.protocol: {trial.dataset.protocol}` asks "
+            f"{'captions' if kind == 'text' else 'images'}; use {', '.join(fit)}"
             + (" or another protocol" if kind == "text" else " or `protocol: text`")
         )
     study_kind = kind_of(study)
@@ -147,9 +175,11 @@ def _check_query_kind(study: Study, trial, cls, source: str, shown: Any) -> None
         raise StudyConfigError(f"{source}: field `{study_kind[0].key}`: {study_kind[0].text_refusal}")
     ia = [m for m in study.metrics if m.startswith("IA@")]
     if kind == "text" and ia:
-        raise StudyConfigError(f"{source}: field `metrics`: {', '.join(ia)} query the indexed images with themselves, "
-                               "but under the text protocol queries are captions; remove them (the training curves "
-                               "show a DSI's indexing accuracy)")
+        raise StudyConfigError(
+            f"{source}: field `metrics`: {', '.join(ia)} query the indexed images with themselves, "
+            "but under the text protocol queries are captions; remove them (the training curves "
+            "show a DSI's indexing accuracy)"
+        )
 
 
 def _check_split(study: Study, data: DataConfig, source: str, shown: Any) -> None:
@@ -167,7 +197,8 @@ def _check_split(study: Study, data: DataConfig, source: str, shown: Any) -> Non
     if needs_validation and sizes["val"] == 0 and not study.metric.startswith("IA@"):
         raise StudyConfigError(
             f"{source}: {shown}: the split has no validation queries (query_fractions "
-            f"{list(data.query_fractions)}), but the objective {study.metric} is read on them; give val a share"
+            f"{list(data.query_fractions)}), but the objective {study.metric} is read on them; give val a "
+            "share"
         )
 
 
@@ -181,11 +212,15 @@ def split_summary(study: Study) -> list[str]:
     for point in points:
         d = study.trial_config(point).dataset
         sizes = split_sizes(d.n_total, d.split_ratio, d.query_fractions)
-        line = (f"split: {d.n_total} images, {sizes['idb']} indexed; per seed {sizes['train']} train / "
-                f"{sizes['val']} validation / {sizes['test']} test queries")
+        line = (
+            f"split: {d.n_total} images, {sizes['idb']} indexed; per seed {sizes['train']} train / "
+            f"{sizes['val']} validation / {sizes['test']} test queries"
+        )
         if d.protocol in ("instance", "text"):
-            line += (f" (the query images set aside; under `protocol: {d.protocol}` the queries are "
-                     f"{'new views' if d.protocol == 'instance' else 'captions'} of the indexed images)")
+            line += (
+                f" (the query images set aside; under `protocol: {d.protocol}` the queries are "
+                f"{'new views' if d.protocol == 'instance' else 'captions'} of the indexed images)"
+            )
         if line not in lines:
             lines.append(line)
     seeds = f"{study.repeats} seed(s) per trial" + (", each its own split" if study.repeats > 1 else "")
@@ -216,23 +251,33 @@ def check_data(study: Study, source: str | None = None) -> list[str]:
             try:
                 probes[probe_key] = probe_dataset(d.name, **probe_kw)
             except DatasetNotFoundError as e:
-                hint = ("; give its location with `dataset: {root: PATH}` in the study or `bench run --set dataset.root=PATH`"
-                        if "root" in DATASETS[d.name].params() else "")
+                hint = (
+                    "; give its location with `dataset: {root: PATH}` in the study or `bench run --set "
+                    "dataset.root=PATH`"
+                    if "root" in DATASETS[d.name].params()
+                    else ""
+                )
                 raise StudyConfigError(f"{source}: dataset '{d.name}': {e}{hint}") from None
             except VitDSIError as e:
                 raise StudyConfigError(f"{source}: dataset '{d.name}': {e}") from None
         probe = probes[probe_key]
         available = probe.n_images
-        where = f"{'at ' + probe.where + ' ' if probe.where else ''}has {'at most ' if probe.file_source else ''}"
+        where = (
+            f"{'at ' + probe.where + ' ' if probe.where else ''}has {'at most ' if probe.file_source else ''}"
+        )
         if available is not None and d.limit is not None and d.limit > available:
-            raise StudyConfigError(f"{source}: field `dataset.limit`: {d.limit} images asked but dataset '{d.name}' "
-                                   f"{where}{available}")
+            raise StudyConfigError(
+                f"{source}: field `dataset.limit`: {d.limit} images asked but dataset '{d.name}' "
+                f"{where}{available}"
+            )
         if d.limit is not None:
             available = d.limit if available is None else min(available, d.limit)
         if available is not None and d.n_total > available:
             raise StudyConfigError(
-                f"{source}: field `dataset.n_total`: {d.n_total} images asked but dataset '{d.name}' {where}{available}"
-                f"{' (dataset.limit)' if d.limit is not None and available == d.limit else ''}; use n_total <= {available}"
+                f"{source}: field `dataset.n_total`: {d.n_total} images asked but dataset '{d.name}' "
+                f"{where}{available}"
+                f"{' (dataset.limit)' if d.limit is not None and available == d.limit else ''}; "
+                f"use n_total <= {available}"
             )
         line = f"images: {d.name} at {d.size} px"
         if probe.native_size:
@@ -240,9 +285,11 @@ def check_data(study: Study, source: str | None = None) -> list[str]:
         if line not in notes:
             notes.append(line)
         if probe.file_source and probe.native_size and d.size > 2 * probe.native_size:
-            warn = (f"warning: dataset '{d.name}' images are about {probe.native_size} px but dataset.size is {d.size}: "
-                    f"every image is upscaled {d.size / probe.native_size:.1f}x (set dataset.size, e.g. "
-                    f"--set dataset.size={probe.native_size})")
+            warn = (
+                f"warning: dataset '{d.name}' images are about {probe.native_size} px but dataset.size is "
+                f"{d.size}: every image is upscaled {d.size / probe.native_size:.1f}x (set dataset.size, "
+                f"e.g. --set dataset.size={probe.native_size})"
+            )
             if warn not in notes:
                 notes.append(warn)
     return notes

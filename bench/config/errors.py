@@ -19,7 +19,7 @@ class StudyConfigError(VitDSIError):
 
 
 def suggest(name: Any, options: Iterable[Any]) -> str:
-    """" (did you mean 'x'?)" for the option closest to a mistyped `name`, else ""."""
+    """ " (did you mean 'x'?)" for the option closest to a mistyped `name`, else ""."""
     close = difflib.get_close_matches(str(name), [str(o) for o in options], n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -73,8 +73,14 @@ def _unwrap(tp: Any, part: Any) -> Any:
             tp = typing.get_args(tp)[0]
         elif origin in (typing.Union, types.UnionType):
             members = [a for a in typing.get_args(tp) if a is not type(None)]
-            tagged = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel) and "type" in m.model_fields
-                      and part in (typing.get_args(m.model_fields["type"].annotation) or ())]
+            tagged = [
+                m
+                for m in members
+                if isinstance(m, type)
+                and issubclass(m, BaseModel)
+                and "type" in m.model_fields
+                and part in (typing.get_args(m.model_fields["type"].annotation) or ())
+            ]
             if tagged:
                 return tagged[0]
             if len(members) == 1:

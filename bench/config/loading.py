@@ -49,8 +49,10 @@ class _Loader(yaml.SafeLoader):
                 except TypeError:
                     continue  # an unhashable key: SafeLoader's own error names it
                 if first is not None:
-                    raise YamlRefused(f"duplicate key '{key}' (line {first} and line {line}); "
-                                      "a key may appear once in a mapping")
+                    raise YamlRefused(
+                        f"duplicate key '{key}' (line {first} and line {line}); "
+                        "a key may appear once in a mapping"
+                    )
                 seen[key] = line
         return super().construct_mapping(node, deep=deep)
 
@@ -88,11 +90,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise StudyConfigError(f"study file not found: {path}")
     if path.is_dir():
-        raise StudyConfigError(f"{path}: is a directory; give a study file such as {path / 'patch_size.yaml'}")
+        raise StudyConfigError(
+            f"{path}: is a directory; give a study file such as {path / 'patch_size.yaml'}"
+        )
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
-        raise StudyConfigError(f"{path}: not a text (UTF-8) file (byte {e.start}); a study file is YAML") from None
+        raise StudyConfigError(
+            f"{path}: not a text (UTF-8) file (byte {e.start}); a study file is YAML"
+        ) from None
     except OSError as e:
         raise StudyConfigError(f"{path}: cannot read the study file: {e.strerror or e}") from None
     if "\x00" in text:
@@ -104,7 +110,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         raise StudyConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
-        raise StudyConfigError(f"{path}: a study file is a mapping of fields (name, retriever, space, ...), got {type(data).__name__}")
+        raise StudyConfigError(
+            f"{path}: a study file is a mapping of fields (name, retriever, space, ...), got "
+            f"{type(data).__name__}"
+        )
     return data
 
 
@@ -123,7 +132,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "<
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise StudyConfigError(f"{source}: --set {item!r}: write FIELD=VALUE, e.g. dataset.root=/data/imagenet")
+            raise StudyConfigError(
+                f"{source}: --set {item!r}: write FIELD=VALUE, e.g. dataset.root=/data/imagenet"
+            )
         parts = key.strip().split(".")
         for i, part in enumerate(parts[:-1]):
             if part in ("fixed", "query", "space", "params") and i + 1 < len(parts):
@@ -144,8 +155,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "<
     return out
 
 
-def resolve(data: dict[str, Any], *, scale: str | None = None, source: str = "<study>",
-            overrides: list[str] | None = None) -> Study:
+def resolve(
+    data: dict[str, Any],
+    *,
+    scale: str | None = None,
+    source: str = "<study>",
+    overrides: list[str] | None = None,
+) -> Study:
     """Validate a study mapping (as read from YAML) and resolve it at `scale`.
 
     `overrides` ("field=value", as `bench run --set`) win over every layer of the file: they
@@ -213,4 +229,6 @@ def import_plugins(plugins: list[str], base_dir: Path, source: str) -> None:
         except StudyConfigError:
             raise
         except Exception as e:
-            raise StudyConfigError(f"{source}: field `plugins`: cannot import '{entry}': {type(e).__name__}: {e}") from None
+            raise StudyConfigError(
+                f"{source}: field `plugins`: cannot import '{entry}': {type(e).__name__}: {e}"
+            ) from None

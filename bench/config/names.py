@@ -34,5 +34,7 @@ def check_name(cls, where: str, name: str, field_path: str, source: str, method:
         return
     if name not in allowed:
         who = f"retriever '{cls.name}'" + (f" (method '{method}')" if method else "")
-        raise StudyConfigError(f"{source}: field `{field_path}`: {who} has no {kind} '{name}'{suggest(name, allowed)}; "
-                               f"allowed: {', '.join(allowed) or 'none'}")
+        raise StudyConfigError(
+            f"{source}: field `{field_path}`: {who} has no {kind} '{name}'{suggest(name, allowed)}; "
+            f"allowed: {', '.join(allowed) or 'none'}"
+        )

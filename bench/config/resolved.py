@@ -63,8 +63,12 @@ class DataConfig(Resolved):
 
     def split_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `vitdsi.data.make_split(dataset, **kw)`."""
-        return {"n_total": self.n_total, "split_ratio": self.split_ratio,
-                "query_fractions": self.query_fractions, "seed": self.seed}
+        return {
+            "n_total": self.n_total,
+            "split_ratio": self.split_ratio,
+            "query_fractions": self.query_fractions,
+            "seed": self.seed,
+        }
 
 
 class Method(Resolved):
@@ -95,8 +99,11 @@ class _TrialHead(Resolved):
 def _kind_settings(base: type[Resolved]) -> type[Resolved]:
     """`base` with a field per study kind (bench.kinds), named by its block: the block's fields
     for a study of that kind (as the kind makes them for a trial), else None."""
-    return create_model(f"{base.__name__}Kinds", __base__=base,
-                        **{kind.key: (dict[str, Any] | None, None) for kind in KINDS.values()})
+    return create_model(
+        f"{base.__name__}Kinds",
+        __base__=base,
+        **{kind.key: (dict[str, Any] | None, None) for kind in KINDS.values()},
+    )
 
 
 class TrialConfig(_kind_settings(_TrialHead)):
@@ -111,15 +118,21 @@ class TrialConfig(_kind_settings(_TrialHead)):
         the query arguments, other metrics, names or device: trials with one fingerprint build
         the same index."""
         builds = {kind.key for kind in KINDS.values() if kind.builds}
-        return digest(self.model_dump(mode="json", include={"retriever", "params", "dataset", "seed", "repeats",
-                                                            *builds, "objective"}))
+        return digest(
+            self.model_dump(
+                mode="json",
+                include={"retriever", "params", "dataset", "seed", "repeats", *builds, "objective"},
+            )
+        )
 
     def result_fingerprint(self) -> str:
         """The fingerprint with the query arguments and the settings of a study kind that change
         only what is measured (latency): trials with one result fingerprint measure the same
         numbers (`bench run --reuse` copies them)."""
         measures = {kind.key for kind in KINDS.values() if not kind.builds}
-        return digest({"build": self.fingerprint(), **self.model_dump(mode="json", include={"query", *measures})})
+        return digest(
+            {"build": self.fingerprint(), **self.model_dump(mode="json", include={"query", *measures})}
+        )
 
 
 def digest(d: dict[str, Any]) -> str:
@@ -165,7 +178,11 @@ class Study(_kind_settings(_StudyHead)):
         # (less report) and stored studies resume only with an equal one, so the layout must not change.
         d = handler(self)
         out = {k: d.pop(k) for k in ("name", "description", "scale", "methods", "dataset", "space")}
-        out["sampler"] = {"type": d.pop("sampler"), "seed": d.pop("sampler_seed"), "n_startup_trials": d.pop("n_startup_trials")}
+        out["sampler"] = {
+            "type": d.pop("sampler"),
+            "seed": d.pop("sampler_seed"),
+            "n_startup_trials": d.pop("n_startup_trials"),
+        }
         out["n_trials"] = d.pop("n_trials")
         out["objective"] = {"metric": d.pop("metric"), "direction": d.pop("direction")}
         out.update({k: d.pop(k) for k in ("metrics", "repeats", "seed")})
@@ -186,10 +203,14 @@ class Study(_kind_settings(_StudyHead)):
         """The trial for one set of sampled values (keys as in `space`)."""
         unknown = sorted(set(sampled) - set(self.space))
         if unknown:
-            raise StudyConfigError(f"study '{self.name}': sampled values for {unknown} are not in its space {sorted(self.space)}")
+            raise StudyConfigError(
+                f"study '{self.name}': sampled values for {unknown} are not in its space {sorted(self.space)}"
+            )
         method_name = sampled.get("method", next(iter(self.methods)))
         if method_name not in self.methods:
-            raise StudyConfigError(f"study '{self.name}': unknown method '{method_name}'; methods: {', '.join(self.methods)}")
+            raise StudyConfigError(
+                f"study '{self.name}': unknown method '{method_name}'; methods: {', '.join(self.methods)}"
+            )
         method = self.methods[method_name]
         params, query = dict(method.params), dict(method.query)
         data_changes: dict[str, Any] = {}
@@ -212,10 +233,19 @@ class Study(_kind_settings(_StudyHead)):
             kind, settings = study_kind
             data, params, kinds[kind.key] = kind.trial_settings(settings, method_name, data, params)
         return TrialConfig(
-            study=self.name, scale=self.scale, method=method_name, retriever=method.retriever,
-            params=params, query=query, dataset=data,
-            metrics=self.metrics, repeats=self.repeats, seed=self.seed, sampled=sampled,
-            objective=self.metric, **kinds,
+            study=self.name,
+            scale=self.scale,
+            method=method_name,
+            retriever=method.retriever,
+            params=params,
+            query=query,
+            dataset=data,
+            metrics=self.metrics,
+            repeats=self.repeats,
+            seed=self.seed,
+            sampled=sampled,
+            objective=self.metric,
+            **kinds,
         )
 
     def fingerprint(self) -> str:

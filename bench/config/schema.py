@@ -136,7 +136,8 @@ class DatasetConfig(_Model):
     n_total: int | None = Field(None, ge=2, le=MAX_IMAGES)  # images drawn for the split (indexed + queries)
     split_ratio: float | None = Field(None, gt=0, le=1)  # fraction of n_total that is indexed
     query_fractions: tuple[float, float, float] | None = None  # train / val / test share of the queries
-    seed: int = Field(0, ge=0, le=MAX_SEED)  # seeds the draw of images and the split (all trials share one split)
+    # seeds the draw of images and the split (all trials share one split)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     limit: int | None = Field(None, ge=1, le=MAX_IMAGES)  # keep at most this many source images (stratified)
     options: dict[str, Any] = Field(default_factory=dict)  # other loader parameters (e.g. fit: pad)
     protocol: str = "class"  # what a query is: a name in vitdsi.data.protocols.PROTOCOLS
@@ -158,8 +159,10 @@ class DatasetConfig(_Model):
                 continue
             if key not in blocks:
                 allowed = [*DatasetConfig.model_fields, *blocks]
-                raise StudyConfigError(f"field `dataset.{key}`: unknown field '{key}'{suggest(key, allowed)}; "
-                                       f"allowed: {', '.join(allowed)}")
+                raise StudyConfigError(
+                    f"field `dataset.{key}`: unknown field '{key}'{suggest(key, allowed)}; "
+                    f"allowed: {', '.join(allowed)}"
+                )
             try:
                 out[key] = block_model(blocks[key]).model_validate(value or {}).model_dump()
             except ValidationError as e:
@@ -170,8 +173,11 @@ class DatasetConfig(_Model):
 class SamplerConfig(_Model):
     """The Optuna sampler."""
 
-    type: Literal["grid", "tpe", "random"] | None = None  # default: grid when every dimension is a list of choices
-    seed: int = Field(0, ge=0, le=MAX_SEED)  # seeds the sampler (per trial number, so parallel workers differ)
+    type: Literal["grid", "tpe", "random"] | None = (
+        None  # default: grid when every dimension is a list of choices
+    )
+    # seeds the sampler (per trial number, so parallel workers differ)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     n_startup_trials: int | None = Field(None, ge=0)  # TPE: random trials before modelling
 
 
@@ -192,7 +198,9 @@ class MLflowConfig(_Model):
 class ReportConfig(_Model):
     """What `bench report` adds to this study's report beyond the sections every study gets."""
 
-    paper_table: bool = False  # the paper's Table 1 beside our numbers, per DB size and method (bench/paper.py)
+    paper_table: bool = (
+        False  # the paper's Table 1 beside our numbers, per DB size and method (bench/paper.py)
+    )
     # methods (study-file names or retriever names) that every other trial is also compared with,
     # paired and Holm-corrected, on each split: e.g. the label-free baselines a DSI has to beat
     compare_with: list[str] = Field(default_factory=list)
@@ -208,7 +216,9 @@ class ReportConfig(_Model):
 def _categorical_shorthand(space: Any) -> Any:
     """A YAML list in a mapping of distributions is shorthand for `{type: categorical, choices: [...]}`."""
     if isinstance(space, dict):
-        return {k: {"type": "categorical", "choices": v} if isinstance(v, list) else v for k, v in space.items()}
+        return {
+            k: {"type": "categorical", "choices": v} if isinstance(v, list) else v for k, v in space.items()
+        }
     return space
 
 
@@ -220,7 +230,8 @@ class TuneConfig(_Model):
     trials_per_method: int = Field(ge=1)  # finished tuning trials per method: the same budget for each
     sampler: Literal["tpe", "random"] = "tpe"  # how knobs are drawn
     seed: int = Field(0, ge=0, le=MAX_SEED)  # seeds the sampler (per trial number)
-    n_startup_trials: int | None = Field(None, ge=0)  # TPE: random trials first; None = half the budget, at most 10
+    # TPE: random trials first; None = half the budget, at most 10
+    n_startup_trials: int | None = Field(None, ge=0)
     methods: dict[str, dict[str, Distribution]] = Field(min_length=1)  # method -> build parameter -> range
 
     @field_validator("methods", mode="before")
@@ -243,7 +254,10 @@ class ViewsConfig(_Model):
     @model_validator(mode="after")
     def _check(self) -> ViewsConfig:
         if self.index_views and self.strength == "none":
-            raise ValueError(f"index_views {self.index_views} needs views to draw: set `strength` to light, medium or strong")
+            raise ValueError(
+                f"index_views {self.index_views} needs views to draw: set `strength` to light, medium or "
+                "strong"
+            )
         return self
 
 
@@ -261,7 +275,8 @@ class _StudyFileHead(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # study name; also the default experiment
     description: str = ""  # what the study asks (shown by `bench list` and in reports)
     scale: str = "small"  # default scale preset; `bench run --scale` overrides it
-    plugins: list[str] = Field(default_factory=list)  # modules or .py files (relative to the study) that register retrievers
+    # modules or .py files (relative to the study) that register retrievers
+    plugins: list[str] = Field(default_factory=list)
     retriever: str | None = None  # one retriever ...
     methods: dict[str, MethodConfig] | None = None  # ... or several named (retriever, params) methods
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)  # the data and the split
@@ -272,8 +287,10 @@ class _StudyFileHead(_Model):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)  # how it searches
     n_trials: int | None = Field(None, ge=1)  # finished trials wanted; default: the whole grid, or 20
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)  # what it optimises
-    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_STUDY_METRICS), min_length=1)  # logged per trial
-    repeats: int = Field(1, ge=1, le=MAX_REPEATS)  # seeds per trial; metrics are the mean over seeds with a 95% CI
+    # logged per trial
+    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_STUDY_METRICS), min_length=1)
+    # seeds per trial; metrics are the mean over seeds with a 95% CI
+    repeats: int = Field(1, ge=1, le=MAX_REPEATS)
     seed: int = Field(0, ge=0, le=MAX_SEED)  # first retriever seed; repeat r uses seed + r
     # torch / FAISS / OpenCV threads per worker; None = the libraries' default (every core). With
     # several workers on one machine, give each cores / workers: two 2-thread workers on 2 cores
@@ -283,8 +300,11 @@ class _StudyFileHead(_Model):
 
 
 # each study kind's block (bench.kinds), e.g. `latency:`; setting one makes the study of that kind
-_StudyFileKinds = create_model("_StudyFileKinds", __base__=_StudyFileHead,
-                               **{kind.key: (kind.config | None, None) for kind in KINDS.values()})
+_StudyFileKinds = create_model(
+    "_StudyFileKinds",
+    __base__=_StudyFileHead,
+    **{kind.key: (kind.config | None, None) for kind in KINDS.values()},
+)
 
 
 class StudyFile(_StudyFileKinds):
@@ -302,10 +322,15 @@ class StudyFile(_StudyFileKinds):
     @model_validator(mode="after")
     def _one_retriever_source(self) -> StudyFile:
         if self.seed + self.repeats - 1 > MAX_SEED:
-            raise ValueError(f"`seed` + `repeats` - 1 = {self.seed + self.repeats - 1} exceeds the largest seed "
-                             f"{MAX_SEED} (repeat r uses seed + r)")
+            raise ValueError(
+                f"`seed` + `repeats` - 1 = {self.seed + self.repeats - 1} exceeds the largest seed "
+                f"{MAX_SEED} (repeat r uses seed + r)"
+            )
         if (self.retriever is None) == (self.methods is None):
-            raise ValueError("give either `retriever` (one retriever) or `methods` (several named ones), not both or neither")
+            raise ValueError(
+                "give either `retriever` (one retriever) or `methods` (several named ones), not both or "
+                "neither"
+            )
         if self.methods is not None and not self.methods:
             raise ValueError("`methods` is empty; name at least one method")
         return self
@@ -317,7 +342,9 @@ def validate_file(data: dict[str, Any], source: str) -> StudyFile:
         return StudyFile.model_validate(data)
     except ValidationError as e:
         lines = field_errors(e, StudyFile)
-        raise StudyConfigError(f"{source}: invalid study file\n" + "\n".join("  " + line for line in lines)) from None
+        raise StudyConfigError(
+            f"{source}: invalid study file\n" + "\n".join("  " + line for line in lines)
+        ) from None
 
 
 def enumerable(d: Any) -> bool:
@@ -328,4 +355,6 @@ def enumerable(d: Any) -> bool:
 def grid_points(space: dict[str, Any]) -> list[dict[str, Any]]:
     """Every point of an enumerable space, in key order (the first key varies slowest)."""
     keys = list(space)
-    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(space[k].values() for k in keys))]
+    return [
+        dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(space[k].values() for k in keys))
+    ]

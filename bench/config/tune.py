@@ -33,26 +33,36 @@ def check_tune(sf: StudyFile, methods: dict[str, Method], known: dict[str, type]
     problems: list[str] = []
     for mname, knobs in tune.methods.items():
         if mname not in methods:
-            raise StudyConfigError(f"{source}: field `tune.methods.{mname}`: unknown method '{mname}'"
-                                   f"{suggest(mname, methods)}; methods in this file: {', '.join(methods)}")
+            raise StudyConfigError(
+                f"{source}: field `tune.methods.{mname}`: unknown method '{mname}'"
+                f"{suggest(mname, methods)}; methods in this file: {', '.join(methods)}"
+            )
         if mname not in compared:
-            raise StudyConfigError(f"{source}: field `tune.methods.{mname}`: method '{mname}' is tuned but the study "
-                                   f"never runs it; add it to `space.method` ({', '.join(compared)})")
+            raise StudyConfigError(
+                f"{source}: field `tune.methods.{mname}`: method '{mname}' is tuned but the study "
+                f"never runs it; add it to `space.method` ({', '.join(compared)})"
+            )
         if not knobs:
-            raise StudyConfigError(f"{source}: field `tune.methods.{mname}`: no knobs; name the build parameters "
-                                   "to tune with their ranges, or leave the method out")
+            raise StudyConfigError(
+                f"{source}: field `tune.methods.{mname}`: no knobs; name the build parameters "
+                "to tune with their ranges, or leave the method out"
+            )
         cls = known[methods[mname].retriever]
         for key, dist in knobs.items():
             where = f"tune.methods.{mname}.{key}"
             if route(key)[0] != "param" or key == "method":
-                raise StudyConfigError(f"{source}: field `{where}`: tuning sets build parameters only, "
-                                       "not dataset fields, query arguments or the method")
+                raise StudyConfigError(
+                    f"{source}: field `{where}`: tuning sets build parameters only, "
+                    "not dataset fields, query arguments or the method"
+                )
             if key in RESERVED_PARAMS:
                 raise StudyConfigError(f"{source}: field `{where}`: '{key}' is set by the harness")
             check_name(cls, "param", key, where, source, method=mname)
             if key in sf.space:
-                raise StudyConfigError(f"{source}: field `{where}`: '{key}' is also searched in `space`; a "
-                                       "parameter is either tuned per method or searched, not both")
+                raise StudyConfigError(
+                    f"{source}: field `{where}`: '{key}' is also searched in `space`; a "
+                    "parameter is either tuned per method or searched, not both"
+                )
             problems += _value_problems(cls, methods[mname].params, key, dist, where)
     if problems:
         raise StudyConfigError(f"{source}: " + "; ".join(problems))
@@ -64,8 +74,10 @@ def _value_problems(cls, params: dict[str, Any], key: str, dist, where: str) -> 
 
     info = {p.name: p for p in retriever_params(cls)}[key]
     if isinstance(info.default, int) and not isinstance(info.default, bool) and isinstance(dist, FloatRange):
-        return [f"field `{where}`: parameter '{key}' of retriever '{cls.name}' takes int values "
-                f"(default {info.default!r}); use `type: int`"]
+        return [
+            f"field `{where}`: parameter '{key}' of retriever '{cls.name}' takes int values "
+            f"(default {info.default!r}); use `type: int`"
+        ]
     values = dist.choices if isinstance(dist, Categorical) else [dist.low, dist.high]
     out = []
     for value in values:
@@ -78,8 +90,9 @@ def _value_problems(cls, params: dict[str, Any], key: str, dist, where: str) -> 
     return out
 
 
-def resolve_tune(sf: StudyFile, methods: dict[str, Method], known: dict[str, type], scale_cap: int | None,
-                 source: str) -> TuneConfig | None:
+def resolve_tune(
+    sf: StudyFile, methods: dict[str, Method], known: dict[str, type], scale_cap: int | None, source: str
+) -> TuneConfig | None:
     """The file's block, checked (`check_tune`), at a scale: a preset that caps tuning
     (`ScalePreset.tune_trials`, smoke) lowers `trials_per_method`; `n_startup_trials` unset becomes
     half the budget (at least 1, at most Optuna's default 10), so a small budget is not spent on
@@ -105,9 +118,15 @@ def tuning_study(study: Study, method: str) -> Study:
     one seed, the tune block's sampler and budget, and no index artifacts."""
     tune = study.tune
     return study.replace(
-        methods={method: study.methods[method]}, space=tune.methods[method], sampler=tune.sampler,
-        sampler_seed=tune.seed, n_startup_trials=tune.n_startup_trials, n_trials=tune.trials_per_method,
-        repeats=1, log_index=False, tune=None,
+        methods={method: study.methods[method]},
+        space=tune.methods[method],
+        sampler=tune.sampler,
+        sampler_seed=tune.seed,
+        n_startup_trials=tune.n_startup_trials,
+        n_trials=tune.trials_per_method,
+        repeats=1,
+        log_index=False,
+        tune=None,
     )
 
 
@@ -119,5 +138,7 @@ def tuning_fingerprint(study: Study, method: str) -> str:
 
 def with_recipes(study: Study, recipes: dict[str, dict[str, Any]]) -> Study:
     """The study whose methods carry their chosen recipes over their own parameters."""
-    methods = {name: m.replace(params={**m.params, **recipes.get(name, {})}) for name, m in study.methods.items()}
+    methods = {
+        name: m.replace(params={**m.params, **recipes.get(name, {})}) for name, m in study.methods.items()
+    }
     return study.replace(methods=methods)

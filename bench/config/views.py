@@ -20,8 +20,10 @@ def study_views(sf: StudyFile, cls: type, source: str) -> dict[str, Any]:
         return {}
     for key in ("views", "index_views"):
         if key in sf.fixed:
-            raise StudyConfigError(f"{source}: field `fixed.{key}`: the study's `views:` block sets '{key}' of "
-                                   "every method; set it there (or in a method's `params`), not in `fixed`")
+            raise StudyConfigError(
+                f"{source}: field `fixed.{key}`: the study's `views:` block sets '{key}' of "
+                "every method; set it there (or in a method's `params`), not in `fixed`"
+            )
     names = {p.name for p in retriever_params(cls)}
     given = {"views": sf.views.strength, "index_views": sf.views.index_views}
     return {k: v for k, v in given.items() if k in names}

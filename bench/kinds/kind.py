@@ -38,8 +38,14 @@ class StudyKind:
     report_first: ClassVar[bool] = False
 
     # ---- study checks --------------------------------------------------------------------
-    def check(self, sf: StudyFile, methods: dict[str, MethodConfig], known: dict[str, type], metrics: list[str],
-              source: str) -> None:
+    def check(
+        self,
+        sf: StudyFile,
+        methods: dict[str, MethodConfig],
+        known: dict[str, type],
+        metrics: list[str],
+        source: str,
+    ) -> None:
         """The block against the rest of the file (its methods, search space and metrics), before
         any trial runs; a problem is a StudyConfigError naming the field."""
 
@@ -47,25 +53,36 @@ class StudyKind:
         """One trial's split sizes (`vitdsi.data.split.split_sizes`) against the settings."""
 
     # ---- a trial -------------------------------------------------------------------------
-    def trial_settings(self, settings: Settings, method: str, data: DataConfig,
-                       params: dict[str, Any]) -> tuple[DataConfig, dict[str, Any], Settings]:
+    def trial_settings(
+        self, settings: Settings, method: str, data: DataConfig, params: dict[str, Any]
+    ) -> tuple[DataConfig, dict[str, Any], Settings]:
         """A trial's dataset, build parameters and settings as the kind makes them (in
         `Study.trial_config`, so a trial's logged parameters and fingerprint carry them)."""
         return data, params, settings
 
-    def index(self, retriever: Retriever, sets: SplitSets, settings: Settings, metrics: list[str],
-              k: int) -> list[dict[str, float]]:
+    def index(
+        self, retriever: Retriever, sets: SplitSets, settings: Settings, metrics: list[str], k: int
+    ) -> list[dict[str, float]]:
         """For a kind that `indexes`: build the index over `sets.corpus` itself; one record per
         step, logged under `<key>/` and as `<key>.json`."""
         raise NotImplementedError(f"the {self.name} builds its index the ordinary way")
 
-    def measure(self, retriever: Retriever, sets: SplitSets, settings: Settings, build_s: float, k: int,
-                history: list[dict[str, Any]]) -> dict[str, float]:
+    def measure(
+        self,
+        retriever: Retriever,
+        sets: SplitSets,
+        settings: Settings,
+        build_s: float,
+        k: int,
+        history: list[dict[str, Any]],
+    ) -> dict[str, float]:
         """More metrics of the first seed's index, after its quality is scored at `k`."""
         return {}
 
     # ---- the report ----------------------------------------------------------------------
-    def dataset_text(self, settings: Settings, where: str, n_total: str, dataset: dict[str, Any]) -> str | None:
+    def dataset_text(
+        self, settings: Settings, where: str, n_total: str, dataset: dict[str, Any]
+    ) -> str | None:
         """The report's Set-up line on the data (`where`: the dataset and image size; `n_total` as
         printed), when the kind splits its data its own way; None: the ordinary line."""
         return None

@@ -75,8 +75,12 @@ def compute_section(record: StudyRecord, out: Path, rel: str) -> str | None:
         return None
     metric = next(iter(trained.values()))[1]
     series = {name: curves for name, (_, _, curves) in trained.items()}
-    fig = plots.quality_flops_plot(series, out / "quality_vs_flops.png",
-                                   f"{record.name}: validation quality against training FLOPs", f"validation {metric}")
+    fig = plots.quality_flops_plot(
+        series,
+        out / "quality_vs_flops.png",
+        f"{record.name}: validation quality against training FLOPs",
+        f"validation {metric}",
+    )
     base = min(t.extra.get("train_flops", curves[0][-1][0]) for t, _, curves in trained.values())
     budgets = [f * base for f in BUDGET_FACTORS]
     objective = record.objective
@@ -84,18 +88,31 @@ def compute_section(record: StudyRecord, out: Path, rel: str) -> str | None:
     for name, (t, _, curves) in trained.items():
         at = [value_at(curves, b) for b in budgets]
         final = t.metrics.get(objective)
-        rows.append([name, *("not reached" if v is None else fmt(v) for v in at),
-                     "n/a" if final is None else fmt_ci(final.mean, final.ci95),
-                     f"{t.extra.get('train_flops', float('nan')):.3g}", convergence_cell(t)])
-    headers = ["method", *(f"val {metric} at {f}x ({b:.3g} FLOPs)" for f, b in zip(BUDGET_FACTORS, budgets)),
-               f"at convergence: test {objective}", "training FLOPs", "training"]
-    return ("Validation quality against training FLOPs of the chosen trial of each trained method, every seed a "
-            "line (checkpoints at epochs 1, 2, 4, 8, ... and every `val_every` epochs of the phase that stops on a "
-            "plateau). FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode` on the first real training "
-            "step of each phase and batch size (forward and backward) and charged per example for the others; a "
-            "frozen encoder's features count once.\n\n"
-            f"![quality against FLOPs]({rel}/{fig.name})\n\n"
-            "**Quality at equal compute.** Each method's validation metric at the smallest final training FLOPs of "
-            f"any method shown and {', '.join(f'{f}x' for f in BUDGET_FACTORS[1:])} that: its last checkpoint at or "
-            "below the budget (mean over seeds), *not reached* when its first checkpoint already costs more; beside "
-            "it the test metric and FLOPs where its training stopped.\n\n" + md_table(headers, rows))
+        rows.append(
+            [
+                name,
+                *("not reached" if v is None else fmt(v) for v in at),
+                "n/a" if final is None else fmt_ci(final.mean, final.ci95),
+                f"{t.extra.get('train_flops', float('nan')):.3g}",
+                convergence_cell(t),
+            ]
+        )
+    headers = [
+        "method",
+        *(f"val {metric} at {f}x ({b:.3g} FLOPs)" for f, b in zip(BUDGET_FACTORS, budgets)),
+        f"at convergence: test {objective}",
+        "training FLOPs",
+        "training",
+    ]
+    return (
+        "Validation quality against training FLOPs of the chosen trial of each trained method, every seed a "
+        "line (checkpoints at epochs 1, 2, 4, 8, ... and every `val_every` epochs of the phase that stops "
+        "on a plateau). FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode` on the first real "
+        "training step of each phase and batch size (forward and backward) and charged per example for the "
+        "others; a frozen encoder's features count once.\n\n![quality against "
+        f"FLOPs]({rel}/{fig.name})\n\n**Quality at equal compute.** Each method's validation metric at the "
+        "smallest final training FLOPs of any method shown and "
+        f"{', '.join(f'{f}x' for f in BUDGET_FACTORS[1:])} that: its last checkpoint at or below the budget "
+        "(mean over seeds), *not reached* when its first checkpoint already costs more; beside "
+        "it the test metric and FLOPs where its training stopped.\n\n" + md_table(headers, rows)
+    )

@@ -87,10 +87,12 @@ class StudyRecord:
     params: dict[str, str]
     tags: dict[str, str]
     resolved: dict[str, Any]  # study_resolved.yaml
-    runs: pd.DataFrame = field(default_factory=pd.DataFrame)  # finished trial runs, one row each, by trial number
+    # finished trial runs, one row each, by trial number
+    runs: pd.DataFrame = field(default_factory=pd.DataFrame)
     trials: list[TrialRecord] = field(default_factory=list)  # the same runs, one TrialRecord each
     failed: list[FailedRecord] = field(default_factory=list)  # trial runs that FAILED or were KILLED
-    tuning: pd.DataFrame = field(default_factory=pd.DataFrame)  # tuning trial runs (`tune:`), kept out of the above
+    # tuning trial runs (`tune:`), kept out of the above
+    tuning: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def objective(self) -> str:
@@ -124,8 +126,10 @@ class StudyRecord:
         known = {t.method for t in self.trials} | {t.retriever for t in self.trials}
         bad = [n for n in names if n not in known]
         if bad:
-            raise VitDSIError(f"--compare-with: {', '.join(map(repr, bad))} is no method of study '{self.name}'; "
-                              f"methods: {', '.join(sorted({t.method for t in self.trials}))}")
+            raise VitDSIError(
+                f"--compare-with: {', '.join(map(repr, bad))} is no method of study '{self.name}'; "
+                f"methods: {', '.join(sorted({t.method for t in self.trials}))}"
+            )
         report = {**self.resolved.get("report", {}), "compare_with": list(names)}
         return replace(self, resolved={**self.resolved, "report": report})
 
@@ -139,8 +143,13 @@ class StudyRecord:
         """One metric of every trial on the test (or "val") queries, rows in trial order: columns
         mean, ci95, chance, n and ci95_queries, NaN where a trial did not log it."""
         key = f"metrics.{VAL_PREFIX if split == 'val' else ''}{metric_key(metric)}"
-        columns = {"mean": key, "ci95": f"{key}_ci95", "chance": f"{key}_chance", "n": f"{key}_n",
-                   "ci95_queries": f"{key}_qci95"}
+        columns = {
+            "mean": key,
+            "ci95": f"{key}_ci95",
+            "chance": f"{key}_chance",
+            "n": f"{key}_n",
+            "ci95_queries": f"{key}_qci95",
+        }
         table = pd.DataFrame({stat: self.column(col) for stat, col in columns.items()}, index=self.runs.index)
         table["ci95_queries"] = table["ci95_queries"].fillna(table["ci95"])  # = ci95 for one seed
         return table
@@ -150,13 +159,16 @@ class StudyRecord:
         return self.runs[name] if name in self.runs else pd.Series(default, index=self.runs.index)
 
     def shared_chance(self, metric: str) -> float | None:
-        """The metric's chance level when every trial that logged it has the same one (one split), else None."""
+        """The metric's chance level when every trial that logged it has the same one (one split), else
+        None."""
         chance = self.metric_table(metric)["chance"].dropna().round(12).unique()
         return float(chance[0]) if len(chance) == 1 else None
 
     def protocol_of(self, t: TrialRecord) -> str:
         """The evaluation protocol trial `t` ran under (searched per trial or fixed by the study)."""
-        return str(t.sampled.get("dataset.protocol") or self.resolved.get("dataset", {}).get("protocol") or "class")
+        return str(
+            t.sampled.get("dataset.protocol") or self.resolved.get("dataset", {}).get("protocol") or "class"
+        )
 
     def protocols(self) -> list[str]:
         """The protocols of the finished trials, in the order the study's space lists them."""
@@ -169,8 +181,13 @@ class StudyRecord:
         protocol (so each section reads the relevance and chance of that protocol alone)."""
         keep = [self.protocol_of(t) == protocol for t in self.trials]
         resolved = {**self.resolved, "dataset": {**self.resolved.get("dataset", {}), "protocol": protocol}}
-        return replace(self, resolved=resolved, runs=self.runs[keep], trials=[t for t, k in zip(self.trials, keep) if k],
-                       failed=[f for f in self.failed if (f.sampled.get("dataset.protocol") or protocol) == protocol])
+        return replace(
+            self,
+            resolved=resolved,
+            runs=self.runs[keep],
+            trials=[t for t, k in zip(self.trials, keep) if k],
+            failed=[f for f in self.failed if (f.sampled.get("dataset.protocol") or protocol) == protocol],
+        )
 
     def tuning_trials(self) -> list[TrialRecord]:
         """The finished tuning trials (a study's `tune:` block), newest attempt first."""
@@ -194,22 +211,26 @@ def _is_metric_base(key: str) -> bool:
         return False
 
 
-def _trial_metrics(raw: dict[str, float]) -> tuple[dict[str, MetricRecord], dict[str, MetricRecord], dict[str, float]]:
+def _trial_metrics(
+    raw: dict[str, float],
+) -> tuple[dict[str, MetricRecord], dict[str, MetricRecord], dict[str, float]]:
     """Test metrics, validation metrics and the other final values of a trial run."""
     metrics, val, extra = {}, {}, {}
     suffixes = ("_ci95", "_qci95", "_chance", "_n", "_per_seed")
     for key, value in raw.items():
         if key.startswith(("train/", "curve/")) or key.endswith(suffixes):
             continue
-        is_val = key.startswith(VAL_PREFIX) and _is_metric_base(key[len(VAL_PREFIX):])
+        is_val = key.startswith(VAL_PREFIX) and _is_metric_base(key[len(VAL_PREFIX) :])
         if is_val or _is_metric_base(key):
             record = MetricRecord(
-                value, raw.get(f"{key}_ci95"), raw.get(f"{key}_chance"),
+                value,
+                raw.get(f"{key}_ci95"),
+                raw.get(f"{key}_chance"),
                 int(raw[f"{key}_n"]) if f"{key}_n" in raw else None,
                 raw.get(f"{key}_qci95", raw.get(f"{key}_ci95")),
             )
             if is_val:
-                val[metric_name(key[len(VAL_PREFIX):])] = record
+                val[metric_name(key[len(VAL_PREFIX) :])] = record
             else:
                 metrics[metric_name(key)] = record
         else:
@@ -223,34 +244,54 @@ def runs_frame(client: Any, experiment_ids: list[str], filter_string: str) -> pd
     tracking store stays the report's own (`mlflow.search_runs` reads the process-wide one)."""
     runs, token = [], None
     while True:
-        page = client.search_runs(experiment_ids, filter_string, order_by=["attributes.start_time DESC"],
-                                  max_results=5000, page_token=token)
+        page = client.search_runs(
+            experiment_ids,
+            filter_string,
+            order_by=["attributes.start_time DESC"],
+            max_results=5000,
+            page_token=token,
+        )
         runs += page
         token = page.token
         if not token:
             break
-    frame = pd.DataFrame.from_records([
-        {"run_id": r.info.run_id, "status": r.info.status, "start_time": r.info.start_time,
-         **{f"metrics.{k}": v for k, v in r.data.metrics.items()},
-         **{f"params.{k}": v for k, v in r.data.params.items()},
-         **{f"tags.{k}": v for k, v in r.data.tags.items()}}
-        for r in runs
-    ], columns=["run_id", "status", "start_time"] if not runs else None)
+    frame = pd.DataFrame.from_records(
+        [
+            {
+                "run_id": r.info.run_id,
+                "status": r.info.status,
+                "start_time": r.info.start_time,
+                **{f"metrics.{k}": v for k, v in r.data.metrics.items()},
+                **{f"params.{k}": v for k, v in r.data.params.items()},
+                **{f"tags.{k}": v for k, v in r.data.tags.items()},
+            }
+            for r in runs
+        ],
+        columns=["run_id", "status", "start_time"] if not runs else None,
+    )
     number = pd.to_numeric(frame.get("tags.optuna.trial_number", pd.Series(index=frame.index, dtype=float)))
     return frame.assign(number=number.fillna(-1).astype(int))
 
 
 def _trial_record(row: pd.Series) -> TrialRecord:
     """The typed view of one finished trial run (a row of `runs_frame`)."""
+
     def prefixed(prefix: str) -> dict[str, Any]:
-        return {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix) and not _missing(v)}
+        return {k[len(prefix) :]: v for k, v in row.items() if k.startswith(prefix) and not _missing(v)}
 
     tags = prefixed("tags.")
     metrics, val, extra = _trial_metrics(prefixed("metrics."))
     return TrialRecord(
-        run_id=row["run_id"], number=int(row["number"]), method=tags.get("method", ""), retriever=tags.get("retriever", ""),
-        params=prefixed("params."), sampled=json.loads(tags.get("optuna.sampled", "{}")),
-        metrics=metrics, extra=extra, tags=tags, val_metrics=val,
+        run_id=row["run_id"],
+        number=int(row["number"]),
+        method=tags.get("method", ""),
+        retriever=tags.get("retriever", ""),
+        params=prefixed("params."),
+        sampled=json.loads(tags.get("optuna.sampled", "{}")),
+        metrics=metrics,
+        extra=extra,
+        tags=tags,
+        val_metrics=val,
     )
 
 
@@ -263,8 +304,9 @@ def _text(row: pd.Series, column: str, default: str = "") -> str:
     return default if _missing(v) else str(v)
 
 
-def load_study_record(study: str, tracking_uri: str | None = None, scale: str | None = None,
-                      study_name: str | None = None) -> StudyRecord:
+def load_study_record(
+    study: str, tracking_uri: str | None = None, scale: str | None = None, study_name: str | None = None
+) -> StudyRecord:
     """The newest parent run of study `study` (optionally at `scale`, optionally of the Optuna /
     MLflow study `study_name` that `bench run --study-name` gave), with its trial runs."""
     from mlflow import MlflowClient
@@ -279,7 +321,11 @@ def load_study_record(study: str, tracking_uri: str | None = None, scale: str | 
         filt += f" AND tags.`study.scale` = '{scale}'"
     if study_name:
         filt += f" AND tags.`optuna.study_name` = '{study_name}'"
-    parents = client.search_runs(experiments, filt, order_by=["attributes.start_time DESC"], max_results=1) if experiments else []
+    parents = (
+        client.search_runs(experiments, filt, order_by=["attributes.start_time DESC"], max_results=1)
+        if experiments
+        else []
+    )
     if not parents:
         named = f" (Optuna study '{study_name}')" if study_name else ""
         hint = _study_names_hint(client, experiments, study) if study_name else ""
@@ -288,22 +334,38 @@ def load_study_record(study: str, tracking_uri: str | None = None, scale: str | 
             + (hint or f"run `bench run studies/{study}.yaml` first (or pass --tracking-uri)")
         )
     parent = parents[0]
-    resolved_path = download_artifacts(run_id=parent.info.run_id, artifact_path="study_resolved.yaml", tracking_uri=uri)
+    resolved_path = download_artifacts(
+        run_id=parent.info.run_id, artifact_path="study_resolved.yaml", tracking_uri=uri
+    )
     with open(resolved_path) as f:
         resolved = yaml.safe_load(f)
-    record = StudyRecord(study, parent.info.run_id, parent.info.experiment_id, uri,
-                         dict(parent.data.params), dict(parent.data.tags), resolved)
+    record = StudyRecord(
+        study,
+        parent.info.run_id,
+        parent.info.experiment_id,
+        uri,
+        dict(parent.data.params),
+        dict(parent.data.tags),
+        resolved,
+    )
     runs = runs_frame(client, [parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
     tuning = runs.get(f"tags.{PHASE_TAG}", pd.Series("", index=runs.index)) == "tune"
     record.tuning, runs = runs[tuning], runs[~tuning]  # a tuning trial is never a result of the study
     # for a trial number run more than once (retried after a crash), the newest finished attempt
-    finished = runs[runs["status"] == "FINISHED"].drop_duplicates("number").sort_values("number", kind="stable")
+    finished = (
+        runs[runs["status"] == "FINISHED"].drop_duplicates("number").sort_values("number", kind="stable")
+    )
     record.runs = finished.set_index("number", drop=False).rename_axis(None)
     record.trials = [_trial_record(row) for _, row in record.runs.iterrows()]
     stopped = runs[runs["status"].isin(["FAILED", "KILLED"]) & ~runs["number"].isin(finished["number"])]
     record.failed = [
-        FailedRecord(row["run_id"], int(row["number"]), row["status"], json.loads(_text(row, "tags.optuna.sampled", "{}")),
-                     _text(row, "tags.error"))
+        FailedRecord(
+            row["run_id"],
+            int(row["number"]),
+            row["status"],
+            json.loads(_text(row, "tags.optuna.sampled", "{}")),
+            _text(row, "tags.error"),
+        )
         for _, row in stopped.sort_values("number", kind="stable").iterrows()
     ]
     return record
@@ -311,13 +373,20 @@ def load_study_record(study: str, tracking_uri: str | None = None, scale: str | 
 
 def _study_names_hint(client: Any, experiments: list[str], study: str) -> str:
     """The Optuna study names the store holds for `study`, for an error that named another one."""
-    runs = client.search_runs(experiments, f"tags.`vitdsi.kind` = 'study' AND tags.`study.name` = '{study}'",
-                              max_results=200) if experiments else []
+    runs = (
+        client.search_runs(
+            experiments, f"tags.`vitdsi.kind` = 'study' AND tags.`study.name` = '{study}'", max_results=200
+        )
+        if experiments
+        else []
+    )
     names = sorted({r.data.tags.get("optuna.study_name", "") for r in runs} - {""})
     return f"its Optuna studies there: {', '.join(names)}" if names else ""
 
 
-def metric_history(run_id: str, tracking_uri: str, prefix: str = "train/") -> dict[str, list[tuple[int, float]]]:
+def metric_history(
+    run_id: str, tracking_uri: str, prefix: str = "train/"
+) -> dict[str, list[tuple[int, float]]]:
     """Per-epoch curves a trial logged (metric keys under `prefix`), as (step, value) lists."""
     from mlflow import MlflowClient
 
@@ -327,5 +396,5 @@ def metric_history(run_id: str, tracking_uri: str, prefix: str = "train/") -> di
     for key in run.data.metrics:
         if key.startswith(prefix):
             hist = client.get_metric_history(run_id, key)
-            out[key[len(prefix):]] = sorted((m.step, m.value) for m in hist)
+            out[key[len(prefix) :]] = sorted((m.step, m.value) for m in hist)
     return out

@@ -37,7 +37,7 @@ def curves_section(record: StudyRecord, out: Path, rel: str) -> str | None:
     for t in best_per_method(record):
         h = metric_history(t.run_id, record.tracking_uri)
         # with several seeds the curves are logged per seed ("seed0/index/loss"): draw the first seed's
-        h = {k[len("seed0/"):]: v for k, v in h.items() if k.startswith("seed0/")} or h
+        h = {k[len("seed0/") :]: v for k, v in h.items() if k.startswith("seed0/")} or h
         keep = [k for k in CURVE_KEYS if len(h.get(k, ())) > 1]
         if keep:
             histories[label(t, record)] = {CURVE_KEYS[k]: h[k] for k in keep}
@@ -45,11 +45,15 @@ def curves_section(record: StudyRecord, out: Path, rel: str) -> str | None:
             break
     if not histories:
         return None
-    fig = plots.training_curves(histories, out / "training_curves.png", f"{record.name}: training curves of the chosen trials")
-    return ("Per-epoch training logs of the chosen trial of each trained method (the first seed when there are "
-            "several; x: epochs over all phases). Training is seeded and deterministic, so trials that share their "
-            f"indexing settings draw the same indexing curve and hide each other.\n\n![training curves]({rel}/{fig.name})")
-
+    fig = plots.training_curves(
+        histories, out / "training_curves.png", f"{record.name}: training curves of the chosen trials"
+    )
+    return (
+        "Per-epoch training logs of the chosen trial of each trained method (the first seed when there are "
+        "several; x: epochs over all phases). Training is seeded and deterministic, so trials that share "
+        "their indexing settings draw the same indexing curve and hide each other.\n\n![training "
+        f"curves]({rel}/{fig.name})"
+    )
 
 
 def _class_names(images, positions: np.ndarray) -> list[str]:
@@ -77,14 +81,22 @@ def _caption_grid(ids: np.ndarray, sets, relevance, out: Path, rel: str, t, name
     imgs = sets.corpus.images.numpy()
     results = np.where((top >= 0)[..., None, None, None], imgs[np.maximum(top, 0)], 0).astype(np.uint8)
     own = queries.image[first]
-    fig = plots.caption_grid(queries.texts[first].tolist(), imgs[own], results, relevance.gather(ids)[first, :k],
-                             top == own[:, None], out / "query_grid.png",
-                             f"chosen trial #{t.number} {name}: test captions -> top {k}",
-                             result_labels=[_class_names(sets.corpus, row) for row in top])
-    return (f"Caption → top-{k} for the chosen trial (#{t.number}, {name}): each test caption (phrased as no training "
-            "caption is) above its row, then the image it describes (blue) and the results with their categories; "
-            "green frames share a category with the caption's own image, '(own)' marks the image itself:\n\n"
-            f"![query grid]({rel}/{fig.name})")
+    fig = plots.caption_grid(
+        queries.texts[first].tolist(),
+        imgs[own],
+        results,
+        relevance.gather(ids)[first, :k],
+        top == own[:, None],
+        out / "query_grid.png",
+        f"chosen trial #{t.number} {name}: test captions -> top {k}",
+        result_labels=[_class_names(sets.corpus, row) for row in top],
+    )
+    return (
+        f"Caption → top-{k} for the chosen trial (#{t.number}, {name}): each test caption (phrased as no "
+        "training caption is) above its row, then the image it describes (blue) and the results with their "
+        "categories; green frames share a category with the caption's own image, '(own)' marks the image "
+        f"itself:\n\n![query grid]({rel}/{fig.name})"
+    )
 
 
 def precision_and_grid_section(record: StudyRecord, out: Path, rel: str, cache: dict) -> str | None:
@@ -114,17 +126,29 @@ def precision_and_grid_section(record: StudyRecord, out: Path, rel: str, cache: 
             k = min(GRID_K, ids.shape[1])
             top = ids[:n_q, :k]
             imgs = sets.corpus.images.numpy()
-            results = np.where((top >= 0)[..., None, None, None], imgs[np.maximum(top, 0)], 0).astype(np.uint8)
-            fig = plots.retrieval_grid(sets.test.images[:n_q].numpy(), results, relevance.gather(ids)[:n_q, :k],
-                                       out / "query_grid.png", f"chosen trial #{t.number} {name}: test queries -> top {k}",
-                                       query_labels=_class_names(sets.test, np.arange(n_q)),
-                                       result_labels=[_class_names(sets.corpus, row) for row in top])
-            parts.append(f"Query → top-{k} for the chosen trial (#{t.number}, {name}), class names under each image; "
-                         "green frames are relevant results:\n\n"
-                         f"![query grid]({rel}/{fig.name})")
+            results = np.where((top >= 0)[..., None, None, None], imgs[np.maximum(top, 0)], 0).astype(
+                np.uint8
+            )
+            fig = plots.retrieval_grid(
+                sets.test.images[:n_q].numpy(),
+                results,
+                relevance.gather(ids)[:n_q, :k],
+                out / "query_grid.png",
+                f"chosen trial #{t.number} {name}: test queries -> top {k}",
+                query_labels=_class_names(sets.test, np.arange(n_q)),
+                result_labels=[_class_names(sets.corpus, row) for row in top],
+            )
+            parts.append(
+                f"Query → top-{k} for the chosen trial (#{t.number}, {name}), class names under each image; "
+                "green frames are relevant results:\n\n"
+                f"![query grid]({rel}/{fig.name})"
+            )
             grid_done = True
     if curves:
         fig = plots.precision_curve(curves, chance, out / "precision_at_k.png", f"{record.name}: Precision@K")
-        parts.insert(0, f"Precision@K for K = 1..100, best trial per method, test queries (dotted: chance):\n\n"
-                        f"![precision at K]({rel}/{fig.name})")
+        parts.insert(
+            0,
+            f"Precision@K for K = 1..100, best trial per method, test queries (dotted: chance):\n\n"
+            f"![precision at K]({rel}/{fig.name})",
+        )
     return "\n\n".join(parts) if parts else None

@@ -41,7 +41,9 @@ def fmt_ci(mean: float | None, ci: float | None, bounds: tuple[float, float] = (
 CHANCE_MARK = "≈ chance"  # a result whose 95% CI reaches the chance level (see `near_chance`)
 
 
-def near_chance(mean: float | None, ci: float | None, chance: float | None, higher_is_better: bool = True) -> bool:
+def near_chance(
+    mean: float | None, ci: float | None, chance: float | None, higher_is_better: bool = True
+) -> bool:
     """True when a result is not clear of chance by its CI: the lower end of its 95% CI is not
     above the chance level (for a lower-is-better metric, the upper end not below it). False
     when the chance level or the CI is unknown: there is nothing to compare."""
@@ -61,7 +63,6 @@ def label(t: TrialRecord, record: StudyRecord) -> str:
     parts = [t.method] if len(record.resolved.get("methods", {})) > 1 else []
     parts += [f"{k}={v}" for k, v in sampled.items()]
     return " ".join(parts) or f"trial {t.number}"
-
 
 
 def sort_value(v: str) -> tuple:

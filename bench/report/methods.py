@@ -34,25 +34,48 @@ def methods_section(record: StudyRecord) -> str:
         query = dict(method.get("query", {}))
         defaults, query_defaults = _defaults(retriever)
         # a searched parameter is this method's when its retriever has it (or is unknown here)
-        searched = {k: range_text(v) for k, v in space.items() if k != "method" and not k.startswith(("dataset.", "query."))
-                    and (not defaults or k in defaults or k in params)}
-        searched_query = {k[len("query."):]: range_text(v) for k, v in space.items() if k.startswith("query.")
-                          and (not query_defaults or k[len("query."):] in query_defaults or k[len("query."):] in query)}
-        tuned = {k: range_text(v) for k, v in ((record.resolved.get("tune") or {}).get("methods") or {}).get(name, {}).items()}
+        searched = {
+            k: range_text(v)
+            for k, v in space.items()
+            if k != "method"
+            and not k.startswith(("dataset.", "query."))
+            and (not defaults or k in defaults or k in params)
+        }
+        searched_query = {
+            k[len("query.") :]: range_text(v)
+            for k, v in space.items()
+            if k.startswith("query.")
+            and (not query_defaults or k[len("query.") :] in query_defaults or k[len("query.") :] in query)
+        }
+        tuned = {
+            k: range_text(v)
+            for k, v in ((record.resolved.get("tune") or {}).get("methods") or {}).get(name, {}).items()
+        }
         rows = [f"{k}={_value(v)}" for k, v in params.items() if k not in searched and k not in tuned]
         rows += [f"{k}={v} (searched)" for k, v in searched.items()]
         rows += [f"{k}={v} (tuned, see Tuning)" for k, v in tuned.items()]
-        rest = [f"{k}={_value(v)}" for k, v in defaults.items() if k not in params and k not in searched and k not in tuned]
-        query_rows = [f"{k}={_value(v)}" for k, v in {**query_defaults, **query}.items() if k not in searched_query]
+        rest = [
+            f"{k}={_value(v)}"
+            for k, v in defaults.items()
+            if k not in params and k not in searched and k not in tuned
+        ]
+        query_rows = [
+            f"{k}={_value(v)}" for k, v in {**query_defaults, **query}.items() if k not in searched_query
+        ]
         query_rows += [f"{k}={v} (searched)" for k, v in searched_query.items()]
-        lines = [f"- **{name}**: retriever `{retriever}`",
-                 f"  - build parameters: {', '.join(rows) or 'none set'}"]
+        lines = [
+            f"- **{name}**: retriever `{retriever}`",
+            f"  - build parameters: {', '.join(rows) or 'none set'}",
+        ]
         if rest:
             lines.append(f"  - at the retriever's defaults: {', '.join(rest)}")
         lines.append(f"  - query arguments: {', '.join(query_rows) or 'none'}")
         blocks.append("\n".join(lines))
-    return ("Methods as resolved at this scale (scale preset < `fixed` < `views` < the method's `params` < `--set`); "
-            "defaults are those of the retriever in the code that wrote this report.\n\n" + "\n".join(blocks))
+    return (
+        "Methods as resolved at this scale (scale preset < `fixed` < `views` < the method's `params` < "
+        "`--set`); "
+        "defaults are those of the retriever in the code that wrote this report.\n\n" + "\n".join(blocks)
+    )
 
 
 def _defaults(retriever: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -63,7 +86,9 @@ def _defaults(retriever: str) -> tuple[dict[str, Any], dict[str, Any]]:
     cls = registered().get(retriever)
     if cls is None:
         return {}, {}
-    return {p.name: p.default for p in retriever_params(cls) if p.name not in RESERVED}, dict(cls.query_defaults)
+    return {p.name: p.default for p in retriever_params(cls) if p.name not in RESERVED}, dict(
+        cls.query_defaults
+    )
 
 
 def range_text(spec: dict[str, Any]) -> str:

@@ -73,7 +73,10 @@ def _seed_differences(a: list[SeedRanking], b: list[SeedRanking], metric: str) -
     for x in a:
         for y in b:
             if x.seed_index == y.seed_index and x.test_key == y.test_key:
-                out.append(per_query(x.ids, x.relevance, [metric])[metric] - per_query(y.ids, y.relevance, [metric])[metric])
+                out.append(
+                    per_query(x.ids, x.relevance, [metric])[metric]
+                    - per_query(y.ids, y.relevance, [metric])[metric]
+                )
     return out
 
 
@@ -83,17 +86,25 @@ def _pairs(record: StudyRecord) -> list[tuple[str, TrialRecord, bool, TrialRecor
     groups: dict[tuple, list[TrialRecord]] = defaultdict(list)
     for t in record.trials:
         if t.choice_value(metric) is not None:
-            groups[tuple(sorted((k, str(v)) for k, v in t.sampled.items() if k.startswith("dataset.")))].append(t)
+            groups[
+                tuple(sorted((k, str(v)) for k, v in t.sampled.items() if k.startswith("dataset.")))
+            ].append(t)
     out = []
     for key, trials in sorted(groups.items(), key=lambda kv: [sort_value(v) for _, v in kv[0]]):
         if len(trials) < 2:
             continue
-        split = " ".join(f"{k[len('dataset.'):]}={v}" for k, v in key)
+        split = " ".join(f"{k[len('dataset.') :]}={v}" for k, v in key)
         trials = sorted(trials, key=lambda t: -sign * t.choice_value(metric))
-        label_matched = [next(t for t in trials if t.retriever == name)
-                         for name in LABEL_MATCHED if any(t.retriever == name for t in trials)]
-        named = [next(t for t in trials if name in (t.method, t.retriever))  # report.compare_with: for every trial
-                 for name in record.compare_with if any(name in (t.method, t.retriever) for t in trials)]
+        label_matched = [
+            next(t for t in trials if t.retriever == name)
+            for name in LABEL_MATCHED
+            if any(t.retriever == name for t in trials)
+        ]
+        named = [
+            next(t for t in trials if name in (t.method, t.retriever))  # report.compare_with: for every trial
+            for name in record.compare_with
+            if any(name in (t.method, t.retriever) for t in trials)
+        ]
         for_all = {trials[0].number} | {t.number for t in named}
         seen = set()
         for ref in {r.number: r for r in [trials[0], *named, *label_matched]}.values():
@@ -137,9 +148,14 @@ def paired_family(parts: list[tuple[str, StudyRecord, Path]], cache: dict) -> Pa
             comparisons.append(Comparison(protocol, split, ref, chosen, t, seed_level, pooled))
     if not comparisons:
         return None
-    return PairedFamily(metric, test, margin, comparisons,
-                        holm([c.seed_level.p_value for c in comparisons]),
-                        holm([c.seed_level.p_equivalence for c in comparisons]))
+    return PairedFamily(
+        metric,
+        test,
+        margin,
+        comparisons,
+        holm([c.seed_level.p_value for c in comparisons]),
+        holm([c.seed_level.p_equivalence for c in comparisons]),
+    )
 
 
 def _interval(d: SeedLevelDifference) -> str:
@@ -158,43 +174,83 @@ def paired_section(family: PairedFamily | None, record: StudyRecord, protocol: s
     metric, margin = family.metric, family.margin
 
     def _short(t: TrialRecord) -> str:  # its label without the split, which has its own column
-        return " ".join(w for w in label(t, record).split() if not w.startswith("dataset.")) or f"trial {t.number}"
+        return (
+            " ".join(w for w in label(t, record).split() if not w.startswith("dataset."))
+            or f"trial {t.number}"
+        )
 
     rows = []
     for i in rows_of:
         c = family.comparisons[i]
-        row = [c.split or "—", f"#{c.reference.number} {_short(c.reference)}" + (" (chosen)" if c.reference_is_chosen else ""),
-                f"#{c.trial.number} {_short(c.trial)}", _interval(c.seed_level), fmt_p(c.seed_level.p_value),
-                fmt_p(family.p_holm[i])]
+        row = [
+            c.split or "—",
+            f"#{c.reference.number} {_short(c.reference)}" + (" (chosen)" if c.reference_is_chosen else ""),
+            f"#{c.trial.number} {_short(c.trial)}",
+            _interval(c.seed_level),
+            fmt_p(c.seed_level.p_value),
+            fmt_p(family.p_holm[i]),
+        ]
         if margin is not None:
             row.append(fmt_p(family.p_equivalence_holm[i]))
-        row += [family.verdict(i), str(c.seed_level.n_seeds),
-                f"{c.pooled.mean:+.4f} ± {fmt(c.pooled.ci95)}", fmt_p(c.pooled.p_value), str(c.pooled.n)]
+        row += [
+            family.verdict(i),
+            str(c.seed_level.n_seeds),
+            f"{c.pooled.mean:+.4f} ± {fmt(c.pooled.ci95)}",
+            fmt_p(c.pooled.p_value),
+            str(c.pooled.n),
+        ]
         rows.append(row)
-    header = ["split", "reference (B)", "trial (A)", f"Δ {metric} A − B, seed-level [95% interval]", "p", "Holm p"]
+    header = [
+        "split",
+        "reference (B)",
+        "trial (A)",
+        f"Δ {metric} A − B, seed-level [95% interval]",
+        "p",
+        "Holm p",
+    ]
     if margin is not None:
         header.append(f"equivalence p (±{margin:g}, Holm)")
     header += ["verdict", "seeds", "Δ pooled queries ± CI (secondary)", "Wilcoxon p (secondary)", "pairs"]
-    n_all, n_protocols = len(family.comparisons), len({c.protocol for c in family.comparisons})
-    how = ("a two-level bootstrap (seeds drawn with replacement, then the test queries within each drawn seed; "
-           "percentile interval, the p-value that inverts it)" if family.test == "bootstrap"
-           else "a paired Student t over the per-seed mean differences")
-    text = (
-        "Each trial against the chosen trial of its split (best "
-        f"{metric} on the validation queries); each trial that learns from labels also against the chosen trial of "
-        "each label-matched baseline (`classifier`, `dual-encoder`) present"
-        + (f"; every trial also against the chosen trial of {', '.join(f'`{n}`' for n in record.compare_with)} "
-           "(the study's `report.compare_with`)" if record.compare_with else "")
-        + f". **The seed is the unit of inference:** Δ is the mean over seeds of the per-seed mean difference in test "
-        f"{metric} (trial − reference, every seed one training run on one split), tested by {how}. Holm runs over all "
-        f"{n_all} comparisons of this report" + (f" (all {n_protocols} protocols)" if n_protocols > 1 else "")
-        + f", family-wise error {ALPHA:.0%}. "
-        + (f"A tie is claimed only when two one-sided tests show |Δ| < {margin:g} (equivalence p, Holm over the same "
-           f"{n_all} comparisons); " if margin is not None
-           else "The study states no equivalence margin (`report: {equivalence_margin: ...}`), so no tie is claimed; ")
-        + "otherwise the verdict is \"undecided\". "
-        + f"Fewer than {MIN_SEEDS_FOR_FINDING} seeds make a verdict exploratory, not a finding. "
-        "The last columns treat every (seed, query) pair as independent (paired t interval, Wilcoxon signed-rank "
-        "p, not Holm-corrected): they describe these trained models on these queries, not the methods."
-    )
+    text = _paired_text(family, record)
     return text + "\n\n" + md_table(header, rows)
+
+
+def _paired_text(family: PairedFamily, record: StudyRecord) -> str:
+    """How the comparisons of `paired_section` were made and tested."""
+    metric, margin = family.metric, family.margin
+    n_all, n_protocols = len(family.comparisons), len({c.protocol for c in family.comparisons})
+    how = (
+        "a two-level bootstrap (seeds drawn with replacement, then the test queries within each drawn seed; "
+        "percentile interval, the p-value that inverts it)"
+        if family.test == "bootstrap"
+        else "a paired Student t over the per-seed mean differences"
+    )
+    text = (
+        f"Each trial against the chosen trial of its split (best {metric} on the validation queries); each "
+        "trial that learns from labels also against the chosen trial of each label-matched baseline "
+        "(`classifier`, `dual-encoder`) present"
+        + (
+            "; every trial also against the chosen trial of "
+            f"{', '.join(f'`{n}`' for n in record.compare_with)} (the study's `report.compare_with`)"
+            if record.compare_with
+            else ""
+        )
+        + ". **The seed is the unit of inference:** Δ is the mean over seeds of the per-seed mean "
+        f"difference in test {metric} (trial − reference, every seed one training run on one split), tested "
+        f"by {how}. Holm runs over all {n_all} comparisons of this report"
+        + (f" (all {n_protocols} protocols)" if n_protocols > 1 else "")
+        + f", family-wise error {ALPHA:.0%}. "
+        + (
+            f"A tie is claimed only when two one-sided tests show |Δ| < {margin:g} (equivalence p, Holm over "
+            f"the same {n_all} comparisons); "
+            if margin is not None
+            else "The study states no equivalence margin (`report: {equivalence_margin: ...}`), so no tie is "
+            "claimed; "
+        )
+        + 'otherwise the verdict is "undecided". '
+        + f"Fewer than {MIN_SEEDS_FOR_FINDING} seeds make a verdict exploratory, not a finding. "
+        "The last columns treat every (seed, query) pair as independent (paired t interval, Wilcoxon "
+        "signed-rank p, not Holm-corrected): they describe these trained models on these queries, not the "
+        "methods."
+    )
+    return text

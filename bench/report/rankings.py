@@ -67,7 +67,9 @@ def seed_rankings(t: TrialRecord, record: StudyRecord, out: Path, cache: dict) -
     seeds = []
     for i in range(len(arrays.get("seeds", [0]))):
         if f"test_{i}" in arrays:
-            split = Split(*(arrays[f"{part}_{i}"] for part in ("idb", "train", "val", "test")), params=run.split.params)
+            split = Split(
+                *(arrays[f"{part}_{i}"] for part in ("idb", "train", "val", "test")), params=run.split.params
+            )
         elif i == 0:  # a run logged before per-seed splits were stored
             split = run.split
         else:
@@ -83,7 +85,9 @@ def seed_rankings(t: TrialRecord, record: StudyRecord, out: Path, cache: dict) -
     return seeds
 
 
-def test_ranking(t: TrialRecord, record: StudyRecord, out: Path, cache: dict) -> tuple[np.ndarray, Any, Any] | None:
+def test_ranking(
+    t: TrialRecord, record: StudyRecord, out: Path, cache: dict
+) -> tuple[np.ndarray, Any, Any] | None:
     """The first seed's test ranking of a trial, its split's image sets and its relevance."""
     seeds = seed_rankings(t, record, out, cache)
     return (seeds[0].ids, seeds[0].sets, seeds[0].relevance) if seeds else None
@@ -119,6 +123,9 @@ def seen_in_training_section(record: StudyRecord, out: Path, cache: dict) -> str
     if not rows:
         return None
     header = ["method", "learns from"] + [f"{m} {side}" for m in names for side in split.labels]
-    return (split.what + " A method that only learnt its training pairs or labels does well on the first column "
-            "and not the second; a label-free method cannot tell them apart. Means over the pooled test queries of "
-            "all seeds ± the 95% CI over those queries.\n\n" + md_table(header, rows))
+    return (
+        split.what + " A method that only learnt its training pairs or labels does well on the first column "
+        "and not the second; a label-free method cannot tell them apart. Means over the pooled test queries "
+        "of "
+        "all seeds ± the 95% CI over those queries.\n\n" + md_table(header, rows)
+    )

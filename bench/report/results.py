@@ -1,6 +1,6 @@
 """The tables of a report (bench.report): the set-up header, one row per trial, the chosen
-trial, failed trials, parameter importances (fANOVA) and, for studies with
-`report: {paper_table: true}`, the paper's Table 1 beside ours (bench/paper.py). Tables
+trial, failed trials and, for studies with `report: {paper_table: true}`, the paper's Table 1
+beside ours (bench/paper.py); parameter importances are in bench.report.importances. Tables
 whose rows are trials are built from the study's run DataFrame (`StudyRecord.runs`)."""
 
 from __future__ import annotations
@@ -23,26 +23,43 @@ from vitdsi.data.protocols import get_protocol
 
 def header_section(record: StudyRecord) -> str:
     tags, ds = record.tags, record.resolved.get("dataset", {})
-    searched = {k[len("dataset."):] for t in record.trials for k in t.sampled if k.startswith("dataset.")}
+    searched = {k[len("dataset.") :] for t in record.trials for k in t.sampled if k.startswith("dataset.")}
 
     def _ds(field: str) -> str:  # a dataset field the study searches varies per trial: say so
         return "per trial (see the results)" if field in searched else str(ds.get(field))
 
-    versions = ", ".join(f"{k[len('version.'):]} {v}" for k, v in sorted(tags.items()) if k.startswith("version."))
+    versions = ", ".join(
+        f"{k[len('version.') :]} {v}" for k, v in sorted(tags.items()) if k.startswith("version.")
+    )
     device = tags.get("device", "?")
     if tags.get("device.name"):
         device += f" ({tags['device.name']})"
     rows = [
         ["report written", dt.datetime.now().strftime("%Y-%m-%d %H:%M")],
-        ["study run", f"`{record.run_id}` (experiment {record.experiment_id}), Optuna study `{tags.get('optuna.study_name', '?')}`"],
-        ["git", f"`{tags.get('git.sha', '?')[:12]}`" + (f" (dirty tree: {tags.get('git.changed', 'files not recorded')})" if tags.get("git.dirty") == "true" else "")],
+        [
+            "study run",
+            f"`{record.run_id}` (experiment {record.experiment_id}), Optuna study "
+            f"`{tags.get('optuna.study_name', '?')}`",
+        ],
+        [
+            "git",
+            f"`{tags.get('git.sha', '?')[:12]}`"
+            + (
+                f" (dirty tree: {tags.get('git.changed', 'files not recorded')})"
+                if tags.get("git.dirty") == "true"
+                else ""
+            ),
+        ],
         ["device", device],
         ["packages", versions or "?"],
         ["scale", record.scale],
         ["dataset", _dataset_row(ds, kind_of(record.resolved), _ds)],
         ["protocol", "per trial (see the results)" if "protocol" in searched else protocol_description(ds)],
-        ["objective", f"{record.objective} ({record.direction}), sampler {record.params.get('sampler')}, "
-                      f"repeats {record.params.get('repeats')} seed(s) per trial"],
+        [
+            "objective",
+            f"{record.objective} ({record.direction}), sampler {record.params.get('sampler')}, "
+            f"repeats {record.params.get('repeats')} seed(s) per trial",
+        ],
         ["trials", f"{len(record.trials)} finished"],
         ["training views", views_text(record)],
         ["overrides", overrides_text(record)],
@@ -56,8 +73,10 @@ def _dataset_row(ds: dict, kind: tuple | None, field) -> str:
     described = kind[0].dataset_text(kind[1], where, field("n_total"), ds) if kind is not None else None
     if described is not None:
         return described
-    return (f"{where}, n_total {field('n_total')}, split_ratio {field('split_ratio')}, "
-            f"queries train/val/test {ds.get('query_fractions')}, split seed {ds.get('seed')}")
+    return (
+        f"{where}, n_total {field('n_total')}, split_ratio {field('split_ratio')}, "
+        f"queries train/val/test {ds.get('query_fractions')}, split seed {ds.get('seed')}"
+    )
 
 
 def protocol_description(ds: dict) -> str:
@@ -67,7 +86,11 @@ def protocol_description(ds: dict) -> str:
     return protocol.describe(protocol.make_options(given))
 
 
-HEADLINE_METRIC = {"instance": "R@1", "graded": "nDCG@10", "text": "R@1"}  # per protocol; others: the objective
+HEADLINE_METRIC = {
+    "instance": "R@1",
+    "graded": "nDCG@10",
+    "text": "R@1",
+}  # per protocol; others: the objective
 
 
 def across_protocols_section(record: StudyRecord) -> str:
@@ -92,14 +115,26 @@ def across_protocols_section(record: StudyRecord) -> str:
                 continue
             m = t.metrics.get(metric)
             row["pick"][p] = v
-            row["cells"][p] = "n/a" if m is None else fmt_ci(m.mean, m.ci95) + (
-                f" {CHANCE_MARK}" if near_chance(m.mean, m.ci95, m.chance, _higher_is_better(metric)) else "")
-    body = [[method, r["learns from"], *(r["cells"].get(p, "—") for p in protocols)] for method, r in rows.items()]
-    return ("The headline metric of each protocol per method (test, mean over seeds ± the 95% CI across seeds): "
-            "R@1 under `instance`, where each query has one relevant image, the objective otherwise. Each protocol "
-            "has its own relevance and chance, so compare within a column; the per-protocol sections below have "
-            "every metric, paired tests and the label-matched baselines beside each DSI.\n\n"
-            + md_table(["method", "learns from", *columns], body))
+            row["cells"][p] = (
+                "n/a"
+                if m is None
+                else fmt_ci(m.mean, m.ci95)
+                + (
+                    f" {CHANCE_MARK}"
+                    if near_chance(m.mean, m.ci95, m.chance, _higher_is_better(metric))
+                    else ""
+                )
+            )
+    body = [
+        [method, r["learns from"], *(r["cells"].get(p, "—") for p in protocols)] for method, r in rows.items()
+    ]
+    return (
+        "The headline metric of each protocol per method (test, mean over seeds ± the 95% CI across seeds): "
+        "R@1 under `instance`, where each query has one relevant image, the objective otherwise. Each "
+        "protocol has its own relevance and chance, so compare within a column; the per-protocol sections "
+        "below have every metric, paired tests and the label-matched baselines beside each DSI.\n\n"
+        + md_table(["method", "learns from", *columns], body)
+    )
 
 
 def results_section(record: StudyRecord) -> str:
@@ -113,11 +148,18 @@ def results_section(record: StudyRecord) -> str:
     best = record.best()
     cols: dict[str, Any] = {
         "#": record.runs["number"].astype(str),
-        "trial": [label(t, record) + (" **(chosen)**" if best is not None and t is best else "") for t in record.trials],
+        "trial": [
+            label(t, record) + (" **(chosen)**" if best is not None and t is best else "")
+            for t in record.trials
+        ],
         "learns from": record.column("tags.supervision", "not recorded").fillna("not recorded"),
     }
     ia = next((tables[m]["n"] for m in names if m.startswith("IA@")), None)
-    indexed = record.column("metrics.n_indexed") if ia is None else ia.where(ia > 0, record.column("metrics.n_indexed"))
+    indexed = (
+        record.column("metrics.n_indexed")
+        if ia is None
+        else ia.where(ia > 0, record.column("metrics.n_indexed"))
+    )
     test = next((tables[m]["n"] for m in names if not m.startswith("IA@")), None)
     cols["indexed"] = _counts(indexed)
     cols["test queries"] = _counts(test if test is not None else record.column("metrics.none"))
@@ -133,41 +175,67 @@ def results_section(record: StudyRecord) -> str:
             cells = cells + chance.map(lambda c: "" if pd.isna(c) else f" (chance {fmt(c)})")
         cols[_metric_header(m, shared_chance[m])] = cells
     if seeds > 1:
-        cols[f"{objective} ± CI over queries"] = _ci_cells(tables[objective]["mean"], tables[objective]["ci95_queries"])
+        cols[f"{objective} ± CI over queries"] = _ci_cells(
+            tables[objective]["mean"], tables[objective]["ci95_queries"]
+        )
     cols["training"] = [convergence_cell(t) for t in record.trials]
     cols["index s"] = record.column("metrics.index_seconds").map(lambda v: fmt(v, 1))
     cols["ms / query"] = record.column("metrics.query_ms").map(lambda v: fmt(v, 2))
     table = pd.DataFrame(cols, index=record.runs.index)
-    note = ("Metric columns are test numbers: the mean over all test queries (IA@K: over all indexed images) ± the "
-            "half-width of its 95% Student-t confidence interval; with several seeds (each with its own split and "
-            "training seed), the mean over seeds ± the CI across seeds"
-            + (f", and the last {objective} column gives the CI over the pooled queries of all seeds" if seeds > 1 else "")
-            + ". Chance is the exact expectation under a uniformly random ranking of the same split; "
-            f"*{CHANCE_MARK}* marks a result whose 95% CI reaches it (for higher-is-better metrics: mean − CI ≤ "
-            "chance), which is not clear of chance. "
-            + (f"Model choice (Optuna's objective, the chosen trial) reads only the {objective} of the validation "
-               "queries; test queries are never used to choose. " if has_val else
-               "These runs logged no validation metrics, so model choice read test numbers. ")
-            + "*Training* says whether every seed's training converged (a validation plateau before the epoch cap "
-              "and, for a DSI, IA@1 at its target) and names what failed otherwise. "
-            + "*Learns from* says what reached training besides the corpus pixels: with class-identity relevance a "
-              "method that learns from labels is rewarded for classifying, so compare it with a label-matched "
-              "baseline (`classifier`, `dual-encoder`), not only with label-free ones.")
+    note = (
+        "Metric columns are test numbers: the mean over all test queries (IA@K: over all indexed images) ± "
+        "the half-width of its 95% Student-t confidence interval; with several seeds (each with its own "
+        "split and training seed), the mean over seeds ± the CI across seeds"
+        + (
+            f", and the last {objective} column gives the CI over the pooled queries of all seeds"
+            if seeds > 1
+            else ""
+        )
+        + ". Chance is the exact expectation under a uniformly random ranking of the same split; "
+        f"*{CHANCE_MARK}* marks a result whose 95% CI reaches it (for higher-is-better metrics: mean − CI ≤ "
+        "chance), which is not clear of chance. "
+        + (
+            f"Model choice (Optuna's objective, the chosen trial) reads only the {objective} of the "
+            "validation queries; test queries are never used to choose. "
+            if has_val
+            else "These runs logged no validation metrics, so model choice read test numbers. "
+        )
+        + "*Training* says whether every seed's training converged (a validation plateau before the epoch "
+        "cap and, for a DSI, IA@1 at its target) and names what failed otherwise. "
+        + "*Learns from* says what reached training besides the corpus pixels: with class-identity relevance "
+        "a method that learns from labels is rewarded for classifying, so compare it with a label-matched "
+        "baseline (`classifier`, `dual-encoder`), not only with label-free ones."
+    )
+    warnings = _results_warnings(record, names, tables, shared_chance)
+    return "\n\n".join([md_table(list(table.columns), table.values.tolist()), note, *warnings])
+
+
+def _results_warnings(record: StudyRecord, names: list[str], tables: dict, shared_chance: dict) -> list[str]:
+    """The warnings under the results table: few test queries, metrics at chance 1, IA@K after
+    fine-tuning."""
     warnings = []
-    few = sorted({int(n) for m in names if not m.startswith("IA@") for n in tables[m]["n"].dropna() if n < 30})
+    few = sorted(
+        {int(n) for m in names if not m.startswith("IA@") for n in tables[m]["n"].dropna() if n < 30}
+    )
     if few:
-        warnings.append(f"**Warning:** some splits have only {', '.join(map(str, few))} test queries (fewer than 30): "
-                        "their intervals are wide and a Student-t CI is only approximate at that size.")
+        warnings.append(
+            f"**Warning:** some splits have only {', '.join(map(str, few))} test queries (fewer than 30): "
+            "their intervals are wide and a Student-t CI is only approximate at that size."
+        )
     useless = [m for m in names if shared_chance[m] is not None and _no_information(m, shared_chance[m])]
     if useless:
-        warnings.append(f"{', '.join(useless)}: chance is {fmt(1.0)}, so every ranking scores it (e.g. R@100 with at "
-                        "most 100 indexed images): the column carries no information.")
+        warnings.append(
+            f"{', '.join(useless)}: chance is {fmt(1.0)}, so every ranking scores it (e.g. R@100 with at "
+            "most 100 indexed images): the column carries no information."
+        )
     if (record.column("params.mode") == "fine-tuned").any() and any(m.startswith("IA@") for m in names):
-        warnings.append("IA@K of fine-tuned DSIs: fine-tuning trains each train query to the id of a random relevant "
-                        "(same-class) image, with no indexing examples left in the batches, so the model stops mapping "
-                        "an indexed image to its own id and IA@1 falls towards the share of its class (catastrophic "
-                        "forgetting of the index). The multitask mode keeps indexing examples in every batch to avoid it.")
-    return "\n\n".join([md_table(list(table.columns), table.values.tolist()), note, *warnings])
+        warnings.append(
+            "IA@K of fine-tuned DSIs: fine-tuning trains each train query to the id of a random relevant "
+            "(same-class) image, with no indexing examples left in the batches, so the model stops mapping "
+            "an indexed image to its own id and IA@1 falls towards the share of its class (catastrophic "
+            "forgetting of the index). The multitask mode keeps indexing examples in every batch to avoid it."
+        )
+    return warnings
 
 
 def _ci_cells(mean: pd.Series, ci: pd.Series) -> pd.Series:
@@ -176,10 +244,15 @@ def _ci_cells(mean: pd.Series, ci: pd.Series) -> pd.Series:
 
 
 def _chance_marks(metric: str, table: pd.DataFrame) -> pd.Series:
-    """" ≈ chance" after each cell whose result is not clear of chance by its CI (`near_chance`)."""
+    """ " ≈ chance" after each cell whose result is not clear of chance by its CI (`near_chance`)."""
     higher = _higher_is_better(metric)
-    return pd.Series([f" {CHANCE_MARK}" if near_chance(m, c, ch, higher) else ""
-                      for m, c, ch in zip(table["mean"], table["ci95"], table["chance"])], index=table.index)
+    return pd.Series(
+        [
+            f" {CHANCE_MARK}" if near_chance(m, c, ch, higher) else ""
+            for m, c, ch in zip(table["mean"], table["ci95"], table["chance"])
+        ],
+        index=table.index,
+    )
 
 
 def _counts(n: pd.Series) -> pd.Series:
@@ -219,11 +292,13 @@ def best_section(record: StudyRecord) -> str:
         return "No finished trial has the objective metric."
     m = best.metrics[record.objective]
     split = best.choice_split(record.objective)
-    return (f"Chosen trial (best {record.objective} on the {split}): **#{best.number} {label(best, record)}** "
-            f"with {fmt(best.choice_value(record.objective))} there; its test {record.objective} = "
-            f"{fmt_ci(m.mean, m.ci95)} (chance {fmt(m.chance)}). "
-            f"Run `{best.run_id}`; query its index with `bench search --run {best.run_id} "
-            + ('--text "CAPTION"`.' if best.params.get("dataset.protocol") == "text" else "IMAGE...`."))
+    return (
+        f"Chosen trial (best {record.objective} on the {split}): **#{best.number} {label(best, record)}** "
+        f"with {fmt(best.choice_value(record.objective))} there; its test {record.objective} = "
+        f"{fmt_ci(m.mean, m.ci95)} (chance {fmt(m.chance)}). "
+        f"Run `{best.run_id}`; query its index with `bench search --run {best.run_id} "
+        + ('--text "CAPTION"`.' if best.params.get("dataset.protocol") == "text" else "IMAGE...`.")
+    )
 
 
 def failed_section(record: StudyRecord) -> str | None:
@@ -235,51 +310,20 @@ def failed_section(record: StudyRecord) -> str | None:
     for f in record.failed:
         later = done.get(json.dumps(f.sampled, sort_keys=True, default=str))
         label = ", ".join(f"{k}={v}" for k, v in f.sampled.items()) or f"trial {f.number}"
-        rows.append([str(f.number), label, f.status, f.error[:200] or "—",
-                     f"yes, by #{later}" if later is not None else "**no**"])
-    return ("Trial runs that did not finish (FAILED: an error; KILLED: Ctrl-C or SIGTERM). `bench run` retries a "
-            "failed grid point before any new one.\n\n"
-            + md_table(["#", "trial", "status", "error", "point completed later"], rows))
-
-
-def importance_section(record: StudyRecord) -> str | None:
-    space = record.resolved.get("space", {})
-    if len(space) < 2 or len(record.trials) < 4:
-        return None
-    import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    dists = {}
-    for key, spec in space.items():
-        kind = spec.get("type")
-        if kind == "categorical":
-            dists[key] = CategoricalDistribution([json_safe(c) for c in spec["choices"]])
-        elif kind == "int":
-            dists[key] = IntDistribution(spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step") or 1)
-        elif kind == "float":
-            dists[key] = FloatDistribution(spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step"))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction=record.direction)
-    for t in record.trials:
-        value = t.value(record.objective)
-        params = {k: json_safe(t.sampled[k]) for k in dists if k in t.sampled}
-        if value is None or len(params) != len(dists):
-            continue
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
-    if len(study.trials) < 4:
-        return None
-    try:
-        imp = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
-    except (RuntimeError, ValueError) as e:
-        return f"Parameter importances could not be computed: {e}"
-    rows = [[k, fmt(v, 3)] for k, v in imp.items()]
-    return (md_table(["parameter", f"importance for {record.objective} (fANOVA)"], rows)
-            + f"\n\nFrom {len(study.trials)} finished trials; importances sum to 1.")
-
-
-def json_safe(v: Any) -> Any:
-    return tuple(v) if isinstance(v, list) else v
+        rows.append(
+            [
+                str(f.number),
+                label,
+                f.status,
+                f.error[:200] or "—",
+                f"yes, by #{later}" if later is not None else "**no**",
+            ]
+        )
+    return (
+        "Trial runs that did not finish (FAILED: an error; KILLED: Ctrl-C or SIGTERM). `bench run` retries a "
+        "failed grid point before any new one.\n\n"
+        + md_table(["#", "trial", "status", "error", "point completed later"], rows)
+    )
 
 
 def table1_section(record: StudyRecord) -> str | None:
@@ -287,13 +331,20 @@ def table1_section(record: StudyRecord) -> str | None:
     if not record.paper_table:
         return None
     # (our metric, the paper's column beside it): the paper's "MAP@10" is Precision@10 (bench.paper)
-    cols = [("IA@1", "IA@1"), ("IA@5", "IA@5"), ("P@10", 'paper "MAP@10" (= P@10)'), ("MAP@10", None),
-            ("R@100", "R@100")]
+    cols = [
+        ("IA@1", "IA@1"),
+        ("IA@5", "IA@5"),
+        ("P@10", 'paper "MAP@10" (= P@10)'),
+        ("MAP@10", None),
+        ("R@100", "R@100"),
+    ]
     header = ["DB size", "method", "learns from"]
     for ours, theirs in cols:
         header += [f"{ours} ours"] + ([f"{theirs} paper" if theirs == ours else theirs] if theirs else [])
-    runs = record.runs.assign(size=pd.to_numeric(record.column("params.dataset.n_total", 0)).fillna(0).astype(int),
-                              method=record.column("tags.method", "").fillna(""))
+    runs = record.runs.assign(
+        size=pd.to_numeric(record.column("params.dataset.n_total", 0)).fillna(0).astype(int),
+        method=record.column("tags.method", "").fillna(""),
+    )
     tables = {ours: record.metric_table(ours) for ours, _ in cols}
     cells = {ours: _ci_cells(t["mean"], t["ci95"]) for ours, t in tables.items()}
 
@@ -302,8 +353,15 @@ def table1_section(record: StudyRecord) -> str | None:
 
     rows = []
     for number, run in runs.sort_values(["size", "method"], kind="stable").iterrows():
-        paper = paper_row(_opt(run.get("tags.retriever")), _opt(run.get("params.mode")), _opt(run.get("params.id_scheme")),
-                          run["size"]) or {}
+        paper = (
+            paper_row(
+                _opt(run.get("tags.retriever")),
+                _opt(run.get("params.mode")),
+                _opt(run.get("params.id_scheme")),
+                run["size"],
+            )
+            or {}
+        )
         row = [str(run["size"]), run["method"], _opt(run.get("tags.supervision")) or "not recorded"]
         for ours, theirs in cols:
             row.append(cells[ours][number])
@@ -314,7 +372,9 @@ def table1_section(record: StudyRecord) -> str | None:
         row = [str(run["size"]), "*chance*", ""]
         for ours, theirs in cols:
             chance = tables[ours].loc[number]
-            row.append(fmt(chance["chance"]) if pd.notna(chance["mean"]) and pd.notna(chance["chance"]) else "n/a")
+            row.append(
+                fmt(chance["chance"]) if pd.notna(chance["mean"]) and pd.notna(chance["chance"]) else "n/a"
+            )
             if theirs:
                 row.append("")
         rows.append(row)

@@ -21,35 +21,55 @@ def tuning_section(record: StudyRecord) -> str:
     finished = record.tuning_trials()
     rows = []
     for method, knobs in tune["methods"].items():
-        runs = record.tuning[record.tuning[f"tags.{METHOD_TAG}"] == method] if len(record.tuning) else record.tuning
+        runs = (
+            record.tuning[record.tuning[f"tags.{METHOD_TAG}"] == method]
+            if len(record.tuning)
+            else record.tuning
+        )
         n_done = int((runs["status"] == "FINISHED").sum()) if len(runs) else 0
         n_failed = int(runs["status"].isin(["FAILED", "KILLED"]).sum()) if len(runs) else 0
         best = chosen(record, [t for t in finished if t.tags.get(METHOD_TAG) == method])
         recipe = {k: best.sampled[k] for k in knobs if k in best.sampled} if best is not None else {}
-        rows.append([
-            method, "; ".join(f"{k}: {range_text(v)}" for k, v in knobs.items()),
-            f"{n_done} / {n_failed}",
-            ", ".join(f"{k}={v}" for k, v in recipe.items()) or "none (no finished tuning trial)",
-            fmt(best.choice_value(objective)) if best is not None else "n/a",
-            _used(record, method, recipe) if best is not None else "n/a",
-        ])
+        rows.append(
+            [
+                method,
+                "; ".join(f"{k}: {range_text(v)}" for k, v in knobs.items()),
+                f"{n_done} / {n_failed}",
+                ", ".join(f"{k}={v}" for k, v in recipe.items()) or "none (no finished tuning trial)",
+                fmt(best.choice_value(objective)) if best is not None else "n/a",
+                _used(record, method, recipe) if best is not None else "n/a",
+            ]
+        )
     methods = record.resolved.get("methods", {})
     untuned = [m for m in methods if m not in tune["methods"]]
-    intro = (f"Every tuned method had the same budget: {tune['trials_per_method']} finished trials drawn by "
-             f"{tune['sampler']} (seed {tune['seed']}) over its own knobs, each trial one seed (the first), "
-             f"scored by {objective} on the validation queries. The best of them (ties: the first) is the "
-             "method's recipe, merged into its parameters for the study's trials, which ran every seed and "
-             "are reported on test; tuning trials are left out of every other section.")
+    intro = (
+        f"Every tuned method had the same budget: {tune['trials_per_method']} finished trials drawn by "
+        f"{tune['sampler']} (seed {tune['seed']}) over its own knobs, each trial one seed (the first), "
+        f"scored by {objective} on the validation queries. The best of them (ties: the first) is the "
+        "method's recipe, merged into its parameters for the study's trials, which ran every seed and "
+        "are reported on test; tuning trials are left out of every other section."
+    )
     if untuned:
         intro += f" Not tuned (run with their own parameters): {', '.join(untuned)}."
-    table = md_table(["method", "knobs searched", "trials finished / failed", "chosen recipe",
-                      f"validation {objective}", "the study's trials ran it"], rows)
+    table = md_table(
+        [
+            "method",
+            "knobs searched",
+            "trials finished / failed",
+            "chosen recipe",
+            f"validation {objective}",
+            "the study's trials ran it",
+        ],
+        rows,
+    )
     return intro + "\n\n" + table
 
 
 def chosen(record: StudyRecord, trials: list[TrialRecord]) -> TrialRecord | None:
     """The tuning trial with the best validation objective; of equal ones the first."""
-    scored = sorted((t for t in trials if t.choice_value(record.objective) is not None), key=lambda t: t.number)
+    scored = sorted(
+        (t for t in trials if t.choice_value(record.objective) is not None), key=lambda t: t.number
+    )
     if not scored:
         return None
     sign = 1 if record.direction == "maximize" else -1

@@ -31,11 +31,14 @@ def views_text(record: StudyRecord) -> str:
         text = f"{FAMILY}, {describe_views(only)}, for every trained method ({', '.join(strengths)})"
     else:
         text = f"{FAMILY}, not one strength (no augmentation parity): " + ", ".join(
-            f"{m} {s}" for m, s in strengths.items())
+            f"{m} {s}" for m, s in strengths.items()
+        )
     with_k = {m: k for m, k in index_views.items() if k != "0"}
     if with_k:
-        text += "; DSI indexing presents each indexed image and K pseudo-query views of it per epoch: " + ", ".join(
-            f"{m} K={k}" for m, k in with_k.items())
+        text += (
+            "; DSI indexing presents each indexed image and K pseudo-query views of it per epoch: "
+            + ", ".join(f"{m} K={k}" for m, k in with_k.items())
+        )
     return text
 
 

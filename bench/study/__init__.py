@@ -9,4 +9,12 @@ from bench.study.storage import make_storage
 from bench.study.summary import RunOutcome, describe, trials_table
 from bench.study.worker import RunOptions, StudyMismatchError, run
 
-__all__ = ["RunOptions", "RunOutcome", "StudyMismatchError", "describe", "make_storage", "run", "trials_table"]
+__all__ = [
+    "RunOptions",
+    "RunOutcome",
+    "StudyMismatchError",
+    "describe",
+    "make_storage",
+    "run",
+    "trials_table",
+]

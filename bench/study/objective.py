@@ -25,11 +25,25 @@ def fmt(x: float | None) -> str:
 
 class Objective:
     """Called by `study.optimize` with the trial it popped or made: run it (or, with `--reuse`,
-    copy a finished run of the same configuration), log it, return the objective. A failure is recorded (Optuna user attr `error`, MLflow tag and error.txt) and
-    re-raised; Ctrl-C marks the MLflow run KILLED and stops the worker."""
+    copy a finished run of the same configuration), log it, return the objective. A failure is recorded
+    (Optuna user attr `error`, MLflow tag and error.txt) and re-raised; Ctrl-C marks the MLflow run
+    KILLED and stops the worker."""
 
-    def __init__(self, study: Study, ostudy, tracker: Tracker, *, experiment_id: str, parent_id: str,
-                 study_name: str, options, outcome, grid=None, claim=None, tags: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        study: Study,
+        ostudy,
+        tracker: Tracker,
+        *,
+        experiment_id: str,
+        parent_id: str,
+        study_name: str,
+        options,
+        outcome,
+        grid=None,
+        claim=None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
         self.study, self.ostudy, self.tracker = study, ostudy, tracker
         self.tags = dict(tags or {})  # on every trial run of this objective (e.g. the tuning phase)
         self.experiment_id, self.parent_id, self.study_name = experiment_id, parent_id, study_name
@@ -68,9 +82,15 @@ class Objective:
             tags["optuna.retry_of"] = str(trial.user_attrs["retry_of"])
         if source is not None:
             tags[REUSED_TAG] = source.data.tags.get(REUSED_TAG, source.info.run_id)
-        run_id = self.tracker.start_trial(experiment_id=self.experiment_id, parent_run_id=self.parent_id,
-                                          study_name=self.study_name, number=trial.number, cfg=cfg,
-                                          device=self.options.device, extra_tags=tags)
+        run_id = self.tracker.start_trial(
+            experiment_id=self.experiment_id,
+            parent_run_id=self.parent_id,
+            study_name=self.study_name,
+            number=trial.number,
+            cfg=cfg,
+            device=self.options.device,
+            extra_tags=tags,
+        )
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("method", cfg.method)
         trial.set_user_attr("worker", worker_id())
@@ -101,8 +121,11 @@ class Objective:
         trial.set_user_attr("val_metrics", val_summary)
         trial.set_user_attr("seconds", time.perf_counter() - t0)
         s = summary[self.study.metric]
-        console.print(f"trial {trial.number} {label} {self.study.metric} validation {value:.4f} (objective), "
-                      f"test {s['mean']:.4f} ± {fmt(s['ci95'])} (chance {s['chance']:.4f}) in {time.perf_counter() - t0:.1f} s")
+        console.print(
+            f"trial {trial.number} {label} {self.study.metric} validation {value:.4f} (objective), test "
+            f"{s['mean']:.4f} ± {fmt(s['ci95'])} (chance {s['chance']:.4f}) in "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
         return value
 
     def sampler_failed(self, number: int | None, e: Exception) -> None:
@@ -110,16 +133,20 @@ class Objective:
         self.failures += 1
         if number is not None:
             self.outcome.failed.append(number)
-        console.print(f"[red]trial {number if number is not None else '?'} failed[/]: the sampler raised "
-                      f"{escape(f'{type(e).__name__}: {e}')}")
+        console.print(
+            f"[red]trial {number if number is not None else '?'} failed[/]: the sampler raised "
+            f"{escape(f'{type(e).__name__}: {e}')}"
+        )
 
     def value(self, summary: dict[str, Any], val_summary: dict[str, Any]) -> float:
         """The objective: the validation queries' mean, so model choice never reads test (IA@K,
         which queries the indexed images themselves, reads them)."""
         value = (val_summary if self.study.metric in val_summary else summary)[self.study.metric]["mean"]
         if not np.isfinite(value):
-            raise ValueError(f"objective {self.study.metric} is {value} on the validation queries "
-                             "(no validation query has a relevant image?)")
+            raise ValueError(
+                f"objective {self.study.metric} is {value} on the validation queries "
+                "(no validation query has a relevant image?)"
+            )
         return value
 
     def _run(self, cfg, run_id: str) -> tuple[dict[str, Any], dict[str, Any], float]:

@@ -20,7 +20,9 @@ ALIVE = (TrialState.RUNNING, TrialState.WAITING)
 
 def trial_id(ostudy, storage, number: int) -> int:
     """The storage's id of trial `number` of `ostudy`, through the storage's public API."""
-    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(ostudy.study_name), number)
+    return storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(ostudy.study_name), number
+    )
 
 
 def point_key(params: dict[str, Any]) -> str:
@@ -63,8 +65,11 @@ class GridQueue:
         retries = [t.number for t in waiting if "retry_of" in t.user_attrs]
         if not retries:
             return 0
-        moved = [t for t in waiting if "retry_of" not in t.user_attrs and t.number < retries[-1]
-                 and self.point_of(t) is not None]
+        moved = [
+            t
+            for t in waiting
+            if "retry_of" not in t.user_attrs and t.number < retries[-1] and self.point_of(t) is not None
+        ]
         for t in moved:
             tid = trial_id(ostudy, storage, t.number)
             storage.set_trial_user_attr(tid, MOVED_ATTR, True)

@@ -35,12 +35,17 @@ def make_storage(url: str, heartbeat: int, tracker: Tracker | None = None):
         log.warning(f"trial {trial.number} stopped sending heartbeats (its worker died); re-queued")
         if tracker is not None and run_id and tracker.run_exists(run_id):
             try:
-                tracker.fail_trial(run_id, "worker died (no heartbeat); the trial was re-queued", status="KILLED")
+                tracker.fail_trial(
+                    run_id, "worker died (no heartbeat); the trial was re-queued", status="KILLED"
+                )
             except Exception as e:  # the re-queue below matters more than this mark
                 log.warning(f"could not mark MLflow run {run_id} killed: {e}")
         # the copy keeps the trial's point and names the trial it retries; the rest is the dead run's
         queued = copy.copy(trial)
-        queued.user_attrs = {**{k: v for k, v in trial.user_attrs.items() if k == "grid_id"}, "retry_of": trial.number}
+        queued.user_attrs = {
+            **{k: v for k, v in trial.user_attrs.items() if k == "grid_id"},
+            "retry_of": trial.number,
+        }
         retry(study, queued)
 
     url = with_driver(url)
@@ -50,7 +55,10 @@ def make_storage(url: str, heartbeat: int, tracker: Tracker | None = None):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat,
+                grace_period=3 * heartbeat,
                 heartbeat_stale_trial_callback=on_stale,
             )
 
@@ -68,8 +76,11 @@ def make_storage(url: str, heartbeat: int, tracker: Tracker | None = None):
 
 def with_driver(url: str) -> str:
     """`postgresql://` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only it is installed."""
-    if url.startswith(("postgresql://", "postgres://")) and importlib.util.find_spec("psycopg") is None \
-            and importlib.util.find_spec("psycopg2") is not None:
+    if (
+        url.startswith(("postgresql://", "postgres://"))
+        and importlib.util.find_spec("psycopg") is None
+        and importlib.util.find_spec("psycopg2") is not None
+    ):
         return "postgresql+psycopg2://" + url.split("://", 1)[1]
     return url
 

@@ -39,11 +39,22 @@ RECIPES_TAG = "tune.recipes"  # on the study's parent run: the chosen recipe of 
 
 
 class TuningError(VitDSIError):
-    """A method's tuning cannot give a recipe (too many failures, or a stored tuning of another configuration)."""
+    """A method's tuning cannot give a recipe (too many failures, or a stored tuning of another
+    configuration)."""
 
 
-def tune_methods(study: Study, *, study_name: str, storage, storage_url: str, tracker: Tracker, options,
-                 experiment_id: str, parent_id: str, max_failures: int) -> Study:
+def tune_methods(
+    study: Study,
+    *,
+    study_name: str,
+    storage,
+    storage_url: str,
+    tracker: Tracker,
+    options,
+    experiment_id: str,
+    parent_id: str,
+    max_failures: int,
+) -> Study:
     """Tune every method of the study's `tune:` block (continuing earlier sessions' tuning) and
     return the study whose methods carry their chosen recipes; `study` itself when nothing is tuned."""
     if study.tune is None:
@@ -53,27 +64,61 @@ def tune_methods(study: Study, *, study_name: str, storage, storage_url: str, tr
         tstudy = tuning_study(study, method)
         name = tuning_name(study_name, method)
         ostudy = _open(tstudy, name, storage, tuning_fingerprint(study, method))
-        outcome = RunOutcome(name, redact(storage_url), tracker.uri, study.experiment, experiment_id, parent_id,
-                             {}, tstudy.n_trials, None, 0, metric=study.metric)
+        outcome = RunOutcome(
+            name,
+            redact(storage_url),
+            tracker.uri,
+            study.experiment,
+            experiment_id,
+            parent_id,
+            {},
+            tstudy.n_trials,
+            None,
+            0,
+            metric=study.metric,
+        )
         claim = ClaimLock(storage_url, name)
-        objective = Objective(tstudy, ostudy, tracker, experiment_id=experiment_id, parent_id=parent_id,
-                              study_name=name, options=options, outcome=outcome, claim=claim,
-                              tags={PHASE_TAG: "tune", METHOD_TAG: method})
-        console.print(f"[bold]tuning[/] {escape(method)}: {tstudy.n_trials} trials ({tstudy.sampler}, seed "
-                      f"{tstudy.sampler_seed}) over {', '.join(tstudy.space)}, one seed each, {study.metric} on "
-                      "the validation queries")
+        objective = Objective(
+            tstudy,
+            ostudy,
+            tracker,
+            experiment_id=experiment_id,
+            parent_id=parent_id,
+            study_name=name,
+            options=options,
+            outcome=outcome,
+            claim=claim,
+            tags={PHASE_TAG: "tune", METHOD_TAG: method},
+        )
+        console.print(
+            f"[bold]tuning[/] {escape(method)}: {tstudy.n_trials} trials ({tstudy.sampler}, seed "
+            f"{tstudy.sampler_seed}) over {', '.join(tstudy.space)}, one seed each, {study.metric} on "
+            "the validation queries"
+        )
         with progress(transient=False) as bar:
             task = bar.add_task(f"tuning {method}", total=tstudy.n_trials)
-            done = _work(ostudy, objective, claim, storage, tstudy.n_trials, options, max_failures,
-                         functools.partial(bar.update, task))
+            done = _work(
+                ostudy,
+                objective,
+                claim,
+                storage,
+                tstudy.n_trials,
+                options,
+                max_failures,
+                functools.partial(bar.update, task),
+            )
         if done < tstudy.n_trials:
-            raise TuningError(f"tuning of method '{method}' has {done}/{tstudy.n_trials} finished trials "
-                              f"(trials failed this session: {outcome.failed or 'none'}); the study's trials need "
-                              "every method's recipe: fix the cause and run again to continue the tuning")
+            raise TuningError(
+                f"tuning of method '{method}' has {done}/{tstudy.n_trials} finished trials "
+                f"(trials failed this session: {outcome.failed or 'none'}); the study's trials need "
+                "every method's recipe: fix the cause and run again to continue the tuning"
+            )
         best = best_trial(ostudy.get_trials(deepcopy=False), study.direction)
         recipes[method] = dict(best.params)
-        console.print(f"tuned {escape(method)}: {escape(json.dumps(recipes[method], default=str))} "
-                      f"({study.metric} validation {best.value:.4f}, trial {best.number})")
+        console.print(
+            f"tuned {escape(method)}: {escape(json.dumps(recipes[method], default=str))} "
+            f"({study.metric} validation {best.value:.4f}, trial {best.number})"
+        )
     tracker.client.set_tag(parent_id, RECIPES_TAG, json.dumps(recipes, default=str))
     return with_recipes(study, recipes)
 
@@ -90,7 +135,9 @@ def _open(tstudy: Study, name: str, storage, fingerprint: str):
     configuration."""
     sampler = make_sampler(tstudy)
     try:
-        ostudy = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction=tstudy.direction)
+        ostudy = optuna.create_study(
+            study_name=name, storage=storage, sampler=sampler, direction=tstudy.direction
+        )
         ostudy.set_user_attr("fingerprint", fingerprint)
         return ostudy
     except optuna.exceptions.DuplicatedStudyError:
@@ -98,13 +145,23 @@ def _open(tstudy: Study, name: str, storage, fingerprint: str):
     ostudy = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
     stored = ostudy.user_attrs.get("fingerprint")
     if stored is not None and stored != fingerprint:
-        raise TuningError(f"tuning study '{name}' was made from a different configuration (fingerprint {stored} vs "
-                          f"{fingerprint} now); restore the file, or start a new study with --study-name")
+        raise TuningError(
+            f"tuning study '{name}' was made from a different configuration (fingerprint {stored} vs "
+            f"{fingerprint} now); restore the file, or start a new study with --study-name"
+        )
     return ostudy
 
 
-def _work(ostudy, objective: Objective, claim: ClaimLock, storage, target: int, options, max_failures: int,
-          on_progress) -> int:
+def _work(
+    ostudy,
+    objective: Objective,
+    claim: ClaimLock,
+    storage,
+    target: int,
+    options,
+    max_failures: int,
+    on_progress,
+) -> int:
     """Run tuning trials until `target` are COMPLETE, `max_failures` fail in a row, or only other
     workers' trials are left (waited for with `options.wait_for_others`); the COMPLETE count."""
     in_a_row = 0

@@ -71,8 +71,12 @@ def _check_data(study: Study) -> list[str]:
         prepare(study.dataset)
     except VitDSIError as e:
         # the "where is it" hint only when the data are missing, not for e.g. too few images
-        hint = ("; give its location with `dataset: {root: PATH}` in the study or `bench run --set dataset.root=PATH`"
-                if isinstance(e, DatasetNotFoundError) and "root" in DATASETS[study.dataset.name].params() else "")
+        hint = (
+            "; give its location with `dataset: {root: PATH}` in the study or `bench run --set "
+            "dataset.root=PATH`"
+            if isinstance(e, DatasetNotFoundError) and "root" in DATASETS[study.dataset.name].params()
+            else ""
+        )
         raise type(e)(f"dataset '{study.dataset.name}' (scale {study.scale}): {e}{hint}") from None
     return notes
 
@@ -102,60 +106,104 @@ def _run(study: Study, options: RunOptions) -> RunOutcome:
     tracker.set_status(parent_id, "RUNNING")
 
     _announce(study, study_name, target, notes)
-    outcome = RunOutcome(study_name, redact(storage_url), tracker.uri, study.experiment, experiment_id,
-                         parent_id, {}, target, None, 0, metric=study.metric)
-    objective = Objective(study, ostudy, tracker, experiment_id=experiment_id, parent_id=parent_id,
-                          study_name=study_name, options=options, outcome=outcome, grid=grid, claim=claim)
+    outcome = RunOutcome(
+        study_name,
+        redact(storage_url),
+        tracker.uri,
+        study.experiment,
+        experiment_id,
+        parent_id,
+        {},
+        target,
+        None,
+        0,
+        metric=study.metric,
+    )
+    objective = Objective(
+        study,
+        ostudy,
+        tracker,
+        experiment_id=experiment_id,
+        parent_id=parent_id,
+        study_name=study_name,
+        options=options,
+        outcome=outcome,
+        grid=grid,
+        claim=claim,
+    )
     try:
-        objective.study = tune_methods(study, study_name=study_name, storage=storage, storage_url=storage_url,
-                                       tracker=tracker, options=options, experiment_id=experiment_id,
-                                       parent_id=parent_id, max_failures=MAX_CONSECUTIVE_FAILURES)
-        with progress(transient=False) as bar:
-            task = bar.add_task(f"trials of {study_name}", total=target)
-            consecutive_failures = 0
-            while True:
-                interrupt.check()  # between trials
-                # every decision below reads one snapshot, taken under the claim lock, which is held
-                # until `optimize` has popped (or made) this worker's trial
-                claim.acquire()
-                try:
-                    optuna.storages.fail_stale_trials(ostudy)
-                    trials = ostudy.get_trials(deepcopy=False)
-                    if grid is not None and grid.retries_first(ostudy, storage, trials):  # a stale trial's retry
-                        trials = ostudy.get_trials(deepcopy=False)
-                    done = grid.done(trials) if grid else sum(t.state == TrialState.COMPLETE for t in trials)
-                    bar.update(task, completed=min(done, target))
-                    running = [t for t in trials if t.state == TrialState.RUNNING]
-                    if done >= target:
-                        break
-                    if grid is not None:
-                        has_work = any(t.state == TrialState.WAITING for t in trials)
-                    else:
-                        has_work = consecutive_failures < MAX_CONSECUTIVE_FAILURES
-                    if has_work and done + len(running) < target:
-                        before = objective.failures
-                        try:
-                            ostudy.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
-                        except Exception as e:  # raised by the sampler in `ask`, before the objective ran
-                            number = fail_unclaimed(ostudy, storage, trials, f"sampler: {type(e).__name__}: {e}")
-                            objective.sampler_failed(number, e)
-                        consecutive_failures = consecutive_failures + 1 if objective.failures > before else 0
-                        continue
-                finally:
-                    claim.release()
-                if running and options.wait_for_others:
-                    bar.update(task, description=f"trials of {study_name} (waiting for {len(running)} in other workers)")
-                    time.sleep(min(options.heartbeat, 5))
-                    continue
-                if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
-                    log.error(f"{consecutive_failures} trials failed in a row; stopping (see the errors above)")
-                break
+        objective.study = tune_methods(
+            study,
+            study_name=study_name,
+            storage=storage,
+            storage_url=storage_url,
+            tracker=tracker,
+            options=options,
+            experiment_id=experiment_id,
+            parent_id=parent_id,
+            max_failures=MAX_CONSECUTIVE_FAILURES,
+        )
+        _trial_loop(ostudy, storage, objective, study_name, target, grid, claim, options)
     except KeyboardInterrupt:
         outcome.interrupted = True
-        console.print("[yellow]interrupted[/]: the running trial is recorded as failed; run the same command again to resume")
+        console.print(
+            "[yellow]interrupted[/]: the running trial is recorded as failed; run the same command again to "
+            "resume"
+        )
     finally:
         _close(study, ostudy, tracker, parent_id, outcome)
     return outcome
+
+
+def _trial_loop(
+    ostudy, storage, objective: Objective, study_name: str, target: int, grid, claim, options: RunOptions
+) -> None:
+    """Run trials until `target` are done, nothing is left for this worker or too many failed in a row,
+    waiting for other workers' running trials (`options.wait_for_others`)."""
+    with progress(transient=False) as bar:
+        task = bar.add_task(f"trials of {study_name}", total=target)
+        consecutive_failures = 0
+        while True:
+            interrupt.check()  # between trials
+            # every decision below reads one snapshot, taken under the claim lock, which is held
+            # until `optimize` has popped (or made) this worker's trial
+            claim.acquire()
+            try:
+                optuna.storages.fail_stale_trials(ostudy)
+                trials = ostudy.get_trials(deepcopy=False)
+                # a stale trial's retry
+                if grid is not None and grid.retries_first(ostudy, storage, trials):
+                    trials = ostudy.get_trials(deepcopy=False)
+                done = grid.done(trials) if grid else sum(t.state == TrialState.COMPLETE for t in trials)
+                bar.update(task, completed=min(done, target))
+                running = [t for t in trials if t.state == TrialState.RUNNING]
+                if done >= target:
+                    break
+                if grid is not None:
+                    has_work = any(t.state == TrialState.WAITING for t in trials)
+                else:
+                    has_work = consecutive_failures < MAX_CONSECUTIVE_FAILURES
+                if has_work and done + len(running) < target:
+                    before = objective.failures
+                    try:
+                        ostudy.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+                    except Exception as e:  # raised by the sampler in `ask`, before the objective ran
+                        number = fail_unclaimed(ostudy, storage, trials, f"sampler: {type(e).__name__}: {e}")
+                        objective.sampler_failed(number, e)
+                    consecutive_failures = consecutive_failures + 1 if objective.failures > before else 0
+                    continue
+            finally:
+                claim.release()
+            if running and options.wait_for_others:
+                bar.update(
+                    task,
+                    description=f"trials of {study_name} (waiting for {len(running)} in other workers)",
+                )
+                time.sleep(min(options.heartbeat, 5))
+                continue
+            if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+                log.error(f"{consecutive_failures} trials failed in a row; stopping (see the errors above)")
+            break
 
 
 def _close(study: Study, ostudy, tracker: Tracker, parent_id: str, outcome: RunOutcome) -> None:
@@ -171,11 +219,17 @@ def _close(study: Study, ostudy, tracker: Tracker, parent_id: str, outcome: RunO
 
 def _announce(study: Study, study_name: str, target: int, notes: list[str]) -> None:
     """The run's header line and the data check's notes (warnings in yellow)."""
-    console.print(f"[bold]study[/] {study_name}: {study.sampler} over {', '.join(study.space) or 'one configuration'}, "
-                  f"{target} trials, objective {study.metric} ({study.direction}), scale {study.scale}, "
-                  f"{torch.get_num_threads()} torch thread(s)")
+    console.print(
+        f"[bold]study[/] {study_name}: {study.sampler} over {', '.join(study.space) or 'one configuration'}, "
+        f"{target} trials, objective {study.metric} ({study.direction}), scale {study.scale}, "
+        f"{torch.get_num_threads()} torch thread(s)"
+    )
     for note in notes:
-        console.print(("[yellow]" if note.startswith("warning") else "") + escape(note) + ("[/]" if note.startswith("warning") else ""))
+        console.print(
+            ("[yellow]" if note.startswith("warning") else "")
+            + escape(note)
+            + ("[/]" if note.startswith("warning") else "")
+        )
 
 
 def _open(study: Study, study_name: str, storage, storage_url: str, tracker: Tracker, options: RunOptions):
@@ -188,15 +242,28 @@ def _open(study: Study, study_name: str, storage, storage_url: str, tracker: Tra
     fingerprint = study.fingerprint()
     sampler = make_sampler(study)
     try:
-        ostudy = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, direction=study.direction)
-        return ostudy, _describe(ostudy, study, study_name, storage_url, experiment_id, tracker, options), experiment_id
+        ostudy = optuna.create_study(
+            study_name=study_name, storage=storage, sampler=sampler, direction=study.direction
+        )
+        return (
+            ostudy,
+            _describe(ostudy, study, study_name, storage_url, experiment_id, tracker, options),
+            experiment_id,
+        )
     except optuna.exceptions.DuplicatedStudyError:
         pass
     ostudy = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
     attrs = _wait_for_attrs(ostudy, "fingerprint")
     if "fingerprint" not in attrs:
-        log.warning(f"study '{study_name}' was left half-created (no fingerprint after {ATTR_WAIT_S:.0f} s); adopting it")
-        return ostudy, _describe(ostudy, study, study_name, storage_url, experiment_id, tracker, options), experiment_id
+        log.warning(
+            f"study '{study_name}' was left half-created (no fingerprint after {ATTR_WAIT_S:.0f} s); "
+            "adopting it"
+        )
+        return (
+            ostudy,
+            _describe(ostudy, study, study_name, storage_url, experiment_id, tracker, options),
+            experiment_id,
+        )
     if attrs["fingerprint"] != fingerprint:
         raise StudyMismatchError(
             f"study '{study_name}' in {redact(storage_url)} was made from a different configuration "
@@ -204,26 +271,51 @@ def _open(study: Study, study_name: str, storage, storage_url: str, tracker: Tra
             f"Restore the file, or start a new study with --study-name {study_name}-v2"
         )
     if ostudy.direction.name.lower() != study.direction:
-        raise StudyMismatchError(f"study '{study_name}' optimises {ostudy.direction.name.lower()}, the file says {study.direction}")
+        raise StudyMismatchError(
+            f"study '{study_name}' optimises {ostudy.direction.name.lower()}, the file says {study.direction}"
+        )
     parent_id = attrs.get("mlflow_parent_run_id")
     if not tracker.run_exists(parent_id):  # e.g. a different tracking store than the first worker's
-        parent_id = tracker.start_parent(study, study_name=study_name, storage=storage_url, experiment_id=experiment_id,
-                                         study_file=study.file, device=options.device)
-        log.warning(f"the study's MLflow run is not in {tracker.uri}; its trials from now on go under run {parent_id}")
+        parent_id = tracker.start_parent(
+            study,
+            study_name=study_name,
+            storage=storage_url,
+            experiment_id=experiment_id,
+            study_file=study.file,
+            device=options.device,
+        )
+        log.warning(
+            f"the study's MLflow run is not in {tracker.uri}; its trials from now on go under run {parent_id}"
+        )
         ostudy.set_user_attr("mlflow_parent_run_id", parent_id)
-    console.print(f"resuming study {study_name}: {count_states(ostudy.get_trials(deepcopy=False))}", markup=False)
+    console.print(
+        f"resuming study {study_name}: {count_states(ostudy.get_trials(deepcopy=False))}", markup=False
+    )
     return ostudy, parent_id, experiment_id
 
 
-def _describe(ostudy, study: Study, study_name: str, storage_url: str, experiment_id: str, tracker: Tracker,
-              options: RunOptions) -> str:
+def _describe(
+    ostudy,
+    study: Study,
+    study_name: str,
+    storage_url: str,
+    experiment_id: str,
+    tracker: Tracker,
+    options: RunOptions,
+) -> str:
     """Store the study's description and MLflow parent run; the fingerprint goes last."""
     ostudy.set_user_attr("config", study.model_dump(mode="json"))
     ostudy.set_user_attr("file", study.file)
     if study.sampler == "grid":
         ostudy.set_user_attr("grid", study.grid())
-    parent_id = tracker.start_parent(study, study_name=study_name, storage=storage_url, experiment_id=experiment_id,
-                                     study_file=study.file, device=options.device)
+    parent_id = tracker.start_parent(
+        study,
+        study_name=study_name,
+        storage=storage_url,
+        experiment_id=experiment_id,
+        study_file=study.file,
+        device=options.device,
+    )
     ostudy.set_user_attr("mlflow_parent_run_id", parent_id)
     ostudy.set_user_attr("mlflow_experiment", study.experiment)
     ostudy.set_user_attr("fingerprint", study.fingerprint())

@@ -13,8 +13,17 @@ from vitdsi.retrievers.registry import register
 
 @register("test-sleepy-knn")
 class SleepyKNN(PixelsKNN):
-    def __init__(self, *, sleep: float = 0.2, epochs: int = 3, fail: bool = False, center: bool = True,
-                 batch_size: int = 1024, seed: int = 0, device: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        sleep: float = 0.2,
+        epochs: int = 3,
+        fail: bool = False,
+        center: bool = True,
+        batch_size: int = 1024,
+        seed: int = 0,
+        device: str | None = None,
+    ) -> None:
         super().__init__(center=center, batch_size=batch_size, seed=seed, device=device)
         self.sleep = float(sleep)  # seconds per fake epoch
         self.epochs = int(epochs)  # fake epochs

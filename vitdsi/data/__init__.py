@@ -5,5 +5,16 @@ from vitdsi.data.registry import DATASETS, DataProbe, list_datasets, load_datase
 from vitdsi.data.relevance import Relevance
 from vitdsi.data.split import Split, SplitSets, make_split, split_sizes
 
-__all__ = ["DATASETS", "DataProbe", "ImageSet", "Relevance", "Split", "SplitSets", "list_datasets", "load_dataset",
-           "make_split", "probe_dataset", "split_sizes"]
+__all__ = [
+    "DATASETS",
+    "DataProbe",
+    "ImageSet",
+    "Relevance",
+    "Split",
+    "SplitSets",
+    "list_datasets",
+    "load_dataset",
+    "make_split",
+    "probe_dataset",
+    "split_sizes",
+]

@@ -36,8 +36,10 @@ class Captions:
     def __post_init__(self) -> None:
         m = len(self.texts)
         if len(self.image) != m or len(self.ids) != m or len(self.phrasing) != m:
-            raise VitDSIError(f"Captions: {m} texts but {len(self.image)} image positions, {len(self.ids)} ids "
-                              f"and {len(self.phrasing)} phrasing tags")
+            raise VitDSIError(
+                f"Captions: {m} texts but {len(self.image)} image positions, {len(self.ids)} ids "
+                f"and {len(self.phrasing)} phrasing tags"
+            )
         if self.image.dtype != np.int64 or (m and self.image.min() < 0):
             raise VitDSIError("Captions: image positions must be non-negative int64")
         unknown = set(np.unique(self.phrasing).tolist()) - {"", *PHRASINGS}
@@ -50,7 +52,9 @@ class Captions:
         texts = np.asarray(texts, dtype=str)
         image = np.asarray(image, dtype=np.int64)
         ids = np.asarray(ids, dtype=np.int64)
-        phrasing = np.full(len(texts), "", dtype="<U5") if phrasing is None else np.asarray(phrasing, dtype=str)
+        phrasing = (
+            np.full(len(texts), "", dtype="<U5") if phrasing is None else np.asarray(phrasing, dtype=str)
+        )
         order = np.lexsort((ids, image))
         return Captions(texts[order], image[order], ids[order], phrasing[order])
 
@@ -77,17 +81,29 @@ class Captions:
         # for each new image, the run of its old captions in `order`: start + 0..count-1
         first = np.repeat(starts[index] - np.concatenate([[0], np.cumsum(take)[:-1]]), take)
         rows = order[first + np.arange(take.sum())]
-        return Captions(self.texts[rows], np.repeat(np.arange(len(index), dtype=np.int64), take),
-                        self.ids[rows], self.phrasing[rows])
+        return Captions(
+            self.texts[rows],
+            np.repeat(np.arange(len(index), dtype=np.int64), take),
+            self.ids[rows],
+            self.phrasing[rows],
+        )
 
     def shifted(self, offset: int) -> Captions:
         """The same captions for images moved `offset` positions on (a set appended to another)."""
         return Captions(self.texts, self.image + offset, self.ids, self.phrasing)
 
     def concat(self, other: Captions) -> Captions:
-        return Captions(*(np.concatenate([a, b]) for a, b in (
-            (self.texts, other.texts), (self.image, other.image), (self.ids, other.ids),
-            (self.phrasing, other.phrasing))))
+        return Captions(
+            *(
+                np.concatenate([a, b])
+                for a, b in (
+                    (self.texts, other.texts),
+                    (self.image, other.image),
+                    (self.ids, other.ids),
+                    (self.phrasing, other.phrasing),
+                )
+            )
+        )
 
     def for_part(self, part: str) -> Captions:
         """The captions split part `part` ('corpus', 'train', 'val', 'test') keeps: untagged ones and

@@ -45,7 +45,9 @@ class ImageSet:
             )
         n = self.images.shape[0]
         if self.images.shape[2] != self.images.shape[3]:
-            raise VitDSIError(f"ImageSet '{self.name}': images must be square, got {tuple(self.images.shape[2:])}")
+            raise VitDSIError(
+                f"ImageSet '{self.name}': images must be square, got {tuple(self.images.shape[2:])}"
+            )
         if self.labels.shape[0] != n or len(self.source_ids) != n:
             raise VitDSIError(
                 f"ImageSet '{self.name}': {n} images but {self.labels.shape[0]} labels and "
@@ -54,15 +56,20 @@ class ImageSet:
         if self.labels.ndim == 1 and self.labels.dtype != torch.int64:
             raise VitDSIError(f"ImageSet '{self.name}': class labels must be int64, got {self.labels.dtype}")
         if self.labels.ndim == 2 and self.labels.dtype != torch.bool:
-            raise VitDSIError(f"ImageSet '{self.name}': multi-hot labels must be bool, got {self.labels.dtype}")
+            raise VitDSIError(
+                f"ImageSet '{self.name}': multi-hot labels must be bool, got {self.labels.dtype}"
+            )
         if self.relevance_labels is not None and self.relevance_labels.shape != self.labels.shape:
-            raise VitDSIError(f"ImageSet '{self.name}': relevance_labels {tuple(self.relevance_labels.shape)} "
-                              f"must have the shape of labels {tuple(self.labels.shape)}")
+            raise VitDSIError(
+                f"ImageSet '{self.name}': relevance_labels {tuple(self.relevance_labels.shape)} "
+                f"must have the shape of labels {tuple(self.labels.shape)}"
+            )
         if self.view_of is not None and len(self.view_of) != n:
             raise VitDSIError(f"ImageSet '{self.name}': {n} images but {len(self.view_of)} view_of entries")
         if self.captions is not None and len(self.captions) and int(self.captions.image.max()) >= n:
-            raise VitDSIError(f"ImageSet '{self.name}': a caption describes image {int(self.captions.image.max())} "
-                              f"of {n}")
+            raise VitDSIError(
+                f"ImageSet '{self.name}': a caption describes image {int(self.captions.image.max())} of {n}"
+            )
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -98,22 +105,28 @@ class ImageSet:
         """This set followed by `other` (same image size, label form and classes), e.g. a corpus
         with the images added to it."""
         if other.image_size != self.image_size or other.multilabel != self.multilabel:
-            raise VitDSIError(f"ImageSet '{self.name}': cannot concatenate {other.image_size}px "
-                              f"{'multi-label' if other.multilabel else 'single-label'} images to {self.image_size}px "
-                              f"{'multi-label' if self.multilabel else 'single-label'} ones")
+            raise VitDSIError(
+                f"ImageSet '{self.name}': cannot concatenate {other.image_size}px "
+                f"{'multi-label' if other.multilabel else 'single-label'} images to {self.image_size}px "
+                f"{'multi-label' if self.multilabel else 'single-label'} ones"
+            )
         if (self.view_of is None) != (other.view_of is None) or (
-                (self.relevance_labels is None) != (other.relevance_labels is None)):
+            (self.relevance_labels is None) != (other.relevance_labels is None)
+        ):
             raise VitDSIError(f"ImageSet '{self.name}': cannot concatenate sets of different protocols")
         return ImageSet(
             images=torch.cat([self.images, other.images.to(self.images.device)]),
             labels=torch.cat([self.labels, other.labels.to(self.labels.device)]),
             source_ids=np.concatenate([self.source_ids, other.source_ids]),
-            class_names=self.class_names if len(self.class_names) >= len(other.class_names) else other.class_names,
+            class_names=self.class_names
+            if len(self.class_names) >= len(other.class_names)
+            else other.class_names,
             name=self.name,
             meta=dict(self.meta),
             view_of=None if self.view_of is None else np.concatenate([self.view_of, other.view_of]),
-            relevance_labels=None if self.relevance_labels is None else torch.cat(
-                [self.relevance_labels, other.relevance_labels.to(self.relevance_labels.device)]),
+            relevance_labels=None
+            if self.relevance_labels is None
+            else torch.cat([self.relevance_labels, other.relevance_labels.to(self.relevance_labels.device)]),
             captions=_concat_captions(self.captions, other.captions, len(self)),
         )
 

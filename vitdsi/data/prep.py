@@ -48,7 +48,9 @@ def prepare_batch(images: np.ndarray | torch.Tensor, size: int, fit: str = "resi
     elif fit == "resize":
         if src != size:
             chunks = [
-                F.interpolate(c.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                F.interpolate(
+                    c.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+                )
                 .round_()
                 .clamp_(0, 255)
                 .to(torch.uint8)
@@ -108,5 +110,7 @@ def load_image_file(path, size: int) -> torch.Tensor:
 
 def too_large(path, e: Image.DecompressionBombError) -> VitDSIError:
     """The error for an image PIL refuses to open as a likely decompression bomb."""
-    return VitDSIError(f"image {path} is too large to decode: {e.args[0] if e.args else e} "
-                       "(PIL.Image.MAX_IMAGE_PIXELS); shrink or remove it")
+    return VitDSIError(
+        f"image {path} is too large to decode: {e.args[0] if e.args else e} "
+        "(PIL.Image.MAX_IMAGE_PIXELS); shrink or remove it"
+    )

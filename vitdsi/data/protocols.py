@@ -66,11 +66,15 @@ class InstanceOptions:
 
     def __post_init__(self) -> None:
         if self.strength not in PRESETS:
-            raise VitDSIError(f"instance protocol: unknown view strength '{self.strength}'; presets: {', '.join(PRESETS)}")
+            raise VitDSIError(
+                f"instance protocol: unknown view strength '{self.strength}'; presets: {', '.join(PRESETS)}"
+            )
         if self.train_views < 0:
             raise VitDSIError(f"instance protocol: train_views must be >= 0, got {self.train_views}")
         if not 0.0 <= self.untrained_share <= 1.0:
-            raise VitDSIError(f"instance protocol: untrained_share must be in [0, 1], got {self.untrained_share}")
+            raise VitDSIError(
+                f"instance protocol: untrained_share must be in [0, 1], got {self.untrained_share}"
+            )
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,9 @@ class UnseenOptions:
 
 @dataclass(frozen=True)
 class GradedOptions:
-    gain: str = "shared"  # gain of a corpus image: 'shared' categories with the query, or their 'jaccard' index
+    gain: str = (
+        "shared"  # gain of a corpus image: 'shared' categories with the query, or their 'jaccard' index
+    )
 
     def __post_init__(self) -> None:
         if self.gain not in ("shared", "jaccard"):
@@ -108,7 +114,8 @@ class Protocol:
     """One evaluation protocol, declared once (see the module doc)."""
 
     name: str  # as `dataset.protocol` names it
-    apply: Callable[[SplitSets, int, Any, Captions | None], SplitSets]  # (class split, seed, options, captions) -> sets
+    # (class split, seed, options, captions) -> sets
+    apply: Callable[[SplitSets, int, Any, Captions | None], SplitSets]
     describe: Callable[[Any], str]  # its options -> one line for a report's set-up
     options: type | None = None  # dataclass of its options (defaults; checks in __post_init__); None: none
     block: str | None = None  # the key of those options under `dataset:` in a study file
@@ -137,8 +144,13 @@ def get_protocol(name: str) -> Protocol:
     return PROTOCOLS[name]
 
 
-def apply_protocol(sets: SplitSets, protocol: str, seed: int, options: ProtocolOptions | None = None,
-                   indexed_captions: Captions | None = None) -> SplitSets:
+def apply_protocol(
+    sets: SplitSets,
+    protocol: str,
+    seed: int,
+    options: ProtocolOptions | None = None,
+    indexed_captions: Captions | None = None,
+) -> SplitSets:
     """The sets of `protocol` over a class split (`class`: unchanged). The text protocol also needs
     `indexed_captions`, every caption of the indexed images (`Split.indexed_captions`)."""
     p = get_protocol(protocol)
@@ -148,8 +160,10 @@ def apply_protocol(sets: SplitSets, protocol: str, seed: int, options: ProtocolO
 def graded_sets(sets: SplitSets, options: GradedOptions) -> SplitSets:
     """The class split with graded gains (multi-label data only)."""
     if not sets.corpus.multilabel:
-        raise VitDSIError(f"the graded protocol needs multi-label data (coco, coco-mosaic); '{sets.corpus.name}' "
-                          "has one class per image: use `protocol: class`")
+        raise VitDSIError(
+            f"the graded protocol needs multi-label data (coco, coco-mosaic); '{sets.corpus.name}' "
+            "has one class per image: use `protocol: class`"
+        )
     return SplitSets(sets.corpus, sets.train, sets.val, sets.test, grading=options.gain)
 
 
@@ -166,14 +180,20 @@ def unseen_class_sets(sets: SplitSets, seed: int, options: UnseenOptions) -> Spl
     `relevance_labels`) and their train queries dropped; validation and test unchanged."""
     corpus = sets.corpus
     if corpus.multilabel:
-        raise VitDSIError("the unseen-classes protocol needs one class per image; multi-label data: use `class`")
+        raise VitDSIError(
+            "the unseen-classes protocol needs one class per image; multi-label data: use `class`"
+        )
     unseen = torch.as_tensor(unseen_classes(corpus.n_classes, options.share, seed))
     hidden = torch.isin(corpus.labels, unseen)
     masked = ImageSet(
-        images=corpus.images, labels=torch.where(hidden, -1, corpus.labels), source_ids=corpus.source_ids,
-        class_names=corpus.class_names, name=corpus.name,
+        images=corpus.images,
+        labels=torch.where(hidden, -1, corpus.labels),
+        source_ids=corpus.source_ids,
+        class_names=corpus.class_names,
+        name=corpus.name,
         meta={**corpus.meta, "protocol": "unseen-classes", "unseen_classes": unseen.tolist()},
-        relevance_labels=corpus.labels, captions=corpus.captions,
+        relevance_labels=corpus.labels,
+        captions=corpus.captions,
     )
     train = sets.train.subset(np.flatnonzero(~torch.isin(sets.train.labels, unseen).numpy()))
     return SplitSets(masked, train, sets.val, sets.test)
@@ -191,16 +211,22 @@ def instance_sets(corpus: ImageSet, seed: int, options: InstanceOptions) -> Spli
     every corpus image, each role from its own seeds."""
     hflip = options.hflip if options.hflip is not None else corpus.name not in NO_FLIP_DATASETS
     trained = trained_sources(len(corpus), options.untrained_share, seed)
-    train_rounds = [_views(corpus, trained, options, view_seed(seed, "train", r), hflip, f"train{r}")
-                    for r in range(options.train_views)]
+    train_rounds = [
+        _views(corpus, trained, options, view_seed(seed, "train", r), hflip, f"train{r}")
+        for r in range(options.train_views)
+    ]
     everyone = np.arange(len(corpus))
-    train = _concat(train_rounds) if train_rounds else _views(corpus, everyone[:0], options, 0, hflip, "train")
+    train = (
+        _concat(train_rounds) if train_rounds else _views(corpus, everyone[:0], options, 0, hflip, "train")
+    )
     val = _views(corpus, everyone, options, view_seed(seed, "val"), hflip, "val")
     test = _views(corpus, everyone, options, view_seed(seed, "test"), hflip, "test")
     return SplitSets(corpus, train, val, test)
 
 
-def _views(corpus: ImageSet, sources: np.ndarray, options: InstanceOptions, seed: int, hflip: bool, role: str) -> ImageSet:
+def _views(
+    corpus: ImageSet, sources: np.ndarray, options: InstanceOptions, seed: int, hflip: bool, role: str
+) -> ImageSet:
     base = corpus.subset(sources)
     return ImageSet(
         images=make_views(base.images, options.strength, seed, hflip=hflip),
@@ -227,47 +253,90 @@ def _concat(parts: list[ImageSet]) -> ImageSet:
 
 
 def _describe_instance(o: InstanceOptions) -> str:
-    return (f"instance: queries are new views ({o.strength}) of indexed images, each relevant to its source only; "
-            f"{o.train_views} train view(s) of each image except a {o.untrained_share:.0%} share that has none; "
-            "validation and test views from their own seeds")
+    return (
+        f"instance: queries are new views ({o.strength}) of indexed images, each relevant to its source "
+        f"only; {o.train_views} train view(s) of each image except a {o.untrained_share:.0%} share that has "
+        "none; validation and test views from their own seeds"
+    )
 
 
 def _describe_text(o: TextOptions) -> str:
-    return ("text: queries are captions of indexed images in phrasings no training caption uses; R@K and MRR: "
-            "relevant = the caption's own image; the other metrics: images sharing a category with it (nDCG gains: "
-            f"{'shared categories' if o.gain == 'shared' else 'Jaccard index'}); a {o.untrained_share:.0%} share of "
-            "the indexed images carries no training caption")
+    return (
+        "text: queries are captions of indexed images in phrasings no training caption uses; R@K and MRR: "
+        "relevant = the caption's own image; the other metrics: images sharing a category with it (nDCG "
+        f"gains: {'shared categories' if o.gain == 'shared' else 'Jaccard index'}); a "
+        f"{o.untrained_share:.0%} share of the indexed images carries no training caption"
+    )
 
 
-register_protocol(Protocol(
-    "class", apply=lambda sets, seed, options, captions: sets,
-    describe=lambda o: "class: queries are other images, relevant = same class (or a shared category)"))
-register_protocol(Protocol(
-    "instance", apply=lambda sets, seed, options, captions: instance_sets(sets.corpus, seed, options),
-    describe=_describe_instance, options=InstanceOptions, block="instance",
-    seen=SeenSplit(("(had train views)", "(no train view)"),
-                   lambda sets: np.isin(sets.test.view_of, sets.train.view_of),
-                   "Test views split by whether their source image had train views.")))
-register_protocol(Protocol(
-    "unseen-classes", apply=lambda sets, seed, options, captions: unseen_class_sets(sets, seed, options),
-    describe=lambda o: (f"unseen-classes: {o.share:.0%} of the classes (seeded) are indexed but their labels and "
-                        "train queries never reach training; relevance = same class; test reported for seen and "
-                        "unseen classes"),
-    options=UnseenOptions, block="unseen",
-    seen=SeenSplit(("(seen classes)", "(unseen classes)"),
-                   lambda sets: ~np.isin(sets.test.labels.numpy(), sets.corpus.meta["unseen_classes"]),
-                   "Test queries split by whether their class was seen in training (unseen classes are indexed, "
-                   "but no label or training pair of theirs reached any method).")))
-register_protocol(Protocol(
-    "graded", apply=lambda sets, seed, options, captions: graded_sets(sets, options),
-    describe=lambda o: ("graded: multi-label, relevant = a shared category; nDCG gains = "
-                        + ("the number of shared categories" if o.gain == "shared"
-                           else "the Jaccard index of the category sets")),
-    options=GradedOptions, block="graded"))
-register_protocol(Protocol(
-    "text", apply=lambda sets, seed, options, captions: text_sets(sets.corpus, captions, seed, options),
-    describe=_describe_text, options=TextOptions, block="text",
-    seen=SeenSplit(("(image captioned in training)", "(image not)"),
-                   lambda sets: np.isin(sets.text["test"].image, sets.text["train"].image),
-                   "Test captions split by whether the image they describe carried training captions (the rest "
-                   "of the indexed images are known by their pixels alone: a caption-only method cannot find them).")))
+register_protocol(
+    Protocol(
+        "class",
+        apply=lambda sets, seed, options, captions: sets,
+        describe=lambda o: "class: queries are other images, relevant = same class (or a shared category)",
+    )
+)
+register_protocol(
+    Protocol(
+        "instance",
+        apply=lambda sets, seed, options, captions: instance_sets(sets.corpus, seed, options),
+        describe=_describe_instance,
+        options=InstanceOptions,
+        block="instance",
+        seen=SeenSplit(
+            ("(had train views)", "(no train view)"),
+            lambda sets: np.isin(sets.test.view_of, sets.train.view_of),
+            "Test views split by whether their source image had train views.",
+        ),
+    )
+)
+register_protocol(
+    Protocol(
+        "unseen-classes",
+        apply=lambda sets, seed, options, captions: unseen_class_sets(sets, seed, options),
+        describe=lambda o: (
+            f"unseen-classes: {o.share:.0%} of the classes (seeded) are indexed but their labels and "
+            "train queries never reach training; relevance = same class; test reported for seen and "
+            "unseen classes"
+        ),
+        options=UnseenOptions,
+        block="unseen",
+        seen=SeenSplit(
+            ("(seen classes)", "(unseen classes)"),
+            lambda sets: ~np.isin(sets.test.labels.numpy(), sets.corpus.meta["unseen_classes"]),
+            "Test queries split by whether their class was seen in training (unseen classes are indexed, "
+            "but no label or training pair of theirs reached any method).",
+        ),
+    )
+)
+register_protocol(
+    Protocol(
+        "graded",
+        apply=lambda sets, seed, options, captions: graded_sets(sets, options),
+        describe=lambda o: (
+            "graded: multi-label, relevant = a shared category; nDCG gains = "
+            + (
+                "the number of shared categories"
+                if o.gain == "shared"
+                else "the Jaccard index of the category sets"
+            )
+        ),
+        options=GradedOptions,
+        block="graded",
+    )
+)
+register_protocol(
+    Protocol(
+        "text",
+        apply=lambda sets, seed, options, captions: text_sets(sets.corpus, captions, seed, options),
+        describe=_describe_text,
+        options=TextOptions,
+        block="text",
+        seen=SeenSplit(
+            ("(image captioned in training)", "(image not)"),
+            lambda sets: np.isin(sets.text["test"].image, sets.text["train"].image),
+            "Test captions split by whether the image they describe carried training captions (the rest "
+            "of the indexed images are known by their pixels alone: a caption-only method cannot find them).",
+        ),
+    )
+)

@@ -42,11 +42,25 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {
     s.name: s
     for s in [
-        DatasetSpec("digits", load_digits, "scikit-learn's bundled 8x8 digits, 1,797 images, 10 classes (always present)"),
-        DatasetSpec("fashion-mnist", load_fashion_mnist, "Fashion-MNIST, 70,000 images, 10 classes (Debian dataset-fashion-mnist)"),
-        DatasetSpec("imagefolder", load_imagefolder, "root/class_x/*.jpg tree, e.g. an ImageNet subset (paper 2.1)"),
+        DatasetSpec(
+            "digits",
+            load_digits,
+            "scikit-learn's bundled 8x8 digits, 1,797 images, 10 classes (always present)",
+        ),
+        DatasetSpec(
+            "fashion-mnist",
+            load_fashion_mnist,
+            "Fashion-MNIST, 70,000 images, 10 classes (Debian dataset-fashion-mnist)",
+        ),
+        DatasetSpec(
+            "imagefolder", load_imagefolder, "root/class_x/*.jpg tree, e.g. an ImageNet subset (paper 2.1)"
+        ),
         DatasetSpec("coco", load_coco, "COCO instances json + images, multi-label relevance"),
-        DatasetSpec("coco-mosaic", load_coco_mosaic, "generated mosaics of digits / Fashion-MNIST tiles as real COCO files"),
+        DatasetSpec(
+            "coco-mosaic",
+            load_coco_mosaic,
+            "generated mosaics of digits / Fashion-MNIST tiles as real COCO files",
+        ),
     ]
 }
 
@@ -84,7 +98,9 @@ def probe_dataset(name: str, **params: Any) -> DataProbe:
         n, native, where = coco.probe(params.get("root"), params.get("annotations"), params.get("images"))
         return DataProbe(n, native, where, file_source=True)
     if name == "coco-mosaic":
-        return DataProbe(int(params.get("n_images", 500)), int(params.get("grid", 2)) * int(params.get("tile_size", 32)))
+        return DataProbe(
+            int(params.get("n_images", 500)), int(params.get("grid", 2)) * int(params.get("tile_size", 32))
+        )
     return DataProbe(None, None)
 
 
@@ -108,6 +124,9 @@ def load_dataset(name: str, **params: Any) -> ImageSet:
     images = spec.loader(**params)
     if limit is not None:
         if limit > len(images):
-            raise VitDSIError(f"dataset '{name}' has {len(images)} images but limit={limit} was asked; use at most {len(images)}")
+            raise VitDSIError(
+                f"dataset '{name}' has {len(images)} images but limit={limit} was asked; use at most "
+                f"{len(images)}"
+            )
         images = images.subset(np.sort(stratified_sample(images.primary_labels(), limit, seed)))
     return images

@@ -45,7 +45,8 @@ class Relevance:
             raise VitDSIError(f"graded relevance ('{self.grading}') needs multi-label (multi-hot) data")
         if self.multilabel and self.query_labels.shape[1] != self.corpus_labels.shape[1]:
             raise VitDSIError(
-                f"queries have {self.query_labels.shape[1]} categories but the corpus has {self.corpus_labels.shape[1]}"
+                f"queries have {self.query_labels.shape[1]} categories but the corpus has "
+                f"{self.corpus_labels.shape[1]}"
             )
 
     @staticmethod
@@ -103,8 +104,13 @@ class Relevance:
         of a uniformly random ranking); binary grading: R / N."""
         if not self.graded:
             return self.n_relevant() / self.corpus_size
-        return np.concatenate([self._dense_gains(slice(s, s + 1024)).mean(1)
-                               for s in range(0, self.n_queries, 1024)]) if self.n_queries else np.zeros(0)
+        return (
+            np.concatenate(
+                [self._dense_gains(slice(s, s + 1024)).mean(1) for s in range(0, self.n_queries, 1024)]
+            )
+            if self.n_queries
+            else np.zeros(0)
+        )
 
     @property
     def multilabel(self) -> bool:
@@ -168,7 +174,10 @@ class Relevance:
         if not self.multilabel:
             q = sp.csr_matrix(
                 (np.ones(self.n_queries, bool), (np.arange(self.n_queries), self.query_labels)),
-                shape=(self.n_queries, int(max(self.query_labels.max(initial=0), self.corpus_labels.max(initial=0))) + 1),
+                shape=(
+                    self.n_queries,
+                    int(max(self.query_labels.max(initial=0), self.corpus_labels.max(initial=0))) + 1,
+                ),
             )
             c = sp.csr_matrix(
                 (np.ones(self.corpus_size, bool), (np.arange(self.corpus_size), self.corpus_labels)),
@@ -192,8 +201,10 @@ class SplitRelevance:
     def __post_init__(self) -> None:
         for family, rel in self.by_family.items():
             if (rel.n_queries, rel.corpus_size) != (self.default.n_queries, self.default.corpus_size):
-                raise VitDSIError(f"relevance of metric family {family} is {rel.n_queries} x {rel.corpus_size} but the "
-                                  f"default is {self.default.n_queries} x {self.default.corpus_size}")
+                raise VitDSIError(
+                    f"relevance of metric family {family} is {rel.n_queries} x {rel.corpus_size} but the "
+                    f"default is {self.default.n_queries} x {self.default.corpus_size}"
+                )
 
     def for_family(self, family: str) -> Relevance:
         return self.by_family.get(family, self.default)
@@ -225,7 +236,9 @@ def relevance_keys(queries: ImageSet, corpus: ImageSet) -> tuple[torch.Tensor, t
     if queries.view_of is None:
         return _relevance_labels(queries), _relevance_labels(corpus)
     if len(queries) and (queries.view_of.min() < 0 or queries.view_of.max() >= len(corpus)):
-        raise VitDSIError(f"views point at corpus positions outside 0..{len(corpus) - 1}; were they made from this corpus?")
+        raise VitDSIError(
+            f"views point at corpus positions outside 0..{len(corpus) - 1}; were they made from this corpus?"
+        )
     return torch.as_tensor(queries.view_of, dtype=torch.int64), torch.arange(len(corpus), dtype=torch.int64)
 
 
@@ -241,7 +254,9 @@ def text_relevance(queries: Captions, corpus: ImageSet, grading: str = "binary")
     """Relevance of caption queries: their own image (R@K, MRR), or the corpus images that share a
     class / category with it (the other metrics, graded by `grading`)."""
     if len(queries) and int(queries.image.max()) >= len(corpus):
-        raise VitDSIError(f"a caption query describes image {int(queries.image.max())} of a corpus of {len(corpus)}")
+        raise VitDSIError(
+            f"a caption query describes image {int(queries.image.max())} of a corpus of {len(corpus)}"
+        )
     labels = (corpus.labels if corpus.relevance_labels is None else corpus.relevance_labels).cpu().numpy()
     own = Relevance(queries.image, np.arange(len(corpus), dtype=np.int64))
     shared = Relevance(labels[queries.image], labels, grading)

@@ -13,7 +13,9 @@ def stratified_sample(labels: np.ndarray, n: int, seed: int, what: str = "images
     labels = np.asarray(labels)
     total = labels.shape[0]
     if n > total:
-        raise VitDSIError(f"asked for {n} {what} but only {total} are available; lower the number to at most {total}")
+        raise VitDSIError(
+            f"asked for {n} {what} but only {total} are available; lower the number to at most {total}"
+        )
     if n < 0:
         raise VitDSIError(f"number of {what} must be non-negative, got {n}")
     if n == 0:

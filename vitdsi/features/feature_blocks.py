@@ -67,24 +67,32 @@ def _torchvision_blocks(spec: str) -> FeatureBlocks:
     if isinstance(getattr(model, "features", None), nn.Sequential):
         blocks = list(model.features)
     elif all(hasattr(model, a) for a in ("conv1", "bn1", "relu", "maxpool", "layer4")):  # ResNet / ResNeXt
-        blocks = [nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool),
-                  model.layer1, model.layer2, model.layer3, model.layer4]
+        blocks = [
+            nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool),
+            model.layer1,
+            model.layer2,
+            model.layer3,
+            model.layer4,
+        ]
     elif hasattr(model, "stem") and isinstance(getattr(model, "trunk_output", None), nn.Sequential):  # RegNet
         blocks = [model.stem, *model.trunk_output]
     else:
         raise VitDSIError(
-            f"encoder 'torchvision:{spec}': no spatial feature map found (a `features` sequence, the ResNet or "
-            "the RegNet layout); use a convolutional model such as resnet18, mobilenet_v3_small or convnext_tiny"
+            f"encoder 'torchvision:{spec}': no spatial feature map found (a `features` sequence, the ResNet "
+            "or the RegNet layout); use a convolutional model such as resnet18, mobilenet_v3_small or "
+            "convnext_tiny"
         )
     return FeatureBlocks(f"torchvision:{spec}", blocks, size, mean, std)
 
 
 def load_feature_blocks(encoder: str) -> FeatureBlocks:
-    """The pretrained blocks of `encoder` ('efficientnet-lite0' or 'torchvision:NAME[:WEIGHTS]'), on the CPU."""
+    """The pretrained blocks of `encoder` ('efficientnet-lite0' or 'torchvision:NAME[:WEIGHTS]'), on the
+    CPU."""
     if encoder == "efficientnet-lite0":
         return _efficientnet_lite0_blocks()
     if encoder.startswith("torchvision:") and encoder != "torchvision:":
-        return _torchvision_blocks(encoder[len("torchvision:"):])
+        return _torchvision_blocks(encoder[len("torchvision:") :])
     raise VitDSIError(
-        f"unknown encoder '{encoder}'; use 'vit' (trained from scratch), 'efficientnet-lite0' or 'torchvision:NAME'"
+        f"unknown encoder '{encoder}'; use 'vit' (trained from scratch), 'efficientnet-lite0' or "
+        "'torchvision:NAME'"
     )

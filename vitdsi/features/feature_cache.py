@@ -57,7 +57,7 @@ def fingerprint_array(a: np.ndarray) -> str:
     h.update(f"{a.dtype.str}{a.shape}".encode())
     flat = a.reshape(-1).view(np.uint8)
     for start in range(0, flat.size, _HASH_CHUNK):
-        h.update(flat[start:start + _HASH_CHUNK].data)
+        h.update(flat[start : start + _HASH_CHUNK].data)
     return h.hexdigest()
 
 
@@ -113,7 +113,9 @@ class FeatureCache:
             log.info("feature cache: built %s (%d rows) in %.1f s", folder.name, n, time.perf_counter() - t0)
         hit = self._load(folder, key)
         if hit is None:
-            raise VitDSIError(f"feature cache: the entry just built at {folder} does not read back; is the disk full?")
+            raise VitDSIError(
+                f"feature cache: the entry just built at {folder} does not read back; is the disk full?"
+            )
         return hit
 
     def _load(self, folder: Path, key: CacheKey) -> np.ndarray | None:
@@ -157,8 +159,10 @@ class FeatureCache:
         chosen = entries if prefix is None else [e for e in entries if e.digest.startswith(prefix)]
         if prefix is not None and len(chosen) != 1:
             found = ", ".join(e.digest for e in chosen) or "none"
-            raise VitDSIError(f"feature cache: {len(chosen)} entries in {self.root} start with '{prefix}' "
-                              f"(matches: {found}); give a longer prefix")
+            raise VitDSIError(
+                f"feature cache: {len(chosen)} entries in {self.root} start with '{prefix}' "
+                f"(matches: {found}); give a longer prefix"
+            )
         for e in chosen:
             shutil.rmtree(e.path, ignore_errors=True)
         for lock in self.root.glob("*.lock") if prefix is None and self.root.exists() else []:
@@ -172,16 +176,23 @@ def _write(tmp: Path, key: CacheKey, batches: Callable[[], Iterator[np.ndarray]]
     for block in batches():
         block = np.asarray(block)
         if array is None:
-            array = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=block.dtype,
-                                              shape=(n, *block.shape[1:]))
+            array = np.lib.format.open_memmap(
+                tmp / "features.npy", mode="w+", dtype=block.dtype, shape=(n, *block.shape[1:])
+            )
         if filled + len(block) > n:
             raise VitDSIError(f"feature cache: the encoder gave more than the {n} rows asked for")
-        array[filled:filled + len(block)] = block
+        array[filled : filled + len(block)] = block
         filled += len(block)
     if array is None or filled != n:
         raise VitDSIError(f"feature cache: the encoder gave {filled} rows, {n} were asked for")
     array.flush()
-    manifest = {"format": FORMAT, "key": key.__dict__, "shape": list(array.shape), "dtype": array.dtype.str,
-                "checksum": fingerprint_array(array), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    manifest = {
+        "format": FORMAT,
+        "key": key.__dict__,
+        "shape": list(array.shape),
+        "dtype": array.dtype.str,
+        "checksum": fingerprint_array(array),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     del array
     (tmp / MARKER).write_text(json.dumps(manifest, indent=1))

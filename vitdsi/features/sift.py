@@ -44,7 +44,9 @@ class SiftConfig:
         if self.upscale < 1:
             raise VitDSIError(f"SIFT upscale must be an integer >= 1, got {self.upscale}")
         if self.step < 1 or self.size < 1:
-            raise VitDSIError(f"dense SIFT step and size must be >= 1, got step={self.step}, size={self.size}")
+            raise VitDSIError(
+                f"dense SIFT step and size must be >= 1, got step={self.step}, size={self.size}"
+            )
 
 
 def to_gray(images: torch.Tensor) -> np.ndarray:
@@ -66,7 +68,9 @@ def dense_grid(height: int, width: int, step: int, size: int) -> np.ndarray:
     xs = np.arange(step / 2, width, step, dtype=np.float32)
     ys = np.arange(step / 2, height, step, dtype=np.float32)
     if len(xs) == 0 or len(ys) == 0:
-        raise VitDSIError(f"dense SIFT step {step} is larger than the {width}x{height} (upscaled) image; use a smaller step")
+        raise VitDSIError(
+            f"dense SIFT step {step} is larger than the {width}x{height} (upscaled) image; use a smaller step"
+        )
     gx, gy = np.meshgrid(xs, ys)
     return np.stack([gx.ravel(), gy.ravel()], axis=1)
 
@@ -79,7 +83,9 @@ def _describe_chunk(gray: np.ndarray, cfg: SiftConfig) -> list[np.ndarray]:
     h, w = gray.shape[1] * cfg.upscale, gray.shape[2] * cfg.upscale
     grid = None
     if cfg.detector == "dense":
-        grid = [cv2.KeyPoint(float(x), float(y), float(cfg.size)) for x, y in dense_grid(h, w, cfg.step, cfg.size)]
+        grid = [
+            cv2.KeyPoint(float(x), float(y), float(cfg.size)) for x, y in dense_grid(h, w, cfg.step, cfg.size)
+        ]
     out = []
     for img in gray:
         if cfg.upscale > 1:
@@ -88,7 +94,9 @@ def _describe_chunk(gray: np.ndarray, cfg: SiftConfig) -> list[np.ndarray]:
             _, desc = sift.detectAndCompute(img, None)
         else:
             _, desc = sift.compute(img, grid)
-        out.append(np.empty((0, DESCRIPTOR_DIM), np.float32) if desc is None else desc.astype(np.float32, copy=False))
+        out.append(
+            np.empty((0, DESCRIPTOR_DIM), np.float32) if desc is None else desc.astype(np.float32, copy=False)
+        )
     return out
 
 
@@ -126,7 +134,9 @@ def extract_descriptors(
         with progress() as bar, ThreadPoolExecutor(max_workers=workers) as pool:
             task = bar.add_task(description, total=n)
             # map() yields chunks in submission order, so descriptors stay in image order
-            for s, descs in zip(starts, pool.map(lambda s: _describe_chunk(gray[s : s + chunk], cfg), starts)):
+            for s, descs in zip(
+                starts, pool.map(lambda s: _describe_chunk(gray[s : s + chunk], cfg), starts)
+            ):
                 per_image.extend(descs)
                 bar.update(task, advance=min(chunk, n - s))
     finally:

@@ -34,7 +34,11 @@ def train_vocabulary(
     take = rng.choice(n, size=min(n, max(sample, k)), replace=False) if n > sample else np.arange(n)
     x = np.ascontiguousarray(desc[np.sort(take)], dtype=np.float32)
     kmeans = faiss.Kmeans(
-        x.shape[1], k, niter=iters, seed=seed, verbose=False,
+        x.shape[1],
+        k,
+        niter=iters,
+        seed=seed,
+        verbose=False,
         min_points_per_centroid=1,  # few points per word is fine; silences faiss' warning
         max_points_per_centroid=len(x),  # we sampled already; faiss must not subsample again
     )
@@ -59,7 +63,9 @@ def nearest_centroid(
     x = torch.as_tensor(x, dtype=torch.float32, device=device)
     c = torch.as_tensor(centroids, dtype=torch.float32, device=device)
     if x.ndim != 2 or c.ndim != 2 or x.shape[1] != c.shape[1]:
-        raise VitDSIError(f"descriptors {tuple(x.shape)} and centroids {tuple(c.shape)} must be 2-d with the same width")
+        raise VitDSIError(
+            f"descriptors {tuple(x.shape)} and centroids {tuple(c.shape)} must be 2-d with the same width"
+        )
     out = torch.empty(x.shape[0], dtype=torch.int64, device=device)
     c_sq = (c * c).sum(1)
     c_t = c.T.contiguous()

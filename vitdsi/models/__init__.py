@@ -7,6 +7,12 @@ from vitdsi.models.vit_dsi import VitDSI, VitDSIConfig, sequence_logprob
 from vitdsi.models.vit_encoder import VitEncoder, VitEncoderConfig
 
 __all__ = [
-    "IdTrie", "VitDSI", "VitDSIConfig", "VitEncoder", "VitEncoderConfig", "atomic_topk", "beam_search",
+    "IdTrie",
+    "VitDSI",
+    "VitDSIConfig",
+    "VitEncoder",
+    "VitEncoderConfig",
+    "atomic_topk",
+    "beam_search",
     "sequence_logprob",
 ]

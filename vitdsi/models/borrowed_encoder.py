@@ -4,10 +4,11 @@ Follows seed 002 ("Borrowing pretrained encoders for a differentiable retrieval 
 images"): instead of a ViT trained from scratch, a pretrained CNN reads the image and its
 last spatial feature map, one token per cell, projected to the decoder width and given a
 2-D position encoding, is what the id decoder cross-attends to. Images are resized and
-normalised as the CNN's weights were trained (or to `encoder_size`, cheaper on a CPU). `freeze_encoder` keeps all of it (True), none
-of it (False) or all but its last N blocks fixed; the fixed part runs in eval mode without
-gradients, so its output for an image never changes and a trainer may compute it once
-(`precompute`, then `forward(..., precomputed=True)`) instead of every epoch.
+normalised as the CNN's weights were trained (or to `encoder_size`, cheaper on a CPU).
+`freeze_encoder` keeps all of it (True), none of it (False) or all but its last N blocks fixed;
+the fixed part runs in eval mode without gradients, so its output for an image never changes and a
+trainer may compute it once (`precompute`, then `forward(..., precomputed=True)`) instead of every
+epoch.
 
 `make_encoder` picks the encoder a config names (`vit` or a borrowed one). Shapes: B images,
 P tokens (cells of the feature map), D model width.
@@ -72,14 +73,21 @@ class BorrowedEncoder(nn.Module):
         for name, tensor in sorted(self.frozen.state_dict().items()):
             h.update(name.encode())
             h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        encoder = f"{self.encoder_name} fixed blocks[:{len(self.frozen)}] of {self.n_blocks}, weights {h.hexdigest()}"
-        preprocessing = (f"[-1, 1] -> [0, 1], bilinear antialiased resize to {self.input_size} px, "
-                         f"mean {self.mean.flatten().tolist()}, std {self.std.flatten().tolist()}")
+        encoder = (
+            f"{self.encoder_name} fixed blocks[:{len(self.frozen)}] of {self.n_blocks}, "
+            f"weights {h.hexdigest()}"
+        )
+        preprocessing = (
+            f"[-1, 1] -> [0, 1], bilinear antialiased resize to {self.input_size} px, "
+            f"mean {self.mean.flatten().tolist()}, std {self.std.flatten().tolist()}"
+        )
         return encoder, preprocessing
 
     def pretrained_state(self) -> dict[str, torch.Tensor]:
         """The borrowed weights (and batch-norm statistics), which initialisation must not overwrite."""
-        return {k: v.detach().clone() for k, v in self.state_dict().items() if k.startswith(("frozen.", "tuned."))}
+        return {
+            k: v.detach().clone() for k, v in self.state_dict().items() if k.startswith(("frozen.", "tuned."))
+        }
 
     def train(self, mode: bool = True) -> BorrowedEncoder:
         super().train(mode)
@@ -87,15 +95,22 @@ class BorrowedEncoder(nn.Module):
         return self
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Model input in [-1, 1] (`vitdsi.training.augment.to_input`) -> the CNN's input: resized, normalised."""
+        """Model input in [-1, 1] (`vitdsi.training.augment.to_input`) -> the CNN's input: resized,
+        normalised."""
         x = (images.float() + 1.0) * 0.5
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
-                              antialias=True)
+            x = F.interpolate(
+                x,
+                size=(self.input_size, self.input_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
         return (x - self.mean) / self.std
 
     def precompute(self, images: torch.Tensor) -> torch.Tensor:
-        """Model input [B, 3, H, W] -> the fixed part's output, which `forward(..., precomputed=True)` takes."""
+        """Model input [B, 3, H, W] -> the fixed part's output, which `forward(..., precomputed=True)`
+        takes."""
         with torch.no_grad():
             return self.frozen(self.preprocess(images))
 

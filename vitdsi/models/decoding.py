@@ -39,7 +39,9 @@ class IdTrie:
             node_of.append(torch.unique(prefix, return_inverse=True)[1])
         children = []
         for level in range(length):
-            table = torch.full((int(node_of[level].max()) + 1, N_DIGITS), -1, dtype=torch.int64, device=codes.device)
+            table = torch.full(
+                (int(node_of[level].max()) + 1, N_DIGITS), -1, dtype=torch.int64, device=codes.device
+            )
             table[node_of[level], codes[:, level]] = node_of[level + 1]
             children.append(table)
         leaf_position = torch.empty(n, dtype=torch.int64, device=codes.device)
@@ -59,7 +61,9 @@ class IdTrie:
 
 
 @torch.no_grad()
-def beam_search(model: VitDSI, images: torch.Tensor, trie: IdTrie, k: int, beam: int) -> tuple[torch.Tensor, torch.Tensor]:
+def beam_search(
+    model: VitDSI, images: torch.Tensor, trie: IdTrie, k: int, beam: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k valid ids for normalised float images [B, C, H, W].
 
     Returns corpus positions int64 [B, k] (-1 where fewer than k ids exist) and their
@@ -70,8 +74,9 @@ def beam_search(model: VitDSI, images: torch.Tensor, trie: IdTrie, k: int, beam:
 
 
 @torch.no_grad()
-def beam_search_memory(model: VitDSI, memory: torch.Tensor, trie: IdTrie, k: int, beam: int,
-                       mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def beam_search_memory(
+    model: VitDSI, memory: torch.Tensor, trie: IdTrie, k: int, beam: int, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`beam_search` from an encoded memory [B, P, D] (image patches, or caption tokens with their
     padding `mask`, bool [B, P])."""
     width = max(beam, k)
@@ -81,7 +86,9 @@ def beam_search_memory(model: VitDSI, memory: torch.Tensor, trie: IdTrie, k: int
     nodes = torch.zeros((b, 1), dtype=torch.int64, device=device)  # trie node of each hypothesis, -1 = dead
     scores = torch.zeros((b, 1), dtype=torch.float32, device=device)
     for level in range(trie.length):
-        logp = F.log_softmax(model.decode(tokens, memory, kv, last_only=True, mask=mask).float(), -1)[..., :N_DIGITS]
+        logp = F.log_softmax(model.decode(tokens, memory, kv, last_only=True, mask=mask).float(), -1)[
+            ..., :N_DIGITS
+        ]
         child = trie.children[level][nodes.clamp(min=0)]  # [B, W, 10]
         allowed = (child >= 0) & (nodes >= 0)[..., None]
         cand = (scores[..., None] + logp).masked_fill(~allowed, float("-inf")).flatten(1)  # [B, W*10]
@@ -89,7 +96,9 @@ def beam_search_memory(model: VitDSI, memory: torch.Tensor, trie: IdTrie, k: int
         scores, flat = cand.topk(keep, dim=1)
         parent, digit = flat // N_DIGITS, flat % N_DIGITS
         nodes = child.flatten(1).gather(1, flat).masked_fill(torch.isinf(scores), -1)
-        tokens = torch.cat([tokens.gather(1, parent[..., None].expand(-1, -1, tokens.shape[2])), digit[..., None]], 2)
+        tokens = torch.cat(
+            [tokens.gather(1, parent[..., None].expand(-1, -1, tokens.shape[2])), digit[..., None]], 2
+        )
     # close every id with EOS so scores are the same full-sequence log-probs as in training
     eos = F.log_softmax(model.decode(tokens, memory, kv, last_only=True, mask=mask).float(), -1)[..., EOS]
     scores = torch.where(nodes >= 0, scores + eos, torch.full_like(scores, float("-inf")))
@@ -110,8 +119,9 @@ def atomic_topk(model: VitDSI, images: torch.Tensor, k: int) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def atomic_topk_memory(model: VitDSI, memory: torch.Tensor, k: int,
-                       mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def atomic_topk_memory(
+    model: VitDSI, memory: torch.Tensor, k: int, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`atomic_topk` from an encoded memory [B, P, D] (and its padding `mask`, bool [B, P])."""
     logp = F.log_softmax(model.atomic_logits(memory, mask).float(), -1)
     scores, positions = logp.topk(min(k, logp.shape[1]), dim=1)

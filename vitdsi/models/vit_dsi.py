@@ -140,12 +140,18 @@ class VitDSI(nn.Module):
         return self.head(self.encoder.pool(memory) if mask is None else masked_mean(memory, mask))
 
     # ---- decoder ----
-    def memory_kv(self, memory: torch.Tensor, mask: torch.Tensor | None = None) -> list[tuple[torch.Tensor, ...]]:
+    def memory_kv(
+        self, memory: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> list[tuple[torch.Tensor, ...]]:
         """Per decoder layer, cross-attention keys/values of the memory (reused across steps)."""
         return [layer.cross_attn.context_kv(memory, mask) for layer in self.decoder]
 
     def decode(
-        self, tokens: torch.Tensor, memory: torch.Tensor, kv: list | None = None, last_only: bool = False,
+        self,
+        tokens: torch.Tensor,
+        memory: torch.Tensor,
+        kv: list | None = None,
+        last_only: bool = False,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """tokens [B, W, T] (BOS first) and memory [B, P, D] -> logits [B, W, T, N_OUT]
@@ -155,7 +161,9 @@ class VitDSI(nn.Module):
         x = self.tok_embed(tokens) + self.tok_pos[:t]  # [B, W, T, D]
         if self.bos_proj is not None:
             # the BOS slot also carries the pooled memory: a direct path for the first digit
-            pooled = self.bos_proj(memory.mean(1) if mask is None else masked_mean(memory, mask))[:, None, None, :]
+            pooled = self.bos_proj(memory.mean(1) if mask is None else masked_mean(memory, mask))[
+                :, None, None, :
+            ]
             x = torch.cat([x[:, :, :1] + pooled, x[:, :, 1:]], dim=2)
         x = self.tok_drop(x)
         kv = kv if kv is not None else self.memory_kv(memory, mask)
@@ -165,7 +173,9 @@ class VitDSI(nn.Module):
             x = x[:, :, -1]
         return self.head(self.dec_norm(x))
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor | None = None, precomputed: bool = False) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, tokens: torch.Tensor | None = None, precomputed: bool = False
+    ) -> torch.Tensor:
         """Teacher-forced logits: atomic [B, n_ids]; seq2seq [B, T, N_OUT] for input tokens [B, T]."""
         memory = self.encode(images, precomputed)
         if self.cfg.atomic:
@@ -186,13 +196,13 @@ def _rename_legacy_keys(state_dict: dict, prefix: str, *args) -> None:
     """Load indexes saved before the encoder was a module of its own: `patch_embed.*`,
     `patch_norm.*`, `patch_pos`, `enc_norm.*` -> `encoder.*` and `encoder.N.*` -> `encoder.layers.N.*`."""
     for key in list(state_dict):
-        rest = key[len(prefix):] if key.startswith(prefix) else None
+        rest = key[len(prefix) :] if key.startswith(prefix) else None
         if rest is None:
             continue
         if rest.startswith(_LEGACY_ENCODER):
             state_dict[f"{prefix}encoder.{rest}"] = state_dict.pop(key)
         elif rest.startswith("encoder.") and rest.split(".")[1].isdigit():
-            state_dict[f"{prefix}encoder.layers.{rest[len('encoder.'):]}"] = state_dict.pop(key)
+            state_dict[f"{prefix}encoder.layers.{rest[len('encoder.') :]}"] = state_dict.pop(key)
 
 
 def id_inputs_targets(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -82,10 +82,12 @@ def check_borrowed_fields(encoder: str, freeze_encoder, encoder_size: int) -> No
             f"encoder must be 'vit', 'efficientnet-lite0' or 'torchvision:NAME' (e.g. torchvision:resnet18), "
             f"got '{encoder}'"
         )
-    if not isinstance(freeze_encoder, (bool, int)) or (not isinstance(freeze_encoder, bool) and freeze_encoder < 0):
+    if not isinstance(freeze_encoder, (bool, int)) or (
+        not isinstance(freeze_encoder, bool) and freeze_encoder < 0
+    ):
         raise VitDSIError(
-            f"freeze_encoder must be true (frozen), false (all trained) or a number >= 0 of trained last blocks, "
-            f"got {freeze_encoder!r}"
+            "freeze_encoder must be true (frozen), false (all trained) or a number >= 0 of trained last "
+            f"blocks, got {freeze_encoder!r}"
         )
     if encoder_size < 0 or 0 < encoder_size < 32:
         raise VitDSIError(f"encoder_size must be 0 (the encoder's own) or at least 32 px, got {encoder_size}")
@@ -98,8 +100,10 @@ def check_patch_size(patch_size: int, image_size: int) -> None:
         raise VitDSIError(f"patch_size must be >= 1, got {patch_size}")
     if image_size % patch_size:
         divisors = [d for d in range(1, image_size + 1) if image_size % d == 0]
-        raise VitDSIError(f"patch_size {patch_size} does not divide the image size {image_size}; "
-                          f"choose a divisor of {image_size} ({', '.join(map(str, divisors))}) or change dataset.size")
+        raise VitDSIError(
+            f"patch_size {patch_size} does not divide the image size {image_size}; "
+            f"choose a divisor of {image_size} ({', '.join(map(str, divisors))}) or change dataset.size"
+        )
 
 
 def init_weights(m: nn.Module) -> None:
@@ -132,8 +136,15 @@ def sinusoid_2d(grid: int, dim: int) -> torch.Tensor:
 
 
 # ---- building blocks (also used by the ViT-DSI decoder) -------------------------------
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
-           dropout_p: float = 0.0, causal: bool = False, fused: bool | None = None) -> torch.Tensor:
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    causal: bool = False,
+    fused: bool | None = None,
+) -> torch.Tensor:
     """Scaled dot-product attention of q [N, h, Tq, d] over k, v [N, h, Tk, d]; `attn_mask` is
     bool (True = attend) and broadcasts to [N, h, Tq, Tk]; `causal` masks key j > query i (the
     top-left alignment of F.scaled_dot_product_attention); `dropout_p` drops attention weights.
@@ -144,14 +155,22 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.T
     falls back to an unfused path that draws its mask with `bernoulli_` (64 and 100 patches,
     one thread; scripts/bench_training.py). In float32 without dropout the two are level."""
     if fused is None:
-        fused = not (q.device.type == "cpu" and (dropout_p > 0.0 or (
-            torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)))
+        fused = not (
+            q.device.type == "cpu"
+            and (
+                dropout_p > 0.0
+                or (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+            )
+        )
     if fused:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=causal)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=causal
+        )
     scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # [N, h, Tq, Tk]
     if causal:
-        scores = scores.masked_fill(torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).triu(1),
-                                    float("-inf"))
+        scores = scores.masked_fill(
+            torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).triu(1), float("-inf")
+        )
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, float("-inf"))
     return dropout(torch.softmax(scores, dim=-1), dropout_p) @ v

@@ -7,7 +7,8 @@
                     the `dual-encoder` retriever
 
 Both take a VitEncoderConfig, so the encoder is the same module with the same fields as
-the DSI's (the ViT, or the borrowed pretrained CNN its `encoder` field names). Shapes: B images, D model width, C classes, E embedding width.
+the DSI's (the ViT, or the borrowed pretrained CNN its `encoder` field names). Shapes: B images,
+D model width, C classes, E embedding width.
 """
 
 from __future__ import annotations

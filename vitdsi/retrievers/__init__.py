@@ -21,4 +21,13 @@ from vitdsi.retrievers.base import Retriever
 from vitdsi.retrievers.persistence import load_retriever, save_retriever
 from vitdsi.retrievers.registry import create, get, register, registered
 
-__all__ = ["Ranking", "Retriever", "create", "get", "load_retriever", "register", "registered", "save_retriever"]
+__all__ = [
+    "Ranking",
+    "Retriever",
+    "create",
+    "get",
+    "load_retriever",
+    "register",
+    "registered",
+    "save_retriever",
+]

@@ -45,15 +45,22 @@ class Supervision:
 
     def describe(self) -> str:
         """'label-free' or the signals used, e.g. 'corpus labels + query pairs'."""
-        used = [name for name, on in (("corpus labels", self.corpus_labels), ("query pairs", self.query_pairs),
-                                      ("corpus captions", self.captions), ("pretrained", self.pretrained)) if on]
+        used = [
+            name
+            for name, on in (
+                ("corpus labels", self.corpus_labels),
+                ("query pairs", self.query_pairs),
+                ("corpus captions", self.captions),
+                ("pretrained", self.pretrained),
+            )
+            if on
+        ]
         return " + ".join(used) if used else "label-free"
 
     @property
     def uses_labels(self) -> bool:
         """True when any label (corpus labels or label-derived query pairs) reaches training."""
         return self.corpus_labels or self.query_pairs
-
 
 
 class Retriever(ABC):
@@ -100,7 +107,9 @@ class Retriever(ABC):
         unknown = sorted(set(params) - set(declared))
         if unknown:
             allowed = sorted(p.name for p in retriever_params(type(self)))
-            raise VitDSIError(f"{self.name or type(self).__name__}: unknown parameter(s) {unknown}; allowed: {allowed}")
+            raise VitDSIError(
+                f"{self.name or type(self).__name__}: unknown parameter(s) {unknown}; allowed: {allowed}"
+            )
         for name, f in declared.items():
             setattr(self, name, coerce(params.get(name, f.default), type_name(f.type)))
 
@@ -119,7 +128,9 @@ class Retriever(ABC):
     def _add(self, images: ImageSet, train_queries: ImageSet | None) -> None:
         """Append `images` (validated, non-empty) at positions corpus_size .. corpus_size + n - 1;
         `self.corpus_size` still counts the images indexed before them."""
-        raise VitDSIError(f"{self.name}: incremental indexing (add) is not supported; index the whole corpus again")
+        raise VitDSIError(
+            f"{self.name}: incremental indexing (add) is not supported; index the whole corpus again"
+        )
 
     @abstractmethod
     def _search(self, queries: Any, k: int) -> Ranking:
@@ -146,8 +157,14 @@ class Retriever(ABC):
         return {}
 
     # ---- public interface -----------------------------------------------------------
-    def index(self, corpus: ImageSet, *, train_queries: ImageSet | None = None,
-              on_epoch: EpochCallback | None = None, validation: ValidationSet | None = None) -> None:
+    def index(
+        self,
+        corpus: ImageSet,
+        *,
+        train_queries: ImageSet | None = None,
+        on_epoch: EpochCallback | None = None,
+        validation: ValidationSet | None = None,
+    ) -> None:
         """Index `corpus`; `train_queries` (queries labelled against the same classes) are
         used by retrievers that learn from queries, such as a fine-tuned DSI. `on_epoch` is
         called after every training epoch by retrievers that `reports_epochs`. Retrievers that
@@ -156,8 +173,10 @@ class Retriever(ABC):
         if len(corpus) == 0:
             raise VitDSIError(f"{self.name}: cannot index an empty corpus; give at least one image")
         if self.query_kind == "text" and train_queries is not None:
-            raise VitDSIError(f"{self.name}: answers caption queries and learns from the captions the indexed images "
-                              "carry (corpus.captions); it takes no train_queries (image queries): pass None")
+            raise VitDSIError(
+                f"{self.name}: answers caption queries and learns from the captions the indexed images "
+                "carry (corpus.captions); it takes no train_queries (image queries): pass None"
+            )
         if train_queries is not None and train_queries.image_size != corpus.image_size:
             raise VitDSIError(
                 f"{self.name}: train queries are {train_queries.image_size}px but the corpus is "
@@ -173,8 +192,13 @@ class Retriever(ABC):
         finally:
             self.on_epoch, self.validation = None, None
 
-    def add(self, images: ImageSet, *, train_queries: ImageSet | None = None,
-            on_epoch: EpochCallback | None = None) -> None:
+    def add(
+        self,
+        images: ImageSet,
+        *,
+        train_queries: ImageSet | None = None,
+        on_epoch: EpochCallback | None = None,
+    ) -> None:
         """Add `images` to the built index. They take the next corpus positions (the first one
         is the old `corpus_size`); the positions of images indexed before never change.
         `train_queries` are new train queries, for retrievers that learn from queries."""
@@ -185,8 +209,8 @@ class Retriever(ABC):
         for what, s in (("added images", images), ("train queries", train_queries)):
             if s is not None and s.image_size != self.image_size:
                 raise VitDSIError(
-                    f"{self.name}: {what} are {s.image_size}px but the index was built on {self.image_size}px; "
-                    "prepare them at the corpus size"
+                    f"{self.name}: {what} are {s.image_size}px but the index was built on "
+                    f"{self.image_size}px; prepare them at the corpus size"
                 )
         seed_everything(self.seed + self.corpus_size)  # each add step draws its own randomness
         self.on_epoch = on_epoch
@@ -200,42 +224,53 @@ class Retriever(ABC):
         """Top-k corpus positions for each query: uint8 images [n, 3, H, W] for retrievers whose
         `query_kind` is 'image', captions (a list of str) for 'text' ones."""
         if self.corpus_size is None:
-            raise VitDSIError(f"{self.name}: search() called before index(); index a corpus or load_retriever() a saved index")
+            raise VitDSIError(
+                f"{self.name}: search() called before index(); index a corpus or load_retriever() a saved "
+                "index"
+            )
         kind = query_kind_of(queries, self.name)
         if kind != self.query_kind:
-            raise VitDSIError(f"{self.name}: answers {self.query_kind} queries ({QUERY_KINDS[self.query_kind]}), got "
-                              f"{kind} queries; use a retriever for {kind} queries")
+            raise VitDSIError(
+                f"{self.name}: answers {self.query_kind} queries ({QUERY_KINDS[self.query_kind]}), got "
+                f"{kind} queries; use a retriever for {kind} queries"
+            )
         queries = self._check_images(queries) if kind == "image" else [str(t) for t in queries]
         if not isinstance(k, int) or k < 1:
             raise VitDSIError(f"{self.name}: k must be a positive integer, got {k!r}")
         if k > self.corpus_size:
             raise VitDSIError(
-                f"{self.name}: k={k} is larger than the corpus ({self.corpus_size} images); use k <= {self.corpus_size}"
+                f"{self.name}: k={k} is larger than the corpus ({self.corpus_size} images); use k <= "
+                f"{self.corpus_size}"
             )
         n = len(queries)
         if n == 0:
             return Ranking(torch.empty(0, k, dtype=torch.int64), torch.empty(0, k, dtype=torch.float32))
         ranking = self._search(queries, k).cpu()
         if ranking.ids.shape != (n, k):
-            raise RuntimeError(f"{self.name}: returned ids of shape {tuple(ranking.ids.shape)}, expected {(n, k)}")
+            raise RuntimeError(
+                f"{self.name}: returned ids of shape {tuple(ranking.ids.shape)}, expected {(n, k)}"
+            )
         return ranking
 
     def _check_images(self, images: torch.Tensor) -> torch.Tensor:
         """`images` when they are uint8 [n, 3, H, W] at the index's size, else a VitDSIError."""
         if images.ndim != 4 or images.shape[1] != 3:
-            raise VitDSIError(f"{self.name}: queries must be a uint8 tensor [n, 3, H, W], got {tuple(images.shape)}")
+            raise VitDSIError(
+                f"{self.name}: queries must be a uint8 tensor [n, 3, H, W], got {tuple(images.shape)}"
+            )
         if images.dtype != torch.uint8:
             raise VitDSIError(f"{self.name}: query images must be uint8 (0-255), got {images.dtype}")
         if images.shape[2] != self.image_size or images.shape[3] != self.image_size:
             raise VitDSIError(
-                f"{self.name}: query images are {images.shape[2]}x{images.shape[3]} but the index was built on "
-                f"{self.image_size}x{self.image_size}; prepare queries at the corpus size"
+                f"{self.name}: query images are {images.shape[2]}x{images.shape[3]} but the index was built "
+                f"on {self.image_size}x{self.image_size}; prepare queries at the corpus size"
             )
         return images
 
     @property
     def supports_add(self) -> bool:
-        """Whether `add` appends to a built index (False: it raises, the whole corpus must be indexed again)."""
+        """Whether `add` appends to a built index (False: it raises, the whole corpus must be indexed
+        again)."""
         return type(self)._add is not Retriever._add
 
     def supervision_used(self) -> Supervision:
@@ -248,7 +283,8 @@ class Retriever(ABC):
         unknown = sorted(set(kwargs) - set(self.query_defaults))
         if unknown:
             raise VitDSIError(
-                f"{self.name}: unknown query argument(s) {unknown}; known: {sorted(self.query_defaults) or 'none'}"
+                f"{self.name}: unknown query argument(s) {unknown}; known: "
+                f"{sorted(self.query_defaults) or 'none'}"
             )
         self.query_args.update(kwargs)
 
@@ -275,10 +311,14 @@ def query_kind_of(queries: Any, owner: str = "search") -> str:
         queries = queries.tolist()
     if isinstance(queries, list | tuple) and all(isinstance(t, str) for t in queries):
         return "text"
-    what = ("a single str: wrap it in a list" if isinstance(queries, str) else
-            f"{type(queries).__name__}" + (" (not all str)" if isinstance(queries, list | tuple) else ""))
-    raise VitDSIError(f"{owner}: queries must be a uint8 image tensor [n, 3, H, W] or a list of captions (str), "
-                      f"got {what}")
+    what = (
+        "a single str: wrap it in a list"
+        if isinstance(queries, str)
+        else f"{type(queries).__name__}" + (" (not all str)" if isinstance(queries, list | tuple) else "")
+    )
+    raise VitDSIError(
+        f"{owner}: queries must be a uint8 image tensor [n, 3, H, W] or a list of captions (str), got {what}"
+    )
 
 
 # ---- helpers shared by retrievers -----------------------------------------------------

@@ -41,8 +41,14 @@ def _array(v: Any) -> np.ndarray:
 class BoVW(Retriever):
     """SIFT bag of visual words; cosine similarity by brute force or an inverted file."""
 
-    smoke_params: ClassVar[dict[str, Any]] = {"vocab_size": 16, "detector": "dense", "upscale": 2, "step": 8,
-                                              "size": 8, "kmeans_iters": 5}
+    smoke_params: ClassVar[dict[str, Any]] = {
+        "vocab_size": 16,
+        "detector": "dense",
+        "upscale": 2,
+        "step": 8,
+        "size": 8,
+        "kmeans_iters": 5,
+    }
     query_defaults: ClassVar[dict[str, Any]] = {
         "search": "brute",  # "brute" (dense matrix product) or "inverted" (inverted file); same rankings
         "batch_size": 512,  # queries scored at a time
@@ -86,8 +92,13 @@ class BoVW(Retriever):
         if self.vocab_size < 1:
             raise VitDSIError(f"bovw: vocab_size must be >= 1, got {vocab_size}")
         self.sift = SiftConfig(
-            detector=detector, upscale=self.upscale, step=self.step, size=self.size,
-            contrast_threshold=self.contrast_threshold, max_keypoints=self.max_keypoints, rootsift=self.rootsift,
+            detector=detector,
+            upscale=self.upscale,
+            step=self.step,
+            size=self.size,
+            contrast_threshold=self.contrast_threshold,
+            max_keypoints=self.max_keypoints,
+            rootsift=self.rootsift,
         )
         self._centroids: np.ndarray | None = None  # float32 [K, 128]
         self._idf: np.ndarray | None = None  # float64 [K], ones for tf
@@ -149,7 +160,11 @@ class BoVW(Retriever):
         self.index_stats = {"descriptors": len(words), "no_keypoints": int(self._empty.sum())}
         log.info(
             "bovw: %d images, %d descriptors (%.1f per image), %d without keypoints, K=%d",
-            len(corpus), len(words), len(words) / len(corpus), int(self._empty.sum()), self.vocab_size,
+            len(corpus),
+            len(words),
+            len(words) / len(corpus),
+            int(self._empty.sum()),
+            self.vocab_size,
         )
 
     def _add(self, images: ImageSet, train_queries: ImageSet | None) -> None:
@@ -227,16 +242,23 @@ class BoVW(Retriever):
         c = self._corpus
         t = _tensor
         return {
-            "centroids": t(self._centroids), "idf": t(self._idf),
-            "data": t(c.data), "indices": t(c.indices), "indptr": t(c.indptr), "shape": [int(n) for n in c.shape],
+            "centroids": t(self._centroids),
+            "idf": t(self._idf),
+            "data": t(c.data),
+            "indices": t(c.indices),
+            "indptr": t(c.indptr),
+            "shape": [int(n) for n in c.shape],
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
         a = _array
         self._centroids = a(state["centroids"]).astype(np.float32, copy=False)
         self._idf = a(state["idf"]).astype(np.float64, copy=False)
-        self._set_corpus(sp.csr_matrix((a(state["data"]), a(state["indices"]), a(state["indptr"])),
-                                       shape=tuple(state["shape"])))
+        self._set_corpus(
+            sp.csr_matrix(
+                (a(state["data"]), a(state["indices"]), a(state["indptr"])), shape=tuple(state["shape"])
+            )
+        )
 
     # ---- introspection --------------------------------------------------------------
     def histograms(self, images: torch.Tensor) -> sp.csr_matrix:

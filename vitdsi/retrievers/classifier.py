@@ -34,7 +34,8 @@ GROUP_GAP = 4.0  # score distance between consecutive groups; > 2, the range of 
 class Classifier(VitBaseline):
     """ViT encoder + class head; ranks corpus images by predicted class, then by cosine."""
 
-    supervision: ClassVar[Supervision] = Supervision(corpus_labels=True, query_pairs=True, pretrained=True)  # at most
+    # at most
+    supervision: ClassVar[Supervision] = Supervision(corpus_labels=True, query_pairs=True, pretrained=True)
     query_defaults: ClassVar[dict[str, Any]] = {}
     config_params = (*VitBaseline.config_params, *fields_of(TrainConfig, "label_smoothing"))
     smoke_params: ClassVar[dict[str, Any]] = TINY_VIT
@@ -73,9 +74,13 @@ class Classifier(VitBaseline):
     # ---- indexing ---------------------------------------------------------------------
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
         enc_cfg = self._encoder_config(corpus.image_size)
-        queries = train_queries if self.use_queries and train_queries is not None and len(train_queries) else None
+        queries = (
+            train_queries if self.use_queries and train_queries is not None and len(train_queries) else None
+        )
         if queries is not None and queries.multilabel != corpus.multilabel:
-            raise VitDSIError("classifier: the corpus and the train queries must both be single-label or both multi-label")
+            raise VitDSIError(
+                "classifier: the corpus and the train queries must both be single-label or both multi-label"
+            )
         self._multilabel = corpus.multilabel
         sets = [corpus] if queries is None else [corpus, queries]
         n_classes = self._n_classes(*sets)
@@ -86,8 +91,10 @@ class Classifier(VitBaseline):
                 "classifier learns from and ranks by labels: use a labelled dataset or a label-free retriever"
             )
         if queries is None:
-            log.info("classifier: no train queries%s; training on the corpus labels only",
-                     "" if self.use_queries else " (use_queries=False)")
+            log.info(
+                "classifier: no train queries%s; training on the corpus labels only",
+                "" if self.use_queries else " (use_queries=False)",
+            )
 
         # training examples: corpus then train queries, gathered by index from the uint8 images
         parts = [s.images.to(self.device) for s in sets]
@@ -108,11 +115,15 @@ class Classifier(VitBaseline):
 
         def step(idx: torch.Tensor):
             idx = idx.to(self.device)
-            logits = model(self._train_input(gather_rows(parts, idx), gen), self._precomputed)[0].float()  # [B, C]
+            logits = model(self._train_input(gather_rows(parts, idx), gen), self._precomputed)[
+                0
+            ].float()  # [B, C]
             y = targets[idx]
             if self._multilabel:
                 loss = F.binary_cross_entropy_with_logits(logits, y)
-                right = y.gather(1, logits.argmax(1, keepdim=True)).sum()  # top category is one of the image's
+                right = y.gather(
+                    1, logits.argmax(1, keepdim=True)
+                ).sum()  # top category is one of the image's
             else:
                 loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
                 right = (logits.argmax(1) == y).sum()
@@ -127,7 +138,8 @@ class Classifier(VitBaseline):
         self._build_index(corpus.images, corpus_hot)
 
     def _build_index(self, images: torch.Tensor, hot: torch.Tensor) -> None:
-        """The index: normalised pooled embeddings of the corpus `images` and the groups of their label sets."""
+        """The index: normalised pooled embeddings of the corpus `images` and the groups of their label
+        sets."""
         self._corpus_emb = self.predict(images)[1].to(self.device)
         groups, group_of = torch.unique(hot.to(torch.uint8), dim=0, return_inverse=True)
         self._groups, self._group_of = groups.float().to(self.device), group_of.long().to(self.device)
@@ -137,10 +149,15 @@ class Classifier(VitBaseline):
         n_classes = self._groups.shape[1]
         labels = images.labels.cpu()
         width = labels.shape[1] if images.multilabel else int(labels.max()) + 1
-        if images.multilabel != self._multilabel or width > n_classes or (images.multilabel and width != n_classes):
+        if (
+            images.multilabel != self._multilabel
+            or width > n_classes
+            or (images.multilabel and width != n_classes)
+        ):
             raise VitDSIError(
-                f"classifier: the added images' labels ({'multi-label' if images.multilabel else 'single-label'}, "
-                f"{width} classes) do not fit the trained head ({n_classes} classes); index the corpus again"
+                "classifier: the added images' labels "
+                f"({'multi-label' if images.multilabel else 'single-label'}, {width} classes) do not fit the "
+                f"trained head ({n_classes} classes); index the corpus again"
             )
         hot = torch.cat([self._groups[self._group_of].bool().cpu(), self._multi_hot(labels, n_classes)])
         self._corpus_emb = torch.cat([self._corpus_emb, self.predict(images.images)[1].to(self.device)])
@@ -169,10 +186,15 @@ class Classifier(VitBaseline):
             p, q = probs[s : s + SEARCH_BATCH].to(self.device), emb[s : s + SEARCH_BATCH].to(self.device)
             group_score = p @ self._groups.T  # [B, G]: summed probability of each group's label set
             group_score = torch.where(self._groups.any(1), group_score, -1.0)  # unlabelled images last
-            order = torch.sort(group_score, dim=1, descending=True, stable=True).indices  # ties: lower group first
-            rank = torch.empty_like(order).scatter_(1, order, torch.arange(n_groups, device=order.device).expand_as(order))
+            order = torch.sort(
+                group_score, dim=1, descending=True, stable=True
+            ).indices  # ties: lower group first
+            rank = torch.empty_like(order).scatter_(
+                1, order, torch.arange(n_groups, device=order.device).expand_as(order)
+            )
             cos = q @ self._corpus_emb.T  # [B, N]
-            key = cos.double() - GROUP_GAP * rank[:, self._group_of].double()  # lexicographic: group, then cosine
+            # lexicographic: group, then cosine
+            key = cos.double() - GROUP_GAP * rank[:, self._group_of].double()
             pos, val = topk_ties_to_lower(key, k)
             ids.append(pos)
             scores.append(val.float())
@@ -200,4 +222,3 @@ class Classifier(VitBaseline):
         self._groups = state["groups"].to(self.device)
         self._group_of = state["group_of"].to(self.device)
         self.history = list(state.get("history", []))
-

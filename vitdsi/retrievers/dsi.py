@@ -37,9 +37,20 @@ class DSIViT(DSIRetriever):
 
     # ~30 s a trial on one CPU core: enough epochs for 64 indexed digits to be memorised
     smoke_params: ClassVar[dict[str, Any]] = {
-        "patch_size": 8, "dim": 64, "ff_dim": 128, "depth": 2, "decoder_depth": 1, "heads": 4,
-        "dropout": 0.0, "id_scheme": "clustered", "mode": "multitask", "index_epochs": 100,
-        "retrieval_epochs": 60, "lr": 1e-3, "batch_size": 16, "views": "none",
+        "patch_size": 8,
+        "dim": 64,
+        "ff_dim": 128,
+        "depth": 2,
+        "decoder_depth": 1,
+        "heads": 4,
+        "dropout": 0.0,
+        "id_scheme": "clustered",
+        "mode": "multitask",
+        "index_epochs": 100,
+        "retrieval_epochs": 60,
+        "lr": 1e-3,
+        "batch_size": 16,
+        "views": "none",
     }
 
     def __init__(
@@ -58,9 +69,12 @@ class DSIViT(DSIRetriever):
         # retrieval task's replay; 0 = the old images only, and an add step without new train
         # queries then trains the indexing task alone)
         self.replay_queries = float(replay_queries)
-        self.add_epochs = int(add_epochs)  # epoch budget of an add step (stops at target_ia); 0 = index_epochs
+        # epoch budget of an add step (stops at target_ia); 0 = index_epochs
+        self.add_epochs = int(add_epochs)
         if self.add_strategy not in ADD_STRATEGIES:
-            raise VitDSIError(f"dsi-vit: add_strategy must be one of {', '.join(ADD_STRATEGIES)}, got '{add_strategy}'")
+            raise VitDSIError(
+                f"dsi-vit: add_strategy must be one of {', '.join(ADD_STRATEGIES)}, got '{add_strategy}'"
+            )
         if not 0.0 <= self.replay_share <= 1.0:
             raise VitDSIError(f"dsi-vit: replay_share must be in [0, 1], got {replay_share}")
         if not 0.0 <= self.replay_queries <= 1.0:
@@ -72,22 +86,41 @@ class DSIViT(DSIRetriever):
     def supervision_used(self) -> Supervision:
         # fine-tuning / multitask train on query pairs; the ids and the encoder: DSIRetriever
         image = self._image_supervision()
-        return Supervision(corpus_labels=image.corpus_labels, query_pairs=self.mode != "zero-shot",
-                           pretrained=image.pretrained)
+        return Supervision(
+            corpus_labels=image.corpus_labels,
+            query_pairs=self.mode != "zero-shot",
+            pretrained=image.pretrained,
+        )
 
     # ---- indexing ----------------------------------------------------------------------
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
         self._start_index(corpus)
         monitor = self._monitor()
-        self.history += self._fit(corpus, torch.arange(len(corpus)), self._ids.codes, train_queries, self.mode,
-                                  self.index_epochs, monitor=monitor)
+        self.history += self._fit(
+            corpus,
+            torch.arange(len(corpus)),
+            self._ids.codes,
+            train_queries,
+            self.mode,
+            self.index_epochs,
+            monitor=monitor,
+        )
         self.training_record = monitor.record()
         self._seen = (corpus, train_queries)
         self._finish()
 
-    def _fit(self, corpus: ImageSet, positions: torch.Tensor, codes: torch.Tensor, train_queries: ImageSet | None,
-             mode: str, index_epochs: int, seed: int | None = None, offset: int = 0,
-             monitor: TrainingMonitor | None = None) -> list[dict[str, Any]]:
+    def _fit(
+        self,
+        corpus: ImageSet,
+        positions: torch.Tensor,
+        codes: torch.Tensor,
+        train_queries: ImageSet | None,
+        mode: str,
+        index_epochs: int,
+        seed: int | None = None,
+        offset: int = 0,
+        monitor: TrainingMonitor | None = None,
+    ) -> list[dict[str, Any]]:
         """Train on the images of `corpus` at `positions` with target ids `codes` and, unless `mode`
         is zero-shot, on `train_queries` paired with relevant images among them. `offset`: the
         index position of corpus image 0 (what a view's source position is counted from)."""
@@ -100,10 +133,16 @@ class DSIViT(DSIRetriever):
             else:
                 query_keys, corpus_keys = relevance_keys(train_queries, corpus)
         trainer = DSITrainer(
-            self._model, corpus.images[positions].to(self.device), codes,
-            self.config(TrainConfig, mode=mode, index_epochs=index_epochs, seed=self.seed if seed is None else seed),
+            self._model,
+            corpus.images[positions].to(self.device),
+            codes,
+            self.config(
+                TrainConfig, mode=mode, index_epochs=index_epochs, seed=self.seed if seed is None else seed
+            ),
             query_images=train_queries.images if use_queries else None,
-            query_labels=query_keys, corpus_labels=corpus_keys[positions.to(corpus_keys.device)], callback=self.on_epoch,
+            query_labels=query_keys,
+            corpus_labels=corpus_keys[positions.to(corpus_keys.device)],
+            callback=self.on_epoch,
             monitor=monitor,
         )
         return [e.to_dict() for e in trainer.fit()]
@@ -113,21 +152,35 @@ class DSIViT(DSIRetriever):
         n_old, m = self.corpus_size, len(images)
         if self._seen is None and self.add_strategy != "new-only":
             raise VitDSIError(
-                f"dsi-vit: add_strategy '{self.add_strategy}' trains on the images indexed before, which an index "
-                "loaded from disk does not hold; use add_strategy='new-only' or index the whole corpus again"
+                f"dsi-vit: add_strategy '{self.add_strategy}' trains on the images indexed before, which an "
+                "index loaded from disk does not hold; use add_strategy='new-only' or index the whole "
+                "corpus again"
             )
         self._ids = extend_ids(self._ids, m, labels=images.primary_labels(), seed=self.seed + n_old)
         if self._ids.atomic:
             self._grow_atomic_head(m)
         epochs, seed = self.add_epochs or self.index_epochs, self.seed + n_old  # each step shuffles afresh
         if self._seen is None:  # new-only on a loaded index: the new images are all it has
-            log = self._fit(images, torch.arange(m), self._ids.codes[n_old:], train_queries,
-                            self._step_mode(train_queries), epochs, seed, offset=n_old)
+            log = self._fit(
+                images,
+                torch.arange(m),
+                self._ids.codes[n_old:],
+                train_queries,
+                self._step_mode(train_queries),
+                epochs,
+                seed,
+                offset=n_old,
+            )
         else:
             old_corpus, old_queries = self._seen
             corpus = old_corpus.concat(images)
-            queries = old_queries.concat(train_queries) if old_queries is not None and train_queries is not None \
-                else old_queries if train_queries is None else train_queries
+            queries = (
+                old_queries.concat(train_queries)
+                if old_queries is not None and train_queries is not None
+                else old_queries
+                if train_queries is None
+                else train_queries
+            )
             self._seen = (corpus, queries)
             if self.add_strategy == "full":  # from scratch on everything, as index() on the union would
                 seed_everything(self.seed)
@@ -137,9 +190,18 @@ class DSIViT(DSIRetriever):
             else:
                 positions, step_queries = torch.arange(n_old, n_old + m), train_queries
                 if self.add_strategy == "replay":
-                    positions, step_queries = self._replayed(n_old, positions, old_queries, train_queries, seed)
-                log = self._fit(corpus, positions, self._ids.codes[positions], step_queries,
-                                self._step_mode(step_queries), epochs, seed)
+                    positions, step_queries = self._replayed(
+                        n_old, positions, old_queries, train_queries, seed
+                    )
+                log = self._fit(
+                    corpus,
+                    positions,
+                    self._ids.codes[positions],
+                    step_queries,
+                    self._step_mode(step_queries),
+                    epochs,
+                    seed,
+                )
         self.history += [{**e, "add_step": n_old} for e in log]
         self._finish()
 
@@ -147,8 +209,14 @@ class DSIViT(DSIRetriever):
         """An add step's training mode: without train queries it writes the images in (indexing task) only."""
         return "multitask" if self.mode != "zero-shot" and queries is not None else "zero-shot"
 
-    def _replayed(self, n_old: int, new_positions: torch.Tensor, old_queries: ImageSet | None,
-                  new_queries: ImageSet | None, seed: int) -> tuple[torch.Tensor, ImageSet | None]:
+    def _replayed(
+        self,
+        n_old: int,
+        new_positions: torch.Tensor,
+        old_queries: ImageSet | None,
+        new_queries: ImageSet | None,
+        seed: int,
+    ) -> tuple[torch.Tensor, ImageSet | None]:
         """A replay step's corpus positions (a seeded `replay_share` of the old ones, then the new)
         and train queries (a seeded `replay_queries` share of those seen so far, then the step's)."""
         positions, queries = new_positions, new_queries
@@ -159,7 +227,9 @@ class DSIViT(DSIRetriever):
         n_replayed = round(self.replay_queries * len(old_queries)) if old_queries is not None else 0
         if n_replayed > 0:  # paired with relevant images among the trained positions only
             gen = torch.Generator().manual_seed(seed + 1)
-            replayed = old_queries.subset(torch.randperm(len(old_queries), generator=gen)[:n_replayed].sort().values)
+            replayed = old_queries.subset(
+                torch.randperm(len(old_queries), generator=gen)[:n_replayed].sort().values
+            )
             queries = replayed if new_queries is None else replayed.concat(new_queries)
         return positions, queries
 

@@ -39,14 +39,31 @@ SEARCH_BATCH = 256  # queries decoded together
 class DSIRetriever(EncoderRetriever):
     """A VitDSI-family model that writes the ids of corpus images (abstract)."""
 
-    supervision = Supervision(corpus_labels=True, query_pairs=True, pretrained=True)  # at most; see supervision_used
+    # at most; see supervision_used
+    supervision = Supervision(corpus_labels=True, query_pairs=True, pretrained=True)
     reports_epochs = True
     query_defaults = {"beam_size": 10}  # hypotheses kept per decoding step (at least k are kept)
     config_params = (  # the model's and the trainer's fields, named and defaulted there
         *fields_of(VitDSIConfig, *ENCODER_PARAMS, "decoder_depth"),
-        *fields_of(TrainConfig, "mode", "index_epochs", "retrieval_epochs", "lr", "batch_size", "weight_decay",
-                   "warmup_frac", "min_lr_frac", "grad_clip", "label_smoothing", "views", "index_views", "target_ia",
-                   "eval_every", "ia_sample", "precision"),
+        *fields_of(
+            TrainConfig,
+            "mode",
+            "index_epochs",
+            "retrieval_epochs",
+            "lr",
+            "batch_size",
+            "weight_decay",
+            "warmup_frac",
+            "min_lr_frac",
+            "grad_clip",
+            "label_smoothing",
+            "views",
+            "index_views",
+            "target_ia",
+            "eval_every",
+            "ia_sample",
+            "precision",
+        ),
         *fields_of(MonitorConfig, "patience", "val_every", "min_delta"),
     )
     # config_params beyond the encoder's, declared for type checkers (Retriever.__init__ sets them)
@@ -71,8 +88,9 @@ class DSIRetriever(EncoderRetriever):
     val_every: int
     min_delta: float
 
-    def __init__(self, *, id_scheme: str = "random", id_length: int = 0, id_features: str = "pixels",
-                 **params: Any) -> None:
+    def __init__(
+        self, *, id_scheme: str = "random", id_length: int = 0, id_features: str = "pixels", **params: Any
+    ) -> None:
         super().__init__(**params)
         self.id_scheme = str(id_scheme)  # 'random', 'clustered', 'semantic', 'rq' or 'atomic'
         self.id_length = int(id_length)  # digits per id; 0 = the fewest for the corpus (more = room to add)
@@ -81,10 +99,14 @@ class DSIRetriever(EncoderRetriever):
         # one as pretrained; the ViT after an indexing phase with atomic ids); never labels
         self.id_features = str(id_features)
         if self.id_scheme not in ID_SCHEMES:
-            raise VitDSIError(f"{self.name}: id_scheme must be one of {', '.join(ID_SCHEMES)}, got '{id_scheme}'")
+            raise VitDSIError(
+                f"{self.name}: id_scheme must be one of {', '.join(ID_SCHEMES)}, got '{id_scheme}'"
+            )
         check_encoder_params(self.name, self)
         if self.decoder_depth is not None and self.decoder_depth < 1:
-            raise VitDSIError(f"{self.name}: decoder_depth must be >= 1 or None (= depth), got {self.decoder_depth}")
+            raise VitDSIError(
+                f"{self.name}: decoder_depth must be >= 1 or None (= depth), got {self.decoder_depth}"
+            )
         try:
             self.config(TrainConfig)  # the trainer's own checks (mode, lr, batch_size, epochs)
             self.config(MonitorConfig)
@@ -101,13 +123,19 @@ class DSIRetriever(EncoderRetriever):
         semantic / rq ids on a pretrained backbone's features, or a borrowed encoder, carry what it
         learnt from ImageNet labels."""
         borrowed = self.encoder != "vit" or (
-            self.id_scheme in ("semantic", "rq") and self.id_features not in ("pixels", "own"))
+            self.id_scheme in ("semantic", "rq") and self.id_features not in ("pixels", "own")
+        )
         return Supervision(corpus_labels=self.id_scheme == "clustered", pretrained=borrowed)
 
     # ---- the model ---------------------------------------------------------------------
     def _model_config(self, image_size: int, id_length: int, n_ids: int) -> VitDSIConfig:
-        return self.config(VitDSIConfig, image_size=image_size, id_length=id_length,
-                           atomic=self.id_scheme == "atomic", n_ids=n_ids)
+        return self.config(
+            VitDSIConfig,
+            image_size=image_size,
+            id_length=id_length,
+            atomic=self.id_scheme == "atomic",
+            n_ids=n_ids,
+        )
 
     def _new_model(self, cfg: VitDSIConfig) -> VitDSI:
         """The model of this retriever for `cfg` (a subclass's adds what else it reads)."""
@@ -123,24 +151,38 @@ class DSIRetriever(EncoderRetriever):
             features, encoder_state = self._own_encoder_features(corpus)
         elif self.id_scheme in ("semantic", "rq"):
             features = self._id_feature_vectors(corpus.images)
-        self._ids = make_ids(self.id_scheme, n, labels=corpus.primary_labels(), features=features, seed=self.seed,
-                             length=self.id_length)
-        self._model = self._new_model(self._model_config(corpus.image_size, self._ids.length, n)).to(self.device)
+        self._ids = make_ids(
+            self.id_scheme,
+            n,
+            labels=corpus.primary_labels(),
+            features=features,
+            seed=self.seed,
+            length=self.id_length,
+        )
+        self._model = self._new_model(self._model_config(corpus.image_size, self._ids.length, n)).to(
+            self.device
+        )
         if encoder_state is not None:  # go on from the encoder that made the ids
             self._model.encoder.load_state_dict(encoder_state)
 
     def _train_images(self, images: torch.Tensor, codes: torch.Tensor, epochs: int) -> list[dict[str, Any]]:
         """Indexing only (zero-shot): `self._model` learns to write `codes` for uint8 `images`."""
-        trainer = DSITrainer(self._model, images.to(self.device), codes,
-                             self.config(TrainConfig, mode="zero-shot", index_epochs=epochs, seed=self.seed),
-                             callback=self.on_epoch, monitor=TrainingMonitor.passive(self._meter))
+        trainer = DSITrainer(
+            self._model,
+            images.to(self.device),
+            codes,
+            self.config(TrainConfig, mode="zero-shot", index_epochs=epochs, seed=self.seed),
+            callback=self.on_epoch,
+            monitor=TrainingMonitor.passive(self._meter),
+        )
         return [e.to_dict() for e in trainer.fit()]
 
     def _monitor(self) -> TrainingMonitor:
         """The monitor of the index call's training: its validation queries, scored by this DSI's
         own constrained search, and the FLOPs counted so far (an own-ids phase included)."""
-        return TrainingMonitor(self.config(MonitorConfig), self.validation, self._validation_rank, self._model,
-                               self._meter)
+        return TrainingMonitor(
+            self.config(MonitorConfig), self.validation, self._validation_rank, self._model, self._meter
+        )
 
     def _validation_rank(self, queries: Any, k: int) -> torch.Tensor:
         if self._trie is None and not self._ids.atomic:
@@ -166,8 +208,12 @@ class DSIRetriever(EncoderRetriever):
             net = self._model.encoder.eval()
             pooled, state = net.embed, net.state_dict()
         with torch.inference_mode():
-            return torch.cat([pooled(to_input(images[s : s + SEARCH_BATCH].to(self.device))).float().cpu()
-                              for s in range(0, n, SEARCH_BATCH)]), state
+            return torch.cat(
+                [
+                    pooled(to_input(images[s : s + SEARCH_BATCH].to(self.device))).float().cpu()
+                    for s in range(0, n, SEARCH_BATCH)
+                ]
+            ), state
 
     def _id_feature_vectors(self, images: torch.Tensor) -> torch.Tensor:
         """float32 [N, D] features the semantic / rq ids cluster (`id_features`), on the CPU."""
@@ -182,8 +228,12 @@ class DSIRetriever(EncoderRetriever):
         self._trie = None if self._ids.atomic else IdTrie.build(self._ids.codes).to(self.device)
 
     # ---- search ------------------------------------------------------------------------
-    def _decode(self, batches: Iterable[Any], encode: Callable[[Any], tuple[torch.Tensor, torch.Tensor | None]],
-                k: int) -> Ranking:
+    def _decode(
+        self,
+        batches: Iterable[Any],
+        encode: Callable[[Any], tuple[torch.Tensor, torch.Tensor | None]],
+        k: int,
+    ) -> Ranking:
         """Top-k corpus positions for batches of queries, each encoded by `encode` into a memory
         [B, P, D] and its padding mask (or None): the atomic head, or beam search over the trie of
         valid ids."""
@@ -206,8 +256,10 @@ class DSIRetriever(EncoderRetriever):
     # ---- persistence -------------------------------------------------------------------
     def _model_state(self) -> dict[str, Any]:
         """What `_model_from_state` needs to rebuild the trained model."""
-        return {"config": self._model.cfg.to_dict(),
-                "model": {k: v.detach().cpu() for k, v in self._model.state_dict().items()}}
+        return {
+            "config": self._model.cfg.to_dict(),
+            "model": {k: v.detach().cpu() for k, v in self._model.state_dict().items()},
+        }
 
     def _model_from_state(self, state: dict[str, Any]) -> VitDSI:
         model = VitDSI(VitDSIConfig(**state["config"])).to(self.device)

@@ -41,14 +41,28 @@ class DSIText(DSIRetriever, TextEncoderParams):
     """Seq2seq DSI that writes the ids of the images a caption describes; indexes images, learns captions."""
 
     query_kind = "text"
-    supervision = Supervision(corpus_labels=True, captions=True, pretrained=True)  # at most; see supervision_used
-    config_params = (*with_defaults(DSIRetriever.config_params, mode="multitask"),
-                     *fields_of(TextEncoderConfig, *TEXT_ENCODER_PARAMS))
+    # at most; see supervision_used
+    supervision = Supervision(corpus_labels=True, captions=True, pretrained=True)
+    config_params = (
+        *with_defaults(DSIRetriever.config_params, mode="multitask"),
+        *fields_of(TextEncoderConfig, *TEXT_ENCODER_PARAMS),
+    )
     # the text protocol on coco-mosaic: frozen MiniLM, a tiny image encoder
     smoke_params: ClassVar[dict[str, Any]] = {
-        "patch_size": 8, "dim": 64, "ff_dim": 128, "depth": 2, "decoder_depth": 1, "heads": 4,
-        "dropout": 0.0, "id_scheme": "atomic", "mode": "multitask", "index_epochs": 40,
-        "retrieval_epochs": 40, "lr": 1e-3, "batch_size": 16, "views": "none",
+        "patch_size": 8,
+        "dim": 64,
+        "ff_dim": 128,
+        "depth": 2,
+        "decoder_depth": 1,
+        "heads": 4,
+        "dropout": 0.0,
+        "id_scheme": "atomic",
+        "mode": "multitask",
+        "index_epochs": 40,
+        "retrieval_epochs": 40,
+        "lr": 1e-3,
+        "batch_size": 16,
+        "views": "none",
     }
 
     def __init__(self, **params: Any) -> None:
@@ -61,8 +75,11 @@ class DSIText(DSIRetriever, TextEncoderParams):
     def supervision_used(self) -> Supervision:
         # zero-shot trains on images only; a MiniLM text encoder brings its own pretraining
         image = self._image_supervision()
-        return Supervision(corpus_labels=image.corpus_labels, captions=self.mode != "zero-shot",
-                           pretrained=image.pretrained or self.text_encoder == "minilm")
+        return Supervision(
+            corpus_labels=image.corpus_labels,
+            captions=self.mode != "zero-shot",
+            pretrained=image.pretrained or self.text_encoder == "minilm",
+        )
 
     def _new_model(self, cfg: VitDSIConfig):
         return VitTextDSI(cfg, self.config(TextEncoderConfig))
@@ -71,16 +88,22 @@ class DSIText(DSIRetriever, TextEncoderParams):
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
         captions = corpus.captions if self.mode != "zero-shot" else None
         if self.mode != "zero-shot" and (captions is None or not len(captions)):
-            raise VitDSIError(f"dsi-text: mode '{self.mode}' learns caption -> id from the captions the indexed images "
-                              "carry, but the corpus has none; use a captioned dataset (coco, coco-mosaic) under the "
-                              "text protocol, or mode='zero-shot'")
+            raise VitDSIError(
+                f"dsi-text: mode '{self.mode}' learns caption -> id from the captions the indexed images "
+                "carry, but the corpus has none; use a captioned dataset (coco, coco-mosaic) under the "
+                "text protocol, or mode='zero-shot'"
+            )
         self._start_index(corpus)
         monitor = self._monitor()
         trainer = TextDSITrainer(
-            self._model, corpus.images.to(self.device), self._ids.codes, self.config(TrainConfig, seed=self.seed),
+            self._model,
+            corpus.images.to(self.device),
+            self._ids.codes,
+            self.config(TrainConfig, seed=self.seed),
             captions=None if captions is None else captions.texts.tolist(),
             caption_image=None if captions is None else torch.as_tensor(captions.image, dtype=torch.int64),
-            callback=self.on_epoch, monitor=monitor,
+            callback=self.on_epoch,
+            monitor=monitor,
         )
         self.history += [e.to_dict() for e in trainer.fit()]
         self.training_record = monitor.record()
@@ -90,7 +113,8 @@ class DSIText(DSIRetriever, TextEncoderParams):
     def _search(self, texts: list[str], k: int) -> Ranking:
         batch = self._model.text.encoder.tokenize(texts)
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        order = torch.argsort(mask.sum(1), descending=True, stable=True)  # batches of similar length: little padding
+        # batches of similar length: little padding
+        order = torch.argsort(mask.sum(1), descending=True, stable=True)
 
         def encode(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             width = int(mask[rows].sum(1).max())
@@ -104,8 +128,11 @@ class DSIText(DSIRetriever, TextEncoderParams):
 
     # ---- persistence -------------------------------------------------------------------
     def _model_state(self) -> dict[str, Any]:
-        return {"config": self._model.cfg.to_dict(), "text_config": asdict(self._model.text_cfg),
-                "model": saved_state(self._model)}  # without the weights MiniLM's package ships
+        return {
+            "config": self._model.cfg.to_dict(),
+            "text_config": asdict(self._model.text_cfg),
+            "model": saved_state(self._model),
+        }  # without the weights MiniLM's package ships
 
     def _model_from_state(self, state: dict[str, Any]):
         model = VitTextDSI(VitDSIConfig(**state["config"]), TextEncoderConfig(**state["text_config"]))

@@ -49,7 +49,10 @@ class DualEncoder(VitBaseline, FaissParams):
 
     supervision: ClassVar[Supervision] = Supervision(query_pairs=True, pretrained=True)  # at most
     query_defaults: ClassVar[dict[str, Any]] = dict(QUERY_DEFAULTS)
-    config_params = (*VitBaseline.config_params, *fields_of(FaissConfig, *FAISS_PARAMS))  # + the FAISS index's
+    config_params = (
+        *VitBaseline.config_params,
+        *fields_of(FaissConfig, *FAISS_PARAMS),
+    )  # + the FAISS index's
     smoke_params: ClassVar[dict[str, Any]] = {**TINY_VIT, "embed_dim": 16}
 
     def __init__(
@@ -68,7 +71,10 @@ class DualEncoder(VitBaseline, FaissParams):
         if not self.temperature > 0:
             raise VitDSIError(f"dual-encoder: temperature must be > 0, got {temperature}")
         if self.hnsw_m < 2 or self.ef_construction < 1:
-            raise VitDSIError(f"dual-encoder: need hnsw_m >= 2 and ef_construction >= 1, got {self.hnsw_m}, {self.ef_construction}")
+            raise VitDSIError(
+                f"dual-encoder: need hnsw_m >= 2 and ef_construction >= 1, got {self.hnsw_m}, "
+                f"{self.ef_construction}"
+            )
         self._faiss = None  # the FAISS index over the corpus embeddings
 
     def supervision_used(self) -> Supervision:
@@ -84,13 +90,19 @@ class DualEncoder(VitBaseline, FaissParams):
         if self.use_queries and train_queries is not None and len(train_queries):
             sampler = RelevantSampler(*relevance_keys(train_queries, corpus))  # labels, or a view's source
             if len(sampler):
-                parts.append(train_queries.images[sampler.has_relevant.to(train_queries.images.device)].to(self.device))
+                parts.append(
+                    train_queries.images[sampler.has_relevant.to(train_queries.images.device)].to(self.device)
+                )
             else:
-                log.warning("dual-encoder: no train query has a relevant corpus image; training on view pairs only")
+                log.warning(
+                    "dual-encoder: no train query has a relevant corpus image; training on view pairs only"
+                )
                 sampler = None
         elif self.epochs:
-            log.info("dual-encoder: no train queries%s; training on corpus view pairs only (label-free)",
-                     "" if self.use_queries else " (use_queries=False)")
+            log.info(
+                "dual-encoder: no train queries%s; training on corpus view pairs only (label-free)",
+                "" if self.use_queries else " (use_queries=False)",
+            )
         n_q = len(parts[1]) if sampler is not None else 0
         gen = torch.Generator().manual_seed(self.seed)
         self._model = VitDualEncoder(enc_cfg, self.embed_dim or self.dim).to(self.device)
@@ -108,8 +120,11 @@ class DualEncoder(VitBaseline, FaissParams):
             else:
                 q = q_pos = torch.empty(0, dtype=torch.int64)
             out = []
-            for vb, qb, pb in zip(torch.tensor_split(views, n_batches), torch.tensor_split(q, n_batches),
-                                  torch.tensor_split(q_pos, n_batches)):
+            for vb, qb, pb in zip(
+                torch.tensor_split(views, n_batches),
+                torch.tensor_split(q, n_batches),
+                torch.tensor_split(q_pos, n_batches),
+            ):
                 out.append((torch.cat([vb, qb + n]), torch.cat([vb, pb])))
             return out
 
@@ -149,8 +164,13 @@ class DualEncoder(VitBaseline, FaissParams):
         return np.ascontiguousarray(torch.cat(parts).numpy(), dtype=np.float32)
 
     def _search(self, images: torch.Tensor, k: int) -> Ranking:
-        return search_index(self._faiss, self.embed(images), k, ef_search=self.query_args["ef_search"],
-                            nprobe=self.query_args["nprobe"])
+        return search_index(
+            self._faiss,
+            self.embed(images),
+            k,
+            ef_search=self.query_args["ef_search"],
+            nprobe=self.query_args["nprobe"],
+        )
 
     # ---- persistence ------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:

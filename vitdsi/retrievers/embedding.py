@@ -35,7 +35,10 @@ class Embedding(Retriever, FaissParams):
     query_defaults: ClassVar[dict[str, Any]] = dict(faiss_index.QUERY_DEFAULTS)
     supervision: ClassVar[Supervision] = Supervision(pretrained=True)
     config_params = fields_of(faiss_index.FaissConfig, *FAISS_PARAMS)  # the FAISS index's settings
-    smoke_params: ClassVar[dict[str, Any]] = {"backbone": "pixels", "index_type": "flat"}  # no pretrained weights to load
+    smoke_params: ClassVar[dict[str, Any]] = {
+        "backbone": "pixels",
+        "index_type": "flat",
+    }  # no pretrained weights to load
 
     def __init__(
         self,
@@ -80,7 +83,9 @@ class Embedding(Retriever, FaissParams):
     def embed(self, images: torch.Tensor) -> np.ndarray:
         """float32 [n, D]: the normalised features the index compares (after `index`)."""
         if self._mean is None:
-            raise VitDSIError("embedding: embed() needs the corpus statistics; index a corpus or load() one first")
+            raise VitDSIError(
+                "embedding: embed() needs the corpus statistics; index a corpus or load() one first"
+            )
         return self._normalise(self._raw_features(images, "images"))
 
     # ---- retriever hooks ------------------------------------------------------------
@@ -91,13 +96,19 @@ class Embedding(Retriever, FaissParams):
         raw = self._raw_features(corpus.images, "corpus")
         self._mean = raw.mean(0) if self.center else torch.zeros(raw.shape[1], device=raw.device)
         x = self._normalise(raw)
-        self._faiss = faiss_index.build_index(x, self.config(faiss_index.FaissConfig), seed=self.seed, owner="embedding")
+        self._faiss = faiss_index.build_index(
+            x, self.config(faiss_index.FaissConfig), seed=self.seed, owner="embedding"
+        )
         n, d = x.shape
-        log.info("embedding: %d images, %s features of %d dims, %s index", n, self.backbone, d, self.index_type)
+        log.info(
+            "embedding: %d images, %s features of %d dims, %s index", n, self.backbone, d, self.index_type
+        )
 
     def _add(self, images: ImageSet, train_queries: ImageSet | None) -> None:
         # centred on the first corpus's mean, so the vectors already in the index stay valid
-        faiss_index.add_vectors(self._faiss, self._normalise(self._raw_features(images.images, "added images")))
+        faiss_index.add_vectors(
+            self._faiss, self._normalise(self._raw_features(images.images, "added images"))
+        )
 
     def _search(self, images: torch.Tensor, k: int) -> Ranking:
         q = self._normalise(self._raw_features(images, "queries"))

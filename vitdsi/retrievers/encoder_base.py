@@ -11,8 +11,18 @@ from vitdsi.models.vit_encoder import check_borrowed_fields, check_patch_size
 from vitdsi.retrievers.base import Retriever
 
 # the encoder fields every ViT retriever takes as build parameters (image_size comes from the data)
-ENCODER_PARAMS = ("patch_size", "dim", "ff_dim", "depth", "heads", "dropout", "pos_encoding", "encoder",
-                  "freeze_encoder", "encoder_size")
+ENCODER_PARAMS = (
+    "patch_size",
+    "dim",
+    "ff_dim",
+    "depth",
+    "heads",
+    "dropout",
+    "pos_encoding",
+    "encoder",
+    "freeze_encoder",
+    "encoder_size",
+)
 
 
 class EncoderRetriever(Retriever):

@@ -32,7 +32,9 @@ def retriever_params(cls: type) -> list[ParamInfo]:
         for p in inspect.signature(klass.__init__).parameters.values():
             forwards |= p.kind == p.VAR_KEYWORD
             if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in out:
-                out[p.name] = ParamInfo(p.name, None if p.default is p.empty else p.default, type_name(p.annotation))
+                out[p.name] = ParamInfo(
+                    p.name, None if p.default is p.empty else p.default, type_name(p.annotation)
+                )
         if not forwards:
             break
     return list(out.values())

@@ -64,8 +64,10 @@ def load_retriever(path: str | Path, *, device: str | None = None) -> Retriever:
         params["device"] = device
     params.pop("augment", None)  # saved before `views` replaced it: a training setting, not needed to search
     if not (0 <= corpus_size <= MAX_IMAGES and 1 <= image_size <= MAX_IMAGE_SIDE):
-        raise VitDSIError(f"{cfg_file}: corpus_size {corpus_size:,} or image_size {image_size:,} out of bounds "
-                          f"(0..{MAX_IMAGES:,} images of 1..{MAX_IMAGE_SIDE} px); save the index again")
+        raise VitDSIError(
+            f"{cfg_file}: corpus_size {corpus_size:,} or image_size {image_size:,} out of bounds "
+            f"(0..{MAX_IMAGES:,} images of 1..{MAX_IMAGE_SIDE} px); save the index again"
+        )
     try:
         retriever = create(name, **params)
     except VitDSIError as e:
@@ -80,7 +82,8 @@ def load_retriever(path: str | Path, *, device: str | None = None) -> Retriever:
         if isinstance(e, VitDSIError):
             raise
         raise VitDSIError(
-            f"{path / 'state.pt'}: does not hold a '{name}' index ({type(e).__name__}: {e}); save the index again"
+            f"{path / 'state.pt'}: does not hold a '{name}' index ({type(e).__name__}: {e}); save the index "
+            "again"
         ) from None
     return retriever
 
@@ -103,8 +106,9 @@ def load_state_file(file: Path, *, map_location: Any = "cpu") -> dict[str, Any]:
         detail = next((line for line in lines if "GLOBAL" in line or "global" in line), None)
         if detail is not None:
             raise VitDSIError(
-                f"{file}: refused to load: it holds pickled objects other than tensors and plain values, which "
-                f"could run code ({detail}); only load indexes you trust, or re-save it with this version"
+                f"{file}: refused to load: it holds pickled objects other than tensors and plain values, "
+                f"which could run code ({detail}); only load indexes you trust, or re-save it with this "
+                "version"
             ) from None
         raise VitDSIError(
             f"{file}: refused to load: not a torch file of plain tensors and values "
@@ -113,9 +117,12 @@ def load_state_file(file: Path, *, map_location: Any = "cpu") -> dict[str, Any]:
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as e:
         raise VitDSIError(
-            f"{file}: not a readable torch file ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
-            "it is truncated or corrupt; save the index again"
+            f"{file}: not a readable torch file ({type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); it is truncated or corrupt; save "
+            "the index again"
         ) from None
     if not isinstance(state, dict):
-        raise VitDSIError(f"{file}: expected a dict of tensors, found {type(state).__name__}; save the index again")
+        raise VitDSIError(
+            f"{file}: expected a dict of tensors, found {type(state).__name__}; save the index again"
+        )
     return state

@@ -18,7 +18,9 @@ from vitdsi.retrievers.registry import register
 class PixelsKNN(Retriever):
     """Cosine similarity between flattened pixel vectors, exact, batched on the device."""
 
-    def __init__(self, *, center: bool = True, batch_size: int = 1024, seed: int = 0, device: str | None = None) -> None:
+    def __init__(
+        self, *, center: bool = True, batch_size: int = 1024, seed: int = 0, device: str | None = None
+    ) -> None:
         super().__init__(seed=seed, device=device)
         self.center = bool(center)  # subtract the corpus mean image before normalising
         self.batch_size = int(batch_size)  # queries scored per matrix product

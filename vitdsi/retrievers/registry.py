@@ -57,4 +57,3 @@ def create(name: str, **params: Any) -> Retriever:
     for key, value in params.items():
         check_param(name, key, value)
     return cls(**params)
-

@@ -1,4 +1,5 @@
-"""`text-dual-encoder`: caption queries against image embeddings, a CLIP-style dual encoder (Radford et al. 2021).
+"""`text-dual-encoder`: caption queries against image embeddings, a CLIP-style dual encoder
+(Radford et al. 2021).
 
 The baseline beside `dsi-text` (seed 002) with the same two encoders: the image tower is the
 DSI's encoder (the ViT or a borrowed CNN), the text tower a pretrained MiniLM (or a small text
@@ -49,13 +50,17 @@ from vitdsi.training.optim import autocast
 
 @register("text-dual-encoder")
 class TextDualEncoder(VitModelRetriever, TextEncoderParams, FaissParams):
-    """Image tower + text tower trained with in-batch InfoNCE on caption-image pairs; cosine search through FAISS."""
+    """Image tower + text tower trained with in-batch InfoNCE on caption-image pairs; cosine search through
+    FAISS."""
 
     query_kind: ClassVar[str] = "text"
     supervision: ClassVar[Supervision] = Supervision(captions=True, pretrained=True)  # at most
     query_defaults: ClassVar[dict[str, Any]] = dict(QUERY_DEFAULTS)
-    config_params = (*VitModelRetriever.config_params, *fields_of(TextEncoderConfig, *TEXT_ENCODER_PARAMS),
-                     *fields_of(FaissConfig, *FAISS_PARAMS))
+    config_params = (
+        *VitModelRetriever.config_params,
+        *fields_of(TextEncoderConfig, *TEXT_ENCODER_PARAMS),
+        *fields_of(FaissConfig, *FAISS_PARAMS),
+    )
     smoke_params: ClassVar[dict[str, Any]] = {**TINY_VIT, "epochs": 10, "embed_dim": 32}
 
     def __init__(self, *, embed_dim: int = 64, temperature: float = 0.05, **params: Any) -> None:
@@ -80,10 +85,13 @@ class TextDualEncoder(VitModelRetriever, TextEncoderParams, FaissParams):
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
         captions = corpus.captions
         if captions is None or not len(captions):
-            raise VitDSIError("text-dual-encoder: learns from the captions the indexed images carry, but the corpus "
-                              "has none; use a captioned dataset (coco, coco-mosaic) under the text protocol")
-        self._model = TextImageDualEncoder(self._encoder_config(corpus.image_size), self.config(TextEncoderConfig),
-                                           self.embed_dim).to(self.device)
+            raise VitDSIError(
+                "text-dual-encoder: learns from the captions the indexed images carry, but the corpus "
+                "has none; use a captioned dataset (coco, coco-mosaic) under the text protocol"
+            )
+        self._model = TextImageDualEncoder(
+            self._encoder_config(corpus.image_size), self.config(TextEncoderConfig), self.embed_dim
+        ).to(self.device)
         model = self._model
         images = self._training_rows([corpus.images.to(self.device)])[0]
         own = torch.as_tensor(captions.image, dtype=torch.int64)
@@ -93,7 +101,8 @@ class TextDualEncoder(VitModelRetriever, TextEncoderParams, FaissParams):
         n_batches = max(1, math.ceil(m / self.batch_size))
 
         def batches() -> list[torch.Tensor]:
-            return list(torch.tensor_split(torch.randperm(m, generator=gen), n_batches))  # caption rows per batch
+            # caption rows per batch
+            return list(torch.tensor_split(torch.randperm(m, generator=gen), n_batches))
 
         def step(rows: torch.Tensor):
             positive = own[rows].to(self.device)  # each caption's own image
@@ -122,7 +131,9 @@ class TextDualEncoder(VitModelRetriever, TextEncoderParams, FaissParams):
         or (token ids, mask) for one that trains; and whether they are the former."""
         encoder = self._model.text_encoder
         if encoder.fixed:
-            return (encoder.encode(texts).clone(),), True  # clone: a tensor autograd may save, not an inference one
+            return (
+                encoder.encode(texts).clone(),
+            ), True  # clone: a tensor autograd may save, not an inference one
         batch = encoder.tokenize(texts)
         return (batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)), False
 
@@ -149,8 +160,13 @@ class TextDualEncoder(VitModelRetriever, TextEncoderParams, FaissParams):
         return np.ascontiguousarray(z.float().cpu().numpy(), dtype=np.float32)
 
     def _search(self, texts: list[str], k: int) -> Ranking:
-        return search_index(self._faiss, self.embed_texts(texts), k, ef_search=self.query_args["ef_search"],
-                            nprobe=self.query_args["nprobe"])
+        return search_index(
+            self._faiss,
+            self.embed_texts(texts),
+            k,
+            ef_search=self.query_args["ef_search"],
+            nprobe=self.query_args["nprobe"],
+        )
 
     # ---- persistence ------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -164,8 +180,11 @@ class TextDualEncoder(VitModelRetriever, TextEncoderParams, FaissParams):
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        self._model = TextImageDualEncoder(VitEncoderConfig(**state["encoder"]),
-                                           TextEncoderConfig(**state["text_encoder"]), state["embed_dim"])
+        self._model = TextImageDualEncoder(
+            VitEncoderConfig(**state["encoder"]),
+            TextEncoderConfig(**state["text_encoder"]),
+            state["embed_dim"],
+        )
         load_saved_state(self._model, state["model"])
         self._model.to(self.device).eval()
         self._faiss = deserialize_index(state["faiss"])

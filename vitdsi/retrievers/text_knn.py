@@ -43,15 +43,20 @@ class TextEmbeddingKNN(Retriever):
 
     def _text_encoder(self):
         if self._encoder is None:
-            self._encoder = make_text_encoder(self.config(TextEncoderConfig, text_encoder="minilm")).to(self.device)
+            self._encoder = make_text_encoder(self.config(TextEncoderConfig, text_encoder="minilm")).to(
+                self.device
+            )
         return self._encoder
 
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
         captions = corpus.captions
         if captions is None or not len(captions):
-            raise VitDSIError("text-embedding-knn: ranks indexed images by their captions, but the corpus has none; "
-                              "use a captioned dataset (coco, coco-mosaic) under the text protocol")
-        self._vectors = self._text_encoder().encode(captions.texts.tolist()).clone()  # not an inference tensor
+            raise VitDSIError(
+                "text-embedding-knn: ranks indexed images by their captions, but the corpus has none; "
+                "use a captioned dataset (coco, coco-mosaic) under the text protocol"
+            )
+        # not an inference tensor
+        self._vectors = self._text_encoder().encode(captions.texts.tolist()).clone()
         self._image = torch.as_tensor(captions.image, dtype=torch.int64, device=self._vectors.device)
 
     def _search(self, texts: list[str], k: int) -> Ranking:
@@ -61,7 +66,8 @@ class TextEmbeddingKNN(Retriever):
         for s in range(0, len(queries), SCORE_BATCH):
             sims = queries[s : s + SCORE_BATCH] @ self._vectors.T  # [b, M] cosines
             best = torch.full((len(sims), n), NO_CAPTION, device=sims.device)
-            best.scatter_reduce_(1, self._image.expand(len(sims), -1), sims, reduce="amax")  # per image, its best caption
+            # per image, its best caption
+            best.scatter_reduce_(1, self._image.expand(len(sims), -1), sims, reduce="amax")
             parts.append(Ranking.from_scores(best.cpu(), k))
         return Ranking(torch.cat([p.ids for p in parts]), torch.cat([p.scores for p in parts]))
 

@@ -26,9 +26,19 @@ from vitdsi.training.monitor import MonitorConfig, RankFn, TrainingMonitor
 from vitdsi.training.train_views import apply_views, check_views
 
 SEARCH_BATCH = 256  # images encoded together at index and query time
-# the smoke settings of the ViT retrievers other than the DSI: a tiny encoder of the DSI's family, a few epochs
-TINY_VIT = {"patch_size": 8, "dim": 32, "ff_dim": 64, "depth": 1, "heads": 2, "dropout": 0.0, "epochs": 3,
-            "lr": 2e-3, "batch_size": 32}
+# the smoke settings of the ViT retrievers other than the DSI: a tiny encoder of the DSI's family, a few
+# epochs
+TINY_VIT = {
+    "patch_size": 8,
+    "dim": 32,
+    "ff_dim": 64,
+    "depth": 1,
+    "heads": 2,
+    "dropout": 0.0,
+    "epochs": 3,
+    "lr": 2e-3,
+    "batch_size": 32,
+}
 
 
 class VitModelRetriever(EncoderRetriever):
@@ -37,7 +47,9 @@ class VitModelRetriever(EncoderRetriever):
     reports_epochs = True
     config_params = (
         *fields_of(VitEncoderConfig, *ENCODER_PARAMS),
-        *fields_of(LoopConfig, "epochs", "lr", "weight_decay", "warmup_frac", "min_lr_frac", "grad_clip", "precision"),
+        *fields_of(
+            LoopConfig, "epochs", "lr", "weight_decay", "warmup_frac", "min_lr_frac", "grad_clip", "precision"
+        ),
         *fields_of(TrainConfig, "batch_size", "views"),
         *fields_of(MonitorConfig, "patience", "val_every", "min_delta"),
     )
@@ -65,7 +77,9 @@ class VitModelRetriever(EncoderRetriever):
                 f"batch_size={self.batch_size}, lr={self.lr}"
             )
         if self.precision not in PRECISIONS:
-            raise VitDSIError(f"{name}: precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+            raise VitDSIError(
+                f"{name}: precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'"
+            )
         try:
             check_views(self.views)
             self.config(MonitorConfig)
@@ -82,16 +96,29 @@ class VitModelRetriever(EncoderRetriever):
         return self.config(VitEncoderConfig, image_size=image_size)
 
     # ---- training ---------------------------------------------------------------------
-    def _train(self, phase: str, batches: Callable[[], list[Any]], step, steps_per_epoch: int,
-               rank: RankFn | None = None) -> None:
+    def _train(
+        self,
+        phase: str,
+        batches: Callable[[], list[Any]],
+        step,
+        steps_per_epoch: int,
+        rank: RankFn | None = None,
+    ) -> None:
         """Run the epoch loop on `self._model`; fills `self.history` and `self.training_record`.
         `rank(queries, k)` ranks the corpus with the model as it is (the validation checkpoints);
         without it, or without validation queries, training runs to its epoch cap."""
         meter, self._feature_meter = self._feature_meter or FlopMeter(), None
         monitor = TrainingMonitor(self.config(MonitorConfig), self.validation, rank, self._model, meter)
         self.history = train_epochs(
-            self._model, self.config(LoopConfig), phase, batches, step, steps_per_epoch=steps_per_epoch, device=self.device,
-            callback=self.on_epoch, monitor=monitor,
+            self._model,
+            self.config(LoopConfig),
+            phase,
+            batches,
+            step,
+            steps_per_epoch=steps_per_epoch,
+            device=self.device,
+            callback=self.on_epoch,
+            monitor=monitor,
         )
         self.training_record = monitor.record()
 
@@ -127,9 +154,12 @@ class VitModelRetriever(EncoderRetriever):
 
 
 class VitBaseline(VitModelRetriever):
-    """A label-matched baseline: learns from the corpus and, with `use_queries`, the train queries (abstract)."""
+    """A label-matched baseline: learns from the corpus and, with `use_queries`, the train queries
+    (abstract)."""
 
-    def __init__(self, *, use_queries: bool = True, seed: int = 0, device: str | None = None, **params: Any) -> None:
+    def __init__(
+        self, *, use_queries: bool = True, seed: int = 0, device: str | None = None, **params: Any
+    ) -> None:
         super().__init__(seed=seed, device=device, **params)
         self.use_queries = bool(use_queries)  # also learn from the train queries given to index()
 

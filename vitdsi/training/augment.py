@@ -39,6 +39,7 @@ def random_jitter(x: torch.Tensor, gen: torch.Generator, strength: float) -> tor
     if strength <= 0:
         return x
     b = x.shape[0]
-    u = torch.rand(2, b, generator=gen).to(x.device, x.dtype)[:, :, None, None, None] * 2 - 1  # [2, B, 1, 1, 1]
+    # [2, B, 1, 1, 1]
+    u = torch.rand(2, b, generator=gen).to(x.device, x.dtype)[:, :, None, None, None] * 2 - 1
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return ((x - mean) * (1 + strength * u[0]) + mean + strength * u[1]).clamp_(-1.0, 1.0)

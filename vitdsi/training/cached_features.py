@@ -28,8 +28,13 @@ def trains_on_cached_features(encoder, augment: bool) -> bool:
     return bool(getattr(encoder, "cacheable", False)) and not augment
 
 
-def precompute_features(encoder, image_sets: list[torch.Tensor | None], batch: int = 256,
-                        cache: FeatureCache | None = None, meter: FlopMeter | None = None) -> list[torch.Tensor | None]:
+def precompute_features(
+    encoder,
+    image_sets: list[torch.Tensor | None],
+    batch: int = 256,
+    cache: FeatureCache | None = None,
+    meter: FlopMeter | None = None,
+) -> list[torch.Tensor | None]:
     """uint8 images (each set on the training device, or None) -> the output of a borrowed encoder's
     fixed part for each image (`BorrowedEncoder.precompute`), computed once, batch by batch, or
     read from `cache` (default: `default_cache()`, None when caching is off). `meter` is charged
@@ -48,16 +53,24 @@ def precompute_features(encoder, image_sets: list[torch.Tensor | None], batch: i
         elif spec is None:
             out.append(torch.cat(list(_encode(encoder, images, batch, device))))
         else:
-            key = CacheKey(images=fingerprint_array(images.cpu().numpy()), encoder=spec[0],
-                           preprocessing=f"{spec[1]}; autocast on {device.type}")
+            key = CacheKey(
+                images=fingerprint_array(images.cpu().numpy()),
+                encoder=spec[0],
+                preprocessing=f"{spec[1]}; autocast on {device.type}",
+            )
             blocks = functools.partial(_encode_numpy, encoder, images, batch, device)
             out.append(torch.from_numpy(np.array(cache.get(key, blocks, len(images)))).to(device))
     kept = [o for o in out if o is not None]
     n = sum(len(o) for o in kept)
     mb = sum(o.numel() * o.element_size() for o in kept) / 2**20
-    log.info("frozen encoder: features of %d images %s in %.1f s (%.0f MB on %s)", n,
-             "from the feature cache or computed into it" if spec else "computed once", time.perf_counter() - t0, mb,
-             device)
+    log.info(
+        "frozen encoder: features of %d images %s in %.1f s (%.0f MB on %s)",
+        n,
+        "from the feature cache or computed into it" if spec else "computed once",
+        time.perf_counter() - t0,
+        mb,
+        device,
+    )
     return out
 
 

@@ -41,7 +41,8 @@ class TrainConfig(OptimConfig):
     retrieval_epochs: int = 30  # epochs of the retrieval (fine-tuned) or mixed (multitask) phase
     batch_size: int = 32  # examples per step (the paper's); small batches = more steps, faster memorisation
     label_smoothing: float = 0.0  # cross-entropy smoothing (0 while memorising)
-    # training views of every training image (vitdsi.training.train_views): 'none', 'light', 'medium', 'strong'
+    # training views of every training image (vitdsi.training.train_views): 'none', 'light', 'medium',
+    # 'strong'
     views: str = "none"
     # pseudo-query views: each indexing epoch presents every indexed image K more times, each a fresh
     # view at `views` strength labelled with its id (N * (1 + K) indexing examples an epoch)

@@ -37,8 +37,10 @@ class DSITrainer:
         cfg: TrainConfig,
         *,
         query_images: torch.Tensor | None = None,  # uint8 [Q, C, H, W] train queries
-        query_labels: torch.Tensor | None = None,  # int64 [Q] classes or bool [Q, C] categories of the queries
-        corpus_labels: torch.Tensor | None = None,  # the same for the corpus: relevance = shared class / category
+        query_labels: torch.Tensor
+        | None = None,  # int64 [Q] classes or bool [Q, C] categories of the queries
+        corpus_labels: torch.Tensor
+        | None = None,  # the same for the corpus: relevance = shared class / category
         callback: Callback | None = None,
         monitor: TrainingMonitor | None = None,  # FLOPs, validation checkpoints, the plateau rule
     ) -> None:
@@ -78,7 +80,9 @@ class DSITrainer:
         n = len(self.corpus)
         rows = torch.arange(n)
         if 0 < self.cfg.ia_sample < n:
-            rows = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed))[: self.cfg.ia_sample]
+            rows = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed))[
+                : self.cfg.ia_sample
+            ]
         rows = rows.to(self.device)
         was_training = self.model.training
         self.model.eval()
@@ -91,7 +95,8 @@ class DSITrainer:
 
     # ---- internals ----
     def _set_queries(self, query_images, query_labels, corpus_labels) -> None:
-        """`self.sampler` (a relevant corpus image per query) and `self.queries` (the queries that have one)."""
+        """`self.sampler` (a relevant corpus image per query) and `self.queries` (the queries that have
+        one)."""
         if query_images is None or query_labels is None or corpus_labels is None or len(query_images) == 0:
             raise VitDSIError(
                 f"mode '{self.cfg.mode}' learns from train queries but none were given; pass "
@@ -106,8 +111,9 @@ class DSITrainer:
     def _precompute(self) -> None:
         """Replace the training images by the borrowed encoder's fixed-part output (computed once)."""
         # charged to the meter once: the frozen encoder's forward pass over every image
-        self.corpus, self.queries = precompute_features(self.model.encoder, [self.corpus, self.queries],
-                                                        meter=self.monitor.meter)
+        self.corpus, self.queries = precompute_features(
+            self.model.encoder, [self.corpus, self.queries], meter=self.monitor.meter
+        )
 
     def _memory(self, x) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Model input of a batch -> the memory the id decoder reads [B, P, D] and its padding mask (None)."""
@@ -123,12 +129,17 @@ class DSITrainer:
             memory, mask = self._memory(x)  # as VitDSI.forward: encode, then the head or the decoder
             if self.model.cfg.atomic:
                 logits = self.model.atomic_logits(memory, mask).float()
-                loss = F.cross_entropy(logits, codes[:, 0], reduction="none", label_smoothing=self.cfg.label_smoothing)
+                loss = F.cross_entropy(
+                    logits, codes[:, 0], reduction="none", label_smoothing=self.cfg.label_smoothing
+                )
                 return logits, loss
             inputs, targets = id_inputs_targets(codes)
             logits = self.model.decode(inputs[:, None, :], memory, mask=mask)[:, 0].float()  # [B, L+1, V]
         loss = F.cross_entropy(
-            logits.transpose(1, 2), targets, ignore_index=PAD, reduction="none",
+            logits.transpose(1, 2),
+            targets,
+            ignore_index=PAD,
+            reduction="none",
             label_smoothing=self.cfg.label_smoothing,
         ).mean(1)
         return logits, loss
@@ -144,11 +155,15 @@ class DSITrainer:
         bs = self.cfg.batch_size
         n = len(self.corpus)
         # each indexed image 1 + index_views times; every presentation is drawn as a fresh view in _gather
-        idx_perm = torch.randperm(n * (1 + self.cfg.index_views), generator=self.gen) % n if phase != "retrieval" \
+        idx_perm = (
+            torch.randperm(n * (1 + self.cfg.index_views), generator=self.gen) % n
+            if phase != "retrieval"
             else torch.empty(0, dtype=torch.int64)
+        )
         if phase != "index":
             q_perm = torch.randperm(len(self.queries), generator=self.gen)
-            q_target = self.sampler.sample(q_perm, self.gen)  # one relevant image per query, afresh each epoch
+            # one relevant image per query, afresh each epoch
+            q_target = self.sampler.sample(q_perm, self.gen)
         else:
             q_perm = q_target = torch.empty(0, dtype=torch.int64)
         total = len(idx_perm) + len(q_perm)
@@ -156,7 +171,8 @@ class DSITrainer:
         # split both streams into the same number of batches: every batch mixes both tasks
         out = []
         for ib, qb, tb in zip(
-            torch.tensor_split(idx_perm, n_batches), torch.tensor_split(q_perm, n_batches),
+            torch.tensor_split(idx_perm, n_batches),
+            torch.tensor_split(q_perm, n_batches),
             torch.tensor_split(q_target, n_batches),
         ):
             src = torch.cat([torch.zeros(len(ib), dtype=torch.int64), torch.ones(len(qb), dtype=torch.int64)])
@@ -169,7 +185,9 @@ class DSITrainer:
         if from_corpus.all():
             images = self.corpus[index]
         else:
-            images = torch.empty((len(index), *self.corpus.shape[1:]), dtype=self.corpus.dtype, device=self.device)
+            images = torch.empty(
+                (len(index), *self.corpus.shape[1:]), dtype=self.corpus.dtype, device=self.device
+            )
             images[from_corpus] = self.corpus[index[from_corpus]]
             images[~from_corpus] = self.queries[index[~from_corpus]]
         x = apply_views(self._input(images), self.gen, self.cfg.views)
@@ -208,12 +226,10 @@ class DSITrainer:
                     sched.step()
                     step += 1
                     with torch.no_grad():
-                        exact = self._exact(logits, codes)
-                        fc = from_corpus.float()
-                        batch = torch.stack([
-                            (loss * fc).sum(), fc.sum(), (loss * (1 - fc)).sum(), (1 - fc).sum(), (exact.float() * fc).sum()
-                        ]).double().cpu()
-                    check_loss((batch[0] + batch[2]).item(), phase=f"dsi {phase}", epoch=epoch, step=step, lr=cfg.lr)
+                        batch = self._batch_sums(loss, self._exact(logits, codes), from_corpus)
+                    check_loss(
+                        (batch[0] + batch[2]).item(), phase=f"dsi {phase}", epoch=epoch, step=step, lr=cfg.lr
+                    )
                     sums += batch
                 seconds = time.perf_counter() - t0
                 n_idx, n_q = sums[1].item(), sums[3].item()
@@ -221,20 +237,31 @@ class DSITrainer:
                 ia1 = None
                 if phase == "index" and (
                     (train_exact is not None and train_exact >= cfg.target_ia - 0.02)
-                    or epoch % cfg.eval_every == 0 or epoch == epochs
+                    or epoch % cfg.eval_every == 0
+                    or epoch == epochs
                 ):
                     ia1 = self.greedy_ia1()
                     model.train()
                 entry = EpochLog(
-                    phase=phase, epoch=epoch, step=step, lr=sched.get_last_lr()[0],
+                    phase=phase,
+                    epoch=epoch,
+                    step=step,
+                    lr=sched.get_last_lr()[0],
                     loss=(sums[0] + sums[2]).item() / max(1.0, n_idx + n_q),
                     index_loss=sums[0].item() / n_idx if n_idx else None,
                     retrieval_loss=sums[2].item() / n_q if n_q else None,
-                    train_exact=train_exact, ia1=ia1, seconds=seconds, images_per_s=(n_idx + n_q) / seconds,
+                    train_exact=train_exact,
+                    ia1=ia1,
+                    seconds=seconds,
+                    images_per_s=(n_idx + n_q) / seconds,
                 )
                 self.history.append(entry)
-                bar.update(task, advance=1, description=f"dsi {phase} loss {entry.loss:.3f}"
-                           + (f" IA@1 {ia1:.3f}" if ia1 is not None else ""))
+                bar.update(
+                    task,
+                    advance=1,
+                    description=f"dsi {phase} loss {entry.loss:.3f}"
+                    + (f" IA@1 {ia1:.3f}" if ia1 is not None else ""),
+                )
                 if ia1 is not None and phase == "index":
                     monitor.index_target(ia1, cfg.target_ia)
                 plateau = monitor.end_epoch()
@@ -242,12 +269,32 @@ class DSITrainer:
                     log.info("dsi %s: stopped by callback after epoch %d", phase, epoch)
                     return True
                 if ia1 is not None and ia1 >= cfg.target_ia:
-                    log.info("dsi %s: IA@1 %.3f >= target %.3f after %d epochs", phase, ia1, cfg.target_ia, epoch)
+                    log.info(
+                        "dsi %s: IA@1 %.3f >= target %.3f after %d epochs", phase, ia1, cfg.target_ia, epoch
+                    )
                     return False
                 if plateau:
                     log.info("dsi %s: validation plateau after %d epochs", phase, epoch)
                     return False
         return False
+
+    @staticmethod
+    def _batch_sums(loss: torch.Tensor, exact: torch.Tensor, from_corpus: torch.Tensor) -> torch.Tensor:
+        """One batch's [loss idx, n idx, loss query, n query, exact idx], float64 on the CPU."""
+        fc = from_corpus.float()
+        return (
+            torch.stack(
+                [
+                    (loss * fc).sum(),
+                    fc.sum(),
+                    (loss * (1 - fc)).sum(),
+                    (1 - fc).sum(),
+                    (exact.float() * fc).sum(),
+                ]
+            )
+            .double()
+            .cpu()
+        )
 
     def _steps_per_epoch(self, phase: str) -> int:
         n_idx = len(self.corpus) * (1 + self.cfg.index_views) if phase != "retrieval" else 0

@@ -77,9 +77,14 @@ def train_epochs(
             seconds = time.perf_counter() - t0
             n = max(1.0, sums[1].item())
             entry = {
-                "phase": phase, "epoch": epoch, "step": n_step, "lr": sched.get_last_lr()[0],
-                "loss": sums[0].item() / n, "train_accuracy": sums[2].item() / n,
-                "seconds": seconds, "images_per_s": sums[1].item() / seconds,
+                "phase": phase,
+                "epoch": epoch,
+                "step": n_step,
+                "lr": sched.get_last_lr()[0],
+                "loss": sums[0].item() / n,
+                "train_accuracy": sums[2].item() / n,
+                "seconds": seconds,
+                "images_per_s": sums[1].item() / seconds,
             }
             history.append(entry)
             bar.update(task, advance=1, description=f"{phase} loss {entry['loss']:.3f}")

@@ -44,8 +44,10 @@ class MonitorConfig:
 
     def __post_init__(self) -> None:
         if self.patience < 0 or self.val_every < 1 or self.min_delta < 0:
-            raise VitDSIError(f"need patience >= 0, val_every >= 1 and min_delta >= 0, got patience={self.patience}, "
-                              f"val_every={self.val_every}, min_delta={self.min_delta}")
+            raise VitDSIError(
+                f"need patience >= 0, val_every >= 1 and min_delta >= 0, got patience={self.patience}, "
+                f"val_every={self.val_every}, min_delta={self.min_delta}"
+            )
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,10 @@ class ValidationSet:
     def __post_init__(self) -> None:
         m = parse_metric(self.metric)
         if m.is_indexing or m.family.name == "FPR":
-            raise VitDSIError(f"validation metric must be a ranked, higher-is-better metric of the queries, "
-                              f"got '{self.metric}'")
+            raise VitDSIError(
+                f"validation metric must be a ranked, higher-is-better metric of the queries, "
+                f"got '{self.metric}'"
+            )
 
     def score(self, rank: RankFn) -> float:
         """The metric of the ranking `rank` gives the validation queries."""
@@ -83,8 +87,14 @@ class Checkpoint:
 class TrainingMonitor:
     """Checkpoints, the patience rule and the training cost of one retriever's training."""
 
-    def __init__(self, cfg: MonitorConfig, validation: ValidationSet | None = None, rank: RankFn | None = None,
-                 model: torch.nn.Module | None = None, meter: FlopMeter | None = None) -> None:
+    def __init__(
+        self,
+        cfg: MonitorConfig,
+        validation: ValidationSet | None = None,
+        rank: RankFn | None = None,
+        model: torch.nn.Module | None = None,
+        meter: FlopMeter | None = None,
+    ) -> None:
         self.cfg, self.validation, self.rank, self.model = cfg, validation, rank, model
         self.meter = meter or FlopMeter()
         self.checkpoints: list[Checkpoint] = []
@@ -118,8 +128,11 @@ class TrainingMonitor:
         """After each epoch of the phase: evaluate when due; True when the plateau ends the phase."""
         self.epoch += 1
         self._phase_epoch += 1
-        due = (_geometric(self.epoch) or self._phase_epoch == self._cap
-               or (self._patience_on and self._phase_epoch % self.cfg.val_every == 0))
+        due = (
+            _geometric(self.epoch)
+            or self._phase_epoch == self._cap
+            or (self._patience_on and self._phase_epoch % self.cfg.val_every == 0)
+        )
         if not (due and self.evaluates):
             return False
         value = self._evaluate()
@@ -127,7 +140,9 @@ class TrainingMonitor:
             return False
         if value > self._best + self.cfg.min_delta or self._best_state is None:
             self._best, self._bad = max(value, self._best), 0
-            self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self._best_state = {
+                k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
+            }
             return False
         self._bad += 1
         if self._bad >= self.cfg.patience:
@@ -172,8 +187,16 @@ class TrainingMonitor:
         finally:
             self.model.train(was_training)
         self._last_eval = self.epoch
-        self.checkpoints.append(Checkpoint(self.epoch, self._phase, float(value), self.meter.flops,
-                                           self.meter.examples, time.perf_counter() - self._t0))
+        self.checkpoints.append(
+            Checkpoint(
+                self.epoch,
+                self._phase,
+                float(value),
+                self.meter.flops,
+                self.meter.examples,
+                time.perf_counter() - self._t0,
+            )
+        )
         return float(value)
 
 

@@ -38,11 +38,18 @@ def autocast(device: torch.device, precision: str = "auto"):
 
 def grad_scaler(device: torch.device) -> torch.amp.GradScaler | None:
     """A loss scaler where training runs in fp16 (CUDA without bf16), else None."""
-    return torch.amp.GradScaler("cuda") if device.type == "cuda" and not torch.cuda.is_bf16_supported() else None
+    return (
+        torch.amp.GradScaler("cuda") if device.type == "cuda" and not torch.cuda.is_bf16_supported() else None
+    )
 
 
-def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-                   model: torch.nn.Module, grad_clip: float) -> None:
+def optimizer_step(
+    loss: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    model: torch.nn.Module,
+    grad_clip: float,
+) -> None:
     """Backpropagate the scalar `loss`, clip the global gradient norm to `grad_clip` and step `opt`
     (through `scaler` when there is one); gradients must have been zeroed before the forward pass."""
     if scaler is not None:

@@ -23,7 +23,8 @@ class RelevantSampler:
             n_classes = int(max(query_labels.max(), corpus_labels.max())) + 1
             self.order = torch.argsort(corpus_labels, stable=True)  # corpus positions grouped by class
             counts = torch.bincount(corpus_labels[corpus_labels >= 0], minlength=n_classes)
-            starts = torch.cumsum(counts, 0) - counts + int((corpus_labels < 0).sum())  # unlabelled sort first
+            # unlabelled sort first
+            starts = torch.cumsum(counts, 0) - counts + int((corpus_labels < 0).sum())
             self.has_relevant = (query_labels >= 0) & (counts[query_labels.clamp(min=0)] > 0)
             kept = query_labels[self.has_relevant]
             self.start, self.count = starts[kept], counts[kept]

@@ -71,13 +71,24 @@ class TextDSITrainer(DSITrainer):
         monitor=None,
     ) -> None:
         corpus_keys = torch.arange(len(corpus_images))  # a caption's only target is its own image's id
-        super().__init__(model, corpus_images, targets, cfg, query_images=captions, query_labels=caption_image,
-                         corpus_labels=corpus_keys, callback=callback, monitor=monitor)
+        super().__init__(
+            model,
+            corpus_images,
+            targets,
+            cfg,
+            query_images=captions,
+            query_labels=caption_image,
+            corpus_labels=corpus_keys,
+            callback=callback,
+            monitor=monitor,
+        )
 
     def _set_queries(self, captions, caption_image, corpus_keys) -> None:
         if captions is None or caption_image is None or len(captions) == 0:
-            raise VitDSIError(f"mode '{self.cfg.mode}' learns caption -> id from the captions of the indexed images, "
-                              "but the corpus carries none; use a captioned dataset or mode='zero-shot'")
+            raise VitDSIError(
+                f"mode '{self.cfg.mode}' learns caption -> id from the captions of the indexed images, "
+                "but the corpus carries none; use a captioned dataset or mode='zero-shot'"
+            )
         self.sampler = RelevantSampler(torch.as_tensor(caption_image, dtype=torch.int64), corpus_keys)
         text = self.model.text
         batch = text.encoder.tokenize(list(captions))
@@ -111,7 +122,9 @@ class TextDSITrainer(DSITrainer):
         parts = []  # (rows, memory, mask) of the image rows and of the caption rows
         if x.from_corpus.any():
             memory = self.model.encode(x.images, self.precomputed)
-            parts.append((x.from_corpus, memory, torch.ones(memory.shape[:2], dtype=torch.bool, device=memory.device)))
+            parts.append(
+                (x.from_corpus, memory, torch.ones(memory.shape[:2], dtype=torch.bool, device=memory.device))
+            )
         if not x.from_corpus.all():
             t = x.text
             parts.append((~x.from_corpus, self.model.encode_text(t.x, t.mask, t.precomputed), t.mask.bool()))

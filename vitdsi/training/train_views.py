@@ -99,5 +99,7 @@ def check_views(strength: str, index_views: int = 0) -> None:
     if index_views < 0:
         raise VitDSIError(f"index_views must be >= 0 (0 = no pseudo-query views), got {index_views}")
     if index_views and strength == "none":
-        raise VitDSIError(f"index_views={index_views} presents every indexed image as {index_views} more views, "
-                          "but views is 'none' (they would be copies); set views to light, medium or strong")
+        raise VitDSIError(
+            f"index_views={index_views} presents every indexed image as {index_views} more views, "
+            "but views is 'none' (they would be copies); set views to light, medium or strong"
+        )

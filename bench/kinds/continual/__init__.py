@@ -24,14 +24,18 @@ class Continual(StudyKind):
     config = ContinualConfig
     builds = True
     indexes = True
-    text_refusal = ("continual indexing adds images with their image queries; the text protocol has none "
-                    "(text retrievers do not add); remove one of them")
+    text_refusal = (
+        "continual indexing adds images with their image queries; the text protocol has none "
+        "(text retrievers do not add); remove one of them"
+    )
     report_heading = "Continual indexing"
 
     def check_split(self, settings: Settings, sizes: dict[str, int], source: str, shown: Any) -> None:
         check_steps(settings, sizes, source, shown)
 
-    def index(self, retriever: Retriever, sets: SplitSets, settings: Settings, metrics: list[str], k: int) -> list[dict[str, float]]:
+    def index(
+        self, retriever: Retriever, sets: SplitSets, settings: Settings, metrics: list[str], k: int
+    ) -> list[dict[str, float]]:
         return index_continually(retriever, sets, settings, metrics, k)
 
     def report_section(self, record: StudyRecord, fig_dir: Path, rel: str) -> str | None:

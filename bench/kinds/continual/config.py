@@ -26,7 +26,7 @@ def check_steps(settings: dict[str, Any], sizes: dict[str, int], source: str, sh
     first = int(round(settings["initial"] * sizes["idb"]))
     if first < 1 or sizes["idb"] - first < settings["steps"]:
         raise StudyConfigError(
-            f"{source}: {shown}: continual indexing of {sizes['idb']} indexed images needs at least one in the "
-            f"first index ({first}) and one per add step ({sizes['idb'] - first} left for "
+            f"{source}: {shown}: continual indexing of {sizes['idb']} indexed images needs at least one in "
+            f"the first index ({first}) and one per add step ({sizes['idb'] - first} left for "
             f"{settings['steps']} steps); change continual.initial / continual.steps or dataset.n_total"
         )

@@ -42,8 +42,11 @@ def _queries_for(train: ImageSet | None, lo: int, hi: int, everything_first: boo
 def _search_own(retriever: Retriever, images: torch.Tensor, first: int) -> float:
     """IA@1 of indexed images at positions first.. queried with themselves."""
     ids = retriever.search(images, 1).ids
-    return float(indexing_accuracy(ids, retriever.corpus_size, positions=np.arange(first, first + len(images)),
-                                   ks=(1,))["IA@1"].mean)
+    return float(
+        indexing_accuracy(
+            ids, retriever.corpus_size, positions=np.arange(first, first + len(images)), ks=(1,)
+        )["IA@1"].mean
+    )
 
 
 def _ranked(retriever: Retriever, sets: SplitSets, n: int, metrics: list[str], k: int) -> dict[str, float]:
@@ -59,9 +62,11 @@ def _ranked(retriever: Retriever, sets: SplitSets, n: int, metrics: list[str], k
     return {**{m: float(v.mean) for m, v in values.items()}, "test_queries": float(len(keep))}
 
 
-def index_continually(retriever: Retriever, sets: SplitSets, opts: dict[str, Any], metrics: list[str],
-                      k: int) -> list[dict[str, float]]:
-    """Index `sets.corpus` step by step (opts: the `continual:` block, ContinualConfig); one record per step."""
+def index_continually(
+    retriever: Retriever, sets: SplitSets, opts: dict[str, Any], metrics: list[str], k: int
+) -> list[dict[str, float]]:
+    """Index `sets.corpus` step by step (opts: the `continual:` block, ContinualConfig); one record per
+    step."""
     corpus = sets.corpus
     bounds = step_bounds(len(corpus), opts["initial"], opts["steps"])
     records, lo = [], 0
@@ -74,11 +79,18 @@ def index_continually(retriever: Retriever, sets: SplitSets, opts: dict[str, Any
         else:
             retriever.add(part, train_queries=queries)
         seconds = time.perf_counter() - t0
-        record = {"step": float(step), "n_indexed": float(hi), "added": float(hi - lo), "seconds": seconds,
-                  "seconds_per_image": seconds / (hi - lo)}
+        record = {
+            "step": float(step),
+            "n_indexed": float(hi),
+            "added": float(hi - lo),
+            "seconds": seconds,
+            "seconds_per_image": seconds / (hi - lo),
+        }
         record["ia_original"] = _search_own(retriever, corpus.images[: bounds[0]], 0)
         for j in range(1, step + 1):
-            record[f"ia_batch{j}"] = _search_own(retriever, corpus.images[bounds[j - 1] : bounds[j]], bounds[j - 1])
+            record[f"ia_batch{j}"] = _search_own(
+                retriever, corpus.images[bounds[j - 1] : bounds[j]], bounds[j - 1]
+            )
         if step:
             record["ia_added"] = float(np.mean([record[f"ia_batch{j}"] for j in range(1, step + 1)]))
         record.update(_ranked(retriever, sets, hi, metrics, k))

@@ -15,7 +15,10 @@ from bench.report.markdown import md_table
 from bench.tracking import metric_key
 
 PREFIX = "continual/"
-GOAL_IA, GOAL_COST = 0.95, 0.25  # the replay goal: IA@1 >= 0.95 on old and new, < 1/4 of full retraining's cost
+GOAL_IA, GOAL_COST = (
+    0.95,
+    0.25,
+)  # the replay goal: IA@1 >= 0.95 on old and new, < 1/4 of full retraining's cost
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -61,34 +64,82 @@ def continual_section(record: StudyRecord, out: Path, rel: str) -> str | None:
     for method, s in data.items():
         for i in range(len(s["ia_original"])):
             added = s.get("ia_added", np.full(i + 1, np.nan))
-            rows.append([
-                f"`{method}`" if i == 0 else "", str(i), f"{s['n_indexed'][i]:.0f}", _fmt(s["ia_original"][i]),
-                _fmt(added[i] if i < len(added) else None), _fmt(s.get(objective, [np.nan] * (i + 1))[i]),
-                _fmt(s["seconds"][i], 1), _fmt(s["seconds_per_image"][i], 4),
-            ])
-    header = ["method", "step", "indexed", "IA@1 original images", "IA@1 added images", record.objective,
-              "step s", "s per image"]
+            rows.append(
+                [
+                    f"`{method}`" if i == 0 else "",
+                    str(i),
+                    f"{s['n_indexed'][i]:.0f}",
+                    _fmt(s["ia_original"][i]),
+                    _fmt(added[i] if i < len(added) else None),
+                    _fmt(s.get(objective, [np.nan] * (i + 1))[i]),
+                    _fmt(s["seconds"][i], 1),
+                    _fmt(s["seconds_per_image"][i], 4),
+                ]
+            )
+    header = [
+        "method",
+        "step",
+        "indexed",
+        "IA@1 original images",
+        "IA@1 added images",
+        record.objective,
+        "step s",
+        "s per image",
+    ]
     table = md_table(header, rows)
 
-    curves = {method: {
-        "IA@1 of the original images": list(enumerate(s["ia_original"])),
-        "IA@1 of the first added batch": [(i, v) for i, v in enumerate(s.get("ia_batch1", [])) if np.isfinite(v)],
-        f"{record.objective} (test)": [(i, v) for i, v in enumerate(s.get(objective, [])) if np.isfinite(v)],
-    } for method, s in data.items()}
-    fig = plots.training_curves(curves, out / "forgetting.png", f"{record.name}: after each indexing step",
-                                xlabel="step (0 = first index)")
+    curves = {
+        method: {
+            "IA@1 of the original images": list(enumerate(s["ia_original"])),
+            "IA@1 of the first added batch": [
+                (i, v) for i, v in enumerate(s.get("ia_batch1", [])) if np.isfinite(v)
+            ],
+            f"{record.objective} (test)": [
+                (i, v) for i, v in enumerate(s.get(objective, [])) if np.isfinite(v)
+            ],
+        }
+        for method, s in data.items()
+    }
+    fig = plots.training_curves(
+        curves,
+        out / "forgetting.png",
+        f"{record.name}: after each indexing step",
+        xlabel="step (0 = first index)",
+    )
 
+    lines = _cost_lines(trials, data)
+    return "\n\n".join(
+        [
+            "Each trial indexes the first share of the indexed images, then adds the rest in batches "
+            "(`Retriever.add`); every number is the mean over seeds after that step. IA@1 queries indexed "
+            f"images with themselves; {record.objective} is on the test queries that have a relevant image "
+            "indexed by then.",
+            table,
+            f"![forgetting curves]({rel}/{fig.name})",
+            *lines,
+        ]
+    )
+
+
+def _cost_lines(trials: dict, data: dict) -> list[str]:
+    """The cost of adding an image per DSI method against the baselines, and the goal verdict of each
+    replay DSI."""
     cost = {m: _add_cost(s) for m, s in data.items()}
     dsis = [m for m, t in trials.items() if m in data and t.retriever == "dsi-vit"]
     others = [m for m in data if m not in dsis]
     lines = []
     if dsis and others:
         ratio_header = ["DSI method", "s per added image"] + [f"x `{m}`" for m in others]
-        ratio_rows = [[f"`{d}`", _fmt(cost[d], 4)] + [_fmt(cost[d] / cost[o], 0) if cost[o] > 0 else "-" for o in others]
-                      for d in dsis]
-        lines += ["Cost of adding one image (wall seconds per added image, mean over the add steps and seeds) and "
-                  "how many times a baseline's add it costs:",
-                  md_table(ratio_header, ratio_rows)]
+        ratio_rows = [
+            [f"`{d}`", _fmt(cost[d], 4)]
+            + [_fmt(cost[d] / cost[o], 0) if cost[o] > 0 else "-" for o in others]
+            for d in dsis
+        ]
+        lines += [
+            "Cost of adding one image (wall seconds per added image, mean over the add steps and seeds) and "
+            "how many times a baseline's add it costs:",
+            md_table(ratio_header, ratio_rows),
+        ]
     full = next((d for d in dsis if trials[d].params.get("add_strategy") == "full"), None)
     for d in dsis:
         if trials[d].params.get("add_strategy") != "replay":
@@ -101,16 +152,13 @@ def continual_section(record: StudyRecord, out: Path, rel: str) -> str | None:
         if np.isfinite(share):
             cost_text = f"cost {_fmt(share, 2)} of `{full}`"
         else:
-            cost_text = (f"{_fmt(cost[d], 4)} s per added image; no `full` retraining in this study to compare "
-                         "with (a study of the same set-up that has one gives its cost per added image)")
+            cost_text = (
+                f"{_fmt(cost[d], 4)} s per added image; no `full` retraining in this study to compare "
+                "with (a study of the same set-up that has one gives its cost per added image)"
+            )
         lines.append(
             f"Goal for `{d}` (IA@1 >= {GOAL_IA} on old and on new images after every step, at less than "
             f"{GOAL_COST:.0%} of full retraining's cost): **{verdict}**; lowest IA@1 after an "
             f"add step {_fmt(low_old)} (original images) and {_fmt(low_new)} (added images), {cost_text}."
         )
-    return "\n\n".join([
-        "Each trial indexes the first share of the indexed images, then adds the rest in batches "
-        "(`Retriever.add`); every number is the mean over seeds after that step. IA@1 queries indexed images "
-        f"with themselves; {record.objective} is on the test queries that have a relevant image indexed by then.",
-        table, f"![forgetting curves]({rel}/{fig.name})", *lines,
-    ])
+    return lines

@@ -29,24 +29,43 @@ class Latency(StudyKind):
     report_heading = "Latency against database size"
     report_first = True
 
-    def check(self, sf: StudyFile, methods: dict[str, MethodConfig], known: dict[str, type], metrics: list[str],
-              source: str) -> None:
+    def check(
+        self,
+        sf: StudyFile,
+        methods: dict[str, MethodConfig],
+        known: dict[str, type],
+        metrics: list[str],
+        source: str,
+    ) -> None:
         check_latency(sf, methods, known, metrics, source)
 
-    def trial_settings(self, settings: Settings, method: str, data: DataConfig,
-                       params: dict[str, Any]) -> tuple[DataConfig, dict[str, Any], Settings]:
+    def trial_settings(
+        self, settings: Settings, method: str, data: DataConfig, params: dict[str, Any]
+    ) -> tuple[DataConfig, dict[str, Any], Settings]:
         return latency_trial(settings, method, data, params)
 
-    def measure(self, retriever: Retriever, sets: SplitSets, settings: Settings, build_s: float, k: int,
-                history: list[dict[str, Any]]) -> dict[str, float]:
+    def measure(
+        self,
+        retriever: Retriever,
+        sets: SplitSets,
+        settings: Settings,
+        build_s: float,
+        k: int,
+        history: list[dict[str, Any]],
+    ) -> dict[str, float]:
         return latency_record(retriever, sets, settings, build_s, k, history)
 
-    def dataset_text(self, settings: Settings, where: str, n_total: str, dataset: dict[str, Any]) -> str | None:
+    def dataset_text(
+        self, settings: Settings, where: str, n_total: str, dataset: dict[str, Any]
+    ) -> str | None:
         # N images indexed, others of the source held out, never indexed (the trial config's split
         # ratio and query fractions only encode those counts)
-        return (f"{where}; N = {n_total} indexed images per trial, and images of the source never indexed: "
-                f"{settings.get('train_queries', 0)} train queries, {settings.get('add_images', 0)} images `add` is "
-                f"timed with, {settings.get('n_queries')} timed and scored queries; split seed {dataset.get('seed')}")
+        return (
+            f"{where}; N = {n_total} indexed images per trial, and images of the source never indexed: "
+            f"{settings.get('train_queries', 0)} train queries, {settings.get('add_images', 0)} images `add` "
+            f"is timed with, {settings.get('n_queries')} timed and scored queries; split seed "
+            f"{dataset.get('seed')}"
+        )
 
     def report_section(self, record: StudyRecord, fig_dir: Path, rel: str) -> str | None:
         # imported here: the report stack reaches the study file schema, which reads this registry

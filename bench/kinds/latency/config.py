@@ -25,16 +25,21 @@ class GrowConfig(Block):
     its build parameters override those of every method named in `methods`; thresholds apply in
     ascending order, so the largest one reached wins (`grown_params`)."""
 
-    methods: list[str] = Field(min_length=1)  # methods (names in `methods`) that grow, e.g. the DSIs and a matched baseline
+    # methods (names in `methods`) that grow, e.g. the DSIs and a matched baseline
+    methods: list[str] = Field(min_length=1)
     at: dict[int, dict[str, Any]] = Field(min_length=1)  # threshold N -> build parameters from that N up
 
     @model_validator(mode="after")
     def _check(self) -> GrowConfig:
         for threshold, params in self.at.items():
             if threshold < 1:
-                raise ValueError(f"threshold {threshold}: a threshold is a number of indexed images, at least 1")
+                raise ValueError(
+                    f"threshold {threshold}: a threshold is a number of indexed images, at least 1"
+                )
             if not params:
-                raise ValueError(f"threshold {threshold}: give the build parameters that change from N = {threshold} up")
+                raise ValueError(
+                    f"threshold {threshold}: give the build parameters that change from N = {threshold} up"
+                )
         return self
 
 
@@ -51,7 +56,9 @@ class LatencyConfig(Block):
     calls: int = Field(30, ge=1)  # timed calls at batch 1 (after warm-up)
     batch_calls: int = Field(5, ge=1)  # timed calls at `batch_size`
     warmup: int = Field(3, ge=0)  # untimed calls first
-    threads: int = Field(1, ge=1)  # torch / FAISS / OpenCV threads, the same for every method (1: per-query cost without thread-pool effects)
+    # torch / FAISS / OpenCV threads, the same for every method (1: per-query cost without thread-pool
+    # effects)
+    threads: int = Field(1, ge=1)
     # held-out train queries (the same count at every N) for methods that learn from queries (a
     # fine-tuned DSI, the dual encoder); 0 = none, every method indexes the corpus alone
     train_queries: int = Field(0, ge=0)
@@ -73,8 +80,9 @@ def grown_params(grow: dict[str, Any] | None, method: str, n: int) -> dict[str, 
     return out
 
 
-def check_latency(sf: StudyFile, methods: dict[str, MethodConfig], known: dict[str, type], metrics: list[str],
-                  source: str) -> None:
+def check_latency(
+    sf: StudyFile, methods: dict[str, MethodConfig], known: dict[str, type], metrics: list[str], source: str
+) -> None:
     """`latency.k` equals the k quality is scored at, and every `latency.grow` method and parameter
     exists, is a build parameter of each growing method's retriever and is not also searched."""
     latency = sf.latency
@@ -83,40 +91,50 @@ def check_latency(sf: StudyFile, methods: dict[str, MethodConfig], known: dict[s
     k = scored_k(metrics)
     if latency.k is not None and latency.k != k:
         raise StudyConfigError(
-            f"{source}: field `latency.k`: searches would be timed at k={latency.k} but quality is scored at k={k} "
-            f"(the largest cutoff of `metrics`{f', {MRR_DEPTH} with MRR' if 'MRR' in metrics else ''}); quality and "
-            "latency use one k: remove `latency.k` (it defaults to the scored k) or change the metrics"
+            f"{source}: field `latency.k`: searches would be timed at k={latency.k} but quality is scored at "
+            f"k={k} (the largest cutoff of "
+            f"`metrics`{f', {MRR_DEPTH} with MRR' if 'MRR' in metrics else ''}); quality and latency use one "
+            "k: remove `latency.k` (it defaults to the scored k) or change the metrics"
         )
     grow = latency.grow
     if grow is None:
         return
     for i, name in enumerate(grow.methods):
         if name not in methods:
-            raise StudyConfigError(f"{source}: field `latency.grow.methods[{i}]`: unknown method '{name}'; "
-                                   f"methods in this file: {', '.join(methods)}")
+            raise StudyConfigError(
+                f"{source}: field `latency.grow.methods[{i}]`: unknown method '{name}'; "
+                f"methods in this file: {', '.join(methods)}"
+            )
     for threshold, params in grow.at.items():
         for key in params:
             where = f"latency.grow.at.{threshold}.{key}"
             if route(key)[0] != "param":
-                raise StudyConfigError(f"{source}: field `{where}`: the grow rule sets build parameters only, "
-                                       "not dataset fields or query arguments")
+                raise StudyConfigError(
+                    f"{source}: field `{where}`: the grow rule sets build parameters only, "
+                    "not dataset fields or query arguments"
+                )
             if key in RESERVED_PARAMS:
                 raise StudyConfigError(f"{source}: field `{where}`: '{key}' is set by the harness")
             if key in sf.space:
-                raise StudyConfigError(f"{source}: field `{where}`: '{key}' is also searched in `space`; a parameter "
-                                       "either grows with N or is searched, not both")
+                raise StudyConfigError(
+                    f"{source}: field `{where}`: '{key}' is also searched in `space`; a parameter "
+                    "either grows with N or is searched, not both"
+                )
             for name in grow.methods:
                 check_name(known[methods[name].retriever], "param", key, where, source, method=name)
 
 
-def latency_trial(settings: dict[str, Any], method: str, data: DataConfig,
-                  params: dict[str, Any]) -> tuple[DataConfig, dict[str, Any], dict[str, Any]]:
+def latency_trial(
+    settings: dict[str, Any], method: str, data: DataConfig, params: dict[str, Any]
+) -> tuple[DataConfig, dict[str, Any], dict[str, Any]]:
     """A latency trial's dataset, build parameters and settings: `dataset.n_total` is the indexed N,
     and more source images, never indexed, are the train queries, the images `add` is timed with
     (the validation part) and the timed (test) queries; the grow rule sets the parameters at N."""
     n = data.n_total
     parts = (settings.get("train_queries", 0), settings.get("add_images", 0), settings["n_queries"])
     held = sum(parts)
-    data = data.replace(n_total=n + held, split_ratio=n / (n + held), query_fractions=tuple(p / held for p in parts))
+    data = data.replace(
+        n_total=n + held, split_ratio=n / (n + held), query_fractions=tuple(p / held for p in parts)
+    )
     params = {**params, **grown_params(settings.get("grow"), method, n)}
     return data, params, {k: v for k, v in settings.items() if k != "grow"}  # its effect is in `params`

@@ -57,7 +57,9 @@ def measure_search(
     """Per-query search latency of an indexed retriever; queries are cycled through."""
     if len(queries) < batch_size:
         reps = -(-batch_size // len(queries))
-        queries = list(queries) * reps if not isinstance(queries, torch.Tensor) else queries.repeat(reps, 1, 1, 1)
+        queries = (
+            list(queries) * reps if not isinstance(queries, torch.Tensor) else queries.repeat(reps, 1, 1, 1)
+        )
     starts = np.arange(calls + warmup) * batch_size % max(1, len(queries) - batch_size + 1)
     times = []
     with fixed_threads(threads), torch.inference_mode():
@@ -70,8 +72,14 @@ def measure_search(
             if i >= warmup:
                 times.append((time.perf_counter() - t) / batch_size * 1e3)
     arr = np.asarray(times)
-    return SearchTiming(batch_size, float(np.percentile(arr, 50)), float(np.percentile(arr, 95)),
-                        float(arr.mean()), len(arr), threads)
+    return SearchTiming(
+        batch_size,
+        float(np.percentile(arr, 50)),
+        float(np.percentile(arr, 95)),
+        float(arr.mean()),
+        len(arr),
+        threads,
+    )
 
 
 def index_bytes(retriever: Retriever) -> int:
@@ -104,7 +112,9 @@ def fit_loglog(ns: Sequence[float], latencies_ms: Sequence[float]) -> LogLogFit:
     return LogLogFit(float(slope), float(intercept), len(x), float(r2))
 
 
-def crossover(ns: Sequence[float], challenger_ms: Sequence[float], baseline_ms: Sequence[float]) -> float | None:
+def crossover(
+    ns: Sequence[float], challenger_ms: Sequence[float], baseline_ms: Sequence[float]
+) -> float | None:
     """Smallest measured-range N from which the challenger (e.g. DSI) is faster than the
     baseline for good, by linear interpolation of log latency between measured sizes.
     Returns min(ns) if it is faster throughout, None if it never becomes faster in range."""

@@ -17,9 +17,21 @@ from bench.report.data import StudyRecord
 from bench.report.markdown import fmt, fmt_int, md_table
 from bench.tracking import metric_key
 
-MEASURED = ("latency_b1_p50_ms", "latency_b1_p95_ms", "latency_batch_p50_ms", "latency_batch_p95_ms",
-            "index_build_s", "index_bytes", "latency_batch_size", "add_ms_per_image", "search_k", "search_beam",
-            "id_length", "index_ia1", "index_epochs_run")  # final metrics of a latency trial
+MEASURED = (
+    "latency_b1_p50_ms",
+    "latency_b1_p95_ms",
+    "latency_batch_p50_ms",
+    "latency_batch_p95_ms",
+    "index_build_s",
+    "index_bytes",
+    "latency_batch_size",
+    "add_ms_per_image",
+    "search_k",
+    "search_beam",
+    "id_length",
+    "index_ia1",
+    "index_epochs_run",
+)  # final metrics of a latency trial
 QUALITY = ("IA@1", "MAP@10", "R@1")  # quality beside latency, where the study logged it
 PARAMS = ("target_ia", "index_epochs", "dim", "depth")  # build parameters the training table reads
 
@@ -27,13 +39,16 @@ PARAMS = ("target_ia", "index_epochs", "dim", "depth")  # build parameters the t
 def latency_frame(record: StudyRecord) -> pd.DataFrame:
     """One row per latency trial, ordered by method and N: method, retriever, N, whether it is a
     DSI, the MEASURED metrics, the QUALITY metrics (by their names) and the PARAMS."""
-    runs = pd.DataFrame({
-        "method": record.column("tags.method", "").fillna(""), "retriever": record.column("tags.retriever", "").fillna(""),
-        "N": record.column("metrics.n_indexed"),
-        **{k: record.column(f"metrics.{k}") for k in MEASURED},
-        **{m: record.column(f"metrics.{metric_key(m)}") for m in QUALITY},
-        **{p: pd.to_numeric(record.column(f"params.{p}"), errors="coerce") for p in PARAMS},
-    })
+    runs = pd.DataFrame(
+        {
+            "method": record.column("tags.method", "").fillna(""),
+            "retriever": record.column("tags.retriever", "").fillna(""),
+            "N": record.column("metrics.n_indexed"),
+            **{k: record.column(f"metrics.{k}") for k in MEASURED},
+            **{m: record.column(f"metrics.{metric_key(m)}") for m in QUALITY},
+            **{p: pd.to_numeric(record.column(f"params.{p}"), errors="coerce") for p in PARAMS},
+        }
+    )
     runs["dsi"] = runs["method"].str.startswith("dsi") | runs["retriever"].str.startswith("dsi")
     runs = runs[runs["N"].notna() & runs["latency_b1_p50_ms"].notna()]
     return runs.sort_values(["method", "N"], kind="stable").reset_index(drop=True)
@@ -43,22 +58,31 @@ def latency_section(record: StudyRecord, out: Path, rel: str) -> str | None:
     runs = latency_frame(record)
     if runs.empty:
         return None
-    batch = int(runs["latency_batch_size"].dropna().iloc[0]) if runs["latency_batch_size"].notna().any() else 256
+    batch = (
+        int(runs["latency_batch_size"].dropna().iloc[0]) if runs["latency_batch_size"].notna().any() else 256
+    )
     timings = (("latency_b1_p50_ms", "batch 1"), ("latency_batch_p50_ms", f"batch {batch}"))
     parts = []
     for key, title in timings:
         parts += _scaling(record.name, runs, key, title, out, rel)
     parts.append(_id_length(runs, timings))
     parts.append(target_section(runs))
-    parts.append(pareto_section(record.name, runs, timings, [m for m in QUALITY if runs[m].notna().any()], out, rel))
+    parts.append(
+        pareto_section(record.name, runs, timings, [m for m in QUALITY if runs[m].notna().any()], out, rel)
+    )
     parts.append(_measurements(runs, batch))
     return "\n\n".join(p for p in parts if p)
 
 
 def _scaling(name: str, runs: pd.DataFrame, key: str, title: str, out: Path, rel: str) -> list[str]:
     """The log-log plot against N, its fits per method and the crossovers of each DSI with each baseline."""
-    series = {method: (g["N"].tolist(), g[key].tolist()) for method, g in runs[runs[key].notna()].groupby("method", sort=True)}
-    fig = plots.latency_plot(series, out / f"latency_{key}.png", f"{name}: p50 search latency per query, {title}")
+    series = {
+        method: (g["N"].tolist(), g[key].tolist())
+        for method, g in runs[runs[key].notna()].groupby("method", sort=True)
+    }
+    fig = plots.latency_plot(
+        series, out / f"latency_{key}.png", f"{name}: p50 search latency per query, {title}"
+    )
     parts = [f"![latency {title}]({rel}/{fig.name})"]
     rows = []
     for method, (ns, ms) in series.items():
@@ -66,10 +90,25 @@ def _scaling(name: str, runs: pd.DataFrame, key: str, title: str, out: Path, rel
             rows.append([method, str(len(ns)), "n/a", "n/a", "", ""])
             continue
         f = fit_loglog(ns, ms)
-        kind = "≈ O(1)" if abs(f.slope) < 0.25 else ("≈ O(N)" if abs(f.slope - 1) < 0.25 else f"≈ O(N^{f.slope:.2f})")
-        rows.append([method, str(len(ns)), fmt(f.slope, 3), fmt(f.r2, 3), kind, f"{fmt(min(ms), 3)} – {fmt(max(ms), 3)}"])
-    parts.append(f"**{title}**: log-log fit of p50 latency against N (slope ~0: O(1), ~1: O(N)).\n\n"
-                 + md_table(["method", "sizes", "slope", "R²", "scaling", "p50 ms range"], rows))
+        kind = (
+            "≈ O(1)"
+            if abs(f.slope) < 0.25
+            else ("≈ O(N)" if abs(f.slope - 1) < 0.25 else f"≈ O(N^{f.slope:.2f})")
+        )
+        rows.append(
+            [
+                method,
+                str(len(ns)),
+                fmt(f.slope, 3),
+                fmt(f.r2, 3),
+                kind,
+                f"{fmt(min(ms), 3)} – {fmt(max(ms), 3)}",
+            ]
+        )
+    parts.append(
+        f"**{title}**: log-log fit of p50 latency against N (slope ~0: O(1), ~1: O(N)).\n\n"
+        + md_table(["method", "sizes", "slope", "R²", "scaling", "p50 ms range"], rows)
+    )
     dsi = set(runs.loc[runs["dsi"], "method"])
     cross = []
     for d in sorted(dsi & set(series)):
@@ -87,8 +126,10 @@ def _scaling(name: str, runs: pd.DataFrame, key: str, title: str, out: Path, rel
                 text = f"N ≈ {c:,.0f}: {d} is faster from there on"
             cross.append([d, base, text])
     if cross:
-        parts.append(f"Crossover ({title}): the database size from which the DSI answers faster than each baseline.\n\n"
-                     + md_table(["DSI", "baseline", "crossover"], cross))
+        parts.append(
+            f"Crossover ({title}): the database size from which the DSI answers faster than each "
+            "baseline.\n\n" + md_table(["DSI", "baseline", "crossover"], cross)
+        )
     return parts
 
 
@@ -100,7 +141,10 @@ def _id_length(runs: pd.DataFrame, timings) -> str | None:
         return None
     rows = []
     for method, g in dsi.groupby("method", sort=True):
-        row = [method, ", ".join(f"{int(n)}: {int(length)}" for n, length in zip(g["N"], g["id_length"], strict=True))]
+        row = [
+            method,
+            ", ".join(f"{int(n)}: {int(length)}" for n, length in zip(g["N"], g["id_length"], strict=True)),
+        ]
         for key, _ in timings:
             ok = g[key].notna()
             if g.loc[ok, "id_length"].nunique() < 2:
@@ -110,22 +154,52 @@ def _id_length(runs: pd.DataFrame, timings) -> str | None:
             row += [fmt(f.slope, 3), fmt(f.r2, 3)]
         rows.append(row)
     header = ["DSI", "N: L"] + [h for _, title in timings for h in (f"slope vs L ({title})", "R²")]
-    return ("**Latency against id length L** (tokens per id, one decoding step each; L grows as log N): log-log "
-            "fit of p50 latency against L (slope 1: linear in L).\n\n" + md_table(header, rows))
+    return (
+        "**Latency against id length L** (tokens per id, one decoding step each; L grows as log N): log-log "
+        "fit of p50 latency against L (slope 1: linear in L).\n\n" + md_table(header, rows)
+    )
 
 
 def _measurements(runs: pd.DataFrame, batch: int) -> str:
     quality = [m for m in QUALITY if runs[m].notna().any()]
-    rows = [[r["method"], str(int(r["N"])), fmt_int(r["id_length"]), fmt_int(r["search_k"]), fmt_int(r["search_beam"]),
-             *[fmt(r[m], 4) for m in quality],
-             fmt(r["latency_b1_p50_ms"], 3), fmt(r["latency_b1_p95_ms"], 3), fmt(r["latency_batch_p50_ms"], 4),
-             fmt(r["latency_batch_p95_ms"], 4), fmt(r["index_build_s"], 1), fmt(r["index_bytes"] / 2**20, 2),
-             fmt(r["add_ms_per_image"], 3)] for r in runs.to_dict("records")]
-    header = ["method", "N", "L", "k", "beam", *quality, "b1 p50", "b1 p95", f"b{batch} p50", f"b{batch} p95",
-              "build s", "index MiB", "add ms/image"]
-    return ("All measurements (ms per query; p50 / p95 over repeated timed calls after warm-up, fixed threads). "
-            "Quality (test queries; IA@1: the indexed images) was scored with the k and beam given, the same "
-            "the searches were timed with; L is a DSI's id length; beam is the hypotheses a DSI keeps per "
-            "decoding step (n/a where nothing is beam-searched: atomic ids are ranked by one softmax over the N ids); "
-            "add ms/image is `Retriever.add` of held-out images on a copy of the index, n/a where a retriever "
-            "cannot add:\n\n" + md_table(header, rows))
+    rows = [
+        [
+            r["method"],
+            str(int(r["N"])),
+            fmt_int(r["id_length"]),
+            fmt_int(r["search_k"]),
+            fmt_int(r["search_beam"]),
+            *[fmt(r[m], 4) for m in quality],
+            fmt(r["latency_b1_p50_ms"], 3),
+            fmt(r["latency_b1_p95_ms"], 3),
+            fmt(r["latency_batch_p50_ms"], 4),
+            fmt(r["latency_batch_p95_ms"], 4),
+            fmt(r["index_build_s"], 1),
+            fmt(r["index_bytes"] / 2**20, 2),
+            fmt(r["add_ms_per_image"], 3),
+        ]
+        for r in runs.to_dict("records")
+    ]
+    header = [
+        "method",
+        "N",
+        "L",
+        "k",
+        "beam",
+        *quality,
+        "b1 p50",
+        "b1 p95",
+        f"b{batch} p50",
+        f"b{batch} p95",
+        "build s",
+        "index MiB",
+        "add ms/image",
+    ]
+    return (
+        "All measurements (ms per query; p50 / p95 over repeated timed calls after warm-up, fixed threads). "
+        "Quality (test queries; IA@1: the indexed images) was scored with the k and beam given, the same the "
+        "searches were timed with; L is a DSI's id length; beam is the hypotheses a DSI keeps per decoding "
+        "step (n/a where nothing is beam-searched: atomic ids are ranked by one softmax over the N ids); add "
+        "ms/image is `Retriever.add` of held-out images on a copy of the index, n/a where a retriever "
+        "cannot add:\n\n" + md_table(header, rows)
+    )

@@ -35,24 +35,55 @@ def target_section(runs: pd.DataFrame) -> str | None:
             else:
                 missed.append(f"{n} (IA@1 {fmt(final, 3)}{', ' + status if status != 'missed' else ''})")
             model = ", ".join(f"{p} {int(r[p])}" for p in ("dim", "depth") if not np.isnan(r[p])) or "n/a"
-            rows.append([method, n, model, fmt_int(r["id_length"]), fmt(r["target_ia"], 2),
-                         f"{fmt(r['index_ia1'], 3)} after {fmt_int(r['index_epochs_run'])} / {fmt_int(r['index_epochs'])}",
-                         fmt(r["IA@1"], 3), fmt(r["MAP@10"], 4), status])
+            rows.append(
+                [
+                    method,
+                    n,
+                    model,
+                    fmt_int(r["id_length"]),
+                    fmt(r["target_ia"], 2),
+                    f"{fmt(r['index_ia1'], 3)} after {fmt_int(r['index_epochs_run'])} / "
+                    f"{fmt_int(r['index_epochs'])}",
+                    fmt(r["IA@1"], 3),
+                    fmt(r["MAP@10"], 4),
+                    status,
+                ]
+            )
         target = fmt(g["target_ia"].iloc[0], 2)
         if not missed:
-            lines.append(f"- **{method}** reached IA@1 ≥ {target} at every measured N ({', '.join(reached)}).")
+            lines.append(
+                f"- **{method}** reached IA@1 ≥ {target} at every measured N ({', '.join(reached)})."
+            )
         elif not reached:
-            lines.append(f"- **{method}** did not reach IA@1 ≥ {target} at any measured N: {', '.join(missed)}.")
+            lines.append(
+                f"- **{method}** did not reach IA@1 ≥ {target} at any measured N: {', '.join(missed)}."
+            )
         else:
-            lines.append(f"- **{method}** reached IA@1 ≥ {target} at N = {', '.join(reached)}; "
-                         f"not at N = {', '.join(missed)}.")
-    header = ["DSI", "N", "model", "L", "target IA@1", "indexing IA@1 after epochs / budget", "IA@1", "MAP@10", "target"]
-    return ("**Trained to target.** Each DSI indexes until its IA@1 stop test reaches `target_ia` or its epoch "
-            "budget (`index_epochs`) ends, then trains its retrieval phase. *Indexing IA@1* is the stop test's "
-            "last reading (greedy, on `ia_sample` images when set); *IA@1* is the trial's, on every indexed image "
-            "after all training, and decides whether the target was reached (*lost in retrieval training*: the "
-            "indexing phase reached it, the retrieval phase that followed brought IA@1 below it).\n\n"
-            + md_table(header, rows) + "\n\n" + "\n".join(lines))
+            lines.append(
+                f"- **{method}** reached IA@1 ≥ {target} at N = {', '.join(reached)}; "
+                f"not at N = {', '.join(missed)}."
+            )
+    header = [
+        "DSI",
+        "N",
+        "model",
+        "L",
+        "target IA@1",
+        "indexing IA@1 after epochs / budget",
+        "IA@1",
+        "MAP@10",
+        "target",
+    ]
+    return (
+        "**Trained to target.** Each DSI indexes until its IA@1 stop test reaches `target_ia` or its epoch "
+        "budget (`index_epochs`) ends, then trains its retrieval phase. *Indexing IA@1* is the stop test's "
+        "last reading (greedy, on `ia_sample` images when set); *IA@1* is the trial's, on every indexed "
+        "image after all training, and decides whether the target was reached (*lost in retrieval training*: "
+        "the indexing phase reached it, the retrieval phase that followed brought IA@1 below it).\n\n"
+        + md_table(header, rows)
+        + "\n\n"
+        + "\n".join(lines)
+    )
 
 
 def _status(final: float, indexing: float, target: float) -> str:
@@ -65,7 +96,9 @@ def _status(final: float, indexing: float, target: float) -> str:
     return "lost in retrieval training" if not np.isnan(indexing) and indexing >= target else "missed"
 
 
-def pareto_section(name: str, runs: pd.DataFrame, timings, quality: list[str], out: Path, rel: str) -> str | None:
+def pareto_section(
+    name: str, runs: pd.DataFrame, timings, quality: list[str], out: Path, rel: str
+) -> str | None:
     """Per N a figure of quality against p50 latency (one panel per timing x quality metric) with its
     Pareto front, a table of the methods on each front, and the N at which any DSI is on one."""
     if not quality:
@@ -80,27 +113,53 @@ def pareto_section(name: str, runs: pd.DataFrame, timings, quality: list[str], o
             if (front & g["dsi"].to_numpy()).any():
                 on_front[(title, m)].append(n)
             row.append(", ".join(g["method"][front]) or "n/a")
-            panels.append((f"p50 ms per query, {title}", m, dict(zip(g["method"], zip(g[key], g[m], strict=True),
-                                                                     strict=True)), set(g["method"][front])))
+            panels.append(
+                (
+                    f"p50 ms per query, {title}",
+                    m,
+                    dict(zip(g["method"], zip(g[key], g[m], strict=True), strict=True)),
+                    set(g["method"][front]),
+                )
+            )
         rows.append(row)
-        fig = plots.pareto_plot(panels, len(quality), set(g["method"][g["dsi"]]), out / f"pareto_N{int(n)}.png",
-                                f"{name}: quality against latency, N = {int(n):,} (line: Pareto front)")
+        fig = plots.pareto_plot(
+            panels,
+            len(quality),
+            set(g["method"][g["dsi"]]),
+            out / f"pareto_N{int(n)}.png",
+            f"{name}: quality against latency, N = {int(n):,} (line: Pareto front)",
+        )
         figures.append(f"![Pareto front N = {int(n)}]({rel}/{fig.name})")
     measured = sorted(runs["N"].unique())
     span = f"{int(measured[0]):,}–{int(measured[-1]):,}"
     anywhere = sorted({n for ns in on_front.values() for n in ns})
     if anywhere:
-        summary = (f"**A DSI is on the quality-latency Pareto front at N = {_ns(anywhere)}** (in at least one of the "
-                   f"views below; measured N: {span}); at no other measured N.")
+        summary = (
+            f"**A DSI is on the quality-latency Pareto front at N = {_ns(anywhere)}** (in at least one of "
+            f"the views below; measured N: {span}); at no other measured N."
+        )
     else:
-        summary = f"**No DSI is on the quality-latency Pareto front at any measured N ({span})**, in any view below."
-    lines = [f"- p50 latency at {title} against {m}: "
-             + (f"a DSI is on the front at N = {_ns(ns)}" if ns else "no DSI is on the front at any measured N")
-             for (title, m), ns in on_front.items()]
+        summary = (
+            f"**No DSI is on the quality-latency Pareto front at any measured N ({span})**, "
+            "in any view below."
+        )
+    lines = [
+        f"- p50 latency at {title} against {m}: "
+        + (f"a DSI is on the front at N = {_ns(ns)}" if ns else "no DSI is on the front at any measured N")
+        for (title, m), ns in on_front.items()
+    ]
     header = ["N"] + [f"front: {title} vs {m}" for _, title, m in views]
-    return ("**Quality against latency.** A method is on the Pareto front when no other method at the same N is "
-            "both at least as fast and at least as good, and strictly one of the two.\n\n" + summary + "\n\n"
-            + "\n".join(lines) + "\n\n" + md_table(header, rows) + "\n\n" + "\n\n".join(figures))
+    return (
+        "**Quality against latency.** A method is on the Pareto front when no other method at the same N is "
+        "both at least as fast and at least as good, and strictly one of the two.\n\n"
+        + summary
+        + "\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + md_table(header, rows)
+        + "\n\n"
+        + "\n\n".join(figures)
+    )
 
 
 def _ns(ns: list[float]) -> str:

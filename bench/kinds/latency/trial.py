@@ -19,26 +19,54 @@ from vitdsi.errors import VitDSIError
 from vitdsi.retrievers.base import Retriever
 
 
-def latency_record(retriever: Retriever, sets: SplitSets, opts: dict[str, Any], build_s: float, k: int,
-                   history: list[dict[str, Any]]) -> dict[str, float]:
+def latency_record(
+    retriever: Retriever,
+    sets: SplitSets,
+    opts: dict[str, Any],
+    build_s: float,
+    k: int,
+    history: list[dict[str, Any]],
+) -> dict[str, float]:
     """The latency metrics of one indexed retriever: p50 / p95 ms per test query at batch 1 and at
     opts['batch_size'] with k results (the k quality is scored at), build seconds, saved-index bytes,
     add ms per image (the split's validation part, when `add_images` asks and the retriever adds)
     and the indexing phase's summary."""
     if opts.get("k") not in (None, k):
-        raise VitDSIError(f"latency.k={opts['k']} differs from the k={k} quality is scored at; quality and latency "
-                          "use one k (remove latency.k)")
+        raise VitDSIError(
+            f"latency.k={opts['k']} differs from the k={k} quality is scored at; quality and latency "
+            "use one k (remove latency.k)"
+        )
     queries = sets.queries("test")
     k = min(k, retriever.corpus_size)
-    one = measure_search(retriever, queries, k=k, batch_size=1, calls=opts["calls"], warmup=opts["warmup"],
-                         threads=opts["threads"])
-    many = measure_search(retriever, queries, k=k, batch_size=opts["batch_size"], calls=opts["batch_calls"],
-                          warmup=min(opts["warmup"], 1), threads=opts["threads"])
+    one = measure_search(
+        retriever,
+        queries,
+        k=k,
+        batch_size=1,
+        calls=opts["calls"],
+        warmup=opts["warmup"],
+        threads=opts["threads"],
+    )
+    many = measure_search(
+        retriever,
+        queries,
+        k=k,
+        batch_size=opts["batch_size"],
+        calls=opts["batch_calls"],
+        warmup=min(opts["warmup"], 1),
+        threads=opts["threads"],
+    )
     out = {
-        "n_indexed": float(retriever.corpus_size), "latency_b1_p50_ms": one.p50_ms, "latency_b1_p95_ms": one.p95_ms,
-        "latency_batch_p50_ms": many.p50_ms, "latency_batch_p95_ms": many.p95_ms, "latency_k": float(k),
-        "latency_batch_size": float(opts["batch_size"]), "latency_threads": float(opts["threads"]),
-        "index_build_s": float(build_s), "index_bytes": float(index_bytes(retriever)),
+        "n_indexed": float(retriever.corpus_size),
+        "latency_b1_p50_ms": one.p50_ms,
+        "latency_b1_p95_ms": one.p95_ms,
+        "latency_batch_p50_ms": many.p50_ms,
+        "latency_batch_p95_ms": many.p95_ms,
+        "latency_k": float(k),
+        "latency_batch_size": float(opts["batch_size"]),
+        "latency_threads": float(opts["threads"]),
+        "index_build_s": float(build_s),
+        "index_bytes": float(index_bytes(retriever)),
     }
     if opts.get("add_images"):
         add_ms = add_ms_per_image(retriever, sets.val)

@@ -31,11 +31,15 @@ log = get_logger(__name__)
 def _locate(root: str | None, annotations: str | None, images: str | None) -> tuple[Path, Path]:
     """The annotation file and image folder, checked to exist."""
     if root is None and (annotations is None or images is None):
-        raise VitDSIError("coco needs root (with annotations/instances.json and images/) or both annotations and images")
+        raise VitDSIError(
+            "coco needs root (with annotations/instances.json and images/) or both annotations and images"
+        )
     ann_file = Path(annotations) if annotations else Path(root) / "annotations" / "instances.json"
     img_dir = Path(images) if images else Path(root) / "images"
     if not ann_file.is_file():
-        raise DatasetNotFoundError(f"coco: annotation file {ann_file} not found; pass annotations=PATH to an instances json")
+        raise DatasetNotFoundError(
+            f"coco: annotation file {ann_file} not found; pass annotations=PATH to an instances json"
+        )
     if not img_dir.is_dir():
         raise DatasetNotFoundError(f"coco: image folder {img_dir} not found; pass images=DIR")
     return ann_file, img_dir
@@ -49,13 +53,17 @@ def caption_files(ann_file: Path, captions: bool | str) -> list[Path]:
         return []
     if isinstance(captions, str):
         if not Path(captions).is_file():
-            raise DatasetNotFoundError(f"coco: caption file {captions} not found; pass captions=PATH to a COCO "
-                                       "captions json, or captions=false")
+            raise DatasetNotFoundError(
+                f"coco: caption file {captions} not found; pass captions=PATH to a COCO "
+                "captions json, or captions=false"
+            )
         return [Path(captions)]
     if captions is not True:
-        raise VitDSIError(f"coco: captions must be true, false or a path to a captions json, got {captions!r}")
+        raise VitDSIError(
+            f"coco: captions must be true, false or a path to a captions json, got {captions!r}"
+        )
     name = ann_file.name
-    twin = ann_file.with_name("captions" + name[len("instances"):]) if name.startswith("instances") else None
+    twin = ann_file.with_name("captions" + name[len("instances") :]) if name.startswith("instances") else None
     if twin is not None and twin.is_file():
         return [twin]
     return sorted(ann_file.parent.glob("captions*.json"))
@@ -74,8 +82,10 @@ def read_captions(files: list[Path], image_ids: np.ndarray) -> Captions | None:
             anns += COCO(str(file)).dataset.get("annotations", [])
     bad = next((a for a in anns if not {"id", "image_id", "caption"} <= set(a)), None)
     if bad is not None:
-        raise VitDSIError(f"coco: caption annotation {bad} in {', '.join(map(str, files))} lacks id, image_id or "
-                          "caption; is this a captions json?")
+        raise VitDSIError(
+            f"coco: caption annotation {bad} in {', '.join(map(str, files))} lacks id, image_id or "
+            "caption; is this a captions json?"
+        )
     of_image = np.fromiter((a["image_id"] for a in anns), dtype=np.int64, count=len(anns))
     pos = np.minimum(np.searchsorted(image_ids, of_image), max(len(image_ids) - 1, 0))
     keep = (image_ids[pos] == of_image) if len(image_ids) else np.zeros(len(anns), dtype=bool)
@@ -83,13 +93,17 @@ def read_captions(files: list[Path], image_ids: np.ndarray) -> Captions | None:
     phrasing = [a.get("phrasing", "") for a in kept]
     unknown = set(phrasing) - {"", *PHRASINGS}
     if unknown:
-        raise VitDSIError(f"coco: unknown caption phrasing {sorted(unknown)} in {', '.join(map(str, files))}; "
-                          f"use one of {', '.join(PHRASINGS)}")
+        raise VitDSIError(
+            f"coco: unknown caption phrasing {sorted(unknown)} in {', '.join(map(str, files))}; "
+            f"use one of {', '.join(PHRASINGS)}"
+        )
     texts = np.char.strip(np.array([str(a["caption"]) for a in kept], dtype=str))
     return Captions.build(texts, pos[keep], [a["id"] for a in kept], phrasing)
 
 
-def probe(root: str | None, annotations: str | None = None, images: str | None = None) -> tuple[None, None, str]:
+def probe(
+    root: str | None, annotations: str | None = None, images: str | None = None
+) -> tuple[None, None, str]:
     """Check that the annotation file and image folder exist (the json is not parsed)."""
     return None, None, str(_locate(root, annotations, images)[1])
 
@@ -142,8 +156,13 @@ def load_coco(
     missing = [p for p in paths[:5] if not p.exists()]
     if missing:
         raise DatasetNotFoundError(f"coco: image files listed in {ann_file} are missing, e.g. {missing[0]}")
-    log.info("coco %s: %d of %d images kept (near-square%s)", ann_file, len(index), len(img_ids),
-             "" if keep_unlabelled else ", annotated")
+    log.info(
+        "coco %s: %d of %d images kept (near-square%s)",
+        ann_file,
+        len(index),
+        len(img_ids),
+        "" if keep_unlabelled else ", annotated",
+    )
     # the kept images' COCO ids, sorted as read_captions needs (img_ids and index both are)
     caps = read_captions(cap_files, np.asarray(img_ids, dtype=np.int64)[index]) if cap_files else None
     return ImageSet(
@@ -152,7 +171,11 @@ def load_coco(
         source_ids=np.array([str(img_ids[i]) for i in index]),
         class_names=tuple(coco.loadCats(c)[0]["name"] for c in cat_ids),
         name="coco",
-        meta={"annotations": str(ann_file), "images": str(img_dir), "size": size,
-              **({"captions": [str(f) for f in cap_files]} if cap_files else {})},
+        meta={
+            "annotations": str(ann_file),
+            "images": str(img_dir),
+            "size": size,
+            **({"captions": [str(f) for f in cap_files]} if cap_files else {}),
+        },
         captions=caps,
     )

@@ -23,7 +23,18 @@ from vitdsi.errors import DatasetNotFoundError, VitDSIError
 from vitdsi.log import get_logger
 
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
-CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CLASS_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -43,8 +54,10 @@ def _read(path: Path, n: int = -1) -> bytes:
 
 
 def _corrupt(path: Path, why: str) -> VitDSIError:
-    return VitDSIError(f"fashion-mnist file {path} is corrupt or truncated ({why}); delete it and put the file "
-                       "from https://github.com/zalandoresearch/fashion-mnist in its place")
+    return VitDSIError(
+        f"fashion-mnist file {path} is corrupt or truncated ({why}); delete it and put the file "
+        "from https://github.com/zalandoresearch/fashion-mnist in its place"
+    )
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -60,7 +73,12 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _find(root: Path, stem: str) -> Path | None:
-    for candidate in (root / f"{stem}.gz", root / stem, root / "FashionMNIST" / "raw" / f"{stem}.gz", root / "FashionMNIST" / "raw" / stem):
+    for candidate in (
+        root / f"{stem}.gz",
+        root / stem,
+        root / "FashionMNIST" / "raw" / f"{stem}.gz",
+        root / "FashionMNIST" / "raw" / stem,
+    ):
         if candidate.exists():
             return candidate
     return None
@@ -97,10 +115,11 @@ def locate(root: str | Path | None = None, download: bool = True) -> Path:
         if _has_all(folder) or (download and _try_download(folder)):
             return folder
         raise DatasetNotFoundError(
-            f"Fashion-MNIST not found in the given root {folder}: it lacks the train/t10k idx files (.gz or raw)"
+            f"Fashion-MNIST not found in the given root {folder}: it lacks the train/t10k idx files (.gz or "
+            "raw)"
             + ("; a torchvision download into it failed (no network?)" if download else "")
-            + ". Put the four files from https://github.com/zalandoresearch/fashion-mnist there, or leave root "
-            f"unset to use {DEBIAN_ROOT} (`apt-get install dataset-fashion-mnist`)."
+            + ". Put the four files from https://github.com/zalandoresearch/fashion-mnist there, or leave "
+            f"root unset to use {DEBIAN_ROOT} (`apt-get install dataset-fashion-mnist`)."
         )
     if _has_all(DEBIAN_ROOT):
         return DEBIAN_ROOT
@@ -127,15 +146,19 @@ def count(folder: Path) -> int:
     return total
 
 
-def load_fashion_mnist(*, root: str | None = None, size: int = 32, fit: str = "resize", download: bool = True) -> ImageSet:
+def load_fashion_mnist(
+    *, root: str | None = None, size: int = 32, fit: str = "resize", download: bool = True
+) -> ImageSet:
     folder = locate(root, download=download)
     images, labels, ids = [], [], []
     for part, (img_stem, lab_stem) in FILES.items():
         imgs = _read_idx(_find(folder, img_stem))
         labs = _read_idx(_find(folder, lab_stem))
         if imgs.ndim != 3 or labs.ndim != 1 or len(imgs) != len(labs):
-            raise VitDSIError(f"fashion-mnist files {_find(folder, img_stem)} and {_find(folder, lab_stem)} do not match "
-                              f"({imgs.shape[0]} images of shape {imgs.shape[1:]}, {labs.shape} labels); one is corrupt")
+            raise VitDSIError(
+                f"fashion-mnist files {_find(folder, img_stem)} and {_find(folder, lab_stem)} do not match "
+                f"({imgs.shape[0]} images of shape {imgs.shape[1:]}, {labs.shape} labels); one is corrupt"
+            )
         images.append(imgs)
         labels.append(labs)
         ids.append(np.char.add(f"{part}/", np.arange(len(labs)).astype(str)))

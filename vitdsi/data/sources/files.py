@@ -25,8 +25,9 @@ def decode_files(paths: Sequence[Path], size: int, what: str = "images") -> torc
     return out
 
 
-def decode_files_skipping(paths: Sequence[Path], size: int, what: str = "images"
-                          ) -> tuple[torch.Tensor, list[tuple[int, VitDSIError]]]:
+def decode_files_skipping(
+    paths: Sequence[Path], size: int, what: str = "images"
+) -> tuple[torch.Tensor, list[tuple[int, VitDSIError]]]:
     """Like `decode_files`, but a file that cannot be decoded (corrupt, truncated) leaves its row
     zero and is returned in `failed` as (position, error) instead of stopping the load."""
     out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)

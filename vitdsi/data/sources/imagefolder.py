@@ -30,17 +30,23 @@ def _class_dirs(root: str | None, classes: list[str] | int | None) -> tuple[Path
         raise VitDSIError("imagefolder needs root: a folder with one sub-folder of images per class")
     base = Path(root).expanduser()
     if not base.is_dir():
-        raise DatasetNotFoundError(f"imagefolder root {base} does not exist; point root at a folder of class sub-folders")
+        raise DatasetNotFoundError(
+            f"imagefolder root {base} does not exist; point root at a folder of class sub-folders"
+        )
     class_dirs = sorted(d for d in base.iterdir() if d.is_dir())
     if not class_dirs:
-        raise DatasetNotFoundError(f"imagefolder root {base} has no class sub-folders (expected root/class_x/*.jpg)")
+        raise DatasetNotFoundError(
+            f"imagefolder root {base} has no class sub-folders (expected root/class_x/*.jpg)"
+        )
     if isinstance(classes, int):
         class_dirs = class_dirs[:classes]
     elif classes is not None:
         by_name = {d.name: d for d in class_dirs}
         missing = [c for c in classes if c not in by_name]
         if missing:
-            raise VitDSIError(f"imagefolder: classes {missing} not found under {base}; available: {sorted(by_name)[:20]}")
+            raise VitDSIError(
+                f"imagefolder: classes {missing} not found under {base}; available: {sorted(by_name)[:20]}"
+            )
         class_dirs = [by_name[c] for c in classes]
     return base, class_dirs
 
@@ -51,7 +57,9 @@ def probe(root: str | None, classes: list[str] | int | None = None) -> tuple[int
     base, class_dirs = _class_dirs(root, classes)
     files = [f for d in class_dirs for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
-        raise DatasetNotFoundError(f"imagefolder: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {base}")
+        raise DatasetNotFoundError(
+            f"imagefolder: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {base}"
+        )
     sides = []
     for f in files[:: max(1, len(files) // 32)][:32]:
         try:
@@ -115,13 +123,13 @@ def load_imagefolder(
             raise DatasetNotFoundError(f"imagefolder: none of the images under {base} could be decoded")
     empty = [d.name for label, d in enumerate(class_dirs) if not (labels_arr == label).any()]
     if empty:
-        log.warning("imagefolder %s: %d class folder(s) with no usable image, kept as classes no image has: %s",
-                    base, len(empty), ", ".join(empty[:10]) + (", ..." if len(empty) > 10 else ""))
-    if unreadable:
-        log.warning("imagefolder %s: skipped %d unreadable image file(s) (corrupt or truncated)%s",
-                    base, unreadable, f", e.g. {failed[0][1]}" if failed else "")
-    log.info("imagefolder %s: %d images in %d classes (%d skipped: %d non-square, %d unreadable, corrupt or truncated)",
-             base, len(paths), len(class_dirs), non_square + unreadable, non_square, unreadable)
+        log.warning(
+            "imagefolder %s: %d class folder(s) with no usable image, kept as classes no image has: %s",
+            base,
+            len(empty),
+            ", ".join(empty[:10]) + (", ..." if len(empty) > 10 else ""),
+        )
+    _log_skipped(base, len(paths), len(class_dirs), non_square, unreadable, failed)
     return ImageSet(
         images=images,
         labels=torch.from_numpy(labels_arr),
@@ -129,4 +137,25 @@ def load_imagefolder(
         class_names=tuple(d.name for d in class_dirs),
         name="imagefolder",
         meta={"root": str(base), "size": size, "skipped": non_square + unreadable, "unreadable": unreadable},
+    )
+
+
+def _log_skipped(base: Path, n_images: int, n_classes: int, non_square: int, unreadable: int, failed) -> None:
+    """Log the images kept and those skipped (non-square, unreadable)."""
+    if unreadable:
+        log.warning(
+            "imagefolder %s: skipped %d unreadable image file(s) (corrupt or truncated)%s",
+            base,
+            unreadable,
+            f", e.g. {failed[0][1]}" if failed else "",
+        )
+    log.info(
+        "imagefolder %s: %d images in %d classes (%d skipped: %d non-square, %d unreadable, corrupt or "
+        "truncated)",
+        base,
+        n_images,
+        n_classes,
+        non_square + unreadable,
+        non_square,
+        unreadable,
     )

@@ -53,7 +53,9 @@ def generate_coco_mosaic(
     if base not in TILE_SOURCES:
         raise VitDSIError(f"coco-mosaic: base must be one of {', '.join(TILE_SOURCES)}, got '{base}'")
     if grid < 1 or n_images < 1:
-        raise VitDSIError(f"coco-mosaic needs grid >= 1 and n_images >= 1, got grid={grid}, n_images={n_images}")
+        raise VitDSIError(
+            f"coco-mosaic needs grid >= 1 and n_images >= 1, got grid={grid}, n_images={n_images}"
+        )
     if not 0.0 <= p_empty < 1.0:
         raise VitDSIError(f"coco-mosaic p_empty must be in [0, 1), got {p_empty}")
     if captions < 0:
@@ -92,43 +94,53 @@ def generate_coco_mosaic(
     labels = source.labels.numpy()
     annotations = tile_annotations(tiles, empty, labels, grid, tile_size)
     info = {"description": f"coco-mosaic of {base}", "seed": seed}
-    image_list = [{"id": i + 1, "file_name": names[i], "width": side, "height": side} for i in range(n_images)]
+    image_list = [
+        {"id": i + 1, "file_name": names[i], "width": side, "height": side} for i in range(n_images)
+    ]
     coco = {
         "info": info,
         "images": image_list,
         "annotations": annotations,
-        "categories": [{"id": k + 1, "name": n, "supercategory": base} for k, n in enumerate(source.class_names)],
+        "categories": [
+            {"id": k + 1, "name": n, "supercategory": base} for k, n in enumerate(source.class_names)
+        ],
     }
     (out / "annotations" / "instances.json").write_text(json.dumps(coco))
     if captions:
         categories = np.where(empty, -1, labels[np.maximum(tiles, 0)])
         caption_anns = mosaic_captions(categories, grid, source.class_names, captions, seed)
         (out / "annotations" / "captions.json").write_text(
-            json.dumps({"info": info, "images": image_list, "annotations": caption_anns}))
+            json.dumps({"info": info, "images": image_list, "annotations": caption_anns})
+        )
     return out
 
 
-def tile_annotations(tiles: np.ndarray, empty: np.ndarray, labels: np.ndarray, grid: int, tile_size: int) -> list[dict]:
+def tile_annotations(
+    tiles: np.ndarray, empty: np.ndarray, labels: np.ndarray, grid: int, tile_size: int
+) -> list[dict]:
     """COCO instance annotations, one box per non-empty cell: `tiles` [n, grid*grid] source
     positions (-1 where `empty`), `labels` the source's classes."""
     annotations = []
     for i, j in zip(*np.nonzero(~empty)):
         r, c = divmod(int(j), grid)
-        annotations.append({
-            "id": len(annotations) + 1,
-            "image_id": int(i) + 1,
-            "category_id": int(labels[tiles[i, j]]) + 1,
-            "bbox": [c * tile_size, r * tile_size, tile_size, tile_size],
-            "area": tile_size * tile_size,
-            "iscrowd": 0,
-            "segmentation": [],
-        })
+        annotations.append(
+            {
+                "id": len(annotations) + 1,
+                "image_id": int(i) + 1,
+                "category_id": int(labels[tiles[i, j]]) + 1,
+                "bbox": [c * tile_size, r * tile_size, tile_size, tile_size],
+                "area": tile_size * tile_size,
+                "iscrowd": 0,
+                "segmentation": [],
+            }
+        )
     return annotations
 
 
 def _generate_atomically(folder: Path, params: dict) -> None:
     """Generate into a folder of this process's own, then rename it to `folder`
     (vitdsi.cache_folder); when another process got there first, keep its (complete) folder."""
+
     def fill(tmp: Path) -> None:
         generate_coco_mosaic(tmp, **params)
         (tmp / "mosaic.json").write_text(json.dumps({**params, "format": MOSAIC_FORMAT}, indent=2))
@@ -155,11 +167,23 @@ def load_coco_mosaic(
     private folder and renames it into place, so workers that start together never read each
     other's half-written files (a folder without its `mosaic.json` marker is rebuilt).
     `captions`: captions per image in each phrasing (train, val, test); 0 = image-only."""
-    params = {"base": base, "base_root": base_root, "n_images": n_images, "grid": grid,
-              "tile_size": tile_size, "p_empty": p_empty, "seed": seed, "captions": captions}
-    key = hashlib.sha1(json.dumps({**params, "format": MOSAIC_FORMAT}, sort_keys=True).encode()).hexdigest()[:10]
+    params = {
+        "base": base,
+        "base_root": base_root,
+        "n_images": n_images,
+        "grid": grid,
+        "tile_size": tile_size,
+        "p_empty": p_empty,
+        "seed": seed,
+        "captions": captions,
+    }
+    key = hashlib.sha1(json.dumps({**params, "format": MOSAIC_FORMAT}, sort_keys=True).encode()).hexdigest()[
+        :10
+    ]
     folder = Path(root or Path.home() / ".cache" / "vitdsi" / "coco-mosaic") / key
     if not (folder / "mosaic.json").exists():
         _generate_atomically(folder, params)
-    ims = load_coco(root=str(folder), size=size or grid * tile_size, limit=limit, seed=seed, captions=captions > 0)
+    ims = load_coco(
+        root=str(folder), size=size or grid * tile_size, limit=limit, seed=seed, captions=captions > 0
+    )
     return dataclasses.replace(ims, name="coco-mosaic", meta={**ims.meta, "mosaic": params})

@@ -53,12 +53,20 @@ NOUNS: dict[str, tuple[tuple[str, str], ...]] = {
     "Sneaker": (("sneaker", "sneakers"), ("trainer", "trainers"), ("running shoe", "running shoes")),
     "Bag": (("bag", "bags"), ("handbag", "handbags"), ("purse", "purses")),
     "Ankle boot": (("ankle boot", "ankle boots"), ("boot", "boots")),
-    **{str(d): ((w, w + "s"), (f"digit {w}", f"digit {w}s"), (str(d), f"{d}s"))
-       for d, w in enumerate(("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"))},
+    **{
+        str(d): ((w, w + "s"), (f"digit {w}", f"digit {w}s"), (str(d), f"{d}s"))
+        for d, w in enumerate(
+            ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+        )
+    },
 }
 NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
-RELATIONS = {"left": ("to the left of", "left of"), "right": ("to the right of", "right of"),
-             "above": ("above", "over"), "below": ("below", "under", "beneath")}
+RELATIONS = {
+    "left": ("to the left of", "left of"),
+    "right": ("to the right of", "right of"),
+    "above": ("above", "over"),
+    "below": ("below", "under", "beneath"),
+}
 ROWS = {"top": ("top", "upper"), "middle": ("middle",), "bottom": ("bottom", "lower")}
 COLUMNS = ("left", "centre", "right")
 
@@ -124,8 +132,11 @@ class _Describer:
             return text.format(list=self.listing(cats))
         if kind == "pair":
             i, j = self.rng.choice(len(cats), size=2, replace=False)
-            return text.format(a=self.noun(cats[i]), rel=self.relation(tuple(cells[i]), tuple(cells[j])),
-                               b=self.noun(cats[j]))
+            return text.format(
+                a=self.noun(cats[i]),
+                rel=self.relation(tuple(cells[i]), tuple(cells[j])),
+                b=self.noun(cats[j]),
+            )
         i = int(self.rng.integers(len(cats)))
         return text.format(a=self.noun(cats[i]), where=self.where(tuple(cells[i])))
 
@@ -144,8 +155,9 @@ def literal_parts(template: str) -> list[str]:
     return [lit for lit, *_ in string.Formatter().parse(template) if lit]
 
 
-def mosaic_captions(categories: np.ndarray, grid: int, class_names: tuple[str, ...], per_phrasing: int,
-                    seed: int) -> list[dict]:
+def mosaic_captions(
+    categories: np.ndarray, grid: int, class_names: tuple[str, ...], per_phrasing: int, seed: int
+) -> list[dict]:
     """COCO caption annotations for mosaics: `categories` int [n, grid*grid] is each cell's category
     (-1 empty, at least one object per mosaic); image ids are 1..n, caption ids 1..M."""
     rng = np.random.default_rng([seed, 0xCA9])  # its own stream: the mosaics' draws are unchanged
@@ -162,6 +174,13 @@ def mosaic_captions(categories: np.ndarray, grid: int, class_names: tuple[str, .
             order = [usable[k] for k in rng.permutation(len(usable))]
             for c in range(per_phrasing):
                 k = order[c % len(order)]
-                out.append({"id": len(out) + 1, "image_id": i + 1, "caption": describe.caption(flat[k], cats, cells),
-                            "phrasing": phrasing, "template": k})
+                out.append(
+                    {
+                        "id": len(out) + 1,
+                        "image_id": i + 1,
+                        "caption": describe.caption(flat[k], cats, cells),
+                        "phrasing": phrasing,
+                        "template": k,
+                    }
+                )
     return out
