@@ -10,8 +10,11 @@ STUDY = {
     "name": "rerender",
     "scale": "smoke",
     "repeats": 2,
-    "methods": {"knn": {"retriever": "pixels-knn"}, "raw": {"retriever": "pixels-knn", "params": {"center": False}},
-                "rand": {"retriever": "random"}},
+    "methods": {
+        "knn": {"retriever": "pixels-knn"},
+        "raw": {"retriever": "pixels-knn", "params": {"center": False}},
+        "rand": {"retriever": "random"},
+    },
     "space": {"method": ["knn", "raw", "rand"]},
     "objective": {"metric": "MAP@10"},
     "report": {"equivalence_margin": 0.05},
@@ -34,4 +37,6 @@ def test_a_report_rerendered_from_its_store_is_identical(tmp_path):
     assert "### " not in text and "## Paired comparisons" in text and "| report written |" in text
     assert _without_timestamp(text) == _without_timestamp(second.read_text())
     figures = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
-    assert figures and figures == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.png"))
+    assert figures and figures == sorted(
+        p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.png")
+    )
