@@ -59,11 +59,10 @@ SCALES: dict[str, ScalePreset] = {
         split_ratio=0.25,
         description="Fashion-MNIST at 32 px, 1024 images: honest results on a CPU",
         retriever_params={
-            # chosen by hand in session 2 from scripts/bench_dsi.py runs scored on *test* queries (the
-            # script scored no validation split then; that part is now studies/dsi_retrieval.yaml), so
-            # numbers from this exact recipe are not clean of test-set choice: studies/headline.yaml
-            # sets its own recipe, and any study's model choice reads validation queries. Small batches,
-            # one decoder layer, lr 5e-4 (1e-3 stalls random ids), augmentation + dropout for retrieval
+            # picked from scripts/bench_dsi.py runs that were scored on *test* queries, so numbers from
+            # this exact recipe are not clean of test-set choice: every study sets its own recipe and
+            # reads validation queries for model choice. Small batches, one decoder layer, lr 5e-4
+            # (1e-3 stalls random ids), augmentation + dropout for retrieval
             "dsi-vit": {
                 "patch_size": 4,
                 "dim": 128,

@@ -1,4 +1,4 @@
-"""Micro-benchmarks of the index-then-retrieve baselines (issue 4): `bovw` and `embedding`.
+"""Micro-benchmarks of the index-then-retrieve baselines: `bovw` and `embedding`.
 
     python scripts/bench_baselines.py [--parts quant,index,extract] [--n-index 10000]
 

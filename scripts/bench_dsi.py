@@ -1,4 +1,4 @@
-"""Micro-benchmarks of the `dsi-vit` retriever (issue 5): training throughput and search latency.
+"""Micro-benchmarks of the `dsi-vit` retriever: training throughput and search latency.
 
     python scripts/bench_dsi.py --throughput
     python scripts/bench_dsi.py --latency [--latency-corpus 512]

@@ -1,4 +1,4 @@
-"""Training speed of `dsi-vit` with its own ViT vs a borrowed EfficientNet-Lite0 (seed 002).
+"""Training speed of `dsi-vit` with its own ViT vs a borrowed EfficientNet-Lite0.
 
 Trains the same decoder (same width, depth, ids) for a few indexing epochs on Fashion-MNIST
 with: the ViT trained from scratch; the pretrained CNN frozen (its features computed once,

@@ -1,4 +1,4 @@
-"""Benchmark of the foundation (issue 3): dataset loading and metric throughput.
+"""Benchmark of the foundation: dataset loading and metric throughput.
 
     python scripts/bench_foundation.py [--repeats 3]
 

@@ -1,4 +1,4 @@
-"""DSI training speed against a naive reference, as a ratio measured in one run (issue 16).
+"""DSI training speed against a naive reference, as a ratio measured in one run.
 
 The reference is what one writes first: `torch.nn.Transformer` (encoder-decoder, pre-norm,
 batch-first) with a patch conv, learned positions, token embedding and output head of the

@@ -25,7 +25,7 @@ def test_benchmark_study_runs_at_smoke_and_reports(name, tmp_path):
 
 
 def test_text_to_image_study_runs_at_smoke_and_reports_captions(tmp_path):
-    """The text-query study (#18): every text retriever on coco-mosaic captions under the text protocol,
+    """The text-query study: every text retriever on coco-mosaic captions under the text protocol,
     two seeds, and a report whose query grid prints each caption above its row."""
     from bench.config import load_study
     from bench.report import write_report

@@ -1,4 +1,4 @@
-"""A borrowed pretrained encoder (seed 002) inside dsi-vit, classifier and dual-encoder:
+"""A borrowed pretrained encoder inside dsi-vit, classifier and dual-encoder:
 frozen weights stay put, the feature cache changes nothing but speed, bad options are clear errors."""
 
 from __future__ import annotations

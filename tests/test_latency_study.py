@@ -1,4 +1,4 @@
-"""The shipped latency study (studies/latency_scaling.yaml) at smoke scale (#16): every trial
+"""The shipped latency study (studies/latency_scaling.yaml) at smoke scale: every trial
 records its quality (IA@1, MAP@10) beside its latencies, the k and beam both were measured with,
 a DSI's id length, the model the grow rule gave it and the per-image add time; the report's
 training table, Pareto fronts and measurement table agree with what MLflow stored."""

@@ -1,4 +1,4 @@
-"""The text protocol: caption queries whose own image is indexed (seed 002, a DSI for text queries).
+"""The text protocol: caption queries whose own image is indexed (a DSI for text queries).
 
 Follows the DSI paper's setting (Tay et al. 2022, NQ): the queries of a test are held-out
 queries *of indexed documents*, so a caption's own image is always in the corpus. The class

@@ -1,8 +1,8 @@
 """A pretrained CNN cut into an ordered list of blocks whose composition gives its last
 spatial feature map (before global pooling and the classifier), for a borrowed DSI encoder.
 
-Follows seed 002 ("Borrowing pretrained encoders for a differentiable retrieval index on
-images"): the encoder's feature map, not its pooled vector, is what the id decoder reads.
+The encoder's feature map, not its pooled vector, is what the id decoder reads (one token per
+cell; docs/design.md, "Borrowed encoders").
 
     efficientnet-lite0   stem, the 16 MBConv blocks, head conv: 1280 x 7 x 7 at 224 px
     torchvision:NAME     any torchvision CNN with a `features` sequence (EfficientNet,

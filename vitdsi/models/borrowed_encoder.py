@@ -1,9 +1,8 @@
 """A borrowed pretrained encoder for the ViT-DSI and its label-matched baselines.
 
-Follows seed 002 ("Borrowing pretrained encoders for a differentiable retrieval index on
-images"): instead of a ViT trained from scratch, a pretrained CNN reads the image and its
-last spatial feature map, one token per cell, projected to the decoder width and given a
-2-D position encoding, is what the id decoder cross-attends to. Images are resized and
+Instead of a ViT trained from scratch, a pretrained CNN reads the image, and its last spatial
+feature map, one token per cell, projected to the decoder width and given a 2-D position
+encoding, is what the id decoder cross-attends to. Images are resized and
 normalised as the CNN's weights were trained (or to `encoder_size`, cheaper on a CPU).
 `freeze_encoder` keeps all of it (True), none of it (False) or all but its last N blocks fixed;
 the fixed part runs in eval mode without gradients, so its output for an image never changes and a

@@ -13,7 +13,7 @@ softmax head over the corpus on the mean-pooled encoding: one step per query.
 
 The encoder (patches, positions, encoder layers) is `vitdsi.models.vit_encoder.VitEncoder`,
 shared with the label-matched baselines (`classifier`, `dual-encoder`), or a borrowed
-pretrained CNN (`vitdsi.models.borrowed_encoder`, seed 002) when `encoder` names one.
+pretrained CNN (`vitdsi.models.borrowed_encoder`) when `encoder` names one.
 
 Shapes: B queries, W hypotheses per query (beams; 1 in training), T id tokens,
 P patches, D model width.

@@ -30,7 +30,7 @@ class VitEncoderConfig:
     dropout: float = 0.1  # dropout in attention, feed-forward and embeddings (paper 0.1)
     pos_encoding: str = "sinusoidal"  # 'sinusoidal' (fixed, 2-D for patches) or 'learned'
     # 'vit': this ViT, trained from scratch (the paper's); or a borrowed pretrained CNN whose feature
-    # map is the token sequence (seed 002): 'efficientnet-lite0' | 'torchvision:NAME' (local weights)
+    # map is the token sequence: 'efficientnet-lite0' | 'torchvision:NAME' (local weights)
     encoder: str = "vit"
     # borrowed encoder only: True = frozen, False = all of it trained, N = its last N blocks trained
     freeze_encoder: bool | int = True

@@ -1,4 +1,4 @@
-"""`dsi-text`: a DSI that answers caption queries with image ids (seed 002; Tay et al. 2022).
+"""`dsi-text`: a DSI that answers caption queries with image ids (after Tay et al. 2022).
 
 One id decoder, two encoders. Indexing trains image -> own id through the image encoder (the
 ViT or a borrowed CNN, as `dsi-vit`); retrieval trains caption -> id through a text encoder (a

@@ -1,6 +1,6 @@
 """`embedding`: dense image features (raw pixels or a pretrained CNN) searched with FAISS.
 
-The pretrained content-based retrieval baseline (seed 003_pretrained_embeddings_faiss):
+The pretrained content-based retrieval baseline:
 backbone features, optionally centred, L2-normalised, in a flat, HNSW or IVF inner-product
 index (`vitdsi.features.faiss_index`). Details: docs/design.md, "Label-free baselines".
 """

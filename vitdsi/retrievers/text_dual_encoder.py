@@ -1,7 +1,7 @@
 """`text-dual-encoder`: caption queries against image embeddings, a CLIP-style dual encoder
 (Radford et al. 2021).
 
-The baseline beside `dsi-text` (seed 002) with the same two encoders: the image tower is the
+The baseline beside `dsi-text` with the same two encoders: the image tower is the
 DSI's encoder (the ViT or a borrowed CNN), the text tower a pretrained MiniLM (or a small text
 transformer), each pooled and projected to `embed_dim`, L2-normalised. It trains with symmetric
 in-batch InfoNCE on the captions the indexed images carry, each paired with its own image; the

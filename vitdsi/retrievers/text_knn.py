@@ -1,6 +1,6 @@
 """`text-embedding-knn`: caption queries against the captions of the indexed images (no training).
 
-The label-free floor beside `dsi-text` (seed 002): what text alone gives. Every caption the
+The label-free floor beside `dsi-text`: what text alone gives. Every caption the
 indexed images carry and every query is a sentence embedding of all-MiniLM-L6-v2 (Reimers &
 Gurevych 2019; `vitdsi.models.text_encoder`); an image scores the best cosine between the
 query and its captions, and images without captions rank last, in corpus order. No pixel is

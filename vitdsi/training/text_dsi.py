@@ -1,7 +1,7 @@
 """Training a DSI on images and captions: indexing (image -> id) and retrieval (caption -> id).
 
 The multitask recipe of the DSI paper (Tay et al. 2022, section 3.1: indexing and retrieval
-examples in every batch) with seed 002's twist: the indexing examples are images, the
+examples in every batch) with one twist: the indexing examples are images, the
 retrieval examples are captions of the indexed images, and one id decoder learns both. It is
 `vitdsi.training.dsi.DSITrainer` with the train queries replaced by captions: every batch encodes its
 images and its captions apart, pads both memories to one length and decodes them together
