@@ -62,4 +62,5 @@ def training_summary(records: list[dict[str, Any] | None], seconds: list[float])
     reached = [r["ia1_reached"] for r in records if r["ia1_reached"] is not None]
     if reached:
         out["ia1_reached"] = float(np.mean(reached))
+        out["ia1_target"] = float(max(r["ia1_target"] for r in records if r["ia1_reached"] is not None))
     return out

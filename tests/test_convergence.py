@@ -120,6 +120,16 @@ def test_dsi_short_of_its_ia_target_did_not_converge(tiny_split):
     assert record["conditions"] == {"target_ia": False} and record["train_examples"] == 2 * len(
         tiny_split.corpus
     )
+    assert record["ia1_target"] == r.target_ia
+    # the report's row names the IA@1 reached and the target it missed
+    from types import SimpleNamespace
+
+    from bench.convergence import training_summary
+    from bench.report.compute import convergence_cell
+
+    extra = training_summary([record], [1.0])
+    cell = convergence_cell(SimpleNamespace(extra=extra, params={}))
+    assert cell == f"**did not converge** (IA@1 {record['ia1_reached']:.2f} < target {r.target_ia:.2f})"
 
 
 COMPUTE_STUDY = {

@@ -32,10 +32,18 @@ def convergence_cell(t: TrialRecord) -> str:
         return f"converged in {epochs}"
     why = []
     if x.get("target_ia_reached", 1.0) < 1.0:
-        why.append(f"IA@1 {fmt(x.get('ia1_reached'), 2)} < target {t.params.get('target_ia', '?')}")
+        target = x.get("ia1_target", t.params.get("target_ia"))
+        why.append(f"IA@1 {fmt(x.get('ia1_reached'), 2)} < target {fmt(_number(target), 2)}")
     if x.get("plateau_reached", 1.0) < 1.0:
         why.append(f"no validation plateau in {epochs}")
     return f"**did not converge** ({'; '.join(why) or epochs})"
+
+
+def _number(v) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
 
 
 def seed_curves(t: TrialRecord, tracking_uri: str) -> tuple[str | None, list[list[tuple[float, float]]]]:

@@ -102,6 +102,7 @@ class TrainingMonitor:
         self.epoch_cap = 0  # the sum of the phases' caps
         self.conditions: dict[str, bool] = {}  # what convergence was judged on -> whether it held
         self.ia1_reached: float | None = None  # a DSI's IA@1 where its indexing phase stopped
+        self.ia1_target: float | None = None  # the IA@1 its indexing phase aimed at
         self._t0 = time.perf_counter()
         self._phase, self._cap, self._phase_epoch, self._patience_on = "", 0, 0, False
         self._best, self._best_state, self._bad, self._last_eval = float("-inf"), None, 0, -1
@@ -161,7 +162,7 @@ class TrainingMonitor:
 
     def index_target(self, ia1: float | None, target: float) -> None:
         """A DSI's indexing phase stopped at IA@1 `ia1` (None: not measured) against `target`."""
-        self.ia1_reached = ia1
+        self.ia1_reached, self.ia1_target = ia1, target
         self.conditions["target_ia"] = ia1 is not None and ia1 >= target
 
     def record(self) -> dict[str, Any]:
@@ -170,6 +171,7 @@ class TrainingMonitor:
             "converged": all(self.conditions.values()) if self.conditions else None,
             "conditions": dict(self.conditions),
             "ia1_reached": self.ia1_reached,
+            "ia1_target": self.ia1_target,
             "epochs_used": self.epoch,
             "epoch_cap": self.epoch_cap,
             "train_flops": self.meter.flops,
