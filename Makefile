@@ -6,7 +6,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-all lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ demo: install
 	OMP_NUM_THREADS=1 $(VENV)/bin/bench report patch_size --scale smoke --out runs/demo-report
 	@echo "report: runs/demo-report/patch_size.md   runs: mlflow.db (browse with: $(VENV)/bin/bench ui)"
 
+# the suite without its few whole-study tests (marker `heavy`); test-all runs everything (CI)
 test: install
+	$(PY) -m pytest -m "not heavy" $(PYTEST_ARGS)
+
+test-all: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -10,7 +10,9 @@ import pytest
 STUDIES = Path(__file__).parent.parent / "studies"
 
 
-@pytest.mark.parametrize("name", ["memorisation", "dsi_retrieval", "baselines", "pretrained"])
+@pytest.mark.parametrize(
+    "name", ["memorisation", "dsi_retrieval", "baselines", pytest.param("pretrained", marks=pytest.mark.heavy)]
+)
 def test_benchmark_study_runs_at_smoke_and_reports(name, tmp_path):
     from bench.config import load_study
     from bench.report import write_report
@@ -24,6 +26,7 @@ def test_benchmark_study_runs_at_smoke_and_reports(name, tmp_path):
     assert "## Results" in text and f"Chosen trial (best {study.metric} on the" in text
 
 
+@pytest.mark.heavy
 def test_text_to_image_study_runs_at_smoke_and_reports_captions(tmp_path):
     """The text-query study: every text retriever on coco-mosaic captions under the text protocol,
     two seeds, and a report whose query grid prints each caption above its row."""

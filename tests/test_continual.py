@@ -229,7 +229,7 @@ def test_step_bounds_cover_the_corpus():
     assert step_bounds(7, 0.5, 3) == [4, 5, 6, 7]
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_continual_study_logs_every_step_and_reports_it(tmp_path):
     from mlflow import MlflowClient
 

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 STUDIES = Path(__file__).parent.parent / "studies"
@@ -27,6 +28,7 @@ def _table(text: str, first_header: str) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+@pytest.mark.heavy
 def test_latency_scaling_runs_at_smoke_and_records_quality_beside_latency(tmp_path):
     from mlflow import MlflowClient
 

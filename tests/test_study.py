@@ -337,6 +337,7 @@ def test_ctrl_c_at_the_start_of_a_run_stops_it(store, tmp_path):
     assert all(t.state != TrialState.COMPLETE for t in trials_of(store, "early-smoke"))
 
 
+@pytest.mark.heavy
 def test_ctrl_c_and_killed_worker_then_resume(store, tmp_path):
     study = tmp_path / "sleepy.yaml"
     study.write_text(

@@ -261,6 +261,7 @@ def tuning_error():
     return TuningError
 
 
+@pytest.mark.heavy
 def test_headline_at_smoke_tunes_its_dsi_and_dual_encoder(tmp_path):
     """`bench run studies/headline.yaml --scale smoke` (under a minute on one thread): 2 tuning trials
     each for the multitask DSI and the dual encoder, then every method on 3 seeds."""
