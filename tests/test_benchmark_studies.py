@@ -11,7 +11,8 @@ STUDIES = Path(__file__).parent.parent / "studies"
 
 
 @pytest.mark.parametrize(
-    "name", ["memorisation", "dsi_retrieval", "baselines", pytest.param("pretrained", marks=pytest.mark.heavy)]
+    "name",
+    ["memorisation", "dsi_retrieval", "baselines", pytest.param("pretrained", marks=pytest.mark.heavy)],
 )
 def test_benchmark_study_runs_at_smoke_and_reports(name, tmp_path):
     from bench.config import load_study
