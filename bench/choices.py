@@ -7,16 +7,17 @@ lists its pattern.
 
 from __future__ import annotations
 
+from vitdsi.features.faiss_index import INDEX_TYPES
+from vitdsi.ids import ID_SCHEMES
+from vitdsi.models.text_encoder import TEXT_ENCODERS
+from vitdsi.retrievers.bovw import SEARCH_MODES, WEIGHTINGS
+from vitdsi.retrievers.dsi import ADD_STRATEGIES
+from vitdsi.training.config import MODES, PRECISIONS
+
 
 def param_choices() -> dict[str, tuple[str, ...]]:
     """Allowed values by build-parameter or query-argument name (the same name means the same
     thing in every retriever that has it)."""
-    from vitdsi.features.faiss_index import INDEX_TYPES
-    from vitdsi.ids import ID_SCHEMES
-    from vitdsi.models.text_encoder import TEXT_ENCODERS
-    from vitdsi.retrievers.bovw import SEARCH_MODES, WEIGHTINGS
-    from vitdsi.retrievers.dsi import ADD_STRATEGIES
-    from vitdsi.training.config import MODES, PRECISIONS
 
     return {
         "id_scheme": ID_SCHEMES,

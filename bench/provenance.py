@@ -9,6 +9,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from vitdsi.retrievers.base import default_device
+
 # distributions whose versions change the numbers
 PACKAGES = (
     "vitdsi-bench",
@@ -61,8 +63,6 @@ def package_versions() -> dict[str, str]:
 def device_info(device: str | None = None) -> dict[str, str]:
     """The device a run uses, with the GPU's name or the CPU's thread count."""
     import torch
-
-    from vitdsi.retrievers.base import default_device
 
     dev = torch.device(device) if device else default_device()
     info = {

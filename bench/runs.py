@@ -19,8 +19,10 @@ import yaml
 
 from bench.config import TrialConfig
 from bench.tracking import resolve_tracking_uri
+from bench.trial import dataset
 from vitdsi.data import ImageSet, Split
-from vitdsi.errors import VitDSIError
+from vitdsi.errors import DatasetNotFoundError, VitDSIError
+from vitdsi.retrievers.persistence import load_retriever
 
 RUN_ID_LENGTH = 32  # MLflow run ids: 32 hexadecimal characters
 MAX_SHOWN = 10  # matching ids an ambiguous prefix lists
@@ -42,8 +44,6 @@ class TrialRun:
         """The indexed images of the trial, rebuilt from its dataset config and split; `root`
         points at the data when they moved since the run (the split's stored source ids check
         that they are the same images)."""
-        from bench.trial import dataset
-        from vitdsi.errors import DatasetNotFoundError
 
         data = self.config.dataset if root is None else self.config.dataset.replace(root=str(root))
         try:
@@ -65,7 +65,6 @@ class TrialRun:
 
     def load_index(self, device: str | None = None):
         """The trained retriever, loaded from the run's `index` artifact."""
-        from vitdsi.retrievers.persistence import load_retriever
 
         path = self.folder / "index"
         if not (path / "retriever.json").exists():

@@ -24,6 +24,7 @@ from bench.config import Study, TrialConfig
 from bench.kinds import kind_of
 from bench.rankings_file import rankings_arrays
 from vitdsi.data.protocols import get_protocol
+from vitdsi.retrievers.persistence import save_retriever
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
@@ -298,10 +299,6 @@ class Tracker:
             np.savez_compressed(Path(tmp) / "rankings.npz", **rankings_arrays(result))
             self.client.log_artifact(run_id, str(Path(tmp) / "rankings.npz"))
             if log_index:
-                from vitdsi.retrievers.persistence import (
-                    save_retriever,  # the retrievers import torch
-                )
-
                 save_retriever(result.retriever, Path(tmp) / "index")
                 self.client.log_artifacts(run_id, str(Path(tmp) / "index"), "index")
         self.client.set_terminated(run_id, status="FINISHED")

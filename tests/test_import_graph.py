@@ -127,6 +127,26 @@ def test_vitdsi_imports_its_own_modules_at_module_top():
     assert not bad, "\n".join(bad)
 
 
+def test_bench_imports_its_own_modules_at_module_top():
+    """Outside the CLI commands (which import on use, so that `bench --help` starts at once; see
+    bench/cli.py), the harness imports project modules at module top; the one kind of exception,
+    an import that would close a circle at import time, says so in a comment on the line above."""
+    bad = []
+    for name, path in project_modules().items():
+        if not name.startswith("bench") or name.startswith("bench.commands"):
+            continue
+        lines = path.read_text().splitlines()
+        for node in in_function_imports(ast.parse("\n".join(lines))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or "."]
+            project = getattr(node, "level", 0) or any(n.split(".")[0] in PACKAGES for n in names)
+            if project and "imported here" not in lines[node.lineno - 2]:
+                bad.append(
+                    f"{path.relative_to(ROOT)}:{node.lineno}: project module {names} imported in a "
+                    "function; import it at the top (or say why not on the line above)"
+                )
+    assert not bad, "\n".join(bad)
+
+
 def layer_of(module: str) -> int | None:
     for i, prefixes in enumerate(LAYERS):
         if any(module == p or module.startswith(p + ".") for p in prefixes):

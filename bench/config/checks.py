@@ -12,8 +12,13 @@ from bench.config.names import route
 from bench.config.resolved import DataConfig, Study
 from bench.config.schema import Categorical, FloatRange, IntRange, StudyFile
 from bench.kinds import kind_of
-from vitdsi.errors import VitDSIError
+from vitdsi.data import DATASETS
+from vitdsi.data.registry import probe_dataset
+from vitdsi.data.split import split_sizes
+from vitdsi.errors import DatasetNotFoundError, VitDSIError
 from vitdsi.limits import check_param
+from vitdsi.retrievers.params import retriever_params
+from vitdsi.retrievers.registry import registered
 
 
 def _is_union(annotation: str) -> bool:
@@ -32,7 +37,6 @@ def _bound_error(retriever: str, key: str, value: Any) -> str | None:
 def check_values(study: Study, sf: StudyFile, known: dict, source: str) -> None:
     """Types against the retriever's defaults, then a dry construction of each distinct
     configuration (so a bad choice such as `mode: finetuned` fails now, not in trial 7)."""
-    from vitdsi.retrievers.params import retriever_params
 
     infos = {
         name: {p.name: p for p in retriever_params(known[m.retriever])} for name, m in study.methods.items()
@@ -161,8 +165,6 @@ def _check_query_kind(study: Study, trial, cls, source: str, shown: Any) -> None
     and no metric queries the indexed images with themselves (IA@K) when queries are captions."""
     kind = "text" if trial.dataset.protocol == "text" else "image"
     if cls.query_kind != kind:
-        from vitdsi.retrievers.registry import registered
-
         fit = [n for n, c in registered().items() if c.query_kind == kind]
         raise StudyConfigError(
             f"{source}: {shown}: retriever '{cls.name}' answers {cls.query_kind} queries but "
@@ -184,7 +186,6 @@ def _check_query_kind(study: Study, trial, cls, source: str, shown: Any) -> None
 
 def _check_split(study: Study, data: DataConfig, source: str, shown: Any) -> None:
     """The split of one trial has queries, test queries and (for the objective) validation queries."""
-    from vitdsi.data.split import split_sizes
 
     try:
         sizes = split_sizes(data.n_total, data.split_ratio, data.query_fractions)
@@ -205,7 +206,6 @@ def _check_split(study: Study, data: DataConfig, source: str, shown: Any) -> Non
 def split_summary(study: Study) -> list[str]:
     """One line per distinct split of the study's trials: the images it indexes and the train /
     validation / test queries of each seed (every seed draws its own split of these sizes)."""
-    from vitdsi.data.split import split_sizes
 
     points = study.grid() if study.sampler == "grid" else [{}]
     lines: list[str] = []
@@ -232,9 +232,6 @@ def check_data(study: Study, source: str | None = None) -> list[str]:
     where the study says (a missing root is an error naming it), it has at least `n_total`
     images, and the image size. Returns notes for the run header, e.g. the resolved image size
     and a warning when file images are upscaled more than 2x."""
-    from vitdsi.data import DATASETS
-    from vitdsi.data.registry import probe_dataset
-    from vitdsi.errors import DatasetNotFoundError
 
     source = source or study.file or study.name
     points = study.grid() if study.sampler == "grid" else [{}]

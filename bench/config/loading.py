@@ -19,6 +19,7 @@ from bench.config.errors import StudyConfigError
 from bench.config.resolution import build_study, deep_merge, scale_overlay
 from bench.config.resolved import Study
 from bench.config.schema import validate_file
+from bench.scales import SCALES
 
 MAX_YAML_NODES = 100_000  # a study file has hundreds; aliases may not expand a file beyond this
 
@@ -167,7 +168,6 @@ def resolve(
     `overrides` ("field=value", as `bench run --set`) win over every layer of the file: they
     are applied after the file's `scales.<scale>` block is merged in (an override of
     `scales.*` itself, or of `scale`, is applied to the file before the merge)."""
-    from bench.scales import SCALES
 
     overrides = list(overrides or [])
     early = [o for o in overrides if o.partition("=")[0].strip().split(".")[0] in ("scales", "scale")]

@@ -19,8 +19,12 @@ from bench.config.schema import Categorical, MethodConfig, StudyFile, enumerable
 from bench.config.tune import resolve_tune
 from bench.config.views import study_views
 from bench.kinds import KINDS
+from bench.scales import SCALES, get_scale
+from vitdsi.data import DATASETS
 from vitdsi.data.protocols import PROTOCOLS
 from vitdsi.errors import VitDSIError
+from vitdsi.metrics import parse_metric
+from vitdsi.retrievers.registry import registered
 
 MAX_GRID = 10_000
 # what `scales.<scale>` may set
@@ -30,7 +34,6 @@ _PER_SCALE = sorted(set(StudyFile.model_fields) - {"name", "scale", "scales"})
 def scale_overlay(sf: StudyFile, scale: str, source: str) -> dict[str, Any]:
     """The file's `scales.<scale>` block (empty if none), after checking every block names a
     known scale and only fields a scale may change."""
-    from bench.scales import SCALES
 
     for name, overlay in sf.scales.items():
         if name not in SCALES:
@@ -62,8 +65,6 @@ def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
 def build_study(sf: StudyFile, scale_name: str, source: str) -> Study:
     """The `Study` of a validated file at `scale_name`, with every name and value checked
     against the registered retrievers and datasets."""
-    from bench.scales import get_scale
-    from vitdsi.retrievers.registry import registered
 
     scale = get_scale(scale_name)
     known = registered()
@@ -253,7 +254,6 @@ def _resolve_methods(
 
 def _metrics(sf: StudyFile, source: str):
     """The study's metric names (the objective's included), the objective and its direction."""
-    from vitdsi.metrics import parse_metric
 
     # metrics and objective
     metrics: list[str] = []
@@ -310,7 +310,6 @@ def _sampler_budget(sf: StudyFile, source: str) -> tuple[str, int]:
 
 
 def _resolve_dataset(sf: StudyFile, scale, source: str) -> DataConfig:
-    from vitdsi.data import DATASETS
 
     d = sf.dataset
     name = d.name or scale.dataset

@@ -12,6 +12,7 @@ from bench.config.names import RESERVED_PARAMS, check_name, route
 from bench.config.resolved import Method, Study, digest
 from bench.config.schema import Categorical, FloatRange, StudyFile, TuneConfig
 from vitdsi.limits import check_param
+from vitdsi.retrievers.params import retriever_params
 
 OPTUNA_STARTUP_CAP = 10  # Optuna's own default number of random trials before TPE models
 
@@ -70,7 +71,6 @@ def check_tune(sf: StudyFile, methods: dict[str, Method], known: dict[str, type]
 
 def _value_problems(cls, params: dict[str, Any], key: str, dist, where: str) -> list[str]:
     """Why the ends of a knob's range (or its choices) would not build the method's retriever."""
-    from vitdsi.retrievers.params import retriever_params
 
     info = {p.name: p for p in retriever_params(cls)}[key]
     if isinstance(info.default, int) and not isinstance(info.default, bool) and isinstance(dist, FloatRange):

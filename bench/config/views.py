@@ -8,13 +8,13 @@ from typing import Any
 
 from bench.config.errors import StudyConfigError
 from bench.config.schema import StudyFile
+from vitdsi.retrievers.params import retriever_params
 
 
 def study_views(sf: StudyFile, cls: type, source: str) -> dict[str, Any]:
     """The build parameters the file's `views:` block gives a method of retriever class `cls`
     ({} without a block, or for a retriever without views). `fixed` may not set them as well:
     the block is the study's one declaration of its training views."""
-    from vitdsi.retrievers.params import retriever_params
 
     if sf.views is None:
         return {}

@@ -13,6 +13,7 @@ from bench import plots
 from bench.report.data import StudyRecord, metric_history
 from bench.report.markdown import label
 from bench.report.rankings import best_per_method, test_ranking
+from vitdsi.metrics import chance_levels, per_query
 
 # Panels of the training-curve figure, in order: one loss per phase (in a pure phase the
 # phase loss and its index/retrieval part are the same series), memorisation (greedy IA@1
@@ -100,7 +101,6 @@ def _caption_grid(ids: np.ndarray, sets, relevance, out: Path, rel: str, t, name
 
 
 def precision_and_grid_section(record: StudyRecord, out: Path, rel: str, cache: dict) -> str | None:
-    from vitdsi.metrics import chance_levels, per_query
 
     chosen = best_per_method(record)
     if not chosen:

@@ -10,6 +10,8 @@ from typing import Any
 
 from bench.report.data import StudyRecord
 from bench.tracking import OVERRIDES_TAG
+from vitdsi.retrievers.params import retriever_params
+from vitdsi.retrievers.registry import registered
 
 RESERVED = ("seed", "device")  # set per trial by the harness, not by the study
 
@@ -80,8 +82,6 @@ def methods_section(record: StudyRecord) -> str:
 
 def _defaults(retriever: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The retriever's build-parameter and query-argument defaults ({} for one not registered here)."""
-    from vitdsi.retrievers.params import retriever_params
-    from vitdsi.retrievers.registry import registered
 
     cls = registered().get(retriever)
     if cls is None:

@@ -13,8 +13,12 @@ import numpy as np
 
 from bench.report.data import StudyRecord, TrialRecord
 from bench.report.markdown import fmt_ci, label, md_table
+from bench.runs import open_trial_run
+from bench.trial import repeat_data, split_sets
+from vitdsi.data import Split
 from vitdsi.data.protocols import get_protocol
 from vitdsi.log import get_logger
+from vitdsi.metrics import mean_ci, per_query
 
 log = get_logger("bench.report")
 
@@ -51,9 +55,6 @@ def seed_rankings(t: TrialRecord, record: StudyRecord, out: Path, cache: dict) -
     """Every seed's test ranking of a trial, with its split; None (with a warning) when its
     artifacts cannot be read. `cache`, shared by the sections of one report, keeps each
     trial's download and each split's loaded images."""
-    from bench.runs import open_trial_run
-    from bench.trial import repeat_data, split_sets
-    from vitdsi.data import Split
 
     if t.run_id in cache:
         return cache[t.run_id]
@@ -97,7 +98,6 @@ def seen_in_training_section(record: StudyRecord, out: Path, cache: dict) -> str
     """Each chosen method's test metrics on the test queries training saw something of and on
     the others, as the protocol splits them (vitdsi.data.protocols: views of images with and
     without train views, seen and unseen classes, captions of captioned and uncaptioned images)."""
-    from vitdsi.metrics import mean_ci, per_query
 
     split = get_protocol(record.resolved.get("dataset", {}).get("protocol") or "class").seen
     if split is None:

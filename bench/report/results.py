@@ -19,6 +19,7 @@ from bench.report.markdown import CHANCE_MARK, fmt, fmt_ci, label, md_table, nea
 from bench.report.methods import overrides_text
 from bench.report.views import views_text
 from vitdsi.data.protocols import get_protocol
+from vitdsi.metrics import parse_metric
 
 
 def header_section(record: StudyRecord) -> str:
@@ -261,7 +262,6 @@ def _counts(n: pd.Series) -> pd.Series:
 
 
 def _higher_is_better(metric: str) -> bool:
-    from vitdsi.metrics import parse_metric
 
     return parse_metric(metric).family.higher_is_better
 
@@ -269,14 +269,12 @@ def _higher_is_better(metric: str) -> bool:
 def _no_information(metric: str, chance: float) -> bool:
     """True when a random ranking already scores the metric's best value (chance 1 for a
     higher-is-better metric, 0 for FPR)."""
-    from vitdsi.metrics import parse_metric
 
     best = 1.0 if parse_metric(metric).family.higher_is_better else 0.0
     return abs(chance - best) < 1e-9
 
 
 def _metric_header(metric: str, chance: float | None) -> str:
-    from vitdsi.metrics import parse_metric
 
     parts = [] if chance is None else [f"chance {fmt(chance)}"]
     if not parse_metric(metric).family.higher_is_better:

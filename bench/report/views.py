@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from bench.report.data import StudyRecord
+from vitdsi.retrievers.params import retriever_params
+from vitdsi.retrievers.registry import registered
 from vitdsi.training.train_views import VIEWS, describe_views
 
 FAMILY = "`vitdsi.training.train_views`"
@@ -44,8 +46,6 @@ def views_text(record: StudyRecord) -> str:
 
 def _defaults(retriever: str) -> dict[str, Any]:
     """The retriever's build-parameter defaults ({} for one not registered here)."""
-    from vitdsi.retrievers.params import retriever_params
-    from vitdsi.retrievers.registry import registered
 
     cls = registered().get(retriever)
     return {} if cls is None else {p.name: p.default for p in retriever_params(cls)}

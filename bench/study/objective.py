@@ -15,6 +15,7 @@ from bench.config import Categorical, FloatRange, IntRange, Study
 from bench.curves import EpochLogger, log_checkpoints
 from bench.reuse import REUSED_TAG, find_source, reuse
 from bench.tracking import Tracker, worker_id
+from bench.trial import run_trial
 from vitdsi import interrupt
 from vitdsi.log import console
 
@@ -152,7 +153,6 @@ class Objective:
     def _run(self, cfg, run_id: str) -> tuple[dict[str, Any], dict[str, Any], float]:
         """Train and measure the trial (bench.trial) and log it: its test and validation summaries
         and objective."""
-        from bench.trial import run_trial
 
         curves = EpochLogger(self.tracker, run_id, seeds=cfg.repeats > 1, first_seed=cfg.seed)
 
