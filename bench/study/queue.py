@@ -108,3 +108,16 @@ def fail_unclaimed(ostudy, storage, before, error: str) -> int | None:
             storage.set_trial_state_values(tid, TrialState.FAIL)
             number = t.number
     return number
+
+
+def optimize_one(ostudy, objective, storage, trials) -> bool:
+    """Run one trial of `objective` (a queued point, or one the sampler asks for); True when it
+    failed, a sampler error raised in `ask` before the objective ran included (that trial is
+    marked FAIL: `fail_unclaimed`)."""
+    before = objective.failures
+    try:
+        ostudy.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+    except Exception as e:  # raised by the sampler in `ask`, before the objective ran
+        number = fail_unclaimed(ostudy, storage, trials, f"sampler: {type(e).__name__}: {e}")
+        objective.sampler_failed(number, e)
+    return objective.failures > before

@@ -24,7 +24,7 @@ from rich.markup import escape
 from bench.config import Study
 from bench.config.tune import tuning_fingerprint, tuning_name, tuning_study, with_recipes
 from bench.study.objective import Objective
-from bench.study.queue import fail_unclaimed
+from bench.study.queue import optimize_one
 from bench.study.samplers import make_sampler
 from bench.study.storage import ClaimLock
 from bench.study.summary import RunOutcome
@@ -177,13 +177,7 @@ def _work(
             if done >= target:
                 return done
             if in_a_row < max_failures and done + len(running) < target:
-                before = objective.failures
-                try:
-                    ostudy.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
-                except Exception as e:  # raised by the sampler in `ask`, before the objective ran
-                    number = fail_unclaimed(ostudy, storage, trials, f"sampler: {type(e).__name__}: {e}")
-                    objective.sampler_failed(number, e)
-                in_a_row = in_a_row + 1 if objective.failures > before else 0
+                in_a_row = in_a_row + 1 if optimize_one(ostudy, objective, storage, trials) else 0
                 continue
         finally:
             claim.release()

@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from bench.config import Study, check_data
 from bench.study.objective import Objective
-from bench.study.queue import GridQueue, fail_unclaimed
+from bench.study.queue import GridQueue, optimize_one
 from bench.study.samplers import make_sampler
 from bench.study.storage import ClaimLock, make_storage
 from bench.study.summary import RunOutcome, count_states
@@ -184,13 +184,8 @@ def _trial_loop(
                 else:
                     has_work = consecutive_failures < MAX_CONSECUTIVE_FAILURES
                 if has_work and done + len(running) < target:
-                    before = objective.failures
-                    try:
-                        ostudy.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
-                    except Exception as e:  # raised by the sampler in `ask`, before the objective ran
-                        number = fail_unclaimed(ostudy, storage, trials, f"sampler: {type(e).__name__}: {e}")
-                        objective.sampler_failed(number, e)
-                    consecutive_failures = consecutive_failures + 1 if objective.failures > before else 0
+                    failed = optimize_one(ostudy, objective, storage, trials)
+                    consecutive_failures = consecutive_failures + 1 if failed else 0
                     continue
             finally:
                 claim.release()
