@@ -271,14 +271,7 @@ def _open(study: Study, study_name: str, storage, storage_url: str, tracker: Tra
         )
     parent_id = attrs.get("mlflow_parent_run_id")
     if not tracker.run_exists(parent_id):  # e.g. a different tracking store than the first worker's
-        parent_id = tracker.start_parent(
-            study,
-            study_name=study_name,
-            storage=storage_url,
-            experiment_id=experiment_id,
-            study_file=study.file,
-            device=options.device,
-        )
+        parent_id = _start_parent(tracker, study, study_name, storage_url, experiment_id, options)
         log.warning(
             f"the study's MLflow run is not in {tracker.uri}; its trials from now on go under run {parent_id}"
         )
@@ -287,6 +280,20 @@ def _open(study: Study, study_name: str, storage, storage_url: str, tracker: Tra
         f"resuming study {study_name}: {count_states(ostudy.get_trials(deepcopy=False))}", markup=False
     )
     return ostudy, parent_id, experiment_id
+
+
+def _start_parent(
+    tracker: Tracker, study: Study, study_name: str, storage_url: str, experiment_id: str, options: RunOptions
+) -> str:
+    """A new MLflow parent run for the study (a new study, or a resume in another tracking store)."""
+    return tracker.start_parent(
+        study,
+        study_name=study_name,
+        storage=storage_url,
+        experiment_id=experiment_id,
+        study_file=study.file,
+        device=options.device,
+    )
 
 
 def _describe(
@@ -303,14 +310,7 @@ def _describe(
     ostudy.set_user_attr("file", study.file)
     if study.sampler == "grid":
         ostudy.set_user_attr("grid", study.grid())
-    parent_id = tracker.start_parent(
-        study,
-        study_name=study_name,
-        storage=storage_url,
-        experiment_id=experiment_id,
-        study_file=study.file,
-        device=options.device,
-    )
+    parent_id = _start_parent(tracker, study, study_name, storage_url, experiment_id, options)
     ostudy.set_user_attr("mlflow_parent_run_id", parent_id)
     ostudy.set_user_attr("mlflow_experiment", study.experiment)
     ostudy.set_user_attr("fingerprint", study.fingerprint())

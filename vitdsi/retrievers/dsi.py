@@ -21,7 +21,7 @@ from vitdsi.models.vit_dsi import VitDSI
 from vitdsi.models.vit_encoder import init_weights
 from vitdsi.ranking import Ranking
 from vitdsi.retrievers.base import Supervision, seed_everything
-from vitdsi.retrievers.dsi_base import SEARCH_BATCH, DSIRetriever
+from vitdsi.retrievers.dsi_base import SEARCH_BATCH, SMOKE_MODEL, DSIRetriever
 from vitdsi.retrievers.registry import register
 from vitdsi.training.augment import to_input
 from vitdsi.training.config import TrainConfig
@@ -37,20 +37,10 @@ class DSIViT(DSIRetriever):
 
     # ~30 s a trial on one CPU core: enough epochs for 64 indexed digits to be memorised
     smoke_params: ClassVar[dict[str, Any]] = {
-        "patch_size": 8,
-        "dim": 64,
-        "ff_dim": 128,
-        "depth": 2,
-        "decoder_depth": 1,
-        "heads": 4,
-        "dropout": 0.0,
+        **SMOKE_MODEL,
         "id_scheme": "clustered",
-        "mode": "multitask",
         "index_epochs": 100,
         "retrieval_epochs": 60,
-        "lr": 1e-3,
-        "batch_size": 16,
-        "views": "none",
     }
 
     def __init__(

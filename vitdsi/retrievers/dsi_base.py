@@ -34,6 +34,20 @@ from vitdsi.training.monitor import MonitorConfig, TrainingMonitor
 from vitdsi.training.optim import autocast
 
 SEARCH_BATCH = 256  # queries decoded together
+# the tiny model and recipe of the DSIs' smoke settings (each adds its ids and epochs)
+SMOKE_MODEL: dict[str, Any] = {
+    "patch_size": 8,
+    "dim": 64,
+    "ff_dim": 128,
+    "depth": 2,
+    "decoder_depth": 1,
+    "heads": 4,
+    "dropout": 0.0,
+    "mode": "multitask",
+    "lr": 1e-3,
+    "batch_size": 16,
+    "views": "none",
+}
 
 
 class DSIRetriever(EncoderRetriever):

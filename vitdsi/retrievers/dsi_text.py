@@ -29,7 +29,7 @@ from vitdsi.models.text_models import VitTextDSI
 from vitdsi.models.vit_dsi import VitDSIConfig
 from vitdsi.ranking import Ranking
 from vitdsi.retrievers.base import Supervision
-from vitdsi.retrievers.dsi_base import SEARCH_BATCH, DSIRetriever
+from vitdsi.retrievers.dsi_base import SEARCH_BATCH, SMOKE_MODEL, DSIRetriever
 from vitdsi.retrievers.params import fields_of, with_defaults
 from vitdsi.retrievers.registry import register
 from vitdsi.training.config import TrainConfig
@@ -49,20 +49,10 @@ class DSIText(DSIRetriever, TextEncoderParams):
     )
     # the text protocol on coco-mosaic: frozen MiniLM, a tiny image encoder
     smoke_params: ClassVar[dict[str, Any]] = {
-        "patch_size": 8,
-        "dim": 64,
-        "ff_dim": 128,
-        "depth": 2,
-        "decoder_depth": 1,
-        "heads": 4,
-        "dropout": 0.0,
+        **SMOKE_MODEL,
         "id_scheme": "atomic",
-        "mode": "multitask",
         "index_epochs": 40,
         "retrieval_epochs": 40,
-        "lr": 1e-3,
-        "batch_size": 16,
-        "views": "none",
     }
 
     def __init__(self, **params: Any) -> None:
