@@ -1,7 +1,9 @@
 """The Set-up's declaration of the training views (vitdsi.training.train_views): the strength
 each trained method drew its views at, whether that is one strength for all (augmentation
-parity), and the DSIs' pseudo-query views per indexed image. Read from the study as resolved
-(`views:` block, `fixed`, method params), with the retriever's defaults for what none set."""
+parity), the DSIs' pseudo-query views per indexed image, and the methods that draw their views
+from a fixed bank of V views per image (`view_bank`, vitdsi.training.view_bank). Read from the
+study as resolved (`views:` block, `fixed`, method params), with the retriever's defaults for what
+none set."""
 
 from __future__ import annotations
 
@@ -20,10 +22,11 @@ def views_text(record: StudyRecord) -> str:
     space = record.resolved.get("space", {})
     strengths: dict[str, str] = {}  # method -> strength, or 'searched'
     index_views: dict[str, str] = {}  # method -> K, or 'searched'
+    banks: dict[str, str] = {}  # method -> V, or 'searched'
     for name, method in record.resolved.get("methods", {}).items():
         defaults = _defaults(method.get("retriever", "?"))
         params = method.get("params", {})
-        for key, out in (("views", strengths), ("index_views", index_views)):
+        for key, out in (("views", strengths), ("index_views", index_views), ("view_bank", banks)):
             if key in defaults or key in params:
                 out[name] = "searched" if key in space else str(params.get(key, defaults.get(key)))
     if not strengths:
@@ -40,6 +43,13 @@ def views_text(record: StudyRecord) -> str:
         text += (
             "; DSI indexing presents each indexed image and K pseudo-query views of it per epoch: "
             + ", ".join(f"{m} K={k}" for m, k in with_k.items())
+        )
+    with_v = {m: v for m, v in banks.items() if v != "0" and strengths.get(m) != "none"}
+    if with_v:
+        text += (
+            "; views drawn from a bank of V views per image, made once and computed once through the frozen "
+            "encoder (each presentation reads one of them or the image): "
+            + ", ".join(f"{m} bank of {v} views" for m, v in with_v.items())
         )
     return text
 

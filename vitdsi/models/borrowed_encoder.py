@@ -7,7 +7,8 @@ normalised as the CNN's weights were trained (or to `encoder_size`, cheaper on a
 `freeze_encoder` keeps all of it (True), none of it (False) or all but its last N blocks fixed;
 the fixed part runs in eval mode without gradients, so its output for an image never changes and a
 trainer may compute it once (`precompute`, then `forward(..., precomputed=True)`) instead of every
-epoch.
+epoch. `encoder_pool` (with the whole network fixed) averages that output over the cells, so the
+decoder reads one token and a cached image costs C floats (1,280 for EfficientNet-Lite0), not C x cells.
 
 `make_encoder` picks the encoder a config names (`vit` or a borrowed one). Shapes: B images,
 P tokens (cells of the feature map), D model width.
@@ -49,8 +50,9 @@ class BorrowedEncoder(nn.Module):
         self.tuned = nn.Sequential(*spec.blocks[cut:])  # trained with the rest of the model
         self.frozen.requires_grad_(False)
         self.frozen.eval()
+        self.pooled = bool(getattr(cfg, "encoder_pool", False))  # the fixed output averaged to one cell
         with torch.no_grad():
-            probe = self.tuned.eval()(self.frozen(torch.zeros(1, 3, self.input_size, self.input_size)))
+            probe = self.tuned.eval()(self._fixed(torch.zeros(1, 3, self.input_size, self.input_size)))
         channels, grid = probe.shape[1], probe.shape[-1]
         self.proj = nn.Linear(channels, cfg.dim)  # feature-map channels -> decoder width
         self.norm = nn.LayerNorm(cfg.dim)
@@ -74,7 +76,7 @@ class BorrowedEncoder(nn.Module):
             h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         encoder = (
             f"{self.encoder_name} fixed blocks[:{len(self.frozen)}] of {self.n_blocks}, "
-            f"weights {h.hexdigest()}"
+            f"weights {h.hexdigest()}" + (", feature map average-pooled to one cell" if self.pooled else "")
         )
         preprocessing = (
             f"[-1, 1] -> [0, 1], bilinear antialiased resize to {self.input_size} px, "
@@ -111,7 +113,12 @@ class BorrowedEncoder(nn.Module):
         """Model input [B, 3, H, W] -> the fixed part's output, which `forward(..., precomputed=True)`
         takes."""
         with torch.no_grad():
-            return self.frozen(self.preprocess(images))
+            return self._fixed(self.preprocess(images))
+
+    def _fixed(self, x: torch.Tensor) -> torch.Tensor:
+        """The CNN's input -> the fixed part's feature map [B, C, h, w] ([B, C, 1, 1] when pooled)."""
+        fmap = self.frozen(x)
+        return fmap.mean(dim=(2, 3), keepdim=True) if self.pooled else fmap
 
     def forward(self, images: torch.Tensor, precomputed: bool = False) -> torch.Tensor:
         """Model input [B, 3, H, W] (or `precompute`'s output) -> tokens [B, P, D]."""

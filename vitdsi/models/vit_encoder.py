@@ -37,6 +37,9 @@ class VitEncoderConfig:
     # borrowed encoder only: input side in px images are resized to; 0 = the size its weights were
     # trained at (224 for EfficientNet-Lite0); smaller is much cheaper on a CPU
     encoder_size: int = 0
+    # borrowed encoder with freeze_encoder true only: average the fixed network's feature map to one
+    # token before the projection, so a cached image costs C floats instead of C x cells
+    encoder_pool: bool = False
 
     def __post_init__(self) -> None:
         check_encoder_fields(self)
@@ -58,7 +61,7 @@ ENCODER_FIELDS = tuple(VitEncoderConfig.__dataclass_fields__)  # the fields any 
 
 def check_encoder_fields(cfg) -> None:
     """Validate the encoder fields of any config carrying them (VitEncoderConfig, VitDSIConfig)."""
-    check_borrowed_fields(cfg.encoder, cfg.freeze_encoder, cfg.encoder_size)
+    check_borrowed_fields(cfg.encoder, cfg.freeze_encoder, cfg.encoder_size, cfg.encoder_pool)
     if cfg.encoder == "vit":
         check_patch_size(cfg.patch_size, cfg.image_size)
     if cfg.dim % cfg.heads:
@@ -73,8 +76,11 @@ def check_encoder_fields(cfg) -> None:
         raise VitDSIError(f"depth must be at least 1, got {cfg.depth}")
 
 
-def check_borrowed_fields(encoder: str, freeze_encoder, encoder_size: int) -> None:
-    """Clear errors for `encoder` / `freeze_encoder` / `encoder_size` values no image could fix."""
+def check_borrowed_fields(
+    encoder: str, freeze_encoder, encoder_size: int, encoder_pool: bool = False
+) -> None:
+    """Clear errors for `encoder` / `freeze_encoder` / `encoder_size` / `encoder_pool` values no
+    image could fix."""
     if not isinstance(encoder, str) or not (
         encoder in ("vit", "efficientnet-lite0") or (encoder.startswith("torchvision:") and len(encoder) > 12)
     ):
@@ -91,6 +97,12 @@ def check_borrowed_fields(encoder: str, freeze_encoder, encoder_size: int) -> No
         )
     if encoder_size < 0 or 0 < encoder_size < 32:
         raise VitDSIError(f"encoder_size must be 0 (the encoder's own) or at least 32 px, got {encoder_size}")
+    if encoder_pool and (encoder == "vit" or freeze_encoder is not True):
+        raise VitDSIError(
+            "encoder_pool pools a fixed borrowed encoder's feature map to one token, so it needs a "
+            f"borrowed encoder with freeze_encoder true, got encoder '{encoder}', freeze_encoder "
+            f"{freeze_encoder!r}"
+        )
 
 
 def check_patch_size(patch_size: int, image_size: int) -> None:

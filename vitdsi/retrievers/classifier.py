@@ -21,7 +21,7 @@ from vitdsi.ranking import Ranking, topk_ties_to_lower
 from vitdsi.retrievers.base import Supervision
 from vitdsi.retrievers.params import fields_of
 from vitdsi.retrievers.registry import register
-from vitdsi.retrievers.vit_baseline import SEARCH_BATCH, TINY_VIT, VitBaseline, gather_rows
+from vitdsi.retrievers.vit_baseline import SEARCH_BATCH, TINY_VIT, VitBaseline
 from vitdsi.training.config import TrainConfig
 from vitdsi.training.optim import autocast
 
@@ -115,9 +115,7 @@ class Classifier(VitBaseline):
 
         def step(idx: torch.Tensor):
             idx = idx.to(self.device)
-            logits = model(self._train_input(gather_rows(parts, idx), gen), self._precomputed)[
-                0
-            ].float()  # [B, C]
+            logits = model(self._rows(parts, idx, gen), self._precomputed)[0].float()  # [B, C]
             y = targets[idx]
             if self._multilabel:
                 loss = F.binary_cross_entropy_with_logits(logits, y)

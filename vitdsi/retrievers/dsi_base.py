@@ -32,6 +32,7 @@ from vitdsi.training.dsi import DSITrainer
 from vitdsi.training.flops import FlopMeter
 from vitdsi.training.monitor import MonitorConfig, TrainingMonitor
 from vitdsi.training.optim import autocast
+from vitdsi.training.train_views import check_view_bank
 
 SEARCH_BATCH = 256  # queries decoded together
 # the tiny model and recipe of the DSIs' smoke settings (each adds its ids and epochs)
@@ -73,6 +74,7 @@ class DSIRetriever(EncoderRetriever):
             "label_smoothing",
             "views",
             "index_views",
+            "view_bank",
             "target_ia",
             "eval_every",
             "ia_sample",
@@ -94,6 +96,7 @@ class DSIRetriever(EncoderRetriever):
     label_smoothing: float
     views: str
     index_views: int
+    view_bank: int
     target_ia: float
     eval_every: int
     ia_sample: int
@@ -123,6 +126,7 @@ class DSIRetriever(EncoderRetriever):
             )
         try:
             self.config(TrainConfig)  # the trainer's own checks (mode, lr, batch_size, epochs)
+            check_view_bank(self.view_bank, self.views, self.encoder, self.freeze_encoder)
             self.config(MonitorConfig)
         except VitDSIError as e:
             raise VitDSIError(f"{self.name}: {e}") from None

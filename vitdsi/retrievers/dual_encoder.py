@@ -36,7 +36,7 @@ from vitdsi.ranking import Ranking
 from vitdsi.retrievers.base import Supervision
 from vitdsi.retrievers.params import fields_of
 from vitdsi.retrievers.registry import register
-from vitdsi.retrievers.vit_baseline import TINY_VIT, VitBaseline, gather_rows
+from vitdsi.retrievers.vit_baseline import TINY_VIT, VitBaseline
 from vitdsi.training.optim import autocast
 from vitdsi.training.sampler import RelevantSampler
 
@@ -134,8 +134,8 @@ class DualEncoder(VitBaseline, FaissParams):
             # both sides are fresh views at `views` strength, so a view pair is two views of one image;
             # with views 'none' (or a frozen encoder's cached features) it is two dropout passes over
             # the same input (SimCSE, Gao et al. 2021)
-            xa = self._train_input(gather_rows(parts, anchor), gen)  # [B, 3, H, W]
-            xp = self._train_input(parts[0][positive], gen)
+            xa = self._rows(parts, anchor, gen)  # [B, 3, H, W]
+            xp = self._rows(parts, positive, gen)  # corpus rows: the first part
             z = model(torch.cat([xa, xp]), self._precomputed).float()  # [2B, E], unit norm
             loss, right = symmetric_info_nce(z[:b], z[b:], positive, self.temperature)
             return loss, b, right

@@ -22,6 +22,7 @@ ENCODER_PARAMS = (
     "encoder",
     "freeze_encoder",
     "encoder_size",
+    "encoder_pool",
 )
 
 
@@ -39,6 +40,7 @@ class EncoderRetriever(Retriever):
     encoder: str
     freeze_encoder: bool | int
     encoder_size: int
+    encoder_pool: bool
 
     def check_image_size(self, image_size: int) -> None:
         """The patches must tile the image (called by `index` and by study checks before any trial);
@@ -53,7 +55,7 @@ class EncoderRetriever(Retriever):
 def check_encoder_params(owner: str, r: Any) -> None:
     """Clear errors for encoder build parameters no image size could fix (every ViT retriever)."""
     try:
-        check_borrowed_fields(r.encoder, r.freeze_encoder, r.encoder_size)
+        check_borrowed_fields(r.encoder, r.freeze_encoder, r.encoder_size, r.encoder_pool)
     except VitDSIError as e:
         raise VitDSIError(f"{owner}: {e}") from None
     if r.patch_size < 1:

@@ -114,7 +114,7 @@ class TextDualEncoder(VitModelRetriever, TextEncoderParams, FaissParams):
                 ids, mask = text[0][rows], text[1][rows]
                 width = int(mask.sum(1).max())
                 zt = model.embed_texts(ids[:, :width], mask[:, :width])
-            zi = model.embed_images(self._train_input(images[positive], gen), self._precomputed)
+            zi = model.embed_images(self._rows([images], positive, gen), self._precomputed)
             # another caption of the same image is no negative
             loss, right = symmetric_info_nce(zt, zi, positive, self.temperature)
             return loss, b, right

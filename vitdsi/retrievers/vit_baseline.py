@@ -23,7 +23,8 @@ from vitdsi.training.config import PRECISIONS, TrainConfig
 from vitdsi.training.flops import FlopMeter
 from vitdsi.training.loop import LoopConfig, train_epochs
 from vitdsi.training.monitor import MonitorConfig, RankFn, TrainingMonitor
-from vitdsi.training.train_views import apply_views, check_views
+from vitdsi.training.train_views import apply_views, check_view_bank, check_views
+from vitdsi.training.view_bank import ViewBank, build_view_bank
 
 SEARCH_BATCH = 256  # images encoded together at index and query time
 # the smoke settings of the ViT retrievers other than the DSI: a tiny encoder of the DSI's family, a few
@@ -50,7 +51,7 @@ class VitModelRetriever(EncoderRetriever):
         *fields_of(
             LoopConfig, "epochs", "lr", "weight_decay", "warmup_frac", "min_lr_frac", "grad_clip", "precision"
         ),
-        *fields_of(TrainConfig, "batch_size", "views"),
+        *fields_of(TrainConfig, "batch_size", "views", "view_bank"),
         *fields_of(MonitorConfig, "patience", "val_every", "min_delta"),
     )
     # config_params beyond the encoder's, declared for type checkers (Retriever.__init__ sets them)
@@ -63,6 +64,7 @@ class VitModelRetriever(EncoderRetriever):
     precision: str
     batch_size: int
     views: str
+    view_bank: int
     patience: int
     val_every: int
     min_delta: float
@@ -82,12 +84,14 @@ class VitModelRetriever(EncoderRetriever):
             )
         try:
             check_views(self.views)
+            check_view_bank(self.view_bank, self.views, self.encoder, self.freeze_encoder)
             self.config(MonitorConfig)
         except VitDSIError as e:
             raise VitDSIError(f"{name}: {e}") from None
         self.history: list[dict[str, Any]] = []  # per-epoch training log (dicts), as in dsi-vit
         self._model: torch.nn.Module | None = None
         self._precomputed = False  # training reads a borrowed encoder's fixed-part output, not images
+        self._bank: ViewBank | None = None  # with `view_bank`: the features of the training views
         self._feature_meter: FlopMeter | None = None  # FLOPs of that output, computed once before training
 
     def _encoder_config(self, image_size: int) -> VitEncoderConfig:
@@ -124,14 +128,33 @@ class VitModelRetriever(EncoderRetriever):
 
     def _training_rows(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
         """The training images as every epoch reads them: uint8 images or, for a borrowed encoder
-        with a fixed part and `views` none, that part's output computed once (as dsi-vit); the
-        model is then called with `precomputed=True`."""
-        self._precomputed = trains_on_cached_features(self._model.encoder, self.views != "none")
+        with a fixed part and `views` none or a `view_bank`, that part's output computed once (as
+        dsi-vit; the bank beside it); the model is then called with `precomputed=True`."""
+        self._precomputed = trains_on_cached_features(self._model.encoder, self.views, self.view_bank)
+        self._bank = None
         if not self._precomputed:
             return parts
         self._feature_meter = FlopMeter()
-        # charged once: the fixed part's forward pass over every image
-        return precompute_features(self._model.encoder, parts, meter=self._feature_meter)
+        # charged once: the fixed part's forward pass over every image (and every view of the bank)
+        features = precompute_features(self._model.encoder, parts, meter=self._feature_meter)
+        if self.view_bank:
+            self._bank = build_view_bank(
+                self._model.encoder,
+                parts,
+                features,
+                self.view_bank,
+                self.views,
+                self.seed,
+                self._feature_meter,
+            )
+        return features
+
+    def _rows(self, parts: list[torch.Tensor], index: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Model input of rows `index` of the training parts (`_training_rows`, numbered one after
+        the other): a version of each drawn from the view bank, or a fresh view of each."""
+        if self._bank is not None:
+            return self._bank.draw_rows(index, gen)
+        return self._train_input(gather_rows(parts, index), gen)
 
     def _train_input(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Training rows (`_training_rows`) -> model input: a fresh view of each image at `views`

@@ -1,18 +1,23 @@
-"""A borrowed encoder's fixed part gives an image the same output in every epoch: without
-augmentation, training computes it once per image and reads it instead of the pixels. The
-output is kept in the on-disk feature cache (vitdsi.features.feature_cache), so the next
-trial or study on the same images reads it instead of computing it again."""
+"""A borrowed encoder's fixed part gives an image the same output in every epoch: training
+computes it once per image and reads it instead of the pixels, when no augmentation changes
+the input or when the augmentation is a fixed bank of views (vitdsi.training.view_bank) made
+once and computed once as well. The output is kept in the on-disk feature cache
+(vitdsi.features.feature_cache), so the next trial or study on the same images reads it instead
+of computing it again."""
 
 from __future__ import annotations
 
 import functools
 import time
+import warnings
 from collections.abc import Iterator
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from vitdsi.errors import VitDSIError
 from vitdsi.features.feature_cache import CacheKey, FeatureCache, default_cache, fingerprint_array
 from vitdsi.log import get_logger
 from vitdsi.training.augment import to_input
@@ -22,24 +27,52 @@ from vitdsi.training.optim import autocast
 log = get_logger(__name__)
 
 
-def trains_on_cached_features(encoder, augment: bool) -> bool:
-    """Whether training reads a borrowed encoder's fixed-part output computed once per image:
-    only that part is the same in every epoch, and only when no augmentation changes the input."""
-    return bool(getattr(encoder, "cacheable", False)) and not augment
+class ImageSource(Protocol):
+    """Images `precompute_features` takes made chunk by chunk instead of held as a uint8 tensor
+    (a view bank's views, `vitdsi.training.view_bank.BankViews`)."""
+
+    device: torch.device  # where the chunks are made
+    views: str  # what the images are beyond `fingerprint` (the cache key's `views`)
+
+    def __len__(self) -> int: ...
+
+    def fingerprint(self) -> str:
+        """The cache key's `images`: a fingerprint of the uint8 images the chunks are made from."""
+        ...
+
+    def inputs(self) -> Iterator[torch.Tensor]:
+        """Model-input chunks (float [B, C, H, W] in [-1, 1]), in row order."""
+        ...
+
+
+def trains_on_cached_features(encoder, views: str, view_bank: int = 0) -> bool:
+    """Whether training reads a borrowed encoder's fixed-part output computed once per image: only
+    that part is the same in every epoch, and only when training views are 'none' or are drawn
+    from a fixed bank of `view_bank` views per image. A bank on an encoder without a fixed part is
+    an error: nothing could be computed once."""
+    cacheable = bool(getattr(encoder, "cacheable", False))
+    if view_bank > 0 and not cacheable:
+        raise VitDSIError(
+            f"view_bank={view_bank} caches views through a borrowed encoder's fixed part, but this "
+            "encoder has none (a ViT, or a borrowed one with every block trained); set view_bank to 0"
+        )
+    return cacheable and (views == "none" or view_bank > 0)
 
 
 def precompute_features(
     encoder,
-    image_sets: list[torch.Tensor | None],
+    image_sets: list[torch.Tensor | ImageSource | None],
     batch: int = 256,
     cache: FeatureCache | None = None,
     meter: FlopMeter | None = None,
 ) -> list[torch.Tensor | None]:
-    """uint8 images (each set on the training device, or None) -> the output of a borrowed encoder's
-    fixed part for each image (`BorrowedEncoder.precompute`), computed once, batch by batch, or
-    read from `cache` (default: `default_cache()`, None when caching is off). `meter` is charged
-    what computing them costs, whether or not the cache held them, so a trial's training FLOPs
-    do not depend on what ran before it: the FLOPs of one image, counted, times the images."""
+    """Image sets (uint8 images on the training device, an `ImageSource`, or None) -> the output
+    of a borrowed encoder's fixed part for each image (`BorrowedEncoder.precompute`), computed
+    once, batch by batch, or read from `cache` (default: `default_cache()`, None when caching is
+    off). A cached set stays the cache's memory map on the CPU (no copy; training only gathers
+    rows of it) and is moved to another device once. `meter` is charged what computing them
+    costs, whether or not the cache held them, so a trial's training FLOPs do not depend on what
+    ran before it: the FLOPs of one image, counted, times the images."""
     t0 = time.perf_counter()
     device = next((s.device for s in image_sets if s is not None), torch.device("cpu"))
     cache = cache if cache is not None else default_cache()
@@ -47,19 +80,21 @@ def precompute_features(
     out = []
     for images in image_sets:
         if images is not None and len(images) and meter is not None:
-            meter.add(_flops_per_image(encoder, images[:1], device) * len(images))
+            first = next(_inputs(images, 1))[:1]
+            meter.add(_flops_per_image(encoder, first, device) * len(images))
         if images is None:
             out.append(None)
         elif spec is None:
-            out.append(torch.cat(list(_encode(encoder, images, batch, device))))
+            out.append(_encode_all(encoder, images, batch, device))
         else:
             key = CacheKey(
-                images=fingerprint_array(images.cpu().numpy()),
+                images=_fingerprint(images),
                 encoder=spec[0],
                 preprocessing=f"{spec[1]}; autocast on {device.type}",
+                views="" if isinstance(images, torch.Tensor) else images.views,
             )
             blocks = functools.partial(_encode_numpy, encoder, images, batch, device)
-            out.append(torch.from_numpy(np.array(cache.get(key, blocks, len(images)))).to(device))
+            out.append(_as_tensor(cache.get(key, blocks, len(images)), device))
     kept = [o for o in out if o is not None]
     n = sum(len(o) for o in kept)
     mb = sum(o.numel() * o.element_size() for o in kept) / 2**20
@@ -74,18 +109,57 @@ def precompute_features(
     return out
 
 
+def _fingerprint(images: torch.Tensor | ImageSource) -> str:
+    if isinstance(images, torch.Tensor):
+        return fingerprint_array(images.cpu().numpy())
+    return images.fingerprint()
+
+
+def _inputs(images: torch.Tensor | ImageSource, batch: int) -> Iterator[torch.Tensor]:
+    """Model-input chunks of a set: `batch` uint8 images at a time, or the source's own chunks."""
+    if isinstance(images, torch.Tensor):
+        return (to_input(images[s : s + batch]) for s in range(0, len(images), batch))
+    return images.inputs()
+
+
+def _as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The cache's read-only memory map as a tensor: the map itself on the CPU, where training
+    only reads rows (indexing copies them), or one copy on another device."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        features = torch.from_numpy(array)
+    return features if device.type == "cpu" else features.to(device)
+
+
 def _flops_per_image(encoder, image: torch.Tensor, device: torch.device) -> float:
+    """FLOPs of the fixed part on one model-input image."""
     with FlopCounterMode(display=False) as counter, autocast(device):
-        encoder.precompute(to_input(image))
+        encoder.precompute(image)
     return float(counter.get_total_flops())
 
 
-def _encode_numpy(encoder, images: torch.Tensor, batch: int, device: torch.device) -> Iterator[np.ndarray]:
+def _encode_all(
+    encoder, images: torch.Tensor | ImageSource, batch: int, device: torch.device
+) -> torch.Tensor:
+    """The whole set's output in one tensor, filled batch by batch (no list of batches to join)."""
+    out, filled = None, 0
+    for block in _encode(encoder, images, batch, device):
+        if out is None:
+            out = block.new_empty((len(images), *block.shape[1:]))
+        out[filled : filled + len(block)] = block
+        filled += len(block)
+    return out
+
+
+def _encode_numpy(encoder, images, batch: int, device: torch.device) -> Iterator[np.ndarray]:
     return (b.cpu().numpy() for b in _encode(encoder, images, batch, device))
 
 
-def _encode(encoder, images: torch.Tensor, batch: int, device: torch.device) -> Iterator[torch.Tensor]:
-    """The fixed part's float32 output, one batch of images at a time."""
+def _encode(
+    encoder, images: torch.Tensor | ImageSource, batch: int, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """The fixed part's float32 output, at most `batch` images at a time."""
     with autocast(device):
-        for s in range(0, len(images), batch):
-            yield encoder.precompute(to_input(images[s : s + batch])).float()
+        for chunk in _inputs(images, batch):
+            for s in range(0, len(chunk), batch):
+                yield encoder.precompute(chunk[s : s + batch]).float()

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from vitdsi.errors import VitDSIError
-from vitdsi.training.train_views import check_views
+from vitdsi.training.train_views import check_view_bank, check_views
 
 MODES = ("zero-shot", "fine-tuned", "multitask")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -47,6 +47,10 @@ class TrainConfig(OptimConfig):
     # pseudo-query views: each indexing epoch presents every indexed image K more times, each a fresh
     # view at `views` strength labelled with its id (N * (1 + K) indexing examples an epoch)
     index_views: int = 0
+    # a borrowed encoder with a fixed part only: V > 0 makes V views of every training image once and
+    # computes them through the fixed part once; every presentation then draws one of them or the
+    # image itself (vitdsi.training.view_bank); 0 = a fresh view every batch
+    view_bank: int = 0
     target_ia: float = 0.99  # indexing stops once greedy IA@1 on the corpus reaches this
     eval_every: int = 10  # also measure IA@1 every this many indexing epochs
     seed: int = 0  # order, targets and augmentation
@@ -65,6 +69,7 @@ class TrainConfig(OptimConfig):
         if self.index_epochs < 0 or self.retrieval_epochs < 0:
             raise VitDSIError("index_epochs and retrieval_epochs must be >= 0")
         check_views(self.views, self.index_views)
+        check_view_bank(self.view_bank, self.views)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from vitdsi.training.monitor import TrainingMonitor
 from vitdsi.training.optim import autocast, grad_scaler, lr_factor, make_optimizer, optimizer_step
 from vitdsi.training.sampler import RelevantSampler
 from vitdsi.training.train_views import apply_views
+from vitdsi.training.view_bank import ViewBank, build_view_bank
 
 log = get_logger(__name__)
 
@@ -55,9 +56,11 @@ class DSITrainer:
         if cfg.mode != "zero-shot":
             self._set_queries(query_images, query_labels, corpus_labels)
         # a borrowed encoder's fixed part gives every image the same output in every epoch: without
-        # views it runs once per image, and training reads its output (`self.corpus` and
-        # `self.queries` then hold features, not uint8 images); with views it runs on each batch
-        self.precomputed = trains_on_cached_features(model.encoder, cfg.views != "none")
+        # views, or with a bank of views, it runs once per image (and view), and training reads its
+        # output (`self.corpus` and `self.queries` then hold features, not uint8 images); with fresh
+        # views it runs on each batch
+        self.precomputed = trains_on_cached_features(model.encoder, cfg.views, cfg.view_bank)
+        self.bank: ViewBank | None = None  # the views' features, with `view_bank`
         if self.precomputed:
             self._precompute()
         self.scaler = grad_scaler(self.device)
@@ -109,11 +112,20 @@ class DSITrainer:
         self.queries = query_images[keep].to(self.device)
 
     def _precompute(self) -> None:
-        """Replace the training images by the borrowed encoder's fixed-part output (computed once)."""
+        """Replace the training images by the borrowed encoder's fixed-part output (computed once)
+        and, with `view_bank`, make the bank of their views."""
+        images = [self.corpus, self.queries]
         # charged to the meter once: the frozen encoder's forward pass over every image
-        self.corpus, self.queries = precompute_features(
-            self.model.encoder, [self.corpus, self.queries], meter=self.monitor.meter
-        )
+        self.corpus, self.queries = precompute_features(self.model.encoder, images, meter=self.monitor.meter)
+        self._make_bank(images, [self.corpus, self.queries])
+
+    def _make_bank(self, images: list, features: list) -> None:
+        """`self.bank` of uint8 `images` (sets beside their `features`) when `view_bank` asks for one."""
+        if self.cfg.view_bank:
+            cfg = self.cfg
+            self.bank = build_view_bank(
+                self.model.encoder, images, features, cfg.view_bank, cfg.views, cfg.seed, self.monitor.meter
+            )
 
     def _memory(self, x) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Model input of a batch -> the memory the id decoder reads [B, P, D] and its padding mask (None)."""
@@ -182,6 +194,8 @@ class DSITrainer:
     def _gather(self, index: torch.Tensor, src: torch.Tensor, target_pos: torch.Tensor):
         index, src, target_pos = index.to(self.device), src.to(self.device), target_pos.to(self.device)
         from_corpus = src == 0
+        if self.bank is not None:  # the features of a version drawn from the bank: a view already
+            return self.bank.draw(src, index, self.gen), self.targets[target_pos], from_corpus
         if from_corpus.all():
             images = self.corpus[index]
         else:

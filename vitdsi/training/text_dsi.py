@@ -107,12 +107,18 @@ class TextDSITrainer(DSITrainer):
         self.queries = TextRows(states, mask.to(self.device), True)
 
     def _precompute(self) -> None:
-        self.corpus = precompute_features(self.model.encoder, [self.corpus], meter=self.monitor.meter)[0]
+        images = self.corpus
+        self.corpus = precompute_features(self.model.encoder, [images], meter=self.monitor.meter)[0]
+        self._make_bank([images], [self.corpus])
 
     def _gather(self, index: torch.Tensor, src: torch.Tensor, target_pos: torch.Tensor):
         index, src, target_pos = index.to(self.device), src.to(self.device), target_pos.to(self.device)
         from_corpus = src == 0
-        x = apply_views(self._input(self.corpus[index[from_corpus]]), self.gen, self.cfg.views)
+        rows = index[from_corpus]
+        if self.bank is not None:
+            x = self.bank.draw(torch.zeros_like(rows), rows, self.gen)
+        else:
+            x = apply_views(self._input(self.corpus[rows]), self.gen, self.cfg.views)
         text = self.queries.rows(index[~from_corpus]) if self.queries is not None else None
         return MixedBatch(x, text, from_corpus), self.targets[target_pos], from_corpus
 

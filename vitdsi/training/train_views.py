@@ -103,3 +103,22 @@ def check_views(strength: str, index_views: int = 0) -> None:
             f"index_views={index_views} presents every indexed image as {index_views} more views, "
             "but views is 'none' (they would be copies); set views to light, medium or strong"
         )
+
+
+def check_view_bank(view_bank: int, views: str, encoder: str | None = None, freeze_encoder=True) -> None:
+    """Clear errors for a `view_bank` size V (vitdsi.training.view_bank): V views of each image
+    need a strength to draw them at and, when `encoder` is given, a borrowed encoder with a fixed
+    part to compute them through once."""
+    if not isinstance(view_bank, int) or isinstance(view_bank, bool) or view_bank < 0:
+        raise VitDSIError(f"view_bank must be an int >= 0 (0 = fresh views every batch), got {view_bank!r}")
+    if view_bank and views == "none":
+        raise VitDSIError(
+            f"view_bank={view_bank} keeps {view_bank} training views of every image, but views is 'none'; "
+            "set views to light, medium or strong, or view_bank to 0"
+        )
+    if view_bank and encoder is not None and (encoder == "vit" or freeze_encoder is False):
+        raise VitDSIError(
+            f"view_bank={view_bank} caches views through a borrowed encoder's fixed part, but encoder "
+            f"'{encoder}' with freeze_encoder {freeze_encoder!r} has none; use a borrowed encoder with "
+            "a fixed part (freeze_encoder true or N) or set view_bank to 0"
+        )
