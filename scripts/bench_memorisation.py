@@ -1,13 +1,20 @@
 """Time for a `dsi-vit` to memorise N Fashion-MNIST images: from scratch (a ViT on 32 px
 images), or with `--frozen` on a frozen EfficientNet-Lite0 whose features are extracted once
 (through the feature cache; the extraction time counts, unless the cache already held them).
+`--frozen` takes the frozen encoder's options as `--param` too: `encoder_pool=true` (one pooled
+token per image: 1,280 floats cached, what keeps 65,536 images in memory) and a bank of views
+(`view_bank=V views=STRENGTH`, with `index_views=K` pseudo-query presentations), made and
+extracted once before training.
 
 Indexes the first N images zero-shot (indexing only) with a recipe given as build
 parameters, stops at the IA@1 target or the time budget, and prints the IA@1 curve and the
 wall time to the target; the final IA@1 is measured on every image by greedy decoding:
 
     python scripts/bench_memorisation.py --n 2048 --threads 2 --param id_scheme=atomic lr=1e-3
-    python scripts/bench_memorisation.py --frozen --n 65536 --threads 2 --budget 3600 --target 0.95
+    python scripts/bench_memorisation.py --frozen --n 65536 --threads 2 --budget 3600 --target 0.95 \
+        --param encoder_pool=true
+    python scripts/bench_memorisation.py --frozen --n 65536 --threads 2 --budget 3600 --target 0.95 \
+        --param encoder_pool=true view_bank=4 index_views=2 views=medium
 
 Timings depend on the machine and its load: say so when you quote them.
 """
@@ -64,7 +71,9 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=600.0, help="seconds before giving up (default 600)")
     ap.add_argument("--epochs", type=int, default=300, help="epoch budget")
     ap.add_argument(
-        "--frozen", action="store_true", help="a frozen EfficientNet-Lite0 encoder (features cached)"
+        "--frozen",
+        action="store_true",
+        help="a frozen EfficientNet-Lite0 encoder (features cached; --param encoder_pool=true view_bank=V)",
     )
     ap.add_argument("--target", type=float, default=None, help="IA@1 target (default: the recipe's, 0.99)")
     ap.add_argument("--param", nargs="*", default=[], help="dsi-vit overrides, name=json-value")
