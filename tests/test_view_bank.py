@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import smoke_retriever
 
 from bench.config import StudyConfigError, resolve
 from bench.report.data import StudyRecord
@@ -257,3 +258,23 @@ def test_pooled_dsi_with_a_bank_memorises_a_small_set(digits32, monkeypatch):
     assert trainer.corpus.shape == (n, 1280, 1, 1) and trainer.bank.views[0].shape == (4 * n, 1280, 1, 1)
     trainer.fit()
     assert trainer.greedy_ia1() >= 0.9
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("dsi-text", dict(index_epochs=2, retrieval_epochs=2, id_scheme="atomic", target_ia=1.0)),
+        ("text-dual-encoder", dict(epochs=3)),
+    ],
+)
+def test_caption_retrievers_read_their_images_from_a_bank(name, params, text_split, monkeypatch):
+    monkeypatch.setenv("VITDSI_FEATURE_CACHE", "0")
+    calls = []
+    real = BorrowedEncoder.precompute
+    monkeypatch.setattr(
+        BorrowedEncoder, "precompute", lambda self, x: len(x) > 1 and calls.append(len(x)) or real(self, x)
+    )
+    seen = []  # images through the fixed part so far, at the end of each epoch
+    r = smoke_retriever(name, **MODEL, views="light", view_bank=2, **params)
+    r.index(text_split.corpus, on_epoch=lambda e: seen.append(sum(calls)))
+    assert len(seen) >= 3 and seen[0] == seen[-1] == 3 * len(text_split.corpus)  # images and views, once
