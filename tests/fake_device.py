@@ -73,6 +73,9 @@ class FakeCuda(TorchFunctionMode):
         if key is not None:
             self._storages[key] = t.untyped_storage()
 
+    def _device_of(self, t: torch.Tensor) -> torch.device:
+        return self.device if self.on_device(t) else t.device
+
     def _is_fake(self, device) -> bool:
         return device is not None and torch.device(device).type == self.device.type
 
@@ -107,10 +110,10 @@ class FakeCuda(TorchFunctionMode):
 
     def _to(self, t: torch.Tensor, args: tuple, kwargs: dict):
         if args and isinstance(args[0], torch.Tensor):  # t.to(other): other's device and dtype
-            other = args[0]
-            return self._move(t, self.device if self.on_device(other) else CPU).to(other.dtype)
-        kwargs = {k: v for k, v in kwargs.items() if k != "copy"}
-        device, dtype, _, memory_format = torch._C._nn._parse_to(*args, **kwargs)
+            device, dtype, memory_format = self._device_of(args[0]), args[0].dtype, None
+        else:
+            kwargs = {k: v for k, v in kwargs.items() if k != "copy"}
+            device, dtype, _, memory_format = torch._C._nn._parse_to(*args, **kwargs)
         if device is None:
             return self._op(_TENSOR.to, (t, *args), kwargs)
         out = self._move(t, device)

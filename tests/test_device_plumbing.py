@@ -72,6 +72,7 @@ def test_fake_cuda_tracks_tensors_and_fails_where_a_gpu_would():
         assert mode.on_device(torch.zeros(3, device=dev.device)) and not mode.on_device(torch.zeros(3))
         assert not mode.on_device(dev.cpu()) and not mode.on_device(dev.sum().item() + host)
         assert mode.on_device(dev + torch.tensor(2.0))  # a 0-dim CPU tensor is a scalar, as on CUDA
+        assert mode.on_device(torch.arange(3).to(dev)) and not mode.on_device(dev.to(host.long()))
         assert mode.on_device(dev[torch.tensor([1, 0])])  # CPU indices into a device tensor: allowed
         layer = torch.nn.Linear(3, 2).to(CUDA)
         assert all(mode.on_device(p) for p in layer.parameters())
@@ -89,7 +90,8 @@ def test_fake_cuda_tracks_tensors_and_fails_where_a_gpu_would():
         with pytest.raises(DeviceMismatch, match="generator"):
             torch.randperm(4, generator=gen, device=CUDA)
     assert len(mode.violations) == 5
-    assert [u.shape for u in mode.uploads] == [(2, 3), (2, 3), (2,)]  # host, the layer's weight and bias
+    # host, the arange, the layer's weight and bias
+    assert [u.shape for u in mode.uploads] == [(2, 3), (3,), (2, 3), (2,)]
 
 
 # ---- the real code paths ------------------------------------------------------------------
