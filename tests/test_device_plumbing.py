@@ -27,7 +27,7 @@ import vitdsi.training.optim
 from bench.config import resolve
 from bench.trial import run_trial
 from vitdsi.errors import VitDSIError
-from vitdsi.retrievers import create
+from vitdsi.retrievers import create, load_retriever, save_retriever
 from vitdsi.training.dsi import DSITrainer
 from vitdsi.training.optim import autocast, grad_scaler
 
@@ -114,7 +114,7 @@ def _index_and_search(mode: FakeCuda, retriever, sets) -> tuple[list[int], torch
 
 
 @pytest.mark.parametrize("run", list(RUNS))
-def test_retrievers_compute_on_the_requested_device(run, fake_cuda, autocasts, tiny_split):
+def test_retrievers_compute_on_the_requested_device(run, fake_cuda, autocasts, tiny_split, tmp_path):
     name, params = RUNS[run]
     r = smoke_retriever(name, device="cuda", **params)
     assert r.device == CUDA
@@ -130,6 +130,11 @@ def test_retrievers_compute_on_the_requested_device(run, fake_cuda, autocasts, t
     assert uploaded == ([n, q] if name == "dsi-vit" else [n, q, n])
     # mixed precision on CUDA: every autocast asked for is CUDA's, in bf16 (the device supports it)
     assert autocasts and set(autocasts) == {("cuda", torch.bfloat16, True)}
+    # an index built on the GPU is saved from it and answers the same on a CPU machine
+    with fake_cuda:
+        save_retriever(r, tmp_path / "index")
+    on_cpu = load_retriever(tmp_path / "index", device="cpu")
+    assert torch.equal(on_cpu.search(tiny_split.test.images, 5).ids, ids)
 
 
 def test_frozen_encoder_features_are_computed_and_kept_on_the_device(fake_cuda, autocasts, tiny_split):
