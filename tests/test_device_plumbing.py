@@ -98,6 +98,7 @@ def test_fake_cuda_tracks_tensors_and_fails_where_a_gpu_would():
 RUNS = {
     "dsi-vit beam search": ("dsi-vit", {"id_scheme": "clustered"}),
     "dsi-vit atomic, views": ("dsi-vit", {"id_scheme": "atomic", "views": "light", "index_views": 1}),
+    "dsi-vit random, fine-tuned": ("dsi-vit", {"id_scheme": "random", "mode": "fine-tuned"}),
     "classifier": ("classifier", {"epochs": 2}),
     "dual-encoder (FAISS)": ("dual-encoder", {"epochs": 2, "views": "medium"}),
 }
@@ -135,6 +136,14 @@ def test_retrievers_compute_on_the_requested_device(run, fake_cuda, autocasts, t
         save_retriever(r, tmp_path / "index")
     on_cpu = load_retriever(tmp_path / "index", device="cpu")
     assert torch.equal(on_cpu.search(tiny_split.test.images, 5).ids, ids)
+
+
+@pytest.mark.parametrize("name", ["pixels-knn", "embedding", "bovw"])
+def test_untrained_baselines_search_on_the_requested_device(name, fake_cuda, tiny_split):
+    r = smoke_retriever(name, device="cuda")
+    _, ids = _index_and_search(fake_cuda, r, tiny_split)
+    assert fake_cuda.violations == [] and ids.shape == (len(tiny_split.test), 5)
+    assert not fake_cuda.on_device(ids)
 
 
 def test_frozen_encoder_features_are_computed_and_kept_on_the_device(fake_cuda, autocasts, tiny_split):
