@@ -9,7 +9,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from vitdsi.retrievers.base import default_device
+from vitdsi.device import resolve_device
 
 # distributions whose versions change the numbers
 PACKAGES = (
@@ -64,7 +64,7 @@ def device_info(device: str | None = None) -> dict[str, str]:
     """The device a run uses, with the GPU's name or the CPU's thread count."""
     import torch
 
-    dev = torch.device(device) if device else default_device()
+    dev = resolve_device(device)
     info = {
         "device": str(dev),
         "torch_threads": str(torch.get_num_threads()),

@@ -140,8 +140,8 @@ def bench_index(n: int) -> None:
 
 
 def bench_extract(n: int) -> None:
+    from vitdsi.device import default_device
     from vitdsi.features.backbones import load_backbone
-    from vitdsi.retrievers.base import default_device
 
     images = fashion(n).images
     device = default_device()

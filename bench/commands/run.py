@@ -88,6 +88,10 @@ def command(
     path = find_study(study_file)
     # from here Ctrl-C / SIGTERM set a flag, acted on between trials and epochs (vitdsi.interrupt)
     with deferred_interrupts(), friendly_errors():
+        if device is not None:
+            from vitdsi.device import resolve_device
+
+            resolve_device(device)  # a device this machine lacks: one error before any store is opened
         study = load_study(path, scale=scale, overrides=overrides or [])
         if check:
             _print_check(study, path)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from vitdsi.data.imageset import ImageSet
+from vitdsi.device import resolve_device
 from vitdsi.errors import VitDSIError
 from vitdsi.ranking import Ranking
 from vitdsi.retrievers.params import coerce, retriever_params, type_name
@@ -94,7 +95,7 @@ class Retriever(ABC):
     def __init__(self, *, seed: int = 0, device: str | None = None, **params: Any) -> None:
         """`params`: values of `config_params` (the others keep the config's default)."""
         self.seed = int(seed)
-        self.device = torch.device(device) if device else default_device()
+        self.device = resolve_device(device)
         self.query_args: dict[str, Any] = dict(self.query_defaults)
         self.corpus_size: int | None = None
         self.image_size: int | None = None
@@ -322,11 +323,6 @@ def query_kind_of(queries: Any, owner: str = "search") -> str:
 
 
 # ---- helpers shared by retrievers -----------------------------------------------------
-def default_device() -> torch.device:
-    """CUDA when present, else CPU (overridable per retriever with `device=`)."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
