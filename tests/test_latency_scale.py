@@ -116,3 +116,9 @@ def test_atomic_head_time_and_memory_are_logged(tiny_split, dsis):
     plain = latency_record(knn, tiny_split, OPTS, 1.0, 5, [])
     assert "atomic_head_b1_ms" not in clustered and "atomic_head_b1_ms" not in plain
     assert "model_bytes" in clustered and "model_bytes" not in plain and plain["index_bytes"] > 0
+
+
+def test_a_dsi_adds_only_with_ids_it_can_extend(dsis):
+    assert dsis["atomic"].supports_add and dsis["clustered"].supports_add
+    for scheme in ("rq", "semantic"):
+        assert not create("dsi-vit", id_scheme=scheme, device="cpu").supports_add

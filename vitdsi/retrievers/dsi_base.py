@@ -18,7 +18,7 @@ import torch
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
 from vitdsi.features.backbones import load_backbone
-from vitdsi.ids import ID_SCHEMES, IdMap, make_ids
+from vitdsi.ids import EXTENDABLE_SCHEMES, ID_SCHEMES, IdMap, make_ids
 from vitdsi.models.borrowed_encoder import BorrowedEncoder
 from vitdsi.models.decoding import IdTrie, atomic_topk_memory, beam_search_memory
 from vitdsi.models.vit_dsi import VitDSI, VitDSIConfig
@@ -290,6 +290,11 @@ class DSIRetriever(EncoderRetriever):
         self._finish()
 
     # ---- extras for the harness --------------------------------------------------------
+    @property
+    def supports_add(self) -> bool:
+        """Adding needs ids for the new images: not for the semantic and rq schemes."""
+        return super().supports_add and self.id_scheme in EXTENDABLE_SCHEMES
+
     @property
     def model(self):
         """The trained model (None before indexing)."""

@@ -47,7 +47,7 @@ MEASURED = (
     "train_flops",
     "train_seconds",
 )  # final metrics of a latency trial
-QUALITY = ("IA@1", "MAP@10", "R@1", "MRR")  # quality beside latency, where the study logged it
+QUALITY = ("IA@1", "MAP@10", "R@1", "MRR", "MRR@10")  # quality beside latency, where the study logged it
 PARAMS = ("target_ia", "index_epochs", "dim", "depth")  # build parameters the training table reads
 
 
