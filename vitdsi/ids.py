@@ -34,7 +34,6 @@ from vitdsi.log import get_logger
 log = get_logger(__name__)
 
 ID_SCHEMES = ("random", "clustered", "semantic", "rq", "atomic")
-EXTENDABLE_SCHEMES = ("random", "clustered", "atomic")  # schemes `extend_ids` gives new images ids in
 BRANCHING = 10  # digits per position: one decimal digit per level
 
 
@@ -202,7 +201,7 @@ def extend_ids(ids: IdMap, m: int, *, labels: np.ndarray | None = None, seed: in
     if ids.atomic:
         appended = torch.arange(ids.n, ids.n + m, dtype=torch.int64)[:, None]
         return IdMap(ids.scheme, torch.cat([ids.codes, appended]))
-    if ids.scheme not in EXTENDABLE_SCHEMES:
+    if ids.scheme not in ("random", "clustered"):
         raise VitDSIError(
             f"adding images to '{ids.scheme}' ids is not supported; use random, clustered or atomic ids"
         )

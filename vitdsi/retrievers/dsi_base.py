@@ -18,7 +18,7 @@ import torch
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
 from vitdsi.features.backbones import load_backbone
-from vitdsi.ids import EXTENDABLE_SCHEMES, ID_SCHEMES, IdMap, make_ids
+from vitdsi.ids import ID_SCHEMES, IdMap, make_ids
 from vitdsi.models.borrowed_encoder import BorrowedEncoder
 from vitdsi.models.decoding import IdTrie, atomic_topk_memory, beam_search_memory
 from vitdsi.models.vit_dsi import VitDSI, VitDSIConfig
@@ -34,6 +34,7 @@ from vitdsi.training.monitor import MonitorConfig, TrainingMonitor
 from vitdsi.training.optim import autocast
 
 SEARCH_BATCH = 256  # queries decoded together
+EXTENDABLE_SCHEMES = ("random", "clustered", "atomic")  # the id schemes vitdsi.ids.extend_ids extends
 # the tiny model and recipe of the DSIs' smoke settings (each adds its ids and epochs)
 SMOKE_MODEL: dict[str, Any] = {
     "patch_size": 8,
