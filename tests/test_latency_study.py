@@ -163,8 +163,10 @@ def test_scale_runs_at_smoke_and_reports_quality_memory_cost_and_the_atomic_head
         assert ("atomic_head_b1_ms" in m) == (method == "dsi-frozen-atomic")
         assert ("model_bytes" in m) == (method != "embedding-pixels-flat")
     text = write_report("scale", tracking_uri=uri, out_dir=tmp_path / "reports").read_text()
+    assert "32 timed and scored test views and as many validation views" in text  # the set-up
+    assert "32 train views, the same at every N; 8 held-out source images" in text
 
-    header, rows = _table(text, "method | N | R@1")
+    header, rows = _table(text, "method | N | IA@1")
     assert len(rows) == 8
     for row in rows:
         m = stored[(row[0], int(row[1].replace(",", "")))]
@@ -197,7 +199,7 @@ def test_scale_runs_at_smoke_and_reports_quality_memory_cost_and_the_atomic_head
         with Image.open(tmp_path / "reports" / "scale" / name) as im:
             assert im.format == "PNG"
     # a DSI row says when it missed its IA@1 target; no other row is marked
-    header, rows = _table(text, "method | N | R@1")
+    header, rows = _table(text, "method | N | IA@1")
     for row in rows:
         m = stored[(row[0], int(row[1].replace(",", "")))]
         missed = row[0].startswith("dsi") and m["IA_at_1"] < 0.95

@@ -66,7 +66,7 @@ def latency_frame(record: StudyRecord) -> pd.DataFrame:
     )
     runs["dsi"] = runs["method"].str.startswith("dsi") | runs["retriever"].str.startswith("dsi")
     runs = runs[runs["N"].notna() & runs["latency_b1_p50_ms"].notna()].copy()
-    runs["target"] = [target_status(r) for r in runs.to_dict("records")]
+    runs["target"] = [target_status(r) or "" for r in runs.to_dict("records")]  # "": not a DSI with a target
     return runs.sort_values(["method", "N"], kind="stable").reset_index(drop=True)
 
 
@@ -195,7 +195,7 @@ def _measurements(runs: pd.DataFrame, batch: int) -> str:
             fmt(r["index_build_s"], 1),
             fmt(r["index_bytes"] / 2**20, 2),
             fmt(r["add_ms_per_image"], 3),
-            r["target"] or "",
+            r["target"],
         ]
         for r in runs.to_dict("records")
     ]

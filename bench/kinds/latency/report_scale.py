@@ -32,9 +32,10 @@ def _slope(ns: list[float], values: list[float]) -> str:
     return fmt(fit_loglog(ns, values).slope, 3)
 
 
-def _marked(value: str, target: str | None) -> str:
-    """A DSI's value with its IA@1 target status when it did not reach it."""
-    return value if target in (None, "reached") else f"{value} ({target} IA@1 target)"
+def _marked(value: str, target: str) -> str:
+    """A DSI's value with its IA@1 target status when it did not reach it (`target`: the frame's
+    column, "" for a row without a target)."""
+    return value if target in ("", "reached") else f"{value} ({target} IA@1 target)"
 
 
 def quality_section(name: str, runs: pd.DataFrame, quality: list[str], out: Path, rel: str) -> str | None:
