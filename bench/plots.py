@@ -32,23 +32,29 @@ def _save(fig, path: Path, *, layout: bool = True) -> Path:
 
 
 def latency_plot(
-    series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: Path, title: str
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: Path,
+    title: str,
+    *,
+    ylabel: str = "search latency per query (ms)",
+    loglog: bool = True,
 ) -> Path:
-    """series: label -> (N values, per-query latency in ms); one line per label with its fitted slope."""
+    """series: label -> (N values, per-query latency in ms, or what `ylabel` says); one line per
+    label, with its fitted log-log slope when `loglog` (else a linear y axis and no fit)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, (ns, ms) in series.items():
         ns, ms = np.asarray(ns, float), np.asarray(ms, float)
         order = np.argsort(ns)
         ns, ms = ns[order], ms[order]
         (line,) = ax.plot(ns, ms, "o-", label=label)
-        if len(ns) >= 2:
+        if loglog and len(ns) >= 2:
             fit = fit_loglog(ns, ms)
             ax.plot(ns, fit.predict(ns), "--", color=line.get_color(), alpha=0.5)
             line.set_label(f"{label} (slope {fit.slope:.2f})")
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+    ax.set_yscale("log" if loglog else "linear")
     ax.set_xlabel("indexed images N")
-    ax.set_ylabel("search latency per query (ms)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)

@@ -130,3 +130,90 @@ def test_latency_scaling_runs_at_smoke_and_records_quality_beside_latency(tmp_pa
         assert float(row[header.index("add ms/image")]) == round(m["add_ms_per_image"], 3)
     assert not re.search(r"\bnan\b", text)
     assert np.isfinite([d.metrics["latency_batch_p50_ms"] for d in stored.values()]).all()
+
+
+def _cell(value: float, digits: int) -> str:
+    """A report cell's number, without the IA@1 target mark a DSI row may carry."""
+    return f"{value:.{digits}f}"
+
+
+@pytest.mark.heavy
+def test_scale_runs_at_smoke_and_reports_quality_memory_cost_and_the_atomic_head(tmp_path):
+    from mlflow import MlflowClient
+
+    from bench.config import load_study
+    from bench.report import write_report
+    from bench.study import RunOptions, run
+
+    study = load_study(STUDIES / "scale.yaml", scale="smoke")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    outcome = run(study, RunOptions(tracking_uri=uri, storage=f"sqlite:///{tmp_path / 'optuna.db'}"))
+    assert outcome.complete == study.n_trials == 8
+    client = MlflowClient(uri)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("scale").experiment_id], "tags.`vitdsi.kind` = 'trial'"
+    )
+    stored = {(r.data.tags["method"], int(r.data.metrics["n_indexed"])): r.data.metrics for r in runs}
+    for (method, _), m in stored.items():
+        # the instance protocol: 32 test views at both N
+        assert m["R_at_1_n"] == 32
+        # add is timed with the held-out source images, by every method whose index can grow (rq ids cannot)
+        assert m.get("add_images") == (None if method == "dsi-frozen-rq" else 8)
+        assert m["index_bytes_per_image"] == pytest.approx(m["index_bytes"] / m["n_indexed"])
+        assert ("atomic_head_b1_ms" in m) == (method == "dsi-frozen-atomic")
+        assert ("model_bytes" in m) == (method != "embedding-pixels-flat")
+    text = write_report("scale", tracking_uri=uri, out_dir=tmp_path / "reports").read_text()
+    assert "32 timed and scored test views and as many validation views" in text  # the set-up
+    assert "32 train views, the same at every N; 8 held-out source images" in text
+
+    header, rows = _table(text, "method | N | IA@1")
+    assert len(rows) == 8
+    for row in rows:
+        m = stored[(row[0], int(row[1].replace(",", "")))]
+        assert row[header.index("R@1")].startswith(_cell(m["R_at_1"], 4))
+        assert row[header.index("MRR@10")].startswith(_cell(m["MRR_at_10"], 4))
+
+    header, rows = _table(text, "DSI | N | head b1 ms")
+    assert len(rows) == 2 and "is an O(N) scan" in text
+    for row in rows:
+        m = stored[("dsi-frozen-atomic", int(row[1].replace(",", "")))]
+        assert row[0].startswith("dsi-frozen-atomic") and row[2] == _cell(m["atomic_head_b1_ms"], 4)
+    assert "- **dsi-frozen-atomic**: head time against N, log-log slope " in text
+
+    header, rows = _table(text, "method | N | model MiB")
+    for row in rows:
+        method = row[0].split(" (")[0]
+        m = stored[(method, int(row[1].replace(",", "")))]
+        assert row[header.index("index B/image")] == _cell(m["index_bytes_per_image"], 1)
+        expected = m.get("model_bytes_per_image")
+        assert row[header.index("model B/image")] == ("n/a" if expected is None else _cell(expected, 1))
+        peak = m.get("search_peak_rss_bytes")
+        assert row[header.index("peak RSS MiB")] == ("n/a" if peak is None else _cell(peak / 2**20, 1))
+
+    header, rows = _table(text, "method | N | build s")
+    for row in rows:
+        m = stored[(row[0].split(" (")[0], int(row[1].replace(",", "")))]
+        assert row[2] == _cell(m["index_build_s"], 1)
+        assert row[4] == (f"{m['train_flops']:.3g}" if "train_flops" in m else "n/a")
+    for name in ("quality_R_at_1.png", "cost_index_build_s.png"):
+        with Image.open(tmp_path / "reports" / "scale" / name) as im:
+            assert im.format == "PNG"
+    # a DSI row says when it missed its IA@1 target; no other row is marked
+    header, rows = _table(text, "method | N | IA@1")
+    for row in rows:
+        m = stored[(row[0], int(row[1].replace(",", "")))]
+        missed = row[0].startswith("dsi") and m["IA_at_1"] < 0.95
+        assert ("IA@1 target)" in row[header.index("R@1")]) == missed
+    assert not re.search(r"\bnan\b", text)
+
+
+@pytest.mark.parametrize("scale", ["smoke", "small", "paper"])
+def test_scale_class_shares_the_methods_and_measurements_of_scale(scale):
+    from bench.config import load_study
+
+    instance = load_study(STUDIES / "scale.yaml", scale=scale)
+    by_class = load_study(STUDIES / "scale_class.yaml", scale=scale)
+    assert instance.methods == by_class.methods and instance.latency == by_class.latency
+    assert instance.dataset.protocol == "instance" and by_class.dataset.protocol == "class"
+    ns = instance.space["dataset.n_total"].choices
+    assert by_class.space["dataset.n_total"].choices == (ns if scale == "smoke" else ns[-2:])

@@ -47,6 +47,22 @@ def test_views_cover_the_corpus_by_role(corpus):
     )
 
 
+def test_sampled_queries_and_a_fixed_number_of_trained_images(corpus):
+    options = InstanceOptions(strength="light", train_views=2, queries=30, trained_images=12)
+    sets = instance_sets(corpus, seed=0, options=options)
+    n = len(corpus)
+    # 30 validation and 30 test views, each of a distinct indexed image, the two parts sampled apart
+    for part in (sets.val, sets.test):
+        assert len(part) == 30 and len(set(part.view_of.tolist())) == 30 and part.view_of.max() < n
+    assert sets.val.view_of.tolist() != sets.test.view_of.tolist()
+    # two train views of each of 12 images
+    assert len(sets.train) == 24 and len(set(sets.train.view_of.tolist())) == 12
+    with pytest.raises(VitDSIError, match=f"queries={n + 1} is more than the {n} indexed images"):
+        instance_sets(corpus, seed=0, options=InstanceOptions(queries=n + 1))
+    with pytest.raises(VitDSIError, match="trained_images must be >= 0"):
+        InstanceOptions(trained_images=-1)
+
+
 def test_relevance_and_training_pairs_are_the_source(corpus):
     sets = instance_sets(corpus, seed=1, options=InstanceOptions())
     relevance = Relevance.between(sets.test, sets.corpus)

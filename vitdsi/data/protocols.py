@@ -63,6 +63,11 @@ class InstanceOptions:
     train_views: int = 2  # train views of each corpus image that has train views
     untrained_share: float = 0.5  # share of corpus images with no train view at all
     hflip: bool | None = None  # mirror views half the time; None = unless the dataset forbids it
+    # validation and test views of a seeded sample of this many indexed images, each part its own
+    # sample (a query count that does not grow with the corpus); None = of every indexed image
+    queries: int | None = None
+    # corpus images with train views, a seeded sample of this many; None = all but `untrained_share`
+    trained_images: int | None = None
 
     def __post_init__(self) -> None:
         if self.strength not in PRESETS:
@@ -74,6 +79,12 @@ class InstanceOptions:
         if not 0.0 <= self.untrained_share <= 1.0:
             raise VitDSIError(
                 f"instance protocol: untrained_share must be in [0, 1], got {self.untrained_share}"
+            )
+        if self.queries is not None and self.queries < 1:
+            raise VitDSIError(f"instance protocol: queries must be >= 1 (or unset), got {self.queries}")
+        if self.trained_images is not None and self.trained_images < 0:
+            raise VitDSIError(
+                f"instance protocol: trained_images must be >= 0 (or unset), got {self.trained_images}"
             )
 
 
@@ -199,18 +210,36 @@ def unseen_class_sets(sets: SplitSets, seed: int, options: UnseenOptions) -> Spl
     return SplitSets(masked, train, sets.val, sets.test)
 
 
-def trained_sources(n: int, untrained_share: float, seed: int) -> np.ndarray:
-    """Sorted corpus positions that get train views: all but a seeded `untrained_share` of them."""
+def trained_sources(n: int, untrained_share: float, seed: int, count: int | None = None) -> np.ndarray:
+    """Sorted corpus positions that get train views: all but a seeded `untrained_share` of them, or
+    a seeded `count` of them when given."""
     rng = np.random.default_rng(view_seed(seed, "untrained"))
-    n_trained = n - int(round(untrained_share * n))
+    n_trained = n - int(round(untrained_share * n)) if count is None else count
     return np.sort(rng.permutation(n)[:n_trained])
 
 
-def instance_sets(corpus: ImageSet, seed: int, options: InstanceOptions) -> SplitSets:
-    """Corpus unchanged; train views of the trained share, one validation and one test view of
-    every corpus image, each role from its own seeds."""
+def query_sources(n: int, count: int | None, seed: int, role: str) -> np.ndarray:
+    """Sorted corpus positions whose `role` ('val' / 'test') view is made: every one, or a seeded
+    sample of `count` drawn for that role alone."""
+    if count is None:
+        return np.arange(n)
+    rng = np.random.default_rng(view_seed(seed, f"{role}-sample"))
+    return np.sort(rng.permutation(n)[:count])
+
+
+def instance_sets(
+    corpus: ImageSet, seed: int, options: InstanceOptions, held_out: ImageSet | None = None
+) -> SplitSets:
+    """Corpus unchanged; train views of the trained share (or of `trained_images`), one validation
+    and one test view of every corpus image (or of `queries` sampled ones), each role from its own
+    seeds. `held_out`: the class split's test images, kept beside the views (`SplitSets.held_out`)."""
     hflip = options.hflip if options.hflip is not None else corpus.name not in NO_FLIP_DATASETS
-    trained = trained_sources(len(corpus), options.untrained_share, seed)
+    for name, count in (("queries", options.queries), ("trained_images", options.trained_images)):
+        if count is not None and count > len(corpus):
+            raise VitDSIError(
+                f"instance protocol: {name}={count} is more than the {len(corpus)} indexed images"
+            )
+    trained = trained_sources(len(corpus), options.untrained_share, seed, options.trained_images)
     train_rounds = [
         _views(corpus, trained, options, view_seed(seed, "train", r), hflip, f"train{r}")
         for r in range(options.train_views)
@@ -219,9 +248,12 @@ def instance_sets(corpus: ImageSet, seed: int, options: InstanceOptions) -> Spli
     train = (
         _concat(train_rounds) if train_rounds else _views(corpus, everyone[:0], options, 0, hflip, "train")
     )
-    val = _views(corpus, everyone, options, view_seed(seed, "val"), hflip, "val")
-    test = _views(corpus, everyone, options, view_seed(seed, "test"), hflip, "test")
-    return SplitSets(corpus, train, val, test)
+    val_sources, test_sources = (
+        query_sources(len(corpus), options.queries, seed, role) for role in ("val", "test")
+    )
+    val = _views(corpus, val_sources, options, view_seed(seed, "val"), hflip, "val")
+    test = _views(corpus, test_sources, options, view_seed(seed, "test"), hflip, "test")
+    return SplitSets(corpus, train, val, test, held_out=held_out)
 
 
 def _views(
@@ -253,10 +285,15 @@ def _concat(parts: list[ImageSet]) -> ImageSet:
 
 
 def _describe_instance(o: InstanceOptions) -> str:
+    trained = (
+        f"{o.train_views} train view(s) of each image except a {o.untrained_share:.0%} share that has none"
+        if o.trained_images is None
+        else f"{o.train_views} train view(s) of each of a seeded {o.trained_images} indexed images"
+    )
+    queries = "" if o.queries is None else f" of seeded samples of {o.queries} indexed images"
     return (
         f"instance: queries are new views ({o.strength}) of indexed images, each relevant to its source "
-        f"only; {o.train_views} train view(s) of each image except a {o.untrained_share:.0%} share that has "
-        "none; validation and test views from their own seeds"
+        f"only; {trained}; validation and test views{queries} from their own seeds"
     )
 
 
@@ -279,7 +316,7 @@ register_protocol(
 register_protocol(
     Protocol(
         "instance",
-        apply=lambda sets, seed, options, captions: instance_sets(sets.corpus, seed, options),
+        apply=lambda sets, seed, options, captions: instance_sets(sets.corpus, seed, options, sets.test),
         describe=_describe_instance,
         options=InstanceOptions,
         block="instance",

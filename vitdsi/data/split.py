@@ -38,6 +38,9 @@ class SplitSets:
     # describing the corpus image at its `image` position; the image parts are then empty. None = image
     # queries
     text: dict[str, Captions] | None = None
+    # source images the split held out where a protocol made its own queries (instance: the class
+    # split's test images): never indexed nor queried, they are what a latency study adds. None = none
+    held_out: ImageSet | None = None
 
     @property
     def query_kind(self) -> str:

@@ -35,6 +35,7 @@ from vitdsi.training.optim import autocast
 from vitdsi.training.train_views import check_view_bank
 
 SEARCH_BATCH = 256  # queries decoded together
+EXTENDABLE_SCHEMES = ("random", "clustered", "atomic")  # the id schemes vitdsi.ids.extend_ids extends
 # the tiny model and recipe of the DSIs' smoke settings (each adds its ids and epochs)
 SMOKE_MODEL: dict[str, Any] = {
     "patch_size": 8,
@@ -294,6 +295,11 @@ class DSIRetriever(EncoderRetriever):
         self._finish()
 
     # ---- extras for the harness --------------------------------------------------------
+    @property
+    def supports_add(self) -> bool:
+        """Adding needs ids for the new images: not for the semantic and rq schemes."""
+        return super().supports_add and self.id_scheme in EXTENDABLE_SCHEMES
+
     @property
     def model(self):
         """The trained model (None before indexing)."""

@@ -65,6 +65,11 @@ class Embedding(Retriever, FaissParams):
             self._net = load_backbone(self.backbone, self.device)
         return self._net
 
+    @property
+    def model(self) -> torch.nn.Module | None:
+        """The pretrained network a query is embedded with (None for pixels, or before first use)."""
+        return self._net.model if self._net is not None else None
+
     def _raw_features(self, images: torch.Tensor, what: str) -> torch.Tensor:
         net = self._backbone()
         parts = []

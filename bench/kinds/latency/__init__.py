@@ -24,7 +24,9 @@ class Latency(StudyKind):
     key = "latency"
     name = "latency study"
     config = LatencyConfig
-    needs_validation = False  # the held-out images are train queries, images to add and timed queries
+    # class protocol: the held-out images are train queries, images to add and timed queries, and the
+    # validation part (the images to add) may be empty; instance: validation views are always made
+    needs_validation = False
     paired = False  # its trials are not trained to be accurate
     report_heading = "Latency against database size"
     report_first = True
@@ -59,7 +61,16 @@ class Latency(StudyKind):
         self, settings: Settings, where: str, n_total: str, dataset: dict[str, Any]
     ) -> str | None:
         # N images indexed, others of the source held out, never indexed (the trial config's split
-        # ratio and query fractions only encode those counts)
+        # ratio and query fractions only encode those counts); under instance the queries are views
+        if dataset.get("protocol") == "instance":
+            return (
+                f"{where}; N = {n_total} indexed images per trial; queries are views of indexed images "
+                f"(instance protocol): {settings.get('n_queries')} timed and scored test views and as many "
+                f"validation views, of seeded samples of the indexed images, and "
+                f"{settings.get('train_queries', 0)} train views, the same at every N; "
+                f"{settings.get('add_images', 0)} held-out source images `add` is timed with; split seed "
+                f"{dataset.get('seed')}"
+            )
         return (
             f"{where}; N = {n_total} indexed images per trial, and images of the source never indexed: "
             f"{settings.get('train_queries', 0)} train queries, {settings.get('add_images', 0)} images `add` "

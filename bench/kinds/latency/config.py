@@ -14,6 +14,7 @@ from bench.config.block import Block
 from bench.config.errors import StudyConfigError
 from bench.config.names import RESERVED_PARAMS, check_name, route
 from bench.config.scoring import MRR_DEPTH, scored_k
+from bench.kinds.latency.protocol import class_trial_data, instance_trial_data
 
 if TYPE_CHECKING:
     from bench.config.resolved import DataConfig
@@ -46,7 +47,9 @@ class GrowConfig(Block):
 class LatencyConfig(Block):
     """Latency studies (bench.kinds.latency): `dataset.n_total` is then the number of indexed
     images N, and more images of the source, never indexed, are the queries (`n_queries`), the
-    train queries (`train_queries`) and the images `add` is timed with (`add_images`)."""
+    train queries (`train_queries`) and the images `add` is timed with (`add_images`); under the
+    instance protocol the queries and train queries are that many views of indexed images
+    (bench.kinds.latency.protocol)."""
 
     n_queries: int = Field(256, ge=1)  # held-out query images (timed, and scored for accuracy)
     # results per query while timing; None = the k quality is scored at (the largest cutoff of
@@ -128,13 +131,10 @@ def latency_trial(
     settings: dict[str, Any], method: str, data: DataConfig, params: dict[str, Any]
 ) -> tuple[DataConfig, dict[str, Any], dict[str, Any]]:
     """A latency trial's dataset, build parameters and settings: `dataset.n_total` is the indexed N,
-    and more source images, never indexed, are the train queries, the images `add` is timed with
-    (the validation part) and the timed (test) queries; the grow rule sets the parameters at N."""
+    the queries, train queries and images `add` is timed with are fixed in number whatever N
+    (`bench.kinds.latency.protocol`, by protocol); the grow rule sets the parameters at N."""
     n = data.n_total
-    parts = (settings.get("train_queries", 0), settings.get("add_images", 0), settings["n_queries"])
-    held = sum(parts)
-    data = data.replace(
-        n_total=n + held, split_ratio=n / (n + held), query_fractions=tuple(p / held for p in parts)
-    )
+    trial_data = instance_trial_data if data.protocol == "instance" else class_trial_data
+    data = trial_data(settings, data)
     params = {**params, **grown_params(settings.get("grow"), method, n)}
     return data, params, {k: v for k, v in settings.items() if k != "grow"}  # its effect is in `params`

@@ -2,7 +2,8 @@
 
 For one indexed retriever, `measure_search` times `search` per query at a given batch
 size: warm-up calls first, a fixed thread count (`bench.threads`), `time.perf_counter` around each call,
-`torch.cuda.synchronize` on a GPU, and p50 / p95 over repeated calls. `index_bytes`
+`torch.cuda.synchronize` on a GPU, and p50 / p95 over repeated calls (`timed_calls`, which times
+any call the same way). `index_bytes`
 measures the saved index. `fit_loglog` fits log(latency) = a + b log(N): b near 0 is
 O(1), near 1 is O(N) (or against a DSI's id length L). `crossover` finds the N where one
 fitted line falls below another, and `pareto_front` the methods no other one beats on both
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,6 +45,38 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed_calls(
+    call: Callable[[int], object],
+    starts: np.ndarray,
+    *,
+    batch_size: int,
+    warmup: int,
+    threads: int,
+    device: torch.device,
+) -> SearchTiming:
+    """Per-item latency of `call(start)` for each of `starts` (one call of `batch_size` items each):
+    the first `warmup` calls untimed, under `threads` threads and inference mode, with `device`
+    synchronised around each timed call."""
+    times = []
+    with fixed_threads(threads), torch.inference_mode():
+        for i, s in enumerate(starts):
+            synchronize(device)
+            t = time.perf_counter()
+            call(int(s))
+            synchronize(device)
+            if i >= warmup:
+                times.append((time.perf_counter() - t) / batch_size * 1e3)
+    arr = np.asarray(times)
+    return SearchTiming(
+        batch_size,
+        float(np.percentile(arr, 50)),
+        float(np.percentile(arr, 95)),
+        float(arr.mean()),
+        len(arr),
+        threads,
+    )
+
+
 def measure_search(
     retriever: Retriever,
     queries: torch.Tensor | list[str],  # images or captions, as the retriever's `search` takes them
@@ -61,24 +94,13 @@ def measure_search(
             list(queries) * reps if not isinstance(queries, torch.Tensor) else queries.repeat(reps, 1, 1, 1)
         )
     starts = np.arange(calls + warmup) * batch_size % max(1, len(queries) - batch_size + 1)
-    times = []
-    with fixed_threads(threads), torch.inference_mode():
-        for i, s in enumerate(starts):
-            batch = queries[s : s + batch_size]
-            synchronize(retriever.device)
-            t = time.perf_counter()
-            retriever.search(batch, k)
-            synchronize(retriever.device)
-            if i >= warmup:
-                times.append((time.perf_counter() - t) / batch_size * 1e3)
-    arr = np.asarray(times)
-    return SearchTiming(
-        batch_size,
-        float(np.percentile(arr, 50)),
-        float(np.percentile(arr, 95)),
-        float(arr.mean()),
-        len(arr),
-        threads,
+    return timed_calls(
+        lambda s: retriever.search(queries[s : s + batch_size], k),
+        starts,
+        batch_size=batch_size,
+        warmup=warmup,
+        threads=threads,
+        device=retriever.device,
     )
 
 

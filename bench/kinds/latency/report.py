@@ -1,8 +1,10 @@
-"""The latency section of a report (latency studies, `bench.kinds.latency.measure`): p50 latency against
-database size per method with fitted log-log slopes and the crossover N from which each DSI
-answers faster than each baseline; each DSI's latency against its id length L; whether each
+"""The latency section of a report (latency studies, `bench.kinds.latency.measure`): quality against
+N (report_scale.py); p50 latency against database size per method with fitted log-log slopes and
+the crossover N from which each DSI answers faster than each baseline; an atomic DSI's output
+layer against N (report_scale.py); each DSI's latency against its id length L; whether each
 DSI reached its IA@1 target and the quality-latency Pareto front per N (report_quality.py);
-and every measurement beside the quality, k and beam it was measured with."""
+memory per indexed image, build time and training FLOPs against N (report_scale.py); and every
+measurement beside the quality, k and beam it was measured with."""
 
 from __future__ import annotations
 
@@ -12,7 +14,13 @@ import pandas as pd
 
 from bench import plots
 from bench.kinds.latency.measure import crossover, fit_loglog
-from bench.kinds.latency.report_quality import pareto_section, target_section
+from bench.kinds.latency.report_quality import pareto_section, target_section, target_status
+from bench.kinds.latency.report_scale import (
+    atomic_head_section,
+    cost_section,
+    memory_section,
+    quality_section,
+)
 from bench.report.data import StudyRecord
 from bench.report.markdown import fmt, fmt_int, md_table
 from bench.tracking import metric_key
@@ -31,8 +39,15 @@ MEASURED = (
     "id_length",
     "index_ia1",
     "index_epochs_run",
+    "model_bytes",
+    "model_bytes_per_image",
+    "index_bytes_per_image",
+    "search_peak_rss_bytes",
+    "atomic_head_b1_ms",
+    "train_flops",
+    "train_seconds",
 )  # final metrics of a latency trial
-QUALITY = ("IA@1", "MAP@10", "R@1")  # quality beside latency, where the study logged it
+QUALITY = ("IA@1", "MAP@10", "R@1", "MRR", "MRR@10")  # quality beside latency, where the study logged it
 PARAMS = ("target_ia", "index_epochs", "dim", "depth")  # build parameters the training table reads
 
 
@@ -50,7 +65,8 @@ def latency_frame(record: StudyRecord) -> pd.DataFrame:
         }
     )
     runs["dsi"] = runs["method"].str.startswith("dsi") | runs["retriever"].str.startswith("dsi")
-    runs = runs[runs["N"].notna() & runs["latency_b1_p50_ms"].notna()]
+    runs = runs[runs["N"].notna() & runs["latency_b1_p50_ms"].notna()].copy()
+    runs["target"] = [target_status(r) or "" for r in runs.to_dict("records")]  # "": not a DSI with a target
     return runs.sort_values(["method", "N"], kind="stable").reset_index(drop=True)
 
 
@@ -62,14 +78,16 @@ def latency_section(record: StudyRecord, out: Path, rel: str) -> str | None:
         int(runs["latency_batch_size"].dropna().iloc[0]) if runs["latency_batch_size"].notna().any() else 256
     )
     timings = (("latency_b1_p50_ms", "batch 1"), ("latency_batch_p50_ms", f"batch {batch}"))
-    parts = []
+    quality = [m for m in QUALITY if runs[m].notna().any()]
+    parts = [quality_section(record.name, runs, quality, out, rel)]
     for key, title in timings:
         parts += _scaling(record.name, runs, key, title, out, rel)
+    parts.append(atomic_head_section(runs))
     parts.append(_id_length(runs, timings))
     parts.append(target_section(runs))
-    parts.append(
-        pareto_section(record.name, runs, timings, [m for m in QUALITY if runs[m].notna().any()], out, rel)
-    )
+    parts.append(pareto_section(record.name, runs, timings, quality, out, rel))
+    parts.append(memory_section(runs))
+    parts.append(cost_section(record.name, runs, out, rel))
     parts.append(_measurements(runs, batch))
     return "\n\n".join(p for p in parts if p)
 
@@ -177,6 +195,7 @@ def _measurements(runs: pd.DataFrame, batch: int) -> str:
             fmt(r["index_build_s"], 1),
             fmt(r["index_bytes"] / 2**20, 2),
             fmt(r["add_ms_per_image"], 3),
+            r["target"],
         ]
         for r in runs.to_dict("records")
     ]
@@ -194,6 +213,7 @@ def _measurements(runs: pd.DataFrame, batch: int) -> str:
         "build s",
         "index MiB",
         "add ms/image",
+        "IA@1 target",
     ]
     return (
         "All measurements (ms per query; p50 / p95 over repeated timed calls after warm-up, fixed threads). "
@@ -201,5 +221,6 @@ def _measurements(runs: pd.DataFrame, batch: int) -> str:
         "searches were timed with; L is a DSI's id length; beam is the hypotheses a DSI keeps per decoding "
         "step (n/a where nothing is beam-searched: atomic ids are ranked by one softmax over the N ids); add "
         "ms/image is `Retriever.add` of held-out images on a copy of the index, n/a where a retriever "
-        "cannot add:\n\n" + md_table(header, rows)
+        "cannot add; *IA@1 target* is whether a DSI reached its `target_ia` (see the training table):\n\n"
+        + md_table(header, rows)
     )

@@ -86,6 +86,14 @@ def target_section(runs: pd.DataFrame) -> str | None:
     )
 
 
+def target_status(r: dict) -> str | None:
+    """A trial row's `_status` for a DSI with a `target_ia`, None for any other row."""
+    if not r["dsi"] or np.isnan(r["target_ia"]):
+        return None
+    final = r["IA@1"] if not np.isnan(r["IA@1"]) else r["index_ia1"]
+    return _status(final, r["index_ia1"], r["target_ia"])
+
+
 def _status(final: float, indexing: float, target: float) -> str:
     """'reached', 'lost in retrieval training' (the indexing phase reached the target, the trial's
     IA@1 is below it), 'missed' or 'not measured'."""
