@@ -290,11 +290,15 @@ def test_headline_at_smoke_tunes_its_dsi_and_dual_encoder(tmp_path):
         trials = tuning_trials(tmp_path, f"headline-smoke-tune-{method}")
         assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
         assert all(
-            1 <= t.params["index_epochs" if method.startswith("dsi") else "epochs"] <= 2 for t in trials
+            2.0e-4 <= t.params["lr"] <= 2.0e-3 and t.params["views"] in ("light", "medium") for t in trials
         )
+        assert all((0 <= t.params.get("index_views", -1) <= 2) == method.startswith("dsi") for t in trials)
     text = write_report("headline", tracking_uri=uri, out_dir=tmp_path / "reports").read_text()
     section = text.split("## Tuning", 1)[1].split("\n## ", 1)[0]
-    assert "| dsi-clustered-multitask | lr: 0.0001..0.003 (log); index_epochs: 1..2 | 2 / 0 |" in section
+    assert (
+        "| dsi-clustered-multitask | lr: 0.0002..0.002 (log); dropout: 0.0 \\| 0.1; views: light \\| medium; "
+        "index_views: 0..2 | 2 / 0 |" in section
+    )
     assert (
         section.count("| yes |") == 2
         and "Not tuned (run with their own parameters): dsi-clustered-fine-tuned" in section
