@@ -137,6 +137,7 @@ class DSIViT(DSIRetriever):
             monitor=monitor,
             corpus_on_cpu=images,
         )
+        del images  # a copy on the host, of no use once the trainer has the device's
         return [e.to_dict() for e in trainer.fit()]
 
     # ---- continual indexing (DSI++) ----------------------------------------------------

@@ -107,6 +107,7 @@ class DualEncoder(VitBaseline, FaissParams):
         self._model = VitDualEncoder(enc_cfg, self.embed_dim or self.dim).to(self.device)
         model = self._model
         parts = self._training_rows(parts, hosts=hosts)
+        del hosts  # the kept queries' host copy: only the feature cache's key needed it
         n_batches = max(1, math.ceil((n + n_q) / self.batch_size))
 
         def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
