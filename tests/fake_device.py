@@ -14,7 +14,8 @@ real GPU fails here too, with a `DeviceMismatch` that is also kept in `violation
   indices);
 - a factory drawing device tensors from a CPU `torch.Generator`.
 
-Each host-to-device copy is recorded in `uploads` (shape and dtype) so a test can count them.
+Each host-to-device copy is recorded in `uploads` (shape and dtype) so a test can count them,
+and each device-to-host copy in `downloads`.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class FakeCuda(TorchFunctionMode):
     device: torch.device = torch.device("cuda", 0)
     violations: list[str] = field(default_factory=list)
     uploads: list[Upload] = field(default_factory=list, repr=False)
+    downloads: list[Upload] = field(default_factory=list, repr=False)  # device -> host copies
     # storages on the device, by their address; each held, so no address is reused while the mode lives
     _storages: dict[int, torch.UntypedStorage] = field(default_factory=dict, repr=False)
 
@@ -135,6 +137,8 @@ class FakeCuda(TorchFunctionMode):
         if to_fake:
             self.uploads.append(Upload(tuple(t.shape), t.dtype))
             self._tag(out)
+        else:
+            self.downloads.append(Upload(tuple(t.shape), t.dtype))
         return out
 
     def _factory(self, func, args: tuple, kwargs: dict):
@@ -150,7 +154,10 @@ class FakeCuda(TorchFunctionMode):
         return tree_map_only(torch.Tensor, lambda t: self._fresh_tagged(t, inputs), out)
 
     def _fresh_on_cpu(self, t: torch.Tensor) -> torch.Tensor:
-        return t.clone() if self.on_device(t) else t
+        if not self.on_device(t):
+            return t
+        self.downloads.append(Upload(tuple(t.shape), t.dtype))
+        return t.clone()
 
     def _fresh_tagged(self, t: torch.Tensor, inputs: set) -> torch.Tensor:
         if _key(t) in inputs and not self.on_device(t):  # e.g. as_tensor(cpu_tensor, device=dev)

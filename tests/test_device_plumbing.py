@@ -28,6 +28,7 @@ from bench.config import resolve
 from bench.trial import run_trial
 from vitdsi.errors import VitDSIError
 from vitdsi.retrievers import create, load_retriever, save_retriever
+from vitdsi.training.cached_features import host_fingerprint
 from vitdsi.training.dsi import DSITrainer
 from vitdsi.training.optim import autocast, grad_scaler
 
@@ -92,6 +93,7 @@ def test_fake_cuda_tracks_tensors_and_fails_where_a_gpu_would():
     assert len(mode.violations) == 5
     # host, the arange, the layer's weight and bias
     assert [u.shape for u in mode.uploads] == [(2, 3), (3,), (2, 3), (2,)]
+    assert [d.shape for d in mode.downloads] == [(2, 3)] * 3  # dev.cpu() twice, dev.to(a cpu tensor)
 
 
 # ---- the real code paths ------------------------------------------------------------------
@@ -146,11 +148,13 @@ def test_untrained_baselines_search_on_the_requested_device(name, fake_cuda, tin
     assert not fake_cuda.on_device(ids)
 
 
-def test_frozen_encoder_features_are_computed_and_kept_on_the_device(fake_cuda, autocasts, tiny_split):
+@pytest.mark.parametrize("bank", [{}, {"views": "light", "view_bank": 2}], ids=["images", "view bank"])
+def test_frozen_encoder_features_are_computed_and_kept_on_the_device(fake_cuda, autocasts, tiny_split, bank):
     params = {k: v for k, v in BORROWED.items() if k != "device"}
     r = create(
         "dsi-vit",
         **params,
+        **bank,
         device="cuda",
         mode="multitask",
         id_scheme="atomic",
@@ -166,7 +170,35 @@ def test_frozen_encoder_features_are_computed_and_kept_on_the_device(fake_cuda, 
     features = [s for s in features if s[1:] != tuple(tiny_split.corpus.images.shape[1:])]
     # each set's features go up once, from the cache
     assert images == [n, q] and [s[0] for s in features] == [n, q] and features[0][1:] == features[1][1:]
+    # the feature cache's key hashes the CPU copies of the images: none comes back from the device
+    assert fake_cuda.downloads and not [d.shape for d in fake_cuda.downloads if d.dtype == torch.uint8]
     assert set(autocasts) == {("cuda", torch.bfloat16, True)}
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [("classifier", {}), ("dual-encoder", {"views": "medium", "view_bank": 2})],
+    ids=["classifier", "dual-encoder, view bank"],
+)
+def test_frozen_encoder_baselines_key_the_cache_without_a_copy_back(name, params, fake_cuda, tiny_split):
+    borrowed = {k: v for k, v in BORROWED.items() if k != "device"}
+    r = create(name, **borrowed, **params, freeze_encoder=True, epochs=1, device="cuda")
+    _, ids = _index_and_search(fake_cuda, r, tiny_split)
+    assert fake_cuda.violations == [] and ids.shape == (len(tiny_split.test), 5)
+    assert fake_cuda.downloads and not [d.shape for d in fake_cuda.downloads if d.dtype == torch.uint8]
+
+
+def test_the_cache_key_of_images_on_a_device_hashes_their_cpu_copy(fake_cuda, tiny_split):
+    host = tiny_split.corpus.images
+    with fake_cuda:
+        on_device = host.to(CUDA)
+        # the same key as the images on the CPU give, without a copy back
+        assert host_fingerprint(on_device, host) == host_fingerprint(host, None)
+        assert fake_cuda.downloads == []
+        with pytest.raises(VitDSIError, match=r"the CPU copy given for images \(60, 3, 32, 32\) .* is \(59,"):
+            host_fingerprint(on_device, host[:-1])
+        assert host_fingerprint(on_device, None) == host_fingerprint(host, None)  # no copy: one back
+    assert [d.shape for d in fake_cuda.downloads] == [tuple(host.shape)]
 
 
 def test_a_whole_trial_runs_on_the_requested_device(fake_cuda, autocasts):

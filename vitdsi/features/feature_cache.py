@@ -1,8 +1,9 @@
 """An on-disk cache of a frozen encoder's output, shared by every trial and study.
 
-A frozen pretrained encoder (EfficientNet-Lite0's fixed blocks, MiniLM) maps an image to the
-same features every time, and on a CPU that mapping costs far more than training the small
-model on top of it. So its output for a set of images is computed once and kept as a
+A frozen pretrained encoder (EfficientNet-Lite0's fixed blocks, MiniLM, the `embedding`
+retriever's backbone: vitdsi.features.backbone_cache) maps an image to the same features
+every time, and on a CPU that mapping costs far more than training the small model on top of
+it. So its output for a set of images is computed once and kept as a
 memory-mapped `.npy` array, keyed by everything that decides it: which images (a hash of
 their bytes, so a changed dataset, split, size or view bank is a different entry), which
 encoder and which of its blocks, and the preprocessing. Any key part that changes is a miss.

@@ -108,7 +108,7 @@ class Classifier(VitBaseline):
         gen = torch.Generator().manual_seed(self.seed)
         self._model = VitClassifier(enc_cfg, n_classes).to(self.device)
         model = self._model
-        parts = self._training_rows(parts)
+        parts = self._training_rows(parts, hosts=[s.images for s in sets])
 
         def batches() -> list[torch.Tensor]:
             return list(train_idx[torch.randperm(len(train_idx), generator=gen)].split(self.batch_size))

@@ -122,9 +122,10 @@ class DSIViT(DSIRetriever):
                 corpus_keys = torch.arange(offset, offset + len(corpus))
             else:
                 query_keys, corpus_keys = relevance_keys(train_queries, corpus)
+        images = corpus.images[positions]
         trainer = DSITrainer(
             self._model,
-            corpus.images[positions].to(self.device),
+            images.to(self.device),
             codes,
             self.config(
                 TrainConfig, mode=mode, index_epochs=index_epochs, seed=self.seed if seed is None else seed
@@ -134,7 +135,9 @@ class DSIViT(DSIRetriever):
             corpus_labels=corpus_keys[positions.to(corpus_keys.device)],
             callback=self.on_epoch,
             monitor=monitor,
+            corpus_on_cpu=images,
         )
+        del images  # a copy on the host, of no use once the trainer has the device's
         return [e.to_dict() for e in trainer.fit()]
 
     # ---- continual indexing (DSI++) ----------------------------------------------------

@@ -94,6 +94,7 @@ class DSIText(DSIRetriever, TextEncoderParams):
             caption_image=None if captions is None else torch.as_tensor(captions.image, dtype=torch.int64),
             callback=self.on_epoch,
             monitor=monitor,
+            corpus_on_cpu=corpus.images,
         )
         self.history += [e.to_dict() for e in trainer.fit()]
         self.training_record = monitor.record()

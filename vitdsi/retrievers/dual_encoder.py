@@ -86,13 +86,12 @@ class DualEncoder(VitBaseline, FaissParams):
         enc_cfg = self._encoder_config(corpus.image_size)
         n = len(corpus)
         images = corpus.images.to(self.device)
-        parts, sampler = [images], None
+        parts, hosts, sampler = [images], [corpus.images], None
         if self.use_queries and train_queries is not None and len(train_queries):
             sampler = RelevantSampler(*relevance_keys(train_queries, corpus))  # labels, or a view's source
             if len(sampler):
-                parts.append(
-                    train_queries.images[sampler.has_relevant.to(train_queries.images.device)].to(self.device)
-                )
+                hosts.append(train_queries.images[sampler.has_relevant.to(train_queries.images.device)])
+                parts.append(hosts[-1].to(self.device))
             else:
                 log.warning(
                     "dual-encoder: no train query has a relevant corpus image; training on view pairs only"
@@ -107,7 +106,8 @@ class DualEncoder(VitBaseline, FaissParams):
         gen = torch.Generator().manual_seed(self.seed)
         self._model = VitDualEncoder(enc_cfg, self.embed_dim or self.dim).to(self.device)
         model = self._model
-        parts = self._training_rows(parts)
+        parts = self._training_rows(parts, hosts=hosts)
+        del hosts  # the kept queries' host copy: only the feature cache's key needed it
         n_batches = max(1, math.ceil((n + n_q) / self.batch_size))
 
         def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -3,6 +3,12 @@
 The pretrained content-based retrieval baseline:
 backbone features, optionally centred, L2-normalised, in a flat, HNSW or IVF inner-product
 index (`vitdsi.features.faiss_index`). Details: docs/design.md, "Label-free baselines".
+
+The features of the images it indexes (`index`, `add`) go through the on-disk feature cache
+(`vitdsi.features.backbone_cache`; VITDSI_FEATURE_CACHE=0 turns it off), so the same images
+under the same backbone are computed once across trials and studies. Queries never do: `search`
+and `embed` run the backbone on every query, since a latency study times search and must
+measure the encoder's real cost per query.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ import torch
 from vitdsi.data.imageset import ImageSet
 from vitdsi.errors import VitDSIError
 from vitdsi.features import faiss_index
+from vitdsi.features.backbone_cache import batch_features, index_features
 from vitdsi.features.backbones import Backbone, load_backbone
 from vitdsi.features.faiss_index import FAISS_PARAMS, FaissParams
-from vitdsi.log import get_logger, progress
+from vitdsi.features.feature_cache import default_cache
+from vitdsi.log import get_logger
 from vitdsi.ranking import Ranking
 from vitdsi.retrievers.base import Retriever, Supervision
 from vitdsi.retrievers.params import fields_of
@@ -71,22 +79,20 @@ class Embedding(Retriever, FaissParams):
         return self._net.model if self._net is not None else None
 
     def _raw_features(self, images: torch.Tensor, what: str) -> torch.Tensor:
-        net = self._backbone()
-        parts = []
-        with torch.inference_mode(), progress() as bar:
-            task = bar.add_task(f"{self.backbone} features: {what}", total=len(images))
-            for s in range(0, len(images), self.batch_size):
-                batch = images[s : s + self.batch_size]
-                parts.append(net(batch))
-                bar.update(task, advance=len(batch))
-        return torch.cat(parts)
+        """Features of queries, computed by the backbone every time (never the cache)."""
+        return torch.cat(list(batch_features(self._backbone(), images, self.batch_size, what)))
+
+    def _indexed_features(self, images: torch.Tensor, what: str) -> torch.Tensor:
+        """Features of images to index, through the feature cache (on the CPU when read from it)."""
+        return index_features(self._backbone(), images, self.batch_size, what, default_cache())
 
     def _normalise(self, feats: torch.Tensor) -> np.ndarray:
-        feats = torch.nn.functional.normalize(feats - self._mean, dim=1)
+        feats = torch.nn.functional.normalize(feats - self._mean.to(feats.device), dim=1)
         return np.ascontiguousarray(feats.cpu().numpy(), dtype=np.float32)
 
     def embed(self, images: torch.Tensor) -> np.ndarray:
-        """float32 [n, D]: the normalised features the index compares (after `index`)."""
+        """float32 [n, D]: the normalised features the index compares (after `index`), computed
+        by the backbone as a query's are (no cache)."""
         if self._mean is None:
             raise VitDSIError(
                 "embedding: embed() needs the corpus statistics; index a corpus or load() one first"
@@ -98,8 +104,9 @@ class Embedding(Retriever, FaissParams):
         return Supervision(pretrained=self.backbone != "pixels")  # pretrained backbones saw ImageNet labels
 
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
-        raw = self._raw_features(corpus.images, "corpus")
-        self._mean = raw.mean(0) if self.center else torch.zeros(raw.shape[1], device=raw.device)
+        raw = self._indexed_features(corpus.images, "corpus")
+        mean = raw.mean(0) if self.center else torch.zeros(raw.shape[1], device=raw.device)
+        self._mean = mean.to(self.device)  # where queries' features are
         x = self._normalise(raw)
         self._faiss = faiss_index.build_index(
             x, self.config(faiss_index.FaissConfig), seed=self.seed, owner="embedding"
@@ -112,7 +119,7 @@ class Embedding(Retriever, FaissParams):
     def _add(self, images: ImageSet, train_queries: ImageSet | None) -> None:
         # centred on the first corpus's mean, so the vectors already in the index stay valid
         faiss_index.add_vectors(
-            self._faiss, self._normalise(self._raw_features(images.images, "added images"))
+            self._faiss, self._normalise(self._indexed_features(images.images, "added images"))
         )
 
     def _search(self, images: torch.Tensor, k: int) -> Ranking:

@@ -93,7 +93,7 @@ class TextDualEncoder(VitModelRetriever, TextEncoderParams, FaissParams):
             self._encoder_config(corpus.image_size), self.config(TextEncoderConfig), self.embed_dim
         ).to(self.device)
         model = self._model
-        images = self._training_rows([corpus.images.to(self.device)])[0]
+        images = self._training_rows([corpus.images.to(self.device)], hosts=[corpus.images])[0]
         own = torch.as_tensor(captions.image, dtype=torch.int64)
         text, text_fixed = self._caption_rows(captions.texts.tolist())
         gen = torch.Generator().manual_seed(self.seed)

@@ -126,17 +126,21 @@ class VitModelRetriever(EncoderRetriever):
         )
         self.training_record = monitor.record()
 
-    def _training_rows(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _training_rows(
+        self, parts: list[torch.Tensor], hosts: list[torch.Tensor | None] | None = None
+    ) -> list[torch.Tensor]:
         """The training images as every epoch reads them: uint8 images or, for a borrowed encoder
         with a fixed part and `views` none or a `view_bank`, that part's output computed once (as
-        dsi-vit; the bank beside it); the model is then called with `precomputed=True`."""
+        dsi-vit; the bank beside it); the model is then called with `precomputed=True`. `hosts`:
+        the parts' CPU copies where the caller has them, which the feature cache hashes instead of
+        copying the parts back from the device."""
         self._precomputed = trains_on_cached_features(self._model.encoder, self.views, self.view_bank)
         self._bank = None
         if not self._precomputed:
             return parts
         self._feature_meter = FlopMeter()
         # charged once: the fixed part's forward pass over every image (and every view of the bank)
-        features = precompute_features(self._model.encoder, parts, meter=self._feature_meter)
+        features = precompute_features(self._model.encoder, parts, meter=self._feature_meter, hosts=hosts)
         if self.view_bank:
             self._bank = build_view_bank(
                 self._model.encoder,
@@ -146,6 +150,7 @@ class VitModelRetriever(EncoderRetriever):
                 self.views,
                 self.seed,
                 self._feature_meter,
+                hosts=hosts,
             )
         return features
 

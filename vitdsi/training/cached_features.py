@@ -65,6 +65,7 @@ def precompute_features(
     batch: int = 256,
     cache: FeatureCache | None = None,
     meter: FlopMeter | None = None,
+    hosts: list[torch.Tensor | None] | None = None,
 ) -> list[torch.Tensor | None]:
     """Image sets (uint8 images on the training device, an `ImageSource`, or None) -> the output
     of a borrowed encoder's fixed part for each image (`BorrowedEncoder.precompute`), computed
@@ -72,13 +73,17 @@ def precompute_features(
     off). A cached set stays the cache's memory map on the CPU (no copy; training only gathers
     rows of it) and is moved to another device once. `meter` is charged what computing them
     costs, whether or not the cache held them, so a trial's training FLOPs do not depend on what
-    ran before it: the FLOPs of one image, counted, times the images."""
+    ran before it: the FLOPs of one image, counted, times the images. `hosts`, beside
+    `image_sets`: the CPU copy of a tensor set that is on another device, where the caller still
+    has it; the cache key hashes it, so the set is not copied back from the device only to be
+    hashed (`host_fingerprint`)."""
     t0 = time.perf_counter()
     device = next((s.device for s in image_sets if s is not None), torch.device("cpu"))
     cache = cache if cache is not None else default_cache()
     spec = encoder.cache_spec() if cache is not None and hasattr(encoder, "cache_spec") else None
+    hosts = hosts or [None] * len(image_sets)
     out = []
-    for images in image_sets:
+    for images, host in zip(image_sets, hosts, strict=True):
         if images is not None and len(images) and meter is not None:
             first = next(_inputs(images, 1))[:1]
             meter.add(_flops_per_image(encoder, first, device) * len(images))
@@ -88,7 +93,7 @@ def precompute_features(
             out.append(_encode_all(encoder, images, batch, device))
         else:
             key = CacheKey(
-                images=_fingerprint(images),
+                images=_fingerprint(images, host),
                 encoder=spec[0],
                 preprocessing=f"{spec[1]}; autocast on {device.type}",
                 views="" if isinstance(images, torch.Tensor) else images.views,
@@ -109,9 +114,24 @@ def precompute_features(
     return out
 
 
-def _fingerprint(images: torch.Tensor | ImageSource) -> str:
-    if isinstance(images, torch.Tensor):
+def host_fingerprint(images: torch.Tensor, host: torch.Tensor | None) -> str:
+    """The cache key's `images` for uint8 `images` (on any device): the fingerprint of `host`,
+    their copy on the CPU, when there is one, else of `images` (copied to the CPU when they are
+    elsewhere; a `host` that is not on the CPU saves nothing and is not used). The same bytes
+    give the same fingerprint either way."""
+    if host is None or host.device.type != "cpu":
         return fingerprint_array(images.cpu().numpy())
+    if host.shape != images.shape or host.dtype != images.dtype:
+        raise VitDSIError(
+            f"feature cache: the CPU copy given for images {tuple(images.shape)} {images.dtype} is "
+            f"{tuple(host.shape)} {host.dtype}; pass the images' own copy"
+        )
+    return fingerprint_array(host.numpy())
+
+
+def _fingerprint(images: torch.Tensor | ImageSource, host: torch.Tensor | None) -> str:
+    if isinstance(images, torch.Tensor):
+        return host_fingerprint(images, host)
     return images.fingerprint()
 
 

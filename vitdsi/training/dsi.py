@@ -44,6 +44,7 @@ class DSITrainer:
         | None = None,  # the same for the corpus: relevance = shared class / category
         callback: Callback | None = None,
         monitor: TrainingMonitor | None = None,  # FLOPs, validation checkpoints, the plateau rule
+        corpus_on_cpu: torch.Tensor | None = None,  # corpus_images' CPU copy, where the caller has it
     ) -> None:
         self.model, self.cfg, self.callback = model, cfg, callback
         self.monitor = monitor or TrainingMonitor.passive()
@@ -53,8 +54,9 @@ class DSITrainer:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.history: list[EpochLog] = []
         self.queries = self.sampler = None
+        queries_given = None
         if cfg.mode != "zero-shot":
-            self._set_queries(query_images, query_labels, corpus_labels)
+            queries_given = self._set_queries(query_images, query_labels, corpus_labels)
         # a borrowed encoder's fixed part gives every image the same output in every epoch: without
         # views, or with a bank of views, it runs once per image (and view), and training reads its
         # output (`self.corpus` and `self.queries` then hold features, not uint8 images); with fresh
@@ -62,7 +64,7 @@ class DSITrainer:
         self.precomputed = trains_on_cached_features(model.encoder, cfg.views, cfg.view_bank)
         self.bank: ViewBank | None = None  # the views' features, with `view_bank`
         if self.precomputed:
-            self._precompute()
+            self._precompute([corpus_on_cpu, queries_given])
         self.scaler = grad_scaler(self.device)
 
     # ---- public ----
@@ -97,9 +99,10 @@ class DSITrainer:
         return hits / len(rows)
 
     # ---- internals ----
-    def _set_queries(self, query_images, query_labels, corpus_labels) -> None:
+    def _set_queries(self, query_images, query_labels, corpus_labels) -> torch.Tensor | None:
         """`self.sampler` (a relevant corpus image per query) and `self.queries` (the queries that have
-        one)."""
+        one); returns those queries as they were given, before their upload (the feature cache
+        hashes that copy when it is on the CPU)."""
         if query_images is None or query_labels is None or corpus_labels is None or len(query_images) == 0:
             raise VitDSIError(
                 f"mode '{self.cfg.mode}' learns from train queries but none were given; pass "
@@ -108,23 +111,35 @@ class DSITrainer:
         self.sampler = RelevantSampler(query_labels, corpus_labels)
         if len(self.sampler) == 0:
             raise VitDSIError("no train query has a relevant image in the corpus; check the labels / split")
-        keep = self.sampler.has_relevant.to(query_images.device)
-        self.queries = query_images[keep].to(self.device)
+        kept = query_images[self.sampler.has_relevant.to(query_images.device)]
+        self.queries = kept.to(self.device)
+        return kept
 
-    def _precompute(self) -> None:
+    def _precompute(self, hosts: list[torch.Tensor | None]) -> None:
         """Replace the training images by the borrowed encoder's fixed-part output (computed once)
-        and, with `view_bank`, make the bank of their views."""
+        and, with `view_bank`, make the bank of their views. `hosts`: the sets' CPU copies (or
+        None), which the feature cache hashes instead of copying the sets back from the device."""
         images = [self.corpus, self.queries]
         # charged to the meter once: the frozen encoder's forward pass over every image
-        self.corpus, self.queries = precompute_features(self.model.encoder, images, meter=self.monitor.meter)
-        self._make_bank(images, [self.corpus, self.queries])
+        self.corpus, self.queries = precompute_features(
+            self.model.encoder, images, meter=self.monitor.meter, hosts=hosts
+        )
+        self._make_bank(images, [self.corpus, self.queries], hosts)
 
-    def _make_bank(self, images: list, features: list) -> None:
-        """`self.bank` of uint8 `images` (sets beside their `features`) when `view_bank` asks for one."""
+    def _make_bank(self, images: list, features: list, hosts: list) -> None:
+        """`self.bank` of uint8 `images` (sets beside their `features` and CPU copies `hosts`) when
+        `view_bank` asks for one."""
         if self.cfg.view_bank:
             cfg = self.cfg
             self.bank = build_view_bank(
-                self.model.encoder, images, features, cfg.view_bank, cfg.views, cfg.seed, self.monitor.meter
+                self.model.encoder,
+                images,
+                features,
+                cfg.view_bank,
+                cfg.views,
+                cfg.seed,
+                self.monitor.meter,
+                hosts=hosts,
             )
 
     def _memory(self, x) -> tuple[torch.Tensor, torch.Tensor | None]:

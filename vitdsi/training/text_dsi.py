@@ -69,6 +69,7 @@ class TextDSITrainer(DSITrainer):
         caption_image: torch.Tensor | None = None,  # int64 [Q]: the corpus position each caption describes
         callback=None,
         monitor=None,
+        corpus_on_cpu: torch.Tensor | None = None,  # corpus_images' CPU copy, where the caller has it
     ) -> None:
         corpus_keys = torch.arange(len(corpus_images))  # a caption's only target is its own image's id
         super().__init__(
@@ -81,6 +82,7 @@ class TextDSITrainer(DSITrainer):
             corpus_labels=corpus_keys,
             callback=callback,
             monitor=monitor,
+            corpus_on_cpu=corpus_on_cpu,
         )
 
     def _set_queries(self, captions, caption_image, corpus_keys) -> None:
@@ -106,10 +108,12 @@ class TextDSITrainer(DSITrainer):
                 states[s : s + len(out), : out.shape[1]] = out
         self.queries = TextRows(states, mask.to(self.device), True)
 
-    def _precompute(self) -> None:
-        images = self.corpus
-        self.corpus = precompute_features(self.model.encoder, [images], meter=self.monitor.meter)[0]
-        self._make_bank([images], [self.corpus])
+    def _precompute(self, hosts: list[torch.Tensor | None]) -> None:
+        images, hosts = self.corpus, hosts[:1]  # the captions' states are not images
+        self.corpus = precompute_features(
+            self.model.encoder, [images], meter=self.monitor.meter, hosts=hosts
+        )[0]
+        self._make_bank([images], [self.corpus], hosts)
 
     def _gather(self, index: torch.Tensor, src: torch.Tensor, target_pos: torch.Tensor):
         index, src, target_pos = index.to(self.device), src.to(self.device), target_pos.to(self.device)

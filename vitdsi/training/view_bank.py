@@ -21,9 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vitdsi.features.feature_cache import fingerprint_array
 from vitdsi.training.augment import to_input
-from vitdsi.training.cached_features import precompute_features
+from vitdsi.training.cached_features import host_fingerprint, precompute_features
 from vitdsi.training.flops import FlopMeter
 from vitdsi.training.train_views import apply_views, view_spec
 
@@ -40,6 +39,7 @@ class BankViews:
     strength: str  # the `views` strength they are drawn at
     seed: int  # the training seed
     stream: int = 0  # which set of the trainer (0 the corpus, 1 the train queries): its own seeds
+    host: torch.Tensor | None = None  # the images' CPU copy, hashed instead of them when given
 
     @property
     def device(self) -> torch.device:
@@ -57,7 +57,7 @@ class BankViews:
         return len(self.images) * self.v
 
     def fingerprint(self) -> str:
-        return fingerprint_array(self.images.cpu().numpy())
+        return host_fingerprint(self.images, self.host)
 
     def chunk(self, c: int) -> torch.Tensor:
         """Model input of the views of images [c * BANK_CHUNK, (c + 1) * BANK_CHUNK), float
@@ -110,11 +110,14 @@ def build_view_bank(
     strength: str,
     seed: int,
     meter: FlopMeter | None = None,
+    hosts: list[torch.Tensor | None] | None = None,
 ) -> ViewBank:
     """The bank of `v` views per image of uint8 `image_sets` (views computed through the
     encoder's fixed part once, `meter` charged for them), beside `originals`, the sets' own
-    features (`precompute_features` of the same sets)."""
+    features (`precompute_features` of the same sets); `hosts` their CPU copies, as there."""
+    hosts = hosts or [None] * len(image_sets)
     sources = [
-        None if s is None else BankViews(s, v, strength, seed, stream=i) for i, s in enumerate(image_sets)
+        None if s is None else BankViews(s, v, strength, seed, stream=i, host=h)
+        for i, (s, h) in enumerate(zip(image_sets, hosts, strict=True))
     ]
     return ViewBank(originals, precompute_features(encoder, sources, meter=meter), v)
