@@ -80,7 +80,7 @@ def test_changed_image_bytes_change_the_fingerprint():
     assert fingerprint_array(a) == fingerprint_array(a.copy())
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "manifest"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "manifest", "seconds"])
 def test_corrupt_entry_is_rebuilt_with_a_warning(tmp_path, caplog, damage):
     cache, enc = FeatureCache(tmp_path), Encoder()
     cache.get(_key(), enc, n=40)
@@ -92,6 +92,9 @@ def test_corrupt_entry_is_rebuilt_with_a_warning(tmp_path, caplog, damage):
         raw = bytearray(data.read_bytes())
         raw[-1] ^= 0xFF
         data.write_bytes(bytes(raw))
+    elif damage == "seconds":
+        manifest = json.loads((folder / "manifest.json").read_text())
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "build_seconds": "fast"}))
     else:
         (folder / "manifest.json").write_text("{not json")
     with caplog.at_level(logging.WARNING):

@@ -156,6 +156,9 @@ class FeatureCache:
                 raise ValueError(f"shape {array.shape} {array.dtype.str} differs from its manifest")
             if fingerprint_array(array) != manifest["checksum"]:
                 raise ValueError("its checksum does not match")
+            seconds = manifest.get("build_seconds")  # absent in an entry written before it was recorded
+            if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int | float)):
+                raise ValueError(f"its build_seconds {seconds!r} is not a number")
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("feature cache: entry %s is corrupt (%s); rebuilding it", folder, e)
             shutil.rmtree(folder, ignore_errors=True)
