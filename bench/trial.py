@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.build_cost import cold_build_summary, extraction_of
 from bench.config import DataConfig, TrialConfig
 from bench.config.scoring import scored_k
 from bench.convergence import training_summary, validation_set
@@ -127,6 +128,8 @@ class RepeatResult:
     training: dict[str, Any] | None = (
         None  # the retriever's training record (vitdsi.training.monitor), if it trains
     )
+    # frozen-encoder extraction seconds of the build (bench.build_cost; {}: none reported, or stepwise)
+    extraction: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -210,6 +213,7 @@ def run_trial(
                 query_ms,
                 steps,
                 getattr(retriever, "training_record", None),
+                {} if steps else extraction_of(retriever),
             )
         )
         if kept is None:
@@ -233,6 +237,7 @@ def run_trial(
             "query_ms": float(np.mean([x.query_ms for x in repeats])),
             **search_settings(kept, k_test),
             **training_summary([x.training for x in repeats], [x.index_seconds for x in repeats]),
+            **cold_build_summary([x.extraction for x in repeats], [x.index_seconds for x in repeats]),
             **measured,
         },
     )

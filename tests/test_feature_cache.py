@@ -1,20 +1,27 @@
 """The frozen-encoder feature cache (vitdsi.features.feature_cache): a hit computes nothing, any
-key change misses, two workers build one entry once, a corrupt entry is rebuilt with a warning."""
+key change misses, two workers build one entry once, a corrupt entry is rebuilt with a warning,
+and a hit reports the seconds its entry's build took."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from filelock import FileLock
 
+from vitdsi.cache_folder import build_atomically
 from vitdsi.errors import VitDSIError
-from vitdsi.features.feature_cache import CacheKey, FeatureCache, fingerprint_array
+from vitdsi.features.extraction import ExtractionTime
+from vitdsi.features.feature_cache import MARKER, CacheKey, FeatureCache, _write, fingerprint_array
 
 ROWS = np.arange(40 * 6, dtype=np.float32).reshape(40, 6)
 
@@ -22,12 +29,13 @@ ROWS = np.arange(40 * 6, dtype=np.float32).reshape(40, 6)
 class Encoder:
     """Yields ROWS in blocks of 16 and counts how often it was asked to."""
 
-    def __init__(self) -> None:
-        self.calls = 0
+    def __init__(self, pause: float = 0.0) -> None:
+        self.calls, self.pause = 0, pause  # pause: seconds each block takes
 
     def __call__(self):
         self.calls += 1
         for start in range(0, len(ROWS), 16):
+            time.sleep(self.pause)
             yield ROWS[start : start + 16]
 
 
@@ -72,7 +80,7 @@ def test_changed_image_bytes_change_the_fingerprint():
     assert fingerprint_array(a) == fingerprint_array(a.copy())
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "manifest"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "manifest", "seconds"])
 def test_corrupt_entry_is_rebuilt_with_a_warning(tmp_path, caplog, damage):
     cache, enc = FeatureCache(tmp_path), Encoder()
     cache.get(_key(), enc, n=40)
@@ -84,6 +92,9 @@ def test_corrupt_entry_is_rebuilt_with_a_warning(tmp_path, caplog, damage):
         raw = bytearray(data.read_bytes())
         raw[-1] ^= 0xFF
         data.write_bytes(bytes(raw))
+    elif damage == "seconds":
+        manifest = json.loads((folder / "manifest.json").read_text())
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "build_seconds": "fast"}))
     else:
         (folder / "manifest.json").write_text("{not json")
     with caplog.at_level(logging.WARNING):
@@ -164,9 +175,65 @@ def test_bench_cache_lists_and_removes(tmp_path):
     listed = bench()
     assert listed.exit_code == 0 and "1 entries" in listed.output
     assert digest[:12] in listed.output and "toy encoder" in listed.output and "40x6" in listed.output
+    assert re.search(r"built in \d+\.\d s", listed.output)
     bad = bench("remove", "nope")
     assert bad.exit_code == 2 and "start with 'nope'" in bad.output
     assert bench("remove").exit_code != 0  # neither a digest nor --all
     gone = bench("remove", digest[:8])
     assert gone.exit_code == 0 and "removed 1 entries" in gone.output and cache.entries() == []
     assert "no cached features" in bench("list").output
+
+
+def test_a_hit_reports_the_seconds_its_entry_took_to_build(tmp_path):
+    cache, enc = FeatureCache(tmp_path), Encoder(pause=0.03)  # three blocks: at least 0.09 s
+    built, read = ExtractionTime(), ExtractionTime()
+    cache.get(_key(), enc, n=40, clock=built)
+    manifest = json.loads((cache.path(_key()) / MARKER).read_text())
+    assert built.charged == built.spent == manifest["build_seconds"] >= 0.09
+    assert manifest["threads"] >= 1 and built.unknown == 0
+    cache.get(_key(), enc, n=40, clock=read)
+    assert enc.calls == 1  # a hit: nothing extracted, the build's seconds charged all the same
+    assert read.charged == built.charged and read.spent == 0.0 and read.unknown == 0
+    assert read.record() == {
+        "extraction_s": built.charged,
+        "extraction_spent_s": 0.0,
+        "extraction_unknown": 0.0,
+    }
+
+
+def test_an_entry_without_recorded_seconds_loads_and_its_seconds_are_unknown(tmp_path):
+    cache, enc = FeatureCache(tmp_path), Encoder()
+    cache.get(_key(), enc, n=40)
+    path = cache.path(_key()) / MARKER
+    manifest = json.loads(path.read_text())
+    del manifest["build_seconds"]  # as written before the cache recorded it
+    path.write_text(json.dumps(manifest))
+    clock = ExtractionTime()
+    np.testing.assert_array_equal(cache.get(_key(), enc, n=40, clock=clock), ROWS)
+    assert enc.calls == 1 and clock.unknown == 1 and clock.charged == clock.spent == 0.0
+
+
+def test_waiting_for_another_workers_build_is_spent_extracting(tmp_path):
+    """A worker that waits on the lock while another builds the entry reads it, charged its
+    recorded seconds, and counts its wait as time spent extracting (it is in its wall time)."""
+
+    class Watched(FeatureCache):
+        looked = threading.Event()  # set once the waiter found no entry and goes for the lock
+
+        def _load(self, folder, key):
+            self.looked.set()
+            return super()._load(folder, key)
+
+    cache, enc, clock = Watched(tmp_path), Encoder(), ExtractionTime()
+    folder = cache.path(_key())
+    lock = FileLock(str(folder) + ".lock")
+    lock.acquire()
+    waiter = threading.Thread(target=lambda: cache.get(_key(), enc, n=40, clock=clock))
+    waiter.start()
+    assert cache.looked.wait(timeout=30)
+    time.sleep(0.2)
+    build_atomically(folder, MARKER, lambda tmp: _write(tmp, _key(), Encoder(), 40))
+    lock.release()
+    waiter.join(timeout=30)
+    recorded = json.loads((folder / MARKER).read_text())["build_seconds"]
+    assert enc.calls == 0 and clock.charged == recorded and clock.spent >= 0.2

@@ -1,16 +1,20 @@
 """What a latency study measures at scale: a fixed number of queries under the instance protocol,
-the peak resident set of the searches, model bytes, and an atomic DSI's output layer alone."""
+the peak resident set of the searches, model bytes, an atomic DSI's output layer alone, and the
+report's build seconds from cold."""
 
 from __future__ import annotations
 
 import types
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from bench import plots
 from bench.config import StudyConfigError, resolve
 from bench.kinds.latency.memory import model_bytes, peak_rss_bytes, reset_peak_rss
+from bench.kinds.latency.report_scale import cost_section
 from bench.kinds.latency.trial import latency_record
 from bench.trial import prepare
 from vitdsi.data.split import split_sizes
@@ -122,3 +126,45 @@ def test_a_dsi_adds_only_with_ids_it_can_extend(dsis):
     assert dsis["atomic"].supports_add and dsis["clustered"].supports_add
     for scheme in ("rq", "semantic"):
         assert not create("dsi-vit", id_scheme=scheme, device="cpu").supports_add
+
+
+def test_cost_section_plots_cold_build_seconds_beside_the_wall_ones(tmp_path, monkeypatch):
+    nan = float("nan")
+    # method, N, wall, cold, extraction, unknown entries
+    trials = [
+        ("dsi", 64, 10.0, 40.0, 30.0, 0.0),  # read its features from the cache: 30 s not spent here
+        ("dsi", 128, 70.0, 70.0, 60.0, 0.0),  # built them
+        ("embedding", 64, 2.0, nan, 0.5, 1.0),  # read an entry that recorded no build seconds
+        ("embedding", 128, 3.0, 4.0, 1.0, 0.0),
+        ("bovw", 64, 5.0, nan, nan, nan),  # logged no extraction seconds
+        ("bovw", 128, 9.0, nan, nan, nan),
+    ]
+    runs = pd.DataFrame(
+        trials, columns=["method", "N", "index_build_s", "cold_build_s", "extraction_s", "extraction_unknown"]
+    ).assign(target="", train_seconds=1.0, train_flops=nan)
+    plotted = {}
+
+    def plot(series, path, *args, **kwargs):
+        plotted[path.name] = series
+        return path
+
+    monkeypatch.setattr(plots, "latency_plot", plot)
+    text = cost_section("scale", runs, tmp_path, "fig")
+    assert plotted["cost_cold_build_s.png"] == {
+        "bovw": ([64, 128], [5.0, 9.0]),
+        "dsi": ([64, 128], [40.0, 70.0]),
+        "embedding": ([128], [4.0]),
+    }
+    header = "| method | N | cold build s | wall build s | extraction s | train s | train FLOPs |"
+    rows = text[text.index(header) :].splitlines()[2:8]
+    cells = [[c.strip() for c in row.strip("|").split("|")][:5] for row in rows]
+    assert cells == [
+        ["dsi", "64", "40.0", "10.0", "30.0"],
+        ["dsi", "128", "70.0", "70.0", "60.0"],
+        ["embedding", "64", "unknown", "2.0", "unknown"],
+        ["embedding", "128", "4.0", "3.0", "1.0"],
+        ["bovw", "64", "5.0 (wall)", "5.0", "n/a"],
+        ["bovw", "128", "9.0 (wall)", "9.0", "n/a"],
+    ]
+    assert "charged per image set at the seconds measured when its feature-cache entry was built" in text
+    assert "*(wall)*: the trial logged no extraction seconds" in text

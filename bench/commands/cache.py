@@ -16,6 +16,12 @@ def _size(n: int) -> str:
     return f"{n:.1f} GB"
 
 
+def _seconds(manifest: dict) -> str:
+    """The entry's recorded build seconds ('? s' for an entry written before they were recorded)."""
+    seconds = manifest.get("build_seconds")
+    return "? s" if seconds is None else f"{seconds:.1f} s"
+
+
 def command(
     action: str = typer.Argument("list", help="list (default) or remove"),
     entry: str = typer.Argument(
@@ -43,7 +49,7 @@ def command(
                 console.print(
                     f"  {e.digest[:12]}  {_size(e.bytes):>9}  {shape:>16}  {key.get('encoder', '?')}"
                     + (f"  views: {key['views']}" if key.get("views") else "")
-                    + f"  ({e.manifest.get('created', '?')})",
+                    + f"  ({e.manifest.get('created', '?')}, built in {_seconds(e.manifest)})",
                     highlight=False,
                     soft_wrap=True,
                 )

@@ -6,11 +6,14 @@ frozen: the same images give the same features in every trial and study that ind
 by the images' bytes and `Backbone.cache_spec` (name, pooled width, weights hash, resize,
 normalisation, device), and computes them only on a miss, streamed batch by batch into the
 entry. Queries are embedded by `batch_features` alone: their cost is what a search is timed on.
+The extraction's seconds go to the caller's `ExtractionTime` (vitdsi.features.extraction): the
+entry's recorded build seconds on a hit, measured on a miss or without a cache.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 import warnings
 from collections.abc import Iterator
 
@@ -18,6 +21,7 @@ import numpy as np
 import torch
 
 from vitdsi.features.backbones import Backbone
+from vitdsi.features.extraction import ExtractionTime
 from vitdsi.features.feature_cache import CacheKey, FeatureCache, fingerprint_array
 from vitdsi.log import progress
 
@@ -35,19 +39,29 @@ def batch_features(net: Backbone, images: torch.Tensor, batch: int, what: str) -
 
 
 def index_features(
-    net: Backbone, images: torch.Tensor, batch: int, what: str, cache: FeatureCache | None
+    net: Backbone,
+    images: torch.Tensor,
+    batch: int,
+    what: str,
+    cache: FeatureCache | None,
+    clock: ExtractionTime | None = None,
 ) -> torch.Tensor:
     """float32 [n, D] features of uint8 `images` to index: read from `cache` (its read-only memory
     map, on the CPU), computed into it first on a miss; computed on the backbone's device when
-    `cache` is None (caching off) or the backbone is pixels (nothing to save)."""
+    `cache` is None (caching off) or the backbone is pixels (nothing to save). `clock` is given
+    the extraction's seconds (recorded or measured)."""
     if cache is None or net.model is None or not len(images):
-        return torch.cat(list(batch_features(net, images, batch, what)))
+        started = time.perf_counter()
+        features = torch.cat(list(batch_features(net, images, batch, what)))
+        if clock is not None:
+            clock.measured(time.perf_counter() - started)
+        return features
     encoder, preprocessing = net.cache_spec()
     # the images of an ImageSet are on the CPU: hashing them copies nothing
     key = CacheKey(
         images=fingerprint_array(images.cpu().numpy()), encoder=encoder, preprocessing=preprocessing
     )
-    array = cache.get(key, functools.partial(_numpy_blocks, net, images, batch, what), len(images))
+    array = cache.get(key, functools.partial(_numpy_blocks, net, images, batch, what), len(images), clock)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(array)

@@ -15,6 +15,14 @@ renamed into place (`vitdsi.cache_folder`), under a file lock, so two workers as
 the same entry compute it once. An entry that fails its checks on load (truncated, edited,
 half-deleted) is rebuilt with a warning. `ROOT` is `VITDSI_CACHE_DIR`, else
 ~/.cache/vitdsi/features; VITDSI_FEATURE_CACHE=0 turns the cache off (`default_cache`).
+
+The manifest also records `build_seconds`, the wall seconds the entry's build took (the
+encoder's extraction streamed into it, and its checksum), with the torch threads and CPUs it
+ran with (the device is part of the key's preprocessing). `get` hands them to an
+`ExtractionTime` (vitdsi.features.extraction) on a hit as on a miss, so a build that reads an
+entry can say what it would have cost from cold. An entry written before that record still
+loads; its seconds are unknown (`ExtractionTime.unknown`) until it is rebuilt
+(`bench cache remove`).
 """
 
 from __future__ import annotations
@@ -29,10 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from filelock import FileLock
 
 from vitdsi.cache_folder import build_atomically
 from vitdsi.errors import VitDSIError
+from vitdsi.features.extraction import ExtractionTime
 from vitdsi.log import get_logger
 
 log = get_logger("vitdsi.cache")
@@ -95,32 +105,45 @@ class FeatureCache:
     def path(self, key: CacheKey) -> Path:
         return self.root / key.digest()
 
-    def get(self, key: CacheKey, batches: Callable[[], Iterator[np.ndarray]], n: int) -> np.ndarray:
+    def get(
+        self,
+        key: CacheKey,
+        batches: Callable[[], Iterator[np.ndarray]],
+        n: int,
+        clock: ExtractionTime | None = None,
+    ) -> np.ndarray:
         """The cached array for `key` (read-only memory map, `n` rows), built first when missing
-        or broken: `batches()` yields consecutive row blocks of the encoder's output, in order."""
+        or broken: `batches()` yields consecutive row blocks of the encoder's output, in order.
+        `clock` is given the entry's build seconds: measured on a miss, recorded on a hit."""
+        clock = clock if clock is not None else ExtractionTime()
         folder = self.path(key)
         hit = self._load(folder, key)
         if hit is not None:
-            return hit
+            clock.read(hit[1].get("build_seconds"))
+            return hit[0]
         self.root.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
         with FileLock(str(folder) + ".lock"):
             hit = self._load(folder, key)  # another worker may have built it while this one waited
             if hit is not None:
-                return hit
+                clock.read(hit[1].get("build_seconds"), waited=time.perf_counter() - t0)
+                return hit[0]
             if folder.exists():
                 shutil.rmtree(folder, ignore_errors=True)
-            t0 = time.perf_counter()
             build_atomically(folder, MARKER, lambda tmp: _write(tmp, key, batches, n))
-            log.info("feature cache: built %s (%d rows) in %.1f s", folder.name, n, time.perf_counter() - t0)
-        hit = self._load(folder, key)
-        if hit is None:
+        built = self._load(folder, key)
+        if built is None:
             raise VitDSIError(
                 f"feature cache: the entry just built at {folder} does not read back; is the disk full?"
             )
-        return hit
+        array, manifest = built
+        clock.measured(manifest["build_seconds"])
+        log.info("feature cache: built %s (%d rows) in %.1f s", folder.name, n, manifest["build_seconds"])
+        return array
 
-    def _load(self, folder: Path, key: CacheKey) -> np.ndarray | None:
-        """The entry's array, or None when it is absent; a broken entry is warned about and removed."""
+    def _load(self, folder: Path, key: CacheKey) -> tuple[np.ndarray, dict] | None:
+        """The entry's array and manifest, or None when it is absent; a broken entry is warned
+        about and removed."""
         manifest_path = folder / MARKER
         if not manifest_path.exists():
             return None
@@ -133,11 +156,14 @@ class FeatureCache:
                 raise ValueError(f"shape {array.shape} {array.dtype.str} differs from its manifest")
             if fingerprint_array(array) != manifest["checksum"]:
                 raise ValueError("its checksum does not match")
+            seconds = manifest.get("build_seconds")  # absent in an entry written before it was recorded
+            if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int | float)):
+                raise ValueError(f"its build_seconds {seconds!r} is not a number")
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("feature cache: entry %s is corrupt (%s); rebuilding it", folder, e)
             shutil.rmtree(folder, ignore_errors=True)
             return None
-        return array
+        return array, manifest
 
     def entries(self) -> list[CacheEntry]:
         """Complete entries, largest first."""
@@ -173,6 +199,7 @@ class FeatureCache:
 
 def _write(tmp: Path, key: CacheKey, batches: Callable[[], Iterator[np.ndarray]], n: int) -> None:
     """Stream the encoder's output into `tmp/features.npy`, then write the manifest."""
+    t0 = time.perf_counter()
     array, filled = None, 0
     for block in batches():
         block = np.asarray(block)
@@ -194,6 +221,9 @@ def _write(tmp: Path, key: CacheKey, batches: Callable[[], Iterator[np.ndarray]]
         "dtype": array.dtype.str,
         "checksum": fingerprint_array(array),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "build_seconds": time.perf_counter() - t0,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
     }
     del array
     (tmp / MARKER).write_text(json.dumps(manifest, indent=1))

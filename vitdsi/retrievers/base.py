@@ -157,6 +157,13 @@ class Retriever(ABC):
         effective beam and id length); {} for a retriever with nothing to add."""
         return {}
 
+    def build_info(self) -> dict[str, float]:
+        """What the last `index` call (and the `add` calls since) cost beyond its wall time, for
+        the harness to log beside it, e.g. the frozen-encoder extraction seconds of a retriever that
+        does not train (`ExtractionTime.record`; a trained one's are in its `training_record`);
+        {} for a retriever with nothing to add."""
+        return {}
+
     # ---- public interface -----------------------------------------------------------
     def index(
         self,

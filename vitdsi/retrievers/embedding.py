@@ -8,7 +8,8 @@ The features of the images it indexes (`index`, `add`) go through the on-disk fe
 (`vitdsi.features.backbone_cache`; VITDSI_FEATURE_CACHE=0 turns it off), so the same images
 under the same backbone are computed once across trials and studies. Queries never do: `search`
 and `embed` run the backbone on every query, since a latency study times search and must
-measure the encoder's real cost per query.
+measure the encoder's real cost per query. `build_info` says what the indexed images'
+extraction cost (vitdsi.features.extraction), read from the cache or measured.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from vitdsi.errors import VitDSIError
 from vitdsi.features import faiss_index
 from vitdsi.features.backbone_cache import batch_features, index_features
 from vitdsi.features.backbones import Backbone, load_backbone
+from vitdsi.features.extraction import ExtractionTime
 from vitdsi.features.faiss_index import FAISS_PARAMS, FaissParams
 from vitdsi.features.feature_cache import default_cache
 from vitdsi.log import get_logger
@@ -66,6 +68,7 @@ class Embedding(Retriever, FaissParams):
         self._net: Backbone | None = None  # loaded on first use
         self._mean: torch.Tensor | None = None  # float32 [D] corpus mean feature (zeros without centring)
         self._faiss = None  # the FAISS index
+        self._extraction = ExtractionTime()  # of the indexed images' features, since the last index call
 
     # ---- features -------------------------------------------------------------------
     def _backbone(self) -> Backbone:
@@ -84,7 +87,9 @@ class Embedding(Retriever, FaissParams):
 
     def _indexed_features(self, images: torch.Tensor, what: str) -> torch.Tensor:
         """Features of images to index, through the feature cache (on the CPU when read from it)."""
-        return index_features(self._backbone(), images, self.batch_size, what, default_cache())
+        return index_features(
+            self._backbone(), images, self.batch_size, what, default_cache(), self._extraction
+        )
 
     def _normalise(self, feats: torch.Tensor) -> np.ndarray:
         feats = torch.nn.functional.normalize(feats - self._mean.to(feats.device), dim=1)
@@ -103,7 +108,11 @@ class Embedding(Retriever, FaissParams):
     def supervision_used(self) -> Supervision:
         return Supervision(pretrained=self.backbone != "pixels")  # pretrained backbones saw ImageNet labels
 
+    def build_info(self) -> dict[str, float]:
+        return self._extraction.record()
+
     def _index(self, corpus: ImageSet, train_queries: ImageSet | None) -> None:
+        self._extraction = ExtractionTime()
         raw = self._indexed_features(corpus.images, "corpus")
         mean = raw.mean(0) if self.center else torch.zeros(raw.shape[1], device=raw.device)
         self._mean = mean.to(self.device)  # where queries' features are

@@ -73,7 +73,8 @@ def precompute_features(
     off). A cached set stays the cache's memory map on the CPU (no copy; training only gathers
     rows of it) and is moved to another device once. `meter` is charged what computing them
     costs, whether or not the cache held them, so a trial's training FLOPs do not depend on what
-    ran before it: the FLOPs of one image, counted, times the images. `hosts`, beside
+    ran before it: the FLOPs of one image, counted, times the images; so are its extraction
+    seconds (`meter.extraction`: recorded by the cache entry, or measured now). `hosts`, beside
     `image_sets`: the CPU copy of a tensor set that is on another device, where the caller still
     has it; the cache key hashes it, so the set is not copied back from the device only to be
     hashed (`host_fingerprint`)."""
@@ -82,6 +83,7 @@ def precompute_features(
     cache = cache if cache is not None else default_cache()
     spec = encoder.cache_spec() if cache is not None and hasattr(encoder, "cache_spec") else None
     hosts = hosts or [None] * len(image_sets)
+    clock = meter.extraction if meter is not None else None
     out = []
     for images, host in zip(image_sets, hosts, strict=True):
         if images is not None and len(images) and meter is not None:
@@ -90,7 +92,10 @@ def precompute_features(
         if images is None:
             out.append(None)
         elif spec is None:
+            started = time.perf_counter()
             out.append(_encode_all(encoder, images, batch, device))
+            if clock is not None:
+                clock.measured(time.perf_counter() - started)
         else:
             key = CacheKey(
                 images=_fingerprint(images, host),
@@ -99,7 +104,7 @@ def precompute_features(
                 views="" if isinstance(images, torch.Tensor) else images.views,
             )
             blocks = functools.partial(_encode_numpy, encoder, images, batch, device)
-            out.append(_as_tensor(cache.get(key, blocks, len(images)), device))
+            out.append(_as_tensor(cache.get(key, blocks, len(images), clock), device))
     kept = [o for o in out if o is not None]
     n = sum(len(o) for o in kept)
     mb = sum(o.numel() * o.element_size() for o in kept) / 2**20

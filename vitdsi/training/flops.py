@@ -8,7 +8,9 @@ the measured FLOPs per example times its examples: a step's cost is linear in it
 the keys keep a smaller last batch or another phase (another sequence length) apart. Work done
 once, such as a frozen encoder's features computed before training, is counted whole (`once`).
 Optimiser updates and elementwise ops are not counted, as in the usual 6 x parameters x tokens
-estimate; evaluation (IA@1, validation checkpoints) is not training and is not counted.
+estimate; evaluation (IA@1, validation checkpoints) is not training and is not counted. The
+meter also carries the seconds of that frozen-encoder extraction (`extraction`), charged like
+its FLOPs whether or not the feature cache held the features.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from contextlib import contextmanager
 
 from torch.utils.flop_counter import FlopCounterMode
 
+from vitdsi.features.extraction import ExtractionTime
+
 
 class FlopMeter:
     """Training FLOPs and examples so far."""
@@ -26,6 +30,7 @@ class FlopMeter:
         self.flops = 0.0  # training FLOPs so far (forward + backward, and work counted once)
         self.examples = 0  # training examples so far (one per image or caption in a step)
         self._per_example: dict[Hashable, float] = {}  # key -> measured FLOPs per example
+        self.extraction = ExtractionTime()  # seconds of the frozen features charged in `add`
 
     @contextmanager
     def step(self, key: Hashable, examples: int) -> Iterator[None]:

@@ -166,7 +166,8 @@ class TrainingMonitor:
         self.conditions["target_ia"] = ia1 is not None and ia1 >= target
 
     def record(self) -> dict[str, Any]:
-        """What the training cost and whether it converged (None: nothing to judge it on)."""
+        """What the training cost (with the frozen features' extraction seconds,
+        `ExtractionTime.record`) and whether it converged (None: nothing to judge it on)."""
         return {
             "converged": all(self.conditions.values()) if self.conditions else None,
             "conditions": dict(self.conditions),
@@ -176,6 +177,7 @@ class TrainingMonitor:
             "epoch_cap": self.epoch_cap,
             "train_flops": self.meter.flops,
             "train_examples": self.meter.examples,
+            **self.meter.extraction.record(),
             "metric": self.validation.metric if self.validation is not None else None,
             "checkpoints": [asdict(c) for c in self.checkpoints],
         }

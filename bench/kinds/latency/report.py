@@ -46,6 +46,9 @@ MEASURED = (
     "atomic_head_b1_ms",
     "train_flops",
     "train_seconds",
+    "cold_build_s",
+    "extraction_s",
+    "extraction_unknown",
 )  # final metrics of a latency trial
 QUALITY = ("IA@1", "MAP@10", "R@1", "MRR", "MRR@10")  # quality beside latency, where the study logged it
 PARAMS = ("target_ia", "index_epochs", "dim", "depth")  # build parameters the training table reads
