@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import time
-import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 
 from vitdsi.features.backbones import Backbone
 from vitdsi.features.extraction import ExtractionTime
-from vitdsi.features.feature_cache import CacheKey, FeatureCache, fingerprint_array
+from vitdsi.features.feature_cache import CacheKey, FeatureCache, as_tensor, fingerprint_array
 from vitdsi.log import progress
 
 
@@ -61,10 +60,9 @@ def index_features(
     key = CacheKey(
         images=fingerprint_array(images.cpu().numpy()), encoder=encoder, preprocessing=preprocessing
     )
-    array = cache.get(key, functools.partial(_numpy_blocks, net, images, batch, what), len(images), clock)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(array)
+    return as_tensor(
+        cache.get(key, functools.partial(_numpy_blocks, net, images, batch, what), len(images), clock)
+    )
 
 
 def _numpy_blocks(net: Backbone, images: torch.Tensor, batch: int, what: str) -> Iterator[np.ndarray]:

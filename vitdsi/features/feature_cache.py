@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,15 @@ def default_root() -> Path:
 def default_cache() -> FeatureCache | None:
     """The cache trainers use: at `default_root()`, or None when VITDSI_FEATURE_CACHE=0 turns it off."""
     return None if os.environ.get("VITDSI_FEATURE_CACHE", "1") == "0" else FeatureCache(default_root())
+
+
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    """An entry's read-only memory map (`FeatureCache.get`) as a CPU tensor over the same memory,
+    no copy: readers only gather rows of it, which copies them (torch warns of the read-only
+    buffer; nothing writes to it)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 def fingerprint_array(a: np.ndarray) -> str:

@@ -18,13 +18,13 @@ from vitdsi.models.vit_encoder import VitEncoderConfig
 from vitdsi.retrievers.encoder_base import ENCODER_PARAMS, EncoderRetriever, check_encoder_params
 from vitdsi.retrievers.params import fields_of
 from vitdsi.training.augment import to_input
-from vitdsi.training.cached_features import precompute_features, trains_on_cached_features
+from vitdsi.training.cached_features import trains_on_cached_features
 from vitdsi.training.config import PRECISIONS, TrainConfig
 from vitdsi.training.flops import FlopMeter
 from vitdsi.training.loop import LoopConfig, train_epochs
 from vitdsi.training.monitor import MonitorConfig, RankFn, TrainingMonitor
 from vitdsi.training.train_views import apply_views, check_view_bank, check_views
-from vitdsi.training.view_bank import ViewBank, build_view_bank
+from vitdsi.training.view_bank import ViewBank, features_and_bank
 
 SEARCH_BATCH = 256  # images encoded together at index and query time
 # the smoke settings of the ViT retrievers other than the DSI: a tiny encoder of the DSI's family, a few
@@ -140,18 +140,9 @@ class VitModelRetriever(EncoderRetriever):
             return parts
         self._feature_meter = FlopMeter()
         # charged once: the fixed part's forward pass over every image (and every view of the bank)
-        features = precompute_features(self._model.encoder, parts, meter=self._feature_meter, hosts=hosts)
-        if self.view_bank:
-            self._bank = build_view_bank(
-                self._model.encoder,
-                parts,
-                features,
-                self.view_bank,
-                self.views,
-                self.seed,
-                self._feature_meter,
-                hosts=hosts,
-            )
+        features, self._bank = features_and_bank(
+            self._model.encoder, parts, self.view_bank, self.views, self.seed, self._feature_meter, hosts
+        )
         return features
 
     def _rows(self, parts: list[torch.Tensor], index: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

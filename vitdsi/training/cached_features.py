@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import time
-import warnings
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -18,7 +17,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vitdsi.errors import VitDSIError
-from vitdsi.features.feature_cache import CacheKey, FeatureCache, default_cache, fingerprint_array
+from vitdsi.features.feature_cache import (
+    CacheKey,
+    FeatureCache,
+    as_tensor,
+    default_cache,
+    fingerprint_array,
+)
 from vitdsi.log import get_logger
 from vitdsi.training.augment import to_input
 from vitdsi.training.flops import FlopMeter
@@ -104,7 +109,8 @@ def precompute_features(
                 views="" if isinstance(images, torch.Tensor) else images.views,
             )
             blocks = functools.partial(_encode_numpy, encoder, images, batch, device)
-            out.append(_as_tensor(cache.get(key, blocks, len(images), clock), device))
+            # the map itself on the CPU, or one copy on another device
+            out.append(as_tensor(cache.get(key, blocks, len(images), clock)).to(device))
     kept = [o for o in out if o is not None]
     n = sum(len(o) for o in kept)
     mb = sum(o.numel() * o.element_size() for o in kept) / 2**20
@@ -145,15 +151,6 @@ def _inputs(images: torch.Tensor | ImageSource, batch: int) -> Iterator[torch.Te
     if isinstance(images, torch.Tensor):
         return (to_input(images[s : s + batch]) for s in range(0, len(images), batch))
     return images.inputs()
-
-
-def _as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """The cache's read-only memory map as a tensor: the map itself on the CPU, where training
-    only reads rows (indexing copies them), or one copy on another device."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        features = torch.from_numpy(array)
-    return features if device.type == "cpu" else features.to(device)
 
 
 def _flops_per_image(encoder, image: torch.Tensor, device: torch.device) -> float:

@@ -16,13 +16,13 @@ from vitdsi.errors import VitDSIError
 from vitdsi.log import get_logger, progress
 from vitdsi.models.vit_dsi import PAD, VitDSI, id_inputs_targets
 from vitdsi.training.augment import to_input
-from vitdsi.training.cached_features import precompute_features, trains_on_cached_features
+from vitdsi.training.cached_features import trains_on_cached_features
 from vitdsi.training.config import Callback, EpochLog, TrainConfig
 from vitdsi.training.monitor import TrainingMonitor
 from vitdsi.training.optim import autocast, grad_scaler, lr_factor, make_optimizer, optimizer_step
 from vitdsi.training.sampler import RelevantSampler
 from vitdsi.training.train_views import apply_views
-from vitdsi.training.view_bank import ViewBank, build_view_bank
+from vitdsi.training.view_bank import ViewBank, features_and_bank
 
 log = get_logger(__name__)
 
@@ -119,28 +119,16 @@ class DSITrainer:
         """Replace the training images by the borrowed encoder's fixed-part output (computed once)
         and, with `view_bank`, make the bank of their views. `hosts`: the sets' CPU copies (or
         None), which the feature cache hashes instead of copying the sets back from the device."""
-        images = [self.corpus, self.queries]
         # charged to the meter once: the frozen encoder's forward pass over every image
-        self.corpus, self.queries = precompute_features(
-            self.model.encoder, images, meter=self.monitor.meter, hosts=hosts
+        (self.corpus, self.queries), self.bank = features_and_bank(
+            self.model.encoder,
+            [self.corpus, self.queries],
+            self.cfg.view_bank,
+            self.cfg.views,
+            self.cfg.seed,
+            self.monitor.meter,
+            hosts,
         )
-        self._make_bank(images, [self.corpus, self.queries], hosts)
-
-    def _make_bank(self, images: list, features: list, hosts: list) -> None:
-        """`self.bank` of uint8 `images` (sets beside their `features` and CPU copies `hosts`) when
-        `view_bank` asks for one."""
-        if self.cfg.view_bank:
-            cfg = self.cfg
-            self.bank = build_view_bank(
-                self.model.encoder,
-                images,
-                features,
-                cfg.view_bank,
-                cfg.views,
-                cfg.seed,
-                self.monitor.meter,
-                hosts=hosts,
-            )
 
     def _memory(self, x) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Model input of a batch -> the memory the id decoder reads [B, P, D] and its padding mask (None)."""

@@ -18,12 +18,12 @@ import torch
 
 from vitdsi.errors import VitDSIError
 from vitdsi.models.text_models import VitTextDSI
-from vitdsi.training.cached_features import precompute_features
 from vitdsi.training.config import TrainConfig
 from vitdsi.training.dsi import DSITrainer
 from vitdsi.training.optim import autocast
 from vitdsi.training.sampler import RelevantSampler
 from vitdsi.training.train_views import apply_views
+from vitdsi.training.view_bank import features_and_bank
 
 STATES_BATCH = 256  # captions encoded together when their token states are cached
 
@@ -109,11 +109,11 @@ class TextDSITrainer(DSITrainer):
         self.queries = TextRows(states, mask.to(self.device), True)
 
     def _precompute(self, hosts: list[torch.Tensor | None]) -> None:
-        images, hosts = self.corpus, hosts[:1]  # the captions' states are not images
-        self.corpus = precompute_features(
-            self.model.encoder, [images], meter=self.monitor.meter, hosts=hosts
-        )[0]
-        self._make_bank([images], [self.corpus], hosts)
+        cfg, meter = self.cfg, self.monitor.meter
+        # the captions' states are not images: only the corpus
+        (self.corpus,), self.bank = features_and_bank(
+            self.model.encoder, [self.corpus], cfg.view_bank, cfg.views, cfg.seed, meter, hosts[:1]
+        )
 
     def _gather(self, index: torch.Tensor, src: torch.Tensor, target_pos: torch.Tensor):
         index, src, target_pos = index.to(self.device), src.to(self.device), target_pos.to(self.device)

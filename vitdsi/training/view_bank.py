@@ -121,3 +121,21 @@ def build_view_bank(
         for i, (s, h) in enumerate(zip(image_sets, hosts, strict=True))
     ]
     return ViewBank(originals, precompute_features(encoder, sources, meter=meter), v)
+
+
+def features_and_bank(
+    encoder,
+    image_sets: list[torch.Tensor | None],
+    view_bank: int,
+    views: str,
+    seed: int,
+    meter: FlopMeter | None = None,
+    hosts: list[torch.Tensor | None] | None = None,
+) -> tuple[list[torch.Tensor | None], ViewBank | None]:
+    """What a trainer on a borrowed encoder's fixed part reads instead of uint8 `image_sets`: their
+    features computed once (`precompute_features`, charged to `meter`; `hosts` their CPU copies,
+    as there) and, when `view_bank` > 0, the bank of that many views of each (else None)."""
+    features = precompute_features(encoder, image_sets, meter=meter, hosts=hosts)
+    if not view_bank:
+        return features, None
+    return features, build_view_bank(encoder, image_sets, features, view_bank, views, seed, meter, hosts)
