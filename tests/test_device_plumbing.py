@@ -279,6 +279,21 @@ def test_autocast_of_each_precision(device, precision, bf16, asked, autocasts, m
     assert autocasts == [asked]
 
 
+@pytest.mark.parametrize("run", list(RUNS))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_search_computes_in_the_precision_the_retriever_trained_in(run, precision, autocasts, tiny_split):
+    """`precision` is the retriever's arithmetic, not only its training's: a model trained in
+    bf16 on the CPU is also searched (and validated) under bf16 autocast, one trained in fp32 in
+    float32."""
+    name, params = RUNS[run]
+    r = smoke_retriever(name, precision=precision, **params)
+    r.index(tiny_split.corpus, train_queries=tiny_split.train)
+    autocasts.clear()
+    r.search(tiny_split.test.images, 5)
+    want = ("cpu", torch.bfloat16, True) if precision == "bf16" else ("cpu", None, False)
+    assert autocasts and set(autocasts) == {want}
+
+
 @pytest.mark.parametrize(
     ("device", "bf16", "scaled"), [("cuda", False, True), ("cuda", True, False), ("cpu", False, False)]
 )

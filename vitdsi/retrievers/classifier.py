@@ -169,7 +169,7 @@ class Classifier(VitBaseline):
         sigmoid for multi-label data) and L2-normalised pooled embeddings [n, D], float32 on CPU."""
         probs, embs = [], []
         for x in self._batched(images):
-            with autocast(self.device):
+            with autocast(self.device, self.precision):
                 logits, pooled = self._model(x)
             logits = logits.float()
             probs.append((logits.sigmoid() if self._multilabel else logits.softmax(-1)).cpu())

@@ -262,7 +262,7 @@ class DSIRetriever(EncoderRetriever):
         ids, scores = [], []
         self._model.eval()
         for batch in batches:
-            with torch.no_grad(), autocast(self.device):
+            with torch.no_grad(), autocast(self.device, self.precision):
                 memory, mask = encode(batch)
                 if self._ids.atomic:
                     pos, sc = atomic_topk_memory(self._model, memory, k, mask)

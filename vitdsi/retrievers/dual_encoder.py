@@ -159,7 +159,7 @@ class DualEncoder(VitBaseline, FaissParams):
         """uint8 images [n, 3, H, W] -> float32 [n, E] unit-norm embeddings (what the index compares)."""
         parts = []
         for x in self._batched(images):
-            with autocast(self.device):
+            with autocast(self.device, self.precision):
                 parts.append(self._model(x).float().cpu())
         return np.ascontiguousarray(torch.cat(parts).numpy(), dtype=np.float32)
 

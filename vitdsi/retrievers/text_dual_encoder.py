@@ -146,7 +146,7 @@ class TextDualEncoder(VitModelRetriever, TextEncoderParams, FaissParams):
         """uint8 images [n, 3, H, W] -> float32 [n, E] unit-norm embeddings (what the index holds)."""
         parts = []
         for x in self._batched(images):
-            with autocast(self.device):
+            with autocast(self.device, self.precision):
                 parts.append(self._model.embed_images(x).float().cpu())
         return np.ascontiguousarray(torch.cat(parts).numpy(), dtype=np.float32)
 
@@ -155,7 +155,7 @@ class TextDualEncoder(VitModelRetriever, TextEncoderParams, FaissParams):
         """Captions -> float32 [n, E] unit-norm embeddings (what queries the index)."""
         self._model.eval()
         sentences = self._model.text_encoder.encode(texts, batch_size=SEARCH_BATCH)  # batched by length
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             z = self._model.embed_texts(sentences, precomputed=True)
         return np.ascontiguousarray(z.float().cpu().numpy(), dtype=np.float32)
 

@@ -24,9 +24,9 @@ class OptimConfig:
     warmup_frac: float = 0.03  # fraction of a phase's steps spent warming the lr up linearly
     min_lr_frac: float = 0.05  # cosine decays the lr to this fraction of the peak
     grad_clip: float = 1.0  # max global gradient norm
-    # training arithmetic: 'auto' = mixed precision on CUDA (bf16, else fp16), float32 on the CPU;
-    # 'fp32' everywhere; 'bf16' = bf16 autocast on CUDA and on the CPU too (fast on CPUs with
-    # AMX / AVX512-BF16, slow on others)
+    # arithmetic of training and of search: 'auto' = mixed precision on CUDA (bf16, else fp16),
+    # float32 on the CPU; 'fp32' everywhere; 'bf16' = bf16 autocast on CUDA and on the CPU too
+    # (fast on CPUs with AMX / AVX512-BF16, slow on others)
     precision: str = "auto"
 
     def __post_init__(self) -> None:
