@@ -239,6 +239,31 @@ def test_check_prints_the_queries_of_each_split(tmp_path):
         ) in out, out
 
 
+def test_check_prints_the_view_queries_of_an_instance_study_and_its_description_as_written(tmp_path):
+    """Under `protocol: instance` the queries are views of indexed images, so the split line counts
+    views (the protocol's own numbers), not the images set aside; a multi-line description is
+    shown as the literal block it is in the study file."""
+    description = "First line of what the study asks.\nSecond line, kept as a line."
+    path = _write(
+        tmp_path,
+        description=description,
+        dataset={
+            "n_total": 200,
+            "split_ratio": 0.5,
+            "protocol": "instance",
+            "instance": {"train_views": 2, "trained_images": 30, "queries": 40},
+        },
+    )
+    code, out = bench("run", str(path), "--check")
+    assert code == 0, out
+    flat = " ".join(out.split())
+    assert (
+        "split: 200 images, 100 indexed, 100 set aside; per seed 60 train / 40 validation / 40 test "
+        "queries, each a new view of an indexed image"
+    ) in flat, out
+    assert "description: |-\n  First line of what the study asks.\n  Second line, kept as a line.\n" in out
+
+
 def _free_port() -> int:
     import socket
 

@@ -23,15 +23,15 @@ def corpus(digits32):
 
 
 def test_views_cover_the_corpus_by_role(corpus):
-    sets = instance_sets(
-        corpus, seed=0, options=InstanceOptions(strength="light", train_views=2, untrained_share=0.5)
-    )
+    options = InstanceOptions(strength="light", train_views=2, untrained_share=0.5)
+    sets = instance_sets(corpus, seed=0, options=options)
     n = len(corpus)
-    trained = trained_sources(n, 0.5, 0)
+    trained = trained_sources(n, options, 0)
     assert len(trained) == n // 2 and torch.equal(sets.corpus.images, corpus.images)
     # train views: two of each trained image and none of the others; val / test: one of every image
     assert sorted(sets.train.view_of.tolist()) == sorted(trained.tolist() * 2)
     assert sets.val.view_of.tolist() == sets.test.view_of.tolist() == list(range(n))
+    assert options.view_counts(n) == {"train": len(sets.train), "val": n, "test": n}
     # views keep their source's class and have source ids of their own
     assert torch.equal(sets.test.labels, corpus.labels)
     assert not set(sets.test.source_ids) & (
@@ -57,6 +57,8 @@ def test_sampled_queries_and_a_fixed_number_of_trained_images(corpus):
     assert sets.val.view_of.tolist() != sets.test.view_of.tolist()
     # two train views of each of 12 images
     assert len(sets.train) == 24 and len(set(sets.train.view_of.tolist())) == 12
+    # what `bench run --check` announces is what the protocol makes
+    assert options.view_counts(n) == {"train": 24, "val": 30, "test": 30}
     with pytest.raises(VitDSIError, match=f"queries={n + 1} is more than the {n} indexed images"):
         instance_sets(corpus, seed=0, options=InstanceOptions(queries=n + 1))
     with pytest.raises(VitDSIError, match="trained_images must be >= 0"):

@@ -120,8 +120,17 @@ def _print_check(study, path) -> None:
     from bench.config import check_data
     from bench.config.checks import split_summary
 
+    class _Dumper(yaml.SafeDumper):
+        """Multi-line strings (a study's description) as literal blocks, as the study file has them."""
+
+    def _str(dumper, text):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None)
+
+    _Dumper.add_representer(str, _str)
     console.print(
-        yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False), markup=False, soft_wrap=True
+        yaml.dump(study.model_dump(mode="json"), Dumper=_Dumper, sort_keys=False),
+        markup=False,
+        soft_wrap=True,
     )
     for note in check_data(study, str(path)):
         console.print(note, markup=False, style="yellow" if note.startswith("warning") else None)

@@ -212,14 +212,23 @@ def split_summary(study: Study) -> list[str]:
     for point in points:
         d = study.trial_config(point).dataset
         sizes = split_sizes(d.n_total, d.split_ratio, d.query_fractions)
-        line = (
-            f"split: {d.n_total} images, {sizes['idb']} indexed; per seed {sizes['train']} train / "
-            f"{sizes['val']} validation / {sizes['test']} test queries"
-        )
-        if d.protocol in ("instance", "text"):
+        if d.protocol == "instance":
+            # the queries are views of indexed images; the images set aside are not queried
+            views = d.protocol_options().view_counts(sizes["idb"])
+            line = (
+                f"split: {d.n_total} images, {sizes['idb']} indexed, {d.n_total - sizes['idb']} set aside; "
+                f"per seed {views['train']} train / {views['val']} validation / {views['test']} test "
+                "queries, each a new view of an indexed image (`protocol: instance`)"
+            )
+        else:
+            line = (
+                f"split: {d.n_total} images, {sizes['idb']} indexed; per seed {sizes['train']} train / "
+                f"{sizes['val']} validation / {sizes['test']} test queries"
+            )
+        if d.protocol == "text":
             line += (
-                f" (the query images set aside; under `protocol: {d.protocol}` the queries are "
-                f"{'new views' if d.protocol == 'instance' else 'captions'} of the indexed images)"
+                " (the query images set aside; under `protocol: text` the queries are captions of the "
+                "indexed images)"
             )
         if line not in lines:
             lines.append(line)

@@ -87,6 +87,17 @@ class InstanceOptions:
                 f"instance protocol: trained_images must be >= 0 (or unset), got {self.trained_images}"
             )
 
+    def n_trained(self, n_indexed: int) -> int:
+        """How many of `n_indexed` corpus images get train views."""
+        if self.trained_images is not None:
+            return self.trained_images
+        return n_indexed - int(round(self.untrained_share * n_indexed))
+
+    def view_counts(self, n_indexed: int) -> dict[str, int]:
+        """Train, validation and test views `instance_sets` makes of `n_indexed` corpus images."""
+        queries = n_indexed if self.queries is None else self.queries
+        return {"train": self.n_trained(n_indexed) * self.train_views, "val": queries, "test": queries}
+
 
 @dataclass(frozen=True)
 class UnseenOptions:
@@ -210,12 +221,11 @@ def unseen_class_sets(sets: SplitSets, seed: int, options: UnseenOptions) -> Spl
     return SplitSets(masked, train, sets.val, sets.test)
 
 
-def trained_sources(n: int, untrained_share: float, seed: int, count: int | None = None) -> np.ndarray:
+def trained_sources(n: int, options: InstanceOptions, seed: int) -> np.ndarray:
     """Sorted corpus positions that get train views: all but a seeded `untrained_share` of them, or
-    a seeded `count` of them when given."""
+    a seeded `trained_images` of them when given."""
     rng = np.random.default_rng(view_seed(seed, "untrained"))
-    n_trained = n - int(round(untrained_share * n)) if count is None else count
-    return np.sort(rng.permutation(n)[:n_trained])
+    return np.sort(rng.permutation(n)[: options.n_trained(n)])
 
 
 def query_sources(n: int, count: int | None, seed: int, role: str) -> np.ndarray:
@@ -239,7 +249,7 @@ def instance_sets(
             raise VitDSIError(
                 f"instance protocol: {name}={count} is more than the {len(corpus)} indexed images"
             )
-    trained = trained_sources(len(corpus), options.untrained_share, seed, options.trained_images)
+    trained = trained_sources(len(corpus), options, seed)
     train_rounds = [
         _views(corpus, trained, options, view_seed(seed, "train", r), hflip, f"train{r}")
         for r in range(options.train_views)
