@@ -20,6 +20,7 @@ from bench.config import DataConfig, TrialConfig
 from bench.config.scoring import scored_k
 from bench.convergence import training_summary, validation_set
 from bench.kinds import kind_of
+from bench.seed_checkpoints import SeedBuild, SeedCheckpoints
 from vitdsi.data import ImageSet, Split, SplitSets, load_dataset, make_split
 from vitdsi.data.protocols import apply_protocol
 from vitdsi.metrics import (
@@ -36,9 +37,7 @@ from vitdsi.retrievers.registry import create
 _DATASETS: OrderedDict[str, ImageSet] = OrderedDict()  # load kwargs -> dataset, last few used
 _SPLITS: OrderedDict[str, tuple[Split, SplitSets]] = OrderedDict()
 _MAX_DATASETS, _MAX_SPLITS = 2, 8
-_BUILT: dict[
-    tuple[str, int, str | None], tuple[Retriever, float, list[dict[str, Any]]]
-] = {}  # built indexes, see _build
+_BUILT: dict[tuple[str, int, str | None], SeedBuild] = {}  # built indexes, see _build
 
 
 def _key(*parts: Any) -> str:
@@ -166,10 +165,16 @@ def repeat_data(data: DataConfig, repeat: int) -> DataConfig:
 
 
 def run_trial(
-    cfg: TrialConfig, *, device: str | None = None, on_epoch: EpochHook | None = None
+    cfg: TrialConfig,
+    *,
+    device: str | None = None,
+    on_epoch: EpochHook | None = None,
+    checkpoints: SeedCheckpoints | None = None,
 ) -> TrialResult:
     """Run every seed of one trial and summarise it. Only the indexed images and the train
-    queries reach the retriever's `index`; validation and test queries are only searched."""
+    queries reach the retriever's `index`; validation and test queries are only searched.
+    `checkpoints`: each seed's build is logged there once built, and seeds an interrupted run of
+    this trial built are restored from there instead of trained again (bench.seed_checkpoints)."""
     ranked = [m for m in cfg.metrics if not parse_metric(m).is_indexing]
     ia_ks = sorted({parse_metric(m).k for m in cfg.metrics if parse_metric(m).is_indexing})
     k_test = scored_k(cfg.metrics)  # MRR without a cutoff looks at the returned list: it returns 100
@@ -179,9 +184,8 @@ def run_trial(
         seed = cfg.seed + r
         split, sets = prepare(repeat_data(cfg.dataset, r))
         corpus = sets.corpus
-        retriever, index_seconds, history, steps, reused = _build(
-            cfg, r, sets, device, on_epoch, ranked, k_test
-        )
+        built, steps, reused = _build(cfg, r, sets, device, on_epoch, ranked, k_test, checkpoints)
+        retriever, index_seconds, history = built.retriever, built.index_seconds, built.history
 
         t0 = time.perf_counter()
         test = _search_padded(retriever, sets.queries("test"), k_test)
@@ -212,8 +216,8 @@ def run_trial(
                 index_seconds,
                 query_ms,
                 steps,
-                getattr(retriever, "training_record", None),
-                {} if steps else extraction_of(retriever),
+                built.training,
+                {} if steps else built.extraction,
             )
         )
         if kept is None:
@@ -258,21 +262,27 @@ def _build(
     on_epoch: EpochHook | None,
     ranked: list[str],
     k_test: int,
-) -> tuple[Retriever, float, list[dict[str, Any]], list[dict[str, float]], bool]:
-    """Repeat `r`'s index with the trial's query arguments set: (retriever, build seconds,
-    training history, the steps of a study kind that indexes in steps, whether it was reused). The
-    indexes of the last build fingerprint stay in memory, so trials that differ only in query
-    arguments build once (put query arguments last in a grid's `space` so that such points run one
-    after another); an index built in steps is not kept."""
+    checkpoints: SeedCheckpoints | None = None,
+) -> tuple[SeedBuild, list[dict[str, float]], bool]:
+    """Repeat `r`'s index with the trial's query arguments set: (the build, the steps of a study
+    kind that indexes in steps, whether it was reused). The indexes of the last build fingerprint
+    stay in memory, so trials that differ only in query arguments build once (put query arguments
+    last in a grid's `space` so that such points run one after another); an index built in steps
+    is neither kept nor checkpointed."""
     key = (cfg.fingerprint(), r, device)
     study_kind = kind_of(cfg)
     stepwise = study_kind if study_kind is not None and study_kind[0].indexes else None
     if stepwise is None and key in _BUILT:
-        retriever, index_seconds, history = _BUILT[key]
-        retriever.set_query_arguments(**{**retriever.query_defaults, **cfg.query})
-        for entry in history if on_epoch is not None else []:  # the curves of the build, in this run too
-            on_epoch(r, entry)
-        return retriever, index_seconds, history, [], True
+        built = _BUILT[key]
+        built.retriever.set_query_arguments(**{**built.retriever.query_defaults, **cfg.query})
+        _replay(on_epoch, r, built.history)  # the curves of the build, in this run too
+        return built, [], True
+    restored = checkpoints.load(r, device) if checkpoints is not None and stepwise is None else None
+    if restored is not None:
+        restored.retriever.set_query_arguments(**{**restored.retriever.query_defaults, **cfg.query})
+        _replay(on_epoch, r, restored.history)
+        _keep(key, restored)
+        return restored, [], False
     retriever = create(cfg.retriever, **cfg.params, seed=cfg.seed + r, device=device)
     retriever.set_query_arguments(**cfg.query)
     hook = (lambda entry: on_epoch(r, _as_dict(entry))) if on_epoch and retriever.reports_epochs else None
@@ -287,13 +297,30 @@ def _build(
     index_seconds = time.perf_counter() - t0
     history = [_as_dict(e) for e in getattr(retriever, "history", None) or []]
     if on_epoch is not None and not retriever.reports_epochs:
-        for entry in history:
-            on_epoch(r, entry)
+        _replay(on_epoch, r, history)
+    built = SeedBuild(
+        retriever,
+        index_seconds,
+        history,
+        getattr(retriever, "training_record", None),
+        {} if steps else extraction_of(retriever),
+    )
     if stepwise is None:
-        for old in [k for k in _BUILT if k[0] != key[0]]:  # one build (all its repeats) at a time
-            del _BUILT[old]
-        _BUILT[key] = (retriever, index_seconds, history)
-    return retriever, index_seconds, history, steps, False
+        _keep(key, built)
+        if checkpoints is not None:
+            checkpoints.save(r, built)
+    return built, steps, False
+
+
+def _keep(key: tuple[str, int, str | None], built: SeedBuild) -> None:
+    for old in [k for k in _BUILT if k[0] != key[0]]:  # one build (all its repeats) at a time
+        del _BUILT[old]
+    _BUILT[key] = built
+
+
+def _replay(on_epoch: EpochHook | None, r: int, history: list[dict[str, Any]]) -> None:
+    for entry in history if on_epoch is not None else []:
+        on_epoch(r, entry)
 
 
 def forget_built() -> None:

@@ -14,6 +14,7 @@ from rich.markup import escape
 from bench.config import Categorical, FloatRange, IntRange, Study
 from bench.curves import EpochLogger, log_checkpoints
 from bench.reuse import REUSED_TAG, find_source, reuse
+from bench.seed_checkpoints import SeedCheckpoints
 from bench.tracking import Tracker, worker_id
 from bench.trial import run_trial
 from vitdsi import interrupt
@@ -160,13 +161,19 @@ class Objective:
             curves(repeat, entry)
             interrupt.check()  # between epochs: Ctrl-C stops the trial here
 
+        # a trial of several seeds logs each seed's build, and restores those an interrupted run built
+        checkpoints = SeedCheckpoints(self.tracker, run_id, cfg) if cfg.repeats > 1 else None
         try:
-            result = run_trial(cfg, device=self.options.device, on_epoch=on_epoch)
+            result = run_trial(cfg, device=self.options.device, on_epoch=on_epoch, checkpoints=checkpoints)
         finally:
             curves.flush()
+            if checkpoints is not None:
+                checkpoints.close()
         summary = {k: v.to_dict() for k, v in result.summary.items()}
         val_summary = {k: v.to_dict() for k, v in result.val_summary.items()}
         value = self.value(summary, val_summary)  # raises before the run is logged FINISHED
         log_checkpoints(self.tracker, run_id, result)
         self.tracker.finish_trial(run_id, result, log_index=self.study.log_index)
+        if checkpoints is not None:
+            checkpoints.finished()
         return summary, val_summary, value
