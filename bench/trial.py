@@ -183,43 +183,9 @@ def run_trial(
     for r in range(cfg.repeats):
         seed = cfg.seed + r
         split, sets = prepare(repeat_data(cfg.dataset, r))
-        corpus = sets.corpus
         built, steps, reused = _build(cfg, r, sets, device, on_epoch, ranked, k_test, checkpoints)
         retriever, index_seconds, history = built.retriever, built.index_seconds, built.history
-
-        t0 = time.perf_counter()
-        test = _search_padded(retriever, sets.queries("test"), k_test)
-        query_ms = 1000 * (time.perf_counter() - t0) / max(sets.n_queries("test"), 1)
-        val = _search_padded(retriever, sets.queries("val"), k_test)
-        values = {"test": {}, "val": {}}
-        metrics, val_metrics = {}, {}
-        if ranked:
-            metrics, values["test"] = evaluate_with_values(test.ids, sets.relevance("test"), ranked)
-            if sets.n_queries("val"):
-                val_metrics, values["val"] = evaluate_with_values(val.ids, sets.relevance("val"), ranked)
-        indexing = None
-        if ia_ks:
-            indexing = _search_padded(retriever, corpus.images, max(ia_ks))
-            metrics.update(indexing_accuracy(indexing.ids, len(corpus), ks=ia_ks))
-        metrics = {m: metrics[m] for m in cfg.metrics}
-        repeats.append(
-            RepeatResult(
-                seed,
-                split,
-                metrics,
-                val_metrics,
-                values,
-                test,
-                val,
-                indexing,
-                history,
-                index_seconds,
-                query_ms,
-                steps,
-                built.training,
-                {} if steps else built.extraction,
-            )
-        )
+        repeats.append(_score(cfg, seed, split, sets, built, steps, ranked, ia_ks, k_test))
         if kept is None:
             kept = retriever
             if study_kind is not None:
@@ -244,6 +210,52 @@ def run_trial(
             **cold_build_summary([x.extraction for x in repeats], [x.index_seconds for x in repeats]),
             **measured,
         },
+    )
+
+
+def _score(
+    cfg: TrialConfig,
+    seed: int,
+    split: Split,
+    sets: SplitSets,
+    built: SeedBuild,
+    steps: list[dict[str, float]],
+    ranked: list[str],
+    ia_ks: list[int],
+    k_test: int,
+) -> RepeatResult:
+    """One seed's built index searched with its test and validation queries (and its indexed
+    images for IA@K), and scored."""
+    retriever, corpus = built.retriever, sets.corpus
+    t0 = time.perf_counter()
+    test = _search_padded(retriever, sets.queries("test"), k_test)
+    query_ms = 1000 * (time.perf_counter() - t0) / max(sets.n_queries("test"), 1)
+    val = _search_padded(retriever, sets.queries("val"), k_test)
+    values = {"test": {}, "val": {}}
+    metrics, val_metrics = {}, {}
+    if ranked:
+        metrics, values["test"] = evaluate_with_values(test.ids, sets.relevance("test"), ranked)
+        if sets.n_queries("val"):
+            val_metrics, values["val"] = evaluate_with_values(val.ids, sets.relevance("val"), ranked)
+    indexing = None
+    if ia_ks:
+        indexing = _search_padded(retriever, corpus.images, max(ia_ks))
+        metrics.update(indexing_accuracy(indexing.ids, len(corpus), ks=ia_ks))
+    return RepeatResult(
+        seed,
+        split,
+        {m: metrics[m] for m in cfg.metrics},
+        val_metrics,
+        values,
+        test,
+        val,
+        indexing,
+        built.history,
+        built.index_seconds,
+        query_ms,
+        steps,
+        built.training,
+        {} if steps else built.extraction,
     )
 
 
