@@ -120,9 +120,9 @@ class SeedCheckpoints:
         retriever.training_record = build["training"]
         self._log(folder, repeat)  # this run now holds the seed too
         self.restored.append(repeat)
-        tracker = self.tracker.client
-        tracker.set_tag(self.run_id, "seeds.restored", ",".join(str(r) for r in self.restored))
-        tracker.set_tag(self.run_id, "seeds.restored_from", self._source)
+        client = self.tracker.client
+        client.set_tag(self.run_id, "seeds.restored", ",".join(str(r) for r in self.restored))
+        client.set_tag(self.run_id, "seeds.restored_from", self._source)
         log.info(f"seed {repeat}: restored from interrupted run {self._source[:8]} (not trained again)")
         return SeedBuild(
             retriever, float(build["index_seconds"]), build["history"], build["training"], build["extraction"]

@@ -255,7 +255,7 @@ def _score(
         query_ms,
         steps,
         built.training,
-        {} if steps else built.extraction,
+        built.extraction,
     )
 
 
@@ -284,17 +284,15 @@ def _build(
     key = (cfg.fingerprint(), r, device)
     study_kind = kind_of(cfg)
     stepwise = study_kind if study_kind is not None and study_kind[0].indexes else None
-    if stepwise is None and key in _BUILT:
-        built = _BUILT[key]
-        built.retriever.set_query_arguments(**{**built.retriever.query_defaults, **cfg.query})
-        _replay(on_epoch, r, built.history)  # the curves of the build, in this run too
-        return built, [], True
-    restored = checkpoints.load(r, device) if checkpoints is not None and stepwise is None else None
-    if restored is not None:
-        restored.retriever.set_query_arguments(**{**restored.retriever.query_defaults, **cfg.query})
-        _replay(on_epoch, r, restored.history)
-        _keep(key, restored)
-        return restored, [], False
+    in_memory = _BUILT.get(key) if stepwise is None else None
+    earlier = in_memory
+    if earlier is None and checkpoints is not None and stepwise is None:
+        earlier = checkpoints.load(r, device)
+    if earlier is not None:  # built by an earlier trial of this worker, or by an interrupted run
+        earlier.retriever.set_query_arguments(**{**earlier.retriever.query_defaults, **cfg.query})
+        _replay(on_epoch, r, earlier.history)  # the curves of the build, in this run too
+        _keep(key, earlier)
+        return earlier, [], in_memory is not None
     retriever = create(cfg.retriever, **cfg.params, seed=cfg.seed + r, device=device)
     retriever.set_query_arguments(**cfg.query)
     hook = (lambda entry: on_epoch(r, _as_dict(entry))) if on_epoch and retriever.reports_epochs else None
