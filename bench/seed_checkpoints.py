@@ -1,6 +1,6 @@
 """Per-seed checkpoints of a trial: a trial of several seeds logs each seed's built index to its
 MLflow run as soon as that seed is built, so a trial interrupted after some seeds (Ctrl-C, a
-killed worker, the end of a session) resumes from them instead of training them again.
+killed worker, a machine taken away) resumes from them instead of training them again.
 
 A trial looks for the checkpoints of earlier runs of its own build (`TrialConfig.fingerprint`,
 the `trial.fingerprint` tag) that did not finish (FAILED, KILLED, or RUNNING and abandoned),
