@@ -7,7 +7,6 @@ re-training.
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -117,7 +116,6 @@ def open_trial_run(
 ) -> TrialRun:
     """Download a trial run's artifacts (config.yaml, split.json, rankings.npz, optionally index/);
     `run_id` may be a unique prefix of the id (`resolve_run_id`)."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException

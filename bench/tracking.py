@@ -32,6 +32,10 @@ VAL_PREFIX = "val_"  # validation-query metrics: "val_MAP_at_10" (test metrics c
 OVERRIDES_TAG = "study.overrides"  # on a parent run: the `bench run --set` overrides (JSON list)
 _MAX_BATCH = 100  # params / metrics per log_batch call (MLflow limits a batch)
 
+# MLflow draws a tqdm bar for every artifact download (a resumed trial's checkpoints, a report's
+# runs); in a worker's log file those are noise between the rich lines. A user's own setting wins.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 
 # ---- names and locations --------------------------------------------------------------
 def metric_key(name: str) -> str:

@@ -147,6 +147,34 @@ def test_efficientnet_lite0_features(tiny_split):
     assert ia["IA@1"].mean == 1.0
 
 
+def test_input_size_gives_a_borrowed_encoders_pooled_features(tiny_split):
+    """At `input_size` 96 the embedding baseline reads what a frozen, pooled EfficientNet-Lite0
+    at `encoder_size` 96 gives a DSI: the same network, resize and normalisation, two code paths."""
+    from vitdsi.models.borrowed_encoder import BorrowedEncoder
+    from vitdsi.models.vit_dsi import VitDSIConfig
+    from vitdsi.training.augment import to_input
+
+    images = tiny_split.corpus.images[:4]
+    net = load_backbone("efficientnet-lite0", "cpu", input_size=96)
+    assert net.input_size == 96 and "resize to 96 px" in net.cache_spec()[1]
+    assert net.cache_spec() != load_backbone("efficientnet-lite0", "cpu").cache_spec()
+    cfg = VitDSIConfig(
+        encoder="efficientnet-lite0", encoder_size=96, freeze_encoder=True, encoder_pool=True, dim=32
+    )
+    with torch.inference_mode():
+        ours = net(images)
+        theirs = BorrowedEncoder(cfg).eval().precompute(to_input(images)).flatten(1)
+        at_224 = load_backbone("efficientnet-lite0", "cpu")(images)
+    assert ours.shape == theirs.shape == (4, 1280)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    assert (ours - at_224).abs().max() > 0.1  # 96 px is not 224 px
+
+    r = create("embedding", backbone="efficientnet-lite0", input_size=96, batch_size=8, device="cpu")
+    assert r.build_params()["input_size"] == 96
+    with pytest.raises(VitDSIError, match="input_size 16 px is too small"):
+        load_backbone("efficientnet-lite0", "cpu", input_size=16)
+
+
 def test_missing_torchvision_weights_name_the_file(tmp_path, monkeypatch, tiny_split):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(

@@ -128,3 +128,18 @@ def test_a_damaged_checkpoint_is_built_again_with_a_warning(tmp_path, monkeypatc
     out = _run(store, study)
     assert out.done and created == [study.seed, study.seed + 1, study.seed + 2]
     assert "seed 0: the checkpoint of run" in caplog.text and "cannot be read" in caplog.text
+
+
+@pytest.mark.parametrize("given, expected", [(None, "false"), ("true", "true")])
+def test_artifact_downloads_draw_no_bars_in_a_workers_log(given, expected):
+    """Restoring checkpoints downloads artifacts; MLflow's tqdm bars are off unless the user asked."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"}
+    if given is not None:
+        env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = given
+    code = "import os, bench.seed_checkpoints; print(os.environ['MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected

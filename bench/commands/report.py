@@ -38,9 +38,6 @@ def command(
 ) -> None:
     """Render a markdown report (tables, importances, Table 1, latency, curves, query grid); retrains
     nothing."""
-    import os
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with friendly_errors():
         from bench.report import write_report
 

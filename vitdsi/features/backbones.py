@@ -132,6 +132,8 @@ def efficientnet_lite0_net() -> nn.Module:
 
 
 EFFICIENTNET_LITE0_SIZE = 224  # its static "same" padding is computed for this input size
+# (at any multiple of 32 px, as 96 or 160, every stride-2 layer pads exactly as at 224)
+MIN_INPUT_SIZE = 32  # px: the smallest input a backbone is resized to
 
 
 def _efficientnet_lite0(device: torch.device) -> Backbone:
@@ -200,11 +202,21 @@ def _torchvision(spec: str, device: torch.device) -> Backbone:
     return Backbone(spec, model.eval().to(device), size, mean, std, device, dim)
 
 
-def load_backbone(name: str, device: torch.device | str = "cpu") -> Backbone:
-    """The feature extractor called `name` on `device` (see the module doc for names)."""
+def load_backbone(name: str, device: torch.device | str = "cpu", input_size: int | None = None) -> Backbone:
+    """The feature extractor called `name` on `device` (see the module doc for names), its input
+    resized to `input_size` px (None: the weights' own size; pixels: the images' own)."""
     device = torch.device(device)
+    if input_size is not None and input_size < MIN_INPUT_SIZE:
+        raise VitDSIError(
+            f"backbone '{name}': input_size {input_size} px is too small; at least {MIN_INPUT_SIZE} px "
+            "(a CNN's feature map halves five times)"
+        )
     if name == "pixels":
-        return Backbone("pixels", None, None, None, None, device)
-    if name == "efficientnet-lite0":
-        return _efficientnet_lite0(device)
-    return _torchvision(name, device)
+        backbone = Backbone("pixels", None, None, None, None, device)
+    elif name == "efficientnet-lite0":
+        backbone = _efficientnet_lite0(device)
+    else:
+        backbone = _torchvision(name, device)
+    if input_size is not None:
+        backbone.input_size = int(input_size)
+    return backbone

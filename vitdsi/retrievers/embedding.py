@@ -55,6 +55,7 @@ class Embedding(Retriever, FaissParams):
         *,
         backbone: str = "efficientnet-lite0",
         center: bool = True,
+        input_size: int | None = None,
         batch_size: int = 64,
         seed: int = 0,
         device: str | None = None,
@@ -63,6 +64,9 @@ class Embedding(Retriever, FaissParams):
         super().__init__(seed=seed, device=device, **params)
         self.backbone = backbone  # "pixels", "efficientnet-lite0" or a torchvision model name
         self.center = bool(center)  # subtract the corpus mean feature before normalising
+        # px the backbone's input is resized to (None: its weights' own, 224 for EfficientNet-Lite0);
+        # a smaller one matches a borrowed encoder's `encoder_size` and costs far less on a CPU
+        self.input_size = None if input_size is None else int(input_size)
         self.batch_size = int(batch_size)  # images per forward pass
         faiss_index.check_index_type(self.index_type, "embedding")
         self._net: Backbone | None = None  # loaded on first use
@@ -73,7 +77,7 @@ class Embedding(Retriever, FaissParams):
     # ---- features -------------------------------------------------------------------
     def _backbone(self) -> Backbone:
         if self._net is None:
-            self._net = load_backbone(self.backbone, self.device)
+            self._net = load_backbone(self.backbone, self.device, input_size=self.input_size)
         return self._net
 
     @property
