@@ -180,6 +180,40 @@ def test_frozen_features_come_from_the_disk_cache_the_second_time(tiny_split, mo
     assert sum(calls) == 3 * len(tiny_split.corpus) - 1
 
 
+@pytest.mark.parametrize("pool", [False, True])
+def test_own_ids_and_training_share_one_extraction(tiny_split, monkeypatch, tmp_path, pool):
+    """rq ids on a frozen encoder's own features read its output through the feature cache under
+    the key training reads it by: the corpus goes through the CNN once per index call, and the
+    ids are those of the pooled map computed directly."""
+    from vitdsi.ids import make_ids
+
+    monkeypatch.setenv("VITDSI_CACHE_DIR", str(tmp_path))
+    calls = []  # images encoded per call (a call on one image counts the FLOPs per image: left out)
+    real = BorrowedEncoder.precompute
+    monkeypatch.setattr(
+        BorrowedEncoder, "precompute", lambda self, x: len(x) > 1 and calls.append(len(x)) or real(self, x)
+    )
+    params = {
+        **BORROWED,
+        "id_scheme": "rq",
+        "id_features": "own",
+        "index_epochs": 2,
+        "encoder_pool": pool,
+        "views": "none",
+    }
+    r = create("dsi-vit", **params)
+    corpus = tiny_split.corpus
+    r.index(corpus)
+    assert sum(calls) == len(corpus)
+    net = BorrowedEncoder(r._model_config(corpus.image_size, 1, len(corpus))).eval()
+    with torch.inference_mode():
+        direct = real(net, to_input(corpus.images)).mean(dim=(2, 3))
+    ids = make_ids(
+        "rq", len(corpus), labels=corpus.primary_labels(), features=direct, seed=r.seed, length=r.id_length
+    )
+    assert ids.strings() == r.id_map.strings()
+
+
 def test_frozen_feature_flops_do_not_depend_on_the_cache(tiny_split, monkeypatch, tmp_path):
     """A trial's training FLOPs charge the frozen encoder's pass over every image once, the same
     whether its features were computed or read from the cache."""

@@ -27,6 +27,7 @@ from vitdsi.retrievers.base import Supervision
 from vitdsi.retrievers.encoder_base import ENCODER_PARAMS, EncoderRetriever, check_encoder_params
 from vitdsi.retrievers.params import fields_of
 from vitdsi.training.augment import to_input
+from vitdsi.training.cached_features import precompute_features
 from vitdsi.training.config import TrainConfig
 from vitdsi.training.dsi import DSITrainer
 from vitdsi.training.flops import FlopMeter
@@ -217,6 +218,8 @@ class DSIRetriever(EncoderRetriever):
         n, images = len(corpus), corpus.images
         if self.encoder != "vit":
             net = BorrowedEncoder(self._model_config(corpus.image_size, 1, n)).to(self.device).eval()
+            if net.cacheable:  # the fixed part's output as training will read it: one extraction
+                return self._borrowed_map_features(net, images), None
             pooled = lambda x: net.tuned(net.precompute(x)).mean(dim=(2, 3))  # noqa: E731  (the CNN's own map)
             state = None
         else:
@@ -233,6 +236,20 @@ class DSIRetriever(EncoderRetriever):
                     for s in range(0, n, SEARCH_BATCH)
                 ]
             ), state
+
+    def _borrowed_map_features(self, net: BorrowedEncoder, images: torch.Tensor) -> torch.Tensor:
+        """float32 [N, C]: a borrowed encoder's feature map, mean-pooled, its fixed part's output
+        read through the feature cache under the key training reads it by (same encoder, images
+        and preprocessing), so an index call extracts it once, not once for the ids and again
+        to train."""
+        fixed = precompute_features(net, [images.to(self.device)], hosts=[images])[0]
+        with torch.inference_mode():
+            return torch.cat(
+                [
+                    net.tuned(fixed[s : s + SEARCH_BATCH].to(self.device)).mean(dim=(2, 3)).float().cpu()
+                    for s in range(0, len(fixed), SEARCH_BATCH)
+                ]
+            )
 
     def _id_feature_vectors(self, images: torch.Tensor) -> torch.Tensor:
         """float32 [N, D] features the semantic / rq ids cluster (`id_features`), on the CPU."""
