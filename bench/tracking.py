@@ -31,9 +31,7 @@ PARENT_TAG = "mlflow.parentRunId"
 VAL_PREFIX = "val_"  # validation-query metrics: "val_MAP_at_10" (test metrics carry no prefix)
 OVERRIDES_TAG = "study.overrides"  # on a parent run: the `bench run --set` overrides (JSON list)
 _MAX_BATCH = 100  # params / metrics per log_batch call (MLflow limits a batch)
-
-# MLflow draws a tqdm bar for every artifact download (a resumed trial's checkpoints, a report's
-# runs); in a worker's log file those are noise between the rich lines. A user's own setting wins.
+# no tqdm bar per artifact download (a resumed trial's checkpoints) in a worker's log; a user's setting wins
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
