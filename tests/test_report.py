@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import run_study_dict
@@ -286,6 +287,54 @@ def test_report_compares_every_trial_with_the_named_methods(tmp_path):
     ) == sorted([(chosen, other), (chosen, "rand")])
     with pytest.raises(VitDSIError, match="'rnad' is no method of study 'compare_check'"):
         write_report("compare_check", tracking_uri=uri, out_dir=tmp_path / "c", compare_with=["rnad"])
+
+
+SPLIT_STUDY = {
+    "name": "split_check",
+    "scale": "smoke",
+    "retriever": "pixels-knn",
+    "repeats": 3,
+    "space": {"dataset.split_ratio": [0.25, 0.5]},
+    "objective": {"metric": "MAP@10"},
+    "report": {"equivalence_margin": 0.02},
+    "mlflow": {"log_index": False},
+}
+
+
+def test_trials_on_different_splits_are_compared_unpaired_over_seeds(tmp_path):
+    """A grid over the indexed fraction gives every trial its own test queries: the report still
+    compares them, by Welch's t over their per-seed means, and leaves the query-level columns empty."""
+    from bench.report import write_report
+    from bench.report.data import load_study_record
+    from bench.report.rankings import seed_rankings
+    from vitdsi.metrics import per_query
+    from vitdsi.statistics import seed_welch_t
+
+    outcome, uri = run_study_dict(tmp_path, SPLIT_STUDY)
+    assert outcome.complete == 2
+    text = write_report("split_check", tracking_uri=uri, out_dir=tmp_path / "r").read_text()
+    paired = text.split("## Paired comparisons", 1)[1].split("\n## ", 1)[0]
+    assert "Welch's t over the per-seed mean MAP@10" in paired
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in paired.splitlines()
+        if line.startswith("| ") and not line.startswith("| split")
+    ]
+    assert len(rows) == 1
+    split, ref, trial, interval, p, *_rest = rows[0]
+    assert split == "unpaired: each its own split" and "split_ratio" in ref and "split_ratio" in trial
+    assert rows[0][-3:] == ["—", "—", "—"] and rows[0][-4] == "3"  # three seeds, no query pairs
+    # the numbers are Welch's t on the per-seed test MAP@10 the stored rankings give
+    record = load_study_record("split_check", uri)
+    means = {}
+    for t in record.trials:
+        seeds = seed_rankings(t, record, tmp_path / "r" / "split_check", {})
+        means[t.number] = [
+            float(np.nanmean(per_query(x.ids, x.relevance, ["MAP@10"])["MAP@10"])) for x in seeds
+        ]
+    (a_num, b_num) = (int(trial.split()[0][1:]), int(ref.split()[0][1:]))
+    expected = seed_welch_t(means[a_num], means[b_num], margin=0.02)
+    assert interval.startswith(f"{expected.mean:+.4f}")
 
 
 def test_near_chance_rule():

@@ -17,6 +17,7 @@ from vitdsi.statistics import (
     holm,
     paired_difference,
     seed_paired_t,
+    seed_welch_t,
     tost_t,
     verdict,
 )
@@ -179,3 +180,27 @@ def test_paired_difference_matches_scipy():
     assert (same.mean, same.ci95, same.p_value) == (0.0, 0.0, 1.0)
     with pytest.raises(VitDSIError, match="same queries"):
         paired_difference(a, b[:10])
+
+
+def test_welch_over_seed_means_matches_scipy_and_a_hand_tost():
+    """Two trials on different splits: Welch's t over their per-seed means, as scipy computes it;
+    its TOST by hand from the same standard error and Welch-Satterthwaite df."""
+    a, b = [0.62, 0.70, 0.66, 0.59, 0.68], [0.41, 0.55, 0.30, 0.48, 0.36]
+    d = seed_welch_t(a, b, margin=0.02, n_queries=190)
+    ref = stats.ttest_ind(a, b, equal_var=False)
+    ci = ref.confidence_interval(0.95)
+    assert d.mean == pytest.approx(np.mean(a) - np.mean(b)) and d.p_value == pytest.approx(ref.pvalue)
+    assert (d.low, d.high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert d.n_seeds == 5 and d.n_queries == 190 and "Welch" in d.method
+    va, vb = np.var(a, ddof=1) / 5, np.var(b, ddof=1) / 5
+    se, df = math.sqrt(va + vb), (va + vb) ** 2 / (va**2 / 4 + vb**2 / 4)
+    hand = max(stats.t.sf((d.mean + 0.02) / se, df), stats.t.cdf((d.mean - 0.02) / se, df))
+    assert d.p_equivalence == pytest.approx(hand)
+    # close means with little spread: equivalent within the margin, not different
+    e = seed_welch_t([0.500, 0.502, 0.498, 0.501], [0.499, 0.501, 0.500, 0.502], margin=0.02)
+    assert e.p_equivalence < 0.05 < e.p_value
+    # the interval stays inside the range a difference of [0, 1] metrics can take
+    wide = seed_welch_t([1.0, 0.0, 1.0], [0.0, 1.0, 0.0])
+    assert -1.0 <= wide.low and wide.high <= 1.0
+    one = seed_welch_t([0.5], [0.4, 0.3])
+    assert math.isnan(one.p_value) and one.n_seeds == 1

@@ -11,6 +11,8 @@ seeds as the sampling unit and queries as nested within them:
   and the p-value that inverts it.
 - `seed_paired_t`: a paired Student t over the per-seed mean differences (a study can ask
   for it instead of the bootstrap).
+- `seed_welch_t`: Welch's t over the per-seed means of two trials on different splits (nothing
+  to pair: each answered its own queries), e.g. two indexed fractions.
 - `paired_difference`: the pooled (seed, query) comparison with a Wilcoxon signed-rank p;
   kept as a secondary, query-level figure.
 - Equivalence (Schuirmann 1987, two one-sided tests): a tie is claimed only when the
@@ -181,6 +183,41 @@ def seed_paired_t(
     p_eq = tost_t(mean, se, n - 1, margin) if margin is not None else float("nan")
     low, high = max(bounds[0], mean - half), min(bounds[1], mean + half)
     return SeedLevelDifference(mean, low, high, p, p_eq, n, n_q, "paired t over seeds")
+
+
+def seed_welch_t(
+    a_means: Sequence[float],
+    b_means: Sequence[float],
+    *,
+    margin: float | None = None,
+    confidence: float = 0.95,
+    bounds: tuple[float, float] = (-1.0, 1.0),
+    n_queries: int = 0,
+) -> SeedLevelDifference:
+    """Unpaired: Welch's t (Welch 1947) over the per-seed means of two trials that answered
+    different queries (each seed of each its own split), so nothing pairs them; the seed is still
+    the unit. Welch-Satterthwaite degrees of freedom; TOST with the same standard error and df;
+    the interval clipped to `bounds`. `n_queries`: the queries behind the means, for the record."""
+    a = np.asarray([v for v in a_means if not np.isnan(v)], dtype=np.float64)
+    b = np.asarray([v for v in b_means if not np.isnan(v)], dtype=np.float64)
+    n = min(a.size, b.size)
+    method = "Welch t over seeds (unpaired)"
+    mean = float(a.mean() - b.mean()) if n else float("nan")
+    if n < 2:
+        return SeedLevelDifference(
+            mean, float("nan"), float("nan"), float("nan"), float("nan"), n, n_queries, method
+        )
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    se = float(np.sqrt(va + vb))
+    if se == 0:
+        p, df, half = (1.0 if mean == 0 else 0.0), float(a.size + b.size - 2), 0.0
+    else:
+        df = float((va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1)))
+        p = float(2 * stats.t.sf(abs(mean) / se, df))
+        half = float(stats.t.ppf(0.5 + confidence / 2, df) * se)
+    p_eq = tost_t(mean, se, df, margin) if margin is not None else float("nan")
+    low, high = max(bounds[0], mean - half), min(bounds[1], mean + half)
+    return SeedLevelDifference(mean, low, high, p, p_eq, n, n_queries, method)
 
 
 SEED_TESTS = {"bootstrap": hierarchical_bootstrap, "seed-t": seed_paired_t}  # study name -> test

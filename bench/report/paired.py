@@ -30,6 +30,7 @@ from vitdsi.statistics import (
     SeedLevelDifference,
     holm,
     paired_difference,
+    seed_welch_t,
     verdict,
 )
 
@@ -44,7 +45,12 @@ class Comparison:
     reference_is_chosen: bool  # the reference is the chosen trial of the split
     trial: TrialRecord
     seed_level: SeedLevelDifference  # the primary, seed-level difference trial − reference
-    pooled: PairedDifference  # every (seed, query) pair as independent: secondary
+    pooled: PairedDifference | None  # every (seed, query) pair as independent: secondary (None: unpaired)
+
+    @property
+    def paired(self) -> bool:
+        """False for trials on different splits, compared by Welch's t over their seed means."""
+        return self.pooled is not None
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,33 @@ def _pairs(record: StudyRecord) -> list[tuple[str, TrialRecord, bool, TrialRecor
     return out
 
 
+def _unpaired(protocol: str, record: StudyRecord, out: Path, cache: dict, margin) -> list[Comparison]:
+    """Where no two trials share a split (e.g. a grid over the indexed fraction), every trial
+    against the chosen one by Welch's t over their per-seed mean test metric: different queries,
+    nothing to pair, the seed still the unit."""
+    metric, sign = record.objective, (1 if record.direction == "maximize" else -1)
+    scored = sorted(
+        (t for t in record.trials if t.choice_value(metric) is not None),
+        key=lambda t: -sign * t.choice_value(metric),
+    )
+    if len(scored) < 2:
+        return []
+
+    def seed_means(t: TrialRecord) -> tuple[list[float], int]:
+        seeds = seed_rankings(t, record, out, cache) or []
+        values = [per_query(x.ids, x.relevance, [metric])[metric] for x in seeds]
+        return [float(np.nanmean(v)) for v in values], int(sum(np.isfinite(v).sum() for v in values))
+
+    ref_means, ref_n = seed_means(scored[0])
+    out_list = []
+    for t in scored[1:]:
+        means, n = seed_means(t)
+        if means and ref_means:
+            diff = seed_welch_t(means, ref_means, margin=margin, n_queries=n + ref_n)
+            out_list.append(Comparison(protocol, "", scored[0], True, t, diff, None))
+    return out_list
+
+
 def paired_family(parts: list[tuple[str, StudyRecord, Path]], cache: dict) -> PairedFamily | None:
     """Every comparison of a report, over its protocol blocks (`parts`: protocol, the record of
     that protocol, its figure folder), with Holm over all of them; None when there is none."""
@@ -146,6 +179,8 @@ def paired_family(parts: list[tuple[str, StudyRecord, Path]], cache: dict) -> Pa
             pooled_diffs = np.concatenate(per_seed)  # the difference against 0 is the paired difference
             pooled = paired_difference(pooled_diffs, np.zeros_like(pooled_diffs))
             comparisons.append(Comparison(protocol, split, ref, chosen, t, seed_level, pooled))
+        if not _pairs(sub):
+            comparisons += _unpaired(protocol, sub, out, cache, margin)
     if not comparisons:
         return None
     return PairedFamily(
@@ -173,19 +208,18 @@ def paired_section(family: PairedFamily | None, record: StudyRecord, protocol: s
         return None
     metric, margin = family.metric, family.margin
 
-    def _short(t: TrialRecord) -> str:  # its label without the split, which has its own column
-        return (
-            " ".join(w for w in label(t, record).split() if not w.startswith("dataset."))
-            or f"trial {t.number}"
-        )
+    def _short(t: TrialRecord, paired: bool) -> str:  # paired: without the split, which has its own column
+        words = [w for w in label(t, record).split() if not (paired and w.startswith("dataset."))]
+        return " ".join(words) or f"trial {t.number}"
 
     rows = []
     for i in rows_of:
         c = family.comparisons[i]
         row = [
-            c.split or "—",
-            f"#{c.reference.number} {_short(c.reference)}" + (" (chosen)" if c.reference_is_chosen else ""),
-            f"#{c.trial.number} {_short(c.trial)}",
+            c.split or ("—" if c.paired else "unpaired: each its own split"),
+            f"#{c.reference.number} {_short(c.reference, c.paired)}"
+            + (" (chosen)" if c.reference_is_chosen else ""),
+            f"#{c.trial.number} {_short(c.trial, c.paired)}",
             _interval(c.seed_level),
             fmt_p(c.seed_level.p_value),
             fmt_p(family.p_holm[i]),
@@ -195,9 +229,11 @@ def paired_section(family: PairedFamily | None, record: StudyRecord, protocol: s
         row += [
             family.verdict(i),
             str(c.seed_level.n_seeds),
-            f"{c.pooled.mean:+.4f} ± {fmt(c.pooled.ci95)}",
-            fmt_p(c.pooled.p_value),
-            str(c.pooled.n),
+            *(
+                [f"{c.pooled.mean:+.4f} ± {fmt(c.pooled.ci95)}", fmt_p(c.pooled.p_value), str(c.pooled.n)]
+                if c.paired
+                else ["—", "—", "—"]
+            ),
         ]
         rows.append(row)
     header = [
@@ -237,7 +273,7 @@ def _paired_text(family: PairedFamily, record: StudyRecord) -> str:
         )
         + ". **The seed is the unit of inference:** Δ is the mean over seeds of the per-seed mean "
         f"difference in test {metric} (trial − reference, every seed one training run on one split), tested "
-        f"by {how}. Holm runs over all {n_all} comparisons of this report"
+        f"(two trials on the same split) by {how}. Holm runs over all {n_all} comparisons of this report"
         + (f" (all {n_protocols} protocols)" if n_protocols > 1 else "")
         + f", family-wise error {ALPHA:.0%}. "
         + (
@@ -248,6 +284,14 @@ def _paired_text(family: PairedFamily, record: StudyRecord) -> str:
             "claimed; "
         )
         + 'otherwise the verdict is "undecided". '
+        + (
+            "Trials on different splits (here every trial has its own) answer different test queries, so "
+            "nothing pairs them: each is compared with the chosen trial by Welch's t over the per-seed mean "
+            f"{metric} (unpaired, the seed still the unit; TOST with the same standard error), and the "
+            "query-level columns stay empty. "
+            if any(not c.paired for c in family.comparisons)
+            else ""
+        )
         + f"Fewer than {MIN_SEEDS_FOR_FINDING} seeds make a verdict exploratory, not a finding. "
         "The last columns treat every (seed, query) pair as independent (paired t interval, Wilcoxon "
         "signed-rank p, not Holm-corrected): they describe these trained models on these queries, not the "
