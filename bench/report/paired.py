@@ -168,7 +168,10 @@ def paired_family(parts: list[tuple[str, StudyRecord, Path]], cache: dict) -> Pa
     extra = {"n_boot": int(options.get("bootstrap_samples", 10_000))} if test == "bootstrap" else {}
     comparisons = []
     for protocol, sub, out in parts:
-        for split, ref, chosen, t in _pairs(sub):
+        pairs = _pairs(sub)
+        if not pairs:  # no two trials share a split: nothing pairs them
+            comparisons += _unpaired(protocol, sub, out, cache, margin)
+        for split, ref, chosen, t in pairs:
             ref_seeds, t_seeds = seed_rankings(ref, sub, out, cache), seed_rankings(t, sub, out, cache)
             per_seed = _seed_differences(t_seeds, ref_seeds, metric) if ref_seeds and t_seeds else []
             if not per_seed:
@@ -179,8 +182,6 @@ def paired_family(parts: list[tuple[str, StudyRecord, Path]], cache: dict) -> Pa
             pooled_diffs = np.concatenate(per_seed)  # the difference against 0 is the paired difference
             pooled = paired_difference(pooled_diffs, np.zeros_like(pooled_diffs))
             comparisons.append(Comparison(protocol, split, ref, chosen, t, seed_level, pooled))
-        if not _pairs(sub):
-            comparisons += _unpaired(protocol, sub, out, cache, margin)
     if not comparisons:
         return None
     return PairedFamily(
