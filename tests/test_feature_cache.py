@@ -168,19 +168,23 @@ def test_bench_cache_lists_and_removes(tmp_path):
     cache = FeatureCache(tmp_path)
     cache.get(_key(encoder="toy encoder"), Encoder(), n=40)
     digest = _key(encoder="toy encoder").digest()
+    # the same encoder at another input size: the listing tells the two apart
+    cache.get(_key(encoder="toy encoder", preprocessing="bilinear resize to 96 px"), Encoder(), n=40)
 
     def bench(*args):
         return CliRunner().invoke(app, ["cache", *args, "--dir", str(tmp_path)], env={"COLUMNS": "200"})
 
     listed = bench()
-    assert listed.exit_code == 0 and "1 entries" in listed.output
+    assert listed.exit_code == 0 and "2 entries" in listed.output
+    assert listed.output.count("toy encoder at 96 px") == 1 and listed.output.count("toy encoder") == 2
     assert digest[:12] in listed.output and "toy encoder" in listed.output and "40x6" in listed.output
     assert re.search(r"built in \d+\.\d s", listed.output)
     bad = bench("remove", "nope")
     assert bad.exit_code == 2 and "start with 'nope'" in bad.output
     assert bench("remove").exit_code != 0  # neither a digest nor --all
     gone = bench("remove", digest[:8])
-    assert gone.exit_code == 0 and "removed 1 entries" in gone.output and cache.entries() == []
+    assert gone.exit_code == 0 and "removed 1 entries" in gone.output and len(cache.entries()) == 1
+    assert bench("remove", "--all").exit_code == 0 and cache.entries() == []
     assert "no cached features" in bench("list").output
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import typer
 
 from bench.commands.common import friendly_errors
@@ -20,6 +22,12 @@ def _seconds(manifest: dict) -> str:
     """The entry's recorded build seconds ('? s' for an entry written before they were recorded)."""
     seconds = manifest.get("build_seconds")
     return "? s" if seconds is None else f"{seconds:.1f} s"
+
+
+def _resolution(key: dict) -> str:
+    """' at N px' where the preprocessing resizes (two entries of one encoder differ by it)."""
+    found = re.search(r"resize to (\d+) px", key.get("preprocessing", ""))
+    return f" at {found.group(1)} px" if found else ""
 
 
 def command(
@@ -48,6 +56,7 @@ def command(
                 shape = "x".join(str(s) for s in e.manifest.get("shape", [])) or "?"
                 console.print(
                     f"  {e.digest[:12]}  {_size(e.bytes):>9}  {shape:>16}  {key.get('encoder', '?')}"
+                    + _resolution(key)
                     + (f"  views: {key['views']}" if key.get("views") else "")
                     + f"  ({e.manifest.get('created', '?')}, built in {_seconds(e.manifest)})",
                     highlight=False,
