@@ -11,28 +11,32 @@ import torch
 
 @contextlib.contextmanager
 def fixed_threads(n: int) -> Iterator[None]:
-    """Pin torch, FAISS and OpenCV to `n` threads for the duration (restored after)."""
-    old_torch = torch.get_num_threads()
-    torch.set_num_threads(n)
+    """Pin torch, FAISS and OpenCV to `n` threads for the duration (restored after).
+
+    torch and FAISS may share one OpenMP runtime, where setting either sets both: every old
+    count is read before any is set, and torch's is restored last, so neither restore undoes
+    the other."""
     try:
         import faiss
-
-        old_faiss = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(n)
     except ImportError:  # pragma: no cover - faiss is a dependency
-        faiss, old_faiss = None, None
+        faiss = None
     try:
         import cv2
-
-        old_cv = cv2.getNumThreads()
-        cv2.setNumThreads(n)
     except ImportError:  # pragma: no cover
-        cv2, old_cv = None, None
+        cv2 = None
+    old_torch = torch.get_num_threads()
+    old_faiss = faiss.omp_get_max_threads() if faiss is not None else None
+    old_cv = cv2.getNumThreads() if cv2 is not None else None
+    torch.set_num_threads(n)
+    if faiss is not None:
+        faiss.omp_set_num_threads(n)
+    if cv2 is not None:
+        cv2.setNumThreads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(old_torch)
-        if faiss is not None:
-            faiss.omp_set_num_threads(old_faiss)
         if cv2 is not None:
             cv2.setNumThreads(old_cv)
+        if faiss is not None:
+            faiss.omp_set_num_threads(old_faiss)
+        torch.set_num_threads(old_torch)

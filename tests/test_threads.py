@@ -1,0 +1,32 @@
+"""bench.threads.fixed_threads: a block of work runs on the pinned count and every library gets
+its own count back, also where torch and FAISS share one OpenMP runtime."""
+
+from __future__ import annotations
+
+import cv2
+import faiss
+import numpy as np
+import torch
+
+from bench.threads import fixed_threads
+
+
+def _work() -> None:
+    """Parallel regions in both libraries: where they share an OpenMP runtime, this is what ties them."""
+    torch.randn(256, 256) @ torch.randn(256, 256)
+    index = faiss.IndexFlatIP(16)
+    index.add(np.random.default_rng(0).random((512, 16), dtype=np.float32))
+    index.search(np.ones((64, 16), np.float32), 5)
+
+
+def test_pinned_inside_and_restored_after_even_nested():
+    _work()
+    before = torch.get_num_threads(), faiss.omp_get_max_threads(), cv2.getNumThreads()
+    with fixed_threads(before[0] + 2):
+        _work()
+        assert torch.get_num_threads() == faiss.omp_get_max_threads() == before[0] + 2
+        assert cv2.getNumThreads() == before[0] + 2
+        with fixed_threads(1):  # a latency study's timed searches inside a worker's trials
+            assert torch.get_num_threads() == faiss.omp_get_max_threads() == cv2.getNumThreads() == 1
+        assert torch.get_num_threads() == faiss.omp_get_max_threads() == before[0] + 2
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads(), cv2.getNumThreads()) == before
