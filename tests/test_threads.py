@@ -1,5 +1,7 @@
 """bench.threads.fixed_threads: a block of work runs on the pinned count and every library gets
-its own count back, also where torch and FAISS share one OpenMP runtime."""
+its own count back, nested blocks included. (The case where restoring FAISS undid torch's count
+showed only after a whole 2-thread study in the same process; test_study's threads test, run
+after the latency-study tests, is what caught it.)"""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from bench.threads import fixed_threads
 
 
 def _work() -> None:
-    """Parallel regions in both libraries: where they share an OpenMP runtime, this is what ties them."""
+    """Parallel regions in torch and FAISS, so both thread pools are in use when the counts are read."""
     torch.randn(256, 256) @ torch.randn(256, 256)
     index = faiss.IndexFlatIP(16)
     index.add(np.random.default_rng(0).random((512, 16), dtype=np.float32))
