@@ -161,19 +161,27 @@ def training_curves(
 
 
 def quality_flops_plot(
-    series: Mapping[str, Sequence[Sequence[tuple[float, float]]]], path: Path, title: str, ylabel: str
+    series: Mapping[str, Mapping[str, np.ndarray]],
+    path: Path,
+    title: str,
+    ylabel: str,
+    budgets: Sequence[float] = (),
 ) -> Path:
-    """series: label -> one [(training FLOPs, validation quality), ...] curve per seed; one colour
-    per label, every seed a thin line, FLOPs on a log axis."""
+    """series: label -> its seeds on one FLOPs axis (`bench.report.compute.seed_band`: `flops`,
+    `mean`, `low`, `high`, `ends`); one colour per label, the mean a line over the band of the
+    seeds' range, each seed's end a dot; `budgets` within the curves dotted verticals; FLOPs on a
+    log axis."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (label, seeds) in enumerate(series.items()):
+    for i, (label, band) in enumerate(series.items()):
         colour = colours[i % len(colours)]
-        for j, curve in enumerate(seeds):
-            points = [(f, v) for f, v in curve if f > 0]
-            if points:
-                xs, ys = zip(*points)
-                ax.plot(xs, ys, "o-", color=colour, lw=1, ms=3, alpha=0.8, label=label if j == 0 else None)
+        ax.fill_between(band["flops"], band["low"], band["high"], color=colour, alpha=0.2, lw=0)
+        ax.plot(band["flops"], band["mean"], "-", color=colour, lw=1.5, label=label)
+        ax.plot(band["ends"][:, 0], band["ends"][:, 1], "o", color=colour, ms=3.5)
+    reach = max((band["flops"][-1] for band in series.values()), default=0.0)
+    for budget in budgets:
+        if budget <= reach:  # a budget beyond every curve would only stretch the axis
+            ax.axvline(budget, color="0.5", ls=":", lw=1)
     ax.set_xscale("log")
     ax.set_xlabel("training FLOPs (counted on real steps)")
     ax.set_ylabel(ylabel)

@@ -180,3 +180,26 @@ def test_study_logs_convergence_and_compute_and_reports_them(tmp_path):
     assert "**did not converge** (no validation plateau in 1 of 1 epochs)" in rows["dual"]
     assert f"converged in {clf['epochs_used']:.0f} of 30 epochs" in rows["clf"]
     assert "no training" in rows["knn"]
+
+
+def test_seed_band_is_the_equal_compute_value_of_every_budget_with_the_seeds_range():
+    """The figure's line is what the equal-compute table reads (`value_at`) at each of its budgets,
+    starting where every seed has a checkpoint; the band spans the seeds, and a seed that stopped
+    earlier keeps its final value."""
+    from bench.report.compute import seed_band, value_at
+
+    curves = [
+        [(1e9, 0.1), (2e9, 0.3), (4e9, 0.5)],  # stops first
+        [(2e9, 0.2), (3e9, 0.4), (8e9, 0.6), (16e9, 0.7)],
+        [(0.0, 0.0), (1.5e9, 0.05), (6e9, 0.65)],  # a zero-FLOPs checkpoint is off the log axis
+    ]
+    band = seed_band(curves, points=40)
+    assert band["flops"][0] == pytest.approx(2e9) and band["flops"][-1] == pytest.approx(16e9)
+    for f, mean, low, high in zip(band["flops"], band["mean"], band["low"], band["high"]):
+        assert mean == pytest.approx(value_at(curves, f))
+        seeds = [[v for x, v in c if 0 < x <= f][-1] for c in curves]
+        assert (low, high) == (pytest.approx(min(seeds)), pytest.approx(max(seeds)))
+    assert band["mean"][-1] == pytest.approx((0.5 + 0.7 + 0.65) / 3)  # the first seed's final value
+    assert band["ends"].tolist() == [[4e9, 0.5], [16e9, 0.7], [6e9, 0.65]]
+    assert seed_band([[(0.0, 0.1)]]) is None
+    assert seed_band([[(5e9, 0.4)]])["mean"].tolist() == [0.4]  # one checkpoint: one budget

@@ -73,6 +73,28 @@ def value_at(curves: list[list[tuple[float, float]]], budget: float) -> float | 
     return float(np.mean(values)) if values else None
 
 
+def seed_band(curves: list[list[tuple[float, float]]], points: int = 64) -> dict[str, np.ndarray] | None:
+    """One method's seeds on one FLOPs axis: at `points` log-spaced budgets from the first at which
+    every seed has a checkpoint to the last checkpoint of any, `value_at` of each budget (`mean`: a
+    seed that stopped earlier counts with its final checkpoint) and the range over seeds (`low`,
+    `high`); `ends`: each seed's last checkpoint [S, 2]. None without positive FLOPs."""
+    seeds = [sorted((f, v) for f, v in curve if f > 0) for curve in curves]
+    seeds = [np.asarray(c, dtype=float) for c in seeds if c]
+    if not seeds:
+        return None
+    start, stop = max(c[0, 0] for c in seeds), max(c[-1, 0] for c in seeds)
+    budgets = np.geomspace(start, stop, points) if stop > start else np.array([start])
+    # each seed's last checkpoint at or below each budget: [S, points]
+    values = np.stack([c[np.searchsorted(c[:, 0], budgets, side="right") - 1, 1] for c in seeds])
+    return {
+        "flops": budgets,
+        "mean": values.mean(0),
+        "low": values.min(0),
+        "high": values.max(0),
+        "ends": np.stack([c[-1] for c in seeds]),
+    }
+
+
 def compute_section(record: StudyRecord, out: Path, rel: str) -> str | None:
     trained = {}
     for t in best_per_method(record):
@@ -82,15 +104,16 @@ def compute_section(record: StudyRecord, out: Path, rel: str) -> str | None:
     if not trained:
         return None
     metric = next(iter(trained.values()))[1]
-    series = {name: curves for name, (_, _, curves) in trained.items()}
+    base = min(t.extra.get("train_flops", curves[0][-1][0]) for t, _, curves in trained.values())
+    budgets = [f * base for f in BUDGET_FACTORS]
+    bands = {name: seed_band(curves) for name, (_, _, curves) in trained.items()}
     fig = plots.quality_flops_plot(
-        series,
+        {name: band for name, band in bands.items() if band is not None},
         out / "quality_vs_flops.png",
         f"{record.name}: validation quality against training FLOPs",
         f"validation {metric}",
+        budgets=budgets,
     )
-    base = min(t.extra.get("train_flops", curves[0][-1][0]) for t, _, curves in trained.values())
-    budgets = [f * base for f in BUDGET_FACTORS]
     objective = record.objective
     rows = []
     for name, (t, _, curves) in trained.items():
@@ -113,11 +136,15 @@ def compute_section(record: StudyRecord, out: Path, rel: str) -> str | None:
         "training",
     ]
     return (
-        "Validation quality against training FLOPs of the chosen trial of each trained method, every seed a "
-        "line (checkpoints at epochs 1, 2, 4, 8, ... and every `val_every` epochs of the phase that stops "
-        "on a plateau). FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode` on the first real "
-        "training step of each phase and batch size (forward and backward) and charged per example for the "
-        "others; a frozen encoder's features count once.\n\n![quality against "
+        "Validation quality against training FLOPs of the chosen trial of each trained method "
+        "(checkpoints at epochs 1, 2, 4, 8, ... and every `val_every` epochs of the phase that stops on a "
+        "plateau): at each budget every seed counts with its last checkpoint at or below it (a seed whose "
+        "training stopped earlier, with its final one), the line is the mean over seeds and the band "
+        "their range, from the budget at which every seed has a checkpoint; dots mark where each seed's "
+        "training stopped, dotted verticals the budgets of the table below that the curves reach. FLOPs "
+        "are counted with `torch.utils.flop_counter.FlopCounterMode` on the first real training step "
+        "of each phase and batch size (forward and backward) and charged per example for the others; a "
+        "frozen encoder's features count once.\n\n![quality against "
         f"FLOPs]({rel}/{fig.name})\n\n**Quality at equal compute.** Each method's validation metric at the "
         "smallest final training FLOPs of any method shown and "
         f"{', '.join(f'{f}x' for f in BUDGET_FACTORS[1:])} that: its last checkpoint at or below the budget "
