@@ -225,6 +225,41 @@ def test_interrupted_tuning_resumes_without_redoing_finished_trials(tmp_path, mo
     assert third.ran == 0 and len(tuning_trials(tmp_path, "resumed-smoke-tune-bovw")) == 2
 
 
+def test_a_no_wait_worker_waits_for_another_workers_tuning_trial(tmp_path):
+    """`--no-wait` lets a worker leave when only other workers' study trials are left, but no trial
+    can start before every recipe is known: with the last tuning trial running elsewhere, it
+    waits for it and then runs the study (it used to stop with "5/6 finished trials")."""
+    import threading
+    import time
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    name = "waits-smoke-tune-knn"
+    other = optuna.create_study(study_name=name, storage=url, direction="maximize").ask()  # another worker's
+
+    def the_other_worker_finishes() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                states = [t.state for t in optuna.load_study(study_name=name, storage=url).get_trials()]
+            except KeyError:
+                states = []
+            if states.count(TrialState.COMPLETE) == 1:  # this worker's own trial is done: it waits now
+                time.sleep(2)
+                break
+            time.sleep(0.2)
+        optuna.load_study(study_name=name, storage=url).tell(other.number, -1.0)
+
+    finisher = threading.Thread(target=the_other_worker_finishes)
+    finisher.start()
+    no_wait = RunOptions(
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", storage=url, heartbeat=2, wait_for_others=False
+    )
+    outcome = run(resolve(knn_and_bovw("waits")), no_wait)
+    finisher.join()
+    assert outcome.done and outcome.counts == {"COMPLETE": 2}
+    assert [t.state for t in tuning_trials(tmp_path, name)] == [TrialState.COMPLETE] * 2
+
+
 def test_a_method_whose_tuning_keeps_failing_stops_the_run_with_a_clear_error(tmp_path):
     from bench.report import write_report
 

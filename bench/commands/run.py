@@ -69,7 +69,8 @@ def command(
     wait: bool = typer.Option(
         True,
         "--wait/--no-wait",
-        help="When only other workers' trials remain, wait for them (and take over dead ones).",
+        help="When only other workers' trials remain, wait for them (and take over dead ones); "
+        "tuning trials are always waited for, since the study's trials need their recipes.",
     ),
     reuse: bool = _REUSE,
     overrides: list[str] = typer.Option(

@@ -162,8 +162,10 @@ def _work(
     max_failures: int,
     on_progress,
 ) -> int:
-    """Run tuning trials until `target` are COMPLETE, `max_failures` fail in a row, or only other
-    workers' trials are left (waited for with `options.wait_for_others`); the COMPLETE count."""
+    """Run tuning trials until `target` are COMPLETE or `max_failures` fail in a row; the COMPLETE
+    count. When only other workers' trials are left, wait for them whatever `--no-wait` says: no
+    trial of the study can start without the recipe they decide (a stale one is failed by its
+    missing heartbeat and run again here)."""
     in_a_row = 0
     while True:
         interrupt.check()  # between trials
@@ -181,7 +183,7 @@ def _work(
                 continue
         finally:
             claim.release()
-        if running and options.wait_for_others:
+        if running and in_a_row < max_failures:
             time.sleep(min(options.heartbeat, 5))
             continue
         return done
