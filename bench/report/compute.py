@@ -61,15 +61,26 @@ def seed_curves(t: TrialRecord, tracking_uri: str) -> tuple[str | None, list[lis
     return metric, curves
 
 
+def _checkpoints(curve: list[tuple[float, float]]) -> np.ndarray:
+    """One seed's (FLOPs, value) checkpoints as a [C, 2] array in FLOPs order (ties as logged)."""
+    return np.asarray(sorted(curve, key=lambda point: point[0]), dtype=float).reshape(-1, 2)
+
+
+def _last_at_or_below(checkpoints: np.ndarray, budgets):
+    """The row of the last checkpoint at or below each budget; -1 before the first."""
+    return np.searchsorted(checkpoints[:, 0], budgets, side="right") - 1
+
+
 def value_at(curves: list[list[tuple[float, float]]], budget: float) -> float | None:
     """Mean over seeds of each seed's last checkpoint at or below `budget` FLOPs; None when a
     seed's first checkpoint is already above it (not reached)."""
     values = []
     for curve in curves:
-        below = [v for f, v in curve if f <= budget]
-        if not below:
+        points = _checkpoints(curve)
+        row = _last_at_or_below(points, budget)
+        if row < 0:
             return None
-        values.append(below[-1])
+        values.append(points[row, 1])
     return float(np.mean(values)) if values else None
 
 
@@ -78,14 +89,13 @@ def seed_band(curves: list[list[tuple[float, float]]], points: int = 64) -> dict
     every seed has a checkpoint to the last checkpoint of any, `value_at` of each budget (`mean`: a
     seed that stopped earlier counts with its final checkpoint) and the range over seeds (`low`,
     `high`); `ends`: each seed's last checkpoint [S, 2]. None without positive FLOPs."""
-    seeds = [sorted((f, v) for f, v in curve if f > 0) for curve in curves]
-    seeds = [np.asarray(c, dtype=float) for c in seeds if c]
+    seeds = [_checkpoints([(f, v) for f, v in curve if f > 0]) for curve in curves]
+    seeds = [c for c in seeds if len(c)]
     if not seeds:
         return None
     start, stop = max(c[0, 0] for c in seeds), max(c[-1, 0] for c in seeds)
     budgets = np.geomspace(start, stop, points) if stop > start else np.array([start])
-    # each seed's last checkpoint at or below each budget: [S, points]
-    values = np.stack([c[np.searchsorted(c[:, 0], budgets, side="right") - 1, 1] for c in seeds])
+    values = np.stack([c[_last_at_or_below(c, budgets), 1] for c in seeds])  # [S, points]
     return {
         "flops": budgets,
         "mean": values.mean(0),
