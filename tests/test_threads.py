@@ -1,7 +1,7 @@
 """bench.threads.fixed_threads: a block of work runs on the pinned count and every library gets
-its own count back, nested blocks included. (The case where restoring FAISS undid torch's count
-showed only after a whole 2-thread study in the same process; test_study's threads test, run
-after the latency-study tests, is what caught it.)"""
+its own count back, nested blocks included. (Where torch and FAISS share one OpenMP runtime,
+restoring FAISS after torch would undo torch's count; that needs a whole 2-thread study in the
+same process to show, which test_study's threads test, run after the latency-study tests, covers.)"""
 
 from __future__ import annotations
 

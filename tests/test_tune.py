@@ -228,7 +228,7 @@ def test_interrupted_tuning_resumes_without_redoing_finished_trials(tmp_path, mo
 def test_a_no_wait_worker_waits_for_another_workers_tuning_trial(tmp_path):
     """`--no-wait` lets a worker leave when only other workers' study trials are left, but no trial
     can start before every recipe is known: with the last tuning trial running elsewhere, it
-    waits for it and then runs the study (it used to stop with "5/6 finished trials")."""
+    waits for it and then runs the study, rather than stopping with "n-1/n finished trials"."""
     import threading
     import time
 
