@@ -299,7 +299,7 @@ def _build(
     steps: list[dict[str, float]] = []
     t0 = time.perf_counter()
     if stepwise is not None:
-        steps = stepwise[0].index(retriever, sets, stepwise[1], ranked, k_test)
+        steps = stepwise[0].index(retriever, sets, stepwise[1], ranked, k_test, validation_set(cfg, sets))
     else:
         # text retrievers learn from the captions the corpus carries (the text protocol's train part)
         train = sets.train if retriever.query_kind == "image" else None

@@ -256,6 +256,21 @@ def test_shipped_studies_are_valid_at_every_scale(path):
     assert offline and smoke.n_trials <= 12
 
 
+# studies that measure one seed on purpose: latency and memorisation figures, and the scale
+# study's corpus sizes, whose reports make no paired claim
+SINGLE_SEED = {"baselines", "dsi_retrieval", "latency_scaling", "memorisation", "scale", "scale_class"}
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
+def test_a_study_that_compares_methods_runs_five_seeds_and_states_its_margin(path):
+    study = load_study(path)
+    if path.stem in SINGLE_SEED:
+        assert study.repeats == 1
+        return
+    assert study.repeats >= 5, "a finding needs at least 5 seeds"
+    assert study.report["equivalence_margin"] is not None, "a tie needs a stated equivalence margin"
+
+
 def test_shipped_study_set_is_complete():
     names = {p.stem for p in STUDIES}
     assert {

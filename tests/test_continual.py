@@ -229,6 +229,23 @@ def test_step_bounds_cover_the_corpus():
     assert step_bounds(7, 0.5, 3) == [4, 5, 6, 7]
 
 
+def test_first_index_validation_keeps_the_queries_its_images_answer(tiny_split):
+    from bench.kinds.continual.indexing import _validation_within
+    from vitdsi.data.relevance import Relevance
+    from vitdsi.training.monitor import ValidationSet
+
+    sets = tiny_split
+    full = ValidationSet(sets.queries("val"), sets.relevance("val"), "MAP@10")
+    n = 5
+    part = _validation_within(full, sets, n)
+    answered = Relevance.between(sets.val, sets.corpus.subset(range(n))).n_relevant() > 0
+    assert 0 < answered.sum() < len(sets.val)  # the case is not trivial
+    assert part.relevance.corpus_size == n and len(part.queries) == answered.sum()
+    assert torch.equal(part.queries, sets.val.images[torch.as_tensor(np.flatnonzero(answered))])
+    assert (part.relevance.n_relevant() > 0).all() and part.metric == "MAP@10"
+    assert _validation_within(None, sets, n) is None
+
+
 @pytest.mark.heavy
 def test_continual_study_logs_every_step_and_reports_it(tmp_path):
     from mlflow import MlflowClient
@@ -248,6 +265,8 @@ def test_continual_study_logs_every_step_and_reports_it(tmp_path):
         assert sorted(ia) == [0, 1, 2] and all(0 <= v <= 1 for v in ia.values())
         if r.data.tags["method"] == "knn":  # exact vectors: nothing is ever forgotten
             assert set(ia.values()) == {1.0} and r.data.metrics["continual/ia_added"] == 1.0
+        else:  # the first index stops on the validation queries' plateau, as an ordinary index does
+            assert "plateau_reached" in r.data.metrics and "converged" in r.data.metrics
         seeds = json.loads(
             Path(client.download_artifacts(r.info.run_id, "continual.json", str(tmp_path))).read_text()
         )

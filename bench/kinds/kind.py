@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from bench.report.data import StudyRecord
     from vitdsi.data import SplitSets
     from vitdsi.retrievers.base import Retriever
+    from vitdsi.training.monitor import ValidationSet
 
 Settings = dict[str, Any]  # the kind's block as resolved into a Study / TrialConfig (its model's dump)
 
@@ -61,10 +62,17 @@ class StudyKind:
         return data, params, settings
 
     def index(
-        self, retriever: Retriever, sets: SplitSets, settings: Settings, metrics: list[str], k: int
+        self,
+        retriever: Retriever,
+        sets: SplitSets,
+        settings: Settings,
+        metrics: list[str],
+        k: int,
+        validation: ValidationSet | None = None,
     ) -> list[dict[str, float]]:
-        """For a kind that `indexes`: build the index over `sets.corpus` itself; one record per
-        step, logged under `<key>/` and as `<key>.json`."""
+        """For a kind that `indexes`: build the index over `sets.corpus` itself, training on the
+        `validation` queries' checkpoints as an ordinary index call does; one record per step,
+        logged under `<key>/` and as `<key>.json`."""
         raise NotImplementedError(f"the {self.name} builds its index the ordinary way")
 
     def measure(

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from bench.report.data import StudyRecord
     from vitdsi.data import SplitSets
     from vitdsi.retrievers.base import Retriever
+    from vitdsi.training.monitor import ValidationSet
 
 
 class Continual(StudyKind):
@@ -34,9 +35,15 @@ class Continual(StudyKind):
         check_steps(settings, sizes, source, shown)
 
     def index(
-        self, retriever: Retriever, sets: SplitSets, settings: Settings, metrics: list[str], k: int
+        self,
+        retriever: Retriever,
+        sets: SplitSets,
+        settings: Settings,
+        metrics: list[str],
+        k: int,
+        validation: ValidationSet | None = None,
     ) -> list[dict[str, float]]:
-        return index_continually(retriever, sets, settings, metrics, k)
+        return index_continually(retriever, sets, settings, metrics, k, validation)
 
     def report_section(self, record: StudyRecord, fig_dir: Path, rel: str) -> str | None:
         # imported here: the report stack reaches the study file schema, which reads this registry

@@ -20,6 +20,7 @@ from vitdsi.data import ImageSet, SplitSets
 from vitdsi.data.relevance import Relevance, relevance_keys
 from vitdsi.metrics import evaluate, indexing_accuracy
 from vitdsi.retrievers.base import Retriever
+from vitdsi.training.monitor import ValidationSet
 
 
 def step_bounds(n: int, initial: float, steps: int) -> list[int]:
@@ -62,11 +63,31 @@ def _ranked(retriever: Retriever, sets: SplitSets, n: int, metrics: list[str], k
     return {**{m: float(v.mean) for m, v in values.items()}, "test_queries": float(len(keep))}
 
 
+def _validation_within(validation: ValidationSet | None, sets: SplitSets, n: int) -> ValidationSet | None:
+    """`validation` against the first n indexed images: the validation queries with a relevant
+    image among them (None when there are none)."""
+    if validation is None or sets.val is None:
+        return None
+    query_keys, corpus_keys = relevance_keys(sets.val, sets.corpus)
+    full = Relevance(query_keys.cpu().numpy(), corpus_keys.cpu().numpy()[:n], sets.grading)
+    keep = np.flatnonzero(full.n_relevant() > 0)
+    if not len(keep):
+        return None
+    relevance = Relevance(full.query_labels[keep], full.corpus_labels, sets.grading)
+    return ValidationSet(sets.val.images[torch.as_tensor(keep)], relevance, validation.metric)
+
+
 def index_continually(
-    retriever: Retriever, sets: SplitSets, opts: dict[str, Any], metrics: list[str], k: int
+    retriever: Retriever,
+    sets: SplitSets,
+    opts: dict[str, Any],
+    metrics: list[str],
+    k: int,
+    validation: ValidationSet | None = None,
 ) -> list[dict[str, float]]:
     """Index `sets.corpus` step by step (opts: the `continual:` block, ContinualConfig); one record per
-    step."""
+    step. The first index trains as an ordinary one does, checkpointed and stopped on `validation`
+    (restricted to the queries its images answer); an add step trains as the add strategy says."""
     corpus = sets.corpus
     bounds = step_bounds(len(corpus), opts["initial"], opts["steps"])
     records, lo = [], 0
@@ -75,7 +96,7 @@ def index_continually(
         queries = _queries_for(sets.train, lo, hi, everything_first=step == 0)
         t0 = time.perf_counter()
         if step == 0:
-            retriever.index(part, train_queries=queries)
+            retriever.index(part, train_queries=queries, validation=_validation_within(validation, sets, hi))
         else:
             retriever.add(part, train_queries=queries)
         seconds = time.perf_counter() - t0
