@@ -6,6 +6,7 @@
     bench search --run RUN_ID_OR_PREFIX IMAGE... [--k 5] [--out grid.png]
     bench report STUDY [--study-name NAME]
     bench cache [list | remove DIGEST | remove --all]
+    bench store pack FOLDER ARCHIVE.tar.xz | unpack ARCHIVE.tar.xz FOLDER
 
 Each command lives in its own module under bench/commands and imports its heavy
 dependencies (torch, optuna, mlflow) only when it runs, so `--help` stays fast.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import typer
 
-from bench.commands import cache, listing, report, run, search, ui
+from bench.commands import cache, listing, report, run, search, store, ui
 
 app = typer.Typer(
     name="bench",
@@ -31,6 +32,7 @@ app.command("ui")(ui.command)
 app.command("search")(search.command)
 app.command("report")(report.command)
 app.command("cache")(cache.command)
+app.command("store")(store.command)
 
 
 def main() -> None:  # `python -m bench.cli`
