@@ -25,11 +25,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.tracking import ARTIFACT_FOLDER
 from vitdsi.errors import VitDSIError
 
 MANIFEST = "store.json"
-DATABASES = ("mlflow.db", "optuna.db")
-ARTIFACTS = "mlartifacts"
+DATABASES = ("mlflow.db", "optuna.db")  # the MLflow store first: a store folder must have it
 FORMAT = 1  # bumped when the layout of an archive changes
 
 
@@ -69,7 +69,7 @@ def _store_files(folder: Path) -> list[str]:
     if not (folder / DATABASES[0]).is_file():
         raise VitDSIError(
             f"{folder} is not a study store: it has no {DATABASES[0]} (a store folder holds "
-            f"{', '.join(DATABASES)} and {ARTIFACTS}/, as `bench run --tracking-uri "
+            f"{', '.join(DATABASES)} and {ARTIFACT_FOLDER}/, as `bench run --tracking-uri "
             "sqlite:///FOLDER/mlflow.db` leaves them)"
         )
     return [name for name in DATABASES if (folder / name).is_file()]
@@ -79,7 +79,7 @@ def pack(folder: str | Path, archive: str | Path, *, keep_index: bool = False) -
     """Write the study store in `folder` to `archive` (.tar.xz)."""
     folder, archive = Path(folder).resolve(), Path(archive)
     databases = _store_files(folder)
-    artifacts = folder / ARTIFACTS
+    artifacts = folder / ARTIFACT_FOLDER
     files, skipped = [], 0
     if artifacts.is_dir():
         for path in sorted(p for p in artifacts.rglob("*") if p.is_file()):
@@ -96,7 +96,8 @@ def pack(folder: str | Path, archive: str | Path, *, keep_index: bool = False) -
         "index_artifacts": "kept" if keep_index else "left out",
     }
     archive.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp, tarfile.open(archive, "w:xz") as tar:
+    partial = archive.with_name(archive.name + ".partial")  # an interrupted pack leaves no archive
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(partial, "w:xz") as tar:
         data = json.dumps(manifest, indent=1).encode()
         info = tarfile.TarInfo(MANIFEST)
         info.size, info.mtime = len(data), int(time.time())
@@ -105,7 +106,8 @@ def pack(folder: str | Path, archive: str | Path, *, keep_index: bool = False) -
             _snapshot(folder / name, Path(tmp) / name)
             tar.add(Path(tmp) / name, arcname=name)
         for path, relative in files:
-            tar.add(path, arcname=str(Path(ARTIFACTS) / relative))
+            tar.add(path, arcname=str(Path(ARTIFACT_FOLDER) / relative))
+    partial.replace(archive)
     return PackedStore(archive, len(files), skipped, archive.stat().st_size)
 
 
@@ -134,7 +136,7 @@ def unpack(archive: str | Path, folder: str | Path) -> dict:
                 f"{archive} has store archive format {manifest.get('format')}; this version reads {FORMAT}"
             )
         tar.extractall(folder, filter="data")
-    _relocate(folder / "mlflow.db", manifest["artifact_root"], (folder / ARTIFACTS).resolve().as_uri())
+    _relocate(folder / DATABASES[0], manifest["artifact_root"], (folder / ARTIFACT_FOLDER).resolve().as_uri())
     return manifest
 
 

@@ -29,6 +29,7 @@ from vitdsi.retrievers.persistence import save_retriever
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
 VAL_PREFIX = "val_"  # validation-query metrics: "val_MAP_at_10" (test metrics carry no prefix)
+ARTIFACT_FOLDER = "mlartifacts"  # a local store's artifacts, beside its mlflow.db
 OVERRIDES_TAG = "study.overrides"  # on a parent run: the `bench run --set` overrides (JSON list)
 _MAX_BATCH = 100  # params / metrics per log_batch call (MLflow limits a batch)
 # no tqdm bar per artifact download (a resumed trial's checkpoints) in a worker's log; a user's setting wins
@@ -131,7 +132,7 @@ class Tracker:
                 self.client.restore_experiment(exp.experiment_id)
             return exp.experiment_id
         folder = local_store_dir(self.uri)
-        location = (folder / "mlartifacts").resolve().as_uri() if folder is not None else None
+        location = (folder / ARTIFACT_FOLDER).resolve().as_uri() if folder is not None else None
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except MlflowException:  # another worker created it first

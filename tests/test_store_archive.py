@@ -67,7 +67,7 @@ def _without_timestamp(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if not line.startswith("| report written |"))
 
 
-def test_an_unpacked_store_renders_the_same_report_and_leaves_the_models_out(tmp_path):
+def test_an_unpacked_store_renders_the_same_report_and_leaves_the_models_out(tmp_path, monkeypatch):
     home = _store(tmp_path / "home")
     assert _run(home, _study()).done
     before = write_report("packed", tracking_uri=home.tracking, out_dir=tmp_path / "before")
@@ -95,11 +95,8 @@ def test_an_unpacked_store_renders_the_same_report_and_leaves_the_models_out(tmp
     # a finished study stays finished: resuming trains nothing
     calls = []
     real_create = bench.trial.create
-    bench.trial.create = lambda *a, **kw: calls.append(kw) or real_create(*a, **kw)
-    try:
-        assert _run(_store(away), _study()).done
-    finally:
-        bench.trial.create = real_create
+    monkeypatch.setattr(bench.trial, "create", lambda *a, **kw: calls.append(kw) or real_create(*a, **kw))
+    assert _run(_store(away), _study()).done
     assert calls == []
 
 
