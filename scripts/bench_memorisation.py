@@ -15,6 +15,8 @@ wall time to the target; the final IA@1 is measured on every image by greedy dec
         --param encoder_pool=true
     python scripts/bench_memorisation.py --frozen --n 65536 --threads 2 --budget 3600 --target 0.95 \
         --param encoder_pool=true view_bank=4 index_views=2 views=medium
+    python scripts/bench_memorisation.py --frozen --n 65536 --device cuda --size 160 --budget 300 \
+        --target 0.95 --param encoder_pool=true encoder_size=160 view_bank=4 index_views=2 views=medium
 
 Timings depend on the machine and its load: say so when you quote them.
 """
@@ -77,6 +79,8 @@ def main() -> None:
     )
     ap.add_argument("--target", type=float, default=None, help="IA@1 target (default: the recipe's, 0.99)")
     ap.add_argument("--param", nargs="*", default=[], help="dsi-vit overrides, name=json-value")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--size", type=int, default=32, help="image side the dataset is served at (default 32)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     params = dict(FROZEN if args.frozen else RECIPE, index_epochs=args.epochs)
@@ -88,11 +92,14 @@ def main() -> None:
             params[name] = json.loads(value)
         except json.JSONDecodeError:
             params[name] = value
-    corpus = load_dataset("fashion-mnist", size=32).subset(torch.arange(args.n))
+    corpus = load_dataset("fashion-mnist", size=args.size).subset(torch.arange(args.n))
     if len(corpus) < args.n:
         raise SystemExit(f"Fashion-MNIST has {len(corpus)} images, fewer than --n {args.n}")
-    console.print(f"{args.n} Fashion-MNIST images, {args.threads} thread(s), recipe {params}")
-    r = create("dsi-vit", **params, device="cpu")
+    console.print(
+        f"{args.n} Fashion-MNIST images at {args.size} px, {args.threads} thread(s), {args.device}, "
+        f"torch {torch.__version__}, recipe {params}"
+    )
+    r = create("dsi-vit", **params, device=args.device)
     t0 = time.perf_counter()
 
     def on_epoch(e) -> bool:

@@ -9,9 +9,11 @@ images (random pixels, random ids) for the same number of epochs; the two are me
 alternation, several rounds, and the median images/s of each is compared. On a CPU with
 native bf16 both are also run under bf16 autocast (`precision: bf16` on the project's side,
 where attention is written out: `vitdsi.models.vit_encoder.attend`), and the project's bf16
-rate is given as a ratio to the reference in float32 and in bf16.
+rate is given as a ratio to the reference in float32 and in bf16. `--device cuda` measures both
+on a GPU (images uploaded once, bf16 autocast where the GPU has bf16).
 
     OMP_NUM_THREADS=1 python scripts/bench_training.py [--rounds 3] [--images 256]
+    python scripts/bench_training.py --device cuda --images 4096 --batch 256
 
 Timings depend on the machine and its load: say so when you quote them.
 """
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
+from vitdsi.device import resolve_device
 from vitdsi.ids import make_ids
 from vitdsi.models import VitDSI, VitDSIConfig
 from vitdsi.models.vit_dsi import BOS, EOS, N_IN, N_OUT, PAD
@@ -66,7 +69,7 @@ class NaiveTransformerDSI(nn.Module):
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         src = self.patch(images).flatten(2).transpose(1, 2) + self.pos
         tgt = self.tok(tokens) + self.tok_pos[: tokens.shape[1]]
-        mask = nn.Transformer.generate_square_subsequent_mask(tokens.shape[1])
+        mask = nn.Transformer.generate_square_subsequent_mask(tokens.shape[1], device=tokens.device)
         return self.head(self.transformer(src, tgt, tgt_mask=mask, tgt_is_causal=True))
 
 
@@ -80,23 +83,26 @@ def reference_images_per_s(
     bf16: bool = False,
 ) -> float:
     torch.manual_seed(0)
-    model = NaiveTransformerDSI(size, patch, id_length=codes.shape[1], **PAPER)
+    device = images.device
+    model = NaiveTransformerDSI(size, patch, id_length=codes.shape[1], **PAPER).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98))
-    bos = torch.full((len(codes), 1), BOS)
-    eos = torch.full((len(codes), 1), EOS)
+    codes = codes.to(device)
+    bos = torch.full((len(codes), 1), BOS, device=device)
+    eos = torch.full((len(codes), 1), EOS, device=device)
     inputs, targets = torch.cat([bos, codes], 1), torch.cat([codes, eos], 1)
     model.train()
     rates = []
     for _ in range(epochs):
         t0 = time.perf_counter()
-        for idx in torch.randperm(len(images)).split(batch):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for idx in torch.randperm(len(images), device=device).split(batch):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(to_input(images[idx]), inputs[idx])
                 loss = F.cross_entropy(logits.transpose(1, 2).float(), targets[idx], ignore_index=PAD)
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+            loss.item()  # one host sync per step, as the project's trainer does (it checks every loss)
         rates.append(len(images) / (time.perf_counter() - t0))
     return statistics.median(rates[1:] or rates)
 
@@ -112,6 +118,7 @@ def project_images_per_s(
 ) -> float:
     torch.manual_seed(0)
     model = VitDSI(VitDSIConfig(image_size=size, patch_size=patch, id_length=codes.shape[1], **PAPER))
+    model.to(images.device)
     cfg = TrainConfig(
         index_epochs=epochs, batch_size=batch, target_ia=2.0, eval_every=10**9, precision=precision
     )
@@ -128,11 +135,17 @@ def main() -> None:
     ap.add_argument(
         "--dropout", type=float, default=0.1, help="dropout of both (paper 0.1; memorisation recipe 0)"
     )
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = ap.parse_args()
     PAPER["dropout"] = args.dropout
-    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()  # native bf16 on this CPU (AMX / AVX512-BF16)
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        where = torch.cuda.get_device_name(device)
+    else:  # native bf16 on this CPU (AMX / AVX512-BF16)
+        bf16, where = torch.ops.mkldnn._is_mkldnn_bf16_supported(), "cpu"
     console.print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), cpu; paper sizes {PAPER}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {where}; paper sizes {PAPER}, "
         f"batch {args.batch}, {args.images} images, {args.rounds} alternating rounds"
     )
     table = Table(
@@ -150,6 +163,7 @@ def main() -> None:
     for size, patch in ((32, 4), (160, 16)):
         gen = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (args.images, 3, size, size), dtype=torch.uint8, generator=gen)
+        images = images.to(device)
         codes = make_ids("random", args.images, seed=0).codes
         ref, ours, ref_half, half = [], [], [], []
         for _ in range(args.rounds):
