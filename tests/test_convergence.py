@@ -132,6 +132,19 @@ def test_dsi_short_of_its_ia_target_did_not_converge(tiny_split):
     assert cell == f"**did not converge** (IA@1 {record['ia1_reached']:.2f} < target {r.target_ia:.2f})"
 
 
+def test_a_row_of_several_seeds_counts_the_seeds_that_missed_the_ia_target():
+    """A mean IA@1 of 0.987 over 5 seeds rounds to the 0.99 target (the row once read 'IA@1 0.99 <
+    target 0.99'): the row counts the seeds that reached it instead."""
+    from types import SimpleNamespace
+
+    from bench.report.compute import convergence_cell
+
+    extra = {"converged": 0.0, "target_ia_reached": 0.8, "ia1_reached": 0.98672, "ia1_target": 0.99}
+    extra |= {"plateau_reached": 1.0, "epochs_used": 300.0, "epoch_cap": 460.0}
+    cell = convergence_cell(SimpleNamespace(extra=extra, params={"repeats": "5"}))
+    assert cell == "**did not converge** (IA@1 target 0.99 reached by 4 of 5 seeds, mean IA@1 0.987)"
+
+
 COMPUTE_STUDY = {
     "name": "compute_check",
     "scale": "smoke",
