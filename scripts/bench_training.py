@@ -166,7 +166,7 @@ def main() -> None:
         images = images.to(device)
         codes = make_ids("random", args.images, seed=0).codes
         ref, ours, ref_half, half = [], [], [], []
-        for _ in range(args.rounds):
+        for i in range(args.rounds):
             ref.append(reference_images_per_s(images, codes, size, patch, args.batch, args.epochs))
             ours.append(project_images_per_s(images, codes, size, patch, args.batch, args.epochs))
             if bf16:
@@ -174,6 +174,11 @@ def main() -> None:
                     reference_images_per_s(images, codes, size, patch, args.batch, args.epochs, bf16=True)
                 )
                 half.append(project_images_per_s(images, codes, size, patch, args.batch, args.epochs, "bf16"))
+            # each round as it ends, so that a run stopped by a time limit still leaves its figures
+            console.print(
+                f"  {size} px, round {i + 1}: reference {ref[-1]:.0f}, dsi-vit {ours[-1]:.0f} images/s"
+                + (f"; bf16: reference {ref_half[-1]:.0f}, dsi-vit {half[-1]:.0f}" if bf16 else "")
+            )
         r, o = statistics.median(ref), statistics.median(ours)
         row = [f"{size} px", str(patch), f"{r:.0f}", f"{o:.0f}", f"{o / r:.2f}x"]
         if bf16:
