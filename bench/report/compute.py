@@ -47,7 +47,8 @@ def _ia_shortfall(x: dict[str, float], params: dict[str, str]) -> str:
     if seeds <= 1:
         return f"IA@1 {fmt(x.get('ia1_reached'), 2)} < target {target}"
     reached = round(x["target_ia_reached"] * seeds)
-    return f"IA@1 target {target} reached by {reached} of {seeds} seeds, mean IA@1 {fmt(x.get('ia1_reached'), 3)}"
+    mean = fmt(x.get("ia1_reached"), 3)
+    return f"IA@1 target {target} reached by {reached} of {seeds} seeds, mean IA@1 {mean}"
 
 
 def _number(v) -> float | None:
