@@ -133,8 +133,8 @@ def test_dsi_short_of_its_ia_target_did_not_converge(tiny_split):
 
 
 def test_a_row_of_several_seeds_counts_the_seeds_that_missed_the_ia_target():
-    """A mean IA@1 of 0.987 over 5 seeds rounds to the 0.99 target (the row once read 'IA@1 0.99 <
-    target 0.99'): the row counts the seeds that reached it instead."""
+    """A mean IA@1 of 0.987 over 5 seeds rounds to the 0.99 target, so 'mean < target' would read
+    'IA@1 0.99 < target 0.99': the row counts the seeds that reached it instead."""
     from types import SimpleNamespace
 
     from bench.report.compute import convergence_cell
