@@ -68,14 +68,20 @@ def minilm(text_cache):
     return make_text_encoder(TextEncoderConfig(text_cache_dir=text_cache))
 
 
+# The device the shared retriever tests build on: the CPU, or a GPU named by VITDSI_TEST_DEVICE
+# (`VITDSI_TEST_DEVICE=cuda pytest tests/test_contract.py` runs the contract on a real GPU).
+TEST_DEVICE = os.environ.get("VITDSI_TEST_DEVICE", "cpu")
+
+
 def smoke_retriever(name: str, **params):
-    """Retriever `name` with the smoke scale's build parameters (`bench.scales`) on the CPU, and
-    `params` over them; the DSI trains a few epochs only (these tests check behaviour, not quality)."""
+    """Retriever `name` with the smoke scale's build parameters (`bench.scales`) on TEST_DEVICE (the
+    CPU unless set), and `params` over them; the DSI trains a few epochs only (these tests check
+    behaviour, not quality)."""
     from bench.scales import SCALES
     from vitdsi.retrievers import create
 
     quick = {"index_epochs": 3, "retrieval_epochs": 2} if name in ("dsi-vit", "dsi-text") else {}
-    return create(name, **{**SCALES["smoke"].params_for(name), **quick, "device": "cpu", **params})
+    return create(name, **{**SCALES["smoke"].params_for(name), **quick, "device": TEST_DEVICE, **params})
 
 
 def run_study_dict(folder, study: dict):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import smoke_retriever
+from conftest import TEST_DEVICE, smoke_retriever
 
 from vitdsi.data import ImageSet
 from vitdsi.errors import VitDSIError
@@ -98,7 +98,7 @@ def test_save_load_round_trip(name, indexed, queries, tmp_path):
     r = indexed(name)
     before = r.search(queries, K)
     save_retriever(r, tmp_path / "index")
-    loaded = load_retriever(tmp_path / "index", device="cpu")
+    loaded = load_retriever(tmp_path / "index", device=TEST_DEVICE)  # the device it was built on
     assert type(loaded) is type(r)
     assert loaded.build_params() == r.build_params()
     after = loaded.search(queries, K)
@@ -185,7 +185,7 @@ def test_text_save_load_round_trip(name, text_indexed, text_queries, tmp_path):
     r = text_indexed(name)
     before = r.search(text_queries, K)
     save_retriever(r, tmp_path / "index")
-    loaded = load_retriever(tmp_path / "index", device="cpu")
+    loaded = load_retriever(tmp_path / "index", device=TEST_DEVICE)  # the device it was built on
     assert type(loaded) is type(r) and loaded.query_kind == "text"
     assert loaded.build_params() == r.build_params()
     after = loaded.search(text_queries, K)
