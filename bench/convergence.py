@@ -5,7 +5,8 @@ score (the study's objective; a ranked metric of the study when the objective is
 choice and early stopping read the same queries, and test queries never reach training.
 `training_summary` turns each seed's training record (`vitdsi.training.monitor`) into the
 trial's metrics: `converged` (1.0 only when every seed converged), the share of seeds that
-reached the plateau and the IA@1 target, IA@1 where indexing stopped, epochs, examples, FLOPs
+reached the plateau and the IA@1 target, IA@1 where indexing stopped (and the share of seeds
+whose indexing stopped on an IA@1 plateau below the target), epochs, examples, FLOPs
 and wall seconds (every method; the build time of those that do not train).
 """
 
@@ -63,4 +64,8 @@ def training_summary(records: list[dict[str, Any] | None], seconds: list[float])
     if reached:
         out["ia1_reached"] = float(np.mean(reached))
         out["ia1_target"] = float(max(r["ia1_target"] for r in records if r["ia1_reached"] is not None))
+        # the share of seeds whose indexing stopped on an IA@1 plateau below the target
+        out["ia1_plateau"] = float(
+            np.mean([bool(r.get("ia1_plateau")) for r in records if r["ia1_reached"] is not None])
+        )
     return out

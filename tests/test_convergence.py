@@ -132,6 +132,36 @@ def test_dsi_short_of_its_ia_target_did_not_converge(tiny_split):
     assert cell == f"**did not converge** (IA@1 {record['ia1_reached']:.2f} < target {r.target_ia:.2f})"
 
 
+def test_dsi_indexing_stops_on_an_ia_plateau_below_its_target_and_its_row_says_so(tiny_split):
+    """`ia_patience`: IA@1 is read every epoch here and no reading can gain more than
+    `ia_min_delta` = 1 on the first, so indexing stops at the third reading (patience 2), below
+    its unreachable target; without the rule it indexes to the cap."""
+    from types import SimpleNamespace
+
+    from bench.convergence import training_summary
+    from bench.report.compute import convergence_cell
+
+    val = ValidationSet(tiny_split.queries("val"), tiny_split.relevance("val"), "MAP@10")
+    params = {"mode": "zero-shot", "index_epochs": 8, "eval_every": 1, "target_ia": 1.1}
+    r = smoke_retriever("dsi-vit", **params, ia_patience=2, ia_min_delta=1.0)
+    r.index(tiny_split.corpus, validation=val)
+    record = r.training_record
+    assert record["epochs_used"] == 3 and record["epoch_cap"] == 8
+    assert record["ia1_plateau"] is True and record["converged"] is False
+    assert record["ia1_reached"] == r.history[-1]["ia1"]
+    cell = convergence_cell(SimpleNamespace(extra=training_summary([record], [1.0]), params={}))
+    assert cell.endswith("< target 1.10, indexing stopped on an IA@1 plateau)")
+    several = training_summary([record, {**record, "ia1_plateau": False}], [1.0, 1.0])
+    assert "1 stopped on an IA@1 plateau" in convergence_cell(
+        SimpleNamespace(extra=several, params={"repeats": "2"})
+    )
+    off = smoke_retriever("dsi-vit", **params)
+    off.index(tiny_split.corpus, validation=val)
+    assert off.training_record["epochs_used"] == 8 and off.training_record["ia1_plateau"] is False
+    with pytest.raises(VitDSIError, match="parameter 'ia_patience' must be in 0.."):
+        smoke_retriever("dsi-vit", ia_patience=-1)
+
+
 def test_a_row_of_several_seeds_counts_the_seeds_that_missed_the_ia_target():
     """A mean IA@1 of 0.987 over 5 seeds rounds to the 0.99 target, so 'mean < target' would read
     'IA@1 0.99 < target 0.99': the row counts the seeds that reached it instead."""

@@ -2,8 +2,8 @@
 training FLOPs (the learning curves of the chosen trials), and quality at equal compute.
 
 Everything comes from what the trial logged (`bench.convergence`, `bench.curves`): `converged`,
-`plateau_reached`, `target_ia_reached`, `ia1_reached`, `epochs_used`, `epoch_cap`, `train_flops`
-and, per seed, the checkpoints `curve/seed<N>/val_<metric>` against `curve/seed<N>/flops`.
+`plateau_reached`, `target_ia_reached`, `ia1_reached`, `ia1_plateau`, `epochs_used`, `epoch_cap`,
+`train_flops` and, per seed, the checkpoints `curve/seed<N>/val_<metric>` against `curve/seed<N>/flops`.
 """
 
 from __future__ import annotations
@@ -44,11 +44,14 @@ def _ia_shortfall(x: dict[str, float], params: dict[str, str]) -> str:
     pass it, while one seed falls short)."""
     target = fmt(_number(x.get("ia1_target", params.get("target_ia"))), 2)
     seeds = int(_number(params.get("repeats")) or 1)
+    plateaus = round(x.get("ia1_plateau", 0.0) * seeds)
     if seeds <= 1:
-        return f"IA@1 {fmt(x.get('ia1_reached'), 2)} < target {target}"
+        stop = ", indexing stopped on an IA@1 plateau" if plateaus else ""
+        return f"IA@1 {fmt(x.get('ia1_reached'), 2)} < target {target}{stop}"
     reached = round(x["target_ia_reached"] * seeds)
     mean = fmt(x.get("ia1_reached"), 3)
-    return f"IA@1 target {target} reached by {reached} of {seeds} seeds, mean IA@1 {mean}"
+    stop = f", {plateaus} stopped on an IA@1 plateau" if plateaus else ""
+    return f"IA@1 target {target} reached by {reached} of {seeds} seeds{stop}, mean IA@1 {mean}"
 
 
 def _number(v) -> float | None:

@@ -79,6 +79,8 @@ class DSIRetriever(EncoderRetriever):
             "view_bank",
             "target_ia",
             "eval_every",
+            "ia_patience",
+            "ia_min_delta",
             "ia_sample",
             "precision",
         ),
@@ -101,6 +103,8 @@ class DSIRetriever(EncoderRetriever):
     view_bank: int
     target_ia: float
     eval_every: int
+    ia_patience: int
+    ia_min_delta: float
     ia_sample: int
     precision: str
     patience: int

@@ -53,6 +53,10 @@ class TrainConfig(OptimConfig):
     view_bank: int = 0
     target_ia: float = 0.99  # indexing stops once greedy IA@1 on the corpus reaches this
     eval_every: int = 10  # also measure IA@1 every this many indexing epochs
+    # IA@1 plateau: indexing also stops, below target_ia, after this many IA@1 measurements in a row
+    # without a gain of more than ia_min_delta over the best so far (0 = off: the target or the cap)
+    ia_patience: int = 0
+    ia_min_delta: float = 0.01  # the IA@1 gain that counts as progress for ia_patience
     seed: int = 0  # order, targets and augmentation
     # corpus images the IA@1 stop test decodes during indexing (a seeded sample); 0 = all of them.
     # The trial still measures IA@1 on every indexed image afterwards
@@ -60,6 +64,11 @@ class TrainConfig(OptimConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.ia_patience < 0 or self.ia_min_delta < 0:
+            raise VitDSIError(
+                f"need ia_patience >= 0 and ia_min_delta >= 0, got ia_patience={self.ia_patience}, "
+                f"ia_min_delta={self.ia_min_delta}"
+            )
         if self.ia_sample < 0:
             raise VitDSIError(f"ia_sample must be >= 0 (0 = every indexed image), got {self.ia_sample}")
         if self.mode not in MODES:

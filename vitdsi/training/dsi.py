@@ -229,6 +229,7 @@ class DSITrainer:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, cfg.min_lr_frac))
         model.train()
         step = 0
+        ia_plateau = IAPlateau(cfg.ia_patience, cfg.ia_min_delta)
         with progress() as bar:
             task = bar.add_task(f"dsi {phase}", total=epochs)
             for epoch in range(1, epochs + 1):
@@ -251,14 +252,7 @@ class DSITrainer:
                 seconds = time.perf_counter() - t0
                 n_idx, n_q = sums[1].item(), sums[3].item()
                 train_exact = sums[4].item() / n_idx if n_idx else None
-                ia1 = None
-                if phase == "index" and (
-                    (train_exact is not None and train_exact >= cfg.target_ia - 0.02)
-                    or epoch % cfg.eval_every == 0
-                    or epoch == epochs
-                ):
-                    ia1 = self.greedy_ia1()
-                    model.train()
+                ia1 = self._ia1_if_due(phase, epoch, epochs, train_exact)
                 entry = EpochLog(
                     phase=phase,
                     epoch=epoch,
@@ -293,7 +287,24 @@ class DSITrainer:
                 if plateau:
                     log.info("dsi %s: validation plateau after %d epochs", phase, epoch)
                     return False
+                if ia1 is not None and phase == "index" and ia_plateau.reached(ia1):
+                    monitor.ia1_plateau = True
+                    log.info(
+                        "dsi index: IA@1 plateau at %.3f after %d epochs (best %.3f, target %.3f)",
+                        *(ia1, epoch, ia_plateau.best, cfg.target_ia),
+                    )
+                    return False
         return False
+
+    def _ia1_if_due(self, phase: str, epoch: int, epochs: int, train_exact: float | None) -> float | None:
+        """Greedy IA@1 after an indexing epoch when it is due (every `eval_every` epochs, the last,
+        or once the training batches' exact rate nears the target); else None."""
+        near = train_exact is not None and train_exact >= self.cfg.target_ia - 0.02
+        if phase != "index" or not (near or epoch % self.cfg.eval_every == 0 or epoch == epochs):
+            return None
+        ia1 = self.greedy_ia1()
+        self.model.train()
+        return ia1
 
     @staticmethod
     def _batch_sums(loss: torch.Tensor, exact: torch.Tensor, from_corpus: torch.Tensor) -> torch.Tensor:
@@ -317,3 +328,19 @@ class DSITrainer:
         n_idx = len(self.corpus) * (1 + self.cfg.index_views) if phase != "retrieval" else 0
         n_q = len(self.queries) if phase != "index" else 0
         return max(1, math.ceil((n_idx + n_q) / self.cfg.batch_size))
+
+
+class IAPlateau:
+    """The IA@1 plateau rule of indexing (`ia_patience`): True once `patience` IA@1 readings in a
+    row gained no more than `min_delta` over the best so far (never with patience 0)."""
+
+    def __init__(self, patience: int, min_delta: float) -> None:
+        self.patience, self.min_delta = patience, min_delta
+        self.best, self.stale = float("-inf"), 0
+
+    def reached(self, ia1: float) -> bool:
+        if ia1 > self.best + self.min_delta:
+            self.best, self.stale = ia1, 0
+        else:
+            self.stale += 1
+        return 0 < self.patience <= self.stale

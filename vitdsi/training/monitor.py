@@ -103,6 +103,7 @@ class TrainingMonitor:
         self.conditions: dict[str, bool] = {}  # what convergence was judged on -> whether it held
         self.ia1_reached: float | None = None  # a DSI's IA@1 where its indexing phase stopped
         self.ia1_target: float | None = None  # the IA@1 its indexing phase aimed at
+        self.ia1_plateau = False  # its indexing stopped on an IA@1 plateau below the target
         self._t0 = time.perf_counter()
         self._phase, self._cap, self._phase_epoch, self._patience_on = "", 0, 0, False
         self._best, self._best_state, self._bad, self._last_eval = float("-inf"), None, 0, -1
@@ -173,6 +174,7 @@ class TrainingMonitor:
             "conditions": dict(self.conditions),
             "ia1_reached": self.ia1_reached,
             "ia1_target": self.ia1_target,
+            "ia1_plateau": self.ia1_plateau,
             "epochs_used": self.epoch,
             "epoch_cap": self.epoch_cap,
             "train_flops": self.meter.flops,
