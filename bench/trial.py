@@ -239,7 +239,7 @@ def _score(
             val_metrics, values["val"] = evaluate_with_values(val.ids, sets.relevance("val"), ranked)
     indexing = None
     if ia_ks:
-        indexing = _search_padded(retriever, corpus.images, max(ia_ks))
+        indexing = _search_padded(retriever, corpus.images, max(ia_ks), indexed=True)
         metrics.update(indexing_accuracy(indexing.ids, len(corpus), ks=ia_ks))
     return RepeatResult(
         seed,
@@ -357,11 +357,12 @@ def summarise(repeats: list[RepeatResult], metrics, which: str = "test") -> dict
     return out
 
 
-def _search_padded(retriever: Retriever, queries: Queries, k: int) -> Ranking:
+def _search_padded(retriever: Retriever, queries: Queries, k: int, indexed: bool = False) -> Ranking:
     """Top-k, asking for at most the corpus size and padding the rest with -1 (a metric at
-    a cutoff beyond the corpus then counts the missing places as non-relevant)."""
+    a cutoff beyond the corpus then counts the missing places as non-relevant). `indexed`: the
+    queries are the indexed images (IA@K), searched with `search_indexed`."""
     k_asked = min(k, retriever.corpus_size)
-    ranking = retriever.search(queries, k_asked)
+    ranking = (retriever.search_indexed if indexed else retriever.search)(queries, k_asked)
     if k_asked == k:
         return ranking
     n = ranking.ids.shape[0]

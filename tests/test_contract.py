@@ -82,6 +82,17 @@ def test_full_corpus_ranking(name, indexed, tiny_split):
 
 
 @pytest.mark.parametrize("name", IMAGE_NAMES)
+def test_indexed_images_rank_as_queries_do(name, indexed, tiny_split):
+    """`search_indexed` (IA@K: the indexed images searched for themselves) is `search` for them,
+    whatever it reads its features from."""
+    r, images = indexed(name), tiny_split.corpus.images[:8]
+    cached, direct = r.search_indexed(images, K), r.search(images, K)
+    check_ranking(cached, len(images), len(tiny_split.corpus))
+    torch.testing.assert_close(cached.scores, direct.scores, atol=1e-4, rtol=1e-4, equal_nan=True)
+    assert (cached.ids[:, 0] == direct.ids[:, 0]).all()
+
+
+@pytest.mark.parametrize("name", IMAGE_NAMES)
 def test_same_seed_same_result(name, indexed, queries, tiny_split):
     first = indexed(name).search(queries, K)
     again = build(name, seed=0)

@@ -1,6 +1,7 @@
 """The `embedding` retriever's backbone features go through the feature cache when it indexes
-(vitdsi.features.backbone_cache), never when it searches: a second index of the same images
-runs no network, any change to what decides the features misses, search always runs it."""
+(vitdsi.features.backbone_cache), never when it searches queries: a second index of the same
+images runs no network, any change to what decides the features misses, search always runs it;
+only the IA@K search of the indexed images (`search_indexed`) reads them back."""
 
 from __future__ import annotations
 
@@ -142,6 +143,21 @@ def test_search_never_touches_the_cache(tiny_split, cache_dir, monkeypatch):
     assert indexing_accuracy(ranking.ids, N)["IA@1"].mean == 1.0
     r.embed(corpus.images[:BATCH])
     assert counted.calls == N // BATCH + 2 * (N // BATCH) + 1
+    assert len(FeatureCache(cache_dir).entries()) == 1
+
+
+def test_indexed_images_are_searched_from_the_cache(tiny_split, cache_dir):
+    """`search_indexed` (IA@K) reads the indexed images' features where indexing put them: no
+    forward pass, the same ranking as `search`, which runs the network; then search runs it again."""
+    corpus = tiny_split.corpus.subset(np.arange(N))
+    r, counted = _embedding()
+    r.index(corpus)
+    cached = r.search_indexed(corpus.images, 5)
+    assert counted.calls == N // BATCH  # the index's passes only
+    direct = r.search(corpus.images, 5)
+    assert counted.calls == 2 * (N // BATCH)
+    assert torch.equal(cached.ids, direct.ids) and indexing_accuracy(cached.ids, N)["IA@1"].mean == 1.0
+    torch.testing.assert_close(cached.scores, direct.scores, atol=1e-5, rtol=1e-5)
     assert len(FeatureCache(cache_dir).entries()) == 1
 
 

@@ -10,9 +10,10 @@ found by name in `registry` and saved / loaded by `persistence`.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import Field, dataclass, fields
 from typing import Any, ClassVar
 
@@ -104,6 +105,9 @@ class Retriever(ABC):
         # what the last index call's training cost and whether it converged (TrainingMonitor.record);
         # None for retrievers that do not train
         self.training_record: dict[str, Any] | None = None
+        # set while searching indexed images (`search_indexed`): a fixed encoder part may read the
+        # feature cache for them
+        self._indexed_inputs = False
         declared = {f.name: f for f in self.config_params}
         unknown = sorted(set(params) - set(declared))
         if unknown:
@@ -259,6 +263,23 @@ class Retriever(ABC):
                 f"{self.name}: returned ids of shape {tuple(ranking.ids.shape)}, expected {(n, k)}"
             )
         return ranking
+
+    def search_indexed(self, images: torch.Tensor, k: int) -> Ranking:
+        """`search` for images this retriever has indexed (IA@K asks it to find each indexed image):
+        the same ranking, except that a retriever whose encoder has a fixed part (a frozen borrowed
+        encoder) reads that part's output for these images from the feature cache, where indexing
+        stored it, instead of computing it again. Never timed: a query's cost includes its encoder."""
+        with self._reading_indexed_images():
+            return self.search(images, k)
+
+    @contextlib.contextmanager
+    def _reading_indexed_images(self) -> Iterator[None]:
+        """Within it the images a retriever encodes are indexed ones (`search_indexed`)."""
+        self._indexed_inputs = True
+        try:
+            yield
+        finally:
+            self._indexed_inputs = False
 
     def _check_images(self, images: torch.Tensor) -> torch.Tensor:
         """`images` when they are uint8 [n, 3, H, W] at the index's size, else a VitDSIError."""

@@ -138,7 +138,8 @@ class Classifier(VitBaseline):
     def _build_index(self, images: torch.Tensor, hot: torch.Tensor) -> None:
         """The index: normalised pooled embeddings of the corpus `images` and the groups of their label
         sets."""
-        self._corpus_emb = self.predict(images)[1].to(self.device)
+        with self._reading_indexed_images():  # a frozen encoder part's output: from the feature cache
+            self._corpus_emb = self.predict(images)[1].to(self.device)
         groups, group_of = torch.unique(hot.to(torch.uint8), dim=0, return_inverse=True)
         self._groups, self._group_of = groups.float().to(self.device), group_of.long().to(self.device)
 
@@ -168,9 +169,9 @@ class Classifier(VitBaseline):
         """uint8 images [n, 3, H, W] -> class probabilities [n, C] (softmax, or per-category
         sigmoid for multi-label data) and L2-normalised pooled embeddings [n, D], float32 on CPU."""
         probs, embs = [], []
-        for x in self._batched(images):
+        for x, precomputed in self._batched(images):
             with autocast(self.device, self.precision):
-                logits, pooled = self._model(x)
+                logits, pooled = self._model(x, precomputed)
             logits = logits.float()
             probs.append((logits.sigmoid() if self._multilabel else logits.softmax(-1)).cpu())
             embs.append(F.normalize(pooled.float(), dim=-1).cpu())

@@ -141,11 +141,11 @@ class DualEncoder(VitBaseline, FaissParams):
             return loss, b, right
 
         def rank(queries: torch.Tensor, k: int) -> torch.Tensor:  # validation checkpoints: the real search
-            self._build_index(self.embed(corpus.images))
+            self._build_index(self._embed_indexed(corpus.images))
             return self._search(queries, k).ids
 
         self._train("contrastive", batches, step, n_batches, rank)
-        self._build_index(self.embed(corpus.images))
+        self._build_index(self._embed_indexed(corpus.images))
 
     def _build_index(self, x: np.ndarray) -> None:
         self._faiss = build_index(x, self.config(FaissConfig), seed=self.seed, owner="dual-encoder")
@@ -158,10 +158,16 @@ class DualEncoder(VitBaseline, FaissParams):
     def embed(self, images: torch.Tensor) -> np.ndarray:
         """uint8 images [n, 3, H, W] -> float32 [n, E] unit-norm embeddings (what the index compares)."""
         parts = []
-        for x in self._batched(images):
+        for x, precomputed in self._batched(images):
             with autocast(self.device, self.precision):
-                parts.append(self._model(x).float().cpu())
+                parts.append(self._model(x, precomputed).float().cpu())
         return np.ascontiguousarray(torch.cat(parts).numpy(), dtype=np.float32)
+
+    def _embed_indexed(self, images: torch.Tensor) -> np.ndarray:
+        """`embed` of the corpus (the index and its validation checkpoints): a frozen encoder part's
+        output read from the feature cache, where training put it, not computed again."""
+        with self._reading_indexed_images():
+            return self.embed(images)
 
     def _search(self, images: torch.Tensor, k: int) -> Ranking:
         return search_index(

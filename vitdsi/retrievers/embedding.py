@@ -136,7 +136,13 @@ class Embedding(Retriever, FaissParams):
         )
 
     def _search(self, images: torch.Tensor, k: int) -> Ranking:
-        q = self._normalise(self._raw_features(images, "queries"))
+        if self._indexed_inputs:  # indexed images (`search_indexed`): their features from the cache
+            raw = index_features(
+                self._backbone(), images, self.batch_size, "indexed images", default_cache(), ExtractionTime()
+            )
+        else:
+            raw = self._raw_features(images, "queries")
+        q = self._normalise(raw)
         return faiss_index.search_index(
             self._faiss, q, k, ef_search=self.query_args["ef_search"], nprobe=self.query_args["nprobe"]
         )

@@ -120,11 +120,11 @@ class TextDualEncoder(VitModelRetriever, TextEncoderParams, FaissParams):
             return loss, b, right
 
         def rank(queries: list[str], k: int) -> torch.Tensor:  # validation checkpoints: the real search
-            self._build_index(self.embed_images(corpus.images))
+            self._build_index(self._embed_indexed(corpus.images))
             return self._search(queries, k).ids
 
         self._train("contrastive", batches, step, n_batches, rank)
-        self._build_index(self.embed_images(corpus.images))
+        self._build_index(self._embed_indexed(corpus.images))
 
     def _caption_rows(self, texts: list[str]) -> tuple[tuple[torch.Tensor, ...], bool]:
         """Training rows of the captions: (sentence embeddings,) of a fixed text encoder, computed once,
@@ -145,10 +145,16 @@ class TextDualEncoder(VitModelRetriever, TextEncoderParams, FaissParams):
     def embed_images(self, images: torch.Tensor) -> np.ndarray:
         """uint8 images [n, 3, H, W] -> float32 [n, E] unit-norm embeddings (what the index holds)."""
         parts = []
-        for x in self._batched(images):
+        for x, precomputed in self._batched(images):
             with autocast(self.device, self.precision):
-                parts.append(self._model.embed_images(x).float().cpu())
+                parts.append(self._model.embed_images(x, precomputed).float().cpu())
         return np.ascontiguousarray(torch.cat(parts).numpy(), dtype=np.float32)
+
+    def _embed_indexed(self, images: torch.Tensor) -> np.ndarray:
+        """`embed_images` of the corpus (the index and its validation checkpoints): a frozen encoder
+        part's output read from the feature cache, where training put it, not computed again."""
+        with self._reading_indexed_images():
+            return self.embed_images(images)
 
     @torch.inference_mode()
     def embed_texts(self, texts: list[str]) -> np.ndarray:

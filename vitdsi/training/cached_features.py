@@ -50,6 +50,16 @@ class ImageSource(Protocol):
         ...
 
 
+def indexed_fixed_features(encoder, images: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    """The fixed part's output for uint8 `images` that were indexed (or trained on), read from the
+    feature cache under the key indexing stored them by (computed and stored on a miss); None when
+    the encoder has no fixed part. For the IA@K search of indexed images, never for a timed query,
+    whose cost includes its encoder."""
+    if not getattr(encoder, "cacheable", False):
+        return None
+    return precompute_features(encoder, [images.to(device)], hosts=[images])[0]
+
+
 def trains_on_cached_features(encoder, views: str, view_bank: int = 0) -> bool:
     """Whether training reads a borrowed encoder's fixed-part output computed once per image: only
     that part is the same in every epoch, and only when training views are 'none' or are drawn
