@@ -173,6 +173,10 @@ def test_a_row_of_several_seeds_counts_the_seeds_that_missed_the_ia_target():
     extra |= {"plateau_reached": 1.0, "epochs_used": 300.0, "epoch_cap": 460.0}
     cell = convergence_cell(SimpleNamespace(extra=extra, params={"repeats": "5"}))
     assert cell == "**did not converge** (IA@1 target 0.99 reached by 4 of 5 seeds, mean IA@1 0.987)"
+    # two of five seeds ran the plateau phase to its cap: a mean of 49 epochs alone would hide them
+    extra = {"converged": 0.0, "plateau_reached": 0.6, "epochs_used": 49.0, "epoch_cap": 460.0}
+    cell = convergence_cell(SimpleNamespace(extra=extra, params={"repeats": "5"}))
+    assert cell == "**did not converge** (no validation plateau for 2 of 5 seeds, mean 49 of 460 epochs)"
 
 
 COMPUTE_STUDY = {

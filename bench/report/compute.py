@@ -34,8 +34,19 @@ def convergence_cell(t: TrialRecord) -> str:
     if x.get("target_ia_reached", 1.0) < 1.0:
         why.append(_ia_shortfall(x, t.params))
     if x.get("plateau_reached", 1.0) < 1.0:
-        why.append(f"no validation plateau in {epochs}")
+        why.append(_plateau_shortfall(x, t.params, epochs))
     return f"**did not converge** ({'; '.join(why) or epochs})"
+
+
+def _plateau_shortfall(x: dict[str, float], params: dict[str, str], epochs: str) -> str:
+    """How training missed its validation plateau: within the epochs it used, for one seed; with
+    several, how many seeds ran their plateau phase to its cap, beside the mean epochs (a mean
+    well below the cap hides the seeds that ran to it)."""
+    seeds = int(_number(params.get("repeats")) or 1)
+    if seeds <= 1:
+        return f"no validation plateau in {epochs}"
+    missed = seeds - round(x["plateau_reached"] * seeds)
+    return f"no validation plateau for {missed} of {seeds} seeds, mean {epochs}"
 
 
 def _ia_shortfall(x: dict[str, float], params: dict[str, str]) -> str:
