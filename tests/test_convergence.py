@@ -122,13 +122,12 @@ def test_dsi_short_of_its_ia_target_did_not_converge(tiny_split):
     )
     assert record["ia1_target"] == r.target_ia
     # the report's row names the IA@1 reached and the target it missed
-    from types import SimpleNamespace
 
     from bench.convergence import training_summary
     from bench.report.compute import convergence_cell
 
     extra = training_summary([record], [1.0])
-    cell = convergence_cell(SimpleNamespace(extra=extra, params={}))
+    cell = convergence_cell(report_row(extra, {}))
     assert cell == f"**did not converge** (IA@1 {record['ia1_reached']:.2f} < target {r.target_ia:.2f})"
 
 
@@ -136,7 +135,6 @@ def test_dsi_indexing_stops_on_an_ia_plateau_below_its_target_and_its_row_says_s
     """`ia_patience`: IA@1 is read every epoch here and no reading can gain more than
     `ia_min_delta` = 1 on the first, so indexing stops at the third reading (patience 2), below
     its unreachable target; without the rule it indexes to the cap."""
-    from types import SimpleNamespace
 
     from bench.convergence import training_summary
     from bench.report.compute import convergence_cell
@@ -149,12 +147,10 @@ def test_dsi_indexing_stops_on_an_ia_plateau_below_its_target_and_its_row_says_s
     assert record["epochs_used"] == 3 and record["epoch_cap"] == 8
     assert record["ia1_plateau"] is True and record["converged"] is False
     assert record["ia1_reached"] == r.history[-1]["ia1"]
-    cell = convergence_cell(SimpleNamespace(extra=training_summary([record], [1.0]), params={}))
+    cell = convergence_cell(report_row(training_summary([record], [1.0]), {}))
     assert cell.endswith("< target 1.10, indexing stopped on an IA@1 plateau)")
     several = training_summary([record, {**record, "ia1_plateau": False}], [1.0, 1.0])
-    assert "1 stopped on an IA@1 plateau" in convergence_cell(
-        SimpleNamespace(extra=several, params={"repeats": "2"})
-    )
+    assert "1 stopped on an IA@1 plateau" in convergence_cell(report_row(several, {"repeats": "2"}))
     off = smoke_retriever("dsi-vit", **params)
     off.index(tiny_split.corpus, validation=val)
     assert off.training_record["epochs_used"] == 8 and off.training_record["ia1_plateau"] is False
@@ -162,20 +158,43 @@ def test_dsi_indexing_stops_on_an_ia_plateau_below_its_target_and_its_row_says_s
         smoke_retriever("dsi-vit", ia_patience=-1)
 
 
+def report_row(extra: dict, params: dict, ia1: float | None = None):
+    """What `convergence_cell` reads of a report's trial: its logged training summary, parameters
+    and test IA@1."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(extra=extra, params=params, value=lambda m: ia1 if m == "IA@1" else None)
+
+
+def test_a_dsi_that_lost_part_of_its_index_after_indexing_says_so():
+    """Indexing reached IA@1 0.99 on every seed, so the DSI converged, but retrieval training
+    left IA@1 0.977 on the indexed images: the row says so beside 'converged'."""
+    from bench.report.compute import convergence_cell
+
+    extra = {"converged": 1.0, "target_ia_reached": 1.0, "plateau_reached": 1.0, "ia1_reached": 0.995}
+    extra |= {"ia1_target": 0.99, "epochs_used": 60.0, "epoch_cap": 460.0}
+    cell = convergence_cell(report_row(extra, {"repeats": "5"}, ia1=0.9766))
+    assert (
+        cell == "converged in 60 of 460 epochs; IA@1 fell to 0.977 after its indexing reached the 0.99 target"
+    )
+    assert convergence_cell(report_row(extra, {"repeats": "5"}, ia1=0.995)) == "converged in 60 of 460 epochs"
+    missed = extra | {"converged": 0.0, "target_ia_reached": 0.8, "ia1_reached": 0.986}
+    assert "fell" not in convergence_cell(report_row(missed, {"repeats": "5"}, ia1=0.9))  # named already
+
+
 def test_a_row_of_several_seeds_counts_the_seeds_that_missed_the_ia_target():
     """A mean IA@1 of 0.987 over 5 seeds rounds to the 0.99 target, so 'mean < target' would read
     'IA@1 0.99 < target 0.99': the row counts the seeds that reached it instead."""
-    from types import SimpleNamespace
 
     from bench.report.compute import convergence_cell
 
     extra = {"converged": 0.0, "target_ia_reached": 0.8, "ia1_reached": 0.98672, "ia1_target": 0.99}
     extra |= {"plateau_reached": 1.0, "epochs_used": 300.0, "epoch_cap": 460.0}
-    cell = convergence_cell(SimpleNamespace(extra=extra, params={"repeats": "5"}))
+    cell = convergence_cell(report_row(extra, {"repeats": "5"}))
     assert cell == "**did not converge** (IA@1 target 0.99 reached by 4 of 5 seeds, mean IA@1 0.987)"
     # two of five seeds ran the plateau phase to its cap: a mean of 49 epochs alone would hide them
     extra = {"converged": 0.0, "plateau_reached": 0.6, "epochs_used": 49.0, "epoch_cap": 460.0}
-    cell = convergence_cell(SimpleNamespace(extra=extra, params={"repeats": "5"}))
+    cell = convergence_cell(report_row(extra, {"repeats": "5"}))
     assert cell == "**did not converge** (no validation plateau for 2 of 5 seeds, mean 49 of 460 epochs)"
 
 

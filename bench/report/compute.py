@@ -29,13 +29,24 @@ def convergence_cell(t: TrialRecord) -> str:
         return "no training" if "train_flops" not in x else "not judged (no validation queries)"
     epochs = f"{x.get('epochs_used', float('nan')):.0f} of {x.get('epoch_cap', float('nan')):.0f} epochs"
     if x["converged"] >= 1.0:
-        return f"converged in {epochs}"
+        return f"converged in {epochs}" + _forgotten(t)
     why = []
     if x.get("target_ia_reached", 1.0) < 1.0:
         why.append(_ia_shortfall(x, t.params))
     if x.get("plateau_reached", 1.0) < 1.0:
         why.append(_plateau_shortfall(x, t.params, epochs))
-    return f"**did not converge** ({'; '.join(why) or epochs})"
+    return f"**did not converge** ({'; '.join(why) or epochs})" + _forgotten(t)
+
+
+def _forgotten(t: TrialRecord) -> str:
+    """A DSI whose indexing reached its IA@1 target on every seed but whose IA@1 on the indexed
+    images after all training (the trial's IA@1) is below it: the retrieval phase cost it part
+    of its index. '' otherwise, and where the shortfall at indexing is named already."""
+    x, ia1 = t.extra, t.value("IA@1")
+    target = x.get("ia1_target")
+    if ia1 is None or target is None or x.get("target_ia_reached", 0.0) < 1.0 or ia1 >= target:
+        return ""
+    return f"; IA@1 fell to {fmt(ia1, 3)} after its indexing reached the {fmt(target, 2)} target"
 
 
 def _plateau_shortfall(x: dict[str, float], params: dict[str, str], epochs: str) -> str:
