@@ -24,7 +24,6 @@ from vitdsi.retrievers.base import Supervision, seed_everything
 from vitdsi.retrievers.dsi_base import SEARCH_BATCH, SMOKE_MODEL, DSIRetriever
 from vitdsi.retrievers.registry import register
 from vitdsi.training.augment import to_input
-from vitdsi.training.cached_features import indexed_fixed_features
 from vitdsi.training.config import TrainConfig
 from vitdsi.training.dsi import DSITrainer
 from vitdsi.training.monitor import TrainingMonitor
@@ -244,9 +243,7 @@ class DSIViT(DSIRetriever):
 
     # ---- search ------------------------------------------------------------------------
     def _search(self, images: torch.Tensor, k: int) -> Ranking:
-        fixed = (
-            indexed_fixed_features(self._model.encoder, images, self.device) if self._indexed_inputs else None
-        )
+        fixed = self._indexed_fixed_features(self._model.encoder, images)
         if fixed is not None:  # indexed images (`search_indexed`): the fixed part's cached output
             batches = (fixed[s : s + SEARCH_BATCH] for s in range(0, len(fixed), SEARCH_BATCH))
             return self._decode(batches, lambda x: (self._model.encode(x.to(self.device), True), None), k)

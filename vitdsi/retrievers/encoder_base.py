@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from vitdsi.errors import VitDSIError
 from vitdsi.models.vit_encoder import check_borrowed_fields, check_patch_size
 from vitdsi.retrievers.base import Retriever
+from vitdsi.training.cached_features import indexed_fixed_features
 
 # the encoder fields every ViT retriever takes as build parameters (image_size comes from the data)
 ENCODER_PARAMS = (
@@ -50,6 +53,11 @@ class EncoderRetriever(Retriever):
                 check_patch_size(self.patch_size, image_size)
             except VitDSIError as e:
                 raise VitDSIError(f"{self.name or type(self).__name__}: {e}") from None
+
+    def _indexed_fixed_features(self, encoder: torch.nn.Module, images: torch.Tensor) -> torch.Tensor | None:
+        """Within `search_indexed`, `encoder`'s fixed-part output for the indexed `images`, read from
+        the feature cache; None elsewhere, or without a fixed part (the images are then encoded)."""
+        return indexed_fixed_features(encoder, images, self.device) if self._indexed_inputs else None
 
 
 def check_encoder_params(owner: str, r: Any) -> None:

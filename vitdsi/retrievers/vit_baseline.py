@@ -18,7 +18,7 @@ from vitdsi.models.vit_encoder import VitEncoderConfig
 from vitdsi.retrievers.encoder_base import ENCODER_PARAMS, EncoderRetriever, check_encoder_params
 from vitdsi.retrievers.params import fields_of
 from vitdsi.training.augment import to_input
-from vitdsi.training.cached_features import indexed_fixed_features, trains_on_cached_features
+from vitdsi.training.cached_features import trains_on_cached_features
 from vitdsi.training.config import PRECISIONS, TrainConfig
 from vitdsi.training.flops import FlopMeter
 from vitdsi.training.loop import LoopConfig, train_epochs
@@ -164,9 +164,7 @@ class VitModelRetriever(EncoderRetriever):
         """Model inputs of uint8 images, SEARCH_BATCH at a time, on the device, and whether they are
         the encoder's fixed-part output (indexed images, `search_indexed`: read from the feature
         cache) rather than images."""
-        fixed = (
-            indexed_fixed_features(self._model.encoder, images, self.device) if self._indexed_inputs else None
-        )
+        fixed = self._indexed_fixed_features(self._model.encoder, images)
         for s in range(0, images.shape[0], SEARCH_BATCH):
             if fixed is not None:
                 yield fixed[s : s + SEARCH_BATCH].to(self.device), True
