@@ -14,6 +14,12 @@ on a GPU (images uploaded once, bf16 autocast where the GPU has bf16).
 
     OMP_NUM_THREADS=1 python scripts/bench_training.py [--rounds 3] [--images 256]
     python scripts/bench_training.py --device cuda --images 4096 --batch 256
+    OMP_NUM_THREADS=1 python scripts/bench_training.py --profile   # where each side's time goes
+
+`--profile` runs one epoch of each side under `torch.profiler` (after a warm-up epoch) and
+splits its CPU time by kind of operator (matrix products, copies and layout changes, dropout,
+the rest): the matrix products are the same on both sides, so their share bounds the ratio any
+change outside them can reach.
 
 Timings depend on the machine and its load: say so when you quote them.
 """
@@ -81,6 +87,7 @@ def reference_images_per_s(
     batch: int,
     epochs: int,
     bf16: bool = False,
+    after_first_epoch=None,  # called once the first epoch ends (`--profile` starts its profiler)
 ) -> float:
     torch.manual_seed(0)
     device = images.device
@@ -104,7 +111,16 @@ def reference_images_per_s(
             opt.step()
             loss.item()  # one host sync per step, as the project's trainer does (it checks every loss)
         rates.append(len(images) / (time.perf_counter() - t0))
+        if after_first_epoch is not None and len(rates) == 1:
+            after_first_epoch()
     return statistics.median(rates[1:] or rates)
+
+
+class TrainOnlyTrainer(DSITrainer):
+    """DSITrainer without its end-of-phase IA@1 reading, so that a profile holds training alone."""
+
+    def greedy_ia1(self, batch: int = 256) -> float:
+        return 0.0
 
 
 def project_images_per_s(
@@ -115,6 +131,7 @@ def project_images_per_s(
     batch: int,
     epochs: int,
     precision: str = "auto",
+    after_first_epoch=None,  # as the reference's
 ) -> float:
     torch.manual_seed(0)
     model = VitDSI(VitDSIConfig(image_size=size, patch_size=patch, id_length=codes.shape[1], **PAPER))
@@ -122,8 +139,92 @@ def project_images_per_s(
     cfg = TrainConfig(
         index_epochs=epochs, batch_size=batch, target_ia=2.0, eval_every=10**9, precision=precision
     )
-    history = DSITrainer(model, images, codes, cfg).fit()
+
+    def callback(entry) -> bool:  # never asks the trainer to stop
+        if entry.epoch == 1:
+            after_first_epoch()
+        return False
+
+    if after_first_epoch is None:
+        history = DSITrainer(model, images, codes, cfg).fit()
+    else:
+        history = TrainOnlyTrainer(model, images, codes, cfg, callback=callback).fit()
     return statistics.median([h.images_per_s for h in history][1:] or [history[0].images_per_s])
+
+
+# operator -> kind by its aten name, first match wins; self CPU time, so a backward node's
+# children count once
+OP_KINDS = {
+    "matrix products": "addmm mm bmm baddbmm addbmm linear matmul convolution _convolution "
+    "mkldnn_convolution",
+    "attention kernels": "_scaled_dot_product_flash_attention_for_cpu "
+    "_scaled_dot_product_flash_attention_for_cpu_backward",
+    "copies and layout": "copy_ clone contiguous _to_copy cat stack transpose permute view reshape t expand "
+    "index index_select gather scatter_add_ _unsafe_view as_strided unsqueeze squeeze slice select",
+    "dropout and masks": "bernoulli_ native_dropout native_dropout_backward dropout random_ masked_fill "
+    "where",
+    "optimiser and clipping": "_foreach_add_ _foreach_mul_ _foreach_addcmul_ _foreach_addcdiv_ _foreach_sqrt "
+    "_foreach_div_ _foreach_lerp_ _foreach_norm _fused_adamw_ _foreach_mul _foreach_add",
+}
+_KIND_OF = {f"aten::{op}": kind for kind, ops in OP_KINDS.items() for op in ops.split()}
+
+
+def op_kind(name: str) -> str:
+    return _KIND_OF.get(name, "other operators")
+
+
+def profile_kinds(run) -> dict[str, float]:
+    """Self CPU seconds by operator kind of the second epoch of `run(epochs, after_first_epoch)`
+    (the first pays for allocation and the one-off FLOP count of the first step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    prof = profile(activities=[ProfilerActivity.CPU])
+    run(2, prof.start)
+    prof.stop()
+    out: dict[str, float] = {}
+    for event in prof.key_averages():
+        kind = op_kind(event.key)
+        out[kind] = out.get(kind, 0.0) + event.self_cpu_time_total / 1e6
+    return out
+
+
+def profile_both(images: torch.Tensor, codes: torch.Tensor, size: int, patch: int, batch: int) -> None:
+    """Print each side's CPU time per image by operator kind (one profiled epoch after a warm-up)."""
+    sides = {
+        "reference": lambda epochs, start: reference_images_per_s(
+            images, codes, size, patch, batch, epochs, after_first_epoch=start
+        ),
+        "dsi-vit": lambda epochs, start: project_images_per_s(
+            images, codes, size, patch, batch, epochs, after_first_epoch=start
+        ),
+    }
+    kinds = {name: profile_kinds(run) for name, run in sides.items()}
+    table = Table("kind", *(f"{name} ms / image" for name in sides), *(f"{name} share" for name in sides))
+    names = [*OP_KINDS, "other operators"]
+    totals = {name: sum(k.values()) for name, k in kinds.items()}
+    for kind in names:
+        per_image = [kinds[name].get(kind, 0.0) * 1e3 / len(images) for name in sides]
+        shares = [kinds[name].get(kind, 0.0) / totals[name] for name in sides]
+        table.add_row(kind, *(f"{x:.2f}" for x in per_image), *(f"{x:.0%}" for x in shares))
+    table.add_row("all", *(f"{totals[name] * 1e3 / len(images):.2f}" for name in sides), "", "")
+    console.print(f"{size} px / patch {patch}, the second epoch of {len(images)} images, batch {batch}:")
+    console.print(table)
+    gemm = {name: kinds[name].get("matrix products", 0.0) for name in sides}
+    bound = totals["reference"] / gemm["dsi-vit"] if gemm["dsi-vit"] else float("nan")
+    console.print(
+        f"  with every operator but the matrix products removed, dsi-vit would run at most "
+        f"{bound:.2f}x the reference (profiled times, profiler overhead included)"
+    )
+
+
+SIZES = ((32, 4), (160, 16))  # (image px, patch px): the paper's 32 px set-up and its 160 px one
+
+
+def synthetic(n: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """n random uint8 images of `size` px on `device` and random ids for them (seeded)."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen)
+    return images.to(device), make_ids("random", n, seed=0).codes
 
 
 def main() -> None:
@@ -136,6 +237,7 @@ def main() -> None:
         "--dropout", type=float, default=0.1, help="dropout of both (paper 0.1; memorisation recipe 0)"
     )
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--profile", action="store_true", help="split each side's CPU time by operator kind")
     args = ap.parse_args()
     PAPER["dropout"] = args.dropout
     device = resolve_device(args.device)
@@ -148,6 +250,10 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {where}; paper sizes {PAPER}, "
         f"batch {args.batch}, {args.images} images, {args.rounds} alternating rounds"
     )
+    if args.profile:
+        for size, patch in SIZES:
+            profile_both(*synthetic(args.images, size, device), size, patch, args.batch)
+        return
     table = Table(
         "image",
         "patch",
@@ -160,11 +266,8 @@ def main() -> None:
             else []
         ),
     )
-    for size, patch in ((32, 4), (160, 16)):
-        gen = torch.Generator().manual_seed(0)
-        images = torch.randint(0, 256, (args.images, 3, size, size), dtype=torch.uint8, generator=gen)
-        images = images.to(device)
-        codes = make_ids("random", args.images, seed=0).codes
+    for size, patch in SIZES:
+        images, codes = synthetic(args.images, size, device)
         ref, ours, ref_half, half = [], [], [], []
         for i in range(args.rounds):
             ref.append(reference_images_per_s(images, codes, size, patch, args.batch, args.epochs))
