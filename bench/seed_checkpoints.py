@@ -9,7 +9,8 @@ what it restores into its own run, so that the newest interrupted run always hol
 built so far. A seed is restored only on the device type it was built on (its build seconds are
 reported); a checkpoint that cannot be read is built again, with a warning. Each checkpoint is
 `seeds/r<repeat>/`: the retriever as `save_retriever` writes it (`index/`) and `build.json`
-(build seconds, training history and record, extraction seconds), written last, so a
+(build seconds, training history and record, extraction seconds and, for a study kind that
+indexes in steps, each step's record, the retriever being the index after the last), written last, so a
 half-logged checkpoint is never read. The run's tags `seeds.restored` and
 `seeds.restored_from` say which seeds a trial did not build itself. A finished trial drops its
 own checkpoints where the artifact store allows it (its `index` artifact keeps the first seed).
@@ -46,6 +47,9 @@ class SeedBuild:
     history: list[dict[str, Any]]  # per-epoch training log
     training: dict[str, Any] | None  # the retriever's training record
     extraction: dict[str, float] = field(default_factory=dict)  # bench.build_cost.extraction_of
+    # a study kind that indexes in steps (continual indexing): one record per step; the retriever
+    # is the index after the last step
+    steps: list[dict[str, float]] = field(default_factory=list)
 
 
 class SeedCheckpoints:
@@ -125,7 +129,12 @@ class SeedCheckpoints:
         client.set_tag(self.run_id, "seeds.restored_from", self._source)
         log.info(f"seed {repeat}: restored from interrupted run {self._source[:8]} (not trained again)")
         return SeedBuild(
-            retriever, float(build["index_seconds"]), build["history"], build["training"], build["extraction"]
+            retriever,
+            float(build["index_seconds"]),
+            build["history"],
+            build["training"],
+            build["extraction"],
+            build.get("steps", []),
         )
 
     # ---- saving -----------------------------------------------------------------------------
@@ -142,6 +151,7 @@ class SeedCheckpoints:
                 "history": build.history,
                 "training": build.training,
                 "extraction": build.extraction,
+                "steps": build.steps,
             }
             (folder / BUILD_FILE).write_text(json.dumps(record, default=_jsonable))
             self._log(folder, repeat)

@@ -280,19 +280,20 @@ def _build(
     kind that indexes in steps, whether it was reused). The indexes of the last build fingerprint
     stay in memory, so trials that differ only in query arguments build once (put query arguments
     last in a grid's `space` so that such points run one after another); an index built in steps
-    is neither kept nor checkpointed."""
+    is not kept in memory, but it is checkpointed with its steps' records."""
     key = (cfg.fingerprint(), r, device)
     study_kind = kind_of(cfg)
     stepwise = study_kind if study_kind is not None and study_kind[0].indexes else None
     in_memory = _BUILT.get(key) if stepwise is None else None
     earlier = in_memory
-    if earlier is None and checkpoints is not None and stepwise is None:
+    if earlier is None and checkpoints is not None:
         earlier = checkpoints.load(r, device)
     if earlier is not None:  # built by an earlier trial of this worker, or by an interrupted run
         earlier.retriever.set_query_arguments(**{**earlier.retriever.query_defaults, **cfg.query})
         _replay(on_epoch, r, earlier.history)  # the curves of the build, in this run too
-        _keep(key, earlier)
-        return earlier, [], in_memory is not None
+        if stepwise is None:
+            _keep(key, earlier)
+        return earlier, earlier.steps, in_memory is not None
     retriever = create(cfg.retriever, **cfg.params, seed=cfg.seed + r, device=device)
     retriever.set_query_arguments(**cfg.query)
     hook = (lambda entry: on_epoch(r, _as_dict(entry))) if on_epoch and retriever.reports_epochs else None
@@ -314,11 +315,12 @@ def _build(
         history,
         getattr(retriever, "training_record", None),
         {} if steps else extraction_of(retriever),
+        steps,
     )
     if stepwise is None:
         _keep(key, built)
-        if checkpoints is not None:
-            checkpoints.save(r, built)
+    if checkpoints is not None:
+        checkpoints.save(r, built)
     return built, steps, False
 
 

@@ -22,7 +22,7 @@ def _store(folder):
     return SimpleNamespace(tracking=f"sqlite:///{folder}/mlflow.db", storage=f"sqlite:///{folder}/optuna.db")
 
 
-def _study(retriever: str, params: dict):
+def _study(retriever: str, params: dict, extra: dict | None = None):
     return resolve(
         {
             "name": "ckpt",
@@ -32,8 +32,14 @@ def _study(retriever: str, params: dict):
             "fixed": params,
             "metrics": ["MAP@10", "P@10"],
             "mlflow": {"log_index": False},
+            **(extra or {}),
         }
     )
+
+
+# continual indexing: a build is the first index and every add step; its checkpoint holds the
+# index after the last step and each step's record
+CONTINUAL = {"continual": {"initial": 0.5, "steps": 2}, "dataset": {"n_total": 120, "split_ratio": 0.5}}
 
 
 def _run(store, study, **kw):
@@ -56,14 +62,17 @@ def _per_seed(client, run, key):
 
 
 @pytest.mark.parametrize(
-    ("retriever", "params"),
+    ("retriever", "params", "extra"),
     [
-        ("classifier", {"epochs": 2}),
-        ("dsi-vit", {"id_scheme": "clustered", "index_epochs": 2, "retrieval_epochs": 1}),
+        ("classifier", {"epochs": 2}, None),
+        ("dsi-vit", {"id_scheme": "clustered", "index_epochs": 2, "retrieval_epochs": 1}, None),
+        ("dsi-vit", {"id_scheme": "atomic", "index_epochs": 2, "add_strategy": "replay"}, CONTINUAL),
     ],
 )
-def test_an_interrupted_trial_resumes_from_the_seeds_it_built(retriever, params, tmp_path, monkeypatch):
-    study = _study(retriever, params)
+def test_an_interrupted_trial_resumes_from_the_seeds_it_built(
+    retriever, params, extra, tmp_path, monkeypatch
+):
+    study = _study(retriever, params, extra)
     reference = _store(tmp_path / "reference")
     (tmp_path / "reference").mkdir()
     assert _run(reference, study).done
@@ -99,6 +108,15 @@ def test_an_interrupted_trial_resumes_from_the_seeds_it_built(retriever, params,
     # the same numbers as the run that was never interrupted, seed by seed
     for key in ("MAP@10", "P@10"):
         assert _per_seed(client, done, key) == pytest.approx(_per_seed(ref_client, ref_run, key), abs=1e-12)
+    if extra is not None:  # and every step of every seed, restored or built
+        # (wall times differ between runs: only the quality of each step)
+        steps = sorted(k for k in ref_run.data.metrics if k.startswith("continual/") and "seconds" not in k)
+        assert steps
+        for key in steps:
+            got = sorted((m.step, m.value) for m in client.get_metric_history(done.info.run_id, key))
+            want = sorted((m.step, m.value) for m in ref_client.get_metric_history(ref_run.info.run_id, key))
+            assert [s for s, _ in got] == [s for s, _ in want], key
+            assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-12), key
     # the build seconds of the restored seeds are the ones measured when they were built
     assert done.data.metrics["index_seconds"] > 0
     # a finished trial drops the checkpoints, its own and those it restored from
