@@ -183,9 +183,9 @@ def run_trial(
     for r in range(cfg.repeats):
         seed = cfg.seed + r
         split, sets = prepare(repeat_data(cfg.dataset, r))
-        built, steps, reused = _build(cfg, r, sets, device, on_epoch, ranked, k_test, checkpoints)
+        built, reused = _build(cfg, r, sets, device, on_epoch, ranked, k_test, checkpoints)
         retriever, index_seconds, history = built.retriever, built.index_seconds, built.history
-        repeats.append(_score(cfg, seed, split, sets, built, steps, ranked, ia_ks, k_test))
+        repeats.append(_score(cfg, seed, split, sets, built, ranked, ia_ks, k_test))
         if kept is None:
             kept = retriever
             if study_kind is not None:
@@ -219,7 +219,6 @@ def _score(
     split: Split,
     sets: SplitSets,
     built: SeedBuild,
-    steps: list[dict[str, float]],
     ranked: list[str],
     ia_ks: list[int],
     k_test: int,
@@ -253,7 +252,7 @@ def _score(
         built.history,
         built.index_seconds,
         query_ms,
-        steps,
+        built.steps,
         built.training,
         built.extraction,
     )
@@ -275,9 +274,9 @@ def _build(
     ranked: list[str],
     k_test: int,
     checkpoints: SeedCheckpoints | None = None,
-) -> tuple[SeedBuild, list[dict[str, float]], bool]:
-    """Repeat `r`'s index with the trial's query arguments set: (the build, the steps of a study
-    kind that indexes in steps, whether it was reused). The indexes of the last build fingerprint
+) -> tuple[SeedBuild, bool]:
+    """Repeat `r`'s index with the trial's query arguments set: (the build, with the steps of a
+    study kind that indexes in steps, and whether it was reused). The indexes of the last build fingerprint
     stay in memory, so trials that differ only in query arguments build once (put query arguments
     last in a grid's `space` so that such points run one after another); an index built in steps
     is not kept in memory, but it is checkpointed with its steps' records."""
@@ -293,7 +292,7 @@ def _build(
         _replay(on_epoch, r, earlier.history)  # the curves of the build, in this run too
         if stepwise is None:
             _keep(key, earlier)
-        return earlier, earlier.steps, in_memory is not None
+        return earlier, in_memory is not None
     retriever = create(cfg.retriever, **cfg.params, seed=cfg.seed + r, device=device)
     retriever.set_query_arguments(**cfg.query)
     hook = (lambda entry: on_epoch(r, _as_dict(entry))) if on_epoch and retriever.reports_epochs else None
@@ -321,7 +320,7 @@ def _build(
         _keep(key, built)
     if checkpoints is not None:
         checkpoints.save(r, built)
-    return built, steps, False
+    return built, False
 
 
 def _keep(key: tuple[str, int, str | None], built: SeedBuild) -> None:

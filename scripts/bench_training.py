@@ -152,8 +152,8 @@ def project_images_per_s(
     return statistics.median([h.images_per_s for h in history][1:] or [history[0].images_per_s])
 
 
-# operator -> kind by its aten name, first match wins; self CPU time, so a backward node's
-# children count once
+# operator kind -> the aten operators counted in it (each in one kind); time is self CPU time,
+# so a backward node's children count once
 OP_KINDS = {
     "matrix products": "addmm mm bmm baddbmm addbmm linear matmul convolution _convolution "
     "mkldnn_convolution",
