@@ -16,6 +16,27 @@ def test_hidden_progress_prints_plain_lines(monkeypatch, capsys):
     assert "progress: dsi index loss 0.412 IA@1 0.530 - 1/300 after 0:00" in err
 
 
+def test_a_step_longer_than_the_interval_still_prints_lines(monkeypatch, capsys):
+    """No update for several intervals (a long epoch): the ticker prints the task as it stands, and
+    stops when the progress closes."""
+    import time
+
+    monkeypatch.delenv("VITDSI_PROGRESS", raising=False)
+    monkeypatch.setenv("VITDSI_PROGRESS_EVERY", "0.2")
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+    with progress() as bar:
+        task = bar.add_task("dsi index loss 9.843", total=40)
+        bar.update(task, completed=3)
+        done = bar.add_task("features", total=1)
+        bar.advance(done)
+        time.sleep(1.0)
+    ticked = [line for line in capsys.readouterr().err.splitlines() if line.startswith("progress:")]
+    assert len(ticked) >= 2
+    assert all(line.startswith("progress: dsi index loss 9.843 - 3/40") for line in ticked)
+    time.sleep(0.5)
+    assert "progress:" not in capsys.readouterr().err  # the ticker ended with the progress
+
+
 def test_progress_lines_are_rate_limited_and_silenced(monkeypatch, capsys):
     monkeypatch.delenv("VITDSI_PROGRESS", raising=False)
     monkeypatch.delenv("VITDSI_PROGRESS_EVERY", raising=False)  # default: 30 s

@@ -3,8 +3,9 @@
 Long work (feature extraction, training epochs, trials) always shows a progress bar;
 `progress()` returns a rich Progress that hides itself when stderr is not a terminal
 unless VITDSI_PROGRESS=1, so CI logs stay readable; hidden, it prints a plain line
-(description, steps done, elapsed) at least every 30 s (VITDSI_PROGRESS_EVERY) so a long
-step is never silent. VITDSI_PROGRESS=0 turns both off (tests).
+(description, steps done, elapsed) at least every 30 s (VITDSI_PROGRESS_EVERY), from a
+background ticker when a step (an epoch, a trial) takes longer, so a long step is never
+silent. VITDSI_PROGRESS=0 turns both off (tests).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 
 from rich.console import Console
@@ -69,14 +71,39 @@ def progress_lines_every() -> float | None:
 
 class _Progress(Progress):
     """A rich Progress that, while hidden (output not a terminal), still prints one plain line per
-    task at most every `every` seconds: its description (e.g. "dsi index loss 0.412 IA@1 0.53"),
-    steps done of the total (epochs, images, trials) and the time elapsed."""
+    unfinished task every `every` seconds: its description (e.g. "dsi index loss 0.412 IA@1 0.53"),
+    steps done of the total (epochs, images, trials) and the time elapsed. Updates print when due;
+    between them a daemon ticker does, so an epoch longer than `every` still shows it is alive."""
 
     def __init__(self, *columns, every: float | None = None, **kwargs) -> None:
         super().__init__(*columns, **kwargs)
         self._every = every
         self._started: dict = {}
         self._last_line: dict = {}
+        self._line_lock = threading.Lock()  # the ticker and the caller's updates both print
+        self._ticker: threading.Thread | None = None
+        self._stop_ticker = threading.Event()
+
+    def start(self) -> None:
+        super().start()
+        if self._every and self._ticker is None:  # every=0 prints on each update: no ticker needed
+            self._stop_ticker.clear()
+            self._ticker = threading.Thread(target=self._tick, name="vitdsi-progress-lines", daemon=True)
+            self._ticker.start()
+
+    def stop(self) -> None:
+        if self._ticker is not None:
+            self._stop_ticker.set()
+            self._ticker.join()
+            self._ticker = None
+        super().stop()
+
+    def _tick(self) -> None:
+        while not self._stop_ticker.wait(min(self._every, 1.0)):
+            for task_id in list(self._started):
+                task = self._tasks.get(task_id)
+                if task is not None and not task.finished:
+                    self._maybe_line(task_id)
 
     def add_task(self, description, *args, **kwargs):
         task_id = super().add_task(description, *args, **kwargs)
@@ -96,10 +123,11 @@ class _Progress(Progress):
     def _maybe_line(self, task_id) -> None:
         if self._every is None or task_id not in self._started:
             return
-        now = time.monotonic()
-        if now - self._last_line[task_id] < self._every:
-            return
-        self._last_line[task_id] = now
+        with self._line_lock:
+            now = time.monotonic()
+            if now - self._last_line[task_id] < self._every:
+                return
+            self._last_line[task_id] = now
         task = self._tasks.get(task_id)
         if task is None:
             return
