@@ -141,7 +141,7 @@ def test_dsi_indexing_stops_on_an_ia_plateau_below_its_target_and_its_row_says_s
 
     val = ValidationSet(tiny_split.queries("val"), tiny_split.relevance("val"), "MAP@10")
     params = {"mode": "zero-shot", "index_epochs": 8, "eval_every": 1, "target_ia": 1.1}
-    r = smoke_retriever("dsi-vit", **params, ia_patience=2, ia_min_delta=1.0)
+    r = smoke_retriever("dsi-vit", **params, ia_patience=2, ia_min_delta=1.0, ia_floor=0.0)
     r.index(tiny_split.corpus, validation=val)
     record = r.training_record
     assert record["epochs_used"] == 3 and record["epoch_cap"] == 8
@@ -269,3 +269,15 @@ def test_seed_band_is_the_equal_compute_value_of_every_budget_with_the_seeds_ran
     assert band["ends"].tolist() == [[4e9, 0.5], [16e9, 0.7], [6e9, 0.65]]
     assert seed_band([[(0.0, 0.1)]]) is None
     assert seed_band([[(5e9, 0.4)]])["mean"].tolist() == [0.4]  # one checkpoint: one budget
+
+
+def test_ia_plateau_does_not_count_readings_below_its_floor():
+    """A DSI still near IA@1 0 (a seq2seq id's first epochs) is not on a plateau; once IA@1 has
+    reached the floor, readings that gain no more than min_delta count as before."""
+    from vitdsi.training.dsi import IAPlateau
+
+    rule = IAPlateau(patience=2, min_delta=0.01, floor=0.05)
+    assert not any(rule.reached(ia1) for ia1 in (0.0, 0.001, 0.0, 0.002, 0.01, 0.03))
+    assert [rule.reached(ia1) for ia1 in (0.20, 0.205, 0.21)] == [False, False, True]
+    unfloored = IAPlateau(patience=2, min_delta=0.01)
+    assert [unfloored.reached(ia1) for ia1 in (0.0, 0.001, 0.0)] == [False, False, True]

@@ -81,6 +81,7 @@ class DSIRetriever(EncoderRetriever):
             "eval_every",
             "ia_patience",
             "ia_min_delta",
+            "ia_floor",
             "ia_sample",
             "precision",
         ),
@@ -105,6 +106,7 @@ class DSIRetriever(EncoderRetriever):
     eval_every: int
     ia_patience: int
     ia_min_delta: float
+    ia_floor: float
     ia_sample: int
     precision: str
     patience: int

@@ -57,6 +57,9 @@ class TrainConfig(OptimConfig):
     # without a gain of more than ia_min_delta over the best so far (0 = off: the target or the cap)
     ia_patience: int = 0
     ia_min_delta: float = 0.01  # the IA@1 gain that counts as progress for ia_patience
+    # readings below this IA@1 do not count toward ia_patience: a DSI that has not begun to memorise
+    # (a seq2seq id's first epochs, a few dozen optimizer steps at small N) is not on a plateau
+    ia_floor: float = 0.05
     seed: int = 0  # order, targets and augmentation
     # corpus images the IA@1 stop test decodes during indexing (a seeded sample); 0 = all of them.
     # The trial still measures IA@1 on every indexed image afterwards
@@ -64,10 +67,10 @@ class TrainConfig(OptimConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.ia_patience < 0 or self.ia_min_delta < 0:
+        if self.ia_patience < 0 or self.ia_min_delta < 0 or not 0 <= self.ia_floor <= 1:
             raise VitDSIError(
-                f"need ia_patience >= 0 and ia_min_delta >= 0, got ia_patience={self.ia_patience}, "
-                f"ia_min_delta={self.ia_min_delta}"
+                f"need ia_patience >= 0, ia_min_delta >= 0 and 0 <= ia_floor <= 1, got ia_patience="
+                f"{self.ia_patience}, ia_min_delta={self.ia_min_delta}, ia_floor={self.ia_floor}"
             )
         if self.ia_sample < 0:
             raise VitDSIError(f"ia_sample must be >= 0 (0 = every indexed image), got {self.ia_sample}")

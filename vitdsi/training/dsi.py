@@ -229,7 +229,7 @@ class DSITrainer:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, cfg.min_lr_frac))
         model.train()
         step = 0
-        ia_plateau = IAPlateau(cfg.ia_patience, cfg.ia_min_delta)
+        ia_plateau = IAPlateau(cfg.ia_patience, cfg.ia_min_delta, cfg.ia_floor)
         with progress() as bar:
             task = bar.add_task(f"dsi {phase}", total=epochs)
             for epoch in range(1, epochs + 1):
@@ -332,13 +332,16 @@ class DSITrainer:
 
 class IAPlateau:
     """The IA@1 plateau rule of indexing (`ia_patience`): True once `patience` IA@1 readings in a
-    row gained no more than `min_delta` over the best so far (never with patience 0)."""
+    row gained no more than `min_delta` over the best so far (never with patience 0). Readings
+    below `floor` do not count: until IA@1 first reaches it the DSI has not begun to memorise."""
 
-    def __init__(self, patience: int, min_delta: float) -> None:
-        self.patience, self.min_delta = patience, min_delta
+    def __init__(self, patience: int, min_delta: float, floor: float = 0.0) -> None:
+        self.patience, self.min_delta, self.floor = patience, min_delta, floor
         self.best, self.stale = float("-inf"), 0
 
     def reached(self, ia1: float) -> bool:
+        if ia1 < self.floor:
+            return False
         if ia1 > self.best + self.min_delta:
             self.best, self.stale = ia1, 0
         else:
