@@ -279,5 +279,5 @@ def test_ia_plateau_does_not_count_readings_below_its_floor():
     rule = IAPlateau(patience=2, min_delta=0.01, floor=0.05)
     assert not any(rule.reached(ia1) for ia1 in (0.0, 0.001, 0.0, 0.002, 0.01, 0.03))
     assert [rule.reached(ia1) for ia1 in (0.20, 0.205, 0.21)] == [False, False, True]
-    unfloored = IAPlateau(patience=2, min_delta=0.01)
+    unfloored = IAPlateau(patience=2, min_delta=0.01, floor=0.0)
     assert [unfloored.reached(ia1) for ia1 in (0.0, 0.001, 0.0)] == [False, False, True]

@@ -335,7 +335,7 @@ class IAPlateau:
     row gained no more than `min_delta` over the best so far (never with patience 0). Readings
     below `floor` do not count: until IA@1 first reaches it the DSI has not begun to memorise."""
 
-    def __init__(self, patience: int, min_delta: float, floor: float = 0.0) -> None:
+    def __init__(self, patience: int, min_delta: float, floor: float) -> None:
         self.patience, self.min_delta, self.floor = patience, min_delta, floor
         self.best, self.stale = float("-inf"), 0
 
