@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.kinds import kind_of
+from bench.report.choice import chosen_section
 from bench.report.compute import compute_section
 from bench.report.data import load_study_record
 from bench.report.figures import curves_section, precision_and_grid_section
@@ -22,7 +23,6 @@ from bench.report.paired import paired_family, paired_section
 from bench.report.rankings import seen_in_training_section
 from bench.report.results import (
     across_protocols_section,
-    best_section,
     failed_section,
     header_section,
     protocol_description,
@@ -119,7 +119,7 @@ def _scored_sections(
 ) -> list[tuple[str, Callable]]:
     """The sections that read trial scores and rankings, at heading `level`."""
     return [
-        (f"{level} Results", lambda: results_section(record) + "\n\n" + best_section(record)),
+        (f"{level} Results", lambda: results_section(record) + "\n\n" + chosen_section(record)),
         (f"{level} Paired comparisons", lambda: paired_section(family(), record, protocol)),
         (f"{level} Training compute", lambda: compute_section(record, fig_dir, rel)),
         (f"{level} Seen and unseen in training", lambda: seen_in_training_section(record, fig_dir, rankings)),

@@ -194,14 +194,6 @@ class StudyRecord:
         finished = self.tuning[self.tuning["status"] == "FINISHED"] if len(self.tuning) else self.tuning
         return [_trial_record(row) for _, row in finished.iterrows()]
 
-    def best(self) -> TrialRecord | None:
-        """The trial model choice picks: best objective on the validation queries."""
-        scored = [t for t in self.trials if t.choice_value(self.objective) is not None]
-        if not scored:
-            return None
-        sign = 1 if self.direction == "maximize" else -1
-        return max(scored, key=lambda t: sign * t.choice_value(self.objective))
-
 
 def _is_metric_base(key: str) -> bool:
     try:

@@ -1,7 +1,8 @@
-"""The tables of a report (bench.report): the set-up header, one row per trial, the chosen
-trial, failed trials and, for studies with `report: {paper_table: true}`, the paper's Table 1
-beside ours (bench/paper.py); parameter importances are in bench.report.importances. Tables
-whose rows are trials are built from the study's run DataFrame (`StudyRecord.runs`)."""
+"""The tables of a report (bench.report): the set-up header, one row per trial (the chosen
+ones marked, bench.report.choice), failed trials and, for studies with
+`report: {paper_table: true}`, the paper's Table 1 beside ours (bench/paper.py); parameter
+importances are in bench.report.importances. Tables whose rows are trials are built from the
+study's run DataFrame (`StudyRecord.runs`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pandas as pd
 
 from bench.kinds import kind_of
 from bench.paper import METHOD_NOTE, paper_row
+from bench.report.choice import chosen_trials
 from bench.report.compute import convergence_cell
 from bench.report.data import StudyRecord
 from bench.report.markdown import CHANCE_MARK, fmt, fmt_ci, label, md_table, near_chance
@@ -146,13 +148,10 @@ def results_section(record: StudyRecord) -> str:
     shared_chance = {m: record.shared_chance(m) for m in names}
     val = record.metric_table(objective, "val")
     has_val = bool(val["mean"].notna().any())
-    best = record.best()
+    chosen = chosen_trials(record)
     cols: dict[str, Any] = {
         "#": record.runs["number"].astype(str),
-        "trial": [
-            label(t, record) + (" **(chosen)**" if best is not None and t is best else "")
-            for t in record.trials
-        ],
+        "trial": [label(t, record) + (" **(chosen)**" if t.number in chosen else "") for t in record.trials],
         "learns from": record.column("tags.supervision", "not recorded").fillna("not recorded"),
     }
     ia = next((tables[m]["n"] for m in names if m.startswith("IA@")), None)
@@ -282,21 +281,6 @@ def _metric_header(metric: str, chance: float | None) -> str:
     if chance is not None and _no_information(metric, chance):
         parts.append("no information")
     return f"{metric} ({'; '.join(parts)})" if parts else metric
-
-
-def best_section(record: StudyRecord) -> str:
-    best = record.best()
-    if best is None:
-        return "No finished trial has the objective metric."
-    m = best.metrics[record.objective]
-    split = best.choice_split(record.objective)
-    return (
-        f"Chosen trial (best {record.objective} on the {split}): **#{best.number} {label(best, record)}** "
-        f"with {fmt(best.choice_value(record.objective))} there; its test {record.objective} = "
-        f"{fmt_ci(m.mean, m.ci95)} (chance {fmt(m.chance)}). "
-        f"Run `{best.run_id}`; query its index with `bench search --run {best.run_id} "
-        + ('--text "CAPTION"`.' if best.params.get("dataset.protocol") == "text" else "IMAGE...`.")
-    )
 
 
 def failed_section(record: StudyRecord) -> str | None:
