@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.report.choice import chosen_per_task, chosen_section, chosen_trials
+from bench.report.choice import best_per_method, chosen_per_task, chosen_section, chosen_trials
 from bench.report.data import MetricRecord, StudyRecord, TrialRecord
 
 
@@ -67,3 +67,16 @@ def test_without_a_task_axis_one_trial_is_chosen_on_validation_not_test():
 
 def test_no_scored_trial_says_so():
     assert chosen_section(_record([])) == "No finished trial has the objective metric."
+
+
+def test_per_method_sections_read_the_largest_database_of_a_size_grid():
+    trials = [
+        _trial(0, "a", 0.10, 0.11, **{"dataset.n_total": 65536}),
+        _trial(1, "b", 0.20, 0.19, **{"dataset.n_total": 65536}),
+        _trial(2, "a", 0.60, 0.58, **{"dataset.n_total": 1024}),
+        _trial(3, "b", 0.50, 0.52, **{"dataset.n_total": 1024}),
+    ]
+    assert [t.number for t in best_per_method(_record(trials))] == [1, 0]  # best first, all at 65,536
+    # without a size grid: each method's best trial over the whole study
+    plain = [_trial(0, "a", 0.1, 0.1), _trial(1, "a", 0.3, 0.3), _trial(2, "b", 0.2, 0.2)]
+    assert [t.number for t in best_per_method(_record(plain))] == [1, 2]

@@ -13,6 +13,7 @@ from bench.report.markdown import fmt, fmt_ci, label
 
 # sampled settings that change the task a trial answers, not the method answering it
 TASK_AXES = ("dataset.n_total",)
+MAX_CURVES = 8  # methods per figure before it stops being readable
 
 
 def task_of(t: TrialRecord) -> tuple[tuple[str, str], ...]:
@@ -20,20 +21,38 @@ def task_of(t: TrialRecord) -> tuple[tuple[str, str], ...]:
     return tuple((k, str(t.sampled[k])) for k in TASK_AXES if k in t.sampled)
 
 
-def chosen_per_task(record: StudyRecord) -> dict[tuple[tuple[str, str], ...], TrialRecord]:
-    """Per task, in the order the trials first reach it: the finished trial with the best
-    validation objective; of equal ones the first. Tasks with no scored trial are left out."""
+def _best_by(record: StudyRecord, trials: list[TrialRecord], key) -> dict:
+    """Per `key(trial)`, in the order the trials first reach it: the trial with the best
+    validation objective; of equal ones the first. Trials without one are left out."""
     sign = 1 if record.direction == "maximize" else -1
-    best: dict[tuple[tuple[str, str], ...], TrialRecord] = {}
-    for t in record.trials:
+    best: dict = {}
+    for t in trials:
         value = t.choice_value(record.objective)
         if value is None:
             continue
-        task = task_of(t)
-        held = best.get(task)
+        held = best.get(key(t))
         if held is None or sign * value > sign * held.choice_value(record.objective):
-            best[task] = t
+            best[key(t)] = t
     return best
+
+
+def chosen_per_task(record: StudyRecord) -> dict[tuple[tuple[str, str], ...], TrialRecord]:
+    """Model choice per task (the values of the task axes): the trial each one picks."""
+    return _best_by(record, record.trials, task_of)
+
+
+def best_per_method(record: StudyRecord) -> list[TrialRecord]:
+    """The trial of each method that model choice picks, best first, at most MAX_CURVES (the
+    curves, example queries and per-method tables of a report). Where the grid varies the
+    database size, among the trials at its largest size, where the study's question is sharpest."""
+    trials = record.trials
+    sizes = {int(t.sampled[TASK_AXES[0]]) for t in trials if TASK_AXES[0] in t.sampled}
+    if sizes:
+        trials = [t for t in trials if int(t.sampled.get(TASK_AXES[0], -1)) == max(sizes)]
+    several = len({t.method for t in trials}) > 1
+    best = _best_by(record, trials, lambda t: t.method if several else label(t, record))
+    sign = 1 if record.direction == "maximize" else -1
+    return sorted(best.values(), key=lambda t: -sign * t.choice_value(record.objective))[:MAX_CURVES]
 
 
 def chosen_trials(record: StudyRecord) -> set[int]:

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from bench import plots
+from bench.report.choice import best_per_method
 from bench.report.data import StudyRecord, TrialRecord, metric_history
 from bench.report.markdown import fmt, fmt_ci, label, md_table
-from bench.report.rankings import best_per_method
 from bench.tracking import metric_name
 
 BUDGET_FACTORS = (1, 4, 16)  # the equal-compute budgets, as multiples of the smallest final FLOPs

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from bench import plots
+from bench.report.choice import best_per_method
 from bench.report.data import StudyRecord, metric_history
 from bench.report.markdown import label
-from bench.report.rankings import best_per_method, test_ranking
+from bench.report.rankings import test_ranking
 from vitdsi.metrics import chance_levels, per_query
 
 # Panels of the training-curve figure, in order: one loss per phase (in a pure phase the

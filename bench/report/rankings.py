@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.report.choice import best_per_method
 from bench.report.data import StudyRecord, TrialRecord
 from bench.report.markdown import fmt_ci, label, md_table
 from bench.runs import open_trial_run
@@ -22,22 +23,7 @@ from vitdsi.metrics import mean_ci, per_query
 
 log = get_logger("bench.report")
 
-MAX_CURVES = 8  # methods per figure before it stops being readable
 LABEL_MATCHED = ("classifier", "dual-encoder")  # baselines trained on exactly the DSI's signal
-
-
-def best_per_method(record: StudyRecord) -> list[TrialRecord]:
-    """The trial of each method that model choice picks (best validation objective)."""
-    sign = 1 if record.direction == "maximize" else -1
-    best: dict[str, TrialRecord] = {}
-    for t in record.trials:
-        v = t.choice_value(record.objective)
-        if v is None:
-            continue
-        key = t.method if len({x.method for x in record.trials}) > 1 else label(t, record)
-        if key not in best or sign * v > sign * best[key].choice_value(record.objective):
-            best[key] = t
-    return sorted(best.values(), key=lambda t: -sign * t.choice_value(record.objective))[:MAX_CURVES]
 
 
 @dataclass(frozen=True)
