@@ -34,15 +34,20 @@ def _record(trials: list[TrialRecord]) -> StudyRecord:
     )
 
 
-def test_a_grid_over_database_size_chooses_within_each_size():
-    # at the small N every method beats every method at the large N: choosing across sizes
-    # would pick "a at 1024" whatever the methods do at 65536
-    trials = [
+def _size_grid() -> list[TrialRecord]:
+    """Two methods at two database sizes; at the small one both beat both at the large one."""
+    return [
         _trial(0, "a", 0.10, 0.11, **{"dataset.n_total": 65536}),
         _trial(1, "b", 0.20, 0.19, **{"dataset.n_total": 65536}),
         _trial(2, "a", 0.60, 0.58, **{"dataset.n_total": 1024}),
         _trial(3, "b", 0.50, 0.52, **{"dataset.n_total": 1024}),
     ]
+
+
+def test_a_grid_over_database_size_chooses_within_each_size():
+    # at the small N every method beats every method at the large N: choosing across sizes
+    # would pick "a at 1024" whatever the methods do at 65536
+    trials = _size_grid()
     record = _record(trials)
     chosen = chosen_per_task(record)
     assert [(task, t.number) for task, t in chosen.items()] == [
@@ -70,12 +75,7 @@ def test_no_scored_trial_says_so():
 
 
 def test_per_method_sections_read_the_largest_database_of_a_size_grid():
-    trials = [
-        _trial(0, "a", 0.10, 0.11, **{"dataset.n_total": 65536}),
-        _trial(1, "b", 0.20, 0.19, **{"dataset.n_total": 65536}),
-        _trial(2, "a", 0.60, 0.58, **{"dataset.n_total": 1024}),
-        _trial(3, "b", 0.50, 0.52, **{"dataset.n_total": 1024}),
-    ]
+    trials = _size_grid()
     assert [t.number for t in best_per_method(_record(trials))] == [1, 0]  # best first, all at 65,536
     # without a size grid: each method's best trial over the whole study
     plain = [_trial(0, "a", 0.1, 0.1), _trial(1, "a", 0.3, 0.3), _trial(2, "b", 0.2, 0.2)]
