@@ -81,7 +81,7 @@ def chosen_section(record: StudyRecord) -> str:
             f"Chosen trial (best {record.objective} on the {split}): {_chosen_line(first, record)}; "
             f"query its index with `bench search --run {first.run_id} " + search
         )
-    axes = ", ".join(f"`{k}`" for k in TASK_AXES if any(k == a for task in chosen for a, _ in task))
+    axes = ", ".join(f"`{k}`" for k, _ in next(iter(chosen)))  # every task names the same axes
     lines = [
         f"Chosen trial per task (best {record.objective} on the {split} at each value of {axes}: "
         "trials that index different databases answer different tasks, so none is chosen across them):"
