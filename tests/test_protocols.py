@@ -228,8 +228,12 @@ def test_instance_report_splits_views_by_train_views(tmp_path):
     part = text.split("## Seen and unseen in training", 1)[1].split("\n## ", 1)[0]
     row = next(line for line in part.splitlines() if line.startswith("| knn |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    seen, unseen = (float(c.split()[0]) for c in cells[2:4])  # "mean ± ci" or, clipped, "mean [low, high]"
-    # 75% of the 64 indexed images had train views: the two groups average back to the stored test R@1
+    seen, unseen = (float(c.split()[0]) for c in cells[3:5])  # "mean ± ci" or, clipped, "mean [low, high]"
+    # 75% of the 64 indexed images had train views, and the count column says how many test queries
+    n_seen, n_unseen = (int(c) for c in cells[2].split(" / "))
+    assert n_seen == 3 * n_unseen > 0
+    assert "| test queries had train views / no train view |" in part
+    # the two groups average back to the stored test R@1
     client = MlflowClient(uri)
     stored = next(
         r
@@ -299,7 +303,7 @@ def test_unseen_classes_study_runs_and_reports_both_groups(tmp_path):
     # the classifier never saw an unseen class's label: it ranks those images last, so it finds
     # (almost) nothing for unseen-class queries, while it does for seen ones
     row = next(line for line in part.splitlines() if line.startswith("| classifier |"))
-    seen, unseen = (float(c.split()[0]) for c in row.strip("|").split("|")[2:4])
+    seen, unseen = (float(c.split()[0]) for c in row.strip("|").split("|")[3:5])
     assert unseen < seen
     with pytest.raises(StudyConfigError, match="dataset.unseen.*protocol: unseen-classes"):
         resolve(

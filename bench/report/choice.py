@@ -36,6 +36,14 @@ def _best_by(record: StudyRecord, trials: list[TrialRecord], key) -> dict:
     return best
 
 
+def ranked(record: StudyRecord, trials: list[TrialRecord]) -> list[TrialRecord]:
+    """The trials with a validation objective, best first (of equal ones, the earlier first, as
+    `_best_by` picks them)."""
+    sign = 1 if record.direction == "maximize" else -1
+    scored = [t for t in trials if t.choice_value(record.objective) is not None]
+    return sorted(scored, key=lambda t: -sign * t.choice_value(record.objective))
+
+
 def chosen_per_task(record: StudyRecord) -> dict[tuple[tuple[str, str], ...], TrialRecord]:
     """Model choice per task (the values of the task axes): the trial each one picks."""
     return _best_by(record, record.trials, task_of)
@@ -51,8 +59,7 @@ def best_per_method(record: StudyRecord) -> list[TrialRecord]:
         trials = [t for t in trials if int(t.sampled.get(TASK_AXES[0], -1)) == max(sizes)]
     several = len({t.method for t in trials}) > 1
     best = _best_by(record, trials, lambda t: t.method if several else label(t, record))
-    sign = 1 if record.direction == "maximize" else -1
-    return sorted(best.values(), key=lambda t: -sign * t.choice_value(record.objective))[:MAX_CURVES]
+    return ranked(record, list(best.values()))[:MAX_CURVES]
 
 
 def chosen_trials(record: StudyRecord) -> set[int]:

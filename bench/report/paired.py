@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.kinds import kind_of
+from bench.report.choice import ranked
 from bench.report.data import StudyRecord, TrialRecord
 from bench.report.markdown import fmt, fmt_p, label, md_table, sort_value
 from bench.report.rankings import LABEL_MATCHED, SeedRanking, seed_rankings
@@ -88,19 +89,14 @@ def _seed_differences(a: list[SeedRanking], b: list[SeedRanking], metric: str) -
 
 def _pairs(record: StudyRecord) -> list[tuple[str, TrialRecord, bool, TrialRecord]]:
     """(split, reference, reference is chosen, trial) for every comparison the report makes."""
-    metric, sign = record.objective, (1 if record.direction == "maximize" else -1)
     groups: dict[tuple, list[TrialRecord]] = defaultdict(list)
-    for t in record.trials:
-        if t.choice_value(metric) is not None:
-            groups[
-                tuple(sorted((k, str(v)) for k, v in t.sampled.items() if k.startswith("dataset.")))
-            ].append(t)
+    for t in ranked(record, record.trials):  # best first within each group
+        groups[tuple(sorted((k, str(v)) for k, v in t.sampled.items() if k.startswith("dataset.")))].append(t)
     out = []
     for key, trials in sorted(groups.items(), key=lambda kv: [sort_value(v) for _, v in kv[0]]):
         if len(trials) < 2:
             continue
         split = " ".join(f"{k[len('dataset.') :]}={v}" for k, v in key)
-        trials = sorted(trials, key=lambda t: -sign * t.choice_value(metric))
         label_matched = [
             next(t for t in trials if t.retriever == name)
             for name in LABEL_MATCHED
@@ -129,11 +125,8 @@ def _unpaired(protocol: str, record: StudyRecord, out: Path, cache: dict, margin
     """Where no two trials share a split (e.g. a grid over the indexed fraction), every trial
     against the chosen one by Welch's t over their per-seed mean test metric: different queries,
     nothing to pair, the seed still the unit."""
-    metric, sign = record.objective, (1 if record.direction == "maximize" else -1)
-    scored = sorted(
-        (t for t in record.trials if t.choice_value(metric) is not None),
-        key=lambda t: -sign * t.choice_value(metric),
-    )
+    metric = record.objective
+    scored = ranked(record, record.trials)
     if len(scored) < 2:
         return []
 

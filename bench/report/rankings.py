@@ -94,12 +94,14 @@ def seen_in_training_section(record: StudyRecord, out: Path, cache: dict) -> str
         seeds = seed_rankings(t, record, out, cache)
         if not seeds:
             continue
-        row = [label(t, record), t.supervision]
+        masks = [split.mask(sr.sets) for sr in seeds]
+        n_seen = sum(int(mask.sum()) for mask in masks)
+        n_all = sum(len(mask) for mask in masks)
+        row = [label(t, record), t.supervision, f"{n_seen:,} / {n_all - n_seen:,}"]
         for m in names:
             pooled = {True: [], False: []}
-            for sr in seeds:
+            for sr, had_train in zip(seeds, masks):
                 values = per_query(sr.ids, sr.relevance, [m])[m]
-                had_train = split.mask(sr.sets)
                 pooled[True].append(values[had_train])
                 pooled[False].append(values[~had_train])
             for flag in (True, False):
@@ -108,10 +110,12 @@ def seen_in_training_section(record: StudyRecord, out: Path, cache: dict) -> str
         rows.append(row)
     if not rows:
         return None
-    header = ["method", "learns from"] + [f"{m} {side}" for m in names for side in split.labels]
+    counts = "test queries " + " / ".join(side.strip("()") for side in split.labels)
+    header = ["method", "learns from", counts] + [f"{m} {side}" for m in names for side in split.labels]
     return (
         split.what + " A method that only learnt its training pairs or labels does well on the first column "
-        "and not the second; a label-free method cannot tell them apart. Means over the pooled test queries "
-        "of "
-        "all seeds ± the 95% CI over those queries.\n\n" + md_table(header, rows)
+        "of each metric and not the second; a label-free method cannot tell them apart. Means over the "
+        "pooled test queries of all seeds ± the 95% CI over those queries; the third column counts those "
+        "queries on each side (summed over seeds): a side with a handful of them is an anecdote.\n\n"
+        + md_table(header, rows)
     )
