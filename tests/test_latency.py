@@ -194,3 +194,21 @@ def test_grown_parameter_cannot_also_be_searched():
         StudyConfigError, match=r"`latency.grow.at.256.depth`: 'depth' is also searched in `space`"
     ):
         resolve(study, source="lat.yaml")
+
+
+def test_scaling_table_reads_no_law_and_no_crossover_from_two_sizes(tmp_path):
+    import pandas as pd
+
+    from bench.kinds.latency.report import _scaling
+
+    def table(sizes):
+        rows = [("dsi", True, n, 5.0 + 1e-5 * n) for n in sizes] + [
+            ("scan", False, n, 1e-3 * n) for n in sizes
+        ]
+        runs = pd.DataFrame(rows, columns=["method", "dsi", "N", "p50"])
+        return "\n".join(_scaling("s", runs, "p50", "batch 1", tmp_path, "fig"))
+
+    two = table([1024, 65536])
+    assert "| scan | 2 | 1.000 | n/a | none: 2 sizes" in two and "Crossover" not in two
+    three = table([1024, 8192, 65536])
+    assert "| scan | 3 | 1.000 | 1.000 | ≈ O(N) |" in three and "is faster from there on" in three

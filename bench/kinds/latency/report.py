@@ -95,6 +95,9 @@ def latency_section(record: StudyRecord, out: Path, rel: str) -> str | None:
     return "\n\n".join(p for p in parts if p)
 
 
+MIN_FIT_SIZES = 3  # database sizes a slope needs before it is read as a scaling law
+
+
 def _scaling(name: str, runs: pd.DataFrame, key: str, title: str, out: Path, rel: str) -> list[str]:
     """The log-log plot against N, its fits per method and the crossovers of each DSI with each baseline."""
     series = {
@@ -111,23 +114,21 @@ def _scaling(name: str, runs: pd.DataFrame, key: str, title: str, out: Path, rel
             rows.append([method, str(len(ns)), "n/a", "n/a", "", ""])
             continue
         f = fit_loglog(ns, ms)
-        kind = (
-            "≈ O(1)"
-            if abs(f.slope) < 0.25
-            else ("≈ O(N)" if abs(f.slope - 1) < 0.25 else f"≈ O(N^{f.slope:.2f})")
-        )
+        if len(ns) < MIN_FIT_SIZES:  # a line through two points has R² 1 whatever the noise
+            kind, r2 = f"none: {len(ns)} sizes, within one p50's run-to-run spread", "n/a"
+        else:
+            r2 = fmt(f.r2, 3)
+            kind = (
+                "≈ O(1)"
+                if abs(f.slope) < 0.25
+                else ("≈ O(N)" if abs(f.slope - 1) < 0.25 else f"≈ O(N^{f.slope:.2f})")
+            )
         rows.append(
-            [
-                method,
-                str(len(ns)),
-                fmt(f.slope, 3),
-                fmt(f.r2, 3),
-                kind,
-                f"{fmt(min(ms), 3)} – {fmt(max(ms), 3)}",
-            ]
+            [method, str(len(ns)), fmt(f.slope, 3), r2, kind, f"{fmt(min(ms), 3)} – {fmt(max(ms), 3)}"]
         )
     parts.append(
-        f"**{title}**: log-log fit of p50 latency against N (slope ~0: O(1), ~1: O(N)).\n\n"
+        f"**{title}**: log-log fit of p50 latency against N (slope ~0: O(1), ~1: O(N)); a scaling "
+        f"verdict and a crossover need at least {MIN_FIT_SIZES} sizes.\n\n"
         + md_table(["method", "sizes", "slope", "R²", "scaling", "p50 ms range"], rows)
     )
     dsi = set(runs.loc[runs["dsi"], "method"])
@@ -136,7 +137,7 @@ def _scaling(name: str, runs: pd.DataFrame, key: str, title: str, out: Path, rel
         for base in (b for b in series if b not in dsi):
             (n_d, t_d), (n_b, t_b) = series[d], series[base]
             common = sorted(set(n_d) & set(n_b))
-            if len(common) < 2:
+            if len(common) < MIN_FIT_SIZES:
                 continue
             c = crossover(common, [t_d[n_d.index(n)] for n in common], [t_b[n_b.index(n)] for n in common])
             if c is None:
